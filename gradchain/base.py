@@ -1,0 +1,730 @@
+"""The protocol every piece of gradchain follows, and the machinery shared by all of them.
+
+A gradient transformation is a pair of pure functions::
+
+    init(params) -> state
+    update(updates, state, params=None, **extra_args) -> (updates, state)
+
+exactly as in optax, so that gradchain pieces and optax pieces chain with each other both ways.
+Unlike optax, a gradchain transformation is an immutable object that knows its name and its
+hyperparameters: it prints them, validates them at construction, exposes them as attributes and
+compares equal to an identical transformation.
+
+Hyperparameters
+---------------
+Every float hyperparameter of a transformation is *live*: its current value is kept in the state,
+under ``state.hyperparams[name]``, and read from there by ``update``. Three things follow:
+
+* any float hyperparameter may be a schedule, a function of the integer step count; the update
+  number ``k`` (0-based) uses ``schedule(k)`` and stores it for logging;
+* the value a step used can be read by name from the state of a whole chain with
+  :func:`tree_get` (for example ``tree_get(state, "learning_rate")``);
+* a constant hyperparameter can be changed between jitted steps with :func:`tree_set`, without
+  recompiling, because it is data in the state rather than a constant in the compiled program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import numbers
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+Params = PyTree
+Updates = PyTree
+OptState = PyTree
+Schedule = Callable[[jax.Array], jax.Array]
+ScalarOrSchedule = float | jax.Array | Schedule
+
+__all__ = [
+    "ChainState",
+    "EmptyState",
+    "GradientTransformation",
+    "apply_updates",
+    "chain",
+    "identity",
+    "named_chain",
+    "state_class",
+    "to_optax",
+    "tree_get",
+    "tree_get_all_with_path",
+    "tree_set",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# States
+
+
+def state_class(cls):
+    """Makes ``cls`` a frozen dataclass registered as a pytree whose fields are all children.
+
+    States built this way are read by field name (``state.mu``), rebuilt with
+    ``dataclasses.replace`` and found by :func:`tree_get`.
+    """
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    jax.tree_util.register_dataclass(cls, data_fields=names, meta_fields=[])
+    cls._gradchain_state = True
+    return cls
+
+
+@state_class
+class EmptyState:
+    """The state of a transformation that keeps nothing between steps."""
+
+
+def _is_state(x) -> bool:
+    return getattr(type(x), "_gradchain_state", False)
+
+
+@jax.tree_util.register_pytree_node_class
+class ChainState:
+    """The state of a chain: one state per transformation, readable by position or by name.
+
+    ``state[0]`` is the first transformation's state, ``state.scale_by_adam`` the state of the
+    transformation named ``scale_by_adam`` (when exactly one in this chain has that name).
+    """
+
+    def __init__(self, states: tuple, names: tuple[str, ...]):
+        self.states = tuple(states)
+        self.names = tuple(names)
+
+    def tree_flatten(self):
+        return self.states, self.names
+
+    @classmethod
+    def tree_unflatten(cls, names, states):
+        return cls(tuple(states), names)
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            hits = [s for n, s in zip(self.names, self.states) if n == key]
+            if len(hits) != 1:
+                raise KeyError(
+                    f"{len(hits)} transformations named {key!r} in this chain "
+                    f"(names: {list(self.names)}); index by position instead"
+                )
+            return hits[0]
+        return self.states[key]
+
+    def __getattr__(self, name):
+        if name.startswith("__") or name in ("states", "names"):
+            raise AttributeError(name)
+        try:
+            return self[name]
+        except KeyError as e:
+            raise AttributeError(str(e)) from None
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def __iter__(self) -> Iterator:
+        return iter(self.states)
+
+    def __eq__(self, other):
+        return (
+            isinstance(other, ChainState)
+            and self.names == other.names
+            and jax.tree.structure(self.states) == jax.tree.structure(other.states)
+            and all(
+                bool(np.array_equal(a, b))
+                for a, b in zip(jax.tree.leaves(self.states), jax.tree.leaves(other.states))
+            )
+        )
+
+    __hash__ = None
+
+    def __repr__(self):
+        inner = ", ".join(f"{n}={s!r}" for n, s in zip(self.names, self.states))
+        return f"ChainState({inner})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding and changing state fields by name
+
+
+def _children(x):
+    """Named children of a state container; param trees and arrays are not containers."""
+    if isinstance(x, ChainState):
+        counts = {n: x.names.count(n) for n in x.names}
+        for i, (n, s) in enumerate(zip(x.names, x.states)):
+            yield (f".{n}" if counts[n] == 1 else f"[{i}]"), None, s
+        return
+    if _is_state(x):
+        for f in dataclasses.fields(x):
+            yield f".{f.name}", f.name, getattr(x, f.name)
+        return
+    if isinstance(x, tuple) and hasattr(x, "_fields"):  # optax-style NamedTuple states
+        for name in x._fields:
+            yield f".{name}", name, getattr(x, name)
+        return
+    if isinstance(x, (tuple, list)):
+        for i, s in enumerate(x):
+            yield f"[{i}]", None, s
+
+
+def _walk(x, path, key):
+    for step, name, child in _children(x):
+        if name == "hyperparams" and isinstance(child, Mapping):
+            if key in child:
+                yield f"{path}{step}[{key!r}]", child[key]
+            continue
+        if name == key:
+            yield f"{path}{step}", child
+            continue
+        yield from _walk(child, f"{path}{step}", key)
+
+
+def tree_get_all_with_path(state: OptState, key: str) -> list[tuple[str, Any]]:
+    """All ``(path, value)`` pairs of state fields or live hyperparameters named ``key``."""
+    return list(_walk(state, "state", key))
+
+
+_MISSING = object()
+
+
+def tree_get(state: OptState, key: str, default: Any = _MISSING) -> Any:
+    """The unique state field or live hyperparameter named ``key`` anywhere in ``state``.
+
+    Examples: ``tree_get(state, "count")`` is ambiguous in a chain of several counting
+    transformations, but ``tree_get(state, "mu")``, ``tree_get(state, "learning_rate")`` or
+    ``tree_get(state.scale_by_adam, "count")`` are not.
+
+    Raises:
+      KeyError: naming the paths found when ``key`` is missing (and no default is given) or
+        when it occurs more than once.
+    """
+    hits = tree_get_all_with_path(state, key)
+    if len(hits) == 1:
+        return hits[0][1]
+    if not hits:
+        if default is not _MISSING:
+            return default
+        raise KeyError(f"no state field or hyperparameter named {key!r}")
+    paths = ", ".join(p for p, _ in hits)
+    raise KeyError(f"{key!r} is ambiguous, found at {paths}; narrow the state first")
+
+
+def _replace_in(x, key, value):
+    if isinstance(x, ChainState):
+        return ChainState(tuple(_replace_in(s, key, value) for s in x.states), x.names)
+    if _is_state(x):
+        changes = {}
+        for f in dataclasses.fields(x):
+            child = getattr(x, f.name)
+            if f.name == "hyperparams" and isinstance(child, Mapping):
+                if key in child:
+                    old = child[key]
+                    new = jnp.asarray(value, dtype=jnp.asarray(old).dtype)
+                    changes[f.name] = {**child, key: new}
+            elif f.name == key:
+                changes[f.name] = value
+            elif isinstance(child, (tuple, list, ChainState)) or _is_state(child):
+                changes[f.name] = _replace_in(child, key, value)
+        return dataclasses.replace(x, **changes) if changes else x
+    if isinstance(x, tuple) and hasattr(x, "_fields"):
+        return x._replace(
+            **{n: (value if n == key else _replace_in(getattr(x, n), key, value)) for n in x._fields}
+        )
+    if isinstance(x, (tuple, list)):
+        return type(x)(_replace_in(s, key, value) for s in x)
+    return x
+
+
+def tree_set(state: OptState, **values) -> OptState:
+    """A copy of ``state`` with every field or live hyperparameter named by a keyword replaced.
+
+    This is how a hyperparameter is changed between steps without recompiling::
+
+        state = gradchain.tree_set(state, learning_rate=1e-4)
+
+    A hyperparameter that was given as a schedule is recomputed from the schedule at the next
+    step, so setting it has no lasting effect.
+
+    Raises:
+      KeyError: when a keyword names nothing in ``state``.
+    """
+    for key, value in values.items():
+        if not tree_get_all_with_path(state, key):
+            raise KeyError(f"no state field or hyperparameter named {key!r}")
+        state = _replace_in(state, key, value)
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Tree checks with errors that name the path
+
+
+def _path_list(tree):
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)
+    return [(jax.tree_util.keystr(p), leaf) for p, leaf in leaves]
+
+
+def check_tree_match(tree, reference, tree_name: str, reference_name: str) -> None:
+    """Raises a ``ValueError`` naming the first path where ``tree`` and ``reference`` differ.
+
+    Structure and leaf shapes are compared; this runs at trace time, so it costs nothing in a
+    compiled step.
+    """
+    if jax.tree.structure(tree) == jax.tree.structure(reference):
+        for (path, a), (_, b) in zip(_path_list(tree), _path_list(reference)):
+            if a is None or b is None:
+                continue
+            if np.shape(a) != np.shape(b):
+                raise ValueError(
+                    f"{tree_name} and {reference_name} differ in shape at {path or 'the root'}: "
+                    f"{np.shape(a)} vs {np.shape(b)}"
+                )
+        return
+    left, right = _path_list(tree), _path_list(reference)
+    for i in range(max(len(left), len(right))):
+        pa = left[i][0] if i < len(left) else None
+        pb = right[i][0] if i < len(right) else None
+        if pa != pb:
+            raise ValueError(
+                f"{tree_name} and {reference_name} have different structures; first difference "
+                f"at leaf {i}: {tree_name} has {pa or '<nothing>'}, "
+                f"{reference_name} has {pb or '<nothing>'} (was the state made by init with "
+                f"params of this structure?)"
+            )
+    raise ValueError(
+        f"{tree_name} and {reference_name} have different structures: "
+        f"{jax.tree.structure(tree)} vs {jax.tree.structure(reference)}"
+    )
+
+
+def require_params(params, transform_name: str) -> None:
+    if params is None:
+        raise ValueError(
+            f"{transform_name} needs the current parameters: call "
+            f"update(updates, state, params) with params"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Hyperparameter validation (construction time)
+
+
+def _is_concrete_number(x) -> bool:
+    if isinstance(x, bool):
+        return False
+    if isinstance(x, numbers.Real):
+        return True
+    if isinstance(x, (np.ndarray, np.generic, jax.Array)) and np.ndim(x) == 0:
+        try:
+            float(x)
+            return True
+        except (TypeError, jax.errors.ConcretizationTypeError):
+            return False
+    return False
+
+
+def check_number(
+    name: str,
+    value,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    allow_schedule: bool = True,
+    allow_none: bool = False,
+) -> None:
+    """Validates a float hyperparameter against ``[low, high]`` (ends open where said).
+
+    Schedules (callables) and traced values are accepted as they are: they are checked when they
+    are evaluated, not here.
+    """
+    if value is None:
+        if allow_none:
+            return
+        raise ValueError(f"{name} must be a number, got None")
+    if callable(value):
+        if allow_schedule:
+            return
+        raise ValueError(f"{name} must be a number, not a schedule, got {value!r}")
+    if isinstance(value, bool) or not (_is_concrete_number(value) or isinstance(value, jax.Array)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not _is_concrete_number(value):
+        return
+    v = float(value)
+    if math.isnan(v):
+        raise ValueError(f"{name} must not be NaN")
+    lo_ok = low is None or (v > low if low_open else v >= low)
+    hi_ok = high is None or (v < high if high_open else v <= high)
+    if not (lo_ok and hi_ok):
+        lo = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
+        hi = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
+        raise ValueError(f"{name} must be in {lo}, {hi}, got {value!r}")
+
+
+def check_dtype(name: str, value) -> None:
+    if value is None:
+        return
+    try:
+        dt = jnp.dtype(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a dtype or None, got {value!r}") from None
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise ValueError(f"{name} must be a floating dtype, got {dt}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The transformation base class
+
+
+def _field_equal(a, b) -> bool:
+    if a is b:
+        return True
+    if isinstance(a, (np.ndarray, jax.Array)) or isinstance(b, (np.ndarray, jax.Array)):
+        try:
+            return np.shape(a) == np.shape(b) and bool(np.array_equal(np.asarray(a), np.asarray(b)))
+        except Exception:  # tracers and other non-concrete values compare by identity
+            return False
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_field_equal, a, b))
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+def _hashable(v):
+    if isinstance(v, (np.ndarray, jax.Array)):
+        try:
+            arr = np.asarray(v)
+            return ("array", arr.shape, str(arr.dtype), arr.tobytes())
+        except Exception:
+            return ("id", id(v))
+    if isinstance(v, (list, tuple)):
+        return tuple(_hashable(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((k, _hashable(x)) for k, x in v.items()))
+    try:
+        hash(v)
+        return v
+    except TypeError:
+        return ("id", id(v))
+
+
+def _default_float():
+    return jnp.result_type(float)
+
+
+def hyperparam_value(value, count) -> jax.Array:
+    """A hyperparameter's value at update ``count`` (0-based), as a scalar of the default float."""
+    if callable(value):
+        value = value(count)
+    return jnp.asarray(value, dtype=_default_float())
+
+
+class GradientTransformation:
+    """Base class of every gradchain transformation.
+
+    Subclasses are frozen dataclasses whose fields are the hyperparameters. They set ``name``
+    (what ``repr`` prints, the optax-compatible function name) and ``hyperparams`` (the names
+    of the float fields that are live, see the module docstring), and implement ``init`` and
+    ``update``.
+    """
+
+    name: ClassVar[str] = "transformation"
+    hyperparams: ClassVar[tuple[str, ...]] = ()
+
+    def init(self, params: Params) -> OptState:
+        raise NotImplementedError
+
+    def update(
+        self, updates: Updates, state: OptState, params: Params | None = None, **extra_args
+    ) -> tuple[Updates, OptState]:
+        raise NotImplementedError
+
+    # -- live hyperparameters ---------------------------------------------------------------
+
+    def init_hyperparams(self) -> dict[str, jax.Array]:
+        """The live hyperparameters before the first update (schedules at step 0)."""
+        zero = jnp.zeros((), jnp.int32)
+        return {n: hyperparam_value(getattr(self, n), zero) for n in self.hyperparams}
+
+    def current_hyperparams(self, state) -> dict[str, jax.Array]:
+        """The live hyperparameters this update uses: schedules at ``state.count``, else the
+        value held in ``state.hyperparams`` (which :func:`tree_set` may have changed)."""
+        out = {}
+        for n in self.hyperparams:
+            v = getattr(self, n)
+            out[n] = hyperparam_value(v, state.count) if callable(v) else state.hyperparams[n]
+        return out
+
+    # -- inspectable data -------------------------------------------------------------------
+
+    def _field_items(self):
+        return [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.repr]
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={_short_repr(v)}" for k, v in self._field_items())
+        return f"{self.name}({args})"
+
+    def __eq__(self, other) -> bool:
+        if type(self) is not type(other):
+            return NotImplemented
+        return all(
+            _field_equal(a, b)
+            for (_, a), (_, b) in zip(self._field_items(), other._field_items())
+        )
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(_hashable(v) for _, v in self._field_items())))
+
+    def __iter__(self):
+        # Lets ``init, update = tx`` work as with optax's NamedTuple transformations.
+        return iter((self.init, self.update))
+
+
+def _short_repr(v) -> str:
+    if isinstance(v, (np.ndarray, jax.Array)) and np.ndim(v) == 0:
+        try:
+            return repr(float(v))
+        except Exception:
+            return "<traced>"
+    if isinstance(v, type) or isinstance(v, np.dtype):
+        try:
+            return jnp.dtype(v).name
+        except TypeError:
+            return repr(v)
+    if inspect.isfunction(v) and v.__name__ == "<lambda>":
+        return "<lambda>"
+    if inspect.isfunction(v):
+        return v.__name__
+    return repr(v)
+
+
+def transformation(name: str, hyperparams: tuple[str, ...] = ()):
+    """Class decorator: a frozen, comparable dataclass transformation called ``name``."""
+
+    def wrap(cls):
+        cls.name = name
+        cls.hyperparams = tuple(hyperparams)
+        return dataclasses.dataclass(frozen=True, eq=False, repr=False)(cls)
+
+    return wrap
+
+
+# ---------------------------------------------------------------------------------------------
+# Foreign (optax) transformations inside gradchain chains
+
+
+def _accepts_extra_args(update_fn) -> bool:
+    try:
+        sig = inspect.signature(update_fn)
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+
+
+def _foreign_name(tx) -> str:
+    """An optax transformation's factory name, read from its closures' qualified names."""
+    for attr in ("update", "init"):
+        qual = getattr(getattr(tx, attr, None), "__qualname__", "") or ""
+        if "<locals>" in qual:
+            return qual.split(".<locals>")[0]
+    return type(tx).__name__
+
+
+def _child_name(tx) -> str:
+    return tx.name if isinstance(tx, GradientTransformation) else _foreign_name(tx)
+
+
+def _call_update(tx, updates, state, params, extra_args):
+    if isinstance(tx, GradientTransformation) or _accepts_extra_args(tx.update):
+        return tx.update(updates, state, params, **extra_args)
+    return tx.update(updates, state, params)
+
+
+# ---------------------------------------------------------------------------------------------
+# chain, identity, apply_updates
+
+
+class Chain(GradientTransformation):
+    """Applies transformations in order; the state is a :class:`ChainState`.
+
+    A named optimizer (``adamw``, ``sgd``, ...) is a chain that also records the arguments it was
+    built with, so that ``repr`` shows them and ``tx.learning_rate`` reads them back. Any other
+    attribute is looked up in the chained transformations: ``adamw(1e-3).b1 == 0.9``.
+    """
+
+    name = "chain"
+
+    def __init__(self, *transforms, name: str = "chain", config: Mapping | None = None):
+        for i, t in enumerate(transforms):
+            if not (hasattr(t, "init") and hasattr(t, "update")):
+                raise TypeError(
+                    f"{name}: argument {i} is not a gradient transformation (it has no "
+                    f"init/update): {t!r}"
+                )
+        object.__setattr__(self, "transforms", tuple(transforms))
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "config", dict(config or {}))
+
+    def __setattr__(self, key, value):
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {key!r}")
+
+    def init(self, params):
+        return ChainState(
+            tuple(t.init(params) for t in self.transforms),
+            tuple(_child_name(t) for t in self.transforms),
+        )
+
+    def update(self, updates, state, params=None, **extra_args):
+        if not isinstance(state, ChainState) or len(state.states) != len(self.transforms):
+            got = (
+                f"a ChainState of {len(state.states)}"
+                if isinstance(state, ChainState)
+                else type(state).__name__
+            )
+            raise ValueError(
+                f"{self.name}: expected the state made by this chain's init "
+                f"({len(self.transforms)} transformations), got {got}"
+            )
+        new_states = []
+        for t, s in zip(self.transforms, state.states):
+            updates, s = _call_update(t, updates, s, params, extra_args)
+            new_states.append(s)
+        return updates, ChainState(tuple(new_states), state.names)
+
+    def __getattr__(self, key):
+        if key.startswith("__") or key in ("transforms", "config"):
+            raise AttributeError(key)
+        config = self.__dict__.get("config", {})
+        if key in config:
+            return config[key]
+        found = []
+        for t in self.__dict__.get("transforms", ()):
+            try:
+                found.append(getattr(t, key))
+            except AttributeError:
+                pass
+        if len(found) == 1:
+            return found[0]
+        if found and all(_field_equal(found[0], f) for f in found[1:]):
+            return found[0]
+        if found:
+            raise AttributeError(f"{key!r} is set differently in several parts of {self.name}")
+        raise AttributeError(f"{self.name} has no hyperparameter {key!r}")
+
+    def __repr__(self):
+        inner = ",\n".join("  " + repr(t).replace("\n", "\n  ") for t in self.transforms)
+        if self.name == "chain":
+            return f"chain(\n{inner}\n)"
+        args = ", ".join(f"{k}={_short_repr(v)}" for k, v in self.config.items())
+        return f"{self.name}({args}) = chain(\n{inner}\n)"
+
+    def __eq__(self, other):
+        if not isinstance(other, Chain):
+            return NotImplemented
+        return (
+            self.name == other.name
+            and len(self.transforms) == len(other.transforms)
+            and all(_field_equal(a, b) for a, b in zip(self.transforms, other.transforms))
+            and self.config.keys() == other.config.keys()
+            and all(_field_equal(self.config[k], other.config[k]) for k in self.config)
+        )
+
+    def __hash__(self):
+        return hash((self.name, tuple(_hashable(t) for t in self.transforms)))
+
+
+def chain(*transforms) -> Chain:
+    """Applies ``transforms`` in order: the updates of one are the input of the next.
+
+    Accepts gradchain and optax transformations alike; extra keyword arguments of ``update`` are
+    passed to every transformation that accepts them.
+    """
+    return Chain(*transforms)
+
+
+def named_chain(name: str, config: Mapping, *transforms) -> Chain:
+    """A chain that prints as ``name(**config)``: how named optimizers are built."""
+    return Chain(*transforms, name=name, config=config)
+
+
+@transformation("identity")
+class Identity(GradientTransformation):
+    """Returns the updates unchanged: ``u = g``. State: :class:`EmptyState`."""
+
+    def init(self, params):
+        return EmptyState()
+
+    def update(self, updates, state, params=None, **extra_args):
+        return updates, state
+
+
+def identity() -> Identity:
+    """The transformation that returns updates unchanged."""
+    return Identity()
+
+
+def apply_updates(params: Params, updates: Updates) -> Params:
+    """``params + updates`` leaf by leaf, keeping each parameter's dtype (as optax does).
+
+    ``None`` leaves in ``updates`` (masked-out parameters) leave the parameter unchanged.
+    """
+    check_tree_match(updates, params, "updates", "params")
+
+    def add(p, u):
+        if u is None:
+            return p
+        p = jnp.asarray(p)
+        return jnp.asarray(p + u).astype(p.dtype)
+
+    return jax.tree.map(add, params, updates, is_leaf=lambda x: x is None)
+
+
+def to_optax(tx: GradientTransformation):
+    """Wraps ``tx`` as an ``optax.GradientTransformationExtraArgs``.
+
+    Plain gradchain transformations already work inside ``optax.chain``; the wrapper is only
+    needed to pass extra ``update`` arguments (a loss value, a loss function) through an optax
+    chain, which drops them for objects it does not recognise.
+    """
+    import optax  # an optional dependency: only imported when asked for
+
+    return optax.GradientTransformationExtraArgs(tx.init, tx.update)
+
+
+
+def check_floating(tree, transform_name: str) -> None:
+    """Raises a ``TypeError`` naming the first leaf of ``tree`` that is not a real float array.
+
+    Transformations that keep moments call this in ``init``: an integer leaf would silently
+    truncate every update, and complex leaves are not supported by gradchain's moment algebra.
+    """
+    for path, leaf in _path_list(tree):
+        if leaf is None:
+            continue
+        dtype = getattr(leaf, "dtype", None)
+        dtype = jnp.dtype(dtype) if dtype is not None else jnp.result_type(np.asarray(leaf))
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"{transform_name}: parameter {path or '<root>'} has dtype {dtype}; only real "
+                f"floating-point parameters are supported (cast integer or complex leaves, or "
+                f"leave them out with gradchain.masked)"
+            )
+
+
+def tree_map_multi(fn, n_outputs: int, tree, *rest):
+    """Maps ``fn`` (returning ``n_outputs`` arrays) over leaves; returns ``n_outputs`` trees.
+
+    One pass computes every output of a leaf together (the update and the new moments), which
+    keeps each leaf's arithmetic in one place.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    rest_leaves = [treedef.flatten_up_to(r) for r in rest]
+    outs = [fn(*xs) for xs in zip(leaves, *rest_leaves)]
+    return tuple(treedef.unflatten([o[i] for o in outs]) for i in range(n_outputs))

@@ -1,0 +1,84 @@
+"""Gradient clipping."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from gradchain.base import GradientTransformation, check_number, state_class, transformation
+from gradchain.numerics import init_count, safe_increment
+
+__all__ = ["clip_by_global_norm", "global_norm"]
+
+
+def global_norm(tree) -> jax.Array:
+    """``sqrt(sum over leaves of sum(x^2))``, accumulated in float32 or better."""
+    leaves = [x for x in jax.tree.leaves(tree) if x is not None]
+    if not leaves:
+        return jnp.zeros((), jnp.float32)
+    dt = jnp.result_type(*[jnp.promote_types(x.dtype, jnp.float32) for x in leaves])
+    sq = [jnp.sum(jnp.square(x.astype(dt))) for x in leaves]
+    return jnp.sqrt(sum(sq[1:], sq[0]))
+
+
+@state_class
+class ClipByGlobalNormState:
+    """``count``: updates done; ``global_norm``: the norm of the latest incoming updates
+    (before clipping), for logging; ``hyperparams``: max_norm."""
+
+    count: jax.Array
+    global_norm: jax.Array
+    hyperparams: dict
+
+
+@transformation("clip_by_global_norm", hyperparams=("max_norm",))
+class ClipByGlobalNorm(GradientTransformation):
+    r"""Rescales all updates together so that their global norm is at most ``max_norm``.
+
+    .. math::
+        N = \sqrt{\textstyle\sum_{\text{leaves}} \sum_i g_i^2}, \qquad
+        u = g \;\text{ if } N < M, \quad\text{else}\quad u = \frac{g}{N}\, M .
+
+    After clipping the norm is exactly ``M`` (up to rounding). The norm is accumulated in float32
+    for low-precision updates. A non-finite ``N`` makes finite entries 0 and the rest NaN, as in
+    optax and PyTorch; protect steps with ``apply_if_finite`` where that matters.
+
+    Args:
+      max_norm: :math:`M > 0` (a float or a schedule).
+
+    Differs from PyTorch's ``clip_grad_norm_``, which always multiplies by
+    ``min(M/(N + 1e-6), 1)`` (a clipped norm slightly below ``M``; ALGORITHMS.md §15 row 22).
+    Same as ``optax.clip_by_global_norm``. The norm of the latest updates is kept in the state as
+    ``global_norm``.
+    """
+
+    max_norm: float
+
+    def __post_init__(self):
+        check_number("max_norm", self.max_norm, low=0.0, low_open=True)
+
+    def init(self, params):
+        return ClipByGlobalNormState(
+            count=init_count(),
+            global_norm=jnp.zeros((), jnp.float32),
+            hyperparams=self.init_hyperparams(),
+        )
+
+    def update(self, updates, state, params=None, **extra_args):
+        hp = self.current_hyperparams(state)
+        max_norm = hp["max_norm"]
+        norm = global_norm(updates)
+        keep = norm < max_norm
+
+        def clip(g):
+            dt = jnp.promote_types(g.dtype, norm.dtype)
+            scaled = ((g.astype(dt) / norm) * max_norm.astype(dt)).astype(g.dtype)
+            return jnp.where(keep, g, scaled)
+
+        out = jax.tree.map(clip, updates)
+        return out, ClipByGlobalNormState(
+            safe_increment(state.count), norm.astype(jnp.float32), hp
+        )
+
+
+clip_by_global_norm = ClipByGlobalNorm

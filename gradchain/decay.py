@@ -1,0 +1,106 @@
+"""Weight decay: decoupled (AdamW-style) and its optax-compatible name."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gradchain.base import (
+    GradientTransformation,
+    check_number,
+    require_params,
+    state_class,
+    transformation,
+)
+from gradchain.numerics import compute_dtype, init_count, safe_increment
+
+__all__ = ["add_decayed_weights", "add_decoupled_weight_decay", "resolve_mask"]
+
+
+@state_class
+class WeightDecayState:
+    """``count``: updates done; ``hyperparams``: the weight decay the latest update used."""
+
+    count: jax.Array
+    hyperparams: dict
+
+
+def resolve_mask(mask, params, transform_name: str):
+    """The mask as a tree of Python bools with ``params``'s structure (a prefix is broadcast).
+
+    ``mask`` is None (everything selected), a pytree of bools or a callable ``params -> pytree``.
+    """
+    if mask is None:
+        return jax.tree.map(lambda _: True, params)
+    tree = mask(params) if callable(mask) else mask
+
+    def as_bool(m):
+        try:
+            return bool(np.asarray(m))
+        except Exception:
+            raise ValueError(
+                f"{transform_name}: mask leaves must be concrete bools, got {m!r}"
+            ) from None
+
+    try:
+        return jax.tree.map(lambda m, p: as_bool(m), tree, params)
+    except ValueError as e:
+        if "mask leaves" in str(e):
+            raise
+        raise ValueError(
+            f"{transform_name}: the mask's structure is not a prefix of the params' structure: {e}"
+        ) from None
+
+
+@transformation("add_decoupled_weight_decay", hyperparams=("weight_decay",))
+class AddDecoupledWeightDecay(GradientTransformation):
+    r"""Adds decayed weights to the updates: :math:`u = g + \lambda\, p`.
+
+    Placed *after* an adaptive scaling such as ``scale_by_adam`` and *before*
+    ``scale_by_learning_rate``, it gives decoupled weight decay (AdamW): the total step is
+    :math:`-\eta_t (\hat m/(\sqrt{\hat v}+\epsilon) + \lambda p)`, the decay multiplied by the full
+    scheduled learning rate as in PyTorch's AdamW and optax. Placed before the scaling it is a
+    coupled L2 penalty instead (see ``add_l2_penalty``).
+
+    Args:
+      weight_decay: :math:`\lambda \ge 0` (a float or a schedule), default 0.
+      mask: which leaves decay: a pytree of bools (or a prefix of the params' tree), or a
+        callable ``params -> pytree of bools``. Leaves where it is False pass through unchanged.
+
+    Loshchilov & Hutter (2019) multiply the decay by the schedule multiplier only, not by the
+    base learning rate: ``lambda_torch = lambda_paper / lr`` (ALGORITHMS.md §3.2).
+    Same as ``optax.add_decayed_weights``.
+    """
+
+    weight_decay: float = 0.0
+    mask: object = None
+
+    def __post_init__(self):
+        check_number("weight_decay", self.weight_decay, low=0.0)
+
+    def init(self, params):
+        return WeightDecayState(count=init_count(), hyperparams=self.init_hyperparams())
+
+    def update(self, updates, state, params=None, **extra_args):
+        require_params(params, self.name)
+        hp = self.current_hyperparams(state)
+        wd = hp["weight_decay"]
+        selected = resolve_mask(self.mask, params, self.name)
+
+        def decay(g, p, on):
+            if g is None or not on:
+                return g
+            dt = compute_dtype(jnp.promote_types(g.dtype, p.dtype))
+            return (g.astype(dt) + wd.astype(dt) * p.astype(dt)).astype(g.dtype)
+
+        out = jax.tree.map(decay, updates, params, selected, is_leaf=lambda x: x is None)
+        return out, WeightDecayState(safe_increment(state.count), hp)
+
+
+add_decoupled_weight_decay = AddDecoupledWeightDecay
+
+
+def add_decayed_weights(weight_decay=0.0, mask=None) -> AddDecoupledWeightDecay:
+    """optax's name for :func:`add_decoupled_weight_decay` (same arguments, same result)."""
+    return AddDecoupledWeightDecay(weight_decay=weight_decay, mask=mask)

@@ -1,0 +1,85 @@
+"""Momentum: heavy-ball and Nesterov traces."""
+
+from __future__ import annotations
+
+import jax
+
+from gradchain.base import (
+    GradientTransformation,
+    check_dtype,
+    check_floating,
+    check_number,
+    check_tree_match,
+    state_class,
+    transformation,
+    tree_map_multi,
+)
+from gradchain.numerics import compute_dtype, init_count, safe_increment, state_dtype, zeros_like_param
+
+__all__ = ["trace"]
+
+
+@state_class
+class TraceState:
+    """``count``: updates done; ``trace``: the momentum buffer ``b``; ``hyperparams``: decay."""
+
+    count: jax.Array
+    trace: object
+    hyperparams: dict
+
+
+@transformation("trace", hyperparams=("decay",))
+class Trace(GradientTransformation):
+    r"""Heavy-ball or Nesterov momentum.
+
+    .. math::
+        b_t = g_t + \mu\, b_{t-1}, \qquad
+        u_t = b_t \;\text{(heavy ball)} \quad\text{or}\quad u_t = g_t + \mu\, b_t \;\text{(Nesterov)}
+
+    with :math:`b_0 = 0`. The learning rate is applied outside the buffer (by a later
+    ``scale_by_learning_rate``), as in PyTorch's SGD and optax's ``sgd``.
+
+    Args:
+      decay: the momentum :math:`\mu \in [0, 1]` (a float or a schedule).
+      nesterov: use Nesterov's look-ahead form.
+      accumulator_dtype: dtype of the buffer. Default: the parameter's dtype, promoted to
+        float32 for bfloat16/float16 parameters (optax keeps the parameter's dtype).
+
+    Differs from PyTorch: torch's ``dampening`` has no equivalent (ALGORITHMS.md §15 row 1); with
+    zero dampening the two agree exactly. Reference: Polyak (1964); Sutskever et al. (2013).
+    """
+
+    decay: float
+    nesterov: bool = False
+    accumulator_dtype: object = None
+
+    def __post_init__(self):
+        check_number("decay", self.decay, low=0.0, high=1.0)
+        if not isinstance(self.nesterov, bool):
+            raise ValueError(f"nesterov must be a bool, got {self.nesterov!r}")
+        check_dtype("accumulator_dtype", self.accumulator_dtype)
+
+    def init(self, params):
+        check_floating(params, self.name)
+        buf = jax.tree.map(
+            lambda p: zeros_like_param(p, state_dtype(p.dtype, self.accumulator_dtype)), params
+        )
+        return TraceState(count=init_count(), trace=buf, hyperparams=self.init_hyperparams())
+
+    def update(self, updates, state, params=None, **extra_args):
+        check_tree_match(updates, state.trace, "updates", "state.trace")
+        hp = self.current_hyperparams(state)
+        mu = hp["decay"]
+
+        def step(g, b):
+            dt = compute_dtype(g.dtype)
+            g32, b32 = g.astype(dt), b.astype(dt)
+            new_b = g32 + mu.astype(dt) * b32
+            out = g32 + mu.astype(dt) * new_b if self.nesterov else new_b
+            return out.astype(g.dtype), new_b.astype(b.dtype)
+
+        out, buf = tree_map_multi(step, 2, updates, state.trace)
+        return out, TraceState(safe_increment(state.count), buf, hp)
+
+
+trace = Trace

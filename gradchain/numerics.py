@@ -1,0 +1,106 @@
+"""Numerics shared by every transformation: one helper for one piece of arithmetic.
+
+* Step counters are int32 and saturate at 2^31 - 1 instead of wrapping to a negative count.
+* Bias corrections ``1 - beta^t`` are formed in float32 or better, never in the moment's dtype
+  (``bf16(0.999) == 1.0``, so a bfloat16 correction would divide by zero).
+* Moments of low-precision parameters are kept, by default, in float32 (ALGORITHMS.md §14):
+  a bfloat16 second moment with ``b2 = 0.999`` never decays.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "bias_correction",
+    "safe_increment",
+    "state_dtype",
+    "zeros_like_param",
+]
+
+COUNT_DTYPE = jnp.int32
+
+
+def safe_increment(count: jax.Array) -> jax.Array:
+    """``count + 1``, saturating at the dtype's maximum (2^31 - 1 for the int32 counters)."""
+    count = jnp.asarray(count)
+    if jnp.issubdtype(count.dtype, jnp.integer):
+        top = jnp.iinfo(count.dtype).max
+    elif jnp.issubdtype(count.dtype, jnp.floating):
+        top = jnp.finfo(count.dtype).max
+    else:
+        raise ValueError(f"a step counter must be an integer or float array, got {count.dtype}")
+    return jnp.where(count < top, count + 1, top).astype(count.dtype)
+
+
+def init_count() -> jax.Array:
+    return jnp.zeros((), COUNT_DTYPE)
+
+
+def compute_dtype(dtype) -> jnp.dtype:
+    """The dtype moment arithmetic runs in: the parameter's, promoted to at least float32."""
+    dtype = jnp.dtype(dtype)
+    if not jnp.issubdtype(dtype, jnp.inexact):
+        return jnp.dtype(jnp.result_type(float))
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def state_dtype(param_dtype, requested=None) -> jnp.dtype:
+    """The dtype a moment of a ``param_dtype`` parameter is stored in.
+
+    ``requested`` (a ``mu_dtype``/``nu_dtype`` argument) wins; otherwise float32 for bfloat16 and
+    float16 parameters and the parameter's own dtype for float32 and float64.
+    """
+    if requested is not None:
+        return jnp.dtype(requested)
+    return compute_dtype(param_dtype)
+
+
+def _shape_dtype(p):
+    if hasattr(p, "shape") and hasattr(p, "dtype"):
+        return tuple(p.shape), jnp.dtype(p.dtype)
+    a = np.asarray(p)
+    return a.shape, jnp.dtype(jnp.result_type(a))
+
+
+def _sharding_of(p):
+    """The sharding of a concrete array or a ``ShapeDtypeStruct``; None inside a trace."""
+    if isinstance(p, jax.core.Tracer):
+        return None
+    sharding = getattr(p, "sharding", None)
+    if sharding is None or not isinstance(sharding, jax.sharding.Sharding):
+        return None
+    return sharding
+
+
+def zeros_like_param(p, dtype=None, fill: float = 0.0) -> jax.Array:
+    """A state array shaped like parameter ``p`` (an array or a ``ShapeDtypeStruct``).
+
+    It is placed with ``p``'s sharding when ``p`` has one, so that a moment lives on the devices
+    of the parameter it mirrors.
+    """
+    shape, pdtype = _shape_dtype(p)
+    dtype = pdtype if dtype is None else jnp.dtype(dtype)
+    sharding = _sharding_of(p)
+    if sharding is not None:
+        return jnp.full(shape, fill, dtype, device=sharding)
+    return jnp.full(shape, fill, dtype)
+
+
+def bias_correction(moment: jax.Array, decay, count: jax.Array) -> jax.Array:
+    """``moment / (1 - decay^count)``, with the power formed in float32 or better.
+
+    ``count`` is the 1-based step number (``count = 0`` would divide by zero, so callers pass
+    ``count + 1``). The correction is cast to the moment's dtype before the division, as in
+    optax, so an exact fp32 cross-check stays exact.
+    """
+    decay = jnp.asarray(decay, dtype=jnp.promote_types(jnp.asarray(decay).dtype, jnp.float32))
+    correction = 1 - decay ** jnp.asarray(count)
+    return moment / correction.astype(moment.dtype)
+
+
+def ema(old: jax.Array, new: jax.Array, decay) -> jax.Array:
+    """``decay * old + (1 - decay) * new``: the moment update every EMA in gradchain uses."""
+    return (1 - decay) * new + decay * old

@@ -1,0 +1,121 @@
+"""Scaling by constants, learning rates and schedules."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from gradchain.base import (
+    GradientTransformation,
+    check_number,
+    hyperparam_value,
+    state_class,
+    transformation,
+)
+from gradchain.numerics import init_count, safe_increment
+
+__all__ = ["scale", "scale_by_learning_rate", "scale_by_schedule"]
+
+
+@state_class
+class ScaleState:
+    """``count``: updates done; ``hyperparams``: the factor(s) the latest update used."""
+
+    count: jax.Array
+    hyperparams: dict
+
+
+def _scaled(updates, factor):
+    return jax.tree.map(lambda u: u * jnp.asarray(factor).astype(u.dtype), updates)
+
+
+@transformation("scale", hyperparams=("step_size",))
+class Scale(GradientTransformation):
+    """Multiplies the updates by a constant: ``u = s * g``.
+
+    Args:
+      step_size: the factor ``s`` (any real number; a schedule of the step count also works).
+
+    Same as ``optax.scale``.
+    """
+
+    step_size: float
+
+    def __post_init__(self):
+        check_number("step_size", self.step_size)
+
+    def init(self, params):
+        return ScaleState(count=init_count(), hyperparams=self.init_hyperparams())
+
+    def update(self, updates, state, params=None, **extra_args):
+        hp = self.current_hyperparams(state)
+        return _scaled(updates, hp["step_size"]), ScaleState(safe_increment(state.count), hp)
+
+
+scale = Scale
+
+
+@transformation("scale_by_learning_rate", hyperparams=("learning_rate",))
+class ScaleByLearningRate(GradientTransformation):
+    """Scales by the (negated) learning rate: ``u_k = -eta_k * g_k``.
+
+    The update number ``k`` (0-based) uses ``eta_k = learning_rate(k)`` when the learning rate is a
+    schedule, so the first update uses ``learning_rate(0)``, as in optax and in PyTorch's
+    ``optimizer.step(); scheduler.step()`` loop. The value used is kept in the state:
+    ``tree_get(state, "learning_rate")``.
+
+    Args:
+      learning_rate: ``eta >= 0``, a float or a schedule.
+      flip_sign: when True (default), multiply by ``-eta`` so that ``apply_updates`` descends.
+
+    Same as ``optax.scale_by_learning_rate``. The learning rate is cast to the updates' dtype.
+    """
+
+    learning_rate: float
+    flip_sign: bool = True
+
+    def __post_init__(self):
+        check_number("learning_rate", self.learning_rate, low=0.0)
+        if not isinstance(self.flip_sign, bool):
+            raise ValueError(f"flip_sign must be a bool, got {self.flip_sign!r}")
+
+    def init(self, params):
+        return ScaleState(count=init_count(), hyperparams=self.init_hyperparams())
+
+    def update(self, updates, state, params=None, **extra_args):
+        hp = self.current_hyperparams(state)
+        sign = -1 if self.flip_sign else 1
+        return _scaled(updates, sign * hp["learning_rate"]), ScaleState(
+            safe_increment(state.count), hp
+        )
+
+
+scale_by_learning_rate = ScaleByLearningRate
+
+
+@transformation("scale_by_schedule")
+class ScaleBySchedule(GradientTransformation):
+    """Multiplies the updates by a schedule of the step count: ``u_k = f(k) * g_k``.
+
+    ``k`` counts the updates done before this one, so the first update uses ``f(0)``. The value
+    used is kept in the state as ``hyperparams["step_size"]``. Same as ``optax.scale_by_schedule``.
+    """
+
+    step_size_fn: object
+
+    def __post_init__(self):
+        if not callable(self.step_size_fn):
+            raise ValueError(f"step_size_fn must be callable, got {self.step_size_fn!r}")
+
+    def init(self, params):
+        zero = init_count()
+        return ScaleState(zero, {"step_size": hyperparam_value(self.step_size_fn, zero)})
+
+    def update(self, updates, state, params=None, **extra_args):
+        step_size = hyperparam_value(self.step_size_fn, state.count)
+        return _scaled(updates, step_size), ScaleState(
+            safe_increment(state.count), {"step_size": step_size}
+        )
+
+
+scale_by_schedule = ScaleBySchedule
