@@ -4,8 +4,12 @@ Every piece is a ``GradientTransformation`` with ``init(params) -> state`` and
 ``update(updates, state, params=None, **extra_args) -> (updates, state)``; named optimizers are
 thin chains of them. Names, arguments and defaults follow optax where optax has the same concept,
 so ``import gradchain as optax`` works for the optimizers gradchain implements.
+
+Public names are re-exported here from the module of their concept; ``__all__`` is the union of
+those modules' ``__all__``.
 """
 
+from gradchain import adaptive, base, clipping, decay, momentum, numerics, optimizers, scaling
 from gradchain.adaptive import scale_by_adam
 from gradchain.base import (
     ChainState,
@@ -15,6 +19,7 @@ from gradchain.base import (
     chain,
     identity,
     named_chain,
+    state_class,
     to_optax,
     tree_get,
     tree_get_all_with_path,
@@ -29,30 +34,5 @@ from gradchain.scaling import scale, scale_by_learning_rate, scale_by_schedule
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ChainState",
-    "EmptyState",
-    "GradientTransformation",
-    "adam",
-    "adamw",
-    "add_decayed_weights",
-    "add_decoupled_weight_decay",
-    "apply_updates",
-    "bias_correction",
-    "chain",
-    "clip_by_global_norm",
-    "global_norm",
-    "identity",
-    "named_chain",
-    "safe_increment",
-    "scale",
-    "scale_by_adam",
-    "scale_by_learning_rate",
-    "scale_by_schedule",
-    "sgd",
-    "to_optax",
-    "trace",
-    "tree_get",
-    "tree_get_all_with_path",
-    "tree_set",
-]
+_MODULES = (adaptive, base, clipping, decay, momentum, numerics, optimizers, scaling)
+__all__ = sorted({name for module in _MODULES for name in module.__all__})

@@ -15,7 +15,7 @@ from gradchain.base import (
 )
 from gradchain.numerics import compute_dtype, init_count, safe_increment
 
-__all__ = ["add_decayed_weights", "add_decoupled_weight_decay", "resolve_mask"]
+__all__ = ["add_decayed_weights", "add_decoupled_weight_decay"]
 
 
 @state_class

@@ -13,12 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = [
-    "bias_correction",
-    "safe_increment",
-    "state_dtype",
-    "zeros_like_param",
-]
+__all__ = ["bias_correction", "safe_increment"]
 
 COUNT_DTYPE = jnp.int32
 

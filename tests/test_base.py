@@ -199,3 +199,8 @@ def test_identity_and_apply_updates_keep_dtypes():
     new = gc.apply_updates(params, u)
     assert jax.tree.map(lambda x: x.dtype, new) == jax.tree.map(lambda x: x.dtype, params)
     np.testing.assert_allclose(new["vector"], 2 * params["vector"])
+
+
+def test_every_public_name_is_exported():
+    missing = [n for n in gc.__all__ if not hasattr(gc, n)]
+    assert not missing
