@@ -121,6 +121,14 @@ def _since(c, b) -> jax.Array:
     return c.astype(f) - b
 
 
+def _since_mod(c, b, period: int) -> jax.Array:
+    """``(c - b) mod period`` as a float, reduced exactly in the integers for integer steps, so
+    that a periodic schedule keeps its phase near step 2^31 (a float32 step has lost it)."""
+    if _is_int(c) and _fits(c, b) and _fits(c, period):
+        return jnp.remainder(c - b, period).astype(_float_dtype())
+    return jnp.remainder(_since(c, b), period)
+
+
 def _shift(c, b) -> jax.Array:
     """The step a joined schedule sees, ``c - b``, in the dtype of ``c`` (as optax passes it)."""
     if not _fits(c, b):
@@ -527,9 +535,10 @@ class CosineDecaySchedule(Schedule):
         _check_choice("convention", self.convention, _CONVENTIONS)
 
     def _at(self, c):
-        k = _since(c, 0)
         if self.convention == "optax":
-            k = jnp.minimum(k, self.decay_steps)
+            k = jnp.minimum(_since(c, 0), self.decay_steps)
+        else:
+            k = _since_mod(c, 0, 2 * self.decay_steps)
         decayed = (1 - self.alpha) * _half_cosine(k / self.decay_steps) ** self.exponent + self.alpha
         return self.init_value * decayed
 
@@ -596,9 +605,10 @@ class WarmupCosineDecaySchedule(Schedule):
 
     def _at(self, c):
         w, length = self.warmup_steps, self.decay_steps - self.warmup_steps
-        k = _since(c, w)
         if self.convention == "optax":
-            k = jnp.minimum(k, length)
+            k = jnp.minimum(_since(c, w), length)
+        else:
+            k = _since_mod(c, w, 2 * length)
         cosine = _half_cosine(k / length) ** self.exponent
         decayed = self.end_value + (self.peak_value - self.end_value) * cosine
         warm = _linear_ramp(c, self.init_value, self.peak_value, w)
@@ -708,8 +718,7 @@ class CosineWarmRestartsSchedule(Schedule):
 
     def _at(self, c):
         if self.T_mult == 1:
-            t_cur = jnp.remainder(c, self.T_0).astype(_float_dtype())
-            return self._cosine(t_cur, self.T_0)
+            return self._cosine(_since_mod(c, 0, self.T_0), self.T_0)
         out = self._cosine(_since(c, 0), self.T_0)
         for i, start in enumerate(self.starts[1:], start=1):
             if not _fits(c, start):
