@@ -160,17 +160,19 @@ def _half_cosine(x):
     return 0.5 * (1 + jnp.cos(jnp.pi * x))
 
 
-def _interpolate(c, knots, values, kind, *, min_length=1):
+def _interpolate(c, knots, values, kind):
     """Interpolates ``values`` between ``knots`` (linearly or along a half cosine), then holds
     the last value.
 
-    The segment from knot j to j+1 has ``pct = (c - k_j) / max(k_{j+1} - k_j, min_length)``, as
-    optax's piecewise_interpolate_schedule (``min_length=1``: an empty segment is skipped).
+    The segment from knot j to j+1 has ``pct = (c - k_j) / (k_{j+1} - k_j)``; for integer knots
+    (optax's) the length is at least 1, which skips an empty segment as optax does. PyTorch's
+    one-cycle knots are floats that always increase.
     """
     out = values[-1]
     for j in reversed(range(len(knots) - 1)):
         start, end = values[j], values[j + 1]
-        pct = _since(c, knots[j]) / max(knots[j + 1] - knots[j], min_length)
+        length = knots[j + 1] - knots[j]
+        pct = _since(c, knots[j]) / (max(length, 1) if isinstance(length, int) else length)
         if kind == "linear":
             segment = (end - start) * pct + start
         else:
@@ -185,15 +187,14 @@ def _interpolate(c, knots, values, kind, *, min_length=1):
 
 def _check_steps(name: str, value, *, low: int = 0) -> int:
     """A number of steps as a Python int: integers and integral floats (``1e5``) are accepted."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer number of steps, got {value!r}")
     try:
         v = operator.index(value)
     except TypeError:
-        if isinstance(value, numbers.Real) and not isinstance(value, bool) and float(value).is_integer():
-            v = int(value)
-        else:
+        if not (isinstance(value, numbers.Real) and float(value).is_integer()):
             raise ValueError(f"{name} must be an integer number of steps, got {value!r}") from None
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer number of steps, got {value!r}")
+        v = int(value)
     if v < low:
         raise ValueError(f"{name} must be >= {low}, got {value!r}")
     return v
@@ -220,8 +221,6 @@ def _check_boundaries(name: str, boundaries_and_scales) -> dict[int, float] | No
         step = _check_steps(f"{name} key", b)
         _check_value(f"{name}[{b!r}]", s, low=0.0)
         out[step] = s
-    if len(out) != len(boundaries_and_scales):
-        raise ValueError(f"{name} has two keys for the same step: {boundaries_and_scales!r}")
     return dict(sorted(out.items()))
 
 
