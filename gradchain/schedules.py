@@ -30,11 +30,10 @@ passed to ``update(..., value=loss)`` stops improving.
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 import operator
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar
+from collections.abc import Iterable, Mapping
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -258,9 +257,6 @@ class Schedule:
         """
         if isinstance(steps, numbers.Integral):
             steps = np.arange(int(steps))
-        steps = np.asarray(steps)
-        if np.issubdtype(steps.dtype, np.integer):
-            steps = steps.astype(np.int32)
         return np.asarray(jax.jit(jax.vmap(self))(jnp.asarray(steps)))
 
     # -- inspectable data -------------------------------------------------------------------
