@@ -97,7 +97,9 @@ class FactoredState:
     """``count``: updates done; per parameter, ``v_row`` and ``v_col``: the moving averages of
     the mean of :math:`g^2 + \\epsilon_1` over axis ``d0`` and over axis ``d1`` (factored
     leaves), ``v``: the moving average of :math:`g^2 + \\epsilon_1` (other leaves); unused
-    entries are empty ``(0,)`` arrays. ``hyperparams``: decay_rate, epsilon."""
+    entries are empty: ``(0,)`` factors for unfactored leaves, and for factored leaves a ``v`` of
+    shape ``(0, *param.shape)`` that records the parameter's shape. ``hyperparams``: decay_rate,
+    epsilon."""
 
     count: jax.Array
     v_row: object
@@ -184,7 +186,9 @@ class FactoredSecondMoment(GradientTransformation):
             return (0,), (0,), tuple(shape)
         d1, d0 = axes
         drop = lambda axis: tuple(s for i, s in enumerate(shape) if i != axis)  # noqa: E731
-        return drop(d0), drop(d1), (0,)
+        # An empty v that still records the parameter's shape, so that the state of a (2, 3)
+        # matrix is not mistaken for the state of a (3, 2) one (their factors have equal shapes).
+        return drop(d0), drop(d1), (0, *shape)
 
     def init(self, params):
         check_floating(params, self.name)

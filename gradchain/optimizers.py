@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import jax.numpy as jnp
 
 from gradchain.adaptive import scale_by_adam, scale_by_rms, scale_by_stddev
@@ -15,6 +17,22 @@ from gradchain.scaling import scale, scale_by_learning_rate
 __all__ = ["adafactor", "adam", "adamw", "rmsprop", "sgd"]
 
 
+@contextlib.contextmanager
+def _argument_names(**outer_names):
+    """Re-raises a part's hyperparameter error under the optimizer's name for that argument.
+
+    ``sgd(0.1, momentum=1.5)`` builds ``trace(decay=1.5)``; the error should say ``momentum``.
+    """
+    try:
+        yield
+    except ValueError as e:
+        message = str(e)
+        for inner, outer in outer_names.items():
+            if message.startswith(inner + " "):
+                raise ValueError(outer + message[len(inner):]) from None
+        raise
+
+
 def sgd(learning_rate, momentum=None, nesterov=False, accumulator_dtype=None) -> Chain:
     r"""Stochastic gradient descent, optionally with heavy-ball or Nesterov momentum.
 
@@ -24,7 +42,10 @@ def sgd(learning_rate, momentum=None, nesterov=False, accumulator_dtype=None) ->
     """
     parts = []
     if momentum is not None:
-        parts.append(trace(decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype))
+        with _argument_names(decay="momentum"):
+            parts.append(
+                trace(decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype)
+            )
     parts.append(scale_by_learning_rate(learning_rate))
     config = dict(
         learning_rate=learning_rate,
@@ -144,7 +165,8 @@ def rmsprop(
         scale_by_learning_rate(learning_rate),
     ]
     if momentum is not None:
-        parts.append(trace(decay=momentum, nesterov=nesterov))
+        with _argument_names(decay="momentum"):
+            parts.append(trace(decay=momentum, nesterov=nesterov))
     config = dict(
         learning_rate=learning_rate, decay=decay, eps=eps, initial_scale=initial_scale,
         eps_in_sqrt=eps_in_sqrt, centered=centered, momentum=momentum, nesterov=nesterov,
@@ -207,22 +229,30 @@ def adafactor(
     Reference: Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost"
     (2018).
     """
-    parts = [
-        factored_second_moment(
-            factored, decay_rate, decay_offset, min_dim_size_to_factor, eps,
-            factored_axes=factored_axes,
+    if not isinstance(multiply_by_parameter_scale, bool):
+        raise ValueError(
+            f"multiply_by_parameter_scale must be a bool, got {multiply_by_parameter_scale!r}"
         )
-    ]
+    with _argument_names(step_offset="decay_offset", epsilon="eps"):
+        parts = [
+            factored_second_moment(
+                factored, decay_rate, decay_offset, min_dim_size_to_factor, eps,
+                factored_axes=factored_axes,
+            )
+        ]
     if clipping_threshold is not None:
-        parts.append(clip_by_block_rms(clipping_threshold))
+        with _argument_names(threshold="clipping_threshold"):
+            parts.append(clip_by_block_rms(clipping_threshold))
     if learning_rate is not None:
         parts.append(scale_by_learning_rate(learning_rate, flip_sign=False))
     if multiply_by_parameter_scale:
         parts.append(scale_by_param_block_rms())
     if momentum is not None:
-        parts.append(ema(momentum, debias=False, accumulator_dtype=dtype_momentum))
+        with _argument_names(decay="momentum", accumulator_dtype="dtype_momentum"):
+            parts.append(ema(momentum, debias=False, accumulator_dtype=dtype_momentum))
     if weight_decay_rate is not None:
-        parts.append(add_decoupled_weight_decay(weight_decay_rate, weight_decay_mask))
+        with _argument_names(weight_decay="weight_decay_rate"):
+            parts.append(add_decoupled_weight_decay(weight_decay_rate, weight_decay_mask))
     parts.append(scale(-1))
     config = dict(
         learning_rate=learning_rate, min_dim_size_to_factor=min_dim_size_to_factor,
