@@ -38,6 +38,7 @@ from gradchain.base import (
 from gradchain.clipping import clip, clip_by_block_rms, clip_by_global_norm, global_norm
 from gradchain.decay import add_decayed_weights, add_decoupled_weight_decay, add_l2_penalty
 from gradchain.factored import (
+    adafactor_decay_rate,
     factored_axes,
     factored_second_moment,
     scale_by_factored_rms,

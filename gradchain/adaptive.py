@@ -170,8 +170,8 @@ class ScaleByRms(GradientTransformation):
     .. math::
         \nu_t = \rho\, \nu_{t-1} + (1-\rho)\, g_t^2, \qquad
         \hat\nu_t = \nu_t / (1-\rho^t) \text{ if bias\_correction else } \nu_t, \\
-        u_t = g_t / \sqrt{\hat\nu_t + \epsilon} \;\;(\texttt{eps\_in\_sqrt=True}) \quad\text{or}\quad
-        u_t = g_t / (\sqrt{\hat\nu_t} + \epsilon),
+        u_t = g_t / \sqrt{\hat\nu_t + \epsilon} \;\;(\texttt{eps\_in\_sqrt=True})
+        \quad\text{or}\quad u_t = g_t / (\sqrt{\hat\nu_t} + \epsilon),
 
     with :math:`\nu_0` = ``initial_scale`` and :math:`t` the 1-based step number.
 

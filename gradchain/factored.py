@@ -35,6 +35,7 @@ from gradchain.numerics import (
 from gradchain.scaling import ScaleState
 
 __all__ = [
+    "adafactor_decay_rate",
     "factored_axes",
     "factored_second_moment",
     "scale_by_factored_rms",

@@ -39,6 +39,16 @@ def sgd(learning_rate, momentum=None, nesterov=False, accumulator_dtype=None) ->
     ``chain(trace(momentum, nesterov), scale_by_learning_rate(learning_rate))``:
     :math:`b_t = g_t + \mu b_{t-1}`, :math:`p_t = p_{t-1} - \eta_{t-1} b_t` (Nesterov:
     :math:`g_t + \mu b_t`). Same as ``optax.sgd`` and ``torch.optim.SGD`` without dampening.
+
+    Args:
+      learning_rate: :math:`\eta \ge 0`, a float or a schedule (no default; torch's is 1e-3).
+      momentum: :math:`\mu \in [0, 1]`, or None (default) for no momentum buffer.
+      nesterov: Nesterov's form, default False.
+      accumulator_dtype: dtype of the momentum buffer (see :class:`trace`).
+
+    PyTorch's ``weight_decay`` is ``chain(add_l2_penalty(wd), sgd(...))``; its ``dampening`` has
+    no equivalent (ALGORITHMS.md §1, §15 row 1). The learning rate is outside the buffer, as in
+    torch; Sutskever et al. (2013) keep it inside, which differs under a schedule.
     """
     parts = []
     if momentum is not None:

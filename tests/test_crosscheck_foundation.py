@@ -244,8 +244,11 @@ def _reference(c: Case) -> list:
     params = _params(c)
     dtypes = jax.tree.map(lambda p: p.dtype, params)
 
+    def store(p, u, dtype):
+        return (p.astype(dtype) + u.astype(dtype)).astype(p.dtype)
+
     def apply(p, u):
-        return jax.tree.map(lambda p, u, d: (p.astype(d) + u.astype(d)).astype(p.dtype), p, u, dtypes)
+        return jax.tree.map(store, p, u, dtypes)
 
     run = _run(c.ref(), upcast(params), upcast(gradient_stream(params, STEPS)), apply)
     return [jax.tree.map(lambda p, d: p.astype(d), p, dtypes) for p in run.params]

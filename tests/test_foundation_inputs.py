@@ -75,9 +75,8 @@ STATEFUL = [
 def test_updates_with_another_structure_name_the_first_differing_path(build, state_name):
     tx = build()
     params = {"a": jnp.ones((2, 3)), "b": jnp.ones(3)}
-    with pytest.raises(
-        ValueError, match=rf"first difference at leaf 1: updates has \['c'\], {state_name} has \['b'\]"
-    ):
+    message = rf"first difference at leaf 1: updates has \['c'\], {state_name} has \['b'\]"
+    with pytest.raises(ValueError, match=message):
         tx.update({"a": jnp.ones((2, 3)), "c": jnp.ones(3)}, tx.init(params), params)
 
 
