@@ -1,12 +1,13 @@
 """The algebra facts the references teach, as tests (issue 2, "Must show"; ALGORITHMS.md).
 
 Expected values are worked out by hand or with numpy from the formulas in ALGORITHMS.md, never
-with the code under test.
+with the code under test (optax appears once, to show that an input reaches a hazard).
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import gradchain as gc
@@ -115,3 +116,16 @@ def test_adafactor_first_step_divides_by_the_rank_one_estimate_of_g_squared():
     np.testing.assert_allclose(u["w"], expected, rtol=1e-5)
     np.testing.assert_allclose(state.v_row["w"], r, rtol=1e-6)
     np.testing.assert_allclose(state.v_col["w"], c, rtol=1e-6)
+
+
+def test_centered_rms_never_takes_the_root_of_a_negative_variance():
+    # At t = 1 with bias correction the centered variance nu_hat - mu_hat^2 is g^2 - g^2: zero in
+    # exact arithmetic, slightly negative after rounding for some entries, where optax's
+    # sqrt gives NaN. gradchain clamps the variance at 0 (documented in scale_by_stddev).
+    grads = {"w": jax.random.normal(jax.random.PRNGKey(0), (1000,))}
+    ref = optax.scale_by_stddev(eps_in_sqrt=False, bias_correction=True)
+    ref_updates, _ = jax.jit(ref.update)(grads, ref.init(grads))
+    assert np.isnan(ref_updates["w"]).any()  # the input does reach below zero
+    tx = gc.scale_by_stddev(eps_in_sqrt=False, bias_correction=True)
+    updates, _ = jax.jit(tx.update)(grads, tx.init(grads))
+    assert np.isfinite(updates["w"]).all()
