@@ -9,8 +9,18 @@ Public names are re-exported here from the module of their concept; ``__all__`` 
 those modules' ``__all__``.
 """
 
-from gradchain import adaptive, base, clipping, decay, momentum, numerics, optimizers, scaling
-from gradchain.adaptive import scale_by_adam
+from gradchain import (
+    adaptive,
+    base,
+    clipping,
+    decay,
+    factored,
+    momentum,
+    numerics,
+    optimizers,
+    scaling,
+)
+from gradchain.adaptive import scale_by_adam, scale_by_rms, scale_by_stddev
 from gradchain.base import (
     ChainState,
     EmptyState,
@@ -25,11 +35,18 @@ from gradchain.base import (
     tree_get_all_with_path,
     tree_set,
 )
-from gradchain.clipping import clip_by_global_norm, global_norm
-from gradchain.decay import add_decayed_weights, add_decoupled_weight_decay
-from gradchain.momentum import trace
+from gradchain.clipping import clip, clip_by_block_rms, clip_by_global_norm, global_norm
+from gradchain.decay import add_decayed_weights, add_decoupled_weight_decay, add_l2_penalty
+from gradchain.factored import (
+    adafactor_decay_rate,
+    factored_axes,
+    factored_second_moment,
+    scale_by_factored_rms,
+    scale_by_param_block_rms,
+)
+from gradchain.momentum import ema, trace
 from gradchain.numerics import bias_correction, safe_increment
-from gradchain.optimizers import adam, adamw, sgd
+from gradchain.optimizers import adafactor, adam, adamw, rmsprop, sgd
 from gradchain.scaling import scale, scale_by_learning_rate, scale_by_schedule
 from gradchain import schedules
 from gradchain.schedules import (
@@ -57,5 +74,16 @@ from gradchain.schedules import (
 
 __version__ = "0.1.0"
 
-_MODULES = (adaptive, base, clipping, decay, momentum, numerics, optimizers, scaling, schedules)
+_MODULES = (
+    adaptive,
+    base,
+    clipping,
+    decay,
+    factored,
+    momentum,
+    numerics,
+    optimizers,
+    scaling,
+    schedules,
+)
 __all__ = sorted({name for module in _MODULES for name in module.__all__})

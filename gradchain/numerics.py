@@ -61,8 +61,15 @@ def _shape_dtype(p):
 
 
 def _sharding_of(p):
-    """The sharding of a concrete array or a ``ShapeDtypeStruct``; None inside a trace."""
+    """The sharding of a placed array or a ``ShapeDtypeStruct``; None inside a trace.
+
+    An array jax placed by default (not committed) gives None: a committed moment next to an
+    uncommitted count would make the state after one step (all committed) a different jit
+    signature from the state ``init`` made, and the second step would compile again.
+    """
     if isinstance(p, jax.core.Tracer):
+        return None
+    if isinstance(p, jax.Array) and not p.committed:
         return None
     sharding = getattr(p, "sharding", None)
     if sharding is None or not isinstance(sharding, jax.sharding.Sharding):
