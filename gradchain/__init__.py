@@ -9,7 +9,17 @@ Public names are re-exported here from the module of their concept; ``__all__`` 
 those modules' ``__all__``.
 """
 
-from gradchain import adaptive, base, clipping, decay, momentum, numerics, optimizers, scaling
+from gradchain import (
+    adaptive,
+    base,
+    clipping,
+    decay,
+    momentum,
+    numerics,
+    optimizers,
+    scaling,
+    sharding,
+)
 from gradchain.adaptive import scale_by_adam
 from gradchain.base import (
     ChainState,
@@ -31,8 +41,9 @@ from gradchain.momentum import trace
 from gradchain.numerics import bias_correction, safe_increment
 from gradchain.optimizers import adam, adamw, sgd
 from gradchain.scaling import scale, scale_by_learning_rate, scale_by_schedule
+from gradchain.sharding import abstract_state, per_device_bytes, state_shardings, zero1
 
 __version__ = "0.1.0"
 
-_MODULES = (adaptive, base, clipping, decay, momentum, numerics, optimizers, scaling)
+_MODULES = (adaptive, base, clipping, decay, momentum, numerics, optimizers, scaling, sharding)
 __all__ = sorted({name for module in _MODULES for name in module.__all__})
