@@ -50,8 +50,12 @@ def _padded_spec(sharding: NamedSharding, ndim: int) -> tuple:
     return spec + (None,) * (ndim - len(spec))
 
 
-def _follow(shape, param_shape, param_sharding, replicated):
-    """The sharding of a state leaf of ``shape`` that belongs to a parameter of ``param_shape``."""
+def _follow(shape, param_shape, param_sharding, replicated, field=""):
+    """The sharding of a state leaf of ``shape`` that belongs to a parameter of ``param_shape``.
+
+    ``field`` names the state field holding the leaf; it only matters for a statistic whose
+    shape does not say which axis was reduced (see :func:`_reduced_axis`).
+    """
     shape, param_shape = tuple(shape), tuple(param_shape)
     if param_sharding is None or not shape:
         return replicated
@@ -59,30 +63,48 @@ def _follow(shape, param_shape, param_sharding, replicated):
         return param_sharding
     if not isinstance(param_sharding, NamedSharding):
         return replicated
-    spec = _padded_spec(param_sharding, len(param_shape))
     if len(shape) == len(param_shape):
         # keepdims statistics: reduced axes have size 1 and cannot stay sharded
         if not all(s in (1, n) for s, n in zip(shape, param_shape)):
             return replicated
+        spec = _padded_spec(param_sharding, len(param_shape))
         entries = [e if s == n else None for e, s, n in zip(spec, shape, param_shape)]
-    elif len(shape) == len(param_shape) - 1:
-        kept = [
-            reduced_sharding(param_sharding, len(param_shape), k).spec
-            for k in range(len(param_shape))
-            if param_shape[:k] + param_shape[k + 1 :] == shape
+        return NamedSharding(param_sharding.mesh, PartitionSpec(*entries))
+    if len(shape) == len(param_shape) - 1:
+        axes = [
+            k for k in range(len(param_shape)) if param_shape[:k] + param_shape[k + 1 :] == shape
         ]
-        if not kept:
-            return replicated
-        # A square matrix's row and column statistics have the same shape: where the candidate
-        # axes disagree on a position, it cannot be told which was reduced, so it is replicated.
-        entries = [c[0] if all(x == c[0] for x in c) else None for c in zip(*kept)]
-    else:
-        return replicated
+        if axes:
+            return _reduced_axis(param_sharding, len(param_shape), axes, field)
+    return replicated
+
+
+def _reduced_axis(param_sharding, ndim, axes, field):
+    """The sharding of a statistic that reduced one of ``axes`` of its parameter.
+
+    Several axes qualify when neighbouring axes have equal sizes (a square matrix's row and
+    column statistics have the same shape). The field name then decides, by the usual meaning:
+    a *row* statistic (``v_row``: one value per row) keeps the earlier axes, a *col*umn one the
+    later axes. Otherwise only the positions on which every candidate agrees stay sharded.
+    """
+    name = field.lower()
+    if len(axes) > 1 and ("row" in name) != ("col" in name):
+        axes = [max(axes)] if "row" in name else [min(axes)]
+    specs = [tuple(reduced_sharding(param_sharding, ndim, k).spec) for k in axes]
+    entries = [c[0] if all(x == c[0] for x in c) else None for c in zip(*specs)]
     return NamedSharding(param_sharding.mesh, PartitionSpec(*entries))
 
 
 def _is_leaf_node(node) -> bool:
     return node is None or jax.tree_util.treedef_is_leaf(jax.tree.structure(node))
+
+
+def _key_name(key, parent: str) -> str:
+    if isinstance(key, jax.tree_util.GetAttrKey):
+        return key.name
+    if isinstance(key, jax.tree_util.DictKey) and isinstance(key.key, str):
+        return key.key
+    return parent
 
 
 def derive_shardings(state, param_treedef, param_infos, replicated):
@@ -92,7 +114,7 @@ def derive_shardings(state, param_treedef, param_infos, replicated):
     ``state``'s leaves need only a ``shape`` (arrays, tracers or ``ShapeDtypeStruct`` s).
     """
 
-    def visit(node):
+    def visit(node, field):
         try:
             per_param = param_treedef.flatten_up_to(node)
         except (ValueError, TypeError):
@@ -100,7 +122,9 @@ def derive_shardings(state, param_treedef, param_infos, replicated):
         if per_param is not None:
             return param_treedef.unflatten(
                 [
-                    jax.tree.map(lambda x: _follow(x.shape, shape, sharding, replicated), sub)
+                    jax.tree.map(
+                        lambda x: _follow(x.shape, shape, sharding, replicated, field), sub
+                    )
                     for sub, (shape, sharding) in zip(per_param, param_infos)
                 ]
             )
@@ -108,10 +132,12 @@ def derive_shardings(state, param_treedef, param_infos, replicated):
             return None
         if _is_leaf_node(node):
             return replicated
-        children, treedef = jax.tree.flatten(node, is_leaf=lambda x: x is not node)
-        return treedef.unflatten([visit(c) for c in children])
+        children, treedef = jax.tree_util.tree_flatten_with_path(
+            node, is_leaf=lambda x: x is not node
+        )
+        return treedef.unflatten([visit(c, _key_name(path[-1], field)) for path, c in children])
 
-    return visit(state)
+    return visit(state, "")
 
 
 def _replicated(param_shardings, mesh):
