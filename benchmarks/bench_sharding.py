@@ -66,13 +66,14 @@ def step_hlo(tx, params, state, tokens):
 
 
 def parameter_gathers(hlo: str) -> tuple[int, int]:
-    """(count, bytes) of the all-gathers in ``hlo`` whose result is shaped like a parameter."""
+    """(count, bytes) of the arrays all-gathered in ``hlo`` that are shaped like a parameter."""
     shapes = {tuple(s) for s in jax.tree.leaves(model_shapes(), is_leaf=_is_shape)}
     count = total = 0
-    for dims in re.findall(r"=\s*f32\[([\d,]*)\]\S*\s+all-gather(?:-start)?\(", hlo):
-        shape = tuple(int(d) for d in dims.split(",") if d)
-        if shape in shapes:
-            count, total = count + 1, total + 4 * int(np.prod(shape))
+    for result in re.findall(r"=\s*(\([^)]*\)|\S+)\s+all-gather(?:-start)?\(", hlo):
+        for dims in re.findall(r"f32\[([\d,]*)\]", result):
+            shape = tuple(int(d) for d in dims.split(",") if d)
+            if shape in shapes:
+                count, total = count + 1, total + 4 * int(np.prod(shape))
     return count, total
 
 

@@ -7,7 +7,10 @@ A gradchain state is a pytree of ``jax.Array`` s, so JAX's SPMD machinery (``Mes
 * a leaf shaped like its parameter (Adam's moments, a momentum buffer) has the parameter's
   sharding;
 * a statistic with one axis of its parameter reduced away (Adafactor's row and column factors,
-  with or without ``keepdims``) has the parameter's sharding of the axes it kept;
+  with or without ``keepdims``) has the parameter's sharding of the axes it kept. Where the
+  shape cannot tell which axis was reduced (a square matrix), a field named ``*row*`` is a row
+  statistic (it kept the earlier axis), ``*col*`` a column one; otherwise the positions in doubt
+  are replicated;
 * everything else (step counts, live hyperparameters, ``(1,)`` placeholders) is replicated.
 
 A leaf is matched to its parameter through the state's structure: any subtree of the state that
@@ -16,14 +19,17 @@ against the parameters. :func:`state_shardings` and :func:`abstract_state` apply
 ``jax.eval_shape(tx.init, params)``, for ``jax.jit(..., out_shardings=...)`` and for restoring a
 checkpoint straight into its sharded layout.
 
-``init`` already follows the first rule by itself: ``numerics.zeros_like_param`` creates each
-moment with its parameter's sharding, eagerly, from a ``ShapeDtypeStruct``, and under
-``jax.jit``. A jitted ``update`` is elementwise per leaf except for global reductions (global
-norms), which XLA partitions into local sums and one all-reduce of a scalar, so it keeps every
-leaf's sharding and never gathers a moment. Under ``shard_map`` the reductions are local to a
-shard: there, a global norm needs an explicit ``psum``.
+``init`` follows the rules by itself when it builds its state with
+``numerics.zeros_like_param`` (moments) and ``numerics.zeros_like_reduced`` (factored
+statistics): eagerly, from a ``ShapeDtypeStruct`` and under ``jax.jit``. Scalars are created
+replicated over the mesh inside ``with jax.set_mesh(mesh)``; outside it they are uncommitted
+single-device arrays, which ``jax.jit`` replicates at the first step. A jitted ``update`` is
+elementwise per leaf except for global reductions (global norms, means), which XLA partitions
+into local sums and an all-reduce, so it keeps every leaf's sharding and never gathers a moment.
+Under ``shard_map`` those reductions are local to a shard: there, a global norm needs an
+explicit ``psum``.
 
-:func:`zero1` shards the optimizer state of *replicated* (data-parallel) parameters along the
+:class:`zero1` shards the optimizer state of *replicated* (data-parallel) parameters along the
 data-parallel mesh axis: each device keeps and updates ``1/n`` of every moment and the updates
 are all-gathered once per parameter.
 """
@@ -321,16 +327,27 @@ class Zero1(GradientTransformation):
       mesh: the device mesh.
       axis: the data-parallel mesh axis name (or a tuple of names) the state is split along,
         default ``"data"``.
-      param_specs: the parameters' own ``PartitionSpec`` (one for all, or a pytree prefix of
-        the parameters) when they are sharded along other axes (tensor parallelism); the data
-        axis is added to it. Default: read from the parameters' types on Explicit mesh axes,
-        replicated on Auto axes.
+      param_specs: the parameters' own ``PartitionSpec`` (one for all, or a pytree of them that
+        is a prefix of the parameters) when they are sharded along other axes (tensor
+        parallelism); the data axis is added to it. Default: read from the parameters' types
+        on Explicit mesh axes, replicated on Auto axes.
 
     The state is ``inner``'s state, leaf for leaf, only placed differently:
     ``gc.state_shardings(zero1(...), params)`` gives its layout. Leaves with no evenly
-    divisible dimension (scalars, odd-sized biases) stay replicated. Reference: Rajbhandari et
-    al., "ZeRO: Memory Optimizations Toward Training Trillion Parameter Models" (2020), stage 1
-    (:math:`P_{os}`).
+    divisible dimension (scalars, odd-sized biases) stay replicated. A data-parallel step::
+
+        mesh = jax.make_mesh((jax.device_count(),), ("data",))
+        tx = gc.zero1(gc.adamw(1e-3), mesh, axis="data")
+        state = tx.init(params)               # params replicated, moments split 1/n per device
+
+        @jax.jit
+        def step(params, state, batch):       # batch sharded along "data"
+            grads = jax.grad(loss)(params, batch)
+            updates, state = tx.update(grads, state, params)
+            return gc.apply_updates(params, updates), state
+
+    Reference: Rajbhandari et al., "ZeRO: Memory Optimizations Toward Training Trillion
+    Parameter Models" (2020), stage 1 (:math:`P_{os}`).
     """
 
     inner: object
@@ -343,8 +360,7 @@ class Zero1(GradientTransformation):
             raise TypeError(f"zero1: inner must be a gradient transformation, got {self.inner!r}")
         if not isinstance(self.mesh, Mesh):
             raise TypeError(f"zero1: mesh must be a jax.sharding.Mesh, got {self.mesh!r}")
-        axes = self.axis if isinstance(self.axis, tuple) else (self.axis,)
-        for a in axes:
+        for a in self._axes:
             if a not in self.mesh.axis_names:
                 raise ValueError(
                     f"zero1: axis {a!r} is not an axis of the mesh (axes: {self.mesh.axis_names})"
@@ -426,19 +442,4 @@ class Zero1(GradientTransformation):
         return derive_shardings(state, treedef, infos, NamedSharding(self.mesh, PartitionSpec()))
 
 
-def zero1(inner, mesh: Mesh, axis="data", param_specs=None) -> Zero1:
-    """ZeRO-1: ``inner``'s state sharded along the data-parallel ``axis`` of ``mesh``.
-
-    See :class:`Zero1`. A data-parallel training step::
-
-        mesh = jax.make_mesh((jax.device_count(),), ("data",))
-        tx = gc.zero1(gc.adamw(1e-3), mesh, axis="data")
-        state = tx.init(params)               # params replicated, moments split 1/n per device
-
-        @jax.jit
-        def step(params, state, batch):       # batch sharded along "data"
-            grads = jax.grad(loss)(params, batch)
-            updates, state = tx.update(grads, state, params)
-            return gc.apply_updates(params, updates), state
-    """
-    return Zero1(inner, mesh, axis, param_specs)
+zero1 = Zero1

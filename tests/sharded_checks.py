@@ -43,7 +43,13 @@ from gradchain.base import (  # noqa: E402
     transformation,
     tree_map_multi,
 )
-from gradchain.numerics import ema, init_count, safe_increment, zeros_like_param, zeros_like_reduced  # noqa: E402
+from gradchain.numerics import (  # noqa: E402
+    ema,
+    init_count,
+    safe_increment,
+    zeros_like_param,
+    zeros_like_reduced,
+)
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
@@ -246,9 +252,15 @@ def assert_close(actual, expected, what):
 
 
 def collectives(hlo: str) -> list[tuple[str, str]]:
-    """``(op, result shape)`` of every collective in a compiled HLO text."""
-    pattern = r"=\s*(\S+)\s+(all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)(?:-start)?\("
-    return [(m.group(2), m.group(1)) for m in re.finditer(pattern, hlo)]
+    """``(op, result shape)`` of every collective in a compiled HLO text; a collective that XLA
+    combined over several arrays (a tuple result) counts once per array."""
+    ops = "all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter"
+    pattern = rf"=\s*(\([^)]*\)|\S+)\s+({ops})(?:-start)?\("
+    found = []
+    for m in re.finditer(pattern, hlo):
+        for shape in re.findall(r"\w+\[[\d,]*\]", m.group(1)):
+            found.append((m.group(2), shape))
+    return found
 
 
 # ---------------------------------------------------------------------------------------------
@@ -279,40 +291,47 @@ def _():
     assert jax.device_count() == 8, jax.devices()
 
 
-@for_each(OPTIMIZERS, "init_eager_follows_params[{}]")
-def _(opt):
-    mesh = make_mesh((4, 2), ("data", "model"), "auto")
-    tx, params = OPTIMIZERS[opt](), place(host_params(SHAPES), mesh, SPECS)
+INIT_CASES = list(OPTIMIZERS) + ["adamw-explicit"]
+
+
+def init_case(case):
+    """(tx, mesh, sharded params, the same as ShapeDtypeStructs) for ``opt[-explicit]``."""
+    opt, _, kind = case.partition("-")
+    mesh = make_mesh((4, 2), ("data", "model"), kind or "auto")
+    params = place(host_params(SHAPES), mesh, SPECS)
+    abstract = jax.tree.map(
+        lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding), params
+    )
+    return OPTIMIZERS[opt](), mesh, params, abstract
+
+
+@for_each(INIT_CASES, "init_eager_follows_params[{}]")
+def _(case):
+    tx, mesh, params, _ = init_case(case)
     with jax.set_mesh(mesh):  # where eager scalars are created replicated over the mesh
         state = tx.init(params)
     assert_layout(state, gc.state_shardings(tx, params), "eager init")
 
 
-@for_each(OPTIMIZERS, "init_jit_follows_params[{}]")
-def _(opt):
-    mesh = make_mesh((4, 2), ("data", "model"), "auto")
-    tx, params = OPTIMIZERS[opt](), place(host_params(SHAPES), mesh, SPECS)
+@for_each(INIT_CASES, "init_jit_follows_params[{}]")
+def _(case):
+    tx, _, params, _ = init_case(case)
     state = jax.jit(tx.init)(params)  # no out_shardings: the layout comes from init itself
     assert_layout(state, gc.state_shardings(tx, params), "jitted init")
 
 
-@for_each(OPTIMIZERS, "init_abstract_follows_params[{}]")
-def _(opt):
-    mesh = make_mesh((4, 2), ("data", "model"), "auto")
-    tx = OPTIMIZERS[opt]()
-    abstract = {
-        n: jax.ShapeDtypeStruct(s, jnp.float32, sharding=NamedSharding(mesh, SPECS[n]))
-        for n, s in SHAPES.items()
-    }
+@for_each(INIT_CASES, "init_abstract_follows_params[{}]")
+def _(case):
+    tx, mesh, _, abstract = init_case(case)
     with jax.set_mesh(mesh):
         state = tx.init(abstract)
     assert_layout(state, gc.state_shardings(tx, abstract), "init from ShapeDtypeStruct")
-    restored = gc.abstract_state(tx, abstract)
-    assert_layout(
-        jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype, device=s.sharding), restored),
-        gc.state_shardings(tx, abstract),
-        "abstract_state",
-    )
+    # abstract_state describes that state: shapes, dtypes and placement
+    described = gc.abstract_state(tx, abstract)
+    assert jax.tree.structure(described) == jax.tree.structure(state)
+    for d, x in zip(jax.tree.leaves(described), jax.tree.leaves(state)):
+        assert (d.shape, d.dtype) == (x.shape, x.dtype), (d, x)
+    assert_layout(state, jax.tree.map(lambda d: d.sharding, described), "abstract_state")
 
 
 @check("moments_follow_their_param")
@@ -400,7 +419,7 @@ def _(opt):
     # what is reduced across devices is global norms and means: scalars and the factored
     # statistics' partial sums, never a full moment
     moment_shapes = {f"f32[{','.join(map(str, s))}]" for s in SHAPES.values() if len(s) == 2}
-    full = [o for o in ops if o[1].split("{")[0] in moment_shapes]
+    full = [o for o in ops if o[1] in moment_shapes]
     assert not full, f"full moments all-reduced: {full}"
 
 
@@ -453,10 +472,13 @@ def _():
     replicated_params = place(params, mesh8, {n: P() for n in DP_SHAPES})
     plain = gc.adamw(1e-2, weight_decay=0.1).init(replicated_params)
     zero = tx.init(replicated_params)
-    moments = lambda s: {"mu": gc.tree_get(s, "mu"), "nu": gc.tree_get(s, "nu")}  # noqa: E731
-    divisible = lambda t: {k: {n: v for n, v in d.items() if n != "odd"} for k, d in t.items()}  # noqa: E731
-    full = gc.per_device_bytes(divisible(moments(plain)))
-    split = gc.per_device_bytes(divisible(moments(zero)))
+
+    def divisible_moments(state):  # "odd" (5 elements) cannot be split in 8 and stays whole
+        moments = {f: gc.tree_get(state, f) for f in ("mu", "nu")}
+        return {f: {n: v for n, v in m.items() if n != "odd"} for f, m in moments.items()}
+
+    full = gc.per_device_bytes(divisible_moments(plain))
+    split = gc.per_device_bytes(divisible_moments(zero))
     assert len(full) == len(split) == 8
     for d in full:
         assert split[d] * 8 == full[d], (d, split[d], full[d])
@@ -468,7 +490,48 @@ def _(opt):
     gathers = [s for op, s in collectives(hlo) if op == "all-gather"]
     # one all-gather per split parameter (odd stays replicated), each of a parameter's shape
     expected = sorted(f"f32[{','.join(map(str, DP_SHAPES[n]))}]" for n in ("w", "emb", "b"))
-    assert sorted(s.split("{")[0] for s in gathers) == expected, gathers
+    assert sorted(gathers) == expected, gathers
+
+
+@for_each(["auto", "explicit"], "zero1_init_jit_and_abstract_split_state[{}]")
+def _(kind):
+    mesh8 = make_mesh((8,), ("data",), kind)
+    tx = gc.zero1(OPTIMIZERS["clip_adamw"](), mesh8, axis="data")
+    params = place(host_params(DP_SHAPES), mesh8, {n: P() for n in DP_SHAPES})
+    expected = gc.state_shardings(tx, params)
+    assert_layout(jax.jit(tx.init)(params), expected, "jitted zero1 init")
+    abstract = jax.tree.map(
+        lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding), params
+    )
+    assert_layout(tx.init(abstract), expected, "zero1 init from ShapeDtypeStruct")
+    assert gc.tree_get(expected, "mu")["w"].spec == P("data", None)
+
+
+# Tensor-parallel parameters (split along "model") under ZeRO-1 along "data".
+TP_SPECS = {"w": P(None, "model"), "b": P("model"), "odd": P()}
+TP_SHAPES = {"w": (16, 8), "b": (8,), "odd": (5,)}
+
+
+@for_each(["auto", "explicit"], "zero1_adds_data_axis_to_tensor_parallel_layout[{}]")
+def _(kind):
+    mesh = make_mesh((4, 2), ("data", "model"), kind)
+    inner = OPTIMIZERS["adamw"]()
+    # on Auto axes the parameters' layout is not in their types: it is given
+    specs = TP_SPECS if kind == "auto" else None
+    tx = gc.zero1(inner, mesh, axis="data", param_specs=specs)
+    params, grads = host_params(TP_SHAPES), host_grads(TP_SHAPES)
+    sharded, _ = trajectory(
+        tx, place(params, mesh, TP_SPECS), [place(g, mesh, TP_SPECS) for g in grads]
+    )
+    single, _ = trajectory(inner, on_device0(params), [on_device0(g) for g in grads])
+    expected = {"w": P("data", "model"), "b": P(("model", "data")), "odd": P()}
+    for k, ((ps, ss), (p1, s1)) in enumerate(zip(sharded, single)):
+        assert_close(ps, p1, f"params after step {k + 1}")
+        assert_close(ss, s1, f"state after step {k + 1}")
+        assert_layout(ps, {n: NamedSharding(mesh, sp) for n, sp in TP_SPECS.items()}, "params")
+        assert_layout(
+            gc.tree_get(ss, "mu"), {n: NamedSharding(mesh, sp) for n, sp in expected.items()}, "mu"
+        )
 
 
 @check("readme_example_runs")

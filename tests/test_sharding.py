@@ -37,12 +37,14 @@ SHARDED_CHECKS = (
      "ambiguous_statistic_replicates_what_it_cannot_tell", "global_norm_is_global",
      "zero1_state_bytes_are_an_eighth", "readme_example_runs"]
     + [f"init_{how}_follows_params[{o}]" for how in ("eager", "jit", "abstract")
-       for o in BASE_OPTIMIZERS]
+       for o in ON_MESH]
     + [f"sharded_update_{what}[{o}]" for what in
        ("matches_single_device", "keeps_state_layout", "gathers_nothing") for o in ON_MESH]
     + [f"zero1_matches_single_device[{o}]" for o in ZERO1]
     + [f"zero1_state_split_along_data_params_replicated[{o}]" for o in ZERO1]
     + [f"zero1_gathers_each_update_once[{o}]" for o in ("adamw", "clip_adamw")]
+    + [f"zero1_{what}[{kind}]" for kind in ("auto", "explicit") for what in
+       ("init_jit_and_abstract_split_state", "adds_data_axis_to_tensor_parallel_layout")]
 )
 
 
