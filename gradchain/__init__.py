@@ -41,9 +41,43 @@ from gradchain.momentum import trace
 from gradchain.numerics import bias_correction, safe_increment
 from gradchain.optimizers import adam, adamw, sgd
 from gradchain.scaling import scale, scale_by_learning_rate, scale_by_schedule
+from gradchain import schedules
+from gradchain.schedules import (
+    Schedule,
+    constant_schedule,
+    cosine_decay_schedule,
+    cosine_onecycle_schedule,
+    cosine_warm_restarts_schedule,
+    exponential_decay,
+    join_schedules,
+    linear_onecycle_schedule,
+    linear_schedule,
+    piecewise_constant_schedule,
+    piecewise_interpolate_schedule,
+    polynomial_schedule,
+    reduce_on_plateau,
+    sgdr_schedule,
+    warmup_constant_schedule,
+    warmup_cosine_decay_schedule,
+    warmup_exponential_decay_schedule,
+    warmup_inverse_sqrt_schedule,
+    warmup_linear_decay_schedule,
+    warmup_stable_decay_schedule,
+)
 from gradchain.sharding import abstract_state, per_device_bytes, state_shardings, zero1
 
 __version__ = "0.1.0"
 
-_MODULES = (adaptive, base, clipping, decay, momentum, numerics, optimizers, scaling, sharding)
+_MODULES = (
+    adaptive,
+    base,
+    clipping,
+    decay,
+    momentum,
+    numerics,
+    optimizers,
+    scaling,
+    schedules,
+    sharding,
+)
 __all__ = sorted({name for module in _MODULES for name in module.__all__})

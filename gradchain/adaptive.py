@@ -98,13 +98,14 @@ class ScaleByAdam(GradientTransformation):
         check_tree_match(updates, state.mu, "updates", "state.mu")
         hp = self.current_hyperparams(state)
         b1, b2, eps, eps_root = hp["b1"], hp["b2"], hp["eps"], hp["eps_root"]
+        c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
         t = safe_increment(state.count)
 
         def step(g, m, v):
             dt = compute_dtype(g.dtype)
             g32 = g.astype(dt)
-            m = ema(m.astype(dt), g32, b1.astype(dt))
-            v = ema(v.astype(dt), g32 * g32, b2.astype(dt))
+            m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
+            v = ema(v.astype(dt), g32 * g32, b2.astype(dt), c2.astype(dt))
             if self.nesterov:
                 m_hat = b1.astype(dt) * bias_correction(m, b1, safe_increment(t)) + (
                     1 - b1.astype(dt)

@@ -137,6 +137,11 @@ def bias_correction(moment: jax.Array, decay, count: jax.Array) -> jax.Array:
     return moment / correction.astype(moment.dtype)
 
 
-def ema(old: jax.Array, new: jax.Array, decay) -> jax.Array:
-    """``decay * old + (1 - decay) * new``: the moment update every EMA in gradchain uses."""
-    return (1 - decay) * new + decay * old
+def ema(old: jax.Array, new: jax.Array, decay, one_minus_decay=None) -> jax.Array:
+    """``decay * old + (1 - decay) * new``: the moment update every EMA in gradchain uses.
+
+    ``one_minus_decay`` may be passed precomputed (see ``GradientTransformation.complement``).
+    """
+    if one_minus_decay is None:
+        one_minus_decay = 1 - decay
+    return one_minus_decay * new + decay * old
