@@ -374,21 +374,6 @@ def _():
         assert got.is_equivalent_to(NamedSharding(mesh, spec), 1), (field, n, got)
 
 
-@check("ambiguous_statistic_replicates_what_it_cannot_tell")
-def _():
-    from gradchain.sharding import derive_shardings
-
-    mesh = make_mesh((4, 2), ("data", "model"), "auto")
-    sq = NamedSharding(mesh, P("data", "model"))
-    params = {"sq": jax.ShapeDtypeStruct((8, 8), jnp.float32, sharding=sq)}
-    state = {"stat": {"sq": jax.ShapeDtypeStruct((8,), jnp.float32)}}
-    treedef = jax.tree.structure(params)
-    got = derive_shardings(
-        state, treedef, [((8, 8), params["sq"].sharding)], NamedSharding(mesh, P())
-    )
-    assert got["stat"]["sq"].spec == P(None), got
-
-
 @for_each(list(OPTIMIZERS) + ["adamw-explicit"], "sharded_update_matches_single_device[{}]")
 def _(opt):
     opt, _, kind = opt.partition("-")
@@ -532,6 +517,32 @@ def _(kind):
         assert_layout(
             gc.tree_get(ss, "mu"), {n: NamedSharding(mesh, sp) for n, sp in expected.items()}, "mu"
         )
+
+
+@for_each(["mesh", "zero1"], "checkpoint_restores_into_state_layout[{}]")
+def _(layout):
+    import tempfile
+
+    import orbax.checkpoint as ocp
+
+    if layout == "mesh":
+        mesh, tx, sharded, _, _ = mesh_run("clip_adamw", "auto")
+        params = place(host_params(SHAPES), mesh, SPECS)
+    else:
+        mesh8, tx, host, sharded, _, _ = zero1_run("clip_adamw", "auto")
+        params = place(host, mesh8, {n: P() for n in DP_SHAPES})
+    state = sharded[-1][1]
+    abstract_params = jax.tree.map(
+        lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding), params
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(f"{tmp}/state", state)
+        checkpointer.wait_until_finished()
+        restored = checkpointer.restore(f"{tmp}/state", gc.abstract_state(tx, abstract_params))
+    assert_layout(restored, gc.state_shardings(tx, params), "restored state")
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @check("readme_example_runs")

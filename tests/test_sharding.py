@@ -18,12 +18,13 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import AbstractMesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import gradchain as gc
-from gradchain.sharding import _zero1_spec
+from gradchain.sharding import _zero1_spec, derive_shardings
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -32,20 +33,31 @@ BASE_OPTIMIZERS = ["adamw", "sgd_momentum", "clip_adamw", "factored"] + (
 )
 ON_MESH = BASE_OPTIMIZERS + ["adamw-explicit"]
 ZERO1 = ["adamw", "sgd_momentum", "clip_adamw", "adamw-explicit"]
-SHARDED_CHECKS = (
-    ["eight_devices", "moments_follow_their_param", "factored_statistics_follow_kept_axes",
-     "ambiguous_statistic_replicates_what_it_cannot_tell", "global_norm_is_global",
-     "zero1_state_bytes_are_an_eighth", "readme_example_runs"]
-    + [f"init_{how}_follows_params[{o}]" for how in ("eager", "jit", "abstract")
-       for o in ON_MESH]
-    + [f"sharded_update_{what}[{o}]" for what in
-       ("matches_single_device", "keeps_state_layout", "gathers_nothing") for o in ON_MESH]
-    + [f"zero1_matches_single_device[{o}]" for o in ZERO1]
-    + [f"zero1_state_split_along_data_params_replicated[{o}]" for o in ZERO1]
-    + [f"zero1_gathers_each_update_once[{o}]" for o in ("adamw", "clip_adamw")]
-    + [f"zero1_{what}[{kind}]" for kind in ("auto", "explicit") for what in
-       ("init_jit_and_abstract_split_state", "adds_data_axis_to_tensor_parallel_layout")]
-)
+# The names tests/sharded_checks.py registers; the last test below keeps the two lists equal.
+SHARDED_CHECKS = [
+    "eight_devices",
+    "moments_follow_their_param",
+    "factored_statistics_follow_kept_axes",
+    "global_norm_is_global",
+    "zero1_state_bytes_are_an_eighth",
+    "readme_example_runs",
+    "checkpoint_restores_into_state_layout[mesh]",
+    "checkpoint_restores_into_state_layout[zero1]",
+    *(f"init_{how}_follows_params[{o}]" for how in ("eager", "jit", "abstract") for o in ON_MESH),
+    *(
+        f"sharded_update_{what}[{o}]"
+        for what in ("matches_single_device", "keeps_state_layout", "gathers_nothing")
+        for o in ON_MESH
+    ),
+    *(f"zero1_matches_single_device[{o}]" for o in ZERO1),
+    *(f"zero1_state_split_along_data_params_replicated[{o}]" for o in ZERO1),
+    *(f"zero1_gathers_each_update_once[{o}]" for o in ("adamw", "clip_adamw")),
+    *(
+        f"zero1_{what}[{kind}]"
+        for what in ("init_jit_and_abstract_split_state", "adds_data_axis_to_tensor_parallel_layout")
+        for kind in ("auto", "explicit")
+    ),
+]
 
 
 def _run_checks() -> dict:
@@ -96,6 +108,59 @@ def test_every_check_on_eight_devices_is_reported_here(sharded):
 
 # ---------------------------------------------------------------------------------------------
 # Rules that need no devices
+
+# On a 1 x 1 mesh every spec is as valid as on a large one, so the rules are checked here by
+# comparing specs.
+MESH11 = jax.make_mesh((1, 1), ("data", "model"))
+
+
+@pytest.mark.parametrize(
+    "field, shape, expected",
+    [
+        ("mu", (16, 8), P("data", "model")),  # a moment: the parameter's own sharding
+        ("v_row", (16,), P("data")),  # one axis reduced: the kept axis's sharding
+        ("v_col", (8,), P("model")),
+        ("stat", (16, 1), P("data", None)),  # keepdims: the reduced axis is replicated
+        ("stat", (1, 8), P(None, "model")),
+        ("v", (1,), P()),  # a placeholder
+        ("count", (), P()),
+        ("stat", (4, 4), P()),  # unrelated shape
+    ],
+)
+def test_state_leaf_follows_its_param(field, shape, expected):
+    sharding = NamedSharding(MESH11, P("data", "model"))
+    state = {field: {"w": jax.ShapeDtypeStruct(shape, jnp.float32)}}
+    got = derive_shardings(
+        state, jax.tree.structure({"w": 0}), [((16, 8), sharding)], NamedSharding(MESH11, P())
+    )
+    assert got[field]["w"].spec == expected
+
+
+@pytest.mark.parametrize(
+    "field, expected",
+    [("v_row", P("data")), ("exp_avg_sq_row", P("data")), ("v_col", P("model")), ("stat", P(None))],
+)
+def test_square_matrix_statistic_is_told_by_its_field_name(field, expected):
+    # (8, 8) -> (8,) could have reduced either axis; a row statistic keeps the rows
+    sharding = NamedSharding(MESH11, P("data", "model"))
+    state = {field: {"w": jax.ShapeDtypeStruct((8,), jnp.float32)}}
+    got = derive_shardings(
+        state, jax.tree.structure({"w": 0}), [((8, 8), sharding)], NamedSharding(MESH11, P())
+    )
+    assert got[field]["w"].spec == expected
+
+
+def test_optax_states_inside_chains_follow_too():
+    params = {
+        "w": jax.ShapeDtypeStruct((4, 2), jnp.float32, sharding=NamedSharding(MESH11, P("model"))),
+        "b": jax.ShapeDtypeStruct((2,), jnp.float32, sharding=NamedSharding(MESH11, P())),
+    }
+    tx = gc.chain(gc.clip_by_global_norm(1.0), optax.adam(1e-3))
+    shardings = gc.state_shardings(tx, params)
+    adam_state = shardings[1][0]
+    assert adam_state.mu["w"].spec == adam_state.nu["w"].spec == P("model")
+    assert adam_state.count.spec == P()
+
 
 MESH8 = AbstractMesh((8,), ("data",))
 MESH42 = AbstractMesh((4, 2), ("data", "model"))
