@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 
 import jax
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gradchain.base import GradientTransformation, _call_update, transformation
 from gradchain.numerics import _sharding_of, reduced_sharding
@@ -262,11 +262,17 @@ def _zero1_spec(spec: tuple, shape: tuple, mesh: Mesh, axes: tuple) -> Partition
 
 
 def _explicit_axes(mesh: Mesh) -> set:
-    return {n for n, t in zip(mesh.axis_names, mesh.axis_types) if t == AxisType.Explicit}
+    # Explicit axes (sharding in types) arrived in jax 0.6; older meshes have none.
+    explicit = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
+    types = getattr(mesh, "axis_types", None) or ()
+    return {n for n, t in zip(mesh.axis_names, types) if explicit is not None and t == explicit}
 
 
 def _typed_spec(x, mesh: Mesh) -> tuple:
     """The spec ``x``'s type carries on ``mesh``'s Explicit axes; Auto axes are not typed."""
+    explicit = _explicit_axes(mesh)
+    if not explicit:
+        return ()
     if isinstance(x, jax.ShapeDtypeStruct):
         sharding = x.sharding
     else:
@@ -276,7 +282,6 @@ def _typed_spec(x, mesh: Mesh) -> tuple:
             sharding = None
     if not isinstance(sharding, NamedSharding):
         return ()
-    explicit = _explicit_axes(mesh)
     kept = []
     for entry in sharding.spec:
         names = tuple(a for a in _axis_names(entry) if a in explicit)
