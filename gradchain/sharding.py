@@ -113,6 +113,12 @@ def _key_name(key, parent: str) -> str:
     return parent
 
 
+def _field_name(path, parent: str) -> str:
+    for key in path:
+        parent = _key_name(key, parent)
+    return parent
+
+
 def derive_shardings(state, param_treedef, param_infos, replicated):
     """The sharding of every leaf of ``state`` by the rules in the module docstring.
 
@@ -128,8 +134,11 @@ def derive_shardings(state, param_treedef, param_infos, replicated):
         if per_param is not None:
             return param_treedef.unflatten(
                 [
-                    jax.tree.map(
-                        lambda x: _follow(x.shape, shape, sharding, replicated, field), sub
+                    jax.tree_util.tree_map_with_path(
+                        lambda path, x: _follow(
+                            x.shape, shape, sharding, replicated, _field_name(path, field)
+                        ),
+                        sub,
                     )
                     for sub, (shape, sharding) in zip(per_param, param_infos)
                 ]

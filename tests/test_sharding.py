@@ -150,6 +150,19 @@ def test_square_matrix_statistic_is_told_by_its_field_name(field, expected):
     assert got[field]["w"].spec == expected
 
 
+def test_a_single_square_param_tells_rows_from_columns_too():
+    # one array as the parameters: the whole state is matched against it
+    sharding = NamedSharding(MESH11, P("data", "model"))
+    stat = jax.ShapeDtypeStruct((8,), jnp.float32)
+    got = derive_shardings(
+        {"v_row": stat, "v_col": stat},
+        jax.tree.structure(0),
+        [((8, 8), sharding)],
+        NamedSharding(MESH11, P()),
+    )
+    assert (got["v_row"].spec, got["v_col"].spec) == (P("data"), P("model"))
+
+
 def test_optax_states_inside_chains_follow_too():
     params = {
         "w": jax.ShapeDtypeStruct((4, 2), jnp.float32, sharding=NamedSharding(MESH11, P("model"))),
