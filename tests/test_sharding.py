@@ -54,7 +54,10 @@ SHARDED_CHECKS = [
     *(f"zero1_gathers_each_update_once[{o}]" for o in ("adamw", "clip_adamw")),
     *(
         f"zero1_{what}[{kind}]"
-        for what in ("init_jit_and_abstract_split_state", "adds_data_axis_to_tensor_parallel_layout")
+        for what in (
+            "init_jit_and_abstract_split_state",
+            "adds_data_axis_to_tensor_parallel_layout",
+        )
         for kind in ("auto", "explicit")
     ),
 ]
