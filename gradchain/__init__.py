@@ -19,6 +19,7 @@ from gradchain import (
     numerics,
     optimizers,
     scaling,
+    sharding,
 )
 from gradchain.adaptive import scale_by_adam, scale_by_rms, scale_by_stddev
 from gradchain.base import (
@@ -71,6 +72,7 @@ from gradchain.schedules import (
     warmup_linear_decay_schedule,
     warmup_stable_decay_schedule,
 )
+from gradchain.sharding import abstract_state, per_device_bytes, state_shardings, zero1
 
 __version__ = "0.1.0"
 
@@ -85,5 +87,6 @@ _MODULES = (
     optimizers,
     scaling,
     schedules,
+    sharding,
 )
 __all__ = sorted({name for module in _MODULES for name in module.__all__})

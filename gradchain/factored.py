@@ -31,6 +31,7 @@ from gradchain.numerics import (
     safe_increment,
     state_dtype,
     zeros_like_param,
+    zeros_like_reduced,
 )
 from gradchain.scaling import ScaleState
 
@@ -197,9 +198,17 @@ class FactoredSecondMoment(GradientTransformation):
         def init_leaf(p):
             dtype = state_dtype(p.dtype)
             row, col, full = self._state_shapes(p.shape)
-            # The full moment mirrors the parameter and takes its sharding; the factors are small.
-            v = zeros_like_param(p, dtype) if full == tuple(p.shape) else jnp.zeros(full, dtype)
-            return jnp.zeros(row, dtype), jnp.zeros(col, dtype), v
+            axes = self.axes(p.shape)
+            if axes is None:
+                # The full moment mirrors the parameter and takes its sharding.
+                return jnp.zeros(row, dtype), jnp.zeros(col, dtype), zeros_like_param(p, dtype)
+            # Each factor keeps the parameter's sharding on the axes it keeps.
+            d1, d0 = axes
+            return (
+                zeros_like_reduced(p, d0, dtype),
+                zeros_like_reduced(p, d1, dtype),
+                jnp.zeros(full, dtype),
+            )
 
         v_row, v_col, v = tree_map_multi(init_leaf, 3, params)
         return FactoredState(
