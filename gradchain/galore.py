@@ -1,7 +1,7 @@
-"""GaLore: the base optimizer runs on a low-rank projection of each weight matrix's gradient.
+r"""GaLore: the base optimizer runs on a low-rank projection of each weight matrix's gradient.
 
-Zhao et al. (2024) project the gradient :math:`G` of an :math:`m \\times n` weight onto the top-``r``
-singular vectors of a recent gradient, run the optimizer (Adam, usually) on the small projected
+Zhao et al. (2024) project the gradient :math:`G` of an :math:`m \times n` weight onto the
+top-``r`` singular vectors of a recent gradient, run the optimizer (Adam, usually) on the small projected
 matrix, and project its output back. The state holds moments of the projection, not of the
 weight, plus the projector, refreshed by an SVD every ``update_proj_gap`` steps (ALGORITHMS.md §9).
 """
@@ -26,8 +26,13 @@ from gradchain.base import (
     transformation,
 )
 from gradchain.decay import add_decoupled_weight_decay
-from gradchain.matrices import MatrixView, entries_per_leaf, matrix_view
-from gradchain.numerics import compute_dtype, init_count, safe_increment, zeros_like_param
+from gradchain.matrices import (
+    MatrixView,
+    check_dimension_numbers,
+    entries_per_leaf,
+    matrix_view,
+)
+from gradchain.numerics import compute_dtype, init_count, safe_increment
 from gradchain.scaling import scale_by_learning_rate
 
 __all__ = ["GaLoreDimensionNumbers", "galore", "scale_by_galore"]
@@ -54,10 +59,10 @@ def _is_dims_leaf(x) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class _Projection:
-    """How one leaf is projected: its matrix view, the side reduced and the effective rank.
+    r"""How one leaf is projected: its matrix view, the side reduced and the effective rank.
 
-    ``left``: :math:`P \\in R^{m \\times r}`, :math:`R = P^\\top G` (rows reduced);
-    otherwise :math:`P \\in R^{n \\times r}`, :math:`R = G P` (columns reduced).
+    ``left``: :math:`P \in R^{m \times r}`, :math:`R = P^\top G` (rows reduced);
+    otherwise :math:`P \in R^{n \times r}`, :math:`R = G P` (columns reduced).
     """
 
     view: MatrixView
@@ -80,13 +85,19 @@ class _Projection:
         """The low-rank gradient ``R`` of the leaf ``g`` (with the view's batch axes in front)."""
         mats = self.view.to_matrices(g)
         p = projector.reshape((self.view.batch,) + projector.shape[-2:])
-        low = jnp.einsum("bmr,bmn->brn", p, mats) if self.left else jnp.einsum("bmn,bnr->bmr", mats, p)
+        if self.left:
+            low = jnp.einsum("bmr,bmn->brn", p, mats)
+        else:
+            low = jnp.einsum("bmn,bnr->bmr", mats, p)
         return low.reshape(self.low_rank_shape)
 
     def project_back(self, low, projector):
         p = projector.reshape((self.view.batch,) + projector.shape[-2:])
         low = low.reshape((self.view.batch,) + low.shape[-2:])
-        full = jnp.einsum("bmr,brn->bmn", p, low) if self.left else jnp.einsum("bmr,bnr->bmn", low, p)
+        if self.left:
+            full = jnp.einsum("bmr,brn->bmn", p, low)
+        else:
+            full = jnp.einsum("bmr,bnr->bmn", low, p)
         return self.view.from_matrices(full)
 
     def fresh_projector(self, g):
@@ -175,7 +186,8 @@ class ScaleByGalore(GradientTransformation):
 
     .. math::
         R_k = P^\top G_k \;\; (P = U_{:, :r}) \quad\text{or}\quad R_k = G_k P \;\; (P = V_{:, :r}),
-        \qquad N_k = \mathrm{base}(R_k), \qquad u_k = \alpha\, P N_k \;\text{or}\; \alpha\, N_k P^\top
+        \qquad N_k = \mathrm{base}(R_k), \qquad
+        u_k = \alpha\, P N_k \;\text{or}\; \alpha\, N_k P^\top
 
     with :math:`r = \min(\text{rank}, m, n)` and :math:`\alpha` = ``scale``. The base optimizer's
     moments are kept, not rotated, when the projector changes (as the reference).
@@ -232,12 +244,7 @@ class ScaleByGalore(GradientTransformation):
             )
         if self.projected_dim not in _SIDES:
             raise ValueError(f"projected_dim must be one of {_SIDES}, got {self.projected_dim!r}")
-        dims = self.weight_dimension_numbers
-        if dims is not None and not callable(dims) and not isinstance(dims, (GaLoreDimensionNumbers, dict, list, tuple)):
-            raise ValueError(
-                f"weight_dimension_numbers must be None, GaLoreDimensionNumbers, a pytree of them "
-                f"or a callable, got {dims!r}"
-            )
+        check_dimension_numbers(self.weight_dimension_numbers, GaLoreDimensionNumbers)
 
     def _plan(self, tree):
         return _plan(tree, self.weight_dimension_numbers, self.rank, self.projected_dim, self.name)
@@ -250,7 +257,7 @@ class ScaleByGalore(GradientTransformation):
         def projector(p, proj):
             if proj is None:
                 return None
-            return zeros_like_param(jax.ShapeDtypeStruct(proj.projector_shape, compute_dtype(p.dtype)))
+            return jnp.zeros(proj.projector_shape, compute_dtype(p.dtype))
 
         def low_rank_like(p, proj):
             if proj is None:
@@ -290,8 +297,10 @@ class ScaleByGalore(GradientTransformation):
             low.append(proj.project(g32, p.astype(g32.dtype)))
             new_projectors.append(p)
 
+        # The base optimizer gets no params: the low-rank leaves have no parameter to match.
         low_updates, base_state = _call_update(
-            self.base_optimizer, treedef.unflatten(low), state.base_optimizer_state, None, extra_args
+            self.base_optimizer, treedef.unflatten(low), state.base_optimizer_state, None,
+            extra_args,
         )
         out = []
         for g, u, p, proj in zip(leaves, treedef.flatten_up_to(low_updates), new_projectors, plan):
@@ -326,7 +335,8 @@ def galore(
     r"""GaLore: ``chain(scale_by_galore(...), add_decoupled_weight_decay(weight_decay, mask),
     scale_by_learning_rate(learning_rate))``.
 
-    .. math:: p_t = p_{t-1} - \eta\,\big(\alpha\, P\, \mathrm{base}(P^\top G_t) + \lambda p_{t-1}\big)
+    .. math::
+        p_t = p_{t-1} - \eta\,\big(\alpha\, P\, \mathrm{base}(P^\top G_t) + \lambda p_{t-1}\big)
 
     (for a left projector; see :func:`scale_by_galore`). Arguments and defaults as
     ``optax.contrib.galore``, plus ``projected_dim`` (``"smaller"`` for the paper's side).

@@ -21,7 +21,9 @@ __all__: list[str] = []
 def _axes(value, ndim: int, name: str, where: str) -> tuple[int, ...]:
     raw = (value,) if isinstance(value, int) else tuple(value)
     if not raw or not all(isinstance(a, int) and not isinstance(a, bool) for a in raw):
-        raise ValueError(f"{where}: {name} must be an int or a non-empty sequence of ints, got {value!r}")
+        raise ValueError(
+            f"{where}: {name} must be an int or a non-empty sequence of ints, got {value!r}"
+        )
     for a in raw:
         if not -ndim <= a < ndim:
             raise ValueError(f"{where}: {name} {a} is out of range for {ndim} axes")
@@ -100,4 +102,17 @@ def entries_per_leaf(prefix, tree, is_prefix_leaf) -> list:
         )
         return treedef.flatten_up_to(full)
     except (ValueError, TypeError, KeyError) as e:
-        raise ValueError(f"its structure is not a prefix of the parameters' structure: {e}") from None
+        raise ValueError(
+            f"its structure is not a prefix of the parameters' structure: {e}"
+        ) from None
+
+
+def check_dimension_numbers(value, dims_cls) -> None:
+    """Validates a ``weight_dimension_numbers`` argument at construction: None, one ``dims_cls``,
+    a pytree of them (checked leaf by leaf at ``init``) or a callable ``params -> pytree``."""
+    if value is None or callable(value) or isinstance(value, (dims_cls, dict, list, tuple)):
+        return
+    raise ValueError(
+        f"weight_dimension_numbers must be None, a {dims_cls.__name__}, a pytree of them or a "
+        f"callable, got {value!r}"
+    )

@@ -34,7 +34,7 @@ from gradchain.base import (
     transformation,
 )
 from gradchain.decay import add_decoupled_weight_decay
-from gradchain.matrices import entries_per_leaf, matrix_view
+from gradchain.matrices import check_dimension_numbers, entries_per_leaf, matrix_view
 from gradchain.numerics import (
     bias_correction,
     compute_dtype,
@@ -157,7 +157,8 @@ def orthogonalize_via_newton_schulz(
     eps: float = 1e-8,
     dimension_numbers: MuonDimensionNumbers | None = None,
 ):
-    r"""Approximately orthogonalises ``x``: :math:`U S V^\top \mapsto U S' V^\top`, :math:`S'\approx I`.
+    r"""Approximately orthogonalises ``x``: :math:`U S V^\top \mapsto U S' V^\top` with
+    :math:`S' \approx I`.
 
     After :math:`X \leftarrow X / (\|X\|_F + \epsilon)` (for ``preconditioning="frobenius"``),
     each step is :math:`X \leftarrow aX + (bA + cA^2)X` with :math:`A = XX^\top`, on the wide
@@ -178,15 +179,18 @@ def orthogonalize_via_newton_schulz(
     """
     rows = _coefficient_rows(ns_coeffs, ns_steps)
     if preconditioning not in _PRECONDITIONINGS:
-        raise ValueError(f"preconditioning must be one of {_PRECONDITIONINGS}, got {preconditioning!r}")
-    if dimension_numbers is None and jnp.ndim(x) != 2:
         raise ValueError(
-            f"orthogonalize_via_newton_schulz: x has shape {jnp.shape(x)}; give "
+            f"preconditioning must be one of {_PRECONDITIONINGS}, got {preconditioning!r}"
+        )
+    x = jnp.asarray(x)
+    if dimension_numbers is None and x.ndim != 2:
+        raise ValueError(
+            f"orthogonalize_via_newton_schulz: x has shape {x.shape}; give "
             f"dimension_numbers for a tensor that is not a matrix"
         )
     dims = dimension_numbers or MuonDimensionNumbers()
-    view = matrix_view(jnp.shape(x), dims.reduction_axis, dims.output_axis, "x")
-    return _orthogonalize(jnp.asarray(x), view, rows, eps, preconditioning, jnp.asarray(x).dtype)
+    view = matrix_view(x.shape, dims.reduction_axis, dims.output_axis, "x")
+    return _orthogonalize(x, view, rows, eps, preconditioning, x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,7 +302,8 @@ class ScaleByMuon(GradientTransformation):
     ns_dtype: object = None
 
     def __post_init__(self):
-        if isinstance(self.ns_steps, bool) or not isinstance(self.ns_steps, int) or self.ns_steps < 1:
+        steps = self.ns_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"ns_steps must be a positive int, got {self.ns_steps!r}")
         _coefficient_rows(self.ns_coeffs, self.ns_steps)
         check_number("beta", self.beta, low=0.0, high=1.0, high_open=True)
@@ -312,17 +317,14 @@ class ScaleByMuon(GradientTransformation):
             raise ValueError(
                 f"preconditioning must be one of {_PRECONDITIONINGS}, got {self.preconditioning!r}"
             )
-        dims = self.weight_dimension_numbers
-        if dims is not None and not callable(dims) and not isinstance(dims, (MuonDimensionNumbers, dict, list, tuple)):
-            raise ValueError(
-                f"weight_dimension_numbers must be None, MuonDimensionNumbers, a pytree of them or "
-                f"a callable, got {dims!r}"
-            )
+        check_dimension_numbers(self.weight_dimension_numbers, MuonDimensionNumbers)
 
     def init(self, params):
         check_floating(params, self.name)
         _leaf_dims(params, self.weight_dimension_numbers, self.name)
-        mu = jax.tree.map(lambda p: zeros_like_param(p, state_dtype(p.dtype, self.mu_dtype)), params)
+        mu = jax.tree.map(
+            lambda p: zeros_like_param(p, state_dtype(p.dtype, self.mu_dtype)), params
+        )
         return ScaleByMuonState(count=init_count(), mu=mu, hyperparams=self.init_hyperparams())
 
     def update(self, updates, state, params=None, **extra_args):
@@ -485,9 +487,6 @@ class _DefaultLabels:
         treedef = jax.tree.structure(params, is_leaf=lambda x: x is None)
         return treedef.unflatten(["adam" if d is None else "muon" for d in entries])
 
-    def __repr__(self):
-        return "every 2-D leaf" if self.weight_dimension_numbers is None else "leaves with dimension numbers"
-
 
 # ---------------------------------------------------------------------------------------------
 # Routing leaves to groups
@@ -522,7 +521,9 @@ class _LabelledGroups(Chain):
         return leaves, treedef, label_leaves
 
     def _split(self, leaves, treedef, label_leaves, group):
-        return treedef.unflatten([x if lab == group else None for x, lab in zip(leaves, label_leaves)])
+        return treedef.unflatten(
+            [x if lab == group else None for x, lab in zip(leaves, label_leaves)]
+        )
 
     def init(self, params):
         leaves, treedef, labels = self._resolve(params)
@@ -539,7 +540,8 @@ class _LabelledGroups(Chain):
         new_states = []
         for g, t, s in zip(self.group_names, self.transforms, state.states):
             sub_params = None if p_leaves is None else self._split(p_leaves, treedef, labels, g)
-            sub, s = _call_update(t, self._split(leaves, treedef, labels, g), s, sub_params, extra_args)
+            sub_updates = self._split(leaves, treedef, labels, g)
+            sub, s = _call_update(t, sub_updates, s, sub_params, extra_args)
             for i, u in enumerate(treedef.flatten_up_to(sub)):
                 if labels[i] == g:
                     out[i] = u
@@ -548,7 +550,8 @@ class _LabelledGroups(Chain):
 
     def __repr__(self):
         inner = ",\n".join(
-            f"  {g}=" + repr(t).replace("\n", "\n  ") for g, t in zip(self.group_names, self.transforms)
+            f"  {g}=" + repr(t).replace("\n", "\n  ")
+            for g, t in zip(self.group_names, self.transforms)
         )
         args = ", ".join(f"{k}={_short_repr(v)}" for k, v in self.config.items())
         return f"{self.name}({args}) = partition(\n{inner}\n)"
@@ -646,5 +649,7 @@ def muon(
         adam_learning_rate, adam_b1, adam_b2, eps, adam_eps_root, mu_dtype, adam_weight_decay,
         nesterov=nesterov,
     )
-    labels = param_labels if param_labels is not None else _DefaultLabels(muon_weight_dimension_numbers)
+    labels = param_labels
+    if labels is None:
+        labels = _DefaultLabels(muon_weight_dimension_numbers)
     return _LabelledGroups({"muon": muon_part, "adam": adam_part}, labels, "muon", config)

@@ -27,6 +27,7 @@ from gradchain.base import (
     require_params,
     state_class,
     transformation,
+    tree_map_multi,
 )
 from gradchain.decay import add_decoupled_weight_decay
 from gradchain.momentum import Trace
@@ -148,11 +149,10 @@ class ScheduleFree(GradientTransformation):
 
     def init(self, params):
         check_floating(params, self.name)
-        z = jax.tree.map(
-            lambda p: jnp.asarray(p).astype(state_dtype(p.dtype, self.state_dtype)), params
-        )
         # A distinct copy, so that both params and z can be donated to a jitted step.
-        z = jax.tree.map(lambda a: jnp.array(a, copy=True), z)
+        z = jax.tree.map(
+            lambda p: jnp.array(p, dtype=state_dtype(p.dtype, self.state_dtype), copy=True), params
+        )
         zero = jnp.zeros((), jnp.result_type(float))
         return ScheduleFreeState(
             count=init_count(),
@@ -172,7 +172,8 @@ class ScheduleFree(GradientTransformation):
             hp["learning_rate"] = hyperparam_value(self.learning_rate, safe_increment(k))
         dt = state.weight_sum.dtype
         max_lr = jnp.maximum(state.max_lr, hp["learning_rate"].astype(dt))
-        weight = (k.astype(dt) + 1) ** hp["r"].astype(dt) * max_lr ** hp["weight_lr_power"].astype(dt)
+        power, r = hp["weight_lr_power"].astype(dt), hp["r"].astype(dt)
+        weight = (k.astype(dt) + 1) ** r * max_lr**power
         weight_sum = state.weight_sum + weight
         # 0/0 (no positive weight yet) means "keep x"; a NaN weight stays visible.
         c = jnp.where(
@@ -197,13 +198,7 @@ class ScheduleFree(GradientTransformation):
             y_new = b1.astype(ct) * x_new + (1 - b1.astype(ct)) * z_new
             return (y_new - y32).astype(delta.dtype), z_new.astype(z.dtype)
 
-        leaves, treedef = jax.tree.flatten(params)
-        outs = [
-            step(y, z, d)
-            for y, z, d in zip(leaves, treedef.flatten_up_to(state.z), treedef.flatten_up_to(base_updates))
-        ]
-        new_updates = treedef.unflatten([o[0] for o in outs])
-        z = treedef.unflatten([o[1] for o in outs])
+        new_updates, z = tree_map_multi(step, 2, params, state.z, base_updates)
         return new_updates, ScheduleFreeState(
             count=safe_increment(k),
             z=z,
@@ -268,7 +263,10 @@ class _LinearWarmup:
         return self.peak * jnp.minimum(frac, 1.0)
 
     def __repr__(self):
-        return f"linear_warmup(peak={self.peak!r}, warmup_steps={self.warmup_steps}, offset={self.offset})"
+        return (
+            f"linear_warmup(peak={self.peak!r}, warmup_steps={self.warmup_steps}, "
+            f"offset={self.offset})"
+        )
 
 
 def _warmed_up(learning_rate, warmup_steps, optax_off_by_one):
@@ -301,7 +299,9 @@ def schedule_free_sgd(
     Memory: ``z``, one copy of the params.
     """
     lr = _warmed_up(learning_rate, warmup_steps, optax_off_by_one)
-    base = sgd(lr) if weight_decay is None else Chain(add_decoupled_weight_decay(weight_decay), sgd(lr))
+    base = sgd(lr)
+    if weight_decay is not None:
+        base = Chain(add_decoupled_weight_decay(weight_decay), base)
     config = dict(
         learning_rate=learning_rate, warmup_steps=warmup_steps, b1=b1, weight_decay=weight_decay,
         weight_lr_power=weight_lr_power, state_dtype=state_dtype, optax_off_by_one=optax_off_by_one,

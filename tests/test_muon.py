@@ -28,11 +28,12 @@ def dims_tree(dims_cls):
     "kwargs",
     [
         dict(),
-        dict(nesterov=False, weight_decay=0.1, beta=0.9),
-        dict(adaptive=True, adam_learning_rate=0.003, adam_weight_decay=0.01, consistent_rms=0.2),
+        dict(nesterov=False, weight_decay=0.1, beta=0.9, preconditioning="spectral"),
+        dict(adaptive=True, adam_learning_rate=0.003, adam_weight_decay=0.01, consistent_rms=0.2,
+             preconditioning="schatten"),
         dict(ns_coeffs="dion", preconditioning="aol", dims=True),
     ],
-    ids=["defaults", "heavy-ball-with-decay", "adaptive-consistent-rms", "dion-aol-3d"],
+    ids=["defaults", "heavy-ball-decay-spectral", "adaptive-consistent-rms-schatten", "dion-aol-3d"],
 )
 def test_matches_optax_over_jitted_steps(kwargs):
     kwargs = dict(kwargs)
