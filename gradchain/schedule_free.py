@@ -45,13 +45,16 @@ __all__ = [
 
 @state_class
 class ScheduleFreeState:
-    """``count``: updates done; ``z``: the base optimizer's iterate; ``weight_sum``: the sum of
-    the averaging weights so far; ``max_lr``: the largest learning rate seen;
+    """``count``: updates done; ``z``: the base optimizer's iterate; ``y_b1``: the b1 that built
+    the current params from x and z (x is recovered with it, so changing b1 with ``tree_set``
+    takes effect at the next update without disturbing x); ``weight_sum``: the sum of the
+    averaging weights so far; ``max_lr``: the largest learning rate seen;
     ``base_optimizer_state``; ``hyperparams``: learning_rate (as the averaging weights used it),
     b1, weight_lr_power and r of the latest update."""
 
     count: jax.Array
     z: object
+    y_b1: jax.Array
     weight_sum: jax.Array
     max_lr: jax.Array
     base_optimizer_state: object
@@ -154,13 +157,15 @@ class ScheduleFree(GradientTransformation):
             lambda p: jnp.array(p, dtype=state_dtype(p.dtype, self.state_dtype), copy=True), params
         )
         zero = jnp.zeros((), jnp.result_type(float))
+        hyperparams = self.init_hyperparams()
         return ScheduleFreeState(
             count=init_count(),
             z=z,
+            y_b1=hyperparams["b1"],
             weight_sum=zero,
             max_lr=zero,
             base_optimizer_state=self.base_optimizer.init(params),
-            hyperparams=self.init_hyperparams(),
+            hyperparams=hyperparams,
         )
 
     def update(self, updates, state, params=None, **extra_args):
@@ -185,14 +190,12 @@ class ScheduleFree(GradientTransformation):
         base_updates, base_state = _call_update(
             self.base_optimizer, updates, state.base_optimizer_state, params, extra_args
         )
-        b1_old, b1 = state.hyperparams["b1"], hp["b1"]
+        b1_old, b1 = state.y_b1, hp["b1"]
 
         def step(y, z, delta):
             ct = compute_dtype(jnp.promote_types(y.dtype, z.dtype))
             y32, z32 = y.astype(ct), z.astype(ct)
             z_new = z32 + delta.astype(ct)
-            # x from the b1 that built this y (the previous update's), so x is exact even when
-            # b1 changes between updates.
             x = (y32 - (1 - b1_old.astype(ct)) * z32) / b1_old.astype(ct)
             x_new = (1 - c.astype(ct)) * x + c.astype(ct) * z_new
             y_new = b1.astype(ct) * x_new + (1 - b1.astype(ct)) * z_new
@@ -202,6 +205,7 @@ class ScheduleFree(GradientTransformation):
         return new_updates, ScheduleFreeState(
             count=safe_increment(k),
             z=z,
+            y_b1=b1,
             weight_sum=weight_sum,
             max_lr=max_lr,
             base_optimizer_state=base_state,
@@ -235,7 +239,7 @@ def schedule_free_eval_params(state, params):
         )
     sf = found[0]
     check_tree_match(params, sf.z, "params", "state.z")
-    b1 = sf.hyperparams["b1"]
+    b1 = sf.y_b1
 
     def to_x(y, z):
         ct = compute_dtype(jnp.promote_types(y.dtype, z.dtype))

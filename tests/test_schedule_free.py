@@ -128,6 +128,25 @@ def test_after_the_first_update_x_y_and_z_coincide(optax_off_by_one):
     assert_trees_close(gc.schedule_free_eval_params(state, y), y, what="x vs y")
 
 
+def test_changing_b1_between_steps_keeps_x_on_its_average():
+    # x_{k+1} = (1 - c_k) x_k + c_k z_{k+1} does not involve b1; y = b1 x + (1 - b1) z does. With
+    # a constant lr and power 2, c_k = 1/(k+1); b1 is 0.9 for 5 updates, then 0.5 by tree_set.
+    tx = gc.schedule_free_sgd(0.1)
+    step = jax.jit(tx.update)
+    y, state = PARAMS, tx.init(PARAMS)
+    x = z = {k: np.asarray(v, np.float64) for k, v in PARAMS.items()}
+    for k, g in enumerate(GRADS[:10]):
+        if k == 5:
+            state = gc.tree_set(state, b1=0.5)
+        b1 = 0.9 if k < 5 else 0.5
+        updates, state = step(g, state, y)
+        y = gc.apply_updates(y, updates)
+        z = {n: z[n] - 0.1 * np.asarray(g[n], np.float64) for n in z}
+        x = {n: (1 - 1 / (k + 1)) * x[n] + z[n] / (k + 1) for n in x}
+    assert_trees_close(gc.schedule_free_eval_params(state, y), x, what="x")
+    assert_trees_close(y, {n: b1 * x[n] + (1 - b1) * z[n] for n in x}, what="y")
+
+
 def test_eval_params_are_found_inside_a_chain():
     tx = gc.chain(gc.clip_by_global_norm(1.0), gc.schedule_free_sgd(0.1))
     traj, state = run(tx, PARAMS, GRADS[:3], gc.apply_updates)
