@@ -222,3 +222,12 @@ def test_state_memory_is_one_buffer_for_muon_leaves():
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
     # mu for w (4 bytes per entry), mu and nu for b (AdamW), plus O(1) counters and hyperparams.
     assert state_bytes == pytest.approx(4 * 64 * 32 + 8 * 32, abs=128)
+
+
+def test_bfloat16_updates_keep_their_dtype_and_the_momentum_is_float32():
+    params = {"w": jnp.ones((4, 6), jnp.bfloat16)}
+    tx = gc.muon(0.02)
+    state = tx.init(params)
+    updates, state = jax.jit(tx.update)({"w": jnp.eye(4, 6, dtype=jnp.bfloat16)}, state, params)
+    assert updates["w"].dtype == jnp.bfloat16
+    assert state.muon.scale_by_muon.mu["w"].dtype == jnp.float32
