@@ -48,6 +48,27 @@ from gradchain.factored import (
 from gradchain.momentum import ema, trace
 from gradchain.numerics import bias_correction, safe_increment
 from gradchain.optimizers import adafactor, adam, adamw, rmsprop, sgd
+# The optimizer family, part B. Each module shares its name with its optimizer, and the optimizer
+# wins the package attribute (``gradchain.muon`` is the function, as ``optax.contrib.muon``), so
+# the modules are bound under other names for ``_MODULES``.
+from gradchain import galore as _galore_module
+from gradchain import muon as _muon_module
+from gradchain import schedule_free as _schedule_free_module
+from gradchain.galore import GaLoreDimensionNumbers, galore, scale_by_galore
+from gradchain.muon import (
+    MuonDimensionNumbers,
+    muon,
+    muon_labels,
+    orthogonalize_via_newton_schulz,
+    scale_by_muon,
+    scale_by_shape,
+)
+from gradchain.schedule_free import (
+    schedule_free,
+    schedule_free_adamw,
+    schedule_free_eval_params,
+    schedule_free_sgd,
+)
 from gradchain.scaling import scale, scale_by_learning_rate, scale_by_schedule
 from gradchain import schedules
 from gradchain.schedules import (
@@ -89,4 +110,5 @@ _MODULES = (
     schedules,
     sharding,
 )
+_MODULES += (_galore_module, _muon_module, _schedule_free_module)
 __all__ = sorted({name for module in _MODULES for name in module.__all__})
