@@ -10,7 +10,9 @@ those modules' ``__all__``.
 """
 
 from gradchain import adaptive, base, clipping, decay, momentum, numerics, optimizers, scaling
+from gradchain import averaging, checkpoint, combinators, masks
 from gradchain.adaptive import scale_by_adam
+from gradchain.averaging import LookaheadParams, lookahead, params_ema
 from gradchain.base import (
     ChainState,
     EmptyState,
@@ -25,8 +27,24 @@ from gradchain.base import (
     tree_get_all_with_path,
     tree_set,
 )
+from gradchain.checkpoint import restore_state, save_state
 from gradchain.clipping import clip_by_global_norm, global_norm
+from gradchain.combinators import (
+    MaskedNode,
+    MultiSteps,
+    apply_if_finite,
+    freeze,
+    masked,
+    multi_transform,
+    partition,
+    selective_transform,
+    set_to_zero,
+    skip_large_updates,
+    skip_not_finite,
+    zero_nans,
+)
 from gradchain.decay import add_decayed_weights, add_decoupled_weight_decay
+from gradchain.masks import path_labels, path_mask, tree_paths
 from gradchain.momentum import trace
 from gradchain.numerics import bias_correction, safe_increment
 from gradchain.optimizers import adam, adamw, sgd
@@ -35,4 +53,5 @@ from gradchain.scaling import scale, scale_by_learning_rate, scale_by_schedule
 __version__ = "0.1.0"
 
 _MODULES = (adaptive, base, clipping, decay, momentum, numerics, optimizers, scaling)
+_MODULES += (averaging, checkpoint, combinators, masks)
 __all__ = sorted({name for module in _MODULES for name in module.__all__})
