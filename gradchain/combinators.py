@@ -198,6 +198,13 @@ class PartitionState:
     def __getitem__(self, label):
         return self.inner_states[label]
 
+    def with_group(self, label, group_state) -> PartitionState:
+        """This state with the group ``label``'s state replaced by ``group_state``; for example
+        ``state.with_group("head", gc.tree_set(state["head"], learning_rate=1e-4))``."""
+        if label not in self.inner_states:
+            raise KeyError(f"no group labelled {label!r} (labels: {list(self.inner_states)})")
+        return PartitionState(inner_states={**self.inner_states, label: group_state})
+
 
 @transformation("partition")
 class Partition(GradientTransformation):
@@ -212,8 +219,9 @@ class Partition(GradientTransformation):
             gc.path_labels({r"bias|norm|embed": "no_decay"}, default="decay"),
         )
         state = tx.init(params)
-        state["decay"]                          # the AdamW group's own state
+        state["decay"]                            # the AdamW group's own state
         state = tx.reset(state, "decay", params)  # restart that group's moments
+        state = state.with_group("no_decay", gc.tree_set(state["no_decay"], learning_rate=1e-4))
 
     Args:
       transforms: a mapping from label to transformation.
@@ -281,9 +289,7 @@ class Partition(GradientTransformation):
 
     def reset(self, state: PartitionState, label, params) -> PartitionState:
         """``state`` with the group ``label`` started afresh (moments and counters at zero)."""
-        return PartitionState(
-            inner_states={**state.inner_states, label: self.init_group(label, params)}
-        )
+        return state.with_group(label, self.init_group(label, params))
 
     def update(self, updates, state, params=None, **extra_args):
         labels = self.labels(updates)
