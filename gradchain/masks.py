@@ -175,8 +175,9 @@ def path_mask(include=None, exclude=None, *, min_ndim=None, stacked=None) -> Pat
       min_ndim: when given, only leaves whose per-layer rank is at least this are selected
         (``2`` selects matrices and larger: kernels, not biases or norm scales).
       stacked: where layers are stacked for ``jax.lax.scan``: a pattern whose matching leaves
-        carry one leading layer axis, or a mapping ``{pattern: number_of_leading_axes}``. The
-        stacked axes are not counted by ``min_ndim``, so stacking never changes the selection.
+        carry one leading layer axis, or a mapping ``{pattern: number_of_leading_axes}`` (the
+        first pattern that matches a path applies). The stacked axes are not counted by
+        ``min_ndim``, so stacking never changes the selection.
 
     Returns:
       A :class:`PathMask`: call it on a tree to get the tree of bools, or pass it as a ``mask``.
