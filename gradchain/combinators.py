@@ -26,7 +26,7 @@ from gradchain.base import (
     transformation,
 )
 from gradchain.masks import resolve_labels, resolve_mask
-from gradchain.numerics import safe_increment
+from gradchain.numerics import safe_increment, zeros_like_param
 
 __all__ = [
     "MaskedNode",
@@ -557,12 +557,13 @@ class MultiSteps(GradientTransformation):
 
     def init(self, params):
         gradient_step = jnp.zeros((), jnp.int32)
-        _, skip_state = self._skip_fn()(_zeros_like_tree(params), gradient_step, params)
+        zeros = jax.tree.map(zeros_like_param, params)
+        _, skip_state = self._skip_fn()(zeros, gradient_step, params)
         return MultiStepsState(
             mini_step=jnp.zeros((), jnp.int32),
             gradient_step=gradient_step,
             inner_opt_state=self.opt.init(params),
-            acc_grads=jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), self.accumulator_dtype), params),
+            acc_grads=jax.tree.map(lambda p: zeros_like_param(p, self.accumulator_dtype), params),
             skip_state=skip_state,
         )
 

@@ -252,6 +252,12 @@ def _broadcast(prefix, tree, leaf_fn, what: str, transform_name: str):
         ) from None
 
 
+def _is_function(x) -> bool:
+    """Whether ``x`` is a mask or label *function* rather than a tree: callable, and not a
+    callable pytree of values (an equinox module of bools is a tree), as optax decides."""
+    return callable(x) and all(callable(leaf) for leaf in jax.tree.leaves(x))
+
+
 def resolve_mask(mask, tree, transform_name: str):
     """The mask as a tree of Python bools with ``tree``'s structure.
 
@@ -262,7 +268,7 @@ def resolve_mask(mask, tree, transform_name: str):
         return jax.tree.map(lambda _: True, tree)
     if isinstance(mask, (str, re.Pattern)):
         mask = path_mask(include=mask)
-    selected = mask(tree) if callable(mask) else mask
+    selected = mask(tree) if _is_function(mask) else mask
 
     def as_bool(m):
         if isinstance(m, (bool, np.bool_)) or (
@@ -282,6 +288,6 @@ def resolve_mask(mask, tree, transform_name: str):
 
 def resolve_labels(labels, tree, transform_name: str):
     """The labels as a tree with ``tree``'s structure (a prefix is broadcast, a callable called)."""
-    chosen = labels(tree) if callable(labels) else labels
+    chosen = labels(tree) if _is_function(labels) else labels
     return _broadcast(chosen, tree, lambda label: label, "labels", transform_name)
 

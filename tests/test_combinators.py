@@ -323,6 +323,14 @@ def test_params_ema_of_bfloat16_params_is_kept_in_float32():
     np.testing.assert_allclose(state.params_ema["w"], 0.999, rtol=1e-6)  # moves, unlike bf16
 
 
+def test_params_ema_asks_for_values_when_given_only_shapes():
+    abstract = {"w": jax.ShapeDtypeStruct((3,), jnp.float32)}
+    with pytest.raises(TypeError, match=r"for an abstract state use jax.eval_shape\(tx.init, params\)"):
+        gc.params_ema(0.9).init(abstract)
+    state = jax.eval_shape(gc.params_ema(0.9).init, {"w": jnp.ones(3)})
+    assert state.params_ema["w"].shape == (3,)
+
+
 @pytest.mark.parametrize("reset_state", [False, True])
 def test_lookahead_matches_optax_lookahead(reset_state):
     params = mixed_params(bf16=False)

@@ -106,3 +106,14 @@ def test_path_mask_is_comparable_data():
     assert repr(gc.path_mask(exclude="bias", min_ndim=2)) == "path_mask(exclude='bias', min_ndim=2)"
     assert np.array_equal(jax.tree.leaves(gc.path_mask(include=["a", "b"])({"a": 1, "b": 2, "c": 3})),
                           [True, True, False])
+
+
+def test_a_callable_pytree_of_bools_is_a_mask_tree_not_a_mask_function():
+    import equinox as eqx
+
+    layer = eqx.nn.Linear(3, 2, key=jax.random.PRNGKey(0))
+    params = eqx.filter(layer, eqx.is_array)
+    mask = jax.tree.map(lambda x: x.ndim == 2, params)  # an eqx.nn.Linear of bools: callable
+    tx = gc.masked(gc.scale(0.0), mask)
+    updates, _ = tx.update(params, tx.init(params), params)
+    assert np.all(updates.weight == 0) and np.array_equal(updates.bias, params.bias)
