@@ -78,14 +78,13 @@ def _masked_extra_args(extra_args, updates, selected, enabled: bool):
 
 def _update_selected(tx, selected, updates, state, params, extra_args, mask_extra_args):
     """Runs ``tx`` on the selected leaves only; returns its updates there (MaskedNode elsewhere)."""
-    inner_updates, state = _call_update(
+    return _call_update(
         tx,
         _hide(updates, selected),
         state,
         None if params is None else _hide(params, selected),
         _masked_extra_args(extra_args, updates, selected, mask_extra_args),
     )
-    return inner_updates, state
 
 
 def _merge(selected, chosen, updates):
@@ -309,20 +308,27 @@ partition = Partition
 multi_transform = Partition
 
 
+@dataclasses.dataclass(frozen=True)
+class _FreezeLabels:
+    """``"freeze"`` where the mask selects a leaf, ``"train"`` elsewhere (comparable data, so
+    equal ``selective_transform`` calls give equal transformations)."""
+
+    freeze_mask: object
+
+    def __call__(self, tree):
+        selected = resolve_mask(self.freeze_mask, tree, "selective_transform")
+        return jax.tree.map(lambda frozen: "freeze" if frozen else "train", selected)
+
+
 def selective_transform(optimizer, *, freeze_mask) -> Partition:
     """Updates the leaves where ``freeze_mask`` is False with ``optimizer``; keeps the others
     fixed, with no optimizer state for them.
 
-    ``partition({"train": optimizer, "freeze": set_to_zero()}, labels)``. Same as
-    ``optax.selective_transform``; ``freeze_mask`` takes every form a mask takes.
+    ``partition({"train": optimizer, "freeze": set_to_zero()}, labels)``, so the optimizer's
+    state is ``state["train"]``. Same as ``optax.selective_transform``; ``freeze_mask`` takes
+    every form a mask takes.
     """
-    mask = freeze_mask
-
-    def labels(tree):
-        return jax.tree.map(lambda frozen: "freeze" if frozen else "train",
-                            resolve_mask(mask, tree, "selective_transform"))
-
-    return Partition({"train": optimizer, "freeze": SetToZero()}, labels)
+    return Partition({"train": optimizer, "freeze": SetToZero()}, _FreezeLabels(freeze_mask))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,8 +389,8 @@ class ApplyIfFinite(GradientTransformation):
               \text{ else } (0, s)
 
     so a skipped step leaves the parameters (``p + 0``) and the inner state exactly as they
-    were, and after :math:`N` skipped steps in a row the next non-finite update is let through
-    (the optimizer gives up). A finite update resets :math:`n` to 0.
+    were. After :math:`N` skipped steps in a row, non-finite updates are let through (the
+    optimizer gives up) until a finite one resets :math:`n` to 0.
 
     Args:
       inner: the transformation to protect.
