@@ -6,22 +6,34 @@ thin chains of them. Names, arguments and defaults follow optax where optax has 
 so ``import gradchain as optax`` works for the optimizers gradchain implements.
 
 Public names are re-exported here from the module of their concept; ``__all__`` is the union of
-those modules' ``__all__``.
+those modules' ``__all__``. (This file is regenerated from the modules' ``__all__``.)
 """
 
 from gradchain import (
     adaptive,
+    averaging,
     base,
+    checkpoint,
     clipping,
+    combinators,
     decay,
     factored,
+    masks,
     momentum,
     numerics,
     optimizers,
     scaling,
+    schedules,
     sharding,
 )
+# These modules share their name with their optimizer, and the optimizer wins the package
+# attribute (``gradchain.muon`` is the function, as ``optax.contrib.muon`` is), so the modules
+# are bound under private names.
+from gradchain import galore as _galore_module
+from gradchain import muon as _muon_module
+from gradchain import schedule_free as _schedule_free_module
 from gradchain.adaptive import scale_by_adam, scale_by_rms, scale_by_stddev
+from gradchain.averaging import LookaheadParams, lookahead, params_ema
 from gradchain.base import (
     ChainState,
     EmptyState,
@@ -36,7 +48,22 @@ from gradchain.base import (
     tree_get_all_with_path,
     tree_set,
 )
+from gradchain.checkpoint import restore_state, save_state
 from gradchain.clipping import clip, clip_by_block_rms, clip_by_global_norm, global_norm
+from gradchain.combinators import (
+    MaskedNode,
+    MultiSteps,
+    apply_if_finite,
+    freeze,
+    masked,
+    multi_transform,
+    partition,
+    selective_transform,
+    set_to_zero,
+    skip_large_updates,
+    skip_not_finite,
+    zero_nans,
+)
 from gradchain.decay import add_decayed_weights, add_decoupled_weight_decay, add_l2_penalty
 from gradchain.factored import (
     adafactor_decay_rate,
@@ -45,16 +72,9 @@ from gradchain.factored import (
     scale_by_factored_rms,
     scale_by_param_block_rms,
 )
-from gradchain.momentum import ema, trace
-from gradchain.numerics import bias_correction, safe_increment
-from gradchain.optimizers import adafactor, adam, adamw, rmsprop, sgd
-# The optimizer family, part B. Each module shares its name with its optimizer, and the optimizer
-# wins the package attribute (``gradchain.muon`` is the function, as ``optax.contrib.muon``), so
-# the modules are bound under other names for ``_MODULES``.
-from gradchain import galore as _galore_module
-from gradchain import muon as _muon_module
-from gradchain import schedule_free as _schedule_free_module
 from gradchain.galore import GaLoreDimensionNumbers, galore, scale_by_galore
+from gradchain.masks import path_labels, path_mask, tree_paths
+from gradchain.momentum import ema, trace
 from gradchain.muon import (
     MuonDimensionNumbers,
     muon,
@@ -63,14 +83,15 @@ from gradchain.muon import (
     scale_by_muon,
     scale_by_shape,
 )
+from gradchain.numerics import bias_correction, safe_increment
+from gradchain.optimizers import adafactor, adam, adamw, rmsprop, sgd
+from gradchain.scaling import scale, scale_by_learning_rate, scale_by_schedule
 from gradchain.schedule_free import (
     schedule_free,
     schedule_free_adamw,
     schedule_free_eval_params,
     schedule_free_sgd,
 )
-from gradchain.scaling import scale, scale_by_learning_rate, scale_by_schedule
-from gradchain import schedules
 from gradchain.schedules import (
     Schedule,
     constant_schedule,
@@ -99,16 +120,22 @@ __version__ = "0.1.0"
 
 _MODULES = (
     adaptive,
+    averaging,
     base,
+    checkpoint,
     clipping,
+    combinators,
     decay,
     factored,
+    _galore_module,
+    masks,
     momentum,
+    _muon_module,
     numerics,
     optimizers,
     scaling,
+    _schedule_free_module,
     schedules,
     sharding,
 )
-_MODULES += (_galore_module, _muon_module, _schedule_free_module)
 __all__ = sorted({name for module in _MODULES for name in module.__all__})

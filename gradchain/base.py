@@ -169,6 +169,10 @@ def _children(x):
     if isinstance(x, (tuple, list)):
         for i, s in enumerate(x):
             yield f"[{i}]", None, s
+        return
+    if isinstance(x, Mapping):  # states kept by label, as in partition's inner_states
+        for k, s in x.items():
+            yield f"[{k!r}]", None, s
 
 
 def _walk(x, path, key):
@@ -227,7 +231,7 @@ def _replace_in(x, key, value):
                     changes[f.name] = {**child, key: new}
             elif f.name == key:
                 changes[f.name] = value
-            elif isinstance(child, (tuple, list, ChainState)) or _is_state(child):
+            elif isinstance(child, (tuple, list, Mapping, ChainState)) or _is_state(child):
                 changes[f.name] = _replace_in(child, key, value)
         return dataclasses.replace(x, **changes) if changes else x
     if isinstance(x, tuple) and hasattr(x, "_fields"):
@@ -236,6 +240,8 @@ def _replace_in(x, key, value):
         )
     if isinstance(x, (tuple, list)):
         return type(x)(_replace_in(s, key, value) for s in x)
+    if isinstance(x, Mapping):
+        return type(x)((k, _replace_in(s, key, value)) for k, s in x.items())
     return x
 
 

@@ -6,7 +6,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from gradchain.base import (
     GradientTransformation,
@@ -15,6 +14,7 @@ from gradchain.base import (
     state_class,
     transformation,
 )
+from gradchain.masks import resolve_mask
 from gradchain.numerics import compute_dtype, init_count, safe_increment
 
 __all__ = ["add_decayed_weights", "add_decoupled_weight_decay", "add_l2_penalty"]
@@ -26,33 +26,6 @@ class WeightDecayState:
 
     count: jax.Array
     hyperparams: dict
-
-
-def resolve_mask(mask, params, transform_name: str):
-    """The mask as a tree of Python bools with ``params``'s structure (a prefix is broadcast).
-
-    ``mask`` is None (everything selected), a pytree of bools or a callable ``params -> pytree``.
-    """
-    if mask is None:
-        return jax.tree.map(lambda _: True, params)
-    tree = mask(params) if callable(mask) else mask
-
-    def as_bool(m):
-        try:
-            return bool(np.asarray(m))
-        except Exception:
-            raise ValueError(
-                f"{transform_name}: mask leaves must be concrete bools, got {m!r}"
-            ) from None
-
-    try:
-        return jax.tree.map(lambda m, p: as_bool(m), tree, params)
-    except ValueError as e:
-        if "mask leaves" in str(e):
-            raise
-        raise ValueError(
-            f"{transform_name}: the mask's structure is not a prefix of the params' structure: {e}"
-        ) from None
 
 
 @transformation("add_decoupled_weight_decay", hyperparams=("weight_decay",))
@@ -67,8 +40,10 @@ class AddDecoupledWeightDecay(GradientTransformation):
 
     Args:
       weight_decay: :math:`\lambda \ge 0` (a float or a schedule), default 0.
-      mask: which leaves decay: a pytree of bools (or a prefix of the params' tree), or a
-        callable ``params -> pytree of bools``. Leaves where it is False pass through unchanged.
+      mask: which leaves decay: a pytree of bools (or a prefix of the params' tree), a callable
+        ``params -> pytree of bools``, a regular expression over the parameter paths or a
+        ``path_mask`` (see :mod:`gradchain.masks`). Leaves where it is False pass through
+        unchanged.
 
     Loshchilov & Hutter (2019) multiply the decay by the schedule multiplier only, not by the
     base learning rate: ``lambda_torch = lambda_paper / lr`` (ALGORITHMS.md §3.2).
