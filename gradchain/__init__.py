@@ -6,7 +6,7 @@ thin chains of them. Names, arguments and defaults follow optax where optax has 
 so ``import gradchain as optax`` works for the optimizers gradchain implements.
 
 Public names are re-exported here from the module of their concept; ``__all__`` is the union of
-those modules' ``__all__``. (This file is regenerated from the modules' ``__all__``.)
+X
 """
 
 from gradchain import (

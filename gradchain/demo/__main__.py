@@ -1,0 +1,5 @@
+import sys
+
+from gradchain.demo import main
+
+sys.exit(main())

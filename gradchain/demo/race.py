@@ -1,0 +1,179 @@
+"""The optimizers the demo races, each built from gradchain's parts.
+
+An entry says how to build the optimizer for a run of ``steps`` steps and, for the optimizers
+that need more than gradients, what extra ``update`` arguments they take and which parameters to
+evaluate. Entries whose pieces this version of gradchain does not have are not offered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax.numpy as jnp
+
+import gradchain as gc
+
+PEAK_LR = 3e-3
+WEIGHT_DECAY = 0.01
+
+
+def lr_schedule(steps: int, peak: float = PEAK_LR):
+    """Linear warmup over 10% of the run, then cosine decay to 10% of the peak."""
+    warmup = max(1, steps // 10)
+    return gc.warmup_cosine_decay_schedule(
+        0.0, peak, warmup_steps=warmup, decay_steps=max(steps, warmup + 1), end_value=0.1 * peak
+    )
+
+
+def decay_mask(params):
+    """Weight decay on the weight matrices only: not on biases, norms, embeddings or positions.
+
+    The blocks are stacked along a leading layer axis (``params["layers"]``), which the mask is
+    told about so that a stacked bias is not mistaken for a matrix.
+    """
+    del params
+    return gc.path_mask(exclude=r"embed|pos", min_ndim=2, stacked="layers")
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    name: str
+    summary: str
+    build: Callable  # (steps, params) -> GradientTransformation
+    requires: tuple[str, ...] = ()
+    extra: str | None = None  # "obj_fn" (Hutchinson) or None
+    eval_params: Callable | None = None  # (state, params) -> params to evaluate
+
+    def available(self) -> bool:
+        return all(hasattr(gc, r) for r in self.requires)
+
+
+def _recipe(steps, params):
+    return gc.chain(
+        gc.clip_by_global_norm(1.0),
+        gc.adamw(lr_schedule(steps), weight_decay=WEIGHT_DECAY, mask=decay_mask(params)),
+    )
+
+
+def optax_recipe(steps, params):
+    """The same recipe written with optax, for the parity replay."""
+    import optax
+
+    warmup = max(1, steps // 10)
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, PEAK_LR, warmup_steps=warmup, decay_steps=max(steps, warmup + 1),
+        end_value=0.1 * PEAK_LR,
+    )
+    return optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.adamw(schedule, weight_decay=WEIGHT_DECAY, mask=decay_mask(params)),
+    )
+
+
+def _muon(steps, params):
+    """Muon for the stacked attention and MLP matrices (one matrix per layer), AdamW elsewhere."""
+    import jax
+
+    labels = gc.path_labels({r"layers/(attn|mlp)/(qkv|proj|fc)$": "muon"}, default="adam")(params)
+    dims = jax.tree.map(lambda l: gc.MuonDimensionNumbers(1, 2) if l == "muon" else None, labels)
+    return gc.muon(
+        lr_schedule(steps, 0.02),
+        weight_decay=WEIGHT_DECAY,
+        adam_learning_rate=lr_schedule(steps),
+        adam_weight_decay=WEIGHT_DECAY,
+        param_labels=labels,
+        muon_weight_dimension_numbers=dims,
+    )
+
+
+ENTRIES = (
+    Entry(
+        "adamw",
+        "clip_by_global_norm(1.0) -> AdamW, warmup + cosine (the LLM recipe)",
+        _recipe,
+        requires=("warmup_cosine_decay_schedule", "path_mask"),
+    ),
+    Entry(
+        "adafactor",
+        "Adafactor (factored second moment, update clipping), warmup + cosine",
+        # The head starts at zero, so the relative (parameter-scaled) step would leave it frozen.
+        lambda steps, params: gc.adafactor(
+            lr_schedule(steps, 1e-2), min_dim_size_to_factor=32, multiply_by_parameter_scale=False
+        ),
+        requires=("adafactor", "warmup_cosine_decay_schedule"),
+    ),
+    Entry(
+        "sgd",
+        "SGD + Nesterov momentum 0.9, warmup + cosine",
+        lambda steps, params: gc.chain(
+            gc.clip_by_global_norm(1.0),
+            gc.sgd(lr_schedule(steps, 0.3), momentum=0.9, nesterov=True),
+        ),
+        requires=("warmup_cosine_decay_schedule",),
+    ),
+    Entry(
+        "adamw_8bit",
+        "AdamW with block-wise 8-bit moments",
+        lambda steps, params: gc.chain(
+            gc.clip_by_global_norm(1.0),
+            gc.adamw_8bit(lr_schedule(steps), weight_decay=WEIGHT_DECAY, min_8bit_size=1024),
+        ),
+        requires=("adamw_8bit", "warmup_cosine_decay_schedule"),
+    ),
+    Entry(
+        "lion",
+        "Lion (sign of interpolated momentum), lr / 3",
+        lambda steps, params: gc.chain(
+            gc.clip_by_global_norm(1.0),
+            gc.lion(lr_schedule(steps, PEAK_LR / 3), weight_decay=0.1,
+                    mask=decay_mask(params)),
+        ),
+        requires=("lion", "warmup_cosine_decay_schedule"),
+    ),
+    Entry(
+        "sophia",
+        "Sophia with the Hutchinson Hessian estimator",
+        lambda steps, params: gc.chain(
+            gc.clip_by_global_norm(1.0),
+            gc.sophia(lr_schedule(steps, PEAK_LR / 3), weight_decay=WEIGHT_DECAY),
+        ),
+        requires=("sophia", "warmup_cosine_decay_schedule"),
+        extra="obj_fn",
+    ),
+    Entry(
+        "schedule_free",
+        "Schedule-Free AdamW (no decay schedule; evaluated at x)",
+        lambda steps, params: gc.schedule_free_adamw(
+            PEAK_LR, warmup_steps=max(1, steps // 10), weight_decay=WEIGHT_DECAY
+        ),
+        requires=("schedule_free_adamw", "schedule_free_eval_params"),
+        eval_params=lambda state, params: gc.schedule_free_eval_params(state, params),
+    ),
+    Entry(
+        "muon",
+        "Muon on the hidden matrices, AdamW on embeddings, head, norms and biases",
+        lambda steps, params: gc.chain(gc.clip_by_global_norm(1.0), _muon(steps, params)),
+        requires=("muon", "path_labels", "warmup_cosine_decay_schedule"),
+    ),
+    Entry(
+        "prodigy",
+        "Prodigy (learning-rate free), cosine multiplier",
+        lambda steps, params: gc.prodigy(lr_schedule(steps, 1.0)),
+        requires=("prodigy", "warmup_cosine_decay_schedule"),
+    ),
+)
+
+
+def available() -> dict[str, Entry]:
+    return {e.name: e for e in ENTRIES if e.available()}
+
+
+def state_bytes_per_param(tx, params) -> float:
+    """Optimizer-state bytes per parameter, from shapes alone (``jax.eval_shape``)."""
+    import jax
+
+    shapes = jax.eval_shape(tx.init, params)
+    state_bytes = sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(shapes))
+    n = sum(x.size for x in jax.tree.leaves(params))
+    return state_bytes / n
