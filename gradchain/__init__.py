@@ -10,6 +10,39 @@ those modules' ``__all__``.
 """
 
 from gradchain import adaptive, base, clipping, decay, momentum, numerics, optimizers, scaling
+from gradchain import adam_variants, learning_rate_free, trust_ratio
+# These modules share their name with the optimizer they define; the package attribute is the
+# optimizer (``gradchain.lion(1e-4)``), the module stays importable as ``gradchain.lion``.
+from gradchain import adagrad as _adagrad_module
+from gradchain import lion as _lion_module
+from gradchain import sophia as _sophia_module
+from gradchain.adagrad import adagrad, scale_by_rss
+from gradchain.adam_variants import (
+    adamax,
+    adamaxw,
+    amsgrad,
+    nadam,
+    nadamw,
+    radam,
+    scale_by_adamax,
+    scale_by_amsgrad,
+    scale_by_nadam,
+    scale_by_radam,
+)
+from gradchain.learning_rate_free import (
+    dadapt_adamw,
+    prodigy,
+    scale_by_dadapt_adamw,
+    scale_by_prodigy,
+)
+from gradchain.lion import lion, scale_by_lion
+from gradchain.sophia import (
+    gauss_newton_bartlett_estimator_diag_hessian,
+    hutchinson_estimator_diag_hessian,
+    scale_by_sophia,
+    sophia,
+)
+from gradchain.trust_ratio import lamb, lars, scale_by_trust_ratio
 from gradchain.adaptive import scale_by_adam
 from gradchain.base import (
     ChainState,
@@ -34,5 +67,8 @@ from gradchain.scaling import scale, scale_by_learning_rate, scale_by_schedule
 
 __version__ = "0.1.0"
 
-_MODULES = (adaptive, base, clipping, decay, momentum, numerics, optimizers, scaling)
+_MODULES = (
+    adaptive, base, clipping, decay, momentum, numerics, optimizers, scaling,
+    _adagrad_module, _lion_module, _sophia_module, adam_variants, learning_rate_free, trust_ratio,
+)
 __all__ = sorted({name for module in _MODULES for name in module.__all__})
