@@ -7,7 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from gradchain.adam_variants import cast_like, moments_like
+from gradchain.adam_variants import cast_like, check_bools, moments_like
 from gradchain.base import (
     Chain,
     GradientTransformation,
@@ -67,8 +67,7 @@ class ScaleByRss(GradientTransformation):
             allow_schedule=False,
         )
         check_number("eps", self.eps, low=0.0)
-        if not isinstance(self.eps_in_sqrt, bool):
-            raise ValueError(f"eps_in_sqrt must be a bool, got {self.eps_in_sqrt!r}")
+        check_bools(self, "eps_in_sqrt")
 
     def init(self, params):
         check_floating(params, self.name)

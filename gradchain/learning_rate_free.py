@@ -14,7 +14,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from gradchain.adam_variants import cast_like, moments_like
+from gradchain.adam_variants import cast_like, check_bools, moments_like
 from gradchain.base import (
     Chain,
     GradientTransformation,
@@ -145,9 +145,7 @@ class ScaleByProdigy(GradientTransformation):
         check_number("estim_lr0", self.estim_lr0, low=0.0, low_open=True)
         check_number("estim_lr_coef", self.estim_lr_coef, low=0.0, low_open=True)
         check_number("weight_decay", self.weight_decay, low=0.0)
-        for name in ("safeguard_warmup", "bias_correction"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        check_bools(self, "safeguard_warmup", "bias_correction")
 
     b1 = property(lambda self: self.betas[0])
     b2 = property(lambda self: self.betas[1])
@@ -339,9 +337,7 @@ class ScaleByDAdaptAdamW(GradientTransformation):
         check_number("eps", self.eps, low=0.0)
         check_number("estim_lr0", self.estim_lr0, low=0.0, low_open=True)
         check_number("weight_decay", self.weight_decay, low=0.0)
-        for name in ("bias_correction", "decouple"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        check_bools(self, "bias_correction", "decouple")
 
     b1 = property(lambda self: self.betas[0])
     b2 = property(lambda self: self.betas[1])

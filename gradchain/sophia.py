@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradchain.adam_variants import cast_like, moments_like
+from gradchain.adam_variants import cast_like, check_bools, moments_like
 from gradchain.base import (
     Chain,
     GradientTransformation,
@@ -61,6 +61,13 @@ def _as_key(seed, name):
     ):
         return seed
     raise ValueError(f"{name}: random_seed must be None, an int or a PRNG key, got {seed!r}")
+
+
+def _check_int(name, value, low):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
 
 
 def _per_leaf_keys(key, tree):
@@ -178,10 +185,7 @@ class GaussNewtonBartlettEstimator(GradientTransformation):
     random_seed: object = None
 
     def __post_init__(self):
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, (int, np.integer)):
-            raise ValueError(f"batch_size must be an int, got {self.batch_size!r}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        _check_int("batch_size", self.batch_size, low=1)
         _as_key(self.random_seed, self.name)
 
     def init(self, params):
@@ -304,9 +308,7 @@ class ScaleBySophia(GradientTransformation):
                 f"returning a Hessian-diagonal estimate, got {self.hessian_diagonal_fn!r}"
             )
         check_dtype("mu_dtype", self.mu_dtype)
-        for name in ("verbose", "mu_bias_correction", "estimate_before_step"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        check_bools(self, "verbose", "mu_bias_correction", "estimate_before_step")
         if self.verbose and self.print_win_rate_every_n_steps < 1:
             raise ValueError(
                 "verbose=True prints the win rate every print_win_rate_every_n_steps steps, "
@@ -391,13 +393,6 @@ class ScaleBySophia(GradientTransformation):
 
 
 scale_by_sophia = ScaleBySophia
-
-
-def _check_int(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
 
 
 def sophia(
