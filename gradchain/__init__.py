@@ -9,11 +9,74 @@ Public names are re-exported here from the module of their concept; ``__all__`` 
 those modules' ``__all__``.
 """
 
-from gradchain import adaptive, base, clipping, decay, momentum, numerics, optimizers, scaling
-from gradchain import adam_variants, learning_rate_free, trust_ratio
-# These modules share their name with the optimizer they define; the package attribute is the
-# optimizer (``gradchain.lion(1e-4)``), the module stays importable as ``gradchain.lion``.
+from gradchain import (
+    adaptive,
+    base,
+    clipping,
+    decay,
+    factored,
+    momentum,
+    numerics,
+    optimizers,
+    scaling,
+)
+from gradchain.adaptive import scale_by_adam, scale_by_rms, scale_by_stddev
+from gradchain.base import (
+    ChainState,
+    EmptyState,
+    GradientTransformation,
+    apply_updates,
+    chain,
+    identity,
+    named_chain,
+    state_class,
+    to_optax,
+    tree_get,
+    tree_get_all_with_path,
+    tree_set,
+)
+from gradchain.clipping import clip, clip_by_block_rms, clip_by_global_norm, global_norm
+from gradchain.decay import add_decayed_weights, add_decoupled_weight_decay, add_l2_penalty
+from gradchain.factored import (
+    adafactor_decay_rate,
+    factored_axes,
+    factored_second_moment,
+    scale_by_factored_rms,
+    scale_by_param_block_rms,
+)
+from gradchain.momentum import ema, trace
+from gradchain.numerics import bias_correction, safe_increment
+from gradchain.optimizers import adafactor, adam, adamw, rmsprop, sgd
+from gradchain.scaling import scale, scale_by_learning_rate, scale_by_schedule
+from gradchain import schedules
+from gradchain.schedules import (
+    Schedule,
+    constant_schedule,
+    cosine_decay_schedule,
+    cosine_onecycle_schedule,
+    cosine_warm_restarts_schedule,
+    exponential_decay,
+    join_schedules,
+    linear_onecycle_schedule,
+    linear_schedule,
+    piecewise_constant_schedule,
+    piecewise_interpolate_schedule,
+    polynomial_schedule,
+    reduce_on_plateau,
+    sgdr_schedule,
+    warmup_constant_schedule,
+    warmup_cosine_decay_schedule,
+    warmup_exponential_decay_schedule,
+    warmup_inverse_sqrt_schedule,
+    warmup_linear_decay_schedule,
+    warmup_stable_decay_schedule,
+)
+
+# The optimizer family, part A. Three modules share their name with the optimizer they define:
+# the package attribute is the optimizer (``gradchain.lion(1e-4)``), the module is imported
+# under a private alias and stays importable as ``gradchain.lion``.
 from gradchain import adagrad as _adagrad_module
+from gradchain import adam_variants, learning_rate_free, trust_ratio
 from gradchain import lion as _lion_module
 from gradchain import sophia as _sophia_module
 from gradchain.adagrad import adagrad, scale_by_rss
@@ -43,32 +106,26 @@ from gradchain.sophia import (
     sophia,
 )
 from gradchain.trust_ratio import lamb, lars, scale_by_trust_ratio
-from gradchain.adaptive import scale_by_adam
-from gradchain.base import (
-    ChainState,
-    EmptyState,
-    GradientTransformation,
-    apply_updates,
-    chain,
-    identity,
-    named_chain,
-    state_class,
-    to_optax,
-    tree_get,
-    tree_get_all_with_path,
-    tree_set,
-)
-from gradchain.clipping import clip_by_global_norm, global_norm
-from gradchain.decay import add_decayed_weights, add_decoupled_weight_decay
-from gradchain.momentum import trace
-from gradchain.numerics import bias_correction, safe_increment
-from gradchain.optimizers import adam, adamw, sgd
-from gradchain.scaling import scale, scale_by_learning_rate, scale_by_schedule
 
 __version__ = "0.1.0"
 
 _MODULES = (
-    adaptive, base, clipping, decay, momentum, numerics, optimizers, scaling,
-    _adagrad_module, _lion_module, _sophia_module, adam_variants, learning_rate_free, trust_ratio,
+    adaptive,
+    base,
+    clipping,
+    decay,
+    factored,
+    momentum,
+    numerics,
+    optimizers,
+    scaling,
+    schedules,
+    # the optimizer family, part A
+    _adagrad_module,
+    _lion_module,
+    _sophia_module,
+    adam_variants,
+    learning_rate_free,
+    trust_ratio,
 )
 __all__ = sorted({name for module in _MODULES for name in module.__all__})

@@ -61,8 +61,15 @@ def _shape_dtype(p):
 
 
 def _sharding_of(p):
-    """The sharding of a concrete array or a ``ShapeDtypeStruct``; None inside a trace."""
+    """The sharding of a placed array or a ``ShapeDtypeStruct``; None inside a trace.
+
+    An array jax placed by default (not committed) gives None: a committed moment next to an
+    uncommitted count would make the state after one step (all committed) a different jit
+    signature from the state ``init`` made, and the second step would compile again.
+    """
     if isinstance(p, jax.core.Tracer):
+        return None
+    if isinstance(p, jax.Array) and not p.committed:
         return None
     sharding = getattr(p, "sharding", None)
     if sharding is None or not isinstance(sharding, jax.sharding.Sharding):
@@ -96,6 +103,11 @@ def bias_correction(moment: jax.Array, decay, count: jax.Array) -> jax.Array:
     return moment / correction.astype(moment.dtype)
 
 
-def ema(old: jax.Array, new: jax.Array, decay) -> jax.Array:
-    """``decay * old + (1 - decay) * new``: the moment update every EMA in gradchain uses."""
-    return (1 - decay) * new + decay * old
+def ema(old: jax.Array, new: jax.Array, decay, one_minus_decay=None) -> jax.Array:
+    """``decay * old + (1 - decay) * new``: the moment update every EMA in gradchain uses.
+
+    ``one_minus_decay`` may be passed precomputed (see ``GradientTransformation.complement``).
+    """
+    if one_minus_decay is None:
+        one_minus_decay = 1 - decay
+    return one_minus_decay * new + decay * old
