@@ -158,13 +158,14 @@ class ScaleByAmsgrad(GradientTransformation):
         check_tree_match(updates, state.mu, "updates", "state.mu")
         hp = self.current_hyperparams(state)
         b1, b2, eps, eps_root = hp["b1"], hp["b2"], hp["eps"], hp["eps_root"]
+        c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
         t = safe_increment(state.count)
 
         def step(g, m, v, v_max):
             dt = compute_dtype(g.dtype)
             g32 = g.astype(dt)
-            m = ema(m.astype(dt), g32, b1.astype(dt))
-            v = ema(v.astype(dt), g32 * g32, b2.astype(dt))
+            m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
+            v = ema(v.astype(dt), g32 * g32, b2.astype(dt), c2.astype(dt))
             m_hat = bias_correction(m, b1, t) if self.bias_correction_mu else m
             if self.debias_after_max:
                 v_max = jnp.maximum(v_max.astype(dt), v)
@@ -272,12 +273,13 @@ class ScaleByAdamax(GradientTransformation):
         check_tree_match(updates, state.mu, "updates", "state.mu")
         hp = self.current_hyperparams(state)
         b1, b2, eps = hp["b1"], hp["b2"], hp["eps"]
+        c1 = self.complement("b1", hp)
         t = safe_increment(state.count)
 
         def step(g, m, v):
             dt = compute_dtype(g.dtype)
             g32 = g.astype(dt)
-            m = ema(m.astype(dt), g32, b1.astype(dt))
+            m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
             v = jnp.maximum(jnp.abs(g32) + eps.astype(dt), b2.astype(dt) * v.astype(dt))
             return (bias_correction(m, b1, t) / v).astype(g.dtype), m, v
 
@@ -354,14 +356,13 @@ class ScaleByRadam(GradientTransformation):
         :math:`\epsilon/\sqrt{1-\beta_2^t}` after it (ALGORITHMS.md §3.6, §15 row 10).
         ``strict_threshold=True, eps_before_bias_correction=True`` is ``torch.optim.RAdam``.
 
-    :math:`\rho_\infty` and :math:`\beta_2^t` are both formed from the same float32
-    :math:`\beta_2`, so :math:`\rho_1 = 1` exactly. optax forms :math:`\rho_\infty` from the
-    Python double and :math:`\beta_2^t` in float32, which for :math:`\beta_2 = 0.999` puts its
-    :math:`\rho_t` about 0.026 low and its :math:`r_6, r_7` about 0.6% low (gradchain's are
-    within 0.2% of the exact values, the rest of float32's cancellation in :math:`\rho_t`); in
-    float64, or with a :math:`\beta_2` exactly representable in float32, the two agree.
+    As in optax, :math:`\rho_\infty` is formed from :math:`1-\beta_2` rounded once from the
+    constructor's number while :math:`\beta_2^t` is a float32 power; for :math:`\beta_2 = 0.999`
+    that puts :math:`\rho_t` about 0.026 below its exact value (the first rectified step is still
+    :math:`t = 6`) and :math:`r_6, r_7` about 0.6% low. float64 has no such offset.
 
     Reference: Liu et al., "On the Variance of the Adaptive Learning Rate and Beyond" (2020).
+    Same as ``optax.scale_by_radam`` by default.
     """
 
     b1: float = 0.9
@@ -392,9 +393,10 @@ class ScaleByRadam(GradientTransformation):
         check_tree_match(updates, state.mu, "updates", "state.mu")
         hp = self.current_hyperparams(state)
         b1, b2, eps, eps_root = hp["b1"], hp["b2"], hp["eps"], hp["eps_root"]
+        c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
         t = safe_increment(state.count)
         b2t = b2 ** t
-        rho_inf = 2.0 / (1.0 - b2) - 1.0
+        rho_inf = 2.0 / c2 - 1.0
         rho = rho_inf - 2.0 * t * b2t / (1.0 - b2t)
         rectified = rho > hp["threshold"] if self.strict_threshold else rho >= hp["threshold"]
         # Outside the rectified branch rho may make the square root NaN; keep it finite there.
@@ -409,12 +411,12 @@ class ScaleByRadam(GradientTransformation):
         def step(g, m, v):
             dt = compute_dtype(g.dtype)
             g32 = g.astype(dt)
-            m = ema(m.astype(dt), g32, b1.astype(dt))
-            v = ema(v.astype(dt), g32 * g32, b2.astype(dt))
+            m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
+            v = ema(v.astype(dt), g32 * g32, b2.astype(dt), c2.astype(dt))
             if self.nesterov:
-                m_hat = b1.astype(dt) * bias_correction(m, b1, safe_increment(t)) + (
-                    1 - b1.astype(dt)
-                ) * bias_correction(g32, b1, t)
+                m_hat = b1.astype(dt) * bias_correction(
+                    m, b1, safe_increment(t)
+                ) + c1.astype(dt) * bias_correction(g32, b1, t)
             else:
                 m_hat = bias_correction(m, b1, t)
             v_hat = bias_correction(v, b2, t)
@@ -542,6 +544,7 @@ class ScaleByNadam(GradientTransformation):
         check_tree_match(updates, state.mu, "updates", "state.mu")
         hp = self.current_hyperparams(state)
         b1, b2, eps, eps_root = hp["b1"], hp["b2"], hp["eps"], hp["eps_root"]
+        c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
         psi = hp["momentum_decay"]
         t = safe_increment(state.count)
         mu_t = b1 * (1.0 - 0.5 * 0.96 ** (t * psi))
@@ -553,8 +556,8 @@ class ScaleByNadam(GradientTransformation):
         def step(g, m, v):
             dt = compute_dtype(g.dtype)
             g32 = g.astype(dt)
-            m = ema(m.astype(dt), g32, b1.astype(dt))
-            v = ema(v.astype(dt), g32 * g32, b2.astype(dt))
+            m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
+            v = ema(v.astype(dt), g32 * g32, b2.astype(dt), c2.astype(dt))
             denom = jnp.sqrt(bias_correction(v, b2, t) + eps_root.astype(dt)) + eps.astype(dt)
             u = (coef_g.astype(dt) * g32 + coef_m.astype(dt) * m) / denom
             return u.astype(g.dtype), m, v

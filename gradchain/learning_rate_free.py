@@ -27,7 +27,7 @@ from gradchain.base import (
     transformation,
     tree_map_multi,
 )
-from gradchain.numerics import compute_dtype, init_count, safe_increment
+from gradchain.numerics import compute_dtype, ema, init_count, safe_increment
 
 __all__ = ["dadapt_adamw", "prodigy", "scale_by_dadapt_adamw", "scale_by_prodigy"]
 
@@ -186,6 +186,7 @@ class ScaleByProdigy(GradientTransformation):
         check_tree_match(updates, state.mu, "updates", "state.mu")
         hp = self.current_hyperparams(state)
         b1, b2, b3 = hp["b1"], hp["b2"], hp["b3"]
+        c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
         d0, lam = hp["estim_lr0"], hp["weight_decay"]
         t = safe_increment(state.count)
         d = state.d
@@ -198,8 +199,8 @@ class ScaleByProdigy(GradientTransformation):
         def moments(g, m, v, s):
             dt = compute_dtype(g.dtype)
             dg = d.astype(dt) * g.astype(dt)
-            m = b1.astype(dt) * m.astype(dt) + (1 - b1.astype(dt)) * dg
-            v = b2.astype(dt) * v.astype(dt) + (1 - b2.astype(dt)) * dg * dg
+            m = ema(m.astype(dt), dg, b1.astype(dt), c1.astype(dt))
+            v = ema(v.astype(dt), dg * dg, b2.astype(dt), c2.astype(dt))
             s = b3.astype(dt) * s.astype(dt) + s_coef.astype(dt) * g.astype(dt)
             return m, v, s
 
@@ -360,6 +361,7 @@ class ScaleByDAdaptAdamW(GradientTransformation):
         check_tree_match(updates, state.mu, "updates", "state.mu")
         hp = self.current_hyperparams(state)
         b1, b2, eps, lam = hp["b1"], hp["b2"], hp["eps"], hp["weight_decay"]
+        c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
         sb2 = jnp.sqrt(b2)
         t = safe_increment(state.count)
         d = state.d
@@ -379,8 +381,8 @@ class ScaleByDAdaptAdamW(GradientTransformation):
         def moments(g, m, v, s):
             dt = compute_dtype(g.dtype)
             g32 = g.astype(dt)
-            m = b1.astype(dt) * m.astype(dt) + (1 - b1.astype(dt)) * dlr.astype(dt) * g32
-            v = b2.astype(dt) * v.astype(dt) + (1 - b2.astype(dt)) * g32 * g32
+            m = ema(m.astype(dt), dlr.astype(dt) * g32, b1.astype(dt), c1.astype(dt))
+            v = ema(v.astype(dt), g32 * g32, b2.astype(dt), c2.astype(dt))
             s = sb2.astype(dt) * s.astype(dt) + ((1 - sb2) * dlr).astype(dt) * g32
             return m, v, s
 

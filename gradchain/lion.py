@@ -89,18 +89,19 @@ class ScaleByLion(GradientTransformation):
         check_tree_match(updates, state.mu, "updates", "state.mu")
         hp = self.current_hyperparams(state)
         b1, b2 = hp["b1"], hp["b2"]
+        c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
 
         def step(g, m):
             dt = compute_dtype(g.dtype)
             g32, m32 = g.astype(dt), m.astype(dt)
-            c = ema(m32, g32, b1.astype(dt))
+            c = ema(m32, g32, b1.astype(dt), c1.astype(dt))
             if self.mode == "hard":
                 u = jnp.sign(c)
             elif self.mode == "smooth":
                 u = jnp.tanh(hp["smooth_beta"].astype(dt) * c)
             else:
                 u = jnp.where(jnp.abs(c) < 1, c, jnp.sign(c))
-            return u.astype(g.dtype), ema(m32, g32, b2.astype(dt))
+            return u.astype(g.dtype), ema(m32, g32, b2.astype(dt), c2.astype(dt))
 
         out, mu = tree_map_multi(step, 2, updates, state.mu)
         return out, ScaleByLionState(

@@ -336,6 +336,7 @@ class ScaleBySophia(GradientTransformation):
         b1, b2, eps, gamma, clip = (
             hp["b1"], hp["b2"], hp["eps"], hp["gamma"], hp["clip_threshold"]
         )
+        c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
         t = safe_increment(state.count)
 
         def refresh(fn_state, nu):
@@ -346,7 +347,7 @@ class ScaleBySophia(GradientTransformation):
 
             def mix(h, n):
                 dt = compute_dtype(n.dtype)
-                return ema(n.astype(dt), h.astype(dt), b2.astype(dt)).astype(n.dtype)
+                return ema(n.astype(dt), h.astype(dt), b2.astype(dt), c2.astype(dt)).astype(n.dtype)
 
             return fn_state, jax.tree.map(mix, estimate, nu)
 
@@ -365,7 +366,7 @@ class ScaleBySophia(GradientTransformation):
 
         def step(g, m, h):
             dt = compute_dtype(g.dtype)
-            m = ema(m.astype(dt), g.astype(dt), b1.astype(dt))
+            m = ema(m.astype(dt), g.astype(dt), b1.astype(dt), c1.astype(dt))
             m_hat = bias_correction(m, b1, t) if self.mu_bias_correction else m
             return m_hat / jnp.maximum(gamma.astype(dt) * h.astype(dt), eps.astype(dt)), m
 
