@@ -7,7 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from gradchain.adam_variants import cast_like, check_bools, moments_like
+from gradchain.adam_variants import check_bools
 from gradchain.base import (
     Chain,
     GradientTransformation,
@@ -19,7 +19,14 @@ from gradchain.base import (
     transformation,
     tree_map_multi,
 )
-from gradchain.numerics import compute_dtype, init_count, safe_increment
+from gradchain.numerics import (
+    cast_like,
+    compute_dtype,
+    init_count,
+    inverse_root,
+    moments_like,
+    safe_increment,
+)
 from gradchain.scaling import scale_by_learning_rate
 
 __all__ = ["adagrad", "scale_by_rss"]
@@ -86,12 +93,9 @@ class ScaleByRss(GradientTransformation):
             g32 = g.astype(dt)
             eps = hp["eps"].astype(dt)
             s = s.astype(dt) + g32 * g32
-            if self.eps_in_sqrt:
-                scale = jax.lax.rsqrt(s + eps)
-            else:
-                scale = 1 / (jnp.sqrt(s) + eps)
             # s = 0 only where every gradient so far was 0: the update is 0 there, not 0 * inf.
-            return jnp.where(s > 0, scale * g32, 0).astype(g.dtype), s
+            u = jnp.where(s > 0, inverse_root(s, eps, self.eps_in_sqrt) * g32, 0)
+            return u.astype(g.dtype), s
 
         out, sums = tree_map_multi(step, 2, updates, state.sum_of_squares)
         return out, ScaleByRssState(

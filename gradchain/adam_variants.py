@@ -29,12 +29,12 @@ from gradchain.base import (
 from gradchain.decay import add_decoupled_weight_decay
 from gradchain.numerics import (
     bias_correction,
+    cast_like,
     compute_dtype,
     ema,
     init_count,
+    moments_like,
     safe_increment,
-    state_dtype,
-    zeros_like_param,
 )
 from gradchain.scaling import scale_by_learning_rate
 
@@ -50,18 +50,6 @@ __all__ = [
     "scale_by_nadam",
     "scale_by_radam",
 ]
-
-
-def moments_like(params, requested_dtype=None, fill: float = 0.0):
-    """One state array per parameter leaf, in :func:`state_dtype` (float32 for bf16/f16)."""
-    return jax.tree.map(
-        lambda p: zeros_like_param(p, state_dtype(p.dtype, requested_dtype), fill), params
-    )
-
-
-def cast_like(new, old):
-    """``new`` cast leaf by leaf to the dtypes of ``old``: states keep their dtype across steps."""
-    return jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)
 
 
 def check_bools(tx, *names):

@@ -14,7 +14,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from gradchain.adam_variants import cast_like, check_bools, moments_like
+from gradchain.adam_variants import check_bools
 from gradchain.base import (
     Chain,
     GradientTransformation,
@@ -27,7 +27,14 @@ from gradchain.base import (
     transformation,
     tree_map_multi,
 )
-from gradchain.numerics import compute_dtype, ema, init_count, safe_increment
+from gradchain.numerics import (
+    cast_like,
+    compute_dtype,
+    ema,
+    init_count,
+    moments_like,
+    safe_increment,
+)
 
 __all__ = ["dadapt_adamw", "prodigy", "scale_by_dadapt_adamw", "scale_by_prodigy"]
 

@@ -7,7 +7,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from gradchain.adam_variants import cast_like, moments_like
 from gradchain.base import (
     Chain,
     GradientTransformation,
@@ -21,7 +20,7 @@ from gradchain.base import (
     tree_map_multi,
 )
 from gradchain.decay import add_decoupled_weight_decay
-from gradchain.numerics import compute_dtype, ema, init_count, safe_increment
+from gradchain.numerics import cast_like, compute_dtype, ema, init_count, moments_like, safe_increment
 from gradchain.scaling import scale_by_learning_rate
 
 __all__ = ["lion", "scale_by_lion"]

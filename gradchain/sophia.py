@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradchain.adam_variants import cast_like, check_bools, moments_like
+from gradchain.adam_variants import check_bools
 from gradchain.base import (
     Chain,
     GradientTransformation,
@@ -37,7 +37,15 @@ from gradchain.base import (
     tree_map_multi,
 )
 from gradchain.decay import add_decoupled_weight_decay
-from gradchain.numerics import bias_correction, compute_dtype, ema, init_count, safe_increment
+from gradchain.numerics import (
+    bias_correction,
+    cast_like,
+    compute_dtype,
+    ema,
+    init_count,
+    moments_like,
+    safe_increment,
+)
 from gradchain.scaling import scale_by_learning_rate
 
 __all__ = [
