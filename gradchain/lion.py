@@ -20,7 +20,14 @@ from gradchain.base import (
     tree_map_multi,
 )
 from gradchain.decay import add_decoupled_weight_decay
-from gradchain.numerics import cast_like, compute_dtype, ema, init_count, moments_like, safe_increment
+from gradchain.numerics import (
+    cast_like,
+    compute_dtype,
+    ema,
+    init_count,
+    moments_like,
+    safe_increment,
+)
 from gradchain.scaling import scale_by_learning_rate
 
 __all__ = ["lion", "scale_by_lion"]

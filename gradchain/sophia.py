@@ -3,8 +3,9 @@
 The Hessian estimate comes from a separate transformation, the *estimator*, whose ``update``
 returns a diagonal estimate shaped like the parameters. Two are provided:
 
-* :func:`hutchinson_estimator_diag_hessian` (Sophia-H): :math:`\\hat h = z \\odot (\\nabla^2 L\\, z)`
-  with random :math:`z`; it needs the loss, passed as ``update(..., obj_fn=lambda p: loss(p))``.
+* :func:`hutchinson_estimator_diag_hessian` (Sophia-H):
+  :math:`\\hat h = z \\odot (\\nabla^2 L\\, z)` with random :math:`z`; it needs the loss, passed as
+  ``update(..., obj_fn=lambda p: loss(p))``.
 * :func:`gauss_newton_bartlett_estimator_diag_hessian` (Sophia-G):
   :math:`\\hat h = B\\, \\hat g \\odot \\hat g` with :math:`\\hat g` the gradient of the loss on
   labels sampled from the model; it needs that gradient as a function,
@@ -104,7 +105,8 @@ class EstimatorState:
 class HutchinsonEstimator(GradientTransformation):
     r"""Estimates the Hessian diagonal with Hutchinson's method (Sophia-H).
 
-    .. math:: \hat h = z \odot (\nabla^2 L(p)\, z), \qquad \mathbb E[\hat h] = \mathrm{diag}\,\nabla^2 L(p)
+    .. math:: \hat h = z \odot (\nabla^2 L(p)\, z), \qquad
+              \mathbb E[\hat h] = \mathrm{diag}\,\nabla^2 L(p)
 
     with :math:`z` Rademacher (default, as optax) or standard normal (``noise="gaussian"``, the
     paper; ALGORITHMS.md §15 row 16), drawn per leaf from a key kept in the state. The
@@ -200,7 +202,8 @@ class GaussNewtonBartlettEstimator(GradientTransformation):
         return EstimatorState(key=_as_key(self.random_seed, self.name))
 
     def check_extra_args(self, params, sampled_grad_fn=None, **extra_args):
-        """Raises a ``ValueError`` unless ``sampled_grad_fn(params, key)`` returns a params-like tree."""
+        """Raises a ``ValueError`` unless ``sampled_grad_fn(params, key)`` returns a tree like
+        ``params``."""
         _check_callable_arg(
             self.name, "sampled_grad_fn", sampled_grad_fn,
             "lambda p, key: grad_on_sampled_labels(p, batch, key)",
@@ -380,7 +383,9 @@ class ScaleBySophia(GradientTransformation):
 
         raw, mu = tree_map_multi(step, 2, updates, state.mu, nu)
         raw_leaves = jax.tree.leaves(raw)
-        kept = sum(jnp.sum(jnp.abs(u) < clip.astype(u.dtype), dtype=jnp.float32) for u in raw_leaves)
+        kept = sum(
+            jnp.sum(jnp.abs(u) < clip.astype(u.dtype), dtype=jnp.float32) for u in raw_leaves
+        )
         win_rate = kept / max(sum(u.size for u in raw_leaves), 1)
         out = jax.tree.map(
             lambda u, g: jnp.clip(u, -clip.astype(u.dtype), clip.astype(u.dtype)).astype(g.dtype),
@@ -397,7 +402,12 @@ class ScaleBySophia(GradientTransformation):
                 lambda: None,
             )
         return out, SophiaState(
-            count=t, mu=cast_like(mu, state.mu), nu=nu, hessian_fn_state=fn_state, win_rate=win_rate, hyperparams=hp
+            count=t,
+            mu=cast_like(mu, state.mu),
+            nu=nu,
+            hessian_fn_state=fn_state,
+            win_rate=win_rate,
+            hyperparams=hp,
         )
 
 
@@ -431,7 +441,8 @@ def sophia(
     ``update``: ``tx.update(grads, state, params, obj_fn=lambda p: loss(p, batch))``.
 
     Same as ``optax.contrib.sophia`` by default. The official SophiaG code corresponds to
-    ``mu_bias_correction=False``, ``hessian_diagonal_fn=gauss_newton_bartlett_estimator_diag_hessian(1)``,
+    ``mu_bias_correction=False``,
+    ``hessian_diagonal_fn=gauss_newton_bartlett_estimator_diag_hessian(1)``,
     ``gamma = rho * tokens_per_step`` and ``eps = 1e-15``.
     """
     config = dict(
