@@ -372,6 +372,25 @@ def _():
     for (field, n), spec in expected.items():
         got = getattr(sh, field)[n]
         assert got.is_equivalent_to(NamedSharding(mesh, spec), 1), (field, n, got)
+    if not hasattr(gc, "adafactor"):
+        return
+    # gradchain's own factors keep the reduced axis with size 1 (unsharded) and the parameter's
+    # sharding on the other; unused entries are None. "w" (16 x 8) reduces its larger axis 0 in
+    # v_row, the square "sq" its later axis 1.
+    sh = gc.state_shardings(gc.adafactor(1e-2, min_dim_size_to_factor=4), abstract)
+    expected = {
+        ("v_row", "w"): P(None, "model"),
+        ("v_col", "w"): P("data", None),
+        ("v_row", "sq"): P("data", None),
+        ("v_col", "sq"): P(None, "model"),
+        ("v", "b"): P("model"),
+        ("v", "odd"): P(),
+    }
+    for (field, n), spec in expected.items():
+        got = gc.tree_get(sh, field)[n]
+        assert got.is_equivalent_to(NamedSharding(mesh, spec), 2), (field, n, got)
+    for field, n in [("v", "w"), ("v", "sq"), ("v_row", "b"), ("v_col", "odd")]:
+        assert gc.tree_get(sh, field)[n] is None, (field, n)
 
 
 @for_each(list(OPTIMIZERS) + ["adamw-explicit"], "sharded_update_matches_single_device[{}]")
