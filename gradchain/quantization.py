@@ -23,6 +23,7 @@ Quantization" (ICLR 2022); bitsandbytes (ALGORITHMS.md §10).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 
 import jax
@@ -357,7 +358,9 @@ class QuantizeMoments(GradientTransformation):
     moments: object = None
 
     def __post_init__(self):
-        if not (hasattr(self.inner, "init") and hasattr(self.inner, "update")):
+        if isinstance(self.inner, type) or not (
+            hasattr(self.inner, "init") and hasattr(self.inner, "update")
+        ):
             raise TypeError(f"inner must be a gradient transformation, got {self.inner!r}")
         _check_block_size(self.block_size)
         if (
@@ -389,34 +392,10 @@ class QuantizeMoments(GradientTransformation):
         return _DEFAULT_MOMENTS if self.moments is None else self.moments
 
     def init(self, params):
-        keep = self._keep_tree(params)
         treedef = jax.tree.structure(params)
-        param_leaves = treedef.flatten_up_to(params)
-        keep_leaves = treedef.flatten_up_to(keep)
+        keep = tuple(bool(k) for k in treedef.flatten_up_to(self._keep_tree(params)))
         found = []
-
-        def quantize_field(name, tree):
-            kind = self._moment_kinds.get(name)
-            if kind is None:
-                return tree
-            try:
-                moment_leaves = treedef.flatten_up_to(tree)
-            except (ValueError, TypeError):
-                return tree
-            found.append(name)
-            out = [
-                self._maybe_quantize(m, p, k, kind == "signed")
-                for m, p, k in zip(moment_leaves, param_leaves, keep_leaves)
-            ]
-            return treedef.unflatten(out)
-
-        def build(p):
-            return _rebuild(self.inner.init(p), quantize_field)
-
-        # Under jit the float32 moments of the inner init are fused into their quantization
-        # instead of being allocated at full size first; abstract parameters have no data.
-        abstract = any(isinstance(p, jax.ShapeDtypeStruct) for p in param_leaves)
-        state = build(params) if abstract else jax.jit(build)(params)
+        jax.eval_shape(lambda p: self._build(p, keep, found), params)
         if not found:
             raise ValueError(
                 f"quantize_moments: no moment to quantize in the state of {self.inner!r}: none of "
@@ -430,7 +409,31 @@ class QuantizeMoments(GradientTransformation):
                     f"quantize_moments: the state of {self.inner!r} has no field {missing[0]!r} "
                     f"mirroring the parameters"
                 )
-        return state
+        if any(isinstance(p, jax.ShapeDtypeStruct) for p in treedef.flatten_up_to(params)):
+            return self._build(params, keep, [])  # abstract parameters: nothing to jit over
+        return _init_quantized(self, keep, params)
+
+    def _build(self, params, keep: tuple[bool, ...], found: list):
+        """``inner.init(params)`` with its moments quantized; moment fields go into ``found``."""
+        treedef = jax.tree.structure(params)
+        param_leaves = treedef.flatten_up_to(params)
+
+        def quantize_field(name, tree):
+            kind = self._moment_kinds.get(name)
+            if kind is None:
+                return tree
+            try:
+                moment_leaves = treedef.flatten_up_to(tree)
+            except (ValueError, TypeError):
+                return tree
+            found.append(name)
+            out = [
+                self._maybe_quantize(m, p, k, kind == "signed")
+                for m, p, k in zip(moment_leaves, param_leaves, keep)
+            ]
+            return treedef.unflatten(out)
+
+        return _rebuild(self.inner.init(params), quantize_field)
 
     def _keep_tree(self, params):
         if self.keep_float32 is None:
@@ -463,6 +466,13 @@ class QuantizeMoments(GradientTransformation):
 
 
 quantize_moments = QuantizeMoments
+
+
+# Jitted so that the inner init's float moments are fused into their quantization instead of
+# being allocated at full size first, and cached on the (hashable) transformation.
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init_quantized(tx: QuantizeMoments, keep: tuple[bool, ...], params):
+    return tx._build(params, keep, [])
 
 
 # ---------------------------------------------------------------------------------------------
