@@ -393,7 +393,7 @@ class QuantizeMoments(GradientTransformation):
 
     def init(self, params):
         treedef = jax.tree.structure(params)
-        keep = tuple(bool(k) for k in treedef.flatten_up_to(self._keep_tree(params)))
+        keep = self._keep_leaves(params, treedef)
         found = []
         jax.eval_shape(lambda p: self._build(p, keep, found), params)
         if not found:
@@ -435,10 +435,31 @@ class QuantizeMoments(GradientTransformation):
 
         return _rebuild(self.inner.init(params), quantize_field)
 
-    def _keep_tree(self, params):
+    def _keep_leaves(self, params, treedef) -> tuple[bool, ...]:
+        """``keep_float32`` as one bool per parameter leaf (a prefix tree is broadcast)."""
         if self.keep_float32 is None:
-            return jax.tree.map(lambda _: False, params)
-        return resolve_mask(self.keep_float32, params, "quantize_moments(keep_float32)")
+            return (False,) * treedef.num_leaves
+        mask = self.keep_float32(params) if callable(self.keep_float32) else self.keep_float32
+
+        def broadcast(m, subtree):
+            try:
+                flag = bool(np.asarray(m))
+            except Exception:
+                raise ValueError(
+                    f"quantize_moments: keep_float32 leaves must be concrete bools, got {m!r}"
+                ) from None
+            return jax.tree.map(lambda _: flag, subtree)
+
+        try:
+            full = jax.tree.map(broadcast, mask, params)
+            return tuple(treedef.flatten_up_to(full))
+        except (ValueError, TypeError) as e:
+            if "concrete bools" in str(e):
+                raise
+            raise ValueError(
+                f"quantize_moments: the structure of keep_float32 is not a prefix of the "
+                f"params' structure: {e}"
+            ) from None
 
     def _maybe_quantize(self, moment, param, keep: bool, signed: bool):
         if (

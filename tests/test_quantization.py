@@ -187,7 +187,7 @@ def test_tensors_below_min_8bit_size_keep_float_state(min_8bit_size, quantized):
 
 
 def test_keep_float32_keeps_chosen_leaves_in_float_state():
-    params = {"embedding": jnp.ones((1000, 16)), "dense": jnp.ones((100, 64))}
+    params = {"embedding": {"table": jnp.ones((1000, 16))}, "dense": {"w": jnp.ones((100, 64))}}
 
     def embeddings(tree):
         return jax.tree_util.tree_map_with_path(
@@ -196,10 +196,13 @@ def test_keep_float32_keeps_chosen_leaves_in_float_state():
 
     state = gc.adamw_8bit(1e-3, keep_float32=embeddings).init(params)
     mu = state.quantize_moments.mu
-    assert mu["embedding"].dtype == jnp.float32 and mu["embedding"].shape == (1000, 16)
-    assert isinstance(mu["dense"], gc.QuantizedArray)
-    same = gc.adamw_8bit(1e-3, keep_float32={"embedding": True, "dense": False}).init(params)
-    assert jax.tree.structure(same) == jax.tree.structure(state)
+    assert mu["embedding"]["table"].dtype == jnp.float32
+    assert mu["embedding"]["table"].shape == (1000, 16)
+    assert isinstance(mu["dense"]["w"], gc.QuantizedArray)
+    prefix = gc.adamw_8bit(1e-3, keep_float32={"embedding": True, "dense": False}).init(params)
+    assert jax.tree.structure(prefix) == jax.tree.structure(state)
+    with pytest.raises(ValueError, match="keep_float32 is not a prefix of the params"):
+        gc.adamw_8bit(1e-3, keep_float32={"embeddings": True}).init(params)
 
 
 def test_float_leaves_follow_the_float_optimizer_exactly():
