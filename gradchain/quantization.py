@@ -470,6 +470,9 @@ class QuantizeMoments(GradientTransformation):
             or int(np.prod(moment.shape, dtype=np.int64)) < max(self.min_8bit_size, 1)
         ):
             return moment
+        # The barrier keeps XLA from constant-folding the quantization of a constant (zero)
+        # moment at compile time, which takes seconds per tensor.
+        moment = jax.lax.optimization_barrier(moment)
         return quantize_blockwise(moment, signed=signed, block_size=self.block_size)
 
     def update(self, updates, state, params=None, **extra_args):
