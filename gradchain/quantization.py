@@ -33,6 +33,7 @@ import numpy as np
 from gradchain.adaptive import scale_by_adam
 from gradchain.base import (
     Chain,
+    ChainState,
     GradientTransformation,
     check_dtype,
     check_floating,
@@ -44,6 +45,7 @@ from gradchain.base import (
     transformation,
     tree_map_multi,
 )
+from gradchain.base import _call_update  # how a chain passes extra arguments to its parts
 from gradchain.decay import add_decoupled_weight_decay, resolve_mask
 from gradchain.momentum import trace
 from gradchain.numerics import (
@@ -290,8 +292,6 @@ def _rebuild(state, visit):
     NamedTuple states, tuples and lists. ``visit`` returns the value unchanged when the field is
     not a moment.
     """
-    from gradchain.base import ChainState
-
     if isinstance(state, ChainState):
         return ChainState(tuple(_rebuild(s, visit) for s in state.states), state.names)
     if dataclasses.is_dataclass(state) and not isinstance(state, type):
@@ -479,7 +479,7 @@ class QuantizeMoments(GradientTransformation):
         dequantized = jax.tree.map(
             lambda x: x.dequantize() if _is_quantized(x) else x, state, is_leaf=_is_quantized
         )
-        updates, new_state = self.inner.update(updates, dequantized, params, **extra_args)
+        updates, new_state = _call_update(self.inner, updates, dequantized, params, extra_args)
 
         def requantize(old, new):
             if _is_quantized(old):
