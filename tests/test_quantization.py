@@ -491,3 +491,24 @@ def test_a_transformation_without_moments_is_a_clear_error():
         gc.quantize_moments(gc.scale_by_learning_rate(0.1)).init(params)
     with pytest.raises(ValueError, match="has no field 'exp_avg' mirroring the parameters"):
         gc.quantize_moments(gc.scale_by_adam(), moments={"mu": "signed", "exp_avg": "signed"}).init(params)
+
+
+def test_extra_update_arguments_reach_the_inner_transformation_that_takes_them():
+    params = _params()
+    g = gradient_stream(params, 1)[0]
+    seen = []
+
+    class Recording(gc.GradientTransformation):
+        name = "recording"
+
+        def init(self, p):
+            return gc.trace(0.9).init(p)
+
+        def update(self, updates, state, params=None, **extra_args):
+            seen.append(extra_args)
+            return gc.trace(0.9).update(updates, state, params)
+
+    for inner in (Recording(), optax.scale_by_adam()):  # optax's update takes no extra arguments
+        tx = gc.quantize_moments(inner)
+        jax.jit(lambda g, s, p: tx.update(g, s, p, loss=1.0))(g, tx.init(params), params)
+    assert [{k: float(v) for k, v in e.items()} for e in seen] == [{"loss": 1.0}]
