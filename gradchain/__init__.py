@@ -14,13 +14,15 @@ from gradchain import (
     base,
     clipping,
     decay,
+    factored,
     momentum,
     numerics,
     optimizers,
     quantization,
     scaling,
+    sharding,
 )
-from gradchain.adaptive import scale_by_adam
+from gradchain.adaptive import scale_by_adam, scale_by_rms, scale_by_stddev
 from gradchain.base import (
     ChainState,
     EmptyState,
@@ -35,11 +37,18 @@ from gradchain.base import (
     tree_get_all_with_path,
     tree_set,
 )
-from gradchain.clipping import clip_by_global_norm, global_norm
-from gradchain.decay import add_decayed_weights, add_decoupled_weight_decay
-from gradchain.momentum import trace
+from gradchain.clipping import clip, clip_by_block_rms, clip_by_global_norm, global_norm
+from gradchain.decay import add_decayed_weights, add_decoupled_weight_decay, add_l2_penalty
+from gradchain.factored import (
+    adafactor_decay_rate,
+    factored_axes,
+    factored_second_moment,
+    scale_by_factored_rms,
+    scale_by_param_block_rms,
+)
+from gradchain.momentum import ema, trace
 from gradchain.numerics import bias_correction, safe_increment
-from gradchain.optimizers import adam, adamw, sgd
+from gradchain.optimizers import adafactor, adam, adamw, rmsprop, sgd
 from gradchain.quantization import (
     QuantizedArray,
     adam_8bit,
@@ -52,10 +61,45 @@ from gradchain.quantization import (
     sgd_8bit,
 )
 from gradchain.scaling import scale, scale_by_learning_rate, scale_by_schedule
+from gradchain import schedules
+from gradchain.schedules import (
+    Schedule,
+    constant_schedule,
+    cosine_decay_schedule,
+    cosine_onecycle_schedule,
+    cosine_warm_restarts_schedule,
+    exponential_decay,
+    join_schedules,
+    linear_onecycle_schedule,
+    linear_schedule,
+    piecewise_constant_schedule,
+    piecewise_interpolate_schedule,
+    polynomial_schedule,
+    reduce_on_plateau,
+    sgdr_schedule,
+    warmup_constant_schedule,
+    warmup_cosine_decay_schedule,
+    warmup_exponential_decay_schedule,
+    warmup_inverse_sqrt_schedule,
+    warmup_linear_decay_schedule,
+    warmup_stable_decay_schedule,
+)
+from gradchain.sharding import abstract_state, per_device_bytes, state_shardings, zero1
 
 __version__ = "0.1.0"
 
 _MODULES = (
-    adaptive, base, clipping, decay, momentum, numerics, optimizers, quantization, scaling,
+    adaptive,
+    base,
+    clipping,
+    decay,
+    factored,
+    momentum,
+    numerics,
+    optimizers,
+    quantization,
+    scaling,
+    schedules,
+    sharding,
 )
 __all__ = sorted({name for module in _MODULES for name in module.__all__})

@@ -462,6 +462,23 @@ class GradientTransformation:
             out[n] = hyperparam_value(v, state.count) if callable(v) else state.hyperparams[n]
         return out
 
+    def complement(self, name: str, hp: Mapping[str, jax.Array]) -> jax.Array:
+        """``1 - hp[name]`` for a decay rate, rounded as optax rounds its Python constants.
+
+        optax forms ``1 - 0.999`` in double precision before rounding to float32; forming it from
+        the float32 live value instead differs by an ulp, which over many steps of a chaotic
+        training run grows into visible differences. While the live value is still the
+        constructor's float, this returns exactly ``float32(1 - value)``; after
+        :func:`tree_set` changed it, ``1 - new`` to within an ulp.
+        """
+        value, live = getattr(self, name), hp[name]
+        if callable(value) or not _is_concrete_number(value):
+            return 1 - live
+        value = float(value)
+        # The barrier stops XLA from reassociating the sum back into ``1 - live``.
+        drift = jax.lax.optimization_barrier(jnp.asarray(value, live.dtype) - live)
+        return jnp.asarray(1 - value, live.dtype) + drift
+
     # -- inspectable data -------------------------------------------------------------------
 
     def _field_items(self):

@@ -1,6 +1,8 @@
-"""Weight decay: decoupled (AdamW-style) and its optax-compatible name."""
+"""Weight decay: decoupled (AdamW-style), its optax-compatible name, and the coupled L2 penalty."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +17,7 @@ from gradchain.base import (
 )
 from gradchain.numerics import compute_dtype, init_count, safe_increment
 
-__all__ = ["add_decayed_weights", "add_decoupled_weight_decay"]
+__all__ = ["add_decayed_weights", "add_decoupled_weight_decay", "add_l2_penalty"]
 
 
 @state_class
@@ -104,3 +106,31 @@ add_decoupled_weight_decay = AddDecoupledWeightDecay
 def add_decayed_weights(weight_decay=0.0, mask=None) -> AddDecoupledWeightDecay:
     """optax's name for :func:`add_decoupled_weight_decay` (same arguments, same result)."""
     return AddDecoupledWeightDecay(weight_decay=weight_decay, mask=mask)
+
+
+@transformation("add_l2_penalty", hyperparams=("weight_decay",))
+class AddL2Penalty(AddDecoupledWeightDecay):
+    r"""Adds the gradient of the L2 penalty :math:`\tfrac{\lambda}{2}\lVert p\rVert^2`:
+    :math:`g' = g + \lambda\, p`.
+
+    The arithmetic is that of :class:`add_decoupled_weight_decay`; the difference is where it
+    goes. Placed *first*, before an adaptive scaling, the penalty passes through the moments:
+    ``chain(add_l2_penalty(wd), adam(lr))`` is "Adam + L2", PyTorch's ``Adam(weight_decay=wd)``
+    (ALGORITHMS.md §3.2). There the decay of a weight is divided by the root of its second moment,
+    so its effect shrinks as gradients grow: Adam + L2 is *not* AdamW, whose decay
+    :math:`\eta\lambda p` does not depend on the gradients (Loshchilov & Hutter, 2019).
+    ``chain(add_l2_penalty(wd), sgd(lr, momentum))`` is PyTorch's ``SGD(weight_decay=wd)``.
+
+    Args:
+      weight_decay: :math:`\lambda \ge 0` (a float or a schedule); no default.
+      mask: which leaves are penalised: a pytree of bools (or a prefix of the params' tree) or a
+        callable ``params -> pytree of bools``.
+
+    optax has no separate name for it: ``optax.add_decayed_weights`` placed before the scaling.
+    """
+
+    weight_decay: float = dataclasses.field()  # required: the inherited default is dropped
+    mask: object = None
+
+
+add_l2_penalty = AddL2Penalty

@@ -126,6 +126,18 @@ def dynamic_map(signed: bool = True) -> np.ndarray:
     return (_SIGNED_MAP if signed else _UNSIGNED_MAP).copy()
 
 
+def _lookup(table: np.ndarray, index: jax.Array) -> jax.Array:
+    """``table[index]`` for in-range int32 indices, laid out like ``index``.
+
+    With sharding in types (Explicit mesh axes) a gather must be told its output's sharding.
+    """
+    table = jnp.asarray(table)
+    typeof = getattr(jax, "typeof", None)
+    if typeof is None:  # a jax without sharding in types
+        return jnp.take(table, index, mode="clip")
+    return table.at[index].get(mode="clip", out_sharding=typeof(index).sharding)
+
+
 class _NearestCode:
     """Exact nearest-value search in a sorted table of magnitudes ``0 = T[0] < ... < T[-1] = 1``.
 
@@ -162,8 +174,8 @@ class _NearestCode:
         """Index (int32) of the nearest magnitude to ``a`` (float32, ``a <= 1``)."""
         bits = jax.lax.bitcast_convert_type(a, jnp.int32)
         key = jnp.clip((bits >> self.shift) - self.first, 0, self.n_bins - 1)
-        base = jnp.take(jnp.asarray(self.base), key, mode="clip")
-        above = a > jnp.take(jnp.asarray(self.threshold), key, mode="clip")
+        base = _lookup(self.base, key)
+        above = a > _lookup(self.threshold, key)
         return base + above.astype(jnp.int32)
 
 
@@ -273,8 +285,8 @@ def quantize_blockwise(x, signed: bool = True, block_size: int = 256) -> Quantiz
 
 def dequantize_blockwise(q: QuantizedArray) -> jax.Array:
     """The float32 tensor ``dynamic_map(q.signed)[q.codes] * q.absmax``, shaped ``q.shape``."""
-    table = jnp.asarray(_SIGNED_MAP if q.signed else _UNSIGNED_MAP)
-    values = jnp.take(table, q.codes.astype(jnp.int32), mode="clip") * q.absmax[:, None]
+    table = _SIGNED_MAP if q.signed else _UNSIGNED_MAP
+    values = _lookup(table, q.codes.astype(jnp.int32)) * q.absmax[:, None]
     return values.reshape(-1)[: q.size].reshape(q.shape)
 
 
