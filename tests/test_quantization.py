@@ -245,6 +245,8 @@ def _lion_of_lion_8bit():
 GENERIC_CASES = [
     ("scale_by_adam", gc.scale_by_adam(), {"mu": (True, 0.9), "nu": (False, 0.999)}),
     ("trace", gc.trace(0.9), {"trace": (True, 0.9)}),
+    ("scale_by_rms", gc.scale_by_rms(decay=0.9), {"nu": (False, 0.9)}),
+    ("scale_by_stddev", gc.scale_by_stddev(decay=0.9), {"mu": (True, 0.9), "nu": (False, 0.9)}),
     ("lion_8bit's scale_by_lion", _lion_of_lion_8bit(), {"mu": (True, 0.99)}),
     ("optax.scale_by_adam", optax.scale_by_adam(), {"mu": (True, 0.9), "nu": (False, 0.999)}),
     ("optax.scale_by_rms", optax.scale_by_rms(decay=0.9), {"nu": (False, 0.9)}),
