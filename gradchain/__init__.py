@@ -53,6 +53,7 @@ from gradchain.quantization import (
     QuantizedArray,
     adam_8bit,
     adamw_8bit,
+    block_axis_sharding,
     dequantize_blockwise,
     dynamic_map,
     lion_8bit,

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.shard_alike import shard_alike
 
 from gradchain.adaptive import scale_by_adam
 from gradchain.base import (
@@ -49,6 +51,7 @@ from gradchain.base import _call_update  # how a chain passes extra arguments to
 from gradchain.decay import add_decoupled_weight_decay, resolve_mask
 from gradchain.momentum import trace
 from gradchain.numerics import (
+    _sharding_of,
     compute_dtype,
     ema,
     init_count,
@@ -62,6 +65,7 @@ __all__ = [
     "QuantizedArray",
     "adam_8bit",
     "adamw_8bit",
+    "block_axis_sharding",
     "dequantize_blockwise",
     "dynamic_map",
     "lion_8bit",
@@ -252,6 +256,75 @@ def _check_block_size(block_size) -> None:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
 
 
+def block_axis_sharding(shape, spec, axis_sizes: Mapping[str, int], block_size: int):
+    """The mesh axes the blocks of a tensor laid out as ``spec`` are split over, or None.
+
+    Blocks follow the flattened tensor, so they can stay where the tensor's leading-axis shards
+    are: the codes' and scales' block axis is split over the mesh axes of the tensor's leading
+    axis when each of those shards holds whole blocks (a multiple of ``block_size`` elements).
+    Otherwise (no leading-axis sharding, or shards that cut a block) the blocks are replicated.
+    Mesh axes sharding later axes of the tensor are not carried over: flattening interleaves
+    their shards, so requantizing gathers the moment along them.
+
+    Args:
+      shape: the tensor's shape; spec: its ``PartitionSpec`` (or a tuple of its entries);
+      axis_sizes: the mesh's ``{axis name: size}``; block_size: elements per block.
+    """
+    shape = tuple(shape)
+    if not shape:
+        return None
+    lead = (tuple(spec) + (None,))[0]
+    if lead is None:
+        return None
+    names = lead if isinstance(lead, tuple) else (lead,)
+    n = math.prod(axis_sizes[a] for a in names)
+    if shape[0] % n or (shape[0] // n) * math.prod(shape[1:]) % block_size:
+        return None
+    return lead
+
+
+def block_layout(shape, block_size: int, sharding):
+    """``(codes, absmax)`` shardings of the 8-bit form of a tensor laid out as ``sharding`` (a
+    ``NamedSharding``): split by :func:`block_axis_sharding`, else replicated on its mesh."""
+    entry = block_axis_sharding(shape, sharding.spec, dict(sharding.mesh.shape), block_size)
+    P = jax.sharding.PartitionSpec
+    return (
+        jax.sharding.NamedSharding(sharding.mesh, P(entry, None)),
+        jax.sharding.NamedSharding(sharding.mesh, P(entry)),
+    )
+
+
+def _explicit_sharding(x):
+    """``x``'s sharding when its type carries Explicit mesh axes (sharding in types), else None.
+
+    On such axes every op must say how its result is laid out; on Auto axes XLA decides.
+    """
+    typeof = getattr(jax, "typeof", None)
+    explicit = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
+    if typeof is None or explicit is None:
+        return None
+    sharding = getattr(typeof(x), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    if not any(t == explicit for t in getattr(mesh, "axis_types", None) or ()):
+        return None
+    return sharding
+
+
+def _laid_out(sharding, *entries):
+    """A NamedSharding on ``sharding``'s mesh with the given spec entries (None: no sharding)."""
+    if sharding is None:
+        return None
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*entries))
+
+
+def _reshape(x, shape, layout):
+    # ``out_sharding`` only where a layout must be stated (jax versions before sharding in types
+    # do not take the argument).
+    if layout is None:
+        return jnp.reshape(x, shape)
+    return jnp.reshape(x, shape, out_sharding=layout)
+
+
 def quantize_blockwise(x, signed: bool = True, block_size: int = 256) -> QuantizedArray:
     r"""Quantizes ``x`` to uint8 codes of the dynamic map with one float32 scale per block.
 
@@ -268,15 +341,22 @@ def quantize_blockwise(x, signed: bool = True, block_size: int = 256) -> Quantiz
       signed: use the signed map (first moments) or the unsigned map (non-negative second
         moments; negative values round to 0).
       block_size: elements per block, default 256 (bitsandbytes >= 0.44; the paper used 2048).
+
+    On a mesh the blocks are laid out by :func:`block_axis_sharding`.
     """
     _check_block_size(block_size)
     x = jnp.asarray(x)
     shape = tuple(x.shape)
     n = int(np.prod(shape, dtype=np.int64))
     n_blocks = max(1, -(-n // block_size))
-    flat = x.reshape(-1).astype(jnp.float32)
-    flat = jnp.pad(flat, (0, n_blocks * block_size - n))
-    blocks = flat.reshape(n_blocks, block_size)
+    sharding = _explicit_sharding(x)
+    entry = None
+    if sharding is not None:
+        entry = block_axis_sharding(shape, sharding.spec, dict(sharding.mesh.shape), block_size)
+    flat = _reshape(x, (-1,), _laid_out(sharding, entry)).astype(jnp.float32)
+    if n_blocks * block_size > n:  # never when the blocks are sharded: shards hold whole blocks
+        flat = jnp.pad(flat, (0, n_blocks * block_size - n))
+    blocks = _reshape(flat, (n_blocks, block_size), _laid_out(sharding, entry, None))
     absmax = jnp.max(jnp.abs(blocks), axis=1)
     scale = jnp.where(absmax > 0, absmax, 1.0)
     codes = _encode(blocks / scale[:, None], signed)
@@ -284,10 +364,19 @@ def quantize_blockwise(x, signed: bool = True, block_size: int = 256) -> Quantiz
 
 
 def dequantize_blockwise(q: QuantizedArray) -> jax.Array:
-    """The float32 tensor ``dynamic_map(q.signed)[q.codes] * q.absmax``, shaped ``q.shape``."""
+    """The float32 tensor ``dynamic_map(q.signed)[q.codes] * q.absmax``, shaped ``q.shape``.
+
+    On Explicit mesh axes the result keeps the blocks' split on its leading axis.
+    """
     table = _SIGNED_MAP if q.signed else _UNSIGNED_MAP
     values = _lookup(table, q.codes.astype(jnp.int32)) * q.absmax[:, None]
-    return values.reshape(-1)[: q.size].reshape(q.shape)
+    sharding = _explicit_sharding(q.codes)
+    entry = None if sharding is None else (tuple(sharding.spec) + (None,))[0]
+    flat = _reshape(values, (-1,), _laid_out(sharding, entry))
+    if flat.shape[0] > q.size:
+        flat = flat[: q.size]
+    lead = (entry,) if q.shape else ()
+    return _reshape(flat, q.shape, _laid_out(sharding, *lead, *(None,) * (len(q.shape) - 1)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,14 +510,23 @@ class QuantizeMoments(GradientTransformation):
                     f"quantize_moments: the state of {self.inner!r} has no field {missing[0]!r} "
                     f"mirroring the parameters"
                 )
-        if any(isinstance(p, jax.ShapeDtypeStruct) for p in treedef.flatten_up_to(params)):
-            return self._build(params, keep, [])  # abstract parameters: nothing to jit over
-        return _init_quantized(self, keep, params)
+        leaves = treedef.flatten_up_to(params)
+        # Placed parameters lay out their moments' blocks (block_axis_sharding); inside a trace
+        # their placement is not known and XLA lays the blocks out.
+        layouts = tuple(
+            s if isinstance(s, jax.sharding.NamedSharding) else None
+            for s in map(_sharding_of, leaves)
+        )
+        if any(isinstance(p, jax.ShapeDtypeStruct) for p in leaves):
+            return self._build(params, keep, [], layouts)  # abstract: nothing to jit over
+        return _init_quantized(self, keep, layouts, params)
 
-    def _build(self, params, keep: tuple[bool, ...], found: list):
-        """``inner.init(params)`` with its moments quantized; moment fields go into ``found``."""
+    def _build(self, params, keep: tuple[bool, ...], found: list, layouts=None):
+        """``inner.init(params)`` with its moments quantized; moment fields go into ``found``;
+        ``layouts`` holds each parameter's NamedSharding (or None)."""
         treedef = jax.tree.structure(params)
         param_leaves = treedef.flatten_up_to(params)
+        layouts = layouts or (None,) * len(param_leaves)
 
         def quantize_field(name, tree):
             kind = self._moment_kinds.get(name)
@@ -440,8 +538,8 @@ class QuantizeMoments(GradientTransformation):
                 return tree
             found.append(name)
             out = [
-                self._maybe_quantize(m, p, k, kind == "signed")
-                for m, p, k in zip(moment_leaves, param_leaves, keep)
+                self._maybe_quantize(m, p, k, kind == "signed", layout)
+                for m, p, k, layout in zip(moment_leaves, param_leaves, keep, layouts)
             ]
             return treedef.unflatten(out)
 
@@ -473,7 +571,7 @@ class QuantizeMoments(GradientTransformation):
                 f"params' structure: {e}"
             ) from None
 
-    def _maybe_quantize(self, moment, param, keep: bool, signed: bool):
+    def _maybe_quantize(self, moment, param, keep: bool, signed: bool, layout=None):
         if (
             keep
             or not hasattr(moment, "shape")
@@ -485,18 +583,44 @@ class QuantizeMoments(GradientTransformation):
         # The barrier keeps XLA from constant-folding the quantization of a constant (zero)
         # moment at compile time, which takes seconds per tensor.
         moment = jax.lax.optimization_barrier(moment)
-        return quantize_blockwise(moment, signed=signed, block_size=self.block_size)
+        q = quantize_blockwise(moment, signed=signed, block_size=self.block_size)
+        if layout is None or _explicit_sharding(q.codes) is not None:
+            return q  # on Explicit axes quantize_blockwise laid the blocks out already
+        codes, absmax = block_layout(q.shape, q.block_size, layout)
+        return dataclasses.replace(
+            q,
+            codes=jax.lax.with_sharding_constraint(q.codes, codes),
+            absmax=jax.lax.with_sharding_constraint(q.absmax, absmax),
+        )
 
     def update(self, updates, state, params=None, **extra_args):
-        dequantized = jax.tree.map(
-            lambda x: x.dequantize() if _is_quantized(x) else x, state, is_leaf=_is_quantized
-        )
+        treedef = jax.tree.structure(updates)
+        update_leaves = treedef.flatten_up_to(updates)
+
+        def dequantize_field(name, tree):
+            try:
+                leaves = treedef.flatten_up_to(tree)
+            except (ValueError, TypeError):
+                return tree
+            if not any(_is_quantized(x) for x in leaves):
+                return tree
+            return treedef.unflatten(
+                [_dequantize_like(x, g) if _is_quantized(x) else x for x, g in zip(leaves, update_leaves)]
+            )
+
+        dequantized = _rebuild(state, dequantize_field)
         updates, new_state = _call_update(self.inner, updates, dequantized, params, extra_args)
 
         def requantize(old, new):
-            if _is_quantized(old):
-                return quantize_blockwise(new, signed=old.signed, block_size=old.block_size)
-            return new
+            if not _is_quantized(old):
+                return new
+            q = quantize_blockwise(new, signed=old.signed, block_size=old.block_size)
+            if _explicit_sharding(q.codes) is not None:
+                return q
+            # On Auto axes XLA chooses the layout: keep the one the state came in with.
+            codes, _ = shard_alike(q.codes, old.codes)
+            absmax, _ = shard_alike(q.absmax, old.absmax)
+            return dataclasses.replace(q, codes=codes, absmax=absmax)
 
         return updates, jax.tree.map(requantize, state, new_state, is_leaf=_is_quantized)
 
@@ -504,11 +628,20 @@ class QuantizeMoments(GradientTransformation):
 quantize_moments = QuantizeMoments
 
 
+def _dequantize_like(q: QuantizedArray, update) -> jax.Array:
+    """``q`` dequantized and, on Explicit mesh axes, laid out like its update leaf."""
+    x = q.dequantize()
+    target = None if update is None else _explicit_sharding(update)
+    if target is not None and _explicit_sharding(x) != target:
+        x = jax.sharding.reshard(x, target)
+    return x
+
+
 # Jitted so that the inner init's float moments are fused into their quantization instead of
 # being allocated at full size first, and cached on the (hashable) transformation.
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _init_quantized(tx: QuantizeMoments, keep: tuple[bool, ...], params):
-    return tx._build(params, keep, [])
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _init_quantized(tx: QuantizeMoments, keep: tuple[bool, ...], layouts: tuple, params):
+    return tx._build(params, keep, [], layouts)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -514,3 +514,20 @@ def test_extra_update_arguments_reach_the_inner_transformation_that_takes_them()
         tx = gc.quantize_moments(inner)
         jax.jit(lambda g, s, p: tx.update(g, s, p, loss=1.0))(g, tx.init(params), params)
     assert [{k: float(v) for k, v in e.items()} for e in seen] == [{"loss": 1.0}]
+
+
+@pytest.mark.parametrize(
+    "shape, spec, block_size, expected",
+    [
+        ((1024, 64), ("data", "model"), 256, "data"),  # 256 x 64 per "data" shard: whole blocks
+        ((1024, 64), (("data", "model"), None), 256, ("data", "model")),  # 128 rows per shard
+        ((100, 70), ("data", None), 256, None),  # 25 x 70 = 1750 per shard: a shard cuts a block
+        ((1024, 64), (None, "model"), 256, None),  # column shards interleave when flattened
+        ((1024,), ("data",), 512, None),  # 256 elements per shard, less than a block
+        ((), (), 256, None),
+    ],
+)
+def test_blocks_are_split_along_the_leading_axis_when_its_shards_hold_whole_blocks(
+    shape, spec, block_size, expected
+):
+    assert gc.block_axis_sharding(shape, spec, {"data": 4, "model": 2}, block_size) == expected
