@@ -1,10 +1,10 @@
 """Step time of 8-bit AdamW against float32 AdamW and against the memory floor.
 
 One step is ``update`` plus ``apply_updates`` under ``jax.jit`` with the parameters and the state
-donated; times are the fastest of ``--repeats`` steps. The *memory floor* of an optimizer is a jitted kernel that streams exactly the bytes its
-step must move (read the parameters, the gradients and every state array; write the parameters
-and every state array) with one add per element: no step on this machine moving those bytes can
-be faster. Bytes per parameter:
+donated; times are the fastest of ``--repeats`` steps. The *memory floor* of an optimizer is a
+jitted kernel that streams exactly the bytes its step must move (read the parameters, the
+gradients and every state array; write the parameters and every state array) with one add per
+element: no step on this machine moving those bytes can be faster. Bytes per parameter:
 
 * float32 AdamW: read p, g, m, v (16), write p, m, v (12): 28;
 * 8-bit AdamW: read p, g (8) and two codes (2), write p (4) and two codes (2), plus the block

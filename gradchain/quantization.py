@@ -252,7 +252,8 @@ def _is_quantized(x) -> bool:
 
 
 def _check_block_size(block_size) -> None:
-    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+    integer = isinstance(block_size, (int, np.integer)) and not isinstance(block_size, bool)
+    if not integer or block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
 
 
@@ -605,7 +606,10 @@ class QuantizeMoments(GradientTransformation):
             if not any(_is_quantized(x) for x in leaves):
                 return tree
             return treedef.unflatten(
-                [_dequantize_like(x, g) if _is_quantized(x) else x for x, g in zip(leaves, update_leaves)]
+                [
+                    _dequantize_like(x, g) if _is_quantized(x) else x
+                    for x, g in zip(leaves, update_leaves)
+                ]
             )
 
         dequantized = _rebuild(state, dequantize_field)
@@ -676,7 +680,9 @@ class _ScaleByLion(GradientTransformation):
 
     def init(self, params):
         check_floating(params, self.name)
-        mu = jax.tree.map(lambda p: zeros_like_param(p, state_dtype(p.dtype, self.mu_dtype)), params)
+        mu = jax.tree.map(
+            lambda p: zeros_like_param(p, state_dtype(p.dtype, self.mu_dtype)), params
+        )
         return _ScaleByLionState(init_count(), mu, self.init_hyperparams())
 
     def update(self, updates, state, params=None, **extra_args):
