@@ -19,6 +19,10 @@ UNSIGNED_MAP_SHA256 = "305f002cc11278fb769d13b25b9fd0c7c83c8402c40a878fe086f4039
 
 NO_8BIT = 2**40  # a min_8bit_size that keeps every state in float
 
+# One compiled program per shape instead of an eager dispatch per operation.
+quantize = jax.jit(gc.quantize_blockwise, static_argnames=("signed", "block_size"))
+dequantize = jax.jit(gc.dequantize_blockwise)
+
 
 def worst_relative_error(signed: bool) -> float:
     """The largest distance from a point of [-1, 1] ([0, 1] unsigned) to the code it gets.
@@ -86,10 +90,10 @@ def test_round_trip_error_is_bounded_per_block(kind, block_size, signed):
     x = _blocks(kind, 8, block_size)
     if not signed:
         x = x * x  # second moments are non-negative
-    q = gc.quantize_blockwise(x.reshape(-1, 4), signed=signed, block_size=block_size)
+    q = quantize(x.reshape(-1, 4), signed=signed, block_size=block_size)
     assert q.codes.shape == (9, block_size) and q.codes.dtype == jnp.uint8
     assert q.absmax.shape == (9,) and q.absmax.dtype == jnp.float32
-    back = np.asarray(gc.dequantize_blockwise(q)).reshape(-1)
+    back = np.asarray(dequantize(q)).reshape(-1)
     padded = np.zeros(9 * block_size, np.float32)
     padded[: x.size] = x
     blocks = padded.reshape(9, block_size)
@@ -105,11 +109,11 @@ def test_round_trip_error_is_bounded_per_block(kind, block_size, signed):
 def test_all_zero_blocks_encode_exact_zeros():
     x = _blocks("zero_blocks", 8, 256)
     for signed in (True, False):
-        q = gc.quantize_blockwise(x, signed=signed)
+        q = quantize(x, signed=signed)
         zero = 127 if signed else 0
         for b in (0, 3, 4, 8):
             assert q.absmax[b] == 0 and np.all(np.asarray(q.codes[b]) == zero)
-        back = np.asarray(gc.dequantize_blockwise(q))
+        back = np.asarray(dequantize(q))
         assert np.all(back[x == 0] == 0)
 
 
@@ -129,7 +133,7 @@ def test_codes_are_the_nearest_map_values(signed):
     x = (rng.uniform(0.1, 1, 64 * 256) * 10.0 ** rng.integers(-8, 1, 64 * 256)).astype(np.float32)
     if signed:
         x *= rng.choice([-1, 1], size=x.size).astype(np.float32)
-    q = gc.quantize_blockwise(x, signed=signed)
+    q = quantize(x, signed=signed)
     scaled = (x.reshape(64, 256) / np.asarray(q.absmax)[:, None]).reshape(-1)
     np.testing.assert_array_equal(np.asarray(q.codes).reshape(-1), _nearest_codes(scaled, signed))
 
@@ -137,17 +141,17 @@ def test_codes_are_the_nearest_map_values(signed):
 def test_a_first_moment_never_changes_sign():
     tiny = np.float32(1e-9)
     x = np.array([1.0, -1.0, -tiny, tiny, -0.5, 0.0] + [0.0] * 250, np.float32)
-    q = gc.quantize_blockwise(x, signed=True)
+    q = quantize(x, signed=True)
     codes = np.asarray(q.codes).reshape(-1)[:6]
     # -1 has no code of its own: the most negative one; -1e-9 is closest to 0 but goes to the
     # smallest negative code; +1e-9 may become 0, which reverses no step.
     np.testing.assert_array_equal(codes, [255, 0, 126, 127, codes[4], 127])
-    back = np.asarray(gc.dequantize_blockwise(q))
+    back = np.asarray(dequantize(q))
     assert np.all(back[x < 0] < 0) and np.all(back[x > 0] >= 0)
 
 
 def test_a_quantized_array_is_a_pytree_of_its_codes_and_scales():
-    q = gc.quantize_blockwise(jnp.ones((3, 1000)), signed=False, block_size=2048)
+    q = quantize(jnp.ones((3, 1000)), signed=False, block_size=2048)
     leaves, treedef = jax.tree.flatten(q)
     assert [leaf.shape for leaf in leaves] == [(2, 2048), (2,)]
     assert jax.tree.unflatten(treedef, leaves).shape == (3, 1000)
