@@ -24,6 +24,7 @@ from gradchain import (
     momentum,
     numerics,
     optimizers,
+    quantization,
     scaling,
     schedules,
     sharding,
@@ -111,6 +112,18 @@ from gradchain.muon import (
 )
 from gradchain.numerics import bias_correction, safe_increment
 from gradchain.optimizers import adafactor, adam, adamw, rmsprop, sgd
+from gradchain.quantization import (
+    QuantizedArray,
+    adam_8bit,
+    adamw_8bit,
+    block_axis_sharding,
+    dequantize_blockwise,
+    dynamic_map,
+    lion_8bit,
+    quantize_blockwise,
+    quantize_moments,
+    sgd_8bit,
+)
 from gradchain.scaling import scale, scale_by_learning_rate, scale_by_schedule
 from gradchain.schedule_free import (
     schedule_free,
@@ -170,6 +183,7 @@ _MODULES = (
     _muon_module,
     numerics,
     optimizers,
+    quantization,
     scaling,
     _schedule_free_module,
     schedules,

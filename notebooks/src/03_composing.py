@@ -12,7 +12,6 @@ import tempfile
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
-import numpy as np
 
 import gradchain as gc
 
