@@ -9,7 +9,17 @@ Public names are re-exported here from the module of their concept; ``__all__`` 
 those modules' ``__all__``.
 """
 
-from gradchain import adaptive, base, clipping, decay, momentum, numerics, optimizers, scaling
+from gradchain import (
+    adaptive,
+    base,
+    clipping,
+    decay,
+    flat,
+    momentum,
+    numerics,
+    optimizers,
+    scaling,
+)
 from gradchain.adaptive import scale_by_adam
 from gradchain.base import (
     ChainState,
@@ -27,6 +37,7 @@ from gradchain.base import (
 )
 from gradchain.clipping import clip_by_global_norm, global_norm
 from gradchain.decay import add_decayed_weights, add_decoupled_weight_decay
+from gradchain.flat import FlatState, flatten, register_flat_safe, unflatten_state
 from gradchain.momentum import trace
 from gradchain.numerics import bias_correction, safe_increment
 from gradchain.optimizers import adam, adamw, sgd
@@ -34,5 +45,5 @@ from gradchain.scaling import scale, scale_by_learning_rate, scale_by_schedule
 
 __version__ = "0.1.0"
 
-_MODULES = (adaptive, base, clipping, decay, momentum, numerics, optimizers, scaling)
+_MODULES = (adaptive, base, clipping, decay, flat, momentum, numerics, optimizers, scaling)
 __all__ = sorted({name for module in _MODULES for name in module.__all__})
