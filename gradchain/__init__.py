@@ -6,21 +6,35 @@ thin chains of them. Names, arguments and defaults follow optax where optax has 
 so ``import gradchain as optax`` works for the optimizers gradchain implements.
 
 Public names are re-exported here from the module of their concept; ``__all__`` is the union of
-those modules' ``__all__``.
+those modules' ``__all__``. (This file is regenerated from the modules' ``__all__``.)
 """
 
 from gradchain import (
     adaptive,
+    averaging,
     base,
+    checkpoint,
     clipping,
+    combinators,
     decay,
+    factored,
     flat,
+    masks,
     momentum,
     numerics,
     optimizers,
     scaling,
+    schedules,
+    sharding,
 )
-from gradchain.adaptive import scale_by_adam
+# These modules share their name with their optimizer, and the optimizer wins the package
+# attribute (``gradchain.muon`` is the function, as ``optax.contrib.muon`` is), so the modules
+# are bound under private names.
+from gradchain import galore as _galore_module
+from gradchain import muon as _muon_module
+from gradchain import schedule_free as _schedule_free_module
+from gradchain.adaptive import scale_by_adam, scale_by_rms, scale_by_stddev
+from gradchain.averaging import LookaheadParams, lookahead, params_ema
 from gradchain.base import (
     ChainState,
     EmptyState,
@@ -35,15 +49,96 @@ from gradchain.base import (
     tree_get_all_with_path,
     tree_set,
 )
-from gradchain.clipping import clip_by_global_norm, global_norm
-from gradchain.decay import add_decayed_weights, add_decoupled_weight_decay
+from gradchain.checkpoint import restore_state, save_state
+from gradchain.clipping import clip, clip_by_block_rms, clip_by_global_norm, global_norm
+from gradchain.combinators import (
+    MaskedNode,
+    MultiSteps,
+    apply_if_finite,
+    freeze,
+    masked,
+    multi_transform,
+    partition,
+    selective_transform,
+    set_to_zero,
+    skip_large_updates,
+    skip_not_finite,
+    zero_nans,
+)
+from gradchain.decay import add_decayed_weights, add_decoupled_weight_decay, add_l2_penalty
+from gradchain.factored import (
+    adafactor_decay_rate,
+    factored_axes,
+    factored_second_moment,
+    scale_by_factored_rms,
+    scale_by_param_block_rms,
+)
 from gradchain.flat import FlatState, flatten, register_flat_safe, unflatten_state
-from gradchain.momentum import trace
+from gradchain.galore import GaLoreDimensionNumbers, galore, scale_by_galore
+from gradchain.masks import path_labels, path_mask, tree_paths
+from gradchain.momentum import ema, trace
+from gradchain.muon import (
+    MuonDimensionNumbers,
+    muon,
+    muon_labels,
+    orthogonalize_via_newton_schulz,
+    scale_by_muon,
+    scale_by_shape,
+)
 from gradchain.numerics import bias_correction, safe_increment
-from gradchain.optimizers import adam, adamw, sgd
+from gradchain.optimizers import adafactor, adam, adamw, rmsprop, sgd
 from gradchain.scaling import scale, scale_by_learning_rate, scale_by_schedule
+from gradchain.schedule_free import (
+    schedule_free,
+    schedule_free_adamw,
+    schedule_free_eval_params,
+    schedule_free_sgd,
+)
+from gradchain.schedules import (
+    Schedule,
+    constant_schedule,
+    cosine_decay_schedule,
+    cosine_onecycle_schedule,
+    cosine_warm_restarts_schedule,
+    exponential_decay,
+    join_schedules,
+    linear_onecycle_schedule,
+    linear_schedule,
+    piecewise_constant_schedule,
+    piecewise_interpolate_schedule,
+    polynomial_schedule,
+    reduce_on_plateau,
+    sgdr_schedule,
+    warmup_constant_schedule,
+    warmup_cosine_decay_schedule,
+    warmup_exponential_decay_schedule,
+    warmup_inverse_sqrt_schedule,
+    warmup_linear_decay_schedule,
+    warmup_stable_decay_schedule,
+)
+from gradchain.sharding import abstract_state, per_device_bytes, state_shardings, zero1
 
 __version__ = "0.1.0"
 
-_MODULES = (adaptive, base, clipping, decay, flat, momentum, numerics, optimizers, scaling)
+_MODULES = (
+    adaptive,
+    averaging,
+    base,
+    checkpoint,
+    clipping,
+    combinators,
+    decay,
+    factored,
+    flat,
+    _galore_module,
+    masks,
+    momentum,
+    _muon_module,
+    numerics,
+    optimizers,
+    scaling,
+    _schedule_free_module,
+    schedules,
+    sharding,
+)
 __all__ = sorted({name for module in _MODULES for name in module.__all__})

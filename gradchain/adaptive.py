@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from gradchain import numerics
 from gradchain.base import (
     GradientTransformation,
     check_dtype,
@@ -25,7 +26,7 @@ from gradchain.numerics import (
     zeros_like_param,
 )
 
-__all__ = ["scale_by_adam"]
+__all__ = ["scale_by_adam", "scale_by_rms", "scale_by_stddev"]
 
 
 @state_class
@@ -98,13 +99,14 @@ class ScaleByAdam(GradientTransformation):
         check_tree_match(updates, state.mu, "updates", "state.mu")
         hp = self.current_hyperparams(state)
         b1, b2, eps, eps_root = hp["b1"], hp["b2"], hp["eps"], hp["eps_root"]
+        c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
         t = safe_increment(state.count)
 
         def step(g, m, v):
             dt = compute_dtype(g.dtype)
             g32 = g.astype(dt)
-            m = ema(m.astype(dt), g32, b1.astype(dt))
-            v = ema(v.astype(dt), g32 * g32, b2.astype(dt))
+            m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
+            v = ema(v.astype(dt), g32 * g32, b2.astype(dt), c2.astype(dt))
             if self.nesterov:
                 m_hat = b1.astype(dt) * bias_correction(m, b1, safe_increment(t)) + (
                     1 - b1.astype(dt)
@@ -122,3 +124,187 @@ class ScaleByAdam(GradientTransformation):
 
 
 scale_by_adam = ScaleByAdam
+
+
+# ---------------------------------------------------------------------------------------------
+# RMSProp's scalings
+
+
+def _inverse_root(second_moment, eps, eps_in_sqrt: bool):
+    """``1/sqrt(s + eps)`` (eps inside the root) or ``1/(sqrt(s) + eps)`` (outside)."""
+    if eps_in_sqrt:
+        return jax.lax.rsqrt(second_moment + eps)
+    return 1 / (jnp.sqrt(second_moment) + eps)
+
+
+def _check_rms_args(tx) -> None:
+    check_number("decay", tx.decay, low=0.0, high=1.0, high_open=True)
+    check_number("eps", tx.eps, low=0.0)
+    check_number("initial_scale", tx.initial_scale, low=0.0, allow_schedule=False)
+    for flag in ("eps_in_sqrt", "bias_correction"):
+        if not isinstance(getattr(tx, flag), bool):
+            raise ValueError(f"{flag} must be a bool, got {getattr(tx, flag)!r}")
+
+
+def _init_moment(params, fill=0.0):
+    return jax.tree.map(lambda p: zeros_like_param(p, state_dtype(p.dtype), fill), params)
+
+
+def _cast_like(new, old):
+    return jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)
+
+
+@state_class
+class ScaleByRmsState:
+    """``count``: updates done; ``nu``: the EMA of squared updates; ``hyperparams``: decay, eps
+    as used by the latest update."""
+
+    count: jax.Array
+    nu: object
+    hyperparams: dict
+
+
+@transformation("scale_by_rms", hyperparams=("decay", "eps"))
+class ScaleByRms(GradientTransformation):
+    r"""Divides updates by the root of an exponential moving average of their squares (RMSProp).
+
+    .. math::
+        \nu_t = \rho\, \nu_{t-1} + (1-\rho)\, g_t^2, \qquad
+        \hat\nu_t = \nu_t / (1-\rho^t) \text{ if bias\_correction else } \nu_t, \\
+        u_t = g_t / \sqrt{\hat\nu_t + \epsilon} \;\;(\texttt{eps\_in\_sqrt=True})
+        \quad\text{or}\quad u_t = g_t / (\sqrt{\hat\nu_t} + \epsilon),
+
+    with :math:`\nu_0` = ``initial_scale`` and :math:`t` the 1-based step number.
+
+    Args:
+      decay: :math:`\rho \in [0, 1)` (a float or a schedule), default 0.9.
+      eps: :math:`\epsilon \ge 0` (a float or a schedule), default 1e-8.
+      initial_scale: :math:`\nu_0 \ge 0`, default 0 (TensorFlow 1 used 1.0). A plain number:
+        it is only used by ``init``.
+      eps_in_sqrt: where :math:`\epsilon` goes, default True (inside the root).
+      bias_correction: divide :math:`\nu_t` by :math:`1-\rho^t`, default False.
+
+    ``nu`` is kept in float32 for bfloat16/float16 parameters (optax keeps the parameter's dtype).
+    Same as ``optax.scale_by_rms``; ``scale_by_rms(decay=b2, eps_in_sqrt=False,
+    bias_correction=True)`` equals ``scale_by_adam(b1=0, b2=b2)``.
+
+    Differs from PyTorch's ``RMSprop`` (ALGORITHMS.md §2, §15 rows 3-4): torch puts
+    :math:`\epsilon` outside the root and defaults to :math:`\rho = 0.99` (``alpha``); use
+    ``eps_in_sqrt=False, decay=0.99`` to reproduce it. Reference: Tieleman & Hinton, Lecture 6.5
+    of "Neural Networks for Machine Learning" (2012).
+    """
+
+    decay: float = 0.9
+    eps: float = 1e-8
+    initial_scale: float = 0.0
+    eps_in_sqrt: bool = True
+    bias_correction: bool = False
+
+    def __post_init__(self):
+        _check_rms_args(self)
+
+    def init(self, params):
+        check_floating(params, self.name)
+        nu = _init_moment(params, self.initial_scale)
+        return ScaleByRmsState(count=init_count(), nu=nu, hyperparams=self.init_hyperparams())
+
+    def update(self, updates, state, params=None, **extra_args):
+        check_tree_match(updates, state.nu, "updates", "state.nu")
+        hp = self.current_hyperparams(state)
+        decay, eps = hp["decay"], hp["eps"]
+        t = safe_increment(state.count)
+
+        def step(g, v):
+            dt = compute_dtype(g.dtype)
+            g32 = g.astype(dt)
+            v = ema(v.astype(dt), g32 * g32, decay.astype(dt))
+            v_hat = numerics.bias_correction(v, decay, t) if self.bias_correction else v
+            u = _inverse_root(v_hat, eps.astype(dt), self.eps_in_sqrt) * g32
+            return u.astype(g.dtype), v
+
+        out, nu = tree_map_multi(step, 2, updates, state.nu)
+        return out, ScaleByRmsState(count=t, nu=_cast_like(nu, state.nu), hyperparams=hp)
+
+
+scale_by_rms = ScaleByRms
+
+
+@state_class
+class ScaleByStddevState:
+    """``count``: updates done; ``mu``, ``nu``: the EMAs of the updates and of their squares;
+    ``hyperparams``: decay, eps as used by the latest update."""
+
+    count: jax.Array
+    mu: object
+    nu: object
+    hyperparams: dict
+
+
+@transformation("scale_by_stddev", hyperparams=("decay", "eps"))
+class ScaleByStddev(GradientTransformation):
+    r"""Divides updates by a running estimate of their standard deviation (centered RMSProp).
+
+    .. math::
+        \mu_t = \rho\, \mu_{t-1} + (1-\rho)\, g_t, \qquad
+        \nu_t = \rho\, \nu_{t-1} + (1-\rho)\, g_t^2, \\
+        u_t = g_t / \sqrt{\max(\hat\nu_t - \hat\mu_t^2, 0) + \epsilon} \;\;(\texttt{eps\_in\_sqrt})
+        \quad\text{or}\quad u_t = g_t / (\sqrt{\max(\hat\nu_t - \hat\mu_t^2, 0)} + \epsilon),
+
+    where the hats divide both moments by :math:`1-\rho^t` when ``bias_correction`` is set.
+    :math:`\mu_0 = 0`, :math:`\nu_0` = ``initial_scale``.
+
+    Args: as :class:`scale_by_rms` (decay 0.9, eps 1e-8, initial_scale 0, eps_in_sqrt True,
+    bias_correction False).
+
+    The variance estimate is clamped at 0: in exact arithmetic :math:`\hat\nu \ge \hat\mu^2`, but
+    rounding can make the difference slightly negative, where optax's ``scale_by_stddev`` returns
+    NaN (with ``eps_in_sqrt=False``, or when the excursion exceeds eps). Otherwise the same as
+    optax. PyTorch's ``RMSprop(centered=True)`` is ``eps_in_sqrt=False, decay=0.99``
+    (ALGORITHMS.md §2). Reference: Graves, "Generating Sequences With Recurrent Neural Networks"
+    (2013), eq. 38-41.
+    """
+
+    decay: float = 0.9
+    eps: float = 1e-8
+    initial_scale: float = 0.0
+    eps_in_sqrt: bool = True
+    bias_correction: bool = False
+
+    def __post_init__(self):
+        _check_rms_args(self)
+
+    def init(self, params):
+        check_floating(params, self.name)
+        return ScaleByStddevState(
+            count=init_count(),
+            mu=_init_moment(params),
+            nu=_init_moment(params, self.initial_scale),
+            hyperparams=self.init_hyperparams(),
+        )
+
+    def update(self, updates, state, params=None, **extra_args):
+        check_tree_match(updates, state.nu, "updates", "state.nu")
+        hp = self.current_hyperparams(state)
+        decay, eps = hp["decay"], hp["eps"]
+        t = safe_increment(state.count)
+
+        def step(g, m, v):
+            dt = compute_dtype(g.dtype)
+            g32 = g.astype(dt)
+            m = ema(m.astype(dt), g32, decay.astype(dt))
+            v = ema(v.astype(dt), g32 * g32, decay.astype(dt))
+            m_hat, v_hat = m, v
+            if self.bias_correction:
+                m_hat = numerics.bias_correction(m, decay, t)
+                v_hat = numerics.bias_correction(v, decay, t)
+            variance = jnp.maximum(v_hat - m_hat * m_hat, 0)
+            u = _inverse_root(variance, eps.astype(dt), self.eps_in_sqrt) * g32
+            return u.astype(g.dtype), m, v
+
+        out, mu, nu = tree_map_multi(step, 3, updates, state.mu, state.nu)
+        return out, ScaleByStddevState(
+            count=t, mu=_cast_like(mu, state.mu), nu=_cast_like(nu, state.nu), hyperparams=hp
+        )
+
+
+scale_by_stddev = ScaleByStddev

@@ -169,6 +169,10 @@ def _children(x):
     if isinstance(x, (tuple, list)):
         for i, s in enumerate(x):
             yield f"[{i}]", None, s
+        return
+    if isinstance(x, Mapping):  # states kept by label, as in partition's inner_states
+        for k, s in x.items():
+            yield f"[{k!r}]", None, s
 
 
 def _walk(x, path, key):
@@ -227,7 +231,7 @@ def _replace_in(x, key, value):
                     changes[f.name] = {**child, key: new}
             elif f.name == key:
                 changes[f.name] = value
-            elif isinstance(child, (tuple, list, ChainState)) or _is_state(child):
+            elif isinstance(child, (tuple, list, Mapping, ChainState)) or _is_state(child):
                 changes[f.name] = _replace_in(child, key, value)
         return dataclasses.replace(x, **changes) if changes else x
     if isinstance(x, tuple) and hasattr(x, "_fields"):
@@ -236,6 +240,8 @@ def _replace_in(x, key, value):
         )
     if isinstance(x, (tuple, list)):
         return type(x)(_replace_in(s, key, value) for s in x)
+    if isinstance(x, Mapping):
+        return type(x)((k, _replace_in(s, key, value)) for k, s in x.items())
     return x
 
 
@@ -461,6 +467,23 @@ class GradientTransformation:
             v = getattr(self, n)
             out[n] = hyperparam_value(v, state.count) if callable(v) else state.hyperparams[n]
         return out
+
+    def complement(self, name: str, hp: Mapping[str, jax.Array]) -> jax.Array:
+        """``1 - hp[name]`` for a decay rate, rounded as optax rounds its Python constants.
+
+        optax forms ``1 - 0.999`` in double precision before rounding to float32; forming it from
+        the float32 live value instead differs by an ulp, which over many steps of a chaotic
+        training run grows into visible differences. While the live value is still the
+        constructor's float, this returns exactly ``float32(1 - value)``; after
+        :func:`tree_set` changed it, ``1 - new`` to within an ulp.
+        """
+        value, live = getattr(self, name), hp[name]
+        if callable(value) or not _is_concrete_number(value):
+            return 1 - live
+        value = float(value)
+        # The barrier stops XLA from reassociating the sum back into ``1 - live``.
+        drift = jax.lax.optimization_barrier(jnp.asarray(value, live.dtype) - live)
+        return jnp.asarray(1 - value, live.dtype) + drift
 
     # -- inspectable data -------------------------------------------------------------------
 

@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 
 from gradchain.base import GradientTransformation, check_number, state_class, transformation
-from gradchain.numerics import init_count, safe_increment
+from gradchain.numerics import compute_dtype, init_count, safe_increment
 
-__all__ = ["clip_by_global_norm", "global_norm"]
+__all__ = ["clip", "clip_by_block_rms", "clip_by_global_norm", "global_norm"]
 
 
 def global_norm(tree) -> jax.Array:
@@ -42,9 +42,10 @@ class ClipByGlobalNorm(GradientTransformation):
     After clipping the norm is exactly ``M`` (up to rounding). The factor :math:`M/N` is formed
     once, so each coordinate costs one multiply, which XLA fuses into whatever consumes the
     clipped updates (a per-coordinate divide it would materialize: one more pass over memory);
-    optax divides by :math:`N`, then multiplies by :math:`M`, one rounding away. The norm is accumulated in float32
-    for low-precision updates. A non-finite ``N`` makes finite entries 0 and the rest NaN, as in
-    optax and PyTorch; protect steps with ``apply_if_finite`` where that matters.
+    optax divides by :math:`N`, then multiplies by :math:`M`, one rounding away. The norm is
+    accumulated in float32 for low-precision updates. A non-finite ``N`` makes finite entries 0
+    and the rest NaN, as in optax and PyTorch; protect steps with ``apply_if_finite`` where that
+    matters.
 
     Args:
       max_norm: :math:`M > 0` (a float or a schedule).
@@ -86,3 +87,86 @@ class ClipByGlobalNorm(GradientTransformation):
 
 
 clip_by_global_norm = ClipByGlobalNorm
+
+
+@state_class
+class ClipState:
+    """``count``: updates done; ``hyperparams``: the threshold the latest update used."""
+
+    count: jax.Array
+    hyperparams: dict
+
+
+@transformation("clip", hyperparams=("max_delta",))
+class Clip(GradientTransformation):
+    r"""Clips every coordinate of the updates to :math:`[-\delta, \delta]`.
+
+    .. math:: u_i = \min(\max(g_i, -\delta), \delta)
+
+    Args:
+      max_delta: :math:`\delta \ge 0` (a float or a schedule).
+
+    Same as ``optax.clip`` and PyTorch's ``clip_grad_value_`` (ALGORITHMS.md §12).
+    """
+
+    max_delta: float
+
+    def __post_init__(self):
+        check_number("max_delta", self.max_delta, low=0.0)
+
+    def init(self, params):
+        return ClipState(count=init_count(), hyperparams=self.init_hyperparams())
+
+    def update(self, updates, state, params=None, **extra_args):
+        hp = self.current_hyperparams(state)
+        delta = hp["max_delta"]
+
+        def clip_leaf(g):
+            d = delta.astype(g.dtype)
+            return jnp.clip(g, -d, d)
+
+        return jax.tree.map(clip_leaf, updates), ClipState(safe_increment(state.count), hp)
+
+
+clip = Clip
+
+
+@transformation("clip_by_block_rms", hyperparams=("threshold",))
+class ClipByBlockRms(GradientTransformation):
+    r"""Rescales each leaf (block) of the updates so that its root mean square is at most
+    ``threshold``.
+
+    .. math:: u = g / \max\!\big(1, \operatorname{RMS}(g)/d\big), \qquad
+              \operatorname{RMS}(g) = \sqrt{\operatorname{mean}_i\, g_i^2}
+
+    This is Adafactor's update clipping with threshold :math:`d` (Shazeer & Stern, 2018, §6),
+    applied leaf by leaf. The RMS is computed in float32 for low-precision updates.
+
+    Args:
+      threshold: :math:`d > 0` (a float or a schedule); Adafactor uses 1.
+
+    Same as ``optax.clip_by_block_rms``. HF's and PyTorch's Adafactor apply the same rule.
+    """
+
+    threshold: float
+
+    def __post_init__(self):
+        check_number("threshold", self.threshold, low=0.0, low_open=True)
+
+    def init(self, params):
+        return ClipState(count=init_count(), hyperparams=self.init_hyperparams())
+
+    def update(self, updates, state, params=None, **extra_args):
+        hp = self.current_hyperparams(state)
+        threshold = hp["threshold"]
+
+        def clip_leaf(g):
+            dt = compute_dtype(g.dtype)
+            g32 = g.astype(dt)
+            denominator = jnp.maximum(1.0, jnp.sqrt(jnp.mean(g32 * g32)) / threshold.astype(dt))
+            return (g32 / denominator).astype(g.dtype)
+
+        return jax.tree.map(clip_leaf, updates), ClipState(safe_increment(state.count), hp)
+
+
+clip_by_block_rms = ClipByBlockRms

@@ -1,10 +1,11 @@
-"""Weight decay: decoupled (AdamW-style) and its optax-compatible name."""
+"""Weight decay: decoupled (AdamW-style), its optax-compatible name, and the coupled L2 penalty."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from gradchain.base import (
     GradientTransformation,
@@ -13,9 +14,10 @@ from gradchain.base import (
     state_class,
     transformation,
 )
+from gradchain.masks import resolve_mask
 from gradchain.numerics import compute_dtype, init_count, safe_increment
 
-__all__ = ["add_decayed_weights", "add_decoupled_weight_decay"]
+__all__ = ["add_decayed_weights", "add_decoupled_weight_decay", "add_l2_penalty"]
 
 
 @state_class
@@ -24,33 +26,6 @@ class WeightDecayState:
 
     count: jax.Array
     hyperparams: dict
-
-
-def resolve_mask(mask, params, transform_name: str):
-    """The mask as a tree of Python bools with ``params``'s structure (a prefix is broadcast).
-
-    ``mask`` is None (everything selected), a pytree of bools or a callable ``params -> pytree``.
-    """
-    if mask is None:
-        return jax.tree.map(lambda _: True, params)
-    tree = mask(params) if callable(mask) else mask
-
-    def as_bool(m):
-        try:
-            return bool(np.asarray(m))
-        except Exception:
-            raise ValueError(
-                f"{transform_name}: mask leaves must be concrete bools, got {m!r}"
-            ) from None
-
-    try:
-        return jax.tree.map(lambda m, p: as_bool(m), tree, params)
-    except ValueError as e:
-        if "mask leaves" in str(e):
-            raise
-        raise ValueError(
-            f"{transform_name}: the mask's structure is not a prefix of the params' structure: {e}"
-        ) from None
 
 
 @transformation("add_decoupled_weight_decay", hyperparams=("weight_decay",))
@@ -65,8 +40,10 @@ class AddDecoupledWeightDecay(GradientTransformation):
 
     Args:
       weight_decay: :math:`\lambda \ge 0` (a float or a schedule), default 0.
-      mask: which leaves decay: a pytree of bools (or a prefix of the params' tree), or a
-        callable ``params -> pytree of bools``. Leaves where it is False pass through unchanged.
+      mask: which leaves decay: a pytree of bools (or a prefix of the params' tree), a callable
+        ``params -> pytree of bools``, a regular expression over the parameter paths or a
+        ``path_mask`` (see :mod:`gradchain.masks`). Leaves where it is False pass through
+        unchanged.
 
     Loshchilov & Hutter (2019) multiply the decay by the schedule multiplier only, not by the
     base learning rate: ``lambda_torch = lambda_paper / lr`` (ALGORITHMS.md §3.2).
@@ -104,3 +81,31 @@ add_decoupled_weight_decay = AddDecoupledWeightDecay
 def add_decayed_weights(weight_decay=0.0, mask=None) -> AddDecoupledWeightDecay:
     """optax's name for :func:`add_decoupled_weight_decay` (same arguments, same result)."""
     return AddDecoupledWeightDecay(weight_decay=weight_decay, mask=mask)
+
+
+@transformation("add_l2_penalty", hyperparams=("weight_decay",))
+class AddL2Penalty(AddDecoupledWeightDecay):
+    r"""Adds the gradient of the L2 penalty :math:`\tfrac{\lambda}{2}\lVert p\rVert^2`:
+    :math:`g' = g + \lambda\, p`.
+
+    The arithmetic is that of :class:`add_decoupled_weight_decay`; the difference is where it
+    goes. Placed *first*, before an adaptive scaling, the penalty passes through the moments:
+    ``chain(add_l2_penalty(wd), adam(lr))`` is "Adam + L2", PyTorch's ``Adam(weight_decay=wd)``
+    (ALGORITHMS.md §3.2). There the decay of a weight is divided by the root of its second moment,
+    so its effect shrinks as gradients grow: Adam + L2 is *not* AdamW, whose decay
+    :math:`\eta\lambda p` does not depend on the gradients (Loshchilov & Hutter, 2019).
+    ``chain(add_l2_penalty(wd), sgd(lr, momentum))`` is PyTorch's ``SGD(weight_decay=wd)``.
+
+    Args:
+      weight_decay: :math:`\lambda \ge 0` (a float or a schedule); no default.
+      mask: which leaves are penalised: a pytree of bools (or a prefix of the params' tree) or a
+        callable ``params -> pytree of bools``.
+
+    optax has no separate name for it: ``optax.add_decayed_weights`` placed before the scaling.
+    """
+
+    weight_decay: float = dataclasses.field()  # required: the inherited default is dropped
+    mask: object = None
+
+
+add_l2_penalty = AddL2Penalty

@@ -1,9 +1,11 @@
-"""Momentum: heavy-ball and Nesterov traces."""
+"""Momentum: heavy-ball and Nesterov traces, and exponential moving averages of updates."""
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
+from gradchain import numerics
 from gradchain.base import (
     GradientTransformation,
     check_dtype,
@@ -16,7 +18,7 @@ from gradchain.base import (
 )
 from gradchain.numerics import compute_dtype, init_count, safe_increment, state_dtype, zeros_like_param
 
-__all__ = ["trace"]
+__all__ = ["ema", "trace"]
 
 
 @state_class
@@ -83,3 +85,72 @@ class Trace(GradientTransformation):
 
 
 trace = Trace
+
+
+@state_class
+class EmaState:
+    """``count``: updates done; ``ema``: the moving average (not debiased);
+    ``hyperparams``: decay."""
+
+    count: jax.Array
+    ema: object
+    hyperparams: dict
+
+
+@transformation("ema", hyperparams=("decay",))
+class Ema(GradientTransformation):
+    r"""An exponential moving average of the updates, optionally debiased.
+
+    .. math::
+        e_t = \beta\, e_{t-1} + (1-\beta)\, g_t, \qquad
+        u_t = e_t / (1-\beta^t) \text{ if debias else } e_t,
+
+    with :math:`e_0 = 0` and :math:`t` the 1-based step number. Unlike :class:`trace`, the new
+    update is weighted by :math:`1-\beta`. Adafactor's momentum is ``ema(b1, debias=False)``
+    placed after the learning rate (ALGORITHMS.md §4.2).
+
+    Args:
+      decay: :math:`\beta \in [0, 1)` (a float or a schedule).
+      debias: divide by :math:`1-\beta^t` (default True), so that the first update is
+        :math:`g_1`.
+      accumulator_dtype: dtype of ``ema``. Default: the parameter's dtype, promoted to float32
+        for bfloat16/float16 parameters (optax keeps the parameter's dtype).
+
+    Same as ``optax.ema``. PyTorch's SGD with ``dampening=momentum`` is close but copies
+    :math:`g_1` into the buffer on the first step (ALGORITHMS.md §1, §15 row 1).
+    """
+
+    decay: float
+    debias: bool = True
+    accumulator_dtype: object = None
+
+    def __post_init__(self):
+        check_number("decay", self.decay, low=0.0, high=1.0, high_open=True)
+        if not isinstance(self.debias, bool):
+            raise ValueError(f"debias must be a bool, got {self.debias!r}")
+        check_dtype("accumulator_dtype", self.accumulator_dtype)
+
+    def init(self, params):
+        check_floating(params, self.name)
+        acc = jax.tree.map(
+            lambda p: zeros_like_param(p, state_dtype(p.dtype, self.accumulator_dtype)), params
+        )
+        return EmaState(count=init_count(), ema=acc, hyperparams=self.init_hyperparams())
+
+    def update(self, updates, state, params=None, **extra_args):
+        check_tree_match(updates, state.ema, "updates", "state.ema")
+        hp = self.current_hyperparams(state)
+        decay = hp["decay"]
+        t = safe_increment(state.count)
+
+        def step(g, e):
+            dt = compute_dtype(jnp.promote_types(g.dtype, e.dtype))
+            new_e = numerics.ema(e.astype(dt), g.astype(dt), decay.astype(dt))
+            out = numerics.bias_correction(new_e, decay, t) if self.debias else new_e
+            return out.astype(g.dtype), new_e.astype(e.dtype)
+
+        out, acc = tree_map_multi(step, 2, updates, state.ema)
+        return out, EmaState(count=t, ema=acc, hyperparams=hp)
+
+
+ema = Ema

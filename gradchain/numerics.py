@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.shard_alike import shard_alike
 
 __all__ = ["bias_correction", "safe_increment"]
 
@@ -61,8 +62,15 @@ def _shape_dtype(p):
 
 
 def _sharding_of(p):
-    """The sharding of a concrete array or a ``ShapeDtypeStruct``; None inside a trace."""
+    """The sharding of a placed array or a ``ShapeDtypeStruct``; None inside a trace.
+
+    An array jax placed by default (not committed) gives None: a committed moment next to an
+    uncommitted count would make the state after one step (all committed) a different jit
+    signature from the state ``init`` made, and the second step would compile again.
+    """
     if isinstance(p, jax.core.Tracer):
+        return None
+    if isinstance(p, jax.Array) and not p.committed:
         return None
     sharding = getattr(p, "sharding", None)
     if sharding is None or not isinstance(sharding, jax.sharding.Sharding):
@@ -74,14 +82,54 @@ def zeros_like_param(p, dtype=None, fill: float = 0.0) -> jax.Array:
     """A state array shaped like parameter ``p`` (an array or a ``ShapeDtypeStruct``).
 
     It is placed with ``p``'s sharding when ``p`` has one, so that a moment lives on the devices
-    of the parameter it mirrors.
+    of the parameter it mirrors. Inside a trace (``jax.jit(tx.init)``) the sharding is not known
+    yet: the new array takes ``p``'s type (which carries the sharding on Explicit mesh axes) and
+    is tied to ``p`` with ``shard_alike``, so that XLA lays the two out alike on Auto axes too.
     """
     shape, pdtype = _shape_dtype(p)
     dtype = pdtype if dtype is None else jnp.dtype(dtype)
+    if isinstance(p, jax.core.Tracer):
+        out, _ = shard_alike(jnp.full_like(p, fill, dtype), p)
+        return out
     sharding = _sharding_of(p)
     if sharding is not None:
         return jnp.full(shape, fill, dtype, device=sharding)
     return jnp.full(shape, fill, dtype)
+
+
+def reduced_sharding(sharding, ndim: int, axis: int, keepdims: bool = False):
+    """The sharding of an array of ``ndim`` axes laid out as ``sharding`` once ``axis`` is
+    reduced: the spec without that axis (``None`` in its place with ``keepdims``).
+
+    None when that cannot be said (a sharding that is not a ``NamedSharding`` and not fully
+    replicated).
+    """
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        spec = tuple(sharding.spec) + (None,) * (ndim - len(sharding.spec))
+        kept = spec[:axis] + ((None,) if keepdims else ()) + spec[axis + 1 :]
+        return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*kept))
+    if sharding is not None and sharding.is_fully_replicated:
+        return sharding
+    return None
+
+
+def zeros_like_reduced(p, axis: int, dtype=None, keepdims: bool = False) -> jax.Array:
+    """A statistic of parameter ``p`` with ``axis`` reduced away (a factored row or column
+    second moment), placed on the devices that hold ``p``'s remaining axes.
+
+    Works on arrays, ``ShapeDtypeStruct`` s and, inside a trace, by reducing a zero moment
+    placed like ``p`` (see :func:`zeros_like_param`), so that XLA propagates the layout.
+    """
+    shape, pdtype = _shape_dtype(p)
+    dtype = pdtype if dtype is None else jnp.dtype(dtype)
+    axis = axis % len(shape)
+    if isinstance(p, jax.core.Tracer):
+        return jnp.sum(zeros_like_param(p, dtype), axis=axis, keepdims=keepdims)
+    reduced = shape[:axis] + ((1,) if keepdims else ()) + shape[axis + 1 :]
+    sharding = reduced_sharding(_sharding_of(p), len(shape), axis, keepdims)
+    if sharding is not None:
+        return jnp.zeros(reduced, dtype, device=sharding)
+    return jnp.zeros(reduced, dtype)
 
 
 def bias_correction(moment: jax.Array, decay, count: jax.Array) -> jax.Array:
@@ -96,6 +144,11 @@ def bias_correction(moment: jax.Array, decay, count: jax.Array) -> jax.Array:
     return moment / correction.astype(moment.dtype)
 
 
-def ema(old: jax.Array, new: jax.Array, decay) -> jax.Array:
-    """``decay * old + (1 - decay) * new``: the moment update every EMA in gradchain uses."""
-    return (1 - decay) * new + decay * old
+def ema(old: jax.Array, new: jax.Array, decay, one_minus_decay=None) -> jax.Array:
+    """``decay * old + (1 - decay) * new``: the moment update every EMA in gradchain uses.
+
+    ``one_minus_decay`` may be passed precomputed (see ``GradientTransformation.complement``).
+    """
+    if one_minus_decay is None:
+        one_minus_decay = 1 - decay
+    return one_minus_decay * new + decay * old

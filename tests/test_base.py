@@ -54,7 +54,7 @@ def test_transformations_are_immutable():
         (lambda: gc.clip_by_global_norm(0.0), r"max_norm must be in \(0, inf\)"),
         (lambda: gc.clip_by_global_norm(-1.0), r"max_norm must be in \(0, inf\)"),
         (lambda: gc.adamw(1e-3, weight_decay=-0.1), r"weight_decay must be in \[0, inf\)"),
-        (lambda: gc.sgd(0.1, momentum=1.5), r"decay must be in \[0, 1\]"),
+        (lambda: gc.sgd(0.1, momentum=1.5), r"momentum must be in \[0, 1\]"),
         (lambda: gc.scale_by_adam(mu_dtype=jnp.int32), r"mu_dtype must be a floating dtype"),
         (lambda: gc.adam("fast"), r"learning_rate must be a number"),
         (lambda: gc.scale_by_adam(b1=float("nan")), r"b1 must not be NaN"),

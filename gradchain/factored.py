@@ -1,0 +1,319 @@
+"""Adafactor's pieces: the factored second moment and the parameter-scale step size.
+
+For a matrix gradient :math:`G \\in \\mathbb{R}^{n \\times m}` Adafactor keeps moving averages of
+the row means and the column means of :math:`G^2` (:math:`n + m` numbers) instead of the whole
+:math:`n \\times m` second moment, and rebuilds it as their normalised outer product (Shazeer &
+Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost", 2018; ALGORITHMS.md §4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+
+import jax
+import jax.numpy as jnp
+
+from gradchain import numerics
+from gradchain.base import (
+    GradientTransformation,
+    check_floating,
+    check_number,
+    check_tree_match,
+    require_params,
+    state_class,
+    transformation,
+    tree_map_multi,
+)
+from gradchain.numerics import (
+    compute_dtype,
+    init_count,
+    safe_increment,
+    state_dtype,
+    zeros_like_param,
+    zeros_like_reduced,
+)
+from gradchain.scaling import ScaleState
+
+__all__ = [
+    "adafactor_decay_rate",
+    "factored_axes",
+    "factored_second_moment",
+    "scale_by_factored_rms",
+    "scale_by_param_block_rms",
+]
+
+FACTORED_AXES_RULES = ("largest", "last")
+
+
+def factored_axes(shape, rule: str = "largest", min_dim_size_to_factor: int = 128):
+    """The pair of axes ``(d1, d0)`` a parameter of this shape is factored over, or None.
+
+    ``d0`` is the axis the *row* statistic ``v_row`` averages over and ``d1`` the axis the
+    *column* statistic ``v_col`` averages over; every other axis is kept in both.
+
+    * ``rule="largest"`` (optax, t5x/mesh-TF): the two largest axes. Ties are broken by position:
+      **among axes of equal size the later one counts as the larger**, so ``d0`` is the last of
+      the largest axes and ``d1`` the last of the remaining largest. For an ``(n, n)`` matrix
+      ``d0 = 1`` and ``d1 = 0``: ``v_row`` holds one number per row, as for a wide matrix. This is
+      the order a stable ascending sort of the sizes gives, and what optax's ``numpy.argsort``
+      gives (numpy sorts fewer than 16 elements stably).
+    * ``rule="last"`` (HF transformers, PyTorch): the last two axes, ``d1 = ndim-2``,
+      ``d0 = ndim-1``, whatever their sizes.
+
+    Not factored (None): fewer than two axes, or the smaller of the two chosen axes is shorter
+    than ``min_dim_size_to_factor``. HF and PyTorch factor every matrix:
+    ``rule="last", min_dim_size_to_factor=1``.
+    """
+    ndim = len(shape)
+    if ndim < 2:
+        return None
+    if rule == "last":
+        d1, d0 = ndim - 2, ndim - 1
+    elif rule == "largest":
+        by_size = sorted(range(ndim), key=lambda axis: (shape[axis], axis))
+        d1, d0 = by_size[-2], by_size[-1]
+    else:
+        raise ValueError(f"factored_axes must be one of {FACTORED_AXES_RULES}, got {rule!r}")
+    if min(shape[d0], shape[d1]) < min_dim_size_to_factor:
+        return None
+    return d1, d0
+
+
+def adafactor_decay_rate(step, exponent):
+    r"""Adafactor's second-moment decay :math:`\hat\beta_t = 1 - t^{-c}`, :math:`t` = ``step`` + 1.
+
+    Formed in float32, as optax does; :math:`\hat\beta_1 = 0`, so no bias correction is needed.
+    """
+    t = jnp.asarray(step + 1, jnp.float32)
+    return 1.0 - t ** (-jnp.asarray(exponent, jnp.float32))
+
+
+def _check_count(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be an int in [0, inf), got {value!r}")
+
+
+@state_class
+class FactoredState:
+    """``count``: updates done; per parameter, ``v_row`` and ``v_col``: the moving averages of
+    the mean of :math:`g^2 + \\epsilon_1` over axis ``d0`` and over axis ``d1`` (factored
+    leaves), ``v``: the moving average of :math:`g^2 + \\epsilon_1` (other leaves); unused
+    entries are empty: ``(0,)`` factors for unfactored leaves, and for factored leaves a ``v`` of
+    shape ``(0, *param.shape)`` that records the parameter's shape. ``hyperparams``: decay_rate,
+    epsilon."""
+
+    count: jax.Array
+    v_row: object
+    v_col: object
+    v: object
+    hyperparams: dict
+
+
+@transformation("factored_second_moment", hyperparams=("decay_rate", "epsilon"))
+class FactoredSecondMoment(GradientTransformation):
+    r"""Scales updates by Adafactor's factored estimate of their root mean square.
+
+    With :math:`\hat\beta_t` = ``decay_rate_fn(count - step_offset, decay_rate)`` (by default
+    :math:`1 - (\text{count} - \text{step\_offset} + 1)^{-\text{decay\_rate}}`, which is 0 at the
+    first step) and :math:`G^2 = g^2 + \epsilon_1`, for a leaf factored over axes
+    :math:`(d_1, d_0)` (see :func:`factored_axes`):
+
+    .. math::
+        r_t = \hat\beta_t r_{t-1} + (1-\hat\beta_t)\operatorname{mean}_{d_0} G^2, \qquad
+        c_t = \hat\beta_t c_{t-1} + (1-\hat\beta_t)\operatorname{mean}_{d_1} G^2, \\
+        u_t = g_t \Big/ \sqrt{\frac{r_t\, c_t}{\operatorname{mean}_{d_1} r_t}}
+
+    (:math:`r_t` broadcast along :math:`d_0`, :math:`c_t` along :math:`d_1`); every other leaf
+    keeps the whole :math:`v_t = \hat\beta_t v_{t-1} + (1-\hat\beta_t) G^2` and
+    :math:`u_t = g_t/\sqrt{v_t}`. An ``n x m`` matrix thus keeps ``n + m`` numbers.
+
+    Args:
+      factored: factor the leaves that qualify (default True); False keeps every full
+        :math:`v`.
+      decay_rate: the exponent :math:`c \ge 0` of the decay schedule (a float or a schedule),
+        default 0.8.
+      step_offset: subtracted from the count (an int >= 0), for fine-tuning; default 0.
+      min_dim_size_to_factor: factor only when both factored axes have at least this size
+        (an int >= 0), default 128.
+      epsilon: :math:`\epsilon_1 \ge 0` added to :math:`g^2` (a float or a schedule), default 1e-30.
+      decay_rate_fn: ``(step, decay_rate) -> beta_hat``, default :func:`adafactor_decay_rate`;
+        e.g. a capped decay as in Zhai et al. (2021).
+      factored_axes: keyword-only, ``"largest"`` (default: optax and t5x, the two largest axes
+        with the tie-break stated in :func:`factored_axes`) or ``"last"`` (HF transformers and
+        PyTorch: the last two axes). HF and PyTorch factor every matrix:
+        ``factored_axes="last", min_dim_size_to_factor=1``.
+
+    The statistics are kept in float32 for bfloat16/float16 parameters and unused entries are
+    empty arrays (optax: the parameter's dtype and ``(1,)`` placeholders); ``params`` are not
+    needed. Otherwise the same as ``optax.scale_by_factored_rms`` (also exported under that name).
+    PyTorch's ``Adafactor`` does not add :math:`\epsilon_1` to :math:`g^2` but clamps the
+    estimate at ``finfo(dtype).eps`` (ALGORITHMS.md §4.4, §15 rows 11-12); that variant is not
+    provided.
+    """
+
+    factored: bool = True
+    decay_rate: float = 0.8
+    step_offset: int = 0
+    min_dim_size_to_factor: int = 128
+    epsilon: float = 1e-30
+    decay_rate_fn: object = adafactor_decay_rate
+    _: dataclasses.KW_ONLY
+    factored_axes: str = "largest"
+
+    def __post_init__(self):
+        if not isinstance(self.factored, bool):
+            raise ValueError(f"factored must be a bool, got {self.factored!r}")
+        check_number("decay_rate", self.decay_rate, low=0.0)
+        _check_count("step_offset", self.step_offset)
+        _check_count("min_dim_size_to_factor", self.min_dim_size_to_factor)
+        check_number("epsilon", self.epsilon, low=0.0)
+        if not callable(self.decay_rate_fn):
+            raise ValueError(f"decay_rate_fn must be callable, got {self.decay_rate_fn!r}")
+        if self.factored_axes not in FACTORED_AXES_RULES:
+            raise ValueError(
+                f"factored_axes must be one of {FACTORED_AXES_RULES}, got {self.factored_axes!r}"
+            )
+
+    def axes(self, shape):
+        """The ``(d1, d0)`` axes a leaf of ``shape`` is factored over, or None."""
+        if not self.factored:
+            return None
+        return factored_axes(tuple(shape), self.factored_axes, self.min_dim_size_to_factor)
+
+    def _state_shapes(self, shape):
+        """Shapes of ``(v_row, v_col, v)`` for a leaf of ``shape``."""
+        axes = self.axes(shape)
+        if axes is None:
+            return (0,), (0,), tuple(shape)
+        d1, d0 = axes
+        drop = lambda axis: tuple(s for i, s in enumerate(shape) if i != axis)  # noqa: E731
+        # An empty v that still records the parameter's shape, so that the state of a (2, 3)
+        # matrix is not mistaken for the state of a (3, 2) one (their factors have equal shapes).
+        return drop(d0), drop(d1), (0, *shape)
+
+    def init(self, params):
+        check_floating(params, self.name)
+
+        def init_leaf(p):
+            dtype = state_dtype(p.dtype)
+            row, col, full = self._state_shapes(p.shape)
+            axes = self.axes(p.shape)
+            if axes is None:
+                # The full moment mirrors the parameter and takes its sharding.
+                return jnp.zeros(row, dtype), jnp.zeros(col, dtype), zeros_like_param(p, dtype)
+            # Each factor keeps the parameter's sharding on the axes it keeps.
+            d1, d0 = axes
+            return (
+                zeros_like_reduced(p, d0, dtype),
+                zeros_like_reduced(p, d1, dtype),
+                jnp.zeros(full, dtype),
+            )
+
+        v_row, v_col, v = tree_map_multi(init_leaf, 3, params)
+        return FactoredState(
+            count=init_count(), v_row=v_row, v_col=v_col, v=v, hyperparams=self.init_hyperparams()
+        )
+
+    def _check_state(self, updates, state):
+        as_leaf = lambda tree: jax.tree.map(lambda _: 0, tree)  # noqa: E731
+        check_tree_match(as_leaf(updates), as_leaf(state.v), "updates", "state.v")
+        paths = jax.tree_util.tree_flatten_with_path(updates)[0]
+        for (path, g), r, c, v in zip(
+            paths, *(jax.tree.leaves(t) for t in (state.v_row, state.v_col, state.v))
+        ):
+            if self._state_shapes(g.shape) != (r.shape, c.shape, v.shape):
+                raise ValueError(
+                    f"updates at {jax.tree_util.keystr(path)} have shape {g.shape}, but the state "
+                    f"there was made for another shape (v_row {r.shape}, v_col {c.shape}, "
+                    f"v {v.shape})"
+                )
+
+    def update(self, updates, state, params=None, **extra_args):
+        self._check_state(updates, state)
+        hp = self.current_hyperparams(state)
+        beta = self.decay_rate_fn(state.count - self.step_offset, hp["decay_rate"])
+        eps = hp["epsilon"]
+
+        def step(g, r, c, v):
+            dt = compute_dtype(g.dtype)
+            g32 = g.astype(dt)
+            b = jnp.asarray(beta).astype(dt)
+            g2 = g32 * g32 + eps.astype(dt)
+            axes = self.axes(g.shape)
+            if axes is None:
+                v = numerics.ema(v.astype(dt), g2, b)
+                return (g32 * v**-0.5).astype(g.dtype), r, c, v
+            d1, d0 = axes
+            r = numerics.ema(r.astype(dt), jnp.mean(g2, axis=d0), b)
+            c = numerics.ema(c.astype(dt), jnp.mean(g2, axis=d1), b)
+            d1_in_r = d1 - 1 if d1 > d0 else d1
+            row_factor = (r / jnp.mean(r, axis=d1_in_r, keepdims=True)) ** -0.5
+            col_factor = c**-0.5
+            u = g32 * jnp.expand_dims(row_factor, d0) * jnp.expand_dims(col_factor, d1)
+            return u.astype(g.dtype), r, c, v
+
+        out, v_row, v_col, v = tree_map_multi(
+            step, 4, updates, state.v_row, state.v_col, state.v
+        )
+        cast = lambda new, old: jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)  # noqa: E731
+        return out, FactoredState(
+            count=safe_increment(state.count),
+            v_row=cast(v_row, state.v_row),
+            v_col=cast(v_col, state.v_col),
+            v=cast(v, state.v),
+            hyperparams=hp,
+        )
+
+
+factored_second_moment = FactoredSecondMoment
+scale_by_factored_rms = FactoredSecondMoment
+
+
+@transformation("scale_by_param_block_rms", hyperparams=("min_scale",))
+class ScaleByParamBlockRms(GradientTransformation):
+    r"""Multiplies each leaf's updates by the root mean square of its parameter (Adafactor's
+    relative step size).
+
+    .. math:: u = g \cdot \max\!\big(\operatorname{RMS}(p), s\big), \qquad
+              \operatorname{RMS}(p) = \sqrt{\operatorname{mean}_i\, p_i^2}
+
+    so that a step is a fraction of the parameter's scale rather than an absolute size.
+
+    Args:
+      min_scale: :math:`s \ge 0` (a float or a schedule), default 1e-3 (Adafactor's
+        :math:`\epsilon_2`).
+
+    Needs ``params``. The RMS is computed in float32 for low-precision parameters. Same as
+    ``optax.scale_by_param_block_rms``; HF's ``scale_parameter=True`` and PyTorch's Adafactor
+    apply the same factor :math:`\max(\epsilon_2, \operatorname{RMS}(p))`. Reference: Shazeer &
+    Stern (2018), Algorithm 4, :math:`\alpha_t = \max(\epsilon_2, \operatorname{RMS}(X_{t-1}))
+    \rho_t`.
+    """
+
+    min_scale: float = 1e-3
+
+    def __post_init__(self):
+        check_number("min_scale", self.min_scale, low=0.0)
+
+    def init(self, params):
+        return ScaleState(count=init_count(), hyperparams=self.init_hyperparams())
+
+    def update(self, updates, state, params=None, **extra_args):
+        require_params(params, self.name)
+        check_tree_match(updates, params, "updates", "params")
+        hp = self.current_hyperparams(state)
+        min_scale = hp["min_scale"]
+
+        def scale_leaf(u, p):
+            dt = compute_dtype(jnp.promote_types(u.dtype, p.dtype))
+            p32 = jnp.asarray(p).astype(dt)
+            floor = min_scale.astype(dt)
+            rms = jnp.sqrt(jnp.mean(p32 * p32))
+            return (u.astype(dt) * jnp.maximum(rms, floor)).astype(u.dtype)
+
+        out = jax.tree.map(scale_leaf, updates, params)
+        return out, ScaleState(safe_increment(state.count), hp)
+
+
+scale_by_param_block_rms = ScaleByParamBlockRms

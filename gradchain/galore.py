@@ -1,0 +1,362 @@
+r"""GaLore: the base optimizer runs on a low-rank projection of each weight matrix's gradient.
+
+Zhao et al. (2024) project the gradient :math:`G` of an :math:`m \times n` weight onto the
+top-``r`` singular vectors of a recent gradient, run the optimizer (Adam, usually) on the small projected
+matrix, and project its output back. The state holds moments of the projection, not of the
+weight, plus the projector, refreshed by an SVD every ``update_proj_gap`` steps (ALGORITHMS.md §9).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from gradchain.adaptive import scale_by_adam
+from gradchain.base import (
+    Chain,
+    GradientTransformation,
+    _call_update,
+    check_floating,
+    check_number,
+    named_chain,
+    state_class,
+    transformation,
+)
+from gradchain.decay import add_decoupled_weight_decay
+from gradchain.matrices import (
+    MatrixView,
+    check_dimension_numbers,
+    entries_per_leaf,
+    matrix_view,
+)
+from gradchain.numerics import compute_dtype, init_count, safe_increment
+from gradchain.scaling import scale_by_learning_rate
+
+__all__ = ["GaLoreDimensionNumbers", "galore", "scale_by_galore"]
+
+_SIDES = ("larger", "smaller")
+
+
+class GaLoreDimensionNumbers(NamedTuple):
+    """Which axes of a weight form the matrix GaLore projects (as ``optax.contrib``'s).
+
+    The tensor is viewed as ``(prod(reduction_axis), prod(output_axis))``: for attention weights
+    ``(embed, heads, head_dim)``, ``GaLoreDimensionNumbers(0, (1, 2))``. Axes in neither are batch
+    axes, each slice projected on its own (a stack of scanned layers ``(layers, d_in, d_out)``:
+    ``GaLoreDimensionNumbers(1, 2)``); optax requires every axis to be assigned instead.
+    """
+
+    reduction_axis: object = 0
+    output_axis: object = 1
+
+
+def _is_dims_leaf(x) -> bool:
+    return x is None or isinstance(x, GaLoreDimensionNumbers)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Projection:
+    r"""How one leaf is projected: its matrix view, the side reduced and the effective rank.
+
+    ``left``: :math:`P \in R^{m \times r}`, :math:`R = P^\top G` (rows reduced);
+    otherwise :math:`P \in R^{n \times r}`, :math:`R = G P` (columns reduced).
+    """
+
+    view: MatrixView
+    left: bool
+    rank: int
+
+    def _batched(self, shape):
+        return self.view.batch_shape + shape
+
+    @property
+    def projector_shape(self):
+        return self._batched(((self.view.rows if self.left else self.view.cols), self.rank))
+
+    @property
+    def low_rank_shape(self):
+        v = self.view
+        return self._batched((self.rank, v.cols) if self.left else (v.rows, self.rank))
+
+    def project(self, g, projector):
+        """The low-rank gradient ``R`` of the leaf ``g`` (with the view's batch axes in front)."""
+        mats = self.view.to_matrices(g)
+        p = projector.reshape((self.view.batch,) + projector.shape[-2:])
+        if self.left:
+            low = jnp.einsum("bmr,bmn->brn", p, mats)
+        else:
+            low = jnp.einsum("bmn,bnr->bmr", mats, p)
+        return low.reshape(self.low_rank_shape)
+
+    def project_back(self, low, projector):
+        p = projector.reshape((self.view.batch,) + projector.shape[-2:])
+        low = low.reshape((self.view.batch,) + low.shape[-2:])
+        if self.left:
+            full = jnp.einsum("bmr,brn->bmn", p, low)
+        else:
+            full = jnp.einsum("bmr,bnr->bmn", low, p)
+        return self.view.from_matrices(full)
+
+    def fresh_projector(self, g):
+        """The top-``rank`` singular vectors of the leaf ``g`` on the reduced side, by an SVD in
+        float32 or better (as the reference and optax)."""
+        mats = self.view.to_matrices(g)
+        mats = mats.astype(jnp.promote_types(mats.dtype, jnp.float32))
+        u, _, vh = jnp.linalg.svd(mats, full_matrices=False)
+        p = u[:, :, : self.rank] if self.left else jnp.swapaxes(vh[:, : self.rank, :], 1, 2)
+        return p.reshape(self.projector_shape)
+
+
+def _plan(tree, spec, rank, projected_dim, transform_name):
+    """A :class:`_Projection` or None (left to the base optimizer unprojected) for each leaf.
+
+    ``spec`` is the resolved ``weight_dimension_numbers``. A leaf given dimension numbers in a
+    pytree is *forced*: when it cannot be projected the error names its path.
+    """
+    if callable(spec) and not isinstance(spec, GaLoreDimensionNumbers):
+        spec = spec(tree)
+    forced = spec is not None and not isinstance(spec, GaLoreDimensionNumbers)
+    if forced:
+        try:
+            dims_leaves = entries_per_leaf(spec, tree, _is_dims_leaf)
+        except ValueError as e:
+            raise ValueError(f"{transform_name}: weight_dimension_numbers: {e}") from None
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)[0]
+    plan = []
+    for i, (path, leaf) in enumerate(leaves):
+        where = f"{transform_name}: parameter {jax.tree_util.keystr(path) or '<root>'}"
+        if forced:
+            dims = dims_leaves[i]
+        elif spec is None:
+            dims = GaLoreDimensionNumbers() if jnp.ndim(leaf) == 2 else None
+        else:
+            dims = spec if jnp.ndim(leaf) >= 2 else None
+        if leaf is None or dims is None:
+            plan.append(None)
+            continue
+        if not isinstance(dims, GaLoreDimensionNumbers):
+            raise ValueError(f"{where}: expected GaLoreDimensionNumbers or None, got {dims!r}")
+        if jnp.ndim(leaf) < 2:
+            raise ValueError(
+                f"{where} has shape {jnp.shape(leaf)}: GaLore projects matrices, and this leaf "
+                f"has no two axes to form one. Give it None in weight_dimension_numbers (it then "
+                f"goes to the base optimizer unprojected)"
+            )
+        view = matrix_view(jnp.shape(leaf), dims.reduction_axis, dims.output_axis, where)
+        m, n = view.rows, view.cols
+        # optax reduces the larger side (left when m >= n); the reference the smaller one.
+        left = m >= n if projected_dim == "larger" else m < n
+        reduced = m if left else n
+        r = min(rank, m, n)
+        if r >= reduced:
+            if forced:
+                raise ValueError(
+                    f"{where} is a {m}x{n} matrix: projecting its {projected_dim} side "
+                    f"({reduced}) to rank {rank} would not shrink it. Lower rank below {reduced}, "
+                    f"or give it None in weight_dimension_numbers (unprojected)"
+                )
+            plan.append(None)
+            continue
+        plan.append(_Projection(view, left, r))
+    return plan
+
+
+@state_class
+class ScaleByGaloreState:
+    """``count``: updates done; ``projector``: per leaf, the projector (None for a leaf the base
+    optimizer sees unprojected); ``base_optimizer_state``: the base optimizer's state, shaped
+    like the low-rank gradients; ``hyperparams``: scale."""
+
+    count: jax.Array
+    base_optimizer_state: object
+    projector: object
+    hyperparams: dict
+
+
+@transformation("scale_by_galore", hyperparams=("scale",))
+class ScaleByGalore(GradientTransformation):
+    r"""Runs ``base_optimizer`` on low-rank projections of the matrices' gradients.
+
+    For a leaf viewed as :math:`G \in R^{m\times n}` and :math:`k` the 0-based update number,
+    every ``update_proj_gap`` updates (:math:`k \bmod T = 0`, so the first update too) the
+    projector is refreshed from the SVD :math:`G_k = U S V^\top`; then
+
+    .. math::
+        R_k = P^\top G_k \;\; (P = U_{:, :r}) \quad\text{or}\quad R_k = G_k P \;\; (P = V_{:, :r}),
+        \qquad N_k = \mathrm{base}(R_k), \qquad
+        u_k = \alpha\, P N_k \;\text{or}\; \alpha\, N_k P^\top
+
+    with :math:`r = \min(\text{rank}, m, n)` and :math:`\alpha` = ``scale``. The base optimizer's
+    moments are kept, not rotated, when the projector changes (as the reference).
+
+    Which side is reduced (ALGORITHMS.md §15 row 19): ``projected_dim="larger"`` (default, optax)
+    reduces the larger dimension, left when :math:`m \ge n`: state :math:`r \times \min(m, n)`.
+    ``projected_dim="smaller"`` (the paper and ``galore-torch``'s ``proj_type="std"``) reduces
+    the smaller one, right when :math:`m \ge n`: state :math:`r \times \max(m, n)`.
+
+    Which leaves: by default every 2-D leaf; ``weight_dimension_numbers`` views others as matrices
+    (see :class:`GaLoreDimensionNumbers`). Leaves that cannot be projected go to
+    ``base_optimizer`` unprojected: leaves with fewer than two axes, and matrices whose reduced
+    side is not larger than the rank, whose projection would not shrink anything (optax projects
+    a square matrix with rank >= its size by a full rotation instead). A leaf given dimension
+    numbers explicitly in a pytree (or by a callable) is projected or raises a ``ValueError``
+    naming its path at ``init``.
+
+    Args:
+      rank: the target rank :math:`r \ge 1`, default 128.
+      update_proj_gap: :math:`T \ge 1`, default 200.
+      scale: :math:`\alpha \ge 0` (a float or a schedule), default 1. The paper uses 0.25.
+      base_optimizer: a transformation that needs no params (it runs on projections), default
+        ``scale_by_adam()``. Put weight decay after this transformation, in full space, as
+        :func:`galore` does.
+      weight_dimension_numbers: None, one :class:`GaLoreDimensionNumbers` for every leaf with
+        two axes or more, a pytree of them (None: unprojected), or a callable ``params -> pytree``.
+      projected_dim: ``"larger"`` or ``"smaller"``, see above.
+
+    The projector is kept in float32 or better (optax: the parameter's dtype), and the
+    projections are computed in float32 or better. Reference: Zhao et al., "GaLore:
+    Memory-Efficient LLM Training by Gradient Low-Rank Projection" (2024). Same as
+    ``optax.contrib.scale_by_galore`` with the default ``projected_dim``.
+    """
+
+    rank: int = 128
+    update_proj_gap: int = 200
+    scale: float = 1.0
+    base_optimizer: object = None
+    weight_dimension_numbers: object = None
+    _: dataclasses.KW_ONLY
+    projected_dim: str = "larger"
+
+    def __post_init__(self):
+        for name in ("rank", "update_proj_gap"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        check_number("scale", self.scale, low=0.0)
+        if self.base_optimizer is None:
+            object.__setattr__(self, "base_optimizer", scale_by_adam())
+        if not (hasattr(self.base_optimizer, "init") and hasattr(self.base_optimizer, "update")):
+            raise ValueError(
+                f"base_optimizer must be a gradient transformation, got {self.base_optimizer!r}"
+            )
+        if self.projected_dim not in _SIDES:
+            raise ValueError(f"projected_dim must be one of {_SIDES}, got {self.projected_dim!r}")
+        check_dimension_numbers(self.weight_dimension_numbers, GaLoreDimensionNumbers)
+
+    def _plan(self, tree):
+        return _plan(tree, self.weight_dimension_numbers, self.rank, self.projected_dim, self.name)
+
+    def init(self, params):
+        check_floating(params, self.name)
+        leaves, treedef = jax.tree.flatten(params, is_leaf=lambda x: x is None)
+        plan = self._plan(params)
+
+        def projector(p, proj):
+            if proj is None:
+                return None
+            return jnp.zeros(proj.projector_shape, compute_dtype(p.dtype))
+
+        def low_rank_like(p, proj):
+            if proj is None:
+                return p
+            return jnp.zeros(proj.low_rank_shape, compute_dtype(p.dtype))
+
+        return ScaleByGaloreState(
+            count=init_count(),
+            base_optimizer_state=self.base_optimizer.init(
+                treedef.unflatten([low_rank_like(p, q) for p, q in zip(leaves, plan)])
+            ),
+            projector=treedef.unflatten([projector(p, q) for p, q in zip(leaves, plan)]),
+            hyperparams=self.init_hyperparams(),
+        )
+
+    def update(self, updates, state, params=None, **extra_args):
+        leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
+        try:
+            projectors = treedef.flatten_up_to(state.projector)
+        except (ValueError, TypeError):
+            raise ValueError(
+                f"{self.name}: updates and state.projector have different structures (was the "
+                f"state made by init with params of this structure?)"
+            ) from None
+        hp = self.current_hyperparams(state)
+        plan = self._plan(updates)
+        refresh = state.count % self.update_proj_gap == 0
+
+        low, new_projectors = [], []
+        for g, p, proj in zip(leaves, projectors, plan):
+            if proj is None:
+                low.append(g)
+                new_projectors.append(p)
+                continue
+            g32 = g.astype(compute_dtype(g.dtype))
+            p = jax.lax.cond(refresh, lambda: proj.fresh_projector(g32).astype(p.dtype), lambda: p)
+            low.append(proj.project(g32, p.astype(g32.dtype)))
+            new_projectors.append(p)
+
+        # The base optimizer gets no params: the low-rank leaves have no parameter to match.
+        low_updates, base_state = _call_update(
+            self.base_optimizer, treedef.unflatten(low), state.base_optimizer_state, None,
+            extra_args,
+        )
+        out = []
+        for g, u, p, proj in zip(leaves, treedef.flatten_up_to(low_updates), new_projectors, plan):
+            if proj is None:
+                out.append(u)
+                continue
+            full = proj.project_back(u.astype(p.dtype), p)
+            out.append((hp["scale"].astype(full.dtype) * full).astype(g.dtype))
+        return treedef.unflatten(out), ScaleByGaloreState(
+            count=safe_increment(state.count),
+            base_optimizer_state=base_state,
+            projector=treedef.unflatten(new_projectors),
+            hyperparams=hp,
+        )
+
+
+scale_by_galore = ScaleByGalore
+
+
+def galore(
+    learning_rate,
+    rank=128,
+    update_proj_gap=200,
+    scale=1.0,
+    base_optimizer=None,
+    weight_decay=0.0,
+    mask=None,
+    weight_dimension_numbers=None,
+    *,
+    projected_dim="larger",
+) -> Chain:
+    r"""GaLore: ``chain(scale_by_galore(...), add_decoupled_weight_decay(weight_decay, mask),
+    scale_by_learning_rate(learning_rate))``.
+
+    .. math::
+        p_t = p_{t-1} - \eta\,\big(\alpha\, P\, \mathrm{base}(P^\top G_t) + \lambda p_{t-1}\big)
+
+    (for a left projector; see :func:`scale_by_galore`). Arguments and defaults as
+    ``optax.contrib.galore``, plus ``projected_dim`` (``"smaller"`` for the paper's side).
+    The reference ``GaLoreAdamW`` differs in its Adam (epsilon before bias correction, eps 1e-6)
+    and in decaying the already-updated weights by :math:`\eta\lambda` (ALGORITHMS.md §9.1).
+    Memory: for an :math:`m\times n` matrix with ``larger`` and the default Adam,
+    :math:`2 r \min(m,n)` moment entries plus an :math:`\max(m,n)\times r` projector.
+    """
+    config = dict(
+        learning_rate=learning_rate, rank=rank, update_proj_gap=update_proj_gap, scale=scale,
+        base_optimizer=base_optimizer, weight_decay=weight_decay, mask=mask,
+        weight_dimension_numbers=weight_dimension_numbers, projected_dim=projected_dim,
+    )
+    return named_chain(
+        "galore",
+        config,
+        scale_by_galore(
+            rank, update_proj_gap, scale, base_optimizer, weight_dimension_numbers,
+            projected_dim=projected_dim,
+        ),
+        add_decoupled_weight_decay(weight_decay, mask),
+        scale_by_learning_rate(learning_rate),
+    )

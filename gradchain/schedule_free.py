@@ -1,0 +1,368 @@
+"""Schedule-Free: interpolation and averaging in place of momentum and of a decaying schedule.
+
+Defazio et al. (2024) keep three sequences (ALGORITHMS.md §8): ``z``, the base optimizer's
+iterate; ``x``, a weighted average of the ``z`` (where to evaluate); and ``y``, an interpolation of
+the two where gradients are taken, which is what the model holds during training. Only ``y`` (the
+params) and ``z`` (the state) are stored; ``x`` is recovered from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from gradchain.adaptive import ScaleByAdam, scale_by_adam
+from gradchain.base import (
+    Chain,
+    GradientTransformation,
+    _call_update,
+    check_dtype,
+    check_floating,
+    check_number,
+    check_tree_match,
+    hyperparam_value,
+    named_chain,
+    require_params,
+    state_class,
+    transformation,
+    tree_map_multi,
+)
+from gradchain.decay import add_decoupled_weight_decay
+from gradchain.momentum import Trace
+from gradchain.numerics import compute_dtype, init_count, safe_increment, state_dtype
+from gradchain.optimizers import sgd
+from gradchain.scaling import scale_by_learning_rate
+
+__all__ = [
+    "schedule_free",
+    "schedule_free_adamw",
+    "schedule_free_eval_params",
+    "schedule_free_sgd",
+]
+
+
+@state_class
+class ScheduleFreeState:
+    """``count``: updates done; ``z``: the base optimizer's iterate; ``y_b1``: the b1 that built
+    the current params from x and z (x is recovered with it, so changing b1 with ``tree_set``
+    takes effect at the next update without disturbing x); ``weight_sum``: the sum of the
+    averaging weights so far; ``max_lr``: the largest learning rate seen;
+    ``base_optimizer_state``; ``hyperparams``: learning_rate (as the averaging weights used it),
+    b1, weight_lr_power and r of the latest update."""
+
+    count: jax.Array
+    z: object
+    y_b1: jax.Array
+    weight_sum: jax.Array
+    max_lr: jax.Array
+    base_optimizer_state: object
+    hyperparams: dict
+
+
+def _momentum_in(tx):
+    """The first part of ``tx`` (searched through chains) that keeps a momentum, or None."""
+    if isinstance(tx, Chain):
+        for t in tx.transforms:
+            found = _momentum_in(t)
+            if found is not None:
+                return found
+        return None
+    if isinstance(tx, ScaleByAdam) and not (isinstance(tx.b1, (int, float)) and tx.b1 == 0):
+        return tx
+    if isinstance(tx, Trace) and not (isinstance(tx.decay, (int, float)) and tx.decay == 0):
+        return tx
+    return None
+
+
+@transformation("schedule_free", hyperparams=("learning_rate", "b1", "weight_lr_power", "r"))
+class ScheduleFree(GradientTransformation):
+    r"""Makes ``base_optimizer`` schedule-free: its steps move ``z``, the params are ``y``.
+
+    With :math:`k` the 0-based update number, :math:`\Delta_k` the base optimizer's update at
+    :math:`y_k` (it contains :math:`-\gamma_k`), :math:`\beta = b_1` and :math:`P` the
+    ``weight_lr_power``:
+
+    .. math::
+        \gamma^{max}_k = \max_{i \le k} \gamma_i, \quad
+        w_k = (k+1)^r (\gamma^{max}_k)^P, \quad c_k = \frac{w_k}{\sum_{i\le k} w_i}, \\
+        z_{k+1} = z_k + \Delta_k, \quad
+        x_{k+1} = (1-c_k)\, x_k + c_k\, z_{k+1}, \quad
+        y_{k+1} = \beta\, x_{k+1} + (1-\beta)\, z_{k+1},
+
+    and the update returned is :math:`y_{k+1} - y_k`. ``x`` is not stored: it is
+    :math:`(y - (1-\beta) z)/\beta` (:func:`schedule_free_eval_params`). The first update with a
+    positive weight has :math:`c = 1`, so after it :math:`x = y = z`.
+
+    One step counter: the averaging weights use ``learning_rate(k)``, the same value a
+    ``scale_by_learning_rate(learning_rate)`` inside ``base_optimizer`` uses at update ``k``, so the
+    two agree step by step (as in the reference ``schedulefree`` package, where both are
+    :math:`\gamma \cdot` the warmup factor of the same step).
+
+    Args:
+      base_optimizer: any transformation without momentum (its learning rate included).
+        Momentum is what the interpolation replaces: a gradchain ``scale_by_adam`` with
+        ``b1 != 0`` or ``trace`` with ``decay != 0`` inside it raises ``ValueError``.
+      learning_rate: the base optimizer's learning rate (a float or a schedule); only its running
+        maximum enters, through the weights.
+      b1: :math:`\beta \in (0, 1]`, default 0.9.
+      weight_lr_power: :math:`P \ge 0`, default 2.
+      state_dtype: dtype of ``z``. Default: the parameter's, float32 for bfloat16/float16
+        parameters (optax keeps the parameter's dtype).
+      r: :math:`r \ge 0`, the reference's polynomial weighting, default 0 (optax has none).
+      optax_off_by_one: reproduce ``optax.contrib.schedule_free`` exactly, whose weights use
+        ``learning_rate(k + 1)`` while the base optimizer's ``scale_by_learning_rate`` uses
+        ``learning_rate(k)``. With a warmup the two then disagree (the first z-step has learning
+        rate 0 while its weight does not); ALGORITHMS.md §8.2, §15 row 18. With a constant
+        learning rate both settings are identical.
+
+    Reference: Defazio et al., "The Road Less Scheduled" (2024); ``schedulefree`` 1.4.1.
+    Differs from ``optax.contrib.schedule_free`` only through ``optax_off_by_one`` (default
+    False) and in keeping ``weight_sum``/``max_lr`` in float32 (optax: the lowest parameter dtype).
+    """
+
+    base_optimizer: object
+    learning_rate: float
+    b1: float = 0.9
+    weight_lr_power: float = 2.0
+    state_dtype: object = None
+    _: dataclasses.KW_ONLY
+    r: float = 0.0
+    optax_off_by_one: bool = False
+
+    def __post_init__(self):
+        if not (hasattr(self.base_optimizer, "init") and hasattr(self.base_optimizer, "update")):
+            raise ValueError(
+                f"base_optimizer must be a gradient transformation, got {self.base_optimizer!r}"
+            )
+        found = _momentum_in(self.base_optimizer)
+        if found is not None:
+            raise ValueError(
+                f"schedule_free: base_optimizer has momentum ({found!r}); schedule-free "
+                f"interpolation replaces momentum, so the base must have none (b1=0 / no trace)"
+            )
+        check_number("learning_rate", self.learning_rate, low=0.0)
+        check_number("b1", self.b1, low=0.0, high=1.0, low_open=True)
+        check_number("weight_lr_power", self.weight_lr_power, low=0.0)
+        check_number("r", self.r, low=0.0)
+        check_dtype("state_dtype", self.state_dtype)
+        if not isinstance(self.optax_off_by_one, bool):
+            raise ValueError(f"optax_off_by_one must be a bool, got {self.optax_off_by_one!r}")
+
+    def init(self, params):
+        check_floating(params, self.name)
+        # A distinct copy, so that both params and z can be donated to a jitted step.
+        z = jax.tree.map(
+            lambda p: jnp.array(p, dtype=state_dtype(p.dtype, self.state_dtype), copy=True), params
+        )
+        zero = jnp.zeros((), jnp.result_type(float))
+        hyperparams = self.init_hyperparams()
+        return ScheduleFreeState(
+            count=init_count(),
+            z=z,
+            y_b1=hyperparams["b1"],
+            weight_sum=zero,
+            max_lr=zero,
+            base_optimizer_state=self.base_optimizer.init(params),
+            hyperparams=hyperparams,
+        )
+
+    def update(self, updates, state, params=None, **extra_args):
+        require_params(params, self.name)
+        check_tree_match(updates, state.z, "updates", "state.z")
+        hp = self.current_hyperparams(state)
+        k = state.count
+        if self.optax_off_by_one and callable(self.learning_rate):
+            hp["learning_rate"] = hyperparam_value(self.learning_rate, safe_increment(k))
+        dt = state.weight_sum.dtype
+        max_lr = jnp.maximum(state.max_lr, hp["learning_rate"].astype(dt))
+        power, r = hp["weight_lr_power"].astype(dt), hp["r"].astype(dt)
+        weight = (k.astype(dt) + 1) ** r * max_lr**power
+        weight_sum = state.weight_sum + weight
+        # 0/0 (no positive weight yet) means "keep x"; a NaN weight stays visible.
+        c = jnp.where(
+            jnp.isnan(weight) | jnp.isnan(weight_sum),
+            jnp.nan,
+            jnp.nan_to_num(weight / weight_sum, nan=0.0, posinf=jnp.inf),
+        )
+
+        base_updates, base_state = _call_update(
+            self.base_optimizer, updates, state.base_optimizer_state, params, extra_args
+        )
+        b1_old, b1 = state.y_b1, hp["b1"]
+
+        def step(y, z, delta):
+            ct = compute_dtype(jnp.promote_types(y.dtype, z.dtype))
+            y32, z32 = y.astype(ct), z.astype(ct)
+            z_new = z32 + delta.astype(ct)
+            x = (y32 - (1 - b1_old.astype(ct)) * z32) / b1_old.astype(ct)
+            x_new = (1 - c.astype(ct)) * x + c.astype(ct) * z_new
+            y_new = b1.astype(ct) * x_new + (1 - b1.astype(ct)) * z_new
+            return (y_new - y32).astype(delta.dtype), z_new.astype(z.dtype)
+
+        new_updates, z = tree_map_multi(step, 2, params, state.z, base_updates)
+        return new_updates, ScheduleFreeState(
+            count=safe_increment(k),
+            z=z,
+            y_b1=b1,
+            weight_sum=weight_sum,
+            max_lr=max_lr,
+            base_optimizer_state=base_state,
+            hyperparams=hp,
+        )
+
+
+schedule_free = ScheduleFree
+
+
+def _find_schedule_free_states(state) -> list:
+    return [
+        s
+        for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, ScheduleFreeState))
+        if isinstance(s, ScheduleFreeState)
+    ]
+
+
+def schedule_free_eval_params(state, params):
+    r"""The parameters to evaluate a schedule-free model at: :math:`x = (y - (1-\beta) z)/\beta`.
+
+    ``state`` is the state of a :func:`schedule_free` transformation, or of a chain holding
+    exactly one; ``params`` are the training params :math:`y`. ``x`` has the params' dtypes.
+    Same as ``optax.contrib.schedule_free_eval_params``.
+    """
+    found = _find_schedule_free_states(state)
+    if len(found) != 1:
+        raise ValueError(
+            f"schedule_free_eval_params needs the state of exactly one schedule_free "
+            f"transformation, found {len(found)} in {type(state).__name__}"
+        )
+    sf = found[0]
+    check_tree_match(params, sf.z, "params", "state.z")
+    b1 = sf.y_b1
+
+    def to_x(y, z):
+        ct = compute_dtype(jnp.promote_types(y.dtype, z.dtype))
+        b = b1.astype(ct)
+        return ((y.astype(ct) - (1 - b) * z.astype(ct)) / b).astype(y.dtype)
+
+    return jax.tree.map(to_x, params, sf.z)
+
+
+@dataclasses.dataclass(frozen=True)
+class _LinearWarmup:
+    """``peak * min(1, (k + offset) / warmup_steps)`` at update ``k``.
+
+    ``offset=1`` is the reference ``schedulefree``'s warmup (the first update already uses
+    ``peak / warmup_steps``); ``offset=0`` is optax's ``warmup_constant_schedule(0, peak,
+    warmup_steps)`` (the first update uses 0).
+    """
+
+    peak: float
+    warmup_steps: int
+    offset: int = 1
+
+    def __call__(self, count):
+        frac = (jnp.asarray(count).astype(jnp.result_type(float)) + self.offset) / self.warmup_steps
+        return self.peak * jnp.minimum(frac, 1.0)
+
+    def __repr__(self):
+        return (
+            f"linear_warmup(peak={self.peak!r}, warmup_steps={self.warmup_steps}, "
+            f"offset={self.offset})"
+        )
+
+
+def _warmed_up(learning_rate, warmup_steps, optax_off_by_one):
+    if warmup_steps is None:
+        return learning_rate
+    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 1:
+        raise ValueError(f"warmup_steps must be None or a positive int, got {warmup_steps!r}")
+    check_number("learning_rate", learning_rate, low=0.0, allow_schedule=False)
+    return _LinearWarmup(learning_rate, warmup_steps, offset=0 if optax_off_by_one else 1)
+
+
+def schedule_free_sgd(
+    learning_rate=1.0,
+    warmup_steps=None,
+    b1=0.9,
+    weight_decay=None,
+    weight_lr_power=2.0,
+    state_dtype=None,
+    *,
+    optax_off_by_one=False,
+) -> Chain:
+    r"""Schedule-Free SGD: :func:`schedule_free` over ``chain(add_decoupled_weight_decay, sgd)``.
+
+    The base step is :math:`z \leftarrow z - \gamma_k (g_k + \lambda y_k)` (decay at ``y``, as
+    the reference ``SGDScheduleFree``), with :math:`\gamma_k` = ``learning_rate`` after a linear
+    warmup of ``warmup_steps``: :math:`\gamma_k = \gamma \min(1, (k+1)/W)` for the 0-based update
+    :math:`k`, as the reference; with ``optax_off_by_one=True``, optax's
+    :math:`\gamma \min(1, k/W)` for the base and :math:`\gamma \min(1, (k+1)/W)` for the weights
+    (ALGORITHMS.md §8.2). Arguments and defaults as ``optax.contrib.schedule_free_sgd``.
+    Memory: ``z``, one copy of the params.
+    """
+    lr = _warmed_up(learning_rate, warmup_steps, optax_off_by_one)
+    base = sgd(lr)
+    if weight_decay is not None:
+        base = Chain(add_decoupled_weight_decay(weight_decay), base)
+    config = dict(
+        learning_rate=learning_rate, warmup_steps=warmup_steps, b1=b1, weight_decay=weight_decay,
+        weight_lr_power=weight_lr_power, state_dtype=state_dtype, optax_off_by_one=optax_off_by_one,
+    )
+    return named_chain(
+        "schedule_free_sgd",
+        config,
+        schedule_free(
+            base, lr, b1, weight_lr_power, state_dtype, optax_off_by_one=optax_off_by_one
+        ),
+    )
+
+
+def schedule_free_adamw(
+    learning_rate=0.0025,
+    warmup_steps=None,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    weight_decay=0.0,
+    weight_lr_power=2.0,
+    state_dtype=None,
+    *,
+    optax_off_by_one=False,
+) -> Chain:
+    r"""Schedule-Free AdamW: :func:`schedule_free` over AdamW without momentum.
+
+    The base step (the reference ``AdamWScheduleFree``):
+
+    .. math::
+        v_k = \beta_2 v_{k-1} + (1-\beta_2) g_k^2, \quad
+        \hat g_k = \frac{g_k}{\sqrt{v_k/(1-\beta_2^{k+1})} + \epsilon} + \lambda y_k, \quad
+        z_{k+1} = z_k - \gamma_k \hat g_k,
+
+    with the warmup of :func:`schedule_free_sgd`. Arguments and defaults as
+    ``optax.contrib.schedule_free_adamw``; ``optax_off_by_one=True`` reproduces it exactly with a
+    warmup (see :func:`schedule_free`).
+
+    The base is ``scale_by_adam(b1=0)``, whose first moment equals the gradient exactly: the
+    arithmetic is the reference's, but the state holds that unused moment (one params-sized
+    buffer more than the reference's ``z`` and ``v``).
+    """
+    lr = _warmed_up(learning_rate, warmup_steps, optax_off_by_one)
+    base = Chain(
+        scale_by_adam(b1=0.0, b2=b2, eps=eps),
+        add_decoupled_weight_decay(weight_decay),
+        scale_by_learning_rate(lr),
+    )
+    config = dict(
+        learning_rate=learning_rate, warmup_steps=warmup_steps, b1=b1, b2=b2, eps=eps,
+        weight_decay=weight_decay, weight_lr_power=weight_lr_power, state_dtype=state_dtype,
+        optax_off_by_one=optax_off_by_one,
+    )
+    return named_chain(
+        "schedule_free_adamw",
+        config,
+        schedule_free(
+            base, lr, b1, weight_lr_power, state_dtype, optax_off_by_one=optax_off_by_one
+        ),
+    )

@@ -1,0 +1,575 @@
+"""gradchain on a mesh of 8 simulated CPU devices: the checks tests/test_sharding.py runs.
+
+They run in their own process, because the device count is fixed when JAX starts and the rest of
+the suite runs on one device::
+
+    python tests/sharded_checks.py              # every check
+    python tests/sharded_checks.py NAME ...     # some of them
+
+Each check prints one JSON line ``{"check": NAME, "ok": bool, "detail": str}``.
+
+Two meshes are used: ``mesh`` (4 x 2, axes "data" and "model") holds parameters sharded along
+both axes, like a model split by tensor and data parallelism; ``mesh8`` (8, axis "data") holds
+replicated parameters, as in plain data parallelism, for ZeRO-1. The single-device reference of
+every sharded run is the same computation with every array on device 0.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ["JAX_PLATFORMS"] = "cpu"
+
+import functools  # noqa: E402
+import json  # noqa: E402
+import pathlib  # noqa: E402
+import re  # noqa: E402
+import sys  # noqa: E402
+import traceback  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import AxisType, NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+import gradchain as gc  # noqa: E402
+from gradchain.base import (  # noqa: E402
+    GradientTransformation,
+    state_class,
+    transformation,
+    tree_map_multi,
+)
+from gradchain.numerics import (  # noqa: E402
+    ema,
+    init_count,
+    safe_increment,
+    zeros_like_param,
+    zeros_like_reduced,
+)
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+STEPS = 4
+
+
+# ---------------------------------------------------------------------------------------------
+# A factored second moment written for these checks: row and column statistics of matrices
+
+
+@state_class
+class FactoredState:
+    count: jax.Array
+    v_row: object
+    v_col: object
+    v: object
+    hyperparams: dict
+
+
+@transformation("factored_rms_for_checks", hyperparams=("decay",))
+class FactoredRMS(GradientTransformation):
+    """Adafactor's factored second moment (ALGORITHMS.md §4.1) with the last two axes factored:
+    ``v_row = ema(mean(g^2, -1))``, ``v_col = ema(mean(g^2, -2))``, ``u = g / sqrt(v_hat)``."""
+
+    decay: float = 0.8
+    eps: float = 1e-30
+
+    def init(self, params):
+        def stats(p):
+            if p.ndim < 2:
+                return jnp.zeros((1,)), jnp.zeros((1,)), zeros_like_param(p)
+            return zeros_like_reduced(p, -1), zeros_like_reduced(p, -2), jnp.zeros((1,))
+
+        rows, cols, vs = tree_map_multi(stats, 3, params)
+        return FactoredState(init_count(), rows, cols, vs, self.init_hyperparams())
+
+    def update(self, updates, state, params=None, **extra_args):
+        hp = self.current_hyperparams(state)
+        b = hp["decay"]
+
+        def step(g, r, c, v):
+            g2 = g * g + self.eps
+            if g.ndim < 2:
+                v = ema(v, g2, b)
+                return g / jnp.sqrt(v), r, c, v
+            r = ema(r, jnp.mean(g2, axis=-1), b)
+            c = ema(c, jnp.mean(g2, axis=-2), b)
+            v_hat = (r / jnp.mean(r, axis=-1, keepdims=True))[..., None] * c[..., None, :]
+            return g / jnp.sqrt(v_hat), r, c, v
+
+        out, rows, cols, vs = tree_map_multi(step, 4, updates, state.v_row, state.v_col, state.v)
+        return out, FactoredState(safe_increment(state.count), rows, cols, vs, hp)
+
+
+# ---------------------------------------------------------------------------------------------
+# Meshes, parameters, optimizers
+
+
+def make_mesh(shape, names, kind):
+    types = {"auto": AxisType.Auto, "explicit": AxisType.Explicit}[kind]
+    return jax.make_mesh(shape, names, axis_types=(types,) * len(names))
+
+
+# The parameters of the 4 x 2 mesh and their layout: a matrix sharded along both axes, a square
+# one (whose row and column statistics have the same shape), a vector along "model", a
+# replicated scalar and a replicated odd-sized vector.
+SPECS = {
+    "w": P("data", "model"),
+    "sq": P("data", "model"),
+    "b": P("model"),
+    "s": P(),
+    "odd": P(),
+}
+SHAPES = {"w": (16, 8), "sq": (8, 8), "b": (8,), "s": (), "odd": (5,)}
+
+# Data-parallel parameters of the 8-device mesh: every size divisible by 8 except "odd".
+DP_SHAPES = {"w": (16, 8), "emb": (8, 24), "b": (8,), "odd": (5,)}
+
+
+def host_params(shapes, seed=0):
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(shapes))
+    return {n: np.asarray(jax.random.normal(k, s)) for k, (n, s) in zip(keys, shapes.items())}
+
+
+def host_grads(shapes, steps=STEPS, seed=1):
+    return [host_params(shapes, seed=seed + i) for i in range(steps)]
+
+
+def place(tree, mesh, specs):
+    return {n: jax.device_put(x, NamedSharding(mesh, specs[n])) for n, x in tree.items()}
+
+
+def on_device0(tree):
+    d0 = jax.devices()[0]
+    return jax.tree.map(lambda x: jax.device_put(np.asarray(x), d0), tree)
+
+
+OPTIMIZERS = {
+    "adamw": lambda: gc.adamw(1e-2, weight_decay=0.1),
+    "sgd_momentum": lambda: gc.sgd(1e-2, momentum=0.9),
+    # the gradients have a global norm of about 15: every step is clipped
+    "clip_adamw": lambda: gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(1e-2)),
+    "factored": lambda: gc.chain(FactoredRMS(), gc.scale(-1e-2)),
+}
+if hasattr(gc, "adafactor"):
+    OPTIMIZERS["adafactor"] = lambda: gc.adafactor(1e-2, min_dim_size_to_factor=4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs shared by several checks (each compiled once)
+
+
+def step_fn(tx):
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return gc.apply_updates(params, updates), state
+
+    return jax.jit(step)
+
+
+def trajectory(tx, params, grads, state=None):
+    """Params and state after each of the jitted steps, and the compiled step's HLO text.
+
+    The compiled step refuses inputs laid out differently from the first step's, so a state
+    whose layout drifts fails here too.
+    """
+    state = tx.init(params) if state is None else state
+    step = step_fn(tx).lower(params, state, grads[0]).compile()
+    out = []
+    for g in grads:
+        params, state = step(params, state, g)
+        out.append((params, state))
+    return out, step.as_text()
+
+
+@functools.cache
+def mesh_run(opt, kind="auto"):
+    """``opt`` on the 4 x 2 mesh: (sharded trajectory, its HLO, single-device trajectory)."""
+    mesh = make_mesh((4, 2), ("data", "model"), kind)
+    tx = OPTIMIZERS[opt]()
+    params, grads = host_params(SHAPES), host_grads(SHAPES)
+    with jax.set_mesh(mesh):
+        state = tx.init(place(params, mesh, SPECS))
+    sharded, hlo = trajectory(
+        tx, place(params, mesh, SPECS), [place(g, mesh, SPECS) for g in grads], state
+    )
+    single, _ = trajectory(tx, on_device0(params), [on_device0(g) for g in grads])
+    return mesh, tx, sharded, hlo, single
+
+
+@functools.cache
+def zero1_run(opt, kind="auto"):
+    mesh8 = make_mesh((8,), ("data",), kind)
+    inner = OPTIMIZERS[opt]()
+    tx = gc.zero1(inner, mesh8, axis="data")
+    replicated = {n: P() for n in DP_SHAPES}
+    params, grads = host_params(DP_SHAPES), host_grads(DP_SHAPES)
+    sharded, hlo = trajectory(
+        tx, place(params, mesh8, replicated), [place(g, mesh8, replicated) for g in grads]
+    )
+    single, _ = trajectory(inner, on_device0(params), [on_device0(g) for g in grads])
+    return mesh8, tx, params, sharded, hlo, single
+
+
+# ---------------------------------------------------------------------------------------------
+# Assertions
+
+
+def mismatched_shardings(tree, expected) -> list[str]:
+    """Paths of the leaves of ``tree`` not laid out as ``expected``."""
+    bad = []
+    for (path, x), want in zip(
+        jax.tree_util.tree_flatten_with_path(tree)[0], jax.tree.leaves(expected)
+    ):
+        if not x.sharding.is_equivalent_to(want, x.ndim):
+            bad.append(f"{jax.tree_util.keystr(path)}: {x.sharding} (expected {want})")
+    return bad
+
+
+def assert_layout(tree, expected, what):
+    bad = mismatched_shardings(tree, expected)
+    assert not bad, f"{what}: " + "; ".join(bad)
+
+
+def assert_close(actual, expected, what):
+    # The sharded step sums squares (global norms, means) shard by shard and then across
+    # shards: a re-association, so agreement is to fp32 rounding of O(1) values accumulated
+    # over the steps, not bit for bit.
+    for (path, a), e in zip(
+        jax.tree_util.tree_flatten_with_path(actual)[0], jax.tree.leaves(expected)
+    ):
+        np.testing.assert_allclose(
+            np.asarray(a, np.float64),
+            np.asarray(e, np.float64),
+            rtol=2e-6,
+            atol=2e-7,
+            err_msg=f"{what} at {jax.tree_util.keystr(path)}",
+        )
+
+
+def collectives(hlo: str) -> list[tuple[str, str]]:
+    """``(op, result shape)`` of every collective in a compiled HLO text; a collective that XLA
+    combined over several arrays (a tuple result) counts once per array."""
+    ops = "all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter"
+    pattern = rf"=\s*(\([^)]*\)|\S+)\s+({ops})(?:-start)?\("
+    found = []
+    for m in re.finditer(pattern, hlo):
+        for shape in re.findall(r"\w+\[[\d,]*\]", m.group(1)):
+            found.append((m.group(2), shape))
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# The checks
+
+CHECKS = {}
+
+
+def check(name):
+    def register(fn):
+        CHECKS[name] = fn
+        return fn
+
+    return register
+
+
+def for_each(names, template):
+    def register(fn):
+        for n in names:
+            CHECKS[template.format(n)] = functools.partial(fn, n)
+        return fn
+
+    return register
+
+
+@check("eight_devices")
+def _():
+    assert jax.device_count() == 8, jax.devices()
+
+
+INIT_CASES = list(OPTIMIZERS) + ["adamw-explicit"]
+
+
+def init_case(case):
+    """(tx, mesh, sharded params, the same as ShapeDtypeStructs) for ``opt[-explicit]``."""
+    opt, _, kind = case.partition("-")
+    mesh = make_mesh((4, 2), ("data", "model"), kind or "auto")
+    params = place(host_params(SHAPES), mesh, SPECS)
+    abstract = jax.tree.map(
+        lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding), params
+    )
+    return OPTIMIZERS[opt](), mesh, params, abstract
+
+
+@for_each(INIT_CASES, "init_eager_follows_params[{}]")
+def _(case):
+    tx, mesh, params, _ = init_case(case)
+    with jax.set_mesh(mesh):  # where eager scalars are created replicated over the mesh
+        state = tx.init(params)
+    assert_layout(state, gc.state_shardings(tx, params), "eager init")
+
+
+@for_each(INIT_CASES, "init_jit_follows_params[{}]")
+def _(case):
+    tx, _, params, _ = init_case(case)
+    state = jax.jit(tx.init)(params)  # no out_shardings: the layout comes from init itself
+    assert_layout(state, gc.state_shardings(tx, params), "jitted init")
+
+
+@for_each(INIT_CASES, "init_abstract_follows_params[{}]")
+def _(case):
+    tx, mesh, _, abstract = init_case(case)
+    with jax.set_mesh(mesh):
+        state = tx.init(abstract)
+    assert_layout(state, gc.state_shardings(tx, abstract), "init from ShapeDtypeStruct")
+    # abstract_state describes that state: shapes, dtypes and placement
+    described = gc.abstract_state(tx, abstract)
+    assert jax.tree.structure(described) == jax.tree.structure(state)
+    for d, x in zip(jax.tree.leaves(described), jax.tree.leaves(state)):
+        assert (d.shape, d.dtype) == (x.shape, x.dtype), (d, x)
+    assert_layout(state, jax.tree.map(lambda d: d.sharding, described), "abstract_state")
+
+
+@check("moments_follow_their_param")
+def _():
+    mesh = make_mesh((4, 2), ("data", "model"), "auto")
+    abstract = {
+        n: jax.ShapeDtypeStruct(s, jnp.float32, sharding=NamedSharding(mesh, SPECS[n]))
+        for n, s in SHAPES.items()
+    }
+    sh = gc.state_shardings(gc.adamw(1e-3), abstract)
+    for field in ("mu", "nu"):
+        got = gc.tree_get(sh, field)
+        for n, spec in SPECS.items():
+            assert got[n].is_equivalent_to(NamedSharding(mesh, spec), len(SHAPES[n])), (field, n)
+    assert gc.tree_get(sh.scale_by_adam, "count").spec == P()
+    assert gc.tree_get(sh, "learning_rate").spec == P()
+
+
+@check("factored_statistics_follow_kept_axes")
+def _():
+    mesh = make_mesh((4, 2), ("data", "model"), "auto")
+    abstract = {
+        n: jax.ShapeDtypeStruct(s, jnp.float32, sharding=NamedSharding(mesh, SPECS[n]))
+        for n, s in SHAPES.items()
+    }
+    sh = gc.state_shardings(FactoredRMS(), abstract)
+    expected = {
+        # v_row has one value per row: the row axis ("data") stays sharded, also for the
+        # square matrix, whose v_row and v_col have the same shape
+        ("v_row", "w"): P("data"),
+        ("v_row", "sq"): P("data"),
+        ("v_col", "w"): P("model"),
+        ("v_col", "sq"): P("model"),
+        ("v_row", "b"): P(),  # (1,) placeholders of an unfactored vector
+        ("v", "b"): P("model"),
+        ("v", "w"): P(),
+    }
+    for (field, n), spec in expected.items():
+        got = getattr(sh, field)[n]
+        assert got.is_equivalent_to(NamedSharding(mesh, spec), 1), (field, n, got)
+
+
+@for_each(list(OPTIMIZERS) + ["adamw-explicit"], "sharded_update_matches_single_device[{}]")
+def _(opt):
+    opt, _, kind = opt.partition("-")
+    _, _, sharded, _, single = mesh_run(opt, kind or "auto")
+    for k, ((ps, ss), (p1, s1)) in enumerate(zip(sharded, single)):
+        assert_close(ps, p1, f"params after step {k + 1}")
+        assert_close(ss, s1, f"state after step {k + 1}")
+
+
+@for_each(list(OPTIMIZERS) + ["adamw-explicit"], "sharded_update_keeps_state_layout[{}]")
+def _(opt):
+    opt, _, kind = opt.partition("-")
+    mesh, tx, sharded, _, _ = mesh_run(opt, kind or "auto")
+    params = place(host_params(SHAPES), mesh, SPECS)
+    expected = gc.state_shardings(tx, params)
+    for k, (ps, ss) in enumerate(sharded):
+        assert_layout(ss, expected, f"state after step {k + 1}")
+        assert_layout(ps, {n: NamedSharding(mesh, s) for n, s in SPECS.items()}, "params")
+
+
+@for_each(list(OPTIMIZERS) + ["adamw-explicit"], "sharded_update_gathers_nothing[{}]")
+def _(opt):
+    opt, _, kind = opt.partition("-")
+    _, _, _, hlo, _ = mesh_run(opt, kind or "auto")
+    ops = collectives(hlo)
+    moved = [o for o in ops if o[0] != "all-reduce"]
+    assert not moved, f"the sharded step moves arrays between devices: {moved}"
+    # what is reduced across devices is global norms and means: scalars and the factored
+    # statistics' partial sums, never a full moment
+    moment_shapes = {f"f32[{','.join(map(str, s))}]" for s in SHAPES.values() if len(s) == 2}
+    full = [o for o in ops if o[1] in moment_shapes]
+    assert not full, f"full moments all-reduced: {full}"
+
+
+@check("global_norm_is_global")
+def _():
+    mesh = make_mesh((4, 2), ("data", "model"), "auto")
+    tree = host_params(SHAPES, seed=3)
+    expected = np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in tree.values()))
+    got = float(jax.jit(gc.global_norm)(place(tree, mesh, SPECS)))
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    _, _, sharded, _, single = mesh_run("clip_adamw", "auto")
+    norms = [float(gc.tree_get(s, "global_norm")) for _, s in sharded]
+    norms1 = [float(gc.tree_get(s, "global_norm")) for _, s in single]
+    np.testing.assert_allclose(norms, norms1, rtol=1e-6)
+    assert min(norms) > 1.0, f"the check needs clipped steps, norms were {norms}"
+
+
+ZERO1_OPTS = ["adamw", "sgd_momentum", "clip_adamw", "adamw-explicit"]
+
+
+@for_each(ZERO1_OPTS, "zero1_matches_single_device[{}]")
+def _(opt):
+    opt, _, kind = opt.partition("-")
+    _, _, _, sharded, _, single = zero1_run(opt, kind or "auto")
+    for k, ((ps, ss), (p1, s1)) in enumerate(zip(sharded, single)):
+        assert_close(ps, p1, f"params after step {k + 1}")
+        assert_close(ss, s1, f"state after step {k + 1}")
+
+
+@for_each(ZERO1_OPTS, "zero1_state_split_along_data_params_replicated[{}]")
+def _(opt):
+    opt, _, kind = opt.partition("-")
+    mesh8, tx, params, sharded, _, _ = zero1_run(opt, kind or "auto")
+    expected = gc.state_shardings(tx, place(params, mesh8, {n: P() for n in DP_SHAPES}))
+    # the rule, spelled out: the dimension with the most elements per device that 8 divides
+    split = {"w": P("data", None), "emb": P(None, "data"), "b": P("data"), "odd": P()}
+    for field in ["trace"] if opt == "sgd_momentum" else ["mu", "nu"]:
+        for n, spec in split.items():
+            got = gc.tree_get(expected, field)[n]
+            assert got.is_equivalent_to(NamedSharding(mesh8, spec), len(DP_SHAPES[n])), (field, n)
+    for k, (ps, ss) in enumerate(sharded):
+        assert_layout(ss, expected, f"state after step {k + 1}")
+        for n, p in ps.items():
+            assert p.sharding.is_fully_replicated, f"param {n} after step {k + 1}: {p.sharding}"
+
+
+@check("zero1_state_bytes_are_an_eighth")
+def _():
+    mesh8, tx, params, sharded, _, _ = zero1_run("adamw", "auto")
+    replicated_params = place(params, mesh8, {n: P() for n in DP_SHAPES})
+    plain = gc.adamw(1e-2, weight_decay=0.1).init(replicated_params)
+    zero = tx.init(replicated_params)
+
+    def divisible_moments(state):  # "odd" (5 elements) cannot be split in 8 and stays whole
+        moments = {f: gc.tree_get(state, f) for f in ("mu", "nu")}
+        return {f: {n: v for n, v in m.items() if n != "odd"} for f, m in moments.items()}
+
+    full = gc.per_device_bytes(divisible_moments(plain))
+    split = gc.per_device_bytes(divisible_moments(zero))
+    assert len(full) == len(split) == 8
+    for d in full:
+        assert split[d] * 8 == full[d], (d, split[d], full[d])
+
+
+@for_each(["adamw", "clip_adamw"], "zero1_gathers_each_update_once[{}]")
+def _(opt):
+    _, _, _, _, hlo, _ = zero1_run(opt, "auto")
+    gathers = [s for op, s in collectives(hlo) if op == "all-gather"]
+    # one all-gather per split parameter (odd stays replicated), each of a parameter's shape
+    expected = sorted(f"f32[{','.join(map(str, DP_SHAPES[n]))}]" for n in ("w", "emb", "b"))
+    assert sorted(gathers) == expected, gathers
+
+
+@for_each(["auto", "explicit"], "zero1_init_jit_and_abstract_split_state[{}]")
+def _(kind):
+    mesh8 = make_mesh((8,), ("data",), kind)
+    tx = gc.zero1(OPTIMIZERS["clip_adamw"](), mesh8, axis="data")
+    params = place(host_params(DP_SHAPES), mesh8, {n: P() for n in DP_SHAPES})
+    expected = gc.state_shardings(tx, params)
+    assert_layout(jax.jit(tx.init)(params), expected, "jitted zero1 init")
+    abstract = jax.tree.map(
+        lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding), params
+    )
+    assert_layout(tx.init(abstract), expected, "zero1 init from ShapeDtypeStruct")
+    assert gc.tree_get(expected, "mu")["w"].spec == P("data", None)
+
+
+# Tensor-parallel parameters (split along "model") under ZeRO-1 along "data".
+TP_SPECS = {"w": P(None, "model"), "b": P("model"), "odd": P()}
+TP_SHAPES = {"w": (16, 8), "b": (8,), "odd": (5,)}
+
+
+@for_each(["auto", "explicit"], "zero1_adds_data_axis_to_tensor_parallel_layout[{}]")
+def _(kind):
+    mesh = make_mesh((4, 2), ("data", "model"), kind)
+    inner = OPTIMIZERS["adamw"]()
+    # on Auto axes the parameters' layout is not in their types: it is given
+    specs = TP_SPECS if kind == "auto" else None
+    tx = gc.zero1(inner, mesh, axis="data", param_specs=specs)
+    params, grads = host_params(TP_SHAPES), host_grads(TP_SHAPES)
+    sharded, _ = trajectory(
+        tx, place(params, mesh, TP_SPECS), [place(g, mesh, TP_SPECS) for g in grads]
+    )
+    single, _ = trajectory(inner, on_device0(params), [on_device0(g) for g in grads])
+    expected = {"w": P("data", "model"), "b": P(("model", "data")), "odd": P()}
+    for k, ((ps, ss), (p1, s1)) in enumerate(zip(sharded, single)):
+        assert_close(ps, p1, f"params after step {k + 1}")
+        assert_close(ss, s1, f"state after step {k + 1}")
+        assert_layout(ps, {n: NamedSharding(mesh, sp) for n, sp in TP_SPECS.items()}, "params")
+        assert_layout(
+            gc.tree_get(ss, "mu"), {n: NamedSharding(mesh, sp) for n, sp in expected.items()}, "mu"
+        )
+
+
+@for_each(["mesh", "zero1"], "checkpoint_restores_into_state_layout[{}]")
+def _(layout):
+    import tempfile
+
+    import orbax.checkpoint as ocp
+
+    if layout == "mesh":
+        mesh, tx, sharded, _, _ = mesh_run("clip_adamw", "auto")
+        params = place(host_params(SHAPES), mesh, SPECS)
+    else:
+        mesh8, tx, host, sharded, _, _ = zero1_run("clip_adamw", "auto")
+        params = place(host, mesh8, {n: P() for n in DP_SHAPES})
+    state = sharded[-1][1]
+    abstract_params = jax.tree.map(
+        lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding), params
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(f"{tmp}/state", state)
+        checkpointer.wait_until_finished()
+        restored = checkpointer.restore(f"{tmp}/state", gc.abstract_state(tx, abstract_params))
+    assert_layout(restored, gc.state_shardings(tx, params), "restored state")
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@check("readme_example_runs")
+def _():
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Sharding", 1)[1].split("\n## ", 1)[0]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace = {"__name__": "readme_example"}
+    with jax.numpy_rank_promotion("allow"):  # the example runs with JAX's default settings
+        exec(compile(code, "README.md#sharding", "exec"), namespace)
+    assert np.isfinite(namespace["loss_value"]), namespace["loss_value"]
+    assert namespace["losses"][-1] < namespace["losses"][0], namespace["losses"]
+
+
+def main(names):
+    names = names or list(CHECKS)
+    failed = 0
+    for name in names:
+        try:
+            CHECKS[name]()
+            result = {"check": name, "ok": True, "detail": ""}
+        except Exception:
+            failed += 1
+            result = {"check": name, "ok": False, "detail": traceback.format_exc()}
+        print(json.dumps(result), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

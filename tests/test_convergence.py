@@ -1,0 +1,107 @@
+"""Every optimizer reduces the loss on a shared matrix of problems within a step budget.
+
+One parameterized test: optimizers x problems. Each optimizer gets one learning rate per problem
+(optimizers differ in their natural scale: a sign-based step moves every coordinate by the
+learning rate, an Adam step by about the learning rate, an SGD step by lr times the gradient).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import gradchain as gc
+
+# -- problems ------------------------------------------------------------------------------------
+
+
+def _quadratic():
+    """A badly conditioned quadratic: curvatures from 1 to 1000 (condition number 1e3)."""
+    h = jnp.logspace(0, 3, 12)
+
+    def loss(p):
+        return 0.5 * jnp.sum(h * p["x"] ** 2)
+
+    return loss, {"x": jnp.ones(12)}
+
+
+def _rosenbrock():
+    def loss(p):
+        x, y = p["xy"][0], p["xy"][1]
+        return (1 - x) ** 2 + 100.0 * (y - x**2) ** 2
+
+    return loss, {"xy": jnp.array([-1.2, 1.0])}
+
+
+def _mlp():
+    """A two-layer tanh network fitting a fixed smooth target on 128 points."""
+    kx, k1, k2 = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(kx, (128, 4))
+    y = jnp.sin(x @ jnp.array([1.0, -2.0, 0.5, 1.5]))[:, None]
+    params = {
+        "w1": jax.random.normal(k1, (4, 32)) / 2.0,
+        "b1": jnp.zeros(32),
+        "w2": jax.random.normal(k2, (32, 1)) / jnp.sqrt(32.0),
+        "b2": jnp.zeros(1),
+    }
+
+    def loss(p):
+        h = jnp.tanh(x @ p["w1"] + p["b1"][None])
+        return jnp.mean((h @ p["w2"] + p["b2"][None] - y) ** 2)
+
+    return loss, params
+
+
+PROBLEMS = {"quadratic": _quadratic, "rosenbrock": _rosenbrock, "mlp": _mlp}
+STEPS = 300
+# Success: the final loss is below this fraction of the initial loss.
+TARGET = {"quadratic": 0.05, "rosenbrock": 0.2, "mlp": 0.5}
+
+# -- optimizers: name -> factory(learning-rate scale per problem) --------------------------------
+
+OPTIMIZERS = {
+    "sgd": lambda lr: gc.sgd(lr),
+    "sgd_momentum": lambda lr: gc.sgd(lr, momentum=0.9),
+    "sgd_nesterov": lambda lr: gc.sgd(lr, momentum=0.9, nesterov=True),
+    "adam": lambda lr: gc.adam(lr),
+    "adamw": lambda lr: gc.adamw(lr, weight_decay=1e-4),
+    "clip_adamw": lambda lr: gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(lr)),
+}
+
+# Learning rates: per optimizer family and problem.
+SGD_LR = {"quadratic": 1.5e-3, "rosenbrock": 1.5e-3, "mlp": 0.3}
+ADAM_LR = {"quadratic": 0.05, "rosenbrock": 0.05, "mlp": 0.02}
+LEARNING_RATES = {
+    "sgd": SGD_LR,
+    "sgd_momentum": {"quadratic": 1e-3, "rosenbrock": 2e-4, "mlp": 0.1},
+    "sgd_nesterov": {"quadratic": 1e-3, "rosenbrock": 2e-4, "mlp": 0.1},
+    "adam": ADAM_LR,
+    "adamw": ADAM_LR,
+    "clip_adamw": ADAM_LR,
+}
+
+
+def _final_loss(tx, loss, params):
+    state = tx.init(params)
+
+    def body(carry, _):
+        p, s = carry
+        value, g = jax.value_and_grad(loss)(p)
+        u, s = tx.update(g, s, p, value=value, obj_fn=loss)
+        return (gc.apply_updates(p, u), s), None
+
+    (p, state), _ = jax.jit(lambda c: jax.lax.scan(body, c, None, length=STEPS))((params, state))
+    return loss(p), state
+
+
+@pytest.mark.parametrize("problem", sorted(PROBLEMS))
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_optimizer_reduces_the_loss(name, problem):
+    loss, params = PROBLEMS[problem]()
+    tx = OPTIMIZERS[name](LEARNING_RATES[name][problem])
+    final, _ = _final_loss(tx, loss, params)
+    initial = loss(params)
+    assert np.isfinite(final)
+    assert final < TARGET[problem] * initial, f"{name} on {problem}: {initial} -> {final}"

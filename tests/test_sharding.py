@@ -1,0 +1,262 @@
+"""Optimizer state on a device mesh.
+
+The sharded behaviour runs on 8 simulated CPU devices in one subprocess
+(tests/sharded_checks.py: the device count is fixed when JAX starts, and the rest of the suite
+keeps one device); each of its checks is reported here as its own test. The rules that need no
+devices are tested in process.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import AbstractMesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import gradchain as gc
+from gradchain.sharding import _zero1_spec, derive_shardings
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+BASE_OPTIMIZERS = ["adamw", "sgd_momentum", "clip_adamw", "factored"] + (
+    ["adafactor"] if hasattr(gc, "adafactor") else []
+)
+ON_MESH = BASE_OPTIMIZERS + ["adamw-explicit"]
+ZERO1 = ["adamw", "sgd_momentum", "clip_adamw", "adamw-explicit"]
+# The names tests/sharded_checks.py registers; the last test below keeps the two lists equal.
+SHARDED_CHECKS = [
+    "eight_devices",
+    "moments_follow_their_param",
+    "factored_statistics_follow_kept_axes",
+    "global_norm_is_global",
+    "zero1_state_bytes_are_an_eighth",
+    "readme_example_runs",
+    "checkpoint_restores_into_state_layout[mesh]",
+    "checkpoint_restores_into_state_layout[zero1]",
+    *(f"init_{how}_follows_params[{o}]" for how in ("eager", "jit", "abstract") for o in ON_MESH),
+    *(
+        f"sharded_update_{what}[{o}]"
+        for what in ("matches_single_device", "keeps_state_layout", "gathers_nothing")
+        for o in ON_MESH
+    ),
+    *(f"zero1_matches_single_device[{o}]" for o in ZERO1),
+    *(f"zero1_state_split_along_data_params_replicated[{o}]" for o in ZERO1),
+    *(f"zero1_gathers_each_update_once[{o}]" for o in ("adamw", "clip_adamw")),
+    *(
+        f"zero1_{what}[{kind}]"
+        for what in (
+            "init_jit_and_abstract_split_state",
+            "adds_data_axis_to_tensor_parallel_layout",
+        )
+        for kind in ("auto", "explicit")
+    ),
+]
+
+
+def _run_checks() -> dict:
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "sharded_checks.py")],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+    results = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            r = json.loads(line)
+            results[r["check"]] = r
+    return {"results": results, "returncode": proc.returncode, "stderr": proc.stderr[-4000:]}
+
+
+@pytest.fixture(scope="session")
+def sharded(tmp_path_factory, worker_id):
+    """The checks' results, computed once per session even when pytest-xdist splits it."""
+    if worker_id == "master":
+        return _run_checks()
+    shared = tmp_path_factory.getbasetemp().parent  # the session's directory, shared by workers
+    out = shared / "sharded_checks.json"
+    with open(shared / "sharded_checks.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not out.exists():
+            out.write_text(json.dumps(_run_checks()))
+    return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="session")
+def worker_id(request):
+    return getattr(request.config, "workerinput", {}).get("workerid", "master")
+
+
+@pytest.mark.parametrize("name", SHARDED_CHECKS)
+def test_on_eight_devices(sharded, name):
+    result = sharded["results"].get(name)
+    assert result is not None, (
+        f"check {name} did not report (exit code {sharded['returncode']}):\n{sharded['stderr']}"
+    )
+    assert result["ok"], result["detail"]
+
+
+def test_every_check_on_eight_devices_is_reported_here(sharded):
+    assert sorted(sharded["results"]) == sorted(SHARDED_CHECKS)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules that need no devices
+
+# On a 1 x 1 mesh every spec is as valid as on a large one, so the rules are checked here by
+# comparing specs.
+MESH11 = jax.make_mesh((1, 1), ("data", "model"))
+
+
+@pytest.mark.parametrize(
+    "field, shape, expected",
+    [
+        ("mu", (16, 8), P("data", "model")),  # a moment: the parameter's own sharding
+        ("v_row", (16,), P("data")),  # one axis reduced: the kept axis's sharding
+        ("v_col", (8,), P("model")),
+        ("stat", (16, 1), P("data", None)),  # keepdims: the reduced axis is replicated
+        ("stat", (1, 8), P(None, "model")),
+        ("v", (1,), P()),  # a placeholder
+        ("count", (), P()),
+        ("stat", (4, 4), P()),  # unrelated shape
+    ],
+)
+def test_state_leaf_follows_its_param(field, shape, expected):
+    sharding = NamedSharding(MESH11, P("data", "model"))
+    state = {field: {"w": jax.ShapeDtypeStruct(shape, jnp.float32)}}
+    got = derive_shardings(
+        state, jax.tree.structure({"w": 0}), [((16, 8), sharding)], NamedSharding(MESH11, P())
+    )
+    assert got[field]["w"].spec == expected
+
+
+@pytest.mark.parametrize(
+    "field, expected",
+    [("v_row", P("data")), ("exp_avg_sq_row", P("data")), ("v_col", P("model")), ("stat", P(None))],
+)
+def test_square_matrix_statistic_is_told_by_its_field_name(field, expected):
+    # (8, 8) -> (8,) could have reduced either axis; a row statistic keeps the rows
+    sharding = NamedSharding(MESH11, P("data", "model"))
+    state = {field: {"w": jax.ShapeDtypeStruct((8,), jnp.float32)}}
+    got = derive_shardings(
+        state, jax.tree.structure({"w": 0}), [((8, 8), sharding)], NamedSharding(MESH11, P())
+    )
+    assert got[field]["w"].spec == expected
+
+
+def test_a_single_square_param_tells_rows_from_columns_too():
+    # one array as the parameters: the whole state is matched against it
+    sharding = NamedSharding(MESH11, P("data", "model"))
+    stat = jax.ShapeDtypeStruct((8,), jnp.float32)
+    got = derive_shardings(
+        {"v_row": stat, "v_col": stat},
+        jax.tree.structure(0),
+        [((8, 8), sharding)],
+        NamedSharding(MESH11, P()),
+    )
+    assert (got["v_row"].spec, got["v_col"].spec) == (P("data"), P("model"))
+
+
+def test_optax_states_inside_chains_follow_too():
+    params = {
+        "w": jax.ShapeDtypeStruct((4, 2), jnp.float32, sharding=NamedSharding(MESH11, P("model"))),
+        "b": jax.ShapeDtypeStruct((2,), jnp.float32, sharding=NamedSharding(MESH11, P())),
+    }
+    tx = gc.chain(gc.clip_by_global_norm(1.0), optax.adam(1e-3))
+    shardings = gc.state_shardings(tx, params)
+    adam_state = shardings[1][0]
+    assert adam_state.mu["w"].spec == adam_state.nu["w"].spec == P("model")
+    assert adam_state.count.spec == P()
+
+
+MESH8 = AbstractMesh((8,), ("data",))
+MESH42 = AbstractMesh((4, 2), ("data", "model"))
+
+
+@pytest.mark.parametrize(
+    "shape, spec, mesh, expected",
+    [
+        ((16, 8), (), MESH8, P("data", None)),  # the dimension with the most elements
+        ((8, 24), (), MESH8, P(None, "data")),
+        ((8,), (), MESH8, P("data")),
+        ((5,), (), MESH8, P(None)),  # nothing divides evenly: stays replicated
+        ((), (), MESH8, P()),
+        ((12, 16), (None, "model"), MESH42, P("data", "model")),  # 12 vs 16/2 elements
+        ((16, 12), ("model", None), MESH42, P("model", "data")),  # 16/2 vs 12
+        ((16, 16), ("model", None), MESH42, P("model", "data")),
+        ((8, 8), ("data", None), MESH42, P("data", None)),  # already split along data
+        ((32, 2), ("model", None), MESH42, P(("model", "data"), None)),  # only dim 0 divides
+    ],
+)
+def test_zero1_adds_the_data_axis_to_the_largest_even_dimension(shape, spec, mesh, expected):
+    got = _zero1_spec(spec, shape, mesh, ("data",))
+    assert tuple(got) + (None,) * (len(shape) - len(got)) == tuple(expected) + (None,) * (
+        len(shape) - len(expected)
+    )
+
+
+def test_zero1_names_an_axis_missing_from_the_mesh():
+    mesh = jax.make_mesh((1,), ("data",))
+    with pytest.raises(ValueError, match="axis 'batch' is not an axis of the mesh"):
+        gc.zero1(gc.adamw(1e-3), mesh, axis="batch")
+
+
+def test_zero1_rejects_a_mesh_that_is_not_one():
+    with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh"):
+        gc.zero1(gc.adamw(1e-3), mesh=("data",))
+
+
+def test_zero1_reads_hyperparameters_through():
+    tx = gc.zero1(gc.adamw(1e-3, b1=0.8), jax.make_mesh((1,), ("data",)))
+    assert (tx.b1, tx.learning_rate) == (0.8, 1e-3)
+    assert repr(tx).startswith("zero1(inner=adamw(learning_rate=0.001")
+
+
+def test_single_device_state_stays_on_its_device():
+    params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
+    shardings = gc.state_shardings(gc.adamw(1e-3), params)
+    device = params["w"].sharding
+    assert all(s == device for s in jax.tree.leaves(shardings))
+
+
+def test_state_shardings_asks_for_a_mesh_when_the_params_carry_none():
+    params = {"w": jax.ShapeDtypeStruct((3, 2), jnp.float32)}
+    with pytest.raises(ValueError, match="pass mesh="):
+        gc.state_shardings(gc.adamw(1e-3), params)
+    mesh = jax.make_mesh((1,), ("data",))
+    shardings = gc.state_shardings(gc.adamw(1e-3), params, mesh=mesh)
+    assert all(s == NamedSharding(mesh, P()) for s in jax.tree.leaves(shardings))
+
+
+def test_abstract_state_is_shaped_like_the_state():
+    params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2, jnp.bfloat16)}
+    tx = gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(1e-3))
+    abstract = gc.abstract_state(tx, params)
+    state = tx.init(params)
+    assert jax.tree.structure(abstract) == jax.tree.structure(state)
+    for a, s in zip(jax.tree.leaves(abstract), jax.tree.leaves(state)):
+        assert (a.shape, a.dtype, a.sharding) == (s.shape, s.dtype, s.sharding)
+
+
+def test_per_device_bytes_counts_every_leaf():
+    tree = {"a": jnp.ones((3, 2), jnp.float32), "b": jnp.ones(5, jnp.bfloat16)}
+    assert gc.per_device_bytes(tree) == {jax.devices()[0]: 3 * 2 * 4 + 5 * 2}
+
+
+def test_zeros_like_reduced_drops_the_axis():
+    p = jax.ShapeDtypeStruct((4, 3, 2), jnp.bfloat16)
+    from gradchain.numerics import zeros_like_reduced
+
+    assert zeros_like_reduced(p, 1).shape == (4, 2)
+    assert zeros_like_reduced(p, -1, jnp.float32, keepdims=True).shape == (4, 3, 1)
+    assert zeros_like_reduced(p, 0).dtype == jnp.bfloat16
+    np.testing.assert_array_equal(jax.jit(lambda x: zeros_like_reduced(x, 0))(jnp.ones((4, 3))), 0)
