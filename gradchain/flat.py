@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradchain.adaptive import ScaleByAdam
+from gradchain.adaptive import ScaleByAdam, ScaleByRms, ScaleByStddev
 from gradchain.base import (
     Chain,
     ChainState,
@@ -49,23 +49,23 @@ from gradchain.base import (
     state_class,
     transformation,
 )
-from gradchain.clipping import ClipByGlobalNorm
-from gradchain.decay import AddDecoupledWeightDecay
-from gradchain.momentum import Trace
+from gradchain.clipping import Clip, ClipByGlobalNorm
+from gradchain.decay import AddDecoupledWeightDecay, AddL2Penalty
+from gradchain.momentum import Ema, Trace
 from gradchain.scaling import Scale, ScaleByLearningRate, ScaleBySchedule
 
 __all__ = ["FlatState", "flatten", "register_flat_safe", "unflatten_state"]
 
-# Transformations that give the same numbers on a flat buffer as on a tree (coordinate-wise or
-# global reductions only).
-_FLAT_SAFE: set[type] = {
-    AddDecoupledWeightDecay, ClipByGlobalNorm, Identity, Scale, ScaleByAdam,
-    ScaleByLearningRate, ScaleBySchedule, Trace,
-}
 # Coordinate-wise transformations whose state holds no per-parameter arrays: they can run on the
 # tree after the flat part, where masks and the parameters are at hand.
 _PER_LEAF: set[type] = {
-    AddDecoupledWeightDecay, Identity, Scale, ScaleByLearningRate, ScaleBySchedule,
+    AddDecoupledWeightDecay, AddL2Penalty, Clip, Identity, Scale, ScaleByLearningRate,
+    ScaleBySchedule,
+}
+# Transformations that give the same numbers on a flat buffer as on a tree: they act on each
+# coordinate alone or through reductions over all leaves together.
+_FLAT_SAFE: set[type] = _PER_LEAF | {
+    ClipByGlobalNorm, Ema, ScaleByAdam, ScaleByRms, ScaleByStddev, Trace,
 }
 
 
