@@ -133,7 +133,7 @@ scale_by_adam = ScaleByAdam
 def _inverse_root(second_moment, eps, eps_in_sqrt: bool):
     """``1/sqrt(s + eps)`` (eps inside the root) or ``1/(sqrt(s) + eps)`` (outside)."""
     if eps_in_sqrt:
-        return jax.lax.rsqrt(second_moment + eps)
+        return numerics.inverse_sqrt(second_moment + eps)
     return 1 / (jnp.sqrt(second_moment) + eps)
 
 

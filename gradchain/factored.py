@@ -243,7 +243,7 @@ class FactoredSecondMoment(GradientTransformation):
             axes = self.axes(g.shape)
             if axes is None:
                 v = numerics.ema(v.astype(dt), g2, b)
-                return (g32 * v**-0.5).astype(g.dtype), r, c, v
+                return (g32 * numerics.inverse_sqrt(v)).astype(g.dtype), r, c, v
             d1, d0 = axes
             r = numerics.ema(r.astype(dt), jnp.mean(g2, axis=d0), b)
             c = numerics.ema(c.astype(dt), jnp.mean(g2, axis=d1), b)

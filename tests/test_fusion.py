@@ -5,6 +5,8 @@ The traffic of a step is ``cost_analysis()["bytes accessed"]`` of the compiled
 the assertions below are exact statements about passes over memory, not timings.
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,3 +95,38 @@ def test_clipping_non_finite_gradients_behaves_as_optax(bad):
         np.testing.assert_array_equal(
             np.nan_to_num(ours[k], nan=7.0), np.nan_to_num(theirs[k], nan=7.0)
         )
+
+
+# Distinct shapes, so that an instruction shaped like a parameter works per coordinate (the
+# factored moments' row and column factors are vectors of other lengths).
+SHAPED = {"w": jnp.ones((384, 256)), "b": jnp.ones((200,))}
+
+
+def _per_coordinate_opcodes(tx):
+    state = tx.init(SHAPED)
+
+    def step(p, s, g):
+        u, s = tx.update(g, s, p)
+        return gc.apply_updates(p, u), s
+
+    text = jax.jit(step).lower(SHAPED, state, SHAPED).compile().as_text()
+    shapes = "|".join(re.escape(",".join(map(str, p.shape))) for p in SHAPED.values())
+    return set(re.findall(rf"= f32\[(?:{shapes})\]\{{[^}}]*\}} (\w+)\(", text))
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: gc.adafactor(1e-3, min_dim_size_to_factor=1024),  # one v per weight
+        lambda: gc.adafactor(1e-3),
+        lambda: gc.rmsprop(1e-3),
+        lambda: gc.adamw(1e-3),
+    ],
+    ids=["adafactor-unfactored", "adafactor", "rmsprop", "adamw"],
+)
+def test_no_per_coordinate_power_or_rsqrt(build):
+    # XLA:CPU computes power and rsqrt without vectorizing them: ten times the cost of a divide
+    # and a square root, enough to make a memory-bound step compute-bound.
+    opcodes = _per_coordinate_opcodes(build())
+    assert opcodes, "no per-coordinate instruction found: the pattern is stale"
+    assert not opcodes & {"power", "rsqrt"}, opcodes
