@@ -73,7 +73,7 @@ from gradchain.factored import (
     scale_by_factored_rms,
     scale_by_param_block_rms,
 )
-from gradchain.flat import FlatState, flatten, register_flat_safe, unflatten_state
+from gradchain.flat import FlatLayout, FlatState, flat_layout, flatten, register_flat_safe
 from gradchain.galore import GaLoreDimensionNumbers, galore, scale_by_galore
 from gradchain.masks import path_labels, path_mask, tree_paths
 from gradchain.momentum import ema, trace

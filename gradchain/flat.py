@@ -1,14 +1,19 @@
 r"""Flat buffers: one contiguous buffer per dtype instead of one array per parameter.
 
-A model with thousands of small parameter arrays makes thousands of small kernels: XLA compiles
-every distinct one (minutes for a few thousand leaves) and launches every one of them at every
-step. :func:`flatten` runs a transformation over one flat buffer per dtype instead, as PyTorch's
-fused and multi-tensor optimizers do: the gradients are concatenated once, the moment updates run
-as a few kernels over the whole buffer, and the updates are cut back into the parameters' shapes.
+A model of thousands of small parameter arrays makes thousands of small kernels: XLA compiles
+every distinct one (minutes for a few thousand leaves) and launches every one at every step,
+which on a CPU costs more than the arithmetic. PyTorch's fused and multi-tensor optimizers, and
+its FSDP ``FlatParameter``, answer with flat buffers; so does this module, in two ways.
 
-What runs where
----------------
-``flatten(tx)`` splits ``tx`` (a transformation or a chain, nested chains included) in two:
+**Flat parameters** (:func:`flat_layout`): keep the parameters themselves in one buffer per
+dtype (per label, if masks must tell leaves apart) and let the model cut them with
+``layout.unravel``. The optimizer is then any gradchain optimizer over a dict of a few buffers:
+its step compiles and runs as for a single array, whatever the number of leaves, and the
+gradient of ``unravel`` is a single concatenation.
+
+**Flat optimizer state** (:func:`flatten`): keep the parameter tree, and run a transformation
+over flat buffers inside the step. ``flatten(tx)`` splits ``tx`` (a transformation or a chain,
+nested chains included) in two:
 
 * the leading part runs on the flat buffers. It must consist of transformations that act on
   each coordinate alone or through a global reduction (Adam's moments, momentum,
@@ -17,16 +22,15 @@ What runs where
 * the trailing transformations that keep no per-parameter state (weight decay, learning rate,
   scaling) run on the tree, after the updates are cut back: they need the parameters, which
   then need not be concatenated, their per-leaf masks work as usual, and they fuse into the
-  caller's ``apply_updates``.
+  caller's ``apply_updates``. One kernel per leaf remains: the one that writes it.
 
 Transformations that look at a whole leaf (Adafactor's factored moments, block-wise RMS
 clipping, trust ratios, 8-bit block quantization) would compute something else on a flat buffer;
 ``flatten`` refuses them when it is built. :func:`register_flat_safe` admits further
 coordinate-wise transformations.
 
-The state is ``tx``'s own state for the flat buffers, wrapped in :class:`FlatState`: every field
-keeps its name (``tree_get(state, "mu")`` is ``{"float32": <all moments>}``), and
-:func:`unflatten_state` views it with the parameters' structure.
+Either way the state keeps its names: ``tree_get(state, "mu")`` is ``{"float32": <every
+moment>}``, and ``flat_layout(params).view(state)`` shows it with the parameters' structure.
 """
 
 from __future__ import annotations
@@ -51,10 +55,11 @@ from gradchain.base import (
 )
 from gradchain.clipping import Clip, ClipByGlobalNorm
 from gradchain.decay import AddDecoupledWeightDecay, AddL2Penalty
+from gradchain.masks import path_string, resolve_labels, resolve_mask
 from gradchain.momentum import Ema, Trace
 from gradchain.scaling import Scale, ScaleByLearningRate, ScaleBySchedule
 
-__all__ = ["FlatState", "flatten", "register_flat_safe", "unflatten_state"]
+__all__ = ["FlatLayout", "FlatState", "flat_layout", "flatten", "register_flat_safe"]
 
 # Coordinate-wise transformations whose state holds no per-parameter arrays: they can run on the
 # tree after the flat part, where masks and the parameters are at hand.
@@ -89,54 +94,127 @@ def register_flat_safe(*classes: type, stateless: bool = False) -> None:
 # Layout: which slice of which flat buffer each leaf occupies
 
 
-def _group_key(dtype) -> str:
-    return jnp.dtype(dtype).name
-
-
 @dataclasses.dataclass(frozen=True)
-class _Layout:
-    treedef: object
-    slots: tuple  # per leaf: (group key, offset, shape)
-    sizes: dict  # group key -> total number of elements
+class FlatLayout:
+    """Where each leaf of a parameter tree lives in a few flat buffers: one per dtype (and per
+    label, when leaves are labelled).
 
-    @classmethod
-    def of(cls, tree) -> _Layout:
-        leaves, treedef = jax.tree.flatten(tree)
-        slots, sizes = [], {}
-        for leaf in leaves:
-            key = _group_key(leaf.dtype)
-            size = int(np.prod(leaf.shape))
-            slots.append((key, sizes.get(key, 0), tuple(leaf.shape)))
-            sizes[key] = sizes.get(key, 0) + size
-        return cls(treedef, tuple(slots), sizes)
+    Made by :func:`flat_layout`; static and hashable, so it can be closed over by a jitted
+    function. Buffers are named by dtype (``"float32"``), or ``"<label>/<dtype>"`` with labels.
+    """
+
+    treedef: object
+    slots: tuple  # per leaf, in tree order: (buffer name, shape, dtype)
+    sizes: tuple  # per buffer, in name order: (name, number of elements)
+    paths: tuple  # per leaf: its path string, for messages
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.sizes)
+
+    def _leaves(self, tree, what: str):
+        try:
+            return self.treedef.flatten_up_to(tree)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"flat layout: {what} does not have the layout's structure: {e}") from None
 
     def ravel(self, tree) -> dict:
-        """``{group: concatenation of the group's leaves, flattened}``, in leaf order."""
-        parts: dict[str, list] = {key: [] for key in self.sizes}
-        for (key, _, _), leaf in zip(self.slots, self.treedef.flatten_up_to(tree)):
-            parts[key].append(jnp.reshape(leaf, (-1,)))
-        return {key: xs[0] if len(xs) == 1 else jnp.concatenate(xs) for key, xs in parts.items()}
+        """``{name: the buffer's leaves flattened and concatenated in tree order}``."""
+        parts: dict[str, list] = {name: [] for name in self.names}
+        for (name, _, _), leaf in zip(self.slots, self._leaves(tree, "the tree")):
+            parts[name].append(jnp.reshape(leaf, (-1,)))
+        return {name: xs[0] if len(xs) == 1 else jnp.concatenate(xs) for name, xs in parts.items()}
 
-    def abstract(self, tree) -> dict:
-        """The flat buffers of ``tree`` as shape-dtype structures, without computing them."""
-        dtypes = {key: leaf.dtype for (key, _, _), leaf in zip(self.slots, jax.tree.leaves(tree))}
-        return {key: jax.ShapeDtypeStruct((n,), dtypes[key]) for key, n in self.sizes.items()}
+    def abstract(self) -> dict:
+        """The buffers as ``ShapeDtypeStruct``, without computing them."""
+        dtypes = {name: dtype for name, _, dtype in self.slots}
+        return {name: jax.ShapeDtypeStruct((n,), dtypes[name]) for name, n in self.sizes}
 
     def unravel(self, flat: dict):
-        """The inverse of :meth:`ravel`; each buffer keeps its own dtype."""
-        leaves = [
-            jax.lax.slice_in_dim(flat[key], offset, offset + int(np.prod(shape))).reshape(shape)
-            for key, offset, shape in self.slots
-        ]
-        return self.treedef.unflatten(leaves)
+        """The tree back from its buffers (each keeps its dtype).
+
+        The buffers are cut with one ``lax.split`` each, whose derivative is one concatenation:
+        a loss of ``unravel(flat)`` has its gradient with respect to ``flat`` in one piece.
+        """
+        pieces = {}
+        for name, _ in self.sizes:
+            shapes = [shape for n, shape, _ in self.slots if n == name]
+            sizes = [int(np.prod(shape)) for shape in shapes]
+            pieces[name] = iter(
+                [x.reshape(shape) for x, shape in zip(jax.lax.split(flat[name], sizes), shapes)]
+            )
+        return self.treedef.unflatten([next(pieces[name]) for name, _, _ in self.slots])
 
     def is_flat(self, x) -> bool:
-        """Whether ``x`` is a dict of flat buffers of this layout (of any dtypes)."""
+        """Whether ``x`` is a dict of buffers of this layout (of any dtypes)."""
         return (
             isinstance(x, dict)
-            and x.keys() == self.sizes.keys()
-            and all(np.shape(x[k]) == (n,) for k, n in self.sizes.items())
+            and tuple(sorted(x)) == self.names
+            and all(np.shape(x[name]) == (n,) for name, n in self.sizes)
         )
+
+    def view(self, state):
+        """``state`` with every dict of buffers of this layout shown as a tree of the parameters'
+        structure: ``tree_get(layout.view(state), "mu")["layer"]["w"]``. For reading only."""
+        return jax.tree.map(
+            lambda x: self.unravel(x) if self.is_flat(x) else x, state, is_leaf=self.is_flat
+        )
+
+    def mask(self, mask) -> dict:
+        """A per-leaf ``mask`` (any form ``adamw``'s mask takes) as ``{buffer name: bool}``.
+
+        Raises:
+          ValueError: naming two leaves of one buffer that the mask tells apart (label the
+            leaves by the mask when making the layout).
+        """
+        like = self.treedef.unflatten([jax.ShapeDtypeStruct(s, d) for _, s, d in self.slots])
+        selected = resolve_mask(mask, like, "mask")
+        out, first = {}, {}
+        for (name, _, _), path, on in zip(self.slots, self.paths, jax.tree.leaves(selected)):
+            if name in out and out[name] != on:
+                chosen, other = (path, first[name]) if on else (first[name], path)
+                raise ValueError(
+                    f"the mask selects {chosen} but not {other}, which share the flat buffer "
+                    f"{name!r}; make the layout with labels that separate them"
+                )
+            out.setdefault(name, on)
+            first.setdefault(name, path)
+        return out
+
+
+def flat_layout(params, labels=None) -> FlatLayout:
+    """The layout of ``params`` in flat buffers: one per dtype, or per (label, dtype).
+
+    Keeping parameters flat is the fastest way to train a model of many small arrays: the
+    optimizer then sees a few large buffers (one kernel each, whatever the number of leaves),
+    and the model reads its arrays with ``unravel``::
+
+        layout = gc.flat_layout(params, labels=gc.path_labels({"bias|norm": "no_decay"}, "decay"))
+        flat = layout.ravel(params)
+        tx = gc.adamw(1e-3, weight_decay=0.1, mask=layout.mask(gc.path_mask(exclude="bias|norm")))
+        grads = jax.grad(lambda f: loss(layout.unravel(f), batch))(flat)
+
+    Args:
+      params: the parameter tree (arrays or ``ShapeDtypeStruct``).
+      labels: optional labels separating leaves into buffers, in any form ``partition`` takes
+        (a tree of labels or a prefix of one, a callable, :func:`path_labels`); needed when a
+        mask must tell leaves apart.
+    """
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
+    leaves = [leaf for _, leaf in with_path]
+    tags = (
+        jax.tree.leaves(resolve_labels(labels, params, "flat_layout"))
+        if labels is not None
+        else [None] * len(leaves)
+    )
+    slots, sizes = [], {}
+    for tag, leaf in zip(tags, leaves):
+        dtype = jnp.dtype(leaf.dtype).name
+        name = dtype if tag is None else f"{tag}/{dtype}"
+        slots.append((name, tuple(leaf.shape), dtype))
+        sizes[name] = sizes.get(name, 0) + int(np.prod(leaf.shape))
+    paths = tuple(path_string(path) for path, _ in with_path)
+    return FlatLayout(treedef, tuple(slots), tuple(sorted(sizes.items())), paths)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,7 +286,7 @@ class FlatState:
     """``inner``: the wrapped transformation's state, made for the flat buffers.
 
     Fields are read by name as usual (``tree_get(state, "mu")`` is a dict of flat buffers, one
-    per dtype); :func:`unflatten_state` gives the same state with the parameters' structure.
+    per dtype); ``flat_layout(params).view(state)`` shows it with the parameters' structure.
     """
 
     inner: object
@@ -242,9 +320,9 @@ class Flatten(GradientTransformation):
         _split(self.inner)
 
     def init(self, params):
-        layout = _Layout.of(params)
+        layout = flat_layout(params)
         concrete = all(isinstance(x, (jax.Array, np.ndarray)) for x in jax.tree.leaves(params))
-        flat = layout.ravel(params) if concrete else layout.abstract(params)
+        flat = layout.ravel(params) if concrete else layout.abstract()
         return FlatState(inner=self.inner.init(flat))
 
     def update(self, updates, state, params=None, **extra_args):
@@ -252,7 +330,7 @@ class Flatten(GradientTransformation):
             check_tree_match(updates, params, "updates", "params")
         _check_chain_state(self.inner, state.inner)
         # Grouped as init grouped them: by the parameters' dtypes when they are given.
-        layout = _Layout.of(params if params is not None else updates)
+        layout = flat_layout(params if params is not None else updates)
         flat_part, per_leaf_part = _split(self.inner)
         inner = state.inner
         flat_params = layout.ravel(params) if params is not None else None
@@ -268,21 +346,3 @@ class Flatten(GradientTransformation):
 
 
 flatten = Flatten
-
-
-def unflatten_state(state, params):
-    """``state`` with every dict of flat buffers replaced by a tree shaped like ``params``.
-
-    ``state`` is (or contains) a :class:`FlatState` made by ``flatten(tx).init(params)``;
-    ``params`` gives the structure (arrays or ``ShapeDtypeStruct``). Buffers keep their dtype::
-
-        tree_get(unflatten_state(state, params), "mu")["layer"]["w"]  # the moments of one leaf
-
-    Only for reading: the result is not a state that ``flatten(tx).update`` accepts.
-    """
-    layout = _Layout.of(params)
-    return jax.tree.map(
-        lambda x: layout.unravel(x) if layout.is_flat(x) else x,
-        state,
-        is_leaf=layout.is_flat,
-    )

@@ -48,7 +48,7 @@ def test_flatten_gives_the_numbers_of_the_unflattened_chain(name):
         assert_trees_close(a, e, what=f"params after step {step + 1}")
     # The moments, viewed per leaf, are those of the unflattened chain.
     assert_trees_close(
-        gc.unflatten_state(actual_state, params).inner, expected_state, what="state"
+        gc.flat_layout(params).view(actual_state).inner, expected_state, what="state"
     )
 
 
@@ -75,7 +75,7 @@ def test_flat_state_is_read_by_name_as_buffers_or_as_the_params_tree():
     }
     assert float(gc.tree_get(state, "learning_rate")) == pytest.approx(1e-2)
     assert int(state.inner.adamw.scale_by_adam.count) == 1
-    viewed = gc.unflatten_state(state, params)
+    viewed = gc.flat_layout(params).view(state)
     per_leaf = gc.tree_get(viewed, "nu")
     assert jax.tree.structure(per_leaf) == jax.tree.structure(params)
     assert per_leaf["matrix"].shape == (5, 3) and per_leaf["bf16"].dtype == jnp.float32
@@ -157,3 +157,60 @@ def test_flatten_compiles_one_kernel_per_leaf_where_the_tree_needs_several():
     flat, tree = _kernels(gc.flatten(tx), params), _kernels(tx, params)
     assert flat <= len(params) + 16  # plus a fixed few: the counters, the norm, the moments
     assert tree >= 3 * len(params)
+
+
+# ---------------------------------------------------------------------------------------------
+# Flat parameters: flat_layout
+
+
+def _by_rank(params):
+    return jax.tree.map(lambda p: "matrices" if p.ndim >= 2 else "vectors", params)
+
+
+def test_an_optimizer_over_flat_parameters_gives_the_numbers_of_the_tree():
+    params = mixed_params()
+    grads = gradient_stream(params, STEPS, scale=3.0)
+    layout = gc.flat_layout(params, labels=_by_rank)
+    chain = lambda mask: gc.chain(  # noqa: E731
+        gc.clip_by_global_norm(1.0), gc.adamw(_schedule, weight_decay=0.1, mask=mask)
+    )
+    expected, _ = run(chain(_matrices_only), params, grads, gc.apply_updates)
+    flat_tx = chain(layout.mask(_matrices_only))
+    actual, _ = run(flat_tx, layout.ravel(params), [layout.ravel(g) for g in grads], gc.apply_updates)
+    assert sorted(layout.ravel(params)) == ["matrices/bfloat16", "matrices/float32", "vectors/float32"]
+    for step, (a, e) in enumerate(zip(actual, expected)):
+        assert_trees_close(layout.unravel(a), e, what=f"params after step {step + 1}")
+
+
+def test_unravel_round_trips_and_keeps_each_dtype():
+    params = mixed_params()
+    layout = gc.flat_layout(jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params))
+    back = layout.unravel(layout.ravel(params))
+    assert jax.tree.structure(back) == jax.tree.structure(params)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_gradient_through_unravel_is_one_concatenation():
+    params = {f"w{i}": jnp.full((3 + i,), 0.1 * i) for i in range(6)}
+    layout = gc.flat_layout(params)
+
+    def loss(tree):
+        return sum(jnp.sum(jnp.sin(x) * (i + 1)) for i, x in enumerate(jax.tree.leaves(tree)))
+
+    flat_grad = jax.grad(lambda f: loss(layout.unravel(f)))
+    np.testing.assert_allclose(
+        flat_grad(layout.ravel(params))["float32"],
+        layout.ravel(jax.grad(loss)(params))["float32"],
+        rtol=1e-6,
+    )
+    primitives = {e.primitive.name for e in jax.make_jaxpr(flat_grad)(layout.ravel(params)).eqns}
+    # Slicing would transpose to one zero-padded copy of the whole buffer per leaf.
+    assert "concatenate" in primitives and "pad" not in primitives
+
+
+def test_a_mask_that_splits_a_buffer_names_two_of_its_leaves():
+    layout = gc.flat_layout(mixed_params(bf16=False))
+    with pytest.raises(ValueError, match=r"selects matrix but not scalar, which share the flat buffer 'float32'"):
+        layout.mask(_matrices_only)
