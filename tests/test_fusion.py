@@ -65,6 +65,13 @@ def test_a_step_moves_no_more_bytes_than_optax(name, clip):
     assert traffic(ours, gc.apply_updates) <= traffic(theirs, optax.apply_updates) + SLACK
 
 
+def test_adafactor_moves_fewer_bytes_than_adamw():
+    # Its state is a row and a column per matrix: only the gradient's statistics, the update's
+    # RMS and the parameter's RMS cost passes, and the reductions square g as they read it.
+    adafactor = traffic(gc.adafactor(1e-3, min_dim_size_to_factor=128), gc.apply_updates)
+    assert adafactor < traffic(gc.adamw(1e-3), gc.apply_updates)
+
+
 def _clip_both(grads, max_norm=1.0):
     ours, _ = gc.clip_by_global_norm(max_norm).update(grads, gc.clip_by_global_norm(max_norm).init(grads))
     theirs, _ = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
