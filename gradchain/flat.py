@@ -36,6 +36,7 @@ moment>}``, and ``flat_layout(params).view(state)`` shows it with the parameters
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -94,23 +95,32 @@ def register_flat_safe(*classes: type, stateless: bool = False) -> None:
 # Layout: which slice of which flat buffer each leaf occupies
 
 
+class _Slot(NamedTuple):
+    name: str  # the buffer holding the leaf
+    shape: tuple
+    dtype: str
+    whole: bool  # the leaf is the buffer, unchanged
+    path: str  # its path string, for messages
+
+
 @dataclasses.dataclass(frozen=True)
 class FlatLayout:
-    """Where each leaf of a parameter tree lives in a few flat buffers: one per dtype (and per
-    label, when leaves are labelled).
+    """Where each leaf of a parameter tree lives: in a flat buffer shared with the other leaves
+    of its dtype (and label), or, for a leaf of at least ``min_size`` elements, in its own
+    array, unchanged.
 
     Made by :func:`flat_layout`; static and hashable, so it can be closed over by a jitted
-    function. Buffers are named by dtype (``"float32"``), or ``"<label>/<dtype>"`` with labels.
+    function. Shared buffers are named by dtype (``"float32"``), or ``"<label>/<dtype>"`` with
+    labels; a leaf kept whole is named by its path string (``"wte"``, ``"h/0/attn/w"``).
     """
 
     treedef: object
-    slots: tuple  # per leaf, in tree order: (buffer name, shape, dtype)
-    sizes: tuple  # per buffer, in name order: (name, number of elements)
-    paths: tuple  # per leaf: its path string, for messages
+    slots: tuple  # per leaf, in tree order: _Slot
+    buffers: tuple  # per buffer, in name order: (name, shape)
 
     @property
     def names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.sizes)
+        return tuple(name for name, _ in self.buffers)
 
     def _leaves(self, tree, what: str):
         try:
@@ -119,38 +129,42 @@ class FlatLayout:
             raise ValueError(f"flat layout: {what} does not have the layout's structure: {e}") from None
 
     def ravel(self, tree) -> dict:
-        """``{name: the buffer's leaves flattened and concatenated in tree order}``."""
+        """``{name: buffer}``: the leaves of each shared buffer flattened and concatenated in
+        tree order; a leaf kept whole as it is."""
         parts: dict[str, list] = {name: [] for name in self.names}
-        for (name, _, _), leaf in zip(self.slots, self._leaves(tree, "the tree")):
-            parts[name].append(jnp.reshape(leaf, (-1,)))
+        for slot, leaf in zip(self.slots, self._leaves(tree, "the tree")):
+            parts[slot.name].append(leaf if slot.whole else jnp.reshape(leaf, (-1,)))
         return {name: xs[0] if len(xs) == 1 else jnp.concatenate(xs) for name, xs in parts.items()}
 
     def abstract(self) -> dict:
         """The buffers as ``ShapeDtypeStruct``, without computing them."""
-        dtypes = {name: dtype for name, _, dtype in self.slots}
-        return {name: jax.ShapeDtypeStruct((n,), dtypes[name]) for name, n in self.sizes}
+        dtypes = {slot.name: slot.dtype for slot in self.slots}
+        return {name: jax.ShapeDtypeStruct(shape, dtypes[name]) for name, shape in self.buffers}
 
     def unravel(self, flat: dict):
         """The tree back from its buffers (each keeps its dtype).
 
-        The buffers are cut with one ``lax.split`` each, whose derivative is one concatenation:
+        A shared buffer is cut with one ``lax.split``, whose derivative is one concatenation:
         a loss of ``unravel(flat)`` has its gradient with respect to ``flat`` in one piece.
         """
         pieces = {}
-        for name, _ in self.sizes:
-            shapes = [shape for n, shape, _ in self.slots if n == name]
-            sizes = [int(np.prod(shape)) for shape in shapes]
+        for name, _ in self.buffers:
+            slots = [slot for slot in self.slots if slot.name == name]
+            if slots[0].whole:
+                pieces[name] = iter([flat[name]])
+                continue
+            sizes = [int(np.prod(slot.shape)) for slot in slots]
             pieces[name] = iter(
-                [x.reshape(shape) for x, shape in zip(jax.lax.split(flat[name], sizes), shapes)]
+                [x.reshape(slot.shape) for x, slot in zip(jax.lax.split(flat[name], sizes), slots)]
             )
-        return self.treedef.unflatten([next(pieces[name]) for name, _, _ in self.slots])
+        return self.treedef.unflatten([next(pieces[slot.name]) for slot in self.slots])
 
     def is_flat(self, x) -> bool:
         """Whether ``x`` is a dict of buffers of this layout (of any dtypes)."""
         return (
             isinstance(x, dict)
             and tuple(sorted(x)) == self.names
-            and all(np.shape(x[name]) == (n,) for name, n in self.sizes)
+            and all(np.shape(x[name]) == shape for name, shape in self.buffers)
         )
 
     def view(self, state):
@@ -167,10 +181,11 @@ class FlatLayout:
           ValueError: naming two leaves of one buffer that the mask tells apart (label the
             leaves by the mask when making the layout).
         """
-        like = self.treedef.unflatten([jax.ShapeDtypeStruct(s, d) for _, s, d in self.slots])
+        like = self.treedef.unflatten([jax.ShapeDtypeStruct(s.shape, s.dtype) for s in self.slots])
         selected = resolve_mask(mask, like, "mask")
         out, first = {}, {}
-        for (name, _, _), path, on in zip(self.slots, self.paths, jax.tree.leaves(selected)):
+        for slot, on in zip(self.slots, jax.tree.leaves(selected)):
+            name, path = slot.name, slot.path
             if name in out and out[name] != on:
                 chosen, other = (path, first[name]) if on else (first[name], path)
                 raise ValueError(
@@ -182,7 +197,7 @@ class FlatLayout:
         return out
 
 
-def flat_layout(params, labels=None) -> FlatLayout:
+def flat_layout(params, labels=None, min_size: int | None = None) -> FlatLayout:
     """The layout of ``params`` in flat buffers: one per dtype, or per (label, dtype).
 
     Keeping parameters flat is the fastest way to train a model of many small arrays: the
@@ -199,22 +214,29 @@ def flat_layout(params, labels=None) -> FlatLayout:
       labels: optional labels separating leaves into buffers, in any form ``partition`` takes
         (a tree of labels or a prefix of one, a callable, :func:`path_labels`); needed when a
         mask must tell leaves apart.
+      min_size: when given, leaves of at least this many elements keep their own array, shape
+        and sharding (copying a large array into a buffer costs more than its own kernels);
+        None (default) puts every leaf in a shared buffer.
     """
     with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
     leaves = [leaf for _, leaf in with_path]
+    paths = tuple(path_string(path) for path, _ in with_path)
     tags = (
         jax.tree.leaves(resolve_labels(labels, params, "flat_layout"))
         if labels is not None
         else [None] * len(leaves)
     )
-    slots, sizes = [], {}
-    for tag, leaf in zip(tags, leaves):
+    slots, buffers = [], {}
+    for tag, leaf, path in zip(tags, leaves, paths):
         dtype = jnp.dtype(leaf.dtype).name
-        name = dtype if tag is None else f"{tag}/{dtype}"
-        slots.append((name, tuple(leaf.shape), dtype))
-        sizes[name] = sizes.get(name, 0) + int(np.prod(leaf.shape))
-    paths = tuple(path_string(path) for path, _ in with_path)
-    return FlatLayout(treedef, tuple(slots), tuple(sorted(sizes.items())), paths)
+        shape, size = tuple(leaf.shape), int(np.prod(leaf.shape))
+        whole = min_size is not None and size >= min_size
+        name = path if whole else dtype if tag is None else f"{tag}/{dtype}"
+        if whole and name in buffers:
+            raise ValueError(f"flat_layout: two buffers would be named {name!r}")
+        buffers[name] = shape if whole else (buffers.get(name, (0,))[0] + size,)
+        slots.append(_Slot(name, shape, dtype, whole, path))
+    return FlatLayout(treedef, tuple(slots), tuple(sorted(buffers.items())))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,6 +328,9 @@ class Flatten(GradientTransformation):
 
     Args:
       inner: a coordinate-wise transformation or chain (see the module docstring).
+      min_size: leaves of at least this many elements (default 65,536: 256 KiB in float32)
+        keep their own arrays: for them a kernel's launch is cheap beside its memory traffic,
+        and copying them into a buffer would cost two passes. None flattens every leaf.
 
     Transformations that compute per-leaf statistics (Adafactor, LAMB, 8-bit blocks) are refused
     with a ``ValueError`` at construction. A PyTorch analogue is ``torch.optim.AdamW(...,
@@ -313,14 +338,19 @@ class Flatten(GradientTransformation):
     """
 
     inner: object
+    min_size: int | None = 65536
 
     def __post_init__(self):
         if not (hasattr(self.inner, "init") and hasattr(self.inner, "update")):
             raise ValueError(f"inner must be a gradient transformation, got {self.inner!r}")
+        if self.min_size is not None and (
+            isinstance(self.min_size, bool) or not isinstance(self.min_size, int) or self.min_size < 1
+        ):
+            raise ValueError(f"min_size must be a positive int or None, got {self.min_size!r}")
         _split(self.inner)
 
     def init(self, params):
-        layout = flat_layout(params)
+        layout = flat_layout(params, min_size=self.min_size)
         concrete = all(isinstance(x, (jax.Array, np.ndarray)) for x in jax.tree.leaves(params))
         flat = layout.ravel(params) if concrete else layout.abstract()
         return FlatState(inner=self.inner.init(flat))
@@ -330,7 +360,7 @@ class Flatten(GradientTransformation):
             check_tree_match(updates, params, "updates", "params")
         _check_chain_state(self.inner, state.inner)
         # Grouped as init grouped them: by the parameters' dtypes when they are given.
-        layout = flat_layout(params if params is not None else updates)
+        layout = flat_layout(params if params is not None else updates, min_size=self.min_size)
         flat_part, per_leaf_part = _split(self.inner)
         inner = state.inner
         flat_params = layout.ravel(params) if params is not None else None

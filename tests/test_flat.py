@@ -52,6 +52,22 @@ def test_flatten_gives_the_numbers_of_the_unflattened_chain(name):
     )
 
 
+def test_large_leaves_keep_their_own_arrays_and_the_numbers():
+    params = mixed_params()
+    grads = gradient_stream(params, STEPS, scale=3.0)
+    tx = CHAINS["clip+adamw+schedule"]
+    expected, _ = run(tx(), params, grads, gc.apply_updates)
+    actual, state = run(gc.flatten(tx(), min_size=15), params, grads, gc.apply_updates)
+    assert_trees_close(actual[-1], expected[-1])
+    # Leaves of 15 elements or more are their own buffers, named by path, shape kept; the
+    # scalar and the vector share the float32 buffer.
+    assert {k: v.shape for k, v in gc.tree_get(state, "mu").items()} == {
+        "bf16": (4, 6), "float32": (1 + 7,), "matrix": (5, 3), "tensor": (2, 3, 4),
+    }
+    layout = gc.flat_layout(params, min_size=15)
+    assert gc.tree_get(layout.view(state), "mu")["matrix"].shape == (5, 3)
+
+
 def test_flattened_clip_and_adamw_match_optax():
     params = mixed_params(bf16=False)
     grads = gradient_stream(params, STEPS, scale=3.0)
@@ -182,9 +198,11 @@ def test_an_optimizer_over_flat_parameters_gives_the_numbers_of_the_tree():
         assert_trees_close(layout.unravel(a), e, what=f"params after step {step + 1}")
 
 
-def test_unravel_round_trips_and_keeps_each_dtype():
+@pytest.mark.parametrize("min_size", [None, 15])
+def test_unravel_round_trips_and_keeps_each_dtype(min_size):
     params = mixed_params()
-    layout = gc.flat_layout(jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params))
+    abstract = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
+    layout = gc.flat_layout(abstract, min_size=min_size)
     back = layout.unravel(layout.ravel(params))
     assert jax.tree.structure(back) == jax.tree.structure(params)
     for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
