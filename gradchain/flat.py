@@ -136,10 +136,15 @@ class FlatLayout:
             parts[slot.name].append(leaf if slot.whole else jnp.reshape(leaf, (-1,)))
         return {name: xs[0] if len(xs) == 1 else jnp.concatenate(xs) for name, xs in parts.items()}
 
-    def abstract(self) -> dict:
-        """The buffers as ``ShapeDtypeStruct``, without computing them."""
+    def abstract(self, tree) -> dict:
+        """The buffers of ``tree`` (arrays or ``ShapeDtypeStruct``) as ``ShapeDtypeStruct``,
+        without computing them; a leaf kept whole is passed as it is, with its sharding."""
         dtypes = {slot.name: slot.dtype for slot in self.slots}
-        return {name: jax.ShapeDtypeStruct(shape, dtypes[name]) for name, shape in self.buffers}
+        out = {name: jax.ShapeDtypeStruct(shape, dtypes[name]) for name, shape in self.buffers}
+        for slot, leaf in zip(self.slots, self._leaves(tree, "the tree")):
+            if slot.whole:
+                out[slot.name] = leaf
+        return out
 
     def unravel(self, flat: dict):
         """The tree back from its buffers (each keeps its dtype).
@@ -316,15 +321,16 @@ class FlatState:
 
 @transformation("flatten")
 class Flatten(GradientTransformation):
-    r"""Runs ``inner`` over one flat buffer per dtype instead of over every leaf.
+    r"""Runs ``inner`` over flat buffers, one per dtype, instead of over every small leaf.
 
     .. math::
         \operatorname{flatten}(T)(g) = \operatorname{unravel}\big(T(\operatorname{ravel}(g))\big)
 
-    where ``ravel`` concatenates the leaves of each dtype into one vector, in tree order, and
-    ``unravel`` cuts them back. Same numbers as ``inner`` (the global norm sums in another order:
-    fp32 rounding); far fewer kernels to compile and launch for trees of many leaves. Trailing
-    stateless transformations (weight decay, learning rate) run on the tree, so their masks work.
+    where ``ravel`` concatenates the small leaves of each dtype into one vector, in tree order
+    (large leaves pass as they are), and ``unravel`` cuts them back. Same numbers as ``inner``
+    (the global norm sums in another order: fp32 rounding); far fewer kernels to compile and
+    launch for trees of many leaves. Trailing stateless transformations (weight decay, learning
+    rate) run on the tree, so their masks work. The state is a :class:`FlatState`.
 
     Args:
       inner: a coordinate-wise transformation or chain (see the module docstring).
@@ -333,8 +339,8 @@ class Flatten(GradientTransformation):
         and copying them into a buffer would cost two passes. None flattens every leaf.
 
     Transformations that compute per-leaf statistics (Adafactor, LAMB, 8-bit blocks) are refused
-    with a ``ValueError`` at construction. A PyTorch analogue is ``torch.optim.AdamW(...,
-    fused=True)`` over a flattened parameter; optax has none.
+    with a ``ValueError`` at construction. PyTorch's analogues are its multi-tensor (``foreach``)
+    and fused optimizers, and FSDP's ``FlatParameter``; optax has none.
     """
 
     inner: object
@@ -352,10 +358,15 @@ class Flatten(GradientTransformation):
     def init(self, params):
         layout = flat_layout(params, min_size=self.min_size)
         concrete = all(isinstance(x, (jax.Array, np.ndarray)) for x in jax.tree.leaves(params))
-        flat = layout.ravel(params) if concrete else layout.abstract()
+        flat = layout.ravel(params) if concrete else layout.abstract(params)
         return FlatState(inner=self.inner.init(flat))
 
     def update(self, updates, state, params=None, **extra_args):
+        if not isinstance(state, FlatState):
+            raise ValueError(
+                f"flatten: expected the FlatState made by this flatten's init, got "
+                f"{type(state).__name__}"
+            )
         if params is not None:
             check_tree_match(updates, params, "updates", "params")
         _check_chain_state(self.inner, state.inner)

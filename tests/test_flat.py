@@ -99,10 +99,11 @@ def test_flat_state_is_read_by_name_as_buffers_or_as_the_params_tree():
     np.testing.assert_array_equal(per_leaf["vector"], gc.tree_get(state, "nu")["float32"][40:47])
 
 
-def test_flatten_accepts_shape_dtype_structs_at_init():
+@pytest.mark.parametrize("min_size", [None, 15])
+def test_flatten_accepts_shape_dtype_structs_at_init(min_size):
     params = mixed_params()
     abstract = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
-    tx = gc.flatten(gc.adamw(1e-3))
+    tx = gc.flatten(gc.adamw(1e-3), min_size=min_size)
     from_arrays = jax.tree.map(lambda x: (x.shape, x.dtype), tx.init(params))
     from_structs = jax.tree.map(lambda x: (x.shape, x.dtype), tx.init(abstract))
     assert from_arrays == from_structs
@@ -232,3 +233,9 @@ def test_a_mask_that_splits_a_buffer_names_two_of_its_leaves():
     layout = gc.flat_layout(mixed_params(bf16=False))
     with pytest.raises(ValueError, match=r"selects matrix but not scalar, which share the flat buffer 'float32'"):
         layout.mask(_matrices_only)
+
+
+def test_flatten_names_a_state_it_did_not_make():
+    params = mixed_params()
+    with pytest.raises(ValueError, match="expected the FlatState made by this flatten's init"):
+        gc.flatten(gc.adamw(1e-3)).update(params, gc.adamw(1e-3).init(params), params)
