@@ -30,7 +30,8 @@ clipping, trust ratios, 8-bit block quantization) would compute something else o
 coordinate-wise transformations.
 
 Either way the state keeps its names: ``tree_get(state, "mu")`` is ``{"float32": <every
-moment>}``, and ``flat_layout(params).view(state)`` shows it with the parameters' structure.
+moment>}``, and ``layout.view(state)`` shows it with the parameters' structure (for
+``flatten(tx)``, ``tx.layout(params).view(state)``).
 """
 
 from __future__ import annotations
@@ -313,7 +314,7 @@ class FlatState:
     """``inner``: the wrapped transformation's state, made for the flat buffers.
 
     Fields are read by name as usual (``tree_get(state, "mu")`` is a dict of flat buffers, one
-    per dtype); ``flat_layout(params).view(state)`` shows it with the parameters' structure.
+    per dtype); ``tx.layout(params).view(state)`` shows it with the parameters' structure.
     """
 
     inner: object
@@ -355,8 +356,13 @@ class Flatten(GradientTransformation):
             raise ValueError(f"min_size must be a positive int or None, got {self.min_size!r}")
         _split(self.inner)
 
+    def layout(self, params) -> FlatLayout:
+        """Where this transformation keeps each leaf of ``params``: ``tx.layout(params).view(
+        state)`` reads the state with the parameters' structure."""
+        return flat_layout(params, min_size=self.min_size)
+
     def init(self, params):
-        layout = flat_layout(params, min_size=self.min_size)
+        layout = self.layout(params)
         concrete = all(isinstance(x, (jax.Array, np.ndarray)) for x in jax.tree.leaves(params))
         flat = layout.ravel(params) if concrete else layout.abstract(params)
         return FlatState(inner=self.inner.init(flat))
@@ -371,7 +377,7 @@ class Flatten(GradientTransformation):
             check_tree_match(updates, params, "updates", "params")
         _check_chain_state(self.inner, state.inner)
         # Grouped as init grouped them: by the parameters' dtypes when they are given.
-        layout = flat_layout(params if params is not None else updates, min_size=self.min_size)
+        layout = self.layout(params if params is not None else updates)
         flat_part, per_leaf_part = _split(self.inner)
         inner = state.inner
         flat_params = layout.ravel(params) if params is not None else None
