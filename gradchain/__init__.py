@@ -19,6 +19,7 @@ from gradchain import (
     combinators,
     decay,
     factored,
+    flat,
     learning_rate_free,
     masks,
     momentum,
@@ -92,6 +93,7 @@ from gradchain.factored import (
     scale_by_factored_rms,
     scale_by_param_block_rms,
 )
+from gradchain.flat import FlatLayout, FlatState, flat_layout, flatten, register_flat_safe
 from gradchain.galore import GaLoreDimensionNumbers, galore, scale_by_galore
 from gradchain.learning_rate_free import (
     dadapt_adamw,
@@ -175,6 +177,7 @@ _MODULES = (
     combinators,
     decay,
     factored,
+    flat,
     _galore_module,
     learning_rate_free,
     _lion_module,

@@ -37,11 +37,15 @@ class ClipByGlobalNorm(GradientTransformation):
 
     .. math::
         N = \sqrt{\textstyle\sum_{\text{leaves}} \sum_i g_i^2}, \qquad
-        u = g \;\text{ if } N < M, \quad\text{else}\quad u = \frac{g}{N}\, M .
+        u = g \;\text{ if } N < M, \quad\text{else}\quad u = g \cdot \frac{M}{N} .
 
-    After clipping the norm is exactly ``M`` (up to rounding). The norm is accumulated in float32
-    for low-precision updates. A non-finite ``N`` makes finite entries 0 and the rest NaN, as in
-    optax and PyTorch; protect steps with ``apply_if_finite`` where that matters.
+    After clipping the norm is exactly ``M`` (up to rounding). The factor :math:`M/N` is formed
+    once, so each coordinate costs one multiply, which XLA fuses into whatever consumes the
+    clipped updates (a per-coordinate divide it would materialize: one more pass over memory);
+    optax divides by :math:`N`, then multiplies by :math:`M`, one rounding away. The norm is
+    accumulated in float32 for low-precision updates. A non-finite ``N`` makes finite entries 0
+    and the rest NaN, as in optax and PyTorch; protect steps with ``apply_if_finite`` where that
+    matters.
 
     Args:
       max_norm: :math:`M > 0` (a float or a schedule).
@@ -70,10 +74,11 @@ class ClipByGlobalNorm(GradientTransformation):
         norm = global_norm(updates)
         keep = norm < max_norm
 
+        factor = jnp.where(keep, 1, max_norm.astype(norm.dtype) / norm)
+
         def clip(g):
             dt = jnp.promote_types(g.dtype, norm.dtype)
-            scaled = ((g.astype(dt) / norm) * max_norm.astype(dt)).astype(g.dtype)
-            return jnp.where(keep, g, scaled)
+            return (g.astype(dt) * factor.astype(dt)).astype(g.dtype)
 
         out = jax.tree.map(clip, updates)
         return out, ClipByGlobalNormState(

@@ -257,14 +257,22 @@ class FactoredSecondMoment(GradientTransformation):
             dt = compute_dtype(g.dtype)
             g32 = g.astype(dt)
             b = jnp.asarray(beta).astype(dt)
-            g2 = g32 * g32 + eps.astype(dt)
             axes = self.axes(g.shape)
             if axes is None:
-                v = numerics.ema(v.astype(dt), g2, b)
-                return (g32 * v**-0.5).astype(g.dtype), None, None, v
+                v = numerics.ema(v.astype(dt), g32 * g32 + eps.astype(dt), b)
+                return (g32 * numerics.inverse_sqrt(v)).astype(g.dtype), None, None, v
             d1, d0 = axes
-            r = numerics.ema(r.astype(dt), jnp.mean(g2, axis=d0, keepdims=True), b)
-            c = numerics.ema(c.astype(dt), jnp.mean(g2, axis=d1, keepdims=True), b)
+            # mean(g^2) + eps is mean(g^2 + eps) up to rounding, and lets each reduction square
+            # g as it reads it: a broadcast eps, or one g^2 shared by both reductions, would be
+            # written to memory first (XLA:CPU's reductions fuse neither). The second reduction
+            # squares g under another name so that XLA does not merge the two squares.
+            g_again = jax.lax.optimization_barrier(g32)
+            r = numerics.ema(
+                r.astype(dt), jnp.mean(g32 * g32, axis=d0, keepdims=True) + eps.astype(dt), b
+            )
+            c = numerics.ema(
+                c.astype(dt), jnp.mean(g_again * g_again, axis=d1, keepdims=True) + eps.astype(dt), b
+            )
             row_factor = (r / jnp.mean(r, axis=d1, keepdims=True)) ** -0.5
             u = g32 * row_factor * c**-0.5
             return u.astype(g.dtype), r, c, None

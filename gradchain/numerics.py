@@ -145,7 +145,7 @@ def cast_like(new, old):
 def inverse_root(second_moment, eps, eps_in_sqrt: bool):
     """``1/sqrt(s + eps)`` (eps inside the root) or ``1/(sqrt(s) + eps)`` (outside)."""
     if eps_in_sqrt:
-        return jax.lax.rsqrt(second_moment + eps)
+        return inverse_sqrt(second_moment + eps)
     return 1 / (jnp.sqrt(second_moment) + eps)
 
 
@@ -169,3 +169,16 @@ def ema(old: jax.Array, new: jax.Array, decay, one_minus_decay=None) -> jax.Arra
     if one_minus_decay is None:
         one_minus_decay = 1 - decay
     return one_minus_decay * new + decay * old
+
+
+def inverse_sqrt(x: jax.Array) -> jax.Array:
+    """``1 / sqrt(x)`` per coordinate, formed as ``sqrt(1 / x)``.
+
+    XLA rewrites ``x ** -0.5`` and ``1 / sqrt(x)`` into its ``rsqrt`` instruction, which XLA:CPU
+    does not vectorize: ten times slower than a divide and a square root, enough to make a
+    memory-bound optimizer step compute-bound. ``sqrt(1 / x)`` is two vectorized, correctly
+    rounded operations, within 1.5e-7 relative of the exact value (``rsqrt``: 2e-7). It
+    overflows to ``inf`` for ``x`` below ``1 / float_max`` (3e-39 in float32), where ``rsqrt``
+    would still be finite; every caller adds an epsilon first.
+    """
+    return jnp.sqrt(1 / x)

@@ -52,6 +52,8 @@ SHARDED_CHECKS = [
         for what in ("matches_single_device", "keeps_state_layout", "gathers_nothing")
         for o in ON_MESH
     ),
+    *(f"sharded_update_matches_single_device[{o}]"
+      for o in ("sophia", "prodigy", "dadapt_adamw", "galore", "muon")),
     *(f"zero1_matches_single_device[{o}]" for o in ZERO1),
     *(f"zero1_state_split_along_data_params_replicated[{o}]" for o in ZERO1),
     *(f"zero1_gathers_each_update_once[{o}]" for o in ("adamw", "clip_adamw")),

@@ -1,0 +1,323 @@
+"""Machinery shared by the benchmark scripts: trees, optimizers, the streaming floor, timing.
+
+Every script answers one question and prints a Markdown table; this module holds what they share
+so that the numbers of different scripts are measured the same way:
+
+* a step is ``jit(update + apply_updates)`` with the parameters and the state donated, so that
+  buffers are reused in place as in a training loop;
+* compile time is the wall time of ``jit(step).lower(...).compile()`` (tracing included);
+* step time is the median over ``reps`` calls, the variants being called in turn (round robin)
+  so that a change of machine load affects all of them alike;
+* traffic is XLA's own count of the bytes the compiled step reads and writes ("bytes accessed"
+  of ``compiled.cost_analysis()``), per parameter: it does not depend on load;
+* the floor is a jitted kernel that reads and writes exactly the bytes the algorithm must move
+  (for AdamW in float32: parameters, gradients and two moments in, parameters and two moments out,
+  28 bytes per parameter), in one pass over interleaved buffers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import gradchain as gc  # noqa: E402  (the checkout's gradchain, not an installed one)
+
+try:
+    import optax
+except ImportError:  # pragma: no cover - the benchmarks need optax (pip install .[test])
+    raise SystemExit("the benchmarks compare against optax: pip install optax") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Trees
+
+
+def gpt2_shapes(full: bool) -> dict[str, tuple[int, ...]]:
+    """The parameter shapes of GPT-2 small (124M parameters, 148 leaves).
+
+    Without ``full`` the width is divided by 4 (d = 192, vocabulary and context kept): 15M
+    parameters in the same 148 leaves, far larger than a CPU's caches, so the step stays
+    memory-bound, and wide enough that Adafactor still factors the matrices (it factors
+    dimensions of at least 128).
+    """
+    d = 768 if full else 192
+    shapes = {"wte": (50257, d), "wpe": (1024, d)}
+    for i in range(12):
+        for name, shape in [
+            ("ln_1.g", (d,)), ("ln_1.b", (d,)),
+            ("attn.c_attn.w", (d, 3 * d)), ("attn.c_attn.b", (3 * d,)),
+            ("attn.c_proj.w", (d, d)), ("attn.c_proj.b", (d,)),
+            ("ln_2.g", (d,)), ("ln_2.b", (d,)),
+            ("mlp.c_fc.w", (d, 4 * d)), ("mlp.c_fc.b", (4 * d,)),
+            ("mlp.c_proj.w", (4 * d, d)), ("mlp.c_proj.b", (d,)),
+        ]:
+            shapes[f"h{i:02d}.{name}"] = shape
+    shapes["ln_f.g"] = (d,)
+    shapes["ln_f.b"] = (d,)
+    return shapes
+
+
+def many_leaves_shapes(leaves: int, total: int, seed: int = 0) -> dict[str, tuple[int, ...]]:
+    """``leaves`` small leaves of about ``total`` parameters in all, of mostly distinct shapes.
+
+    Sizes are drawn uniformly in [0.5, 1.5] x the mean; a third of the leaves are vectors, a
+    third matrices (n, 32) and a third 3-D tensors (n, 8, 8). Distinct shapes are the hard case
+    for a compiler, which cannot reuse one leaf's kernel for another.
+    """
+    rng = np.random.default_rng(seed)
+    mean = total / leaves
+    shapes = {}
+    for i in range(leaves):
+        n = max(64, int(mean * rng.uniform(0.5, 1.5)))
+        kind = i % 3
+        shape = (n,) if kind == 0 else (n // 32, 32) if kind == 1 else (n // 64, 8, 8)
+        shapes[f"leaf{i:04d}"] = shape
+    return shapes
+
+
+def make_tree(shapes: dict, seed: int, scale: float = 0.02, dtype=jnp.float32) -> dict:
+    key = jax.random.PRNGKey(seed)
+    return {
+        name: (scale * jax.random.normal(jax.random.fold_in(key, i), shape)).astype(dtype)
+        for i, (name, shape) in enumerate(shapes.items())
+    }
+
+
+def count_params(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizers
+
+
+def warmup_cosine(init_value, peak_value, warmup_steps, decay_steps, end_value=0.0):
+    """gradchain's warmup-cosine schedule where present, else the same formula inline."""
+    if hasattr(gc, "warmup_cosine_decay_schedule"):
+        return gc.warmup_cosine_decay_schedule(
+            init_value, peak_value, warmup_steps=warmup_steps, decay_steps=decay_steps,
+            end_value=end_value,
+        )
+
+    def schedule(count):
+        count = jnp.asarray(count, jnp.float32)
+        warm = init_value + (peak_value - init_value) * jnp.clip(count, 0, warmup_steps) / warmup_steps
+        span = decay_steps - warmup_steps
+        t = jnp.clip(count - warmup_steps, 0, span) / span
+        cosine = end_value + (peak_value - end_value) * 0.5 * (1 + jnp.cos(jnp.pi * t))
+        return jnp.where(count < warmup_steps, warm, cosine)
+
+    return schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimizer:
+    """One row of the comparison: how to build it in gradchain and in optax, and its floor.
+
+    ``read``/``write``: bytes per float32 parameter the algorithm must read and write at least.
+    """
+
+    name: str
+    gradchain: Callable | None  # () -> transformation, None when gradchain lacks it
+    optax: Callable
+    read: int
+    write: int
+    missing: str = ""  # why the gradchain side is absent
+
+
+def optimizers() -> dict[str, Optimizer]:
+    sched = warmup_cosine(0.0, 3e-4, 100, 1000)
+    osched = optax.warmup_cosine_decay_schedule(0.0, 3e-4, 100, 1000)
+
+    def has(name):
+        return getattr(gc, name, None)
+
+    out = [
+        Optimizer(
+            "adamw",
+            lambda: gc.adamw(3e-4, weight_decay=0.1),
+            lambda: optax.adamw(3e-4, weight_decay=0.1),
+            read=16, write=12,
+        ),
+        Optimizer(
+            "clip+adamw+cosine",
+            lambda: gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(sched, weight_decay=0.1)),
+            lambda: optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(osched, weight_decay=0.1)),
+            read=20, write=12,  # the norm reads the gradients once more
+        ),
+        Optimizer(
+            "sgd+momentum",
+            lambda: gc.sgd(0.1, momentum=0.9),
+            lambda: optax.sgd(0.1, momentum=0.9),
+            read=12, write=8,
+        ),
+        Optimizer(
+            "adafactor",
+            (lambda: gc.adafactor(1e-3)) if has("adafactor") else None,
+            lambda: optax.adafactor(1e-3),
+            read=16, write=12,  # compared with the AdamW floor, as the issue asks
+            missing="gradchain.adafactor is not on this branch yet",
+        ),
+        Optimizer(
+            "lion",
+            (lambda: gc.lion(1e-4)) if has("lion") else None,
+            lambda: optax.lion(1e-4),
+            read=12, write=8,
+            missing="gradchain.lion is not on this branch yet",
+        ),
+        Optimizer(
+            "adamw_8bit",
+            (lambda: gc.adamw_8bit(3e-4, weight_decay=0.1)) if has("adamw_8bit") else None,
+            lambda: optax.adamw(3e-4, weight_decay=0.1),  # optax has no 8-bit optimizer
+            read=10, write=6,  # parameters and gradients in float32, two 8-bit moments
+            missing="gradchain.adamw_8bit is not on this branch yet",
+        ),
+    ]
+    return {o.name: o for o in out}
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled steps
+
+
+@dataclasses.dataclass
+class Variant:
+    """A compiled step with its own (donated) parameters and state."""
+
+    name: str
+    call: Callable[[], None]
+    compile_s: float
+    compile_cpu_s: float  # CPU seconds of all threads: what the compile costs, whatever the load
+    traffic: float  # bytes accessed per parameter, XLA's count
+    state_bytes: float  # optimizer-state bytes per parameter
+    times: list = dataclasses.field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+
+def _traffic(compiled, n_params: int) -> float:
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # some backends do not report costs
+        return float("nan")
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else {}
+    return float(cost.get("bytes accessed", float("nan"))) / n_params
+
+
+def _nbytes(tree) -> int:
+    return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype"))
+
+
+def optimizer_variant(name, tx, apply_updates, params, grads) -> Variant:
+    """Compiles ``params <- apply_updates(params, tx.update(grads, state, params))``."""
+    n = count_params(params)
+    params = jax.tree.map(jnp.copy, params)
+    state = tx.init(params)
+
+    def step(p, s, g):
+        u, s = tx.update(g, s, p)
+        return apply_updates(p, u), s
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, grads).compile()
+    compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    box = [params, state]
+
+    def call():
+        box[0], box[1] = compiled(box[0], box[1], grads)
+        jax.block_until_ready(box)
+
+    return Variant(name, call, compile_s, compile_cpu_s, _traffic(compiled, n), _nbytes(state) / n)
+
+
+def floor_variant(n_params: int, read: int, write: int) -> Variant:
+    """A kernel that reads ``read`` and writes ``write`` bytes per parameter, once each.
+
+    The bytes are laid out interleaved, ``a[n, write/u]`` and ``b[n, (read-write)/u]`` in units
+    of ``u`` bytes, and the kernel computes ``a + sum(b, axis=1, keepdims=True)``: one streaming
+    pass, which no optimizer over separate arrays can beat.
+    """
+    unit = 4 if read % 4 == 0 and write % 4 == 0 else 2 if read % 2 == 0 and write % 2 == 0 else 1
+    dtype = {4: jnp.float32, 2: jnp.int16, 1: jnp.int8}[unit]
+    kw, kb = write // unit, (read - write) // unit
+
+    def kernel(a, b):
+        total = b[:, :1]
+        for k in range(1, kb):
+            total = total + b[:, k : k + 1]
+        return a + total
+
+    a = jnp.zeros((n_params, kw), dtype)
+    b = jnp.ones((n_params, kb), dtype)
+    t0, c0 = time.perf_counter(), time.process_time()
+    compiled = jax.jit(kernel, donate_argnums=(0,)).lower(a, b).compile()
+    compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    box = [a]
+
+    def call():
+        box[0] = compiled(box[0], b)
+        jax.block_until_ready(box)
+
+    return Variant("floor", call, compile_s, compile_cpu_s, _traffic(compiled, n_params), 0.0)
+
+
+def time_round_robin(variants: list[Variant], reps: int, warmup: int = 2) -> None:
+    for _ in range(warmup):
+        for v in variants:
+            v.call()
+    for _ in range(reps):
+        for v in variants:
+            t0 = time.perf_counter()
+            v.call()
+            v.times.append(time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    devices = jax.devices()
+    kind = devices[0].device_kind if devices else "?"
+    return (
+        f"{jax.default_backend()} ({len(devices)} x {kind}); host {cpu}, {os.cpu_count()} cores; "
+        f"load average {os.getloadavg()[0]:.1f}; jax {jax.__version__}, optax {optax.__version__}, python {platform.python_version()}"
+    )
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f}"
+
+
+def ratio(a: float, b: float) -> str:
+    return "-" if not (math.isfinite(a) and math.isfinite(b)) or b == 0 else f"{a / b:.2f}x"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)

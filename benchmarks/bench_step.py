@@ -1,0 +1,145 @@
+"""How fast is one optimizer step, against optax and against the memory floor?
+
+For each optimizer, in one run and on the same parameters and gradients:
+
+* ``gradchain``          the optimizer on the parameter tree, ``gradchain.apply_updates``;
+* ``gradchain.flatten``  the same optimizer with its state in flat buffers (``gradchain.flatten``:
+                         leaves under 65,536 elements share one buffer per dtype);
+* ``optax``              the optax optimizer of the same name and hyperparameters;
+* ``gradchain flat``     the optimizer on the parameters kept flat (``gradchain.flat_layout``, one
+                         buffer): the same arithmetic without any cost from the tree's structure,
+                         the flat-array floor (column "vs flat");
+* ``floor``              a kernel streaming exactly the bytes the algorithm must move, once
+                         (column "vs floor").
+
+Step time is the median over ``--reps`` donated-buffer steps taken in turn; compile time includes
+tracing; traffic is XLA's count of bytes read and written per parameter; state is the optimizer
+state's size per parameter.
+
+    python benchmarks/bench_step.py                      # GPT-2 small / 4 in width, 15M params
+    python benchmarks/bench_step.py --full               # GPT-2 small, 124M params
+    python benchmarks/bench_step.py --tree many-leaves   # 2,000 leaves, 2M params (--full: 21M)
+    python benchmarks/bench_step.py --optimizers adamw,clip+adamw+cosine --reps 50
+
+Runs unchanged on CPU and GPU (JAX picks the default backend).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc as pygc
+import time
+
+
+from _common import (
+    count_params,
+    floor_variant,
+    gc,
+    gpt2_shapes,
+    machine,
+    make_tree,
+    many_leaves_shapes,
+    markdown_table,
+    ms,
+    optax,
+    optimizer_variant,
+    optimizers,
+    ratio,
+    time_round_robin,
+)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tree", choices=["gpt2", "many-leaves"], default="gpt2")
+    parser.add_argument("--full", action="store_true", help="the real sizes (124M / 21M params)")
+    parser.add_argument("--leaves", type=int, default=2000, help="leaves of the many-leaves tree")
+    parser.add_argument("--optimizers", default=",".join(optimizers()), help="comma separated")
+    parser.add_argument(
+        "--variants", default="gradchain,gradchain.flatten,optax,gradchain flat,floor",
+        help="comma separated subset of the variants",
+    )
+    parser.add_argument("--reps", type=int, default=20)
+    args = parser.parse_args(argv)
+
+    if args.tree == "gpt2":
+        shapes = gpt2_shapes(args.full)
+        title = "GPT-2 small" + ("" if args.full else " / 4 in width")
+    else:
+        shapes = many_leaves_shapes(args.leaves, 21_000_000 if args.full else 2_000_000)
+        title = f"{args.leaves} leaves"
+    params = make_tree(shapes, seed=0)
+    grads = make_tree(shapes, seed=1, scale=1.0)
+    n = count_params(params)
+    layout = gc.flat_layout(params)
+    flat_params, flat_grads = layout.ravel(params), layout.ravel(grads)
+    wanted = set(args.variants.split(","))
+    table = optimizers()
+
+    print(f"# {title}: {n:,} float32 parameters in {len(shapes)} leaves", flush=True)
+    print(f"machine: {machine()}")
+    print(f"command: python benchmarks/bench_step.py {' '.join(argv or __import__('sys').argv[1:])}")
+    print()
+    rows, notes = [], []
+    for name in args.optimizers.split(","):
+        opt = table[name]
+        if opt.gradchain is None:
+            notes.append(f"{name}: skipped, {opt.missing}")
+            print(f"[{name}] skipped: {opt.missing}", flush=True)
+            continue
+        variants = []
+        t0 = time.perf_counter()
+        if "gradchain" in wanted:
+            variants.append(optimizer_variant("gradchain", opt.gradchain(), gc.apply_updates, params, grads))
+        try:
+            flat_tx = gc.flatten(opt.gradchain())
+        except ValueError as e:
+            # Per-leaf statistics: on flat buffers it would be another algorithm.
+            flat_tx = None
+            notes.append(f"{name}: no flatten or flat rows, {str(e).split(' (')[0]}")
+        if "gradchain.flatten" in wanted and flat_tx is not None:
+            variants.append(
+                optimizer_variant("gradchain.flatten", flat_tx, gc.apply_updates, params, grads)
+            )
+        if "optax" in wanted:
+            variants.append(optimizer_variant("optax", opt.optax(), optax.apply_updates, params, grads))
+        if "gradchain flat" in wanted and flat_tx is not None:
+            variants.append(
+                optimizer_variant("gradchain flat", opt.gradchain(), gc.apply_updates, flat_params, flat_grads)
+            )
+        if "floor" in wanted:
+            variants.append(floor_variant(n, opt.read, opt.write))
+        time_round_robin(variants, args.reps)
+        by_name = {v.name: v for v in variants}
+        optax_v, floor_v = by_name.get("optax"), by_name.get("floor")
+        flat_v = by_name.get("gradchain flat")
+        for v in variants:
+            rows.append([
+                name, v.name, ms(v.median),
+                ratio(v.median, optax_v.median) if optax_v else "-",
+                ratio(v.median, floor_v.median) if floor_v else "-",
+                ratio(v.median, flat_v.median) if flat_v else "-",
+                f"{v.compile_s:.2f}", f"{v.compile_cpu_s:.2f}",
+                f"{v.traffic:.1f}",
+                f"{v.state_bytes:.2f}" if v.name != "floor" else "-",
+            ])
+        print(
+            f"[{name}] " + ", ".join(f"{v.name} {ms(v.median)} ms" for v in variants)
+            + f"  ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
+        del variants, by_name, optax_v, floor_v, flat_v
+        pygc.collect()
+
+    print()
+    print(markdown_table(
+        ["optimizer", "variant", "step (ms)", "vs optax", "vs floor", "vs flat", "compile (s)", "compile CPU (s)",
+         "traffic (B/param)", "state (B/param)"],
+        rows,
+    ))
+    for note in notes:
+        print(f"- {note}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""What a compiled step reads and writes, as XLA counts it, and that fusing kept optax's numbers.
+
+The traffic of a step is ``cost_analysis()["bytes accessed"]`` of the compiled
+``update + apply_updates``: it depends on how XLA fused the step, not on the machine's load, so
+the assertions below are exact statements about passes over memory, not timings.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import gradchain as gc
+
+# Large enough that the scalars (counters, hyperparameters) are noise in bytes per parameter.
+PARAMS = {"w": jnp.ones((256, 256)), "b": jnp.ones((256,))}
+N = 256 * 256 + 256
+SLACK = 0.1  # bytes per parameter taken by the scalars
+
+
+def _schedule(count):
+    return 1e-3 * jnp.minimum(1.0, (count + 1) / 10)
+
+
+def traffic(tx, apply_updates) -> float:
+    """Bytes read and written per parameter by one compiled, donated step."""
+    state = tx.init(PARAMS)
+
+    def step(p, s, g):
+        u, s = tx.update(g, s, p)
+        return apply_updates(p, u), s
+
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(PARAMS, state, PARAMS).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return cost["bytes accessed"] / N
+
+
+OPTIMIZERS = {
+    "adamw": (lambda: gc.adamw(_schedule, weight_decay=0.1),
+              lambda: optax.adamw(_schedule, weight_decay=0.1)),
+    "sgd+momentum": (lambda: gc.sgd(0.1, momentum=0.9), lambda: optax.sgd(0.1, momentum=0.9)),
+}
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_clipping_by_global_norm_costs_one_more_read_of_the_gradients(name):
+    build, _ = OPTIMIZERS[name]
+    plain = traffic(build(), gc.apply_updates)
+    clipped = traffic(gc.chain(gc.clip_by_global_norm(1.0), build()), gc.apply_updates)
+    assert clipped - plain <= 4 + SLACK, (plain, clipped)
+
+
+@pytest.mark.parametrize("clip", [False, True], ids=["plain", "clipped"])
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_a_step_moves_no_more_bytes_than_optax(name, clip):
+    build, build_optax = OPTIMIZERS[name]
+    ours, theirs = build(), build_optax()
+    if clip:
+        ours = gc.chain(gc.clip_by_global_norm(1.0), ours)
+        theirs = optax.chain(optax.clip_by_global_norm(1.0), theirs)
+    assert traffic(ours, gc.apply_updates) <= traffic(theirs, optax.apply_updates) + SLACK
+
+
+def test_adafactor_moves_fewer_bytes_than_adamw():
+    # Its state is a row and a column per matrix: only the gradient's statistics, the update's
+    # RMS and the parameter's RMS cost passes, and the reductions square g as they read it.
+    adafactor = traffic(gc.adafactor(1e-3, min_dim_size_to_factor=128), gc.apply_updates)
+    assert adafactor < traffic(gc.adamw(1e-3), gc.apply_updates)
+
+
+def _clip_both(grads, max_norm=1.0):
+    ours, _ = gc.clip_by_global_norm(max_norm).update(grads, gc.clip_by_global_norm(max_norm).init(grads))
+    theirs, _ = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+    return ours, theirs
+
+
+def test_clipping_scales_by_one_factor_with_optax_numbers():
+    grads = {"a": jnp.arange(1.0, 6.0), "b": -jnp.ones((2, 3))}
+    ours, theirs = _clip_both(grads)
+    # One multiply by max_norm/norm instead of optax's divide-then-multiply: one rounding apart.
+    for k in grads:
+        np.testing.assert_allclose(ours[k], theirs[k], rtol=2e-7, atol=0)
+    np.testing.assert_allclose(float(gc.global_norm(ours)), 1.0, rtol=1e-6)
+
+
+def test_clipping_below_the_threshold_returns_the_gradients_bit_for_bit():
+    grads = {"a": jnp.array([0.1, -0.2, 0.3])}
+    ours, _ = _clip_both(grads)
+    np.testing.assert_array_equal(ours["a"], grads["a"])
+
+
+@pytest.mark.parametrize("bad", [jnp.inf, jnp.nan])
+def test_clipping_non_finite_gradients_behaves_as_optax(bad):
+    grads = {"a": jnp.array([1.0, bad, -2.0]), "b": jnp.array([3.0])}
+    ours, theirs = _clip_both(grads)
+    for k in grads:
+        np.testing.assert_array_equal(np.isnan(ours[k]), np.isnan(theirs[k]))
+        np.testing.assert_array_equal(
+            np.nan_to_num(ours[k], nan=7.0), np.nan_to_num(theirs[k], nan=7.0)
+        )
+
+
+# Distinct shapes, so that an instruction shaped like a parameter works per coordinate (the
+# factored moments' row and column factors are vectors of other lengths).
+SHAPED = {"w": jnp.ones((384, 256)), "b": jnp.ones((200,))}
+
+
+def _per_coordinate_opcodes(tx):
+    state = tx.init(SHAPED)
+
+    def step(p, s, g):
+        u, s = tx.update(g, s, p)
+        return gc.apply_updates(p, u), s
+
+    text = jax.jit(step).lower(SHAPED, state, SHAPED).compile().as_text()
+    shapes = "|".join(re.escape(",".join(map(str, p.shape))) for p in SHAPED.values())
+    return set(re.findall(rf"= f32\[(?:{shapes})\]\{{[^}}]*\}} (\w+)\(", text))
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: gc.adafactor(1e-3, min_dim_size_to_factor=1024),  # one v per weight
+        lambda: gc.adafactor(1e-3),
+        lambda: gc.rmsprop(1e-3),
+        lambda: gc.adamw(1e-3),
+    ],
+    ids=["adafactor-unfactored", "adafactor", "rmsprop", "adamw"],
+)
+def test_no_per_coordinate_power_or_rsqrt(build):
+    # XLA:CPU computes power and rsqrt without vectorizing them: ten times the cost of a divide
+    # and a square root, enough to make a memory-bound step compute-bound.
+    opcodes = _per_coordinate_opcodes(build())
+    assert opcodes, "no per-coordinate instruction found: the pattern is stale"
+    assert not opcodes & {"power", "rsqrt"}, opcodes
