@@ -30,7 +30,6 @@ import argparse
 import gc as pygc
 import time
 
-
 from _common import (
     count_params,
     floor_variant,

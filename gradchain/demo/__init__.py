@@ -31,7 +31,7 @@ def _parse(argv):
         description="Race gradchain optimizers on a small transformer language model.",
         epilog=f"optimizers: {names} (those this installation provides; default: all of them)",
     )
-    p.add_argument("--steps", type=int, default=300, help="training steps per optimizer (300)")
+    p.add_argument("--steps", type=int, default=250, help="training steps per optimizer (250)")
     p.add_argument("--optimizers", default=None, help="comma-separated names (default: all)")
     p.add_argument("--model", default="small", choices=sorted(MODEL_SIZES), help="model size")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per batch (16)")
