@@ -20,6 +20,7 @@ from gradchain.base import (
     check_floating,
     check_number,
     require_params,
+    require_values,
     state_class,
     transformation,
 )
@@ -78,11 +79,7 @@ class ParamsEma(GradientTransformation):
 
     def init(self, params):
         check_floating(params, self.name)
-        if any(isinstance(p, jax.ShapeDtypeStruct) for p in jax.tree.leaves(params)):
-            raise TypeError(
-                f"{self.name} starts its average at the parameters' values, which shapes alone do "
-                f"not have: for an abstract state use jax.eval_shape(tx.init, params)"
-            )
+        require_values(params, self.name)
         average = jax.tree.map(
             lambda p: jnp.array(p, dtype=state_dtype(p.dtype, self.accumulator_dtype), copy=True),
             params,

@@ -315,6 +315,16 @@ def require_params(params, transform_name: str) -> None:
         )
 
 
+def require_values(params, transform_name: str) -> None:
+    """Raises a ``TypeError`` when ``params`` holds ``jax.ShapeDtypeStruct`` leaves: for the
+    transformations whose state starts at the parameters' values, which shapes alone lack."""
+    if any(isinstance(p, jax.ShapeDtypeStruct) for p in jax.tree.leaves(params)):
+        raise TypeError(
+            f"{transform_name} starts its state at the parameters' values, which shapes alone do "
+            f"not have: for an abstract state use jax.eval_shape(tx.init, params)"
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Hyperparameter validation (construction time)
 

@@ -255,7 +255,10 @@ class Partition(GradientTransformation):
     def labels(self, tree):
         """The label of every leaf of ``tree`` (the params' tree), checked against ``transforms``."""
         labels = resolve_labels(self.param_labels, tree, self.name)
+        # A None leaf of the params (no parameter there) has no label to check.
         for path, label in _path_list(labels):
+            if label is None:
+                continue
             try:
                 known = label in self.transforms
             except TypeError:
@@ -422,10 +425,18 @@ class ApplyIfFinite(GradientTransformation):
         finite = _all_finite(updates)
         notfinite_count = jnp.where(finite, 0, safe_increment(state.notfinite_count))
         apply = jnp.logical_or(finite, notfinite_count > self.max_consecutive_errors)
+
+        def inner_update():
+            return _call_update(self.inner, updates, state.inner_state, params, extra_args)
+
+        # Zeros shaped like what inner returns, which need not be the updates' structure
+        # (lookahead returns LookaheadParams).
+        out_shape = jax.eval_shape(inner_update)[0]
         out, inner_state = lax.cond(
             apply,
-            lambda: _call_update(self.inner, updates, state.inner_state, params, extra_args),
-            lambda: (_zeros_like_tree(updates), state.inner_state),
+            inner_update,
+            lambda: (jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape),
+                     state.inner_state),
         )
         return out, ApplyIfFiniteState(
             notfinite_count=notfinite_count.astype(jnp.int32),

@@ -412,7 +412,7 @@ class ScaleByShape(GradientTransformation):
                 continue
             d_in, d_out = view.rows, view.cols
             if self.consistent_rms is None:
-                factor = max(1.0, d_out / d_in) ** 0.5
+                factor = max(1.0, d_out / max(d_in, 1)) ** 0.5  # d_in = 0: a zero-size leaf
             else:
                 factor = self.consistent_rms * max(d_in, d_out) ** 0.5
             out.append((g * jnp.asarray(factor, compute_dtype(g.dtype))).astype(g.dtype))
@@ -512,8 +512,8 @@ class _LabelledGroups(Chain):
         except ValueError as e:
             raise ValueError(f"{self.name}: param_labels: {e}") from None
         paths = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)[0]
-        for (path, _), lab in zip(paths, label_leaves):
-            if lab not in self.group_names:
+        for (path, leaf), lab in zip(paths, label_leaves):
+            if leaf is not None and lab not in self.group_names:
                 raise ValueError(
                     f"{self.name}: parameter {jax.tree_util.keystr(path) or '<root>'} has label "
                     f"{lab!r}; the labels are {list(self.group_names)}"
@@ -539,6 +539,11 @@ class _LabelledGroups(Chain):
         out = list(leaves)
         new_states = []
         for g, t, s in zip(self.group_names, self.transforms, state.states):
+            if g not in labels:
+                # No leaf in this group: a single-leaf tree split off would be None, which
+                # update reads as "no params".
+                new_states.append(s)
+                continue
             sub_params = None if p_leaves is None else self._split(p_leaves, treedef, labels, g)
             sub_updates = self._split(leaves, treedef, labels, g)
             sub, s = _call_update(t, sub_updates, s, sub_params, extra_args)

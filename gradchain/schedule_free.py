@@ -25,6 +25,7 @@ from gradchain.base import (
     hyperparam_value,
     named_chain,
     require_params,
+    require_values,
     state_class,
     transformation,
     tree_map_multi,
@@ -152,6 +153,7 @@ class ScheduleFree(GradientTransformation):
 
     def init(self, params):
         check_floating(params, self.name)
+        require_values(params, self.name)
         # A distinct copy, so that both params and z can be donated to a jitted step.
         z = jax.tree.map(
             lambda p: jnp.array(p, dtype=state_dtype(p.dtype, self.state_dtype), copy=True), params
