@@ -128,13 +128,16 @@ def _plan(tree, spec, rank, projected_dim, transform_name):
     plan = []
     for i, (path, leaf) in enumerate(leaves):
         where = f"{transform_name}: parameter {jax.tree_util.keystr(path) or '<root>'}"
+        if leaf is None:
+            plan.append(None)
+            continue
         if forced:
             dims = dims_leaves[i]
         elif spec is None:
             dims = GaLoreDimensionNumbers() if jnp.ndim(leaf) == 2 else None
         else:
             dims = spec if jnp.ndim(leaf) >= 2 else None
-        if leaf is None or dims is None:
+        if dims is None:
             plan.append(None)
             continue
         if not isinstance(dims, GaLoreDimensionNumbers):

@@ -104,7 +104,7 @@ TRANSFORMS: tuple[Entry, ...] = (
     E("scale_by_adam", gc.scale_by_adam),
     E("scale_by_adam", lambda: gc.scale_by_adam(nesterov=True), variant="nesterov"),
     E("scale_by_rms", gc.scale_by_rms),
-    E("scale_by_stddev", lambda: gc.scale_by_stddev(bias_correction=True)),
+    E("scale_by_stddev", gc.scale_by_stddev),
     # averaging
     E("params_ema", lambda: gc.params_ema(0.9), needs_params=True, abstract_init=False,
       keeps_nan=True, nonfinite="coordinate"),
