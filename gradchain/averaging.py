@@ -19,6 +19,8 @@ from gradchain.base import (
     check_dtype,
     check_floating,
     check_number,
+    check_params_match,
+    check_tree_match,
     require_params,
     require_values,
     state_class,
@@ -88,6 +90,8 @@ class ParamsEma(GradientTransformation):
 
     def update(self, updates, state, params=None, **extra_args):
         require_params(params, self.name)
+        check_params_match(updates, params)
+        check_tree_match(updates, state.params_ema, "updates", "state.params_ema")
         hp = self.current_hyperparams(state)
         decay = hp["decay"]
 
@@ -194,6 +198,8 @@ class Lookahead(GradientTransformation):
                 f"{self.name} needs the parameters as gc.LookaheadParams(fast, slow) (use "
                 f"LookaheadParams.init_synced(params)), got {type(params).__name__}"
             )
+        check_tree_match(updates, params.fast, "updates", "params.fast")
+        check_tree_match(params.slow, params.fast, "params.slow", "params.fast")
         hp = self.current_hyperparams(state)
         alpha = hp["slow_step_size"]
         fast_updates, fast_state = _call_update(

@@ -22,6 +22,8 @@ from gradchain.base import (
     _call_update,
     _path_list,
     check_dtype,
+    check_params_match,
+    check_tree_match,
     state_class,
     transformation,
 )
@@ -140,6 +142,7 @@ class Masked(GradientTransformation):
         return MaskedState(inner_state=self.inner.init(_hide(params, selected)))
 
     def update(self, updates, state, params=None, **extra_args):
+        check_params_match(updates, params)
         selected = resolve_mask(self.mask, updates, self.name)
         inner_updates, inner_state = _update_selected(
             self.inner, selected, updates, state.inner_state, params, extra_args,
@@ -294,6 +297,7 @@ class Partition(GradientTransformation):
         return state.with_group(label, self.init_group(label, params))
 
     def update(self, updates, state, params=None, **extra_args):
+        check_params_match(updates, params)
         labels = self.labels(updates)
         out = updates
         new_states = {}
@@ -357,6 +361,8 @@ class ZeroNans(GradientTransformation):
         return ZeroNansState(found_nan=jax.tree.map(lambda _: jnp.array(False), params))
 
     def update(self, updates, state, params=None, **extra_args):
+        flags = jax.tree.map(lambda _: False, updates)  # a structure check: found_nan is per leaf
+        check_tree_match(flags, state.found_nan, "updates", "state.found_nan")
         found = jax.tree.map(lambda g: jnp.any(jnp.isnan(g)), updates)
         out = jax.tree.map(lambda g: jnp.where(jnp.isnan(g), jnp.zeros_like(g), g), updates)
         return out, ZeroNansState(found_nan=found)
@@ -585,6 +591,8 @@ class MultiSteps(GradientTransformation):
         )
 
     def update(self, updates, state, params=None, **extra_args):
+        check_tree_match(updates, state.acc_grads, "updates", "state.acc_grads")
+        check_params_match(updates, params)
         k = self._k(state.gradient_step)
         skip, skip_state = self._skip_fn()(updates, state.gradient_step, params)
         skip = jnp.asarray(skip)

@@ -20,6 +20,7 @@ from gradchain.base import (
     GradientTransformation,
     _call_update,
     check_floating,
+    check_tree_match,
     check_number,
     named_chain,
     state_class,
@@ -278,13 +279,10 @@ class ScaleByGalore(GradientTransformation):
 
     def update(self, updates, state, params=None, **extra_args):
         leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
-        try:
-            projectors = treedef.flatten_up_to(state.projector)
-        except (ValueError, TypeError):
-            raise ValueError(
-                f"{self.name}: updates and state.projector have different structures (was the "
-                f"state made by init with params of this structure?)"
-            ) from None
+        # The projector tree holds None for unprojected leaves: compare structures only.
+        as_leaf = lambda tree: jax.tree.map(lambda _: 0, tree, is_leaf=lambda x: x is None)  # noqa: E731
+        check_tree_match(as_leaf(updates), as_leaf(state.projector), "updates", "state.projector")
+        projectors = treedef.flatten_up_to(state.projector)
         hp = self.current_hyperparams(state)
         plan = self._plan(updates)
         refresh = state.count % self.update_proj_gap == 0

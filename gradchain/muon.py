@@ -28,6 +28,7 @@ from gradchain.base import (
     check_dtype,
     check_floating,
     check_number,
+    check_params_match,
     check_tree_match,
     chain,
     state_class,
@@ -44,7 +45,7 @@ from gradchain.numerics import (
     state_dtype,
     zeros_like_param,
 )
-from gradchain.optimizers import adamw
+from gradchain.optimizers import _argument_names, adamw
 from gradchain.scaling import scale_by_learning_rate
 
 __all__ = [
@@ -534,6 +535,7 @@ class _LabelledGroups(Chain):
         return ChainState(states, self.group_names)
 
     def update(self, updates, state, params=None, **extra_args):
+        check_params_match(updates, params)
         leaves, treedef, labels = self._resolve(updates)
         p_leaves = None if params is None else treedef.flatten_up_to(params)
         out = list(leaves)
@@ -650,10 +652,14 @@ def muon(
         add_decoupled_weight_decay(weight_decay, weight_decay_mask),
         scale_by_learning_rate(learning_rate),
     )
-    adam_part = adamw(
-        adam_learning_rate, adam_b1, adam_b2, eps, adam_eps_root, mu_dtype, adam_weight_decay,
-        nesterov=nesterov,
-    )
+    with _argument_names(
+        learning_rate="adam_learning_rate", b1="adam_b1", b2="adam_b2",
+        eps_root="adam_eps_root", weight_decay="adam_weight_decay",
+    ):
+        adam_part = adamw(
+            adam_learning_rate, adam_b1, adam_b2, eps, adam_eps_root, mu_dtype, adam_weight_decay,
+            nesterov=nesterov,
+        )
     labels = param_labels
     if labels is None:
         labels = _DefaultLabels(muon_weight_dimension_numbers)

@@ -21,6 +21,7 @@ from gradchain.base import (
     check_dtype,
     check_floating,
     check_number,
+    check_params_match,
     check_tree_match,
     hyperparam_value,
     named_chain,
@@ -173,6 +174,7 @@ class ScheduleFree(GradientTransformation):
     def update(self, updates, state, params=None, **extra_args):
         require_params(params, self.name)
         check_tree_match(updates, state.z, "updates", "state.z")
+        check_params_match(updates, params)
         hp = self.current_hyperparams(state)
         k = state.count
         if self.optax_off_by_one and callable(self.learning_rate):

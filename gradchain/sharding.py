@@ -41,7 +41,7 @@ import math
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gradchain.base import GradientTransformation, _call_update, transformation
+from gradchain.base import GradientTransformation, _call_update, check_params_match, transformation
 from gradchain.numerics import reduced_sharding
 
 __all__ = ["abstract_state", "per_device_bytes", "state_shardings", "zero1"]
@@ -449,6 +449,7 @@ class Zero1(GradientTransformation):
         return _place(state, self._state_layout(state, params, shards))
 
     def update(self, updates, state, params=None, **extra_args):
+        check_params_match(updates, params)
         reference = updates if params is None else params
         shards = self.shard_shardings(reference)
         updates = _place(updates, shards)
