@@ -31,6 +31,11 @@ def _by_ndim(tree):
     return jax.tree.map(lambda x: jnp.ndim(x) >= 1, tree)
 
 
+def _below_2d(tree):
+    """A mask selecting the scalars and vectors (freezing them leaves matrices to train)."""
+    return jax.tree.map(lambda x: jnp.ndim(x) < 2, tree)
+
+
 def _labels_by_ndim(tree):
     return jax.tree.map(lambda x: "matrix" if jnp.ndim(x) >= 2 else "other", tree)
 
@@ -67,7 +72,7 @@ class Entry:
     abstract_init: ``init`` accepts ``jax.ShapeDtypeStruct`` leaves; False where the state
       starts at the parameters' values (and ``init`` raises a TypeError saying so).
     nonfinite: how a NaN gradient coordinate shows in this step's updates (see NONFINITE).
-    keeps_nan: the NaN enters the state, so later steps are non-finite too.
+    keeps_nan: the NaN enters the state, so the updates of later, finite steps are non-finite.
     """
 
     name: str
@@ -107,7 +112,7 @@ TRANSFORMS: tuple[Entry, ...] = (
     E("scale_by_stddev", gc.scale_by_stddev),
     # averaging
     E("params_ema", lambda: gc.params_ema(0.9), needs_params=True, abstract_init=False,
-      keeps_nan=True, nonfinite="coordinate"),
+      keeps_nan=False),  # the updates pass through; the average itself keeps the NaN
     E("lookahead", lambda: gc.lookahead(gc.adam(0.1), sync_period=2, slow_step_size=0.5),
       optimizer=True, needs_params=True, wrap_params=gc.LookaheadParams.init_synced),
     # clipping
@@ -117,13 +122,13 @@ TRANSFORMS: tuple[Entry, ...] = (
       keeps_nan=False),
     # combinators
     E("masked", lambda: gc.masked(gc.scale_by_adam(), _by_ndim)),
-    E("freeze", lambda: gc.freeze(_by_ndim), keeps_nan=False),
+    E("freeze", lambda: gc.freeze(_below_2d), keeps_nan=False),
     E("partition", lambda: gc.partition({"matrix": gc.adam(0.1), "other": gc.sgd(0.1, 0.9)},
                                         _labels_by_ndim), optimizer=True),
     E("multi_transform", lambda: gc.multi_transform({"matrix": gc.adamw(0.1), "other": gc.sgd(0.1)},
                                                     _labels_by_ndim), optimizer=True,
       needs_params=True),
-    E("selective_transform", lambda: gc.selective_transform(gc.adam(0.1), freeze_mask=_by_ndim),
+    E("selective_transform", lambda: gc.selective_transform(gc.adam(0.1), freeze_mask=_below_2d),
       optimizer=True),
     E("set_to_zero", gc.set_to_zero, nonfinite="none", keeps_nan=False),
     E("zero_nans", gc.zero_nans, nonfinite="zeroed", keeps_nan=False),
