@@ -280,7 +280,9 @@ class ScaleByGalore(GradientTransformation):
     def update(self, updates, state, params=None, **extra_args):
         leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
         # The projector tree holds None for unprojected leaves: compare structures only.
-        as_leaf = lambda tree: jax.tree.map(lambda _: 0, tree, is_leaf=lambda x: x is None)  # noqa: E731
+        def as_leaf(tree):
+            return jax.tree.map(lambda _: 0, tree, is_leaf=lambda x: x is None)
+
         check_tree_match(as_leaf(updates), as_leaf(state.projector), "updates", "state.projector")
         projectors = treedef.flatten_up_to(state.projector)
         hp = self.current_hyperparams(state)

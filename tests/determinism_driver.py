@@ -17,8 +17,6 @@ OPTIMIZERS = {
     "adamw": lambda: gc.adamw(1e-2, weight_decay=0.1),
     "adafactor": lambda: gc.adafactor(1e-2, min_dim_size_to_factor=2),
     "muon": lambda: gc.muon(1e-2),
-    "galore": lambda: gc.galore(1e-2, rank=2, update_proj_gap=3),
-    "schedule_free_adamw": lambda: gc.schedule_free_adamw(1e-2),
 }
 
 

@@ -135,7 +135,8 @@ TRANSFORMS: tuple[Entry, ...] = (
     E("apply_if_finite", lambda: gc.apply_if_finite(gc.adam(0.1), 2), optimizer=True,
       nonfinite="zeroed", keeps_nan=False),
     E("MultiSteps", lambda: gc.MultiSteps(gc.adam(0.1), 2), optimizer=True, nonfinite="held"),
-    E("MultiSteps", lambda: gc.MultiSteps(gc.adam(0.1), 2, should_skip_update_fn=gc.skip_not_finite),
+    E("MultiSteps",
+      lambda: gc.MultiSteps(gc.adam(0.1), 2, should_skip_update_fn=gc.skip_not_finite),
       optimizer=True, nonfinite="zeroed", keeps_nan=False, variant="skip_not_finite"),
     # decay
     E("add_decoupled_weight_decay", lambda: gc.add_decoupled_weight_decay(0.1), needs_params=True,

@@ -93,7 +93,7 @@ def readme_table():
 def markdown_table() -> str:
     """The README table, generated from the registry (``python -c 'import
     test_nonfinite as t; print(t.markdown_table())'`` from tests/)."""
-    lines = ["| transformation | a NaN in this step shows in | stays in the state |",
+    lines = ["| transformation | a NaN in this step shows in | later finite steps non-finite |",
              "|---|---|---|"]
     for e in TRANSFORMS:
         lines.append(f"| `{e.id}` | {e.nonfinite} | {'yes' if e.keeps_nan else 'no'} |")
@@ -130,5 +130,6 @@ def test_apply_if_finite_skips_a_nan_step_leaving_updates_zero_and_state_unchang
     ours, state = step(protected, _grads(params, 2), state)
     plain_state = step(plain, _grads(params, 0), plain.init(p))[1]
     theirs, plain_state = step(plain, _grads(params, 2), plain_state)
-    for a, b in zip(jax.tree.leaves((ours, state.inner_state)), jax.tree.leaves((theirs, plain_state))):
+    ours, theirs = (ours, state.inner_state), (theirs, plain_state)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -121,7 +121,8 @@ def _is_transformation_factory(obj) -> bool:
     if isinstance(obj, type):
         return issubclass(obj, gc.GradientTransformation) or issubclass(obj, gc.Schedule)
     annotation = getattr(obj, "__annotations__", {}).get("return", "")
-    return str(annotation) in {"Chain", "Masked", "Partition", "Identity", "AddDecoupledWeightDecay"}
+    return str(annotation) in {
+        "Chain", "Masked", "Partition", "Identity", "AddDecoupledWeightDecay"}
 
 
 def test_registry_covers_every_public_name():
