@@ -6,10 +6,11 @@ thin chains of them. Names, arguments and defaults follow optax where optax has 
 so ``import gradchain as optax`` works for the optimizers gradchain implements.
 
 Public names are re-exported here from the module of their concept; ``__all__`` is the union of
-X
+those modules' ``__all__``.
 """
 
 from gradchain import (
+    adam_variants,
     adaptive,
     averaging,
     base,
@@ -18,20 +19,39 @@ from gradchain import (
     combinators,
     decay,
     factored,
+    learning_rate_free,
     masks,
     momentum,
     numerics,
     optimizers,
+    quantization,
     scaling,
     schedules,
     sharding,
+    trust_ratio,
 )
 # These modules share their name with their optimizer, and the optimizer wins the package
 # attribute (``gradchain.muon`` is the function, as ``optax.contrib.muon`` is), so the modules
 # are bound under private names.
+from gradchain import adagrad as _adagrad_module
 from gradchain import galore as _galore_module
+from gradchain import lion as _lion_module
 from gradchain import muon as _muon_module
 from gradchain import schedule_free as _schedule_free_module
+from gradchain import sophia as _sophia_module
+from gradchain.adagrad import adagrad, scale_by_rss
+from gradchain.adam_variants import (
+    adamax,
+    adamaxw,
+    amsgrad,
+    nadam,
+    nadamw,
+    radam,
+    scale_by_adamax,
+    scale_by_amsgrad,
+    scale_by_nadam,
+    scale_by_radam,
+)
 from gradchain.adaptive import scale_by_adam, scale_by_rms, scale_by_stddev
 from gradchain.averaging import LookaheadParams, lookahead, params_ema
 from gradchain.base import (
@@ -73,6 +93,13 @@ from gradchain.factored import (
     scale_by_param_block_rms,
 )
 from gradchain.galore import GaLoreDimensionNumbers, galore, scale_by_galore
+from gradchain.learning_rate_free import (
+    dadapt_adamw,
+    prodigy,
+    scale_by_dadapt_adamw,
+    scale_by_prodigy,
+)
+from gradchain.lion import lion, scale_by_lion
 from gradchain.masks import path_labels, path_mask, tree_paths
 from gradchain.momentum import ema, trace
 from gradchain.muon import (
@@ -85,6 +112,18 @@ from gradchain.muon import (
 )
 from gradchain.numerics import bias_correction, safe_increment
 from gradchain.optimizers import adafactor, adam, adamw, rmsprop, sgd
+from gradchain.quantization import (
+    QuantizedArray,
+    adam_8bit,
+    adamw_8bit,
+    block_axis_sharding,
+    dequantize_blockwise,
+    dynamic_map,
+    lion_8bit,
+    quantize_blockwise,
+    quantize_moments,
+    sgd_8bit,
+)
 from gradchain.scaling import scale, scale_by_learning_rate, scale_by_schedule
 from gradchain.schedule_free import (
     schedule_free,
@@ -115,10 +154,19 @@ from gradchain.schedules import (
     warmup_stable_decay_schedule,
 )
 from gradchain.sharding import abstract_state, per_device_bytes, state_shardings, zero1
+from gradchain.sophia import (
+    gauss_newton_bartlett_estimator_diag_hessian,
+    hutchinson_estimator_diag_hessian,
+    scale_by_sophia,
+    sophia,
+)
+from gradchain.trust_ratio import lamb, lars, scale_by_trust_ratio
 
 __version__ = "0.1.0"
 
 _MODULES = (
+    _adagrad_module,
+    adam_variants,
     adaptive,
     averaging,
     base,
@@ -128,14 +176,19 @@ _MODULES = (
     decay,
     factored,
     _galore_module,
+    learning_rate_free,
+    _lion_module,
     masks,
     momentum,
     _muon_module,
     numerics,
     optimizers,
+    quantization,
     scaling,
     _schedule_free_module,
     schedules,
     sharding,
+    _sophia_module,
+    trust_ratio,
 )
 __all__ = sorted({name for module in _MODULES for name in module.__all__})

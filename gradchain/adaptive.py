@@ -18,9 +18,12 @@ from gradchain.base import (
 )
 from gradchain.numerics import (
     bias_correction,
+    cast_like,
     compute_dtype,
     ema,
     init_count,
+    inverse_root,
+    moments_like,
     safe_increment,
     state_dtype,
     zeros_like_param,
@@ -130,13 +133,6 @@ scale_by_adam = ScaleByAdam
 # RMSProp's scalings
 
 
-def _inverse_root(second_moment, eps, eps_in_sqrt: bool):
-    """``1/sqrt(s + eps)`` (eps inside the root) or ``1/(sqrt(s) + eps)`` (outside)."""
-    if eps_in_sqrt:
-        return jax.lax.rsqrt(second_moment + eps)
-    return 1 / (jnp.sqrt(second_moment) + eps)
-
-
 def _check_rms_args(tx) -> None:
     check_number("decay", tx.decay, low=0.0, high=1.0, high_open=True)
     check_number("eps", tx.eps, low=0.0)
@@ -144,14 +140,6 @@ def _check_rms_args(tx) -> None:
     for flag in ("eps_in_sqrt", "bias_correction"):
         if not isinstance(getattr(tx, flag), bool):
             raise ValueError(f"{flag} must be a bool, got {getattr(tx, flag)!r}")
-
-
-def _init_moment(params, fill=0.0):
-    return jax.tree.map(lambda p: zeros_like_param(p, state_dtype(p.dtype), fill), params)
-
-
-def _cast_like(new, old):
-    return jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)
 
 
 @state_class
@@ -205,7 +193,7 @@ class ScaleByRms(GradientTransformation):
 
     def init(self, params):
         check_floating(params, self.name)
-        nu = _init_moment(params, self.initial_scale)
+        nu = moments_like(params, fill=self.initial_scale)
         return ScaleByRmsState(count=init_count(), nu=nu, hyperparams=self.init_hyperparams())
 
     def update(self, updates, state, params=None, **extra_args):
@@ -219,11 +207,11 @@ class ScaleByRms(GradientTransformation):
             g32 = g.astype(dt)
             v = ema(v.astype(dt), g32 * g32, decay.astype(dt))
             v_hat = numerics.bias_correction(v, decay, t) if self.bias_correction else v
-            u = _inverse_root(v_hat, eps.astype(dt), self.eps_in_sqrt) * g32
+            u = inverse_root(v_hat, eps.astype(dt), self.eps_in_sqrt) * g32
             return u.astype(g.dtype), v
 
         out, nu = tree_map_multi(step, 2, updates, state.nu)
-        return out, ScaleByRmsState(count=t, nu=_cast_like(nu, state.nu), hyperparams=hp)
+        return out, ScaleByRmsState(count=t, nu=cast_like(nu, state.nu), hyperparams=hp)
 
 
 scale_by_rms = ScaleByRms
@@ -277,8 +265,8 @@ class ScaleByStddev(GradientTransformation):
         check_floating(params, self.name)
         return ScaleByStddevState(
             count=init_count(),
-            mu=_init_moment(params),
-            nu=_init_moment(params, self.initial_scale),
+            mu=moments_like(params),
+            nu=moments_like(params, fill=self.initial_scale),
             hyperparams=self.init_hyperparams(),
         )
 
@@ -298,12 +286,12 @@ class ScaleByStddev(GradientTransformation):
                 m_hat = numerics.bias_correction(m, decay, t)
                 v_hat = numerics.bias_correction(v, decay, t)
             variance = jnp.maximum(v_hat - m_hat * m_hat, 0)
-            u = _inverse_root(variance, eps.astype(dt), self.eps_in_sqrt) * g32
+            u = inverse_root(variance, eps.astype(dt), self.eps_in_sqrt) * g32
             return u.astype(g.dtype), m, v
 
         out, mu, nu = tree_map_multi(step, 3, updates, state.mu, state.nu)
         return out, ScaleByStddevState(
-            count=t, mu=_cast_like(mu, state.mu), nu=_cast_like(nu, state.nu), hyperparams=hp
+            count=t, mu=cast_like(mu, state.mu), nu=cast_like(nu, state.nu), hyperparams=hp
         )
 
 

@@ -89,6 +89,10 @@ def adafactor_decay_rate(step, exponent):
     return 1.0 - t ** (-jnp.asarray(exponent, jnp.float32))
 
 
+def _is_none(x) -> bool:
+    return x is None
+
+
 def _check_count(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
         raise ValueError(f"{name} must be an int in [0, inf), got {value!r}")
@@ -97,11 +101,10 @@ def _check_count(name: str, value) -> None:
 @state_class
 class FactoredState:
     """``count``: updates done; per parameter, ``v_row`` and ``v_col``: the moving averages of
-    the mean of :math:`g^2 + \\epsilon_1` over axis ``d0`` and over axis ``d1`` (factored
-    leaves), ``v``: the moving average of :math:`g^2 + \\epsilon_1` (other leaves); unused
-    entries are empty: ``(0,)`` factors for unfactored leaves, and for factored leaves a ``v`` of
-    shape ``(0, *param.shape)`` that records the parameter's shape. ``hyperparams``: decay_rate,
-    epsilon."""
+    the mean of :math:`g^2 + \\epsilon_1` over axis ``d0`` and over axis ``d1``, each kept as an
+    axis of size 1 (factored leaves; None for the others), ``v``: the moving average of
+    :math:`g^2 + \\epsilon_1` (unfactored leaves; None for factored ones). ``hyperparams``:
+    decay_rate, epsilon."""
 
     count: jax.Array
     v_row: object
@@ -124,9 +127,12 @@ class FactoredSecondMoment(GradientTransformation):
         c_t = \hat\beta_t c_{t-1} + (1-\hat\beta_t)\operatorname{mean}_{d_1} G^2, \\
         u_t = g_t \Big/ \sqrt{\frac{r_t\, c_t}{\operatorname{mean}_{d_1} r_t}}
 
-    (:math:`r_t` broadcast along :math:`d_0`, :math:`c_t` along :math:`d_1`); every other leaf
-    keeps the whole :math:`v_t = \hat\beta_t v_{t-1} + (1-\hat\beta_t) G^2` and
-    :math:`u_t = g_t/\sqrt{v_t}`. An ``n x m`` matrix thus keeps ``n + m`` numbers.
+    (:math:`r_t` keeps :math:`d_0` as an axis of size 1, :math:`c_t` keeps :math:`d_1`, so they
+    broadcast); every other leaf keeps the whole
+    :math:`v_t = \hat\beta_t v_{t-1} + (1-\hat\beta_t) G^2` and :math:`u_t = g_t/\sqrt{v_t}`.
+    An ``n x m`` matrix thus keeps ``n + m`` numbers: ``v_row`` of shape ``(n, 1)`` and ``v_col``
+    of shape ``(1, m)`` (for ``d0 = 1``), with ``v`` None; unfactored leaves have ``v_row`` and
+    ``v_col`` None.
 
     Args:
       factored: factor the leaves that qualify (default True); False keeps every full
@@ -144,9 +150,13 @@ class FactoredSecondMoment(GradientTransformation):
         PyTorch: the last two axes). HF and PyTorch factor every matrix:
         ``factored_axes="last", min_dim_size_to_factor=1``.
 
-    The statistics are kept in float32 for bfloat16/float16 parameters and unused entries are
-    empty arrays (optax: the parameter's dtype and ``(1,)`` placeholders); ``params`` are not
-    needed. Otherwise the same as ``optax.scale_by_factored_rms`` (also exported under that name).
+    The statistics are kept in float32 for bfloat16/float16 parameters, the factors keep the
+    reduced axis (as PyTorch's ``Adafactor`` does) and unused entries are None; optax keeps the
+    parameter's dtype, drops the reduced axis (``(n,)`` and ``(m,)``) and fills unused entries
+    with ``(1,)`` placeholders. Keeping the axis records the parameter's shape in the state, so
+    the state of a ``(2, 3)`` matrix is not taken for that of a ``(3, 2)`` one, and says which
+    axis each factor reduced (which the sharding rules read). ``params`` are not needed.
+    The updates are the same as ``optax.scale_by_factored_rms`` (also exported under that name).
     PyTorch's ``Adafactor`` does not add :math:`\epsilon_1` to :math:`g^2` but clamps the
     estimate at ``finfo(dtype).eps`` (ALGORITHMS.md §4.4, §15 rows 11-12); that variant is not
     provided.
@@ -182,32 +192,32 @@ class FactoredSecondMoment(GradientTransformation):
         return factored_axes(tuple(shape), self.factored_axes, self.min_dim_size_to_factor)
 
     def _state_shapes(self, shape):
-        """Shapes of ``(v_row, v_col, v)`` for a leaf of ``shape``."""
+        """Shapes of ``(v_row, v_col, v)`` for a leaf of ``shape``, None for an unused entry."""
+        shape = tuple(shape)
         axes = self.axes(shape)
         if axes is None:
-            return (0,), (0,), tuple(shape)
+            return None, None, shape
         d1, d0 = axes
-        drop = lambda axis: tuple(s for i, s in enumerate(shape) if i != axis)  # noqa: E731
-        # An empty v that still records the parameter's shape, so that the state of a (2, 3)
-        # matrix is not mistaken for the state of a (3, 2) one (their factors have equal shapes).
-        return drop(d0), drop(d1), (0, *shape)
+        # The reduced axis is kept with size 1: together the two factors record the parameter's
+        # shape, so the state of a (2, 3) matrix is not mistaken for the state of a (3, 2) one.
+        one = lambda axis: tuple(1 if i == axis else s for i, s in enumerate(shape))  # noqa: E731
+        return one(d0), one(d1), None
 
     def init(self, params):
         check_floating(params, self.name)
 
         def init_leaf(p):
             dtype = state_dtype(p.dtype)
-            row, col, full = self._state_shapes(p.shape)
             axes = self.axes(p.shape)
             if axes is None:
                 # The full moment mirrors the parameter and takes its sharding.
-                return jnp.zeros(row, dtype), jnp.zeros(col, dtype), zeros_like_param(p, dtype)
+                return None, None, zeros_like_param(p, dtype)
             # Each factor keeps the parameter's sharding on the axes it keeps.
             d1, d0 = axes
             return (
-                zeros_like_reduced(p, d0, dtype),
-                zeros_like_reduced(p, d1, dtype),
-                jnp.zeros(full, dtype),
+                zeros_like_reduced(p, d0, dtype, keepdims=True),
+                zeros_like_reduced(p, d1, dtype, keepdims=True),
+                None,
             )
 
         v_row, v_col, v = tree_map_multi(init_leaf, 3, params)
@@ -216,17 +226,25 @@ class FactoredSecondMoment(GradientTransformation):
         )
 
     def _check_state(self, updates, state):
-        as_leaf = lambda tree: jax.tree.map(lambda _: 0, tree)  # noqa: E731
-        check_tree_match(as_leaf(updates), as_leaf(state.v), "updates", "state.v")
-        paths = jax.tree_util.tree_flatten_with_path(updates)[0]
-        for (path, g), r, c, v in zip(
-            paths, *(jax.tree.leaves(t) for t in (state.v_row, state.v_col, state.v))
-        ):
-            if self._state_shapes(g.shape) != (r.shape, c.shape, v.shape):
+        # Each of v_row, v_col and v has an entry (an array or None) per leaf of the updates.
+        as_leaf = lambda tree: jax.tree.map(lambda _: 0, tree, is_leaf=_is_none)  # noqa: E731
+        paths, treedef = jax.tree_util.tree_flatten_with_path(updates)
+        per_leaf = {}
+        for name in ("v", "v_row", "v_col"):
+            try:
+                per_leaf[name] = treedef.flatten_up_to(getattr(state, name))
+            except (ValueError, TypeError):
+                check_tree_match(as_leaf(updates), as_leaf(getattr(state, name)), "updates",
+                                 f"state.{name}")
+                raise
+        shape_of = lambda x: None if x is None else tuple(jnp.shape(x))  # noqa: E731
+        for (path, g), r, c, v in zip(paths, per_leaf["v_row"], per_leaf["v_col"], per_leaf["v"]):
+            got = tuple(shape_of(x) for x in (r, c, v))
+            if self._state_shapes(g.shape) != got:
                 raise ValueError(
                     f"updates at {jax.tree_util.keystr(path)} have shape {g.shape}, but the state "
-                    f"there was made for another shape (v_row {r.shape}, v_col {c.shape}, "
-                    f"v {v.shape})"
+                    f"there was made for another shape (v_row {got[0]}, v_col {got[1]}, "
+                    f"v {got[2]})"
                 )
 
     def update(self, updates, state, params=None, **extra_args):
@@ -243,15 +261,13 @@ class FactoredSecondMoment(GradientTransformation):
             axes = self.axes(g.shape)
             if axes is None:
                 v = numerics.ema(v.astype(dt), g2, b)
-                return (g32 * v**-0.5).astype(g.dtype), r, c, v
+                return (g32 * v**-0.5).astype(g.dtype), None, None, v
             d1, d0 = axes
-            r = numerics.ema(r.astype(dt), jnp.mean(g2, axis=d0), b)
-            c = numerics.ema(c.astype(dt), jnp.mean(g2, axis=d1), b)
-            d1_in_r = d1 - 1 if d1 > d0 else d1
-            row_factor = (r / jnp.mean(r, axis=d1_in_r, keepdims=True)) ** -0.5
-            col_factor = c**-0.5
-            u = g32 * jnp.expand_dims(row_factor, d0) * jnp.expand_dims(col_factor, d1)
-            return u.astype(g.dtype), r, c, v
+            r = numerics.ema(r.astype(dt), jnp.mean(g2, axis=d0, keepdims=True), b)
+            c = numerics.ema(c.astype(dt), jnp.mean(g2, axis=d1, keepdims=True), b)
+            row_factor = (r / jnp.mean(r, axis=d1, keepdims=True)) ** -0.5
+            u = g32 * row_factor * c**-0.5
+            return u.astype(g.dtype), r, c, None
 
         out, v_row, v_col, v = tree_map_multi(
             step, 4, updates, state.v_row, state.v_col, state.v

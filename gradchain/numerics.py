@@ -130,6 +130,23 @@ def zeros_like_reduced(p, axis: int, dtype=None, keepdims: bool = False) -> jax.
     if sharding is not None:
         return jnp.zeros(reduced, dtype, device=sharding)
     return jnp.zeros(reduced, dtype)
+def moments_like(params, requested_dtype=None, fill: float = 0.0):
+    """One state array per parameter leaf, filled with ``fill``, in :func:`state_dtype`."""
+    return jax.tree.map(
+        lambda p: zeros_like_param(p, state_dtype(p.dtype, requested_dtype), fill), params
+    )
+
+
+def cast_like(new, old):
+    """``new`` cast leaf by leaf to the dtypes of ``old``: states keep their dtype across steps."""
+    return jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)
+
+
+def inverse_root(second_moment, eps, eps_in_sqrt: bool):
+    """``1/sqrt(s + eps)`` (eps inside the root) or ``1/(sqrt(s) + eps)`` (outside)."""
+    if eps_in_sqrt:
+        return jax.lax.rsqrt(second_moment + eps)
+    return 1 / (jnp.sqrt(second_moment) + eps)
 
 
 def bias_correction(moment: jax.Array, decay, count: jax.Array) -> jax.Array:

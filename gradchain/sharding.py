@@ -11,6 +11,9 @@ A gradchain state is a pytree of ``jax.Array`` s, so JAX's SPMD machinery (``Mes
   shape cannot tell which axis was reduced (a square matrix), a field named ``*row*`` is a row
   statistic (it kept the earlier axis), ``*col*`` a column one; otherwise the positions in doubt
   are replicated;
+* the codes and scales of an 8-bit moment are split by blocks over the mesh axes of the
+  parameter's leading axis when its shards hold whole blocks (``block_axis_sharding``), and
+  replicated otherwise;
 * everything else (step counts, live hyperparameters, ``(1,)`` placeholders) is replicated.
 
 A leaf is matched to its parameter through the state's structure: any subtree of the state that
@@ -36,6 +39,7 @@ are all-gathered once per parameter.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -43,6 +47,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gradchain.base import GradientTransformation, _call_update, check_params_match, transformation
 from gradchain.numerics import reduced_sharding
+from gradchain.quantization import QuantizedArray, block_layout
 
 __all__ = ["abstract_state", "per_device_bytes", "state_shardings", "zero1"]
 
@@ -101,6 +106,14 @@ def _reduced_axis(param_sharding, ndim, axes, field):
     return NamedSharding(param_sharding.mesh, PartitionSpec(*entries))
 
 
+def _blocks(q: QuantizedArray, param_sharding, replicated) -> QuantizedArray:
+    """An 8-bit moment's codes and scales, split by blocks (``quantization.block_layout``)."""
+    if not isinstance(param_sharding, NamedSharding):
+        return dataclasses.replace(q, codes=replicated, absmax=replicated)
+    codes, absmax = block_layout(q.shape, q.block_size, param_sharding)
+    return dataclasses.replace(q, codes=codes, absmax=absmax)
+
+
 def _is_leaf_node(node) -> bool:
     return node is None or jax.tree_util.treedef_is_leaf(jax.tree.structure(node))
 
@@ -134,7 +147,9 @@ def derive_shardings(state, param_treedef, param_infos, replicated):
         if per_param is not None:
             return param_treedef.unflatten(
                 [
-                    jax.tree_util.tree_map_with_path(
+                    _blocks(sub, sharding, replicated)
+                    if isinstance(sub, QuantizedArray)
+                    else jax.tree_util.tree_map_with_path(
                         lambda path, x: _follow(
                             x.shape, shape, sharding, replicated, _field_name(path, field)
                         ),

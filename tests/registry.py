@@ -40,6 +40,22 @@ def _labels_by_ndim(tree):
     return jax.tree.map(lambda x: "matrix" if jnp.ndim(x) >= 2 else "other", tree)
 
 
+def _loss(params):
+    """A scalar loss of any parameter tree, for the transformations that take ``obj_fn=``."""
+    return sum((jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(params)),
+               jnp.zeros((), jnp.float32))
+
+
+def _sampled_grads(params, key):
+    """A gradient tree for ``sampled_grad_fn=`` (Sophia's Gauss-Newton-Bartlett estimator)."""
+    return jax.tree.map(lambda x: jnp.cos(x) * jax.random.normal(key, (), x.dtype), params)
+
+
+SOPHIA_EXTRA = {"obj_fn": _loss}
+Q8 = dict(block_size=4, min_8bit_size=1)  # 8-bit states on the small test leaves
+# (Their moments are int8 codes, so "floats only" is said rather than measured.)
+
+
 def _one_device_mesh():
     return jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
 
@@ -73,6 +89,9 @@ class Entry:
       starts at the parameters' values (and ``init`` raises a TypeError saying so).
     nonfinite: how a NaN gradient coordinate shows in this step's updates (see NONFINITE).
     keeps_nan: the NaN enters the state, so the updates of later, finite steps are non-finite.
+    floats_only: ``init`` rejects integer and complex parameters (TypeError naming the leaf);
+      None: decided by whether the state keeps float numbers per parameter element.
+    param_copies: state fields that are copies of the parameters, kept in their dtype.
     """
 
     name: str
@@ -86,6 +105,8 @@ class Entry:
     abstract_init: bool = True
     nonfinite: str = "coordinate"
     keeps_nan: bool = True
+    floats_only: bool | None = None
+    param_copies: tuple = ()
     variant: str = ""
 
     @property
@@ -190,6 +211,59 @@ TRANSFORMS: tuple[Entry, ...] = (
     # sharding
     E("zero1", lambda: gc.zero1(gc.adamw(0.1), _one_device_mesh()), optimizer=True,
       needs_params=True),
+    # adagrad
+    E("scale_by_rss", gc.scale_by_rss),
+    E("adagrad", lambda: gc.adagrad(0.1), optimizer=True),
+    # Adam variants
+    E("scale_by_adamax", gc.scale_by_adamax),
+    E("adamax", lambda: gc.adamax(0.1), optimizer=True),
+    E("adamaxw", lambda: gc.adamaxw(0.1), optimizer=True, needs_params=True),
+    E("scale_by_amsgrad", gc.scale_by_amsgrad),
+    E("amsgrad", lambda: gc.amsgrad(0.1), optimizer=True),
+    E("scale_by_nadam", gc.scale_by_nadam),
+    E("nadam", lambda: gc.nadam(0.1), optimizer=True),
+    E("nadamw", lambda: gc.nadamw(0.1), optimizer=True, needs_params=True),
+    E("scale_by_radam", gc.scale_by_radam),
+    E("radam", lambda: gc.radam(0.1), optimizer=True),
+    # Lion
+    E("scale_by_lion", gc.scale_by_lion),
+    E("lion", lambda: gc.lion(0.1), optimizer=True, needs_params=True),
+    # trust ratio
+    E("scale_by_trust_ratio", gc.scale_by_trust_ratio, needs_params=True, nonfinite="leaf",
+      keeps_nan=False),
+    E("lamb", lambda: gc.lamb(0.1, weight_decay=0.01), optimizer=True, needs_params=True,
+      nonfinite="leaf"),
+    E("lars", lambda: gc.lars(0.1, weight_decay=0.01), optimizer=True, needs_params=True,
+      nonfinite="leaf"),
+    # learning-rate free
+    E("scale_by_prodigy", gc.scale_by_prodigy, needs_params=True, param_copies=("params0",)),
+    E("prodigy", lambda: gc.prodigy(), optimizer=True, needs_params=True,
+      param_copies=("params0",)),
+    E("scale_by_dadapt_adamw", gc.scale_by_dadapt_adamw, needs_params=True),
+    E("dadapt_adamw", lambda: gc.dadapt_adamw(), optimizer=True, needs_params=True),
+    # Sophia
+    E("hutchinson_estimator_diag_hessian", lambda: gc.hutchinson_estimator_diag_hessian(0),
+      extra=SOPHIA_EXTRA, needs_params=True, nonfinite="none", keeps_nan=False,
+      floats_only=True),
+    E("gauss_newton_bartlett_estimator_diag_hessian",
+      lambda: gc.gauss_newton_bartlett_estimator_diag_hessian(8, 0),
+      extra={"sampled_grad_fn": _sampled_grads}, needs_params=True, nonfinite="none",
+      keeps_nan=False, floats_only=True),
+    E("scale_by_sophia", lambda: gc.scale_by_sophia(update_interval=1), extra=SOPHIA_EXTRA,
+      needs_params=True),
+    E("sophia", lambda: gc.sophia(0.1, update_interval=1), extra=SOPHIA_EXTRA, optimizer=True,
+      needs_params=True),
+    # 8-bit states
+    E("quantize_moments", lambda: gc.quantize_moments(gc.adam(0.1), **Q8), optimizer=True,
+      floats_only=True),
+    E("adam_8bit", lambda: gc.adam_8bit(0.1, **Q8), optimizer=True,
+      floats_only=True),
+    E("adamw_8bit", lambda: gc.adamw_8bit(0.1, **Q8), optimizer=True, needs_params=True,
+      floats_only=True),
+    E("sgd_8bit", lambda: gc.sgd_8bit(0.1, momentum=0.9, **Q8), optimizer=True,
+      floats_only=True),
+    E("lion_8bit", lambda: gc.lion_8bit(0.1, **Q8), optimizer=True, needs_params=True,
+      floats_only=True),
 )
 
 TRANSFORM_NAMES = frozenset(e.name for e in TRANSFORMS)
@@ -223,6 +297,11 @@ SCHEDULES: dict[str, Callable[[], Callable]] = {
 
 # Public names that are not transformations or schedules, with what they are.
 NOT_TRANSFORMS: dict[str, str] = {
+    "QuantizedArray": "data type (an 8-bit array and its scales)",
+    "block_axis_sharding": "helper: the layout of 8-bit blocks",
+    "dequantize_blockwise": "helper: 8-bit to float",
+    "dynamic_map": "helper: the 8-bit code book",
+    "quantize_blockwise": "helper: float to 8-bit",
     "ChainState": "state container",
     "EmptyState": "state container",
     "GaLoreDimensionNumbers": "data type (a matrix view of a tensor)",

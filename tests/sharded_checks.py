@@ -372,6 +372,25 @@ def _():
     for (field, n), spec in expected.items():
         got = getattr(sh, field)[n]
         assert got.is_equivalent_to(NamedSharding(mesh, spec), 1), (field, n, got)
+    if not hasattr(gc, "adafactor"):
+        return
+    # gradchain's own factors keep the reduced axis with size 1 (unsharded) and the parameter's
+    # sharding on the other; unused entries are None. "w" (16 x 8) reduces its larger axis 0 in
+    # v_row, the square "sq" its later axis 1.
+    sh = gc.state_shardings(gc.adafactor(1e-2, min_dim_size_to_factor=4), abstract)
+    expected = {
+        ("v_row", "w"): P(None, "model"),
+        ("v_col", "w"): P("data", None),
+        ("v_row", "sq"): P("data", None),
+        ("v_col", "sq"): P(None, "model"),
+        ("v", "b"): P("model"),
+        ("v", "odd"): P(),
+    }
+    for (field, n), spec in expected.items():
+        got = gc.tree_get(sh, field)[n]
+        assert got.is_equivalent_to(NamedSharding(mesh, spec), 2), (field, n, got)
+    for field, n in [("v", "w"), ("v", "sq"), ("v_row", "b"), ("v_col", "odd")]:
+        assert gc.tree_get(sh, field)[n] is None, (field, n)
 
 
 @for_each(list(OPTIMIZERS) + ["adamw-explicit"], "sharded_update_matches_single_device[{}]")
@@ -543,6 +562,71 @@ def _(layout):
     assert_layout(restored, gc.state_shardings(tx, params), "restored state")
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# 8-bit states (gradchain.quantization) on the 4 x 2 mesh: blocks of 16 so that the small test
+# parameters are quantized. A shard of "w" (4 x 8) or "sq" (2 x 8) along "data" holds whole
+# blocks, so their codes are split by blocks along "data"; "b" (4 per "model" shard), "s" and
+# "odd" hold less than a block per shard and stay replicated.
+BLOCKS_8BIT = {"w": P("data", None), "sq": P("data", None), "b": P(), "s": P(), "odd": P()}
+
+
+def adamw_8bit():
+    return gc.adamw_8bit(1e-2, weight_decay=0.1, block_size=16, min_8bit_size=0)
+
+
+@functools.cache
+def run_8bit(kind):
+    mesh = make_mesh((4, 2), ("data", "model"), kind)
+    tx = adamw_8bit()
+    params, grads = host_params(SHAPES), host_grads(SHAPES)
+    placed = place(params, mesh, SPECS)
+    with jax.set_mesh(mesh):
+        state = tx.init(placed)
+    sharded, hlo = trajectory(tx, placed, [place(g, mesh, SPECS) for g in grads], state)
+    single, _ = trajectory(tx, on_device0(params), [on_device0(g) for g in grads])
+    return mesh, tx, placed, state, sharded, hlo, single
+
+
+@for_each(["auto", "explicit"], "8bit_update_matches_single_device[{}]")
+def _(kind):
+    *_, sharded, _, single = run_8bit(kind)
+    for k, ((ps, ss), (p1, s1)) in enumerate(zip(sharded, single)):
+        assert_close(ps, p1, f"params after step {k + 1}")
+        assert_close(ss, s1, f"state after step {k + 1}")  # the same codes
+
+
+@for_each(["auto", "explicit"], "8bit_state_split_by_blocks[{}]")
+def _(kind):
+    mesh, tx, placed, state, sharded, _, _ = run_8bit(kind)
+    expected = gc.state_shardings(tx, placed)
+    for field in ("mu", "nu"):
+        for n, spec in BLOCKS_8BIT.items():
+            q = gc.tree_get(expected, field)[n]
+            assert q.codes.is_equivalent_to(NamedSharding(mesh, spec), 2), (field, n, q.codes)
+    assert_layout(state, expected, "init")
+    for k, (_, ss) in enumerate(sharded):
+        assert_layout(ss, expected, f"state after step {k + 1}")
+
+
+@check("8bit_zero1_splits_blocks_along_data")
+def _():
+    mesh8 = make_mesh((8,), ("data",), "auto")
+    inner = gc.adamw_8bit(1e-2, block_size=8, min_8bit_size=0)
+    tx = gc.zero1(inner, mesh8, axis="data")
+    replicated = {n: P() for n in DP_SHAPES}
+    params, grads = host_params(DP_SHAPES), host_grads(DP_SHAPES)
+    sharded, _ = trajectory(
+        tx, place(params, mesh8, replicated), [place(g, mesh8, replicated) for g in grads]
+    )
+    single, _ = trajectory(inner, on_device0(params), [on_device0(g) for g in grads])
+    for k, ((ps, ss), (p1, s1)) in enumerate(zip(sharded, single)):
+        assert_close(ps, p1, f"params after step {k + 1}")
+        assert_close(ss, s1, f"state after step {k + 1}")
+    # "w" (16 x 8) is split along its rows: 2 rows, 2 blocks of 8, per device
+    codes = gc.tree_get(sharded[-1][1], "mu")["w"].codes
+    assert codes.sharding.is_equivalent_to(NamedSharding(mesh8, P("data", None)), 2), codes.sharding
+    assert {s.data.shape for s in codes.addressable_shards} == {(2, 8)}
 
 
 @check("readme_example_runs")

@@ -70,7 +70,9 @@ def _keeps_tree_state(entry) -> bool:
 def _keeps_float_state(entry) -> bool:
     """Whether the state holds float numbers per parameter (moments, copies of the params):
     those transformations can tell a wrong shape, and need float parameters."""
-    return _state_growth(entry)[1] > 0
+    if entry.floats_only is not None:
+        return entry.floats_only
+    return _state_growth(entry)[1] >= 4  # at least one float per element of the 2x2 parameter
 
 
 # 1-3 -----------------------------------------------------------------------------------------
@@ -213,6 +215,8 @@ def _is_float(v) -> bool:
 
 
 def _bad_values(name, value):
+    if name.endswith("mask") or name == "random_seed":
+        return []  # a mask may be a bool, a string (a path pattern); any int is a seed
     if isinstance(value, bool):
         return [("yes", ValueError, rf"\b{name}\b.*bool")]
     if isinstance(value, int):

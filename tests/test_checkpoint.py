@@ -19,10 +19,21 @@ from crosscheck import mixed_params
 from training import bits_equal
 
 
+def _matrices_only(params):
+    """The 2-D leaves of ``params``: the tree for transformations that accept only matrices."""
+    return {k: p for k, p in params.items() if p.ndim == 2}
+
+
+# Transformations that reject part of the mixed tree by design (Muon orthogonalises matrices and
+# raises naming a non-matrix leaf): they are checkpointed with the part they accept.
+PARAMS_FOR = {"scale_by_muon": _matrices_only, "scale_by_shape": _matrices_only}
+
+
 def _named_optimizers() -> dict:
     """Every public named optimizer (a function whose first argument is the learning rate and
     whose others have defaults) and every transformation class constructible with no arguments,
-    found in ``gc.__all__`` so that new ones are covered when they land."""
+    found in ``gc.__all__`` so that new ones are covered when they land. ``PARAMS_FOR`` gives
+    the params of those that accept only some leaves."""
     found = {}
     for name in gc.__all__:
         obj = getattr(gc, name)
@@ -31,13 +42,13 @@ def _named_optimizers() -> dict:
             if args and args[0].name == "learning_rate" and all(
                 a.default is not a.empty or a.kind is a.VAR_KEYWORD for a in args[1:]
             ):
-                found[name] = lambda f=obj: (f(1e-3), None)
+                found[name] = lambda f=obj, w=PARAMS_FOR.get(name): (f(1e-3), w)
         elif isinstance(obj, type) and issubclass(obj, gc.GradientTransformation):
             if dataclasses.is_dataclass(obj) and all(
                 f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
                 for f in dataclasses.fields(obj)
             ):
-                found[name] = lambda c=obj: (c(), None)
+                found[name] = lambda c=obj, w=PARAMS_FOR.get(name): (c(), w)
     return found
 
 
@@ -55,6 +66,8 @@ def _combinators() -> dict:
         "params_ema": lambda: (gc.chain(gc.adamw(1e-3), gc.params_ema(0.999)), None),
         "lookahead": lambda: (gc.lookahead(gc.adam(1e-3), 5, 0.5), gc.LookaheadParams.init_synced),
         "zero_nans": lambda: (gc.chain(gc.zero_nans(), gc.sgd(0.1)), None),
+        # Every matrix factored: the state holds row and column factors (and None entries).
+        "adafactor_factored": lambda: (gc.adafactor(1e-3, min_dim_size_to_factor=1), None),
     }
 
 
@@ -63,6 +76,7 @@ OPTIMIZERS = {**_named_optimizers(), **_combinators()}
 
 def test_the_library_search_finds_the_named_optimizers():
     assert {"adam", "adamw", "sgd", "scale_by_adam"} <= set(OPTIMIZERS)
+    assert set(PARAMS_FOR) <= set(OPTIMIZERS)  # a renamed transformation is not lost
 
 
 def _state(build):

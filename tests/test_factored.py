@@ -15,14 +15,31 @@ SHAPES = [
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_factored_state_shapes_match_optax(shape):
+def test_factors_are_optaxs_with_the_reduced_axis_kept_and_unused_entries_none(shape):
     ours = gc.scale_by_factored_rms(min_dim_size_to_factor=1).init({"p": jnp.zeros(shape)})
     ref = optax.scale_by_factored_rms(min_dim_size_to_factor=1).init({"p": jnp.zeros(shape)})
-    if ours.v["p"].size == 0 and ours.v_row["p"].size:  # factored
-        assert ours.v_row["p"].shape == ref.v_row["p"].shape
-        assert ours.v_col["p"].shape == ref.v_col["p"].shape
+    axes = gc.factored_axes(shape, "largest", 1)
+    if axes is not None:
+        d1, d0 = axes
+        assert ref.v["p"].shape == (1,)  # optax factors this leaf too: (1,) is its placeholder
+        assert ours.v["p"] is None
+        assert ours.v_row["p"].shape[d0] == ours.v_col["p"].shape[d1] == 1
+        assert np.squeeze(ours.v_row["p"], d0).shape == ref.v_row["p"].shape
+        assert np.squeeze(ours.v_col["p"], d1).shape == ref.v_col["p"].shape
     else:
+        assert ours.v_row["p"] is None and ours.v_col["p"] is None
         assert ours.v["p"].shape == ref.v["p"].shape == shape
+
+
+@pytest.mark.parametrize("params_shape, updates_shape", [((3, 2), (2, 3)), ((2, 3, 4), (2, 4, 3))])
+def test_a_state_made_for_a_transposed_parameter_is_refused_naming_the_path(
+    params_shape, updates_shape
+):
+    # Without the kept axes the factors of these shapes would have equal shapes.
+    tx = gc.scale_by_factored_rms(min_dim_size_to_factor=1)
+    state = tx.init({"w": jnp.zeros(params_shape)})
+    with pytest.raises(ValueError, match=r"updates at \['w'\] have shape .*made for another"):
+        tx.update({"w": jnp.ones(updates_shape)}, state)
 
 
 @pytest.mark.parametrize(
@@ -46,8 +63,9 @@ def test_square_matrix_row_statistic_averages_over_the_last_axis():
     g = jnp.arange(1.0, 17.0).reshape(4, 4)
     tx = gc.scale_by_factored_rms(min_dim_size_to_factor=1)
     _, state = tx.update({"w": g}, tx.init({"w": g}))  # beta_hat_1 = 0: the state is the means
-    np.testing.assert_allclose(state.v_row["w"], np.mean(np.asarray(g) ** 2, axis=1), rtol=1e-6)
-    np.testing.assert_allclose(state.v_col["w"], np.mean(np.asarray(g) ** 2, axis=0), rtol=1e-6)
+    g2 = np.asarray(g) ** 2
+    np.testing.assert_allclose(state.v_row["w"], np.mean(g2, axis=1, keepdims=True), rtol=1e-6)
+    np.testing.assert_allclose(state.v_col["w"], np.mean(g2, axis=0, keepdims=True), rtol=1e-6)
 
 
 @pytest.mark.parametrize(

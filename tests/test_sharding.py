@@ -41,6 +41,9 @@ SHARDED_CHECKS = [
     "global_norm_is_global",
     "zero1_state_bytes_are_an_eighth",
     "readme_example_runs",
+    *(f"8bit_{what}[{kind}]" for what in ("update_matches_single_device", "state_split_by_blocks")
+      for kind in ("auto", "explicit")),
+    "8bit_zero1_splits_blocks_along_data",
     "checkpoint_restores_into_state_layout[mesh]",
     "checkpoint_restores_into_state_layout[zero1]",
     *(f"init_{how}_follows_params[{o}]" for how in ("eager", "jit", "abstract") for o in ON_MESH),

@@ -1,0 +1,452 @@
+"""Learning-rate-free Adam: Prodigy and D-Adaptation estimate the step size ``d`` as they go.
+
+Both keep a scalar ``d`` (an under-estimate of the distance to the solution, growing from
+``estim_lr0``) in the state, readable with ``tree_get(state, "d")``. The ``learning_rate`` is
+a multiplier of ``d`` (1 by default; a schedule from 1 down to 0 is the recommended use) and
+enters the estimate itself, so unlike other transforms these carry it inside and return the
+finished descent step: the named optimizers are the transform alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from gradchain.adam_variants import check_bools
+from gradchain.base import (
+    Chain,
+    GradientTransformation,
+    check_floating,
+    check_number,
+    check_params_match,
+    check_tree_match,
+    named_chain,
+    require_params,
+    state_class,
+    transformation,
+    tree_map_multi,
+)
+from gradchain.numerics import (
+    cast_like,
+    compute_dtype,
+    ema,
+    init_count,
+    moments_like,
+    safe_increment,
+)
+
+__all__ = ["dadapt_adamw", "prodigy", "scale_by_dadapt_adamw", "scale_by_prodigy"]
+
+
+def _tree_sum(fn, *trees):
+    """``sum over leaves of sum(fn(*leaf arrays))`` in float32 or better."""
+    leaves = [jax.tree.leaves(t) for t in trees]
+    sums = []
+    for xs in zip(*leaves):
+        dt = compute_dtype(jnp.result_type(*[x.dtype for x in xs]))
+        sums.append(jnp.sum(fn(*[x.astype(dt) for x in xs]), dtype=dt))
+    return sum(sums[1:], sums[0]) if sums else jnp.zeros((), jnp.float32)
+
+
+def _check_betas(tx):
+    if not (isinstance(tx.betas, (tuple, list)) and len(tx.betas) == 2):
+        raise ValueError(f"betas must be a pair (b1, b2), got {tx.betas!r}")
+    check_number("betas[0]", tx.betas[0], low=0.0, high=1.0, high_open=True)
+    check_number("betas[1]", tx.betas[1], low=0.0, high=1.0, high_open=True)
+
+
+def _adam_bias_correction(tx, b1, b2, t):
+    r""":math:`\sqrt{1-\beta_2^t}/(1-\beta_1^t)` when ``tx.bias_correction``, else 1."""
+    if not tx.bias_correction:
+        return jnp.ones((), b1.dtype)
+    return jnp.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prodigy
+
+
+@state_class
+class ScaleByProdigyState:
+    """``count``: updates done; ``mu``, ``nu``: Adam's moments of :math:`d\\,g`; ``s``: the
+    weighted gradient sum; ``params0``: the initial parameters; ``d``: the current step-size
+    estimate; ``numerator``: the weighted :math:`\\sum \\langle g, p_0 - p\\rangle`;
+    ``hyperparams``: as used last."""
+
+    count: jax.Array
+    mu: object
+    nu: object
+    s: object
+    params0: object
+    d: jax.Array
+    numerator: jax.Array
+    hyperparams: dict
+
+
+@transformation(
+    "scale_by_prodigy",
+    hyperparams=(
+        "learning_rate", "b1", "b2", "b3", "eps", "estim_lr0", "estim_lr_coef", "weight_decay",
+    ),
+)
+class ScaleByProdigy(GradientTransformation):
+    r"""Prodigy: Adam whose step size :math:`d` is estimated from the distance travelled.
+
+    With :math:`t` the 1-based step, :math:`\eta_t` the learning-rate multiplier, :math:`d_0`
+    = ``estim_lr0`` and :math:`b_t = \sqrt{1-\beta_2^t}/(1-\beta_1^t)` (1 without bias
+    correction):
+
+    .. math::
+        \delta = d\,\eta_t\, b_t, \qquad
+        r \leftarrow \beta_3 r + \tfrac{d}{d_0}\,\delta\,\langle g, p_0 - p\rangle, \qquad
+        s \leftarrow \beta_3 s + \tfrac{d}{d_0}\,\delta\, g,\\
+        m \leftarrow \beta_1 m + (1-\beta_1)\, d\, g, \qquad
+        v \leftarrow \beta_2 v + (1-\beta_2)\, d^2 g^2,\\
+        d' = \max\big(d,\ c\, r/\|s\|_1\big), \qquad
+        u = -\delta\,\Big(\frac{m}{\sqrt v + d'\epsilon} + \lambda p\Big)
+
+    (the step uses the old :math:`d` in :math:`\delta` and the new :math:`d'` in the
+    epsilon, as the reference). With ``safeguard_warmup`` the :math:`s` increment is
+    :math:`\tfrac{d}{d_0} d\, g`. While :math:`\|s\|_1 = 0` (only zero gradients so far) ``d``
+    stays put; optax divides 0 by 0 there and returns NaN.
+
+    Args:
+      learning_rate: :math:`\eta \ge 0`, the multiplier of ``d``, default 1 (a schedule from 1
+        to 0 is the recommended use).
+      betas: :math:`(\beta_1, \beta_2)`, each in [0, 1), default (0.9, 0.999).
+      beta3: :math:`\beta_3 \in [0, 1)`, default :math:`\sqrt{\beta_2}` (taken at construction).
+      eps: :math:`\epsilon \ge 0`, default 1e-8.
+      estim_lr0: :math:`d_0 > 0`, the initial estimate, default 1e-6.
+      estim_lr_coef: :math:`c > 0`, multiplies the estimate, default 1 (the reference's
+        ``d_coef``).
+      weight_decay: decoupled :math:`\lambda \ge 0`, multiplied by :math:`\delta`, default 0.
+      safeguard_warmup: see above.
+      bias_correction: True (optax, always) applies :math:`b_t`; False is the reference
+        ``prodigyopt.Prodigy`` default ``use_bias_correction=False`` (ALGORITHMS.md §7.1,
+        §15 row 17).
+
+    ``tree_get(state, "d")`` is the current estimate. Memory: four arrays per parameter
+    (:math:`m, v, s, p_0`). The reference's ``growth_rate`` (default inf) is not offered.
+
+    Reference: Mishchenko & Defazio, "Prodigy: An Expeditiously Adaptive Parameter-Free
+    Learner" (2024). Same as ``optax.contrib.prodigy`` by default.
+    """
+
+    learning_rate: float = 1.0
+    betas: tuple = (0.9, 0.999)
+    beta3: float | None = None
+    eps: float = 1e-8
+    estim_lr0: float = 1e-6
+    estim_lr_coef: float = 1.0
+    weight_decay: float = 0.0
+    safeguard_warmup: bool = False
+    _: dataclasses.KW_ONLY
+    bias_correction: bool = True
+
+    def __post_init__(self):
+        check_number("learning_rate", self.learning_rate, low=0.0)
+        _check_betas(self)
+        check_number("beta3", self.beta3, low=0.0, high=1.0, high_open=True, allow_none=True)
+        check_number("eps", self.eps, low=0.0)
+        check_number("estim_lr0", self.estim_lr0, low=0.0, low_open=True)
+        check_number("estim_lr_coef", self.estim_lr_coef, low=0.0, low_open=True)
+        check_number("weight_decay", self.weight_decay, low=0.0)
+        check_bools(self, "safeguard_warmup", "bias_correction")
+
+    b1 = property(lambda self: self.betas[0])
+    b2 = property(lambda self: self.betas[1])
+
+    @property
+    def b3(self):
+        if self.beta3 is not None:
+            return self.beta3
+        b2 = self.b2
+        return (lambda count: jnp.sqrt(b2(count))) if callable(b2) else b2 ** 0.5
+
+    def _copy_initial(self, p):
+        if isinstance(p, jax.ShapeDtypeStruct):
+            raise TypeError(
+                f"{self.name} keeps a copy of the initial parameters, so init needs their "
+                f"values, not a ShapeDtypeStruct; for the state's shapes use "
+                f"jax.eval_shape(tx.init, params)"
+            )
+        # A copy, not an alias: a step that donates the params' buffers must not free params0.
+        return jnp.array(p, copy=True)
+
+    def init(self, params):
+        check_floating(params, self.name)
+        hp = self.init_hyperparams()
+        return ScaleByProdigyState(
+            count=init_count(),
+            mu=moments_like(params),
+            nu=moments_like(params),
+            s=moments_like(params),
+            params0=jax.tree.map(self._copy_initial, params),
+            d=hp["estim_lr0"],
+            numerator=jnp.zeros_like(hp["estim_lr0"]),
+            hyperparams=hp,
+        )
+
+    def update(self, updates, state, params=None, **extra_args):
+        require_params(params, self.name)
+        check_tree_match(updates, state.mu, "updates", "state.mu")
+        check_params_match(updates, params)
+        hp = self.current_hyperparams(state)
+        b1, b2, b3 = hp["b1"], hp["b2"], hp["b3"]
+        c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
+        d0, lam = hp["estim_lr0"], hp["weight_decay"]
+        t = safe_increment(state.count)
+        d = state.d
+        dlr = d * hp["learning_rate"] * _adam_bias_correction(self, b1, b2, t)
+        s_coef = (d / d0) * (d if self.safeguard_warmup else dlr)
+
+        correlation = _tree_sum(lambda g, p0, p: g * (p0 - p), updates, state.params0, params)
+        numerator = b3 * state.numerator + (d / d0) * dlr * correlation
+
+        def moments(g, m, v, s):
+            dt = compute_dtype(g.dtype)
+            dg = d.astype(dt) * g.astype(dt)
+            m = ema(m.astype(dt), dg, b1.astype(dt), c1.astype(dt))
+            v = ema(v.astype(dt), dg * dg, b2.astype(dt), c2.astype(dt))
+            s = b3.astype(dt) * s.astype(dt) + s_coef.astype(dt) * g.astype(dt)
+            return m, v, s
+
+        mu, nu, s = tree_map_multi(moments, 3, updates, state.mu, state.nu, state.s)
+        s_l1 = _tree_sum(jnp.abs, s)
+        estimate = hp["estim_lr_coef"] * numerator / jnp.where(s_l1 > 0, s_l1, 1)
+        new_d = jnp.where(s_l1 > 0, jnp.maximum(d, estimate), d).astype(state.d.dtype)
+
+        def step(g, m, v, p):
+            dt = compute_dtype(g.dtype)
+            u = dlr.astype(dt) * (
+                m / (jnp.sqrt(v) + (new_d * hp["eps"]).astype(dt)) + lam.astype(dt) * p.astype(dt)
+            )
+            return (-u).astype(g.dtype)
+
+        out = jax.tree.map(step, updates, mu, nu, params)
+        return out, ScaleByProdigyState(
+            count=t,
+            mu=cast_like(mu, state.mu),
+            nu=cast_like(nu, state.nu),
+            s=cast_like(s, state.s),
+            params0=state.params0,
+            d=new_d,
+            numerator=numerator.astype(state.numerator.dtype),
+            hyperparams=hp,
+        )
+
+
+scale_by_prodigy = ScaleByProdigy
+
+
+def prodigy(
+    learning_rate=1.0,
+    betas=(0.9, 0.999),
+    beta3=None,
+    eps=1e-8,
+    estim_lr0=1e-6,
+    estim_lr_coef=1.0,
+    weight_decay=0.0,
+    safeguard_warmup=False,
+    *,
+    bias_correction=True,
+) -> Chain:
+    """Prodigy: learning-rate-free AdamW; see :func:`scale_by_prodigy` (the whole optimizer).
+
+    Same arguments and defaults as ``optax.contrib.prodigy``; ``bias_correction=False`` gives
+    ``prodigyopt.Prodigy``'s default. The estimate is ``tree_get(state, "d")``.
+    """
+    config = dict(
+        learning_rate=learning_rate, betas=betas, beta3=beta3, eps=eps, estim_lr0=estim_lr0,
+        estim_lr_coef=estim_lr_coef, weight_decay=weight_decay,
+        safeguard_warmup=safeguard_warmup, bias_correction=bias_correction,
+    )
+    return named_chain(
+        "prodigy",
+        config,
+        scale_by_prodigy(
+            learning_rate, betas, beta3, eps, estim_lr0, estim_lr_coef, weight_decay,
+            safeguard_warmup, bias_correction=bias_correction,
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# D-Adaptation AdamW
+
+
+@state_class
+class ScaleByDAdaptAdamWState:
+    """``count``: updates done; ``mu``: the first moment (of :math:`\\delta g`); ``nu``: the
+    second moment; ``s``: the weighted gradient sum; ``d``: the current step-size estimate;
+    ``numerator``: the weighted :math:`\\sum\\delta\\langle g, s/(\\sqrt v+\\epsilon)\\rangle`;
+    ``hyperparams``: as used last."""
+
+    count: jax.Array
+    mu: object
+    nu: object
+    s: object
+    d: jax.Array
+    numerator: jax.Array
+    hyperparams: dict
+
+
+@transformation(
+    "scale_by_dadapt_adamw",
+    hyperparams=("learning_rate", "b1", "b2", "eps", "estim_lr0", "weight_decay"),
+)
+class ScaleByDAdaptAdamW(GradientTransformation):
+    r"""D-Adaptation Adam: Adam whose step size :math:`d` grows to the distance to the solution.
+
+    With :math:`\sigma = \sqrt{\beta_2}`, :math:`\eta_t` the learning-rate multiplier and
+    :math:`b_t = \sqrt{1-\beta_2^t}/(1-\beta_1^t)` (1 without bias correction):
+
+    .. math::
+        \delta = d\,\eta_t\, b_t, \qquad
+        r \leftarrow \sigma r + (1-\sigma)\,\delta\,\big\langle g, s/(\sqrt{v}+\epsilon)\big\rangle
+        \quad(s, v \text{ before this step}),\\
+        m \leftarrow \beta_1 m + (1-\beta_1)\,\delta\, g, \qquad
+        v \leftarrow \beta_2 v + (1-\beta_2)\, g^2, \qquad
+        s \leftarrow \sigma s + (1-\sigma)\,\delta\, g,\\
+        d' = \max\big(d,\ r/((1-\sigma)\|s\|_1)\big), \qquad
+        u = -\Big(\frac{m}{\sqrt v + \epsilon} + \lambda\,\delta\, p\Big).
+
+    While :math:`\|s\|_1 = 0` ``d`` stays put (optax returns NaN there).
+
+    Args:
+      learning_rate: :math:`\eta \ge 0`, the multiplier of ``d``, default 1.
+      betas: :math:`(\beta_1, \beta_2)`, each in [0, 1), default (0.9, 0.999).
+      eps: :math:`\epsilon \ge 0`, default 1e-8.
+      estim_lr0: :math:`d_0 > 0`, the initial estimate, default 1e-6.
+      weight_decay: :math:`\lambda \ge 0`, default 0.
+      bias_correction: True (optax, always) applies :math:`b_t`; False is the reference
+        ``dadaptation.DAdaptAdam`` default (ALGORITHMS.md §7.3, §15 row 17).
+      decouple: True (optax, always) decays as above; False is the reference default, a
+        coupled L2 penalty: :math:`g \leftarrow g + \lambda p` before everything else.
+
+    ``tree_get(state, "d")`` is the current estimate. Memory: three arrays per parameter.
+
+    Reference: Defazio & Mishchenko, "Learning-Rate-Free Learning by D-Adaptation" (2023).
+    Same as ``optax.contrib.dadapt_adamw`` by default.
+    """
+
+    learning_rate: float = 1.0
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+    estim_lr0: float = 1e-6
+    weight_decay: float = 0.0
+    _: dataclasses.KW_ONLY
+    bias_correction: bool = True
+    decouple: bool = True
+
+    def __post_init__(self):
+        check_number("learning_rate", self.learning_rate, low=0.0)
+        _check_betas(self)
+        check_number("eps", self.eps, low=0.0)
+        check_number("estim_lr0", self.estim_lr0, low=0.0, low_open=True)
+        check_number("weight_decay", self.weight_decay, low=0.0)
+        check_bools(self, "bias_correction", "decouple")
+
+    b1 = property(lambda self: self.betas[0])
+    b2 = property(lambda self: self.betas[1])
+
+    def init(self, params):
+        check_floating(params, self.name)
+        hp = self.init_hyperparams()
+        return ScaleByDAdaptAdamWState(
+            count=init_count(),
+            mu=moments_like(params),
+            nu=moments_like(params),
+            s=moments_like(params),
+            d=hp["estim_lr0"],
+            numerator=jnp.zeros_like(hp["estim_lr0"]),
+            hyperparams=hp,
+        )
+
+    def update(self, updates, state, params=None, **extra_args):
+        require_params(params, self.name)
+        check_tree_match(updates, state.mu, "updates", "state.mu")
+        check_params_match(updates, params)
+        hp = self.current_hyperparams(state)
+        b1, b2, eps, lam = hp["b1"], hp["b2"], hp["eps"], hp["weight_decay"]
+        c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
+        sb2 = jnp.sqrt(b2)
+        t = safe_increment(state.count)
+        d = state.d
+        dlr = d * hp["learning_rate"] * _adam_bias_correction(self, b1, b2, t)
+        if not self.decouple:
+            updates = jax.tree.map(
+                lambda g, p: (g + lam.astype(g.dtype) * p.astype(g.dtype)).astype(g.dtype),
+                updates,
+                params,
+            )
+
+        correlation = _tree_sum(
+            lambda g, s, v: g * s / (jnp.sqrt(v) + eps.astype(v.dtype)), updates, state.s, state.nu
+        )
+        numerator = sb2 * state.numerator + (1 - sb2) * dlr * correlation
+
+        def moments(g, m, v, s):
+            dt = compute_dtype(g.dtype)
+            g32 = g.astype(dt)
+            m = ema(m.astype(dt), dlr.astype(dt) * g32, b1.astype(dt), c1.astype(dt))
+            v = ema(v.astype(dt), g32 * g32, b2.astype(dt), c2.astype(dt))
+            s = sb2.astype(dt) * s.astype(dt) + ((1 - sb2) * dlr).astype(dt) * g32
+            return m, v, s
+
+        mu, nu, s = tree_map_multi(moments, 3, updates, state.mu, state.nu, state.s)
+        s_l1 = _tree_sum(jnp.abs, s)
+        estimate = numerator / ((1 - sb2) * jnp.where(s_l1 > 0, s_l1, 1))
+        new_d = jnp.where(s_l1 > 0, jnp.maximum(d, estimate), d).astype(state.d.dtype)
+        decay = lam * dlr if self.decouple else jnp.zeros_like(lam)
+
+        def step(g, m, v, p):
+            dt = compute_dtype(g.dtype)
+            u = m / (jnp.sqrt(v) + eps.astype(dt)) + decay.astype(dt) * p.astype(dt)
+            return (-u).astype(g.dtype)
+
+        out = jax.tree.map(step, updates, mu, nu, params)
+        return out, ScaleByDAdaptAdamWState(
+            count=t,
+            mu=cast_like(mu, state.mu),
+            nu=cast_like(nu, state.nu),
+            s=cast_like(s, state.s),
+            d=new_d,
+            numerator=numerator.astype(state.numerator.dtype),
+            hyperparams=hp,
+        )
+
+
+scale_by_dadapt_adamw = ScaleByDAdaptAdamW
+
+
+def dadapt_adamw(
+    learning_rate=1.0,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    estim_lr0=1e-6,
+    weight_decay=0.0,
+    *,
+    bias_correction=True,
+    decouple=True,
+) -> Chain:
+    """D-Adaptation AdamW; see :func:`scale_by_dadapt_adamw` (the whole optimizer).
+
+    Same arguments and defaults as ``optax.contrib.dadapt_adamw``; ``bias_correction=False,
+    decouple=False`` gives ``dadaptation.DAdaptAdam``'s defaults. The estimate is
+    ``tree_get(state, "d")``.
+    """
+    config = dict(
+        learning_rate=learning_rate, betas=betas, eps=eps, estim_lr0=estim_lr0,
+        weight_decay=weight_decay, bias_correction=bias_correction, decouple=decouple,
+    )
+    return named_chain(
+        "dadapt_adamw",
+        config,
+        scale_by_dadapt_adamw(
+            learning_rate, betas, eps, estim_lr0, weight_decay,
+            bias_correction=bias_correction, decouple=decouple,
+        ),
+    )

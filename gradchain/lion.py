@@ -1,0 +1,140 @@
+"""Lion: the sign of an interpolated momentum, one state array per parameter."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from gradchain.base import (
+    Chain,
+    GradientTransformation,
+    check_dtype,
+    check_floating,
+    check_number,
+    check_tree_match,
+    named_chain,
+    state_class,
+    transformation,
+    tree_map_multi,
+)
+from gradchain.decay import add_decoupled_weight_decay
+from gradchain.numerics import (
+    cast_like,
+    compute_dtype,
+    ema,
+    init_count,
+    moments_like,
+    safe_increment,
+)
+from gradchain.scaling import scale_by_learning_rate
+
+__all__ = ["lion", "scale_by_lion"]
+
+_MODES = ("hard", "smooth", "refined")
+
+
+@state_class
+class ScaleByLionState:
+    """``count``: updates done; ``mu``: the momentum :math:`m_t`; ``hyperparams``: as used last."""
+
+    count: jax.Array
+    mu: object
+    hyperparams: dict
+
+
+@transformation("scale_by_lion", hyperparams=("b1", "b2", "smooth_beta"))
+class ScaleByLion(GradientTransformation):
+    r"""Rescales updates to the sign of an interpolation of momentum and gradient (Lion).
+
+    .. math::
+        c_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \qquad u_t = \mathrm{sign}(c_t), \qquad
+        m_t = \beta_2 m_{t-1} + (1-\beta_2) g_t
+
+    (:math:`\beta_1` interpolates, :math:`\beta_2` decays the state). Every coordinate with
+    :math:`c_t \ne 0` moves by exactly the learning rate.
+
+    Args:
+      b1: :math:`\beta_1 \in [0, 1]`, default 0.9.
+      b2: :math:`\beta_2 \in [0, 1)`, default 0.99.
+      mu_dtype: dtype of the momentum (default: the parameter's, float32 for bf16/f16).
+      mode: ``"hard"`` (the sign, default), ``"smooth"`` (:math:`\tanh(\text{smooth\_beta}\,c)`)
+        or ``"refined"`` (:math:`c` where :math:`|c| < 1`, else its sign).
+      smooth_beta: :math:`> 0`, the slope of the ``"smooth"`` mode, default 1.
+
+    Reference: Chen et al., "Symbolic Discovery of Optimization Algorithms" (2023).
+    Same as ``optax.scale_by_lion``; ``lion-pytorch`` agrees with :func:`lion` (its
+    ``decoupled_weight_decay=True`` divides the decay by the initial learning rate instead).
+    """
+
+    b1: float = 0.9
+    b2: float = 0.99
+    mu_dtype: object = None
+    _: dataclasses.KW_ONLY
+    mode: str = "hard"
+    smooth_beta: float = 1.0
+
+    def __post_init__(self):
+        check_number("b1", self.b1, low=0.0, high=1.0)
+        check_number("b2", self.b2, low=0.0, high=1.0, high_open=True)
+        check_dtype("mu_dtype", self.mu_dtype)
+        if self.mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {self.mode!r}")
+        check_number("smooth_beta", self.smooth_beta, low=0.0, low_open=True)
+
+    def init(self, params):
+        check_floating(params, self.name)
+        return ScaleByLionState(
+            count=init_count(),
+            mu=moments_like(params, self.mu_dtype),
+            hyperparams=self.init_hyperparams(),
+        )
+
+    def update(self, updates, state, params=None, **extra_args):
+        check_tree_match(updates, state.mu, "updates", "state.mu")
+        hp = self.current_hyperparams(state)
+        b1, b2 = hp["b1"], hp["b2"]
+        c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
+
+        def step(g, m):
+            dt = compute_dtype(g.dtype)
+            g32, m32 = g.astype(dt), m.astype(dt)
+            c = ema(m32, g32, b1.astype(dt), c1.astype(dt))
+            if self.mode == "hard":
+                u = jnp.sign(c)
+            elif self.mode == "smooth":
+                u = jnp.tanh(hp["smooth_beta"].astype(dt) * c)
+            else:
+                u = jnp.where(jnp.abs(c) < 1, c, jnp.sign(c))
+            return u.astype(g.dtype), ema(m32, g32, b2.astype(dt), c2.astype(dt))
+
+        out, mu = tree_map_multi(step, 2, updates, state.mu)
+        return out, ScaleByLionState(
+            count=safe_increment(state.count), mu=cast_like(mu, state.mu), hyperparams=hp
+        )
+
+
+scale_by_lion = ScaleByLion
+
+
+def lion(learning_rate, b1=0.9, b2=0.99, mu_dtype=None, weight_decay=1e-3, mask=None) -> Chain:
+    r"""Lion with decoupled weight decay.
+
+    ``chain(scale_by_lion(b1, b2, mu_dtype), add_decoupled_weight_decay(weight_decay, mask),
+    scale_by_learning_rate(learning_rate))``:
+    :math:`p_t = p_{t-1} - \eta_{t-1}(\mathrm{sign}(c_t) + \lambda p_{t-1})`. Same as
+    ``optax.lion`` (default :math:`\lambda = 10^{-3}`; use a learning rate 3-10x smaller than
+    AdamW's and a weight decay correspondingly larger).
+    """
+    config = dict(
+        learning_rate=learning_rate, b1=b1, b2=b2, mu_dtype=mu_dtype,
+        weight_decay=weight_decay, mask=mask,
+    )
+    return named_chain(
+        "lion",
+        config,
+        scale_by_lion(b1, b2, mu_dtype),
+        add_decoupled_weight_decay(weight_decay, mask),
+        scale_by_learning_rate(learning_rate),
+    )

@@ -1,0 +1,185 @@
+"""Layer-wise trust ratios, and the two optimizers built on them: LAMB and LARS."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from gradchain.adaptive import scale_by_adam
+from gradchain.base import (
+    Chain,
+    GradientTransformation,
+    check_number,
+    named_chain,
+    check_params_match,
+    require_params,
+    state_class,
+    transformation,
+)
+from gradchain.decay import add_decoupled_weight_decay, resolve_mask
+from gradchain.momentum import trace
+from gradchain.optimizers import _argument_names
+from gradchain.numerics import compute_dtype, init_count, safe_increment
+from gradchain.scaling import scale_by_learning_rate
+
+__all__ = ["lamb", "lars", "scale_by_trust_ratio"]
+
+
+def _safe_norm(x, min_norm):
+    """``max(||x||_2, min_norm)`` whose gradient is finite at ``x = 0`` (as optax's)."""
+    norm = jnp.sqrt(jnp.sum(x * x))
+    small = norm <= min_norm
+    masked = jnp.where(small, jnp.ones_like(x), x)
+    return jnp.where(small, min_norm, jnp.sqrt(jnp.sum(masked * masked)))
+
+
+@state_class
+class ScaleByTrustRatioState:
+    """``count``: updates done; ``trust_ratio``: one scalar per leaf, the ratio the latest update
+    was multiplied by (1 for leaves the mask leaves out); ``hyperparams``: as used last."""
+
+    count: jax.Array
+    trust_ratio: object
+    hyperparams: dict
+
+
+@transformation("scale_by_trust_ratio", hyperparams=("min_norm", "trust_coefficient", "eps"))
+class ScaleByTrustRatio(GradientTransformation):
+    r"""Rescales each leaf by the ratio of the parameter's norm to the update's norm.
+
+    For every leaf ("layer") separately,
+
+    .. math::
+        n_p = \max(\|p\|_2, n_{min}), \quad n_u = \max(\|u\|_2, n_{min}), \qquad
+        u \leftarrow \frac{c\, n_p}{n_u + \epsilon}\, u \quad (\text{ratio } 1 \text{ if }
+        n_p = 0 \text{ or } n_u = 0).
+
+    Args:
+      min_norm: :math:`n_{min} \ge 0`, default 0.
+      trust_coefficient: :math:`c \ge 0`, default 1.
+      eps: :math:`\epsilon \ge 0`, default 0.
+      mask: which leaves are rescaled (a pytree of bools or a callable of the params); others
+        pass through with ratio 1. Default: every leaf. (optax wraps the transform in
+        ``masked`` instead; the result is the same.)
+
+    The ratios the latest update used are in the state: ``tree_get(state, "trust_ratio")``.
+    Same as ``optax.scale_by_trust_ratio``. Reference: You et al. (2017, 2020).
+    """
+
+    min_norm: float = 0.0
+    trust_coefficient: float = 1.0
+    eps: float = 0.0
+    _: dataclasses.KW_ONLY
+    mask: object = None
+
+    def __post_init__(self):
+        check_number("min_norm", self.min_norm, low=0.0)
+        check_number("trust_coefficient", self.trust_coefficient, low=0.0)
+        check_number("eps", self.eps, low=0.0)
+
+    def init(self, params):
+        ratios = jax.tree.map(lambda _: jnp.ones((), jnp.result_type(float)), params)
+        return ScaleByTrustRatioState(init_count(), ratios, self.init_hyperparams())
+
+    def update(self, updates, state, params=None, **extra_args):
+        require_params(params, self.name)
+        check_params_match(updates, params)
+        hp = self.current_hyperparams(state)
+        selected = resolve_mask(self.mask, params, self.name)
+
+        def ratio(u, p, on):
+            if not on:
+                return jnp.ones((), jnp.result_type(float))
+            dt = compute_dtype(jnp.promote_types(u.dtype, p.dtype))
+            min_norm = hp["min_norm"].astype(dt)
+            p_norm = _safe_norm(p.astype(dt), min_norm)
+            u_norm = _safe_norm(u.astype(dt), min_norm)
+            r = hp["trust_coefficient"].astype(dt) * p_norm / (u_norm + hp["eps"].astype(dt))
+            return jnp.where((p_norm == 0) | (u_norm == 0), 1, r).astype(jnp.result_type(float))
+
+        ratios = jax.tree.map(ratio, updates, params, selected)
+        out = jax.tree.map(lambda u, r: (u * r).astype(u.dtype), updates, ratios)
+        return out, ScaleByTrustRatioState(safe_increment(state.count), ratios, hp)
+
+
+scale_by_trust_ratio = ScaleByTrustRatio
+
+
+def lamb(
+    learning_rate, b1=0.9, b2=0.999, eps=1e-6, eps_root=0.0, weight_decay=0.0, mask=None
+) -> Chain:
+    r"""LAMB: Adam's direction plus decoupled decay, rescaled per layer by the trust ratio.
+
+    ``chain(scale_by_adam(b1, b2, eps, eps_root), add_decoupled_weight_decay(weight_decay,
+    mask), scale_by_trust_ratio(), scale_by_learning_rate(learning_rate))``:
+
+    .. math:: r_t = \frac{\hat m_t}{\sqrt{\hat v_t + \epsilon_{root}} + \epsilon} + \lambda p,
+              \qquad p_t = p_{t-1} - \eta_{t-1}\frac{\|p_{t-1}\|}{\|r_t\|}\, r_t
+
+    per leaf. Same as ``optax.lamb``; the paper's optional clipping :math:`\phi` of
+    :math:`\|p\|` is the identity here. Reference: You et al., "Large Batch Optimization for
+    Deep Learning: Training BERT in 76 minutes" (2020).
+    """
+    config = dict(
+        learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
+        weight_decay=weight_decay, mask=mask,
+    )
+    return named_chain(
+        "lamb",
+        config,
+        scale_by_adam(b1, b2, eps, eps_root),
+        add_decoupled_weight_decay(weight_decay, mask),
+        scale_by_trust_ratio(),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def _mask_or_none(mask):
+    # optax's default mask ``True`` selects every leaf: the meaning of ``None`` here.
+    return None if mask is True else mask
+
+
+def lars(
+    learning_rate,
+    weight_decay=0.0,
+    weight_decay_mask=True,
+    trust_coefficient=0.001,
+    eps=0.0,
+    trust_ratio_mask=True,
+    momentum=0.9,
+    nesterov=False,
+) -> Chain:
+    r"""LARS: SGD with momentum whose per-layer step is scaled by a trust ratio.
+
+    ``chain(add_decoupled_weight_decay(weight_decay, weight_decay_mask),
+    scale_by_trust_ratio(trust_coefficient=c, eps=eps, mask=trust_ratio_mask),
+    scale_by_learning_rate(learning_rate), trace(momentum, nesterov))``:
+
+    .. math:: d = g + \lambda p, \quad s = \frac{c\,\|p\|}{\|d\| + \epsilon}, \quad
+              b_t = -\eta_{t-1}\, s\, d + \mu\, b_{t-1}, \quad p_t = p_{t-1} + b_t
+
+    per leaf (the learning rate is inside the momentum buffer, as in the paper). Masks default
+    to every leaf, biases and norm gains included; excluding them is common practice. Same as
+    ``optax.lars``. The paper's local rate divides by :math:`\|g\| + \lambda\|p\|` rather than
+    :math:`\|g + \lambda p\|`. Reference: You, Gitman & Ginsburg, "Large Batch Training of
+    Convolutional Networks" (2017).
+    """
+    config = dict(
+        learning_rate=learning_rate, weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask, trust_coefficient=trust_coefficient, eps=eps,
+        trust_ratio_mask=trust_ratio_mask, momentum=momentum, nesterov=nesterov,
+    )
+    with _argument_names(decay="momentum"):
+        momentum_part = trace(decay=momentum, nesterov=nesterov)
+    return named_chain(
+        "lars",
+        config,
+        add_decoupled_weight_decay(weight_decay, _mask_or_none(weight_decay_mask)),
+        scale_by_trust_ratio(
+            trust_coefficient=trust_coefficient, eps=eps, mask=_mask_or_none(trust_ratio_mask)
+        ),
+        scale_by_learning_rate(learning_rate),
+        momentum_part,
+    )
