@@ -24,6 +24,7 @@ from gradchain.base import (
     check_tree_match,
     named_chain,
     require_params,
+    require_values,
     state_class,
     transformation,
     tree_map_multi,
@@ -166,12 +167,7 @@ class ScaleByProdigy(GradientTransformation):
         return (lambda count: jnp.sqrt(b2(count))) if callable(b2) else b2 ** 0.5
 
     def _copy_initial(self, p):
-        if isinstance(p, jax.ShapeDtypeStruct):
-            raise TypeError(
-                f"{self.name} keeps a copy of the initial parameters, so init needs their "
-                f"values, not a ShapeDtypeStruct; for the state's shapes use "
-                f"jax.eval_shape(tx.init, params)"
-            )
+        require_values(p, self.name)  # it keeps a copy of the initial parameters
         # A copy, not an alias: a step that donates the params' buffers must not free params0.
         return jnp.array(p, copy=True)
 

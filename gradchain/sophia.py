@@ -391,7 +391,8 @@ class ScaleBySophia(GradientTransformation):
         kept = sum(
             jnp.sum(jnp.abs(u) < clip.astype(u.dtype), dtype=jnp.float32) for u in raw_leaves
         )
-        win_rate = kept / max(sum(u.size for u in raw_leaves), 1)
+        # float32 like init's, also for a tree without leaves (where ``kept`` is the int 0).
+        win_rate = jnp.asarray(kept / max(sum(u.size for u in raw_leaves), 1), jnp.float32)
         out = jax.tree.map(
             lambda u, g: jnp.clip(u, -clip.astype(u.dtype), clip.astype(u.dtype)).astype(g.dtype),
             raw,

@@ -236,8 +236,9 @@ TRANSFORMS: tuple[Entry, ...] = (
     E("lars", lambda: gc.lars(0.1, weight_decay=0.01), optimizer=True, needs_params=True,
       nonfinite="leaf"),
     # learning-rate free
-    E("scale_by_prodigy", gc.scale_by_prodigy, needs_params=True, param_copies=("params0",)),
-    E("prodigy", lambda: gc.prodigy(), optimizer=True, needs_params=True,
+    E("scale_by_prodigy", gc.scale_by_prodigy, needs_params=True, abstract_init=False,
+      param_copies=("params0",)),
+    E("prodigy", lambda: gc.prodigy(), optimizer=True, needs_params=True, abstract_init=False,
       param_copies=("params0",)),
     E("scale_by_dadapt_adamw", gc.scale_by_dadapt_adamw, needs_params=True),
     E("dadapt_adamw", lambda: gc.dadapt_adamw(), optimizer=True, needs_params=True),
