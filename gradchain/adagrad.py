@@ -94,7 +94,8 @@ class ScaleByRss(GradientTransformation):
             eps = hp["eps"].astype(dt)
             s = s.astype(dt) + g32 * g32
             # s = 0 only where every gradient so far was 0: the update is 0 there, not 0 * inf.
-            u = jnp.where(s > 0, inverse_root(s, eps, self.eps_in_sqrt) * g32, 0)
+            # (Not ``s > 0``, which would turn a NaN sum into silent zero updates forever.)
+            u = jnp.where(s == 0, 0, inverse_root(s, eps, self.eps_in_sqrt) * g32)
             return u.astype(g.dtype), s
 
         out, sums = tree_map_multi(step, 2, updates, state.sum_of_squares)

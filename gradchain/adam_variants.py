@@ -536,7 +536,8 @@ class ScaleByNadam(GradientTransformation):
         psi = hp["momentum_decay"]
         t = safe_increment(state.count)
         mu_t = b1 * (1.0 - 0.5 * 0.96 ** (t * psi))
-        mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t + 1) * psi))
+        # t + 1 in float: the int32 step saturates at 2^31 - 1, where t + 1 would wrap.
+        mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t.astype(psi.dtype) + 1) * psi))
         mu_product = state.mu_product * mu_t
         coef_g = (1.0 - mu_t) / (1.0 - mu_product)
         coef_m = mu_next / (1.0 - mu_product * mu_next)

@@ -19,7 +19,10 @@ from gradchain.base import (
     check_dtype,
     check_floating,
     check_number,
+    check_params_match,
+    check_tree_match,
     require_params,
+    require_values,
     state_class,
     transformation,
 )
@@ -78,11 +81,7 @@ class ParamsEma(GradientTransformation):
 
     def init(self, params):
         check_floating(params, self.name)
-        if any(isinstance(p, jax.ShapeDtypeStruct) for p in jax.tree.leaves(params)):
-            raise TypeError(
-                f"{self.name} starts its average at the parameters' values, which shapes alone do "
-                f"not have: for an abstract state use jax.eval_shape(tx.init, params)"
-            )
+        require_values(params, self.name)
         average = jax.tree.map(
             lambda p: jnp.array(p, dtype=state_dtype(p.dtype, self.accumulator_dtype), copy=True),
             params,
@@ -91,6 +90,8 @@ class ParamsEma(GradientTransformation):
 
     def update(self, updates, state, params=None, **extra_args):
         require_params(params, self.name)
+        check_params_match(updates, params)
+        check_tree_match(updates, state.params_ema, "updates", "state.params_ema")
         hp = self.current_hyperparams(state)
         decay = hp["decay"]
 
@@ -197,6 +198,8 @@ class Lookahead(GradientTransformation):
                 f"{self.name} needs the parameters as gc.LookaheadParams(fast, slow) (use "
                 f"LookaheadParams.init_synced(params)), got {type(params).__name__}"
             )
+        check_tree_match(updates, params.fast, "updates", "params.fast")
+        check_tree_match(params.slow, params.fast, "params.slow", "params.fast")
         hp = self.current_hyperparams(state)
         alpha = hp["slow_step_size"]
         fast_updates, fast_state = _call_update(

@@ -269,9 +269,15 @@ def tree_set(state: OptState, **values) -> OptState:
 # Tree checks with errors that name the path
 
 
-def _path_list(tree):
-    leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)
+def _path_list(tree, is_leaf=lambda x: x is None):
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
     return [(jax.tree_util.keystr(p), leaf) for p, leaf in leaves]
+
+
+def _is_empty_node(x) -> bool:
+    """A node without children (None, ``{}``, an empty NamedTuple such as a masked leaf)."""
+    structure = jax.tree.structure(x)
+    return structure.num_nodes == 1 and structure.num_leaves == 0
 
 
 def check_tree_match(tree, reference, tree_name: str, reference_name: str) -> None:
@@ -290,10 +296,15 @@ def check_tree_match(tree, reference, tree_name: str, reference_name: str) -> No
                     f"{np.shape(a)} vs {np.shape(b)}"
                 )
         return
-    left, right = _path_list(tree), _path_list(reference)
+    # Empty subtrees (None, masked-out leaves, {}) are listed too, so a difference between two
+    # trees of masked-out leaves still has a path.
+    left, right = (
+        [p for p, _ in _path_list(t, is_leaf=_is_empty_node)]
+        for t in (tree, reference)
+    )
     for i in range(max(len(left), len(right))):
-        pa = left[i][0] if i < len(left) else None
-        pb = right[i][0] if i < len(right) else None
+        pa = left[i] if i < len(left) else None
+        pb = right[i] if i < len(right) else None
         if pa != pb:
             raise ValueError(
                 f"{tree_name} and {reference_name} have different structures; first difference "
@@ -312,6 +323,22 @@ def require_params(params, transform_name: str) -> None:
         raise ValueError(
             f"{transform_name} needs the current parameters: call "
             f"update(updates, state, params) with params"
+        )
+
+
+def check_params_match(updates, params) -> None:
+    """:func:`check_tree_match` of the updates against the params, when params are given."""
+    if params is not None:
+        check_tree_match(updates, params, "updates", "params")
+
+
+def require_values(params, transform_name: str) -> None:
+    """Raises a ``TypeError`` when ``params`` holds ``jax.ShapeDtypeStruct`` leaves: for the
+    transformations whose state starts at the parameters' values, which shapes alone lack."""
+    if any(isinstance(p, jax.ShapeDtypeStruct) for p in jax.tree.leaves(params)):
+        raise TypeError(
+            f"{transform_name} starts its state at the parameters' values, which shapes alone do "
+            f"not have: for an abstract state use jax.eval_shape(tx.init, params)"
         )
 
 

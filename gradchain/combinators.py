@@ -22,6 +22,8 @@ from gradchain.base import (
     _call_update,
     _path_list,
     check_dtype,
+    check_params_match,
+    check_tree_match,
     state_class,
     transformation,
 )
@@ -140,6 +142,7 @@ class Masked(GradientTransformation):
         return MaskedState(inner_state=self.inner.init(_hide(params, selected)))
 
     def update(self, updates, state, params=None, **extra_args):
+        check_params_match(updates, params)
         selected = resolve_mask(self.mask, updates, self.name)
         inner_updates, inner_state = _update_selected(
             self.inner, selected, updates, state.inner_state, params, extra_args,
@@ -255,7 +258,10 @@ class Partition(GradientTransformation):
     def labels(self, tree):
         """The label of every leaf of ``tree`` (the params' tree), checked against ``transforms``."""
         labels = resolve_labels(self.param_labels, tree, self.name)
+        # A None leaf of the params (no parameter there) has no label to check.
         for path, label in _path_list(labels):
+            if label is None:
+                continue
             try:
                 known = label in self.transforms
             except TypeError:
@@ -291,6 +297,7 @@ class Partition(GradientTransformation):
         return state.with_group(label, self.init_group(label, params))
 
     def update(self, updates, state, params=None, **extra_args):
+        check_params_match(updates, params)
         labels = self.labels(updates)
         out = updates
         new_states = {}
@@ -354,6 +361,8 @@ class ZeroNans(GradientTransformation):
         return ZeroNansState(found_nan=jax.tree.map(lambda _: jnp.array(False), params))
 
     def update(self, updates, state, params=None, **extra_args):
+        flags = jax.tree.map(lambda _: False, updates)  # a structure check: found_nan is per leaf
+        check_tree_match(flags, state.found_nan, "updates", "state.found_nan")
         found = jax.tree.map(lambda g: jnp.any(jnp.isnan(g)), updates)
         out = jax.tree.map(lambda g: jnp.where(jnp.isnan(g), jnp.zeros_like(g), g), updates)
         return out, ZeroNansState(found_nan=found)
@@ -422,10 +431,18 @@ class ApplyIfFinite(GradientTransformation):
         finite = _all_finite(updates)
         notfinite_count = jnp.where(finite, 0, safe_increment(state.notfinite_count))
         apply = jnp.logical_or(finite, notfinite_count > self.max_consecutive_errors)
+
+        def inner_update():
+            return _call_update(self.inner, updates, state.inner_state, params, extra_args)
+
+        # Zeros shaped like what inner returns, which need not be the updates' structure
+        # (lookahead returns LookaheadParams).
+        out_shape = jax.eval_shape(inner_update)[0]
         out, inner_state = lax.cond(
             apply,
-            lambda: _call_update(self.inner, updates, state.inner_state, params, extra_args),
-            lambda: (_zeros_like_tree(updates), state.inner_state),
+            inner_update,
+            lambda: (jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape),
+                     state.inner_state),
         )
         return out, ApplyIfFiniteState(
             notfinite_count=notfinite_count.astype(jnp.int32),
@@ -574,6 +591,8 @@ class MultiSteps(GradientTransformation):
         )
 
     def update(self, updates, state, params=None, **extra_args):
+        check_tree_match(updates, state.acc_grads, "updates", "state.acc_grads")
+        check_params_match(updates, params)
         k = self._k(state.gradient_step)
         skip, skip_state = self._skip_fn()(updates, state.gradient_step, params)
         skip = jnp.asarray(skip)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from gradchain.base import (
     GradientTransformation,
     check_number,
+    check_params_match,
     require_params,
     state_class,
     transformation,
@@ -61,6 +62,7 @@ class AddDecoupledWeightDecay(GradientTransformation):
 
     def update(self, updates, state, params=None, **extra_args):
         require_params(params, self.name)
+        check_params_match(updates, params)
         hp = self.current_hyperparams(state)
         wd = hp["weight_decay"]
         selected = resolve_mask(self.mask, params, self.name)

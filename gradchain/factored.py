@@ -85,7 +85,7 @@ def adafactor_decay_rate(step, exponent):
 
     Formed in float32, as optax does; :math:`\hat\beta_1 = 0`, so no bias correction is needed.
     """
-    t = jnp.asarray(step + 1, jnp.float32)
+    t = jnp.asarray(step, jnp.float32) + 1  # in float: int32 step + 1 wraps at 2^31 - 1
     return 1.0 - t ** (-jnp.asarray(exponent, jnp.float32))
 
 

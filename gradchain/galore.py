@@ -20,6 +20,7 @@ from gradchain.base import (
     GradientTransformation,
     _call_update,
     check_floating,
+    check_tree_match,
     check_number,
     named_chain,
     state_class,
@@ -128,13 +129,16 @@ def _plan(tree, spec, rank, projected_dim, transform_name):
     plan = []
     for i, (path, leaf) in enumerate(leaves):
         where = f"{transform_name}: parameter {jax.tree_util.keystr(path) or '<root>'}"
+        if leaf is None:
+            plan.append(None)
+            continue
         if forced:
             dims = dims_leaves[i]
         elif spec is None:
             dims = GaLoreDimensionNumbers() if jnp.ndim(leaf) == 2 else None
         else:
             dims = spec if jnp.ndim(leaf) >= 2 else None
-        if leaf is None or dims is None:
+        if dims is None:
             plan.append(None)
             continue
         if not isinstance(dims, GaLoreDimensionNumbers):
@@ -275,13 +279,12 @@ class ScaleByGalore(GradientTransformation):
 
     def update(self, updates, state, params=None, **extra_args):
         leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
-        try:
-            projectors = treedef.flatten_up_to(state.projector)
-        except (ValueError, TypeError):
-            raise ValueError(
-                f"{self.name}: updates and state.projector have different structures (was the "
-                f"state made by init with params of this structure?)"
-            ) from None
+        # The projector tree holds None for unprojected leaves: compare structures only.
+        def as_leaf(tree):
+            return jax.tree.map(lambda _: 0, tree, is_leaf=lambda x: x is None)
+
+        check_tree_match(as_leaf(updates), as_leaf(state.projector), "updates", "state.projector")
+        projectors = treedef.flatten_up_to(state.projector)
         hp = self.current_hyperparams(state)
         plan = self._plan(updates)
         refresh = state.count % self.update_proj_gap == 0

@@ -20,9 +20,11 @@ from gradchain.base import (
     GradientTransformation,
     check_floating,
     check_number,
+    check_params_match,
     check_tree_match,
     named_chain,
     require_params,
+    require_values,
     state_class,
     transformation,
     tree_map_multi,
@@ -165,12 +167,7 @@ class ScaleByProdigy(GradientTransformation):
         return (lambda count: jnp.sqrt(b2(count))) if callable(b2) else b2 ** 0.5
 
     def _copy_initial(self, p):
-        if isinstance(p, jax.ShapeDtypeStruct):
-            raise TypeError(
-                f"{self.name} keeps a copy of the initial parameters, so init needs their "
-                f"values, not a ShapeDtypeStruct; for the state's shapes use "
-                f"jax.eval_shape(tx.init, params)"
-            )
+        require_values(p, self.name)  # it keeps a copy of the initial parameters
         # A copy, not an alias: a step that donates the params' buffers must not free params0.
         return jnp.array(p, copy=True)
 
@@ -191,6 +188,7 @@ class ScaleByProdigy(GradientTransformation):
     def update(self, updates, state, params=None, **extra_args):
         require_params(params, self.name)
         check_tree_match(updates, state.mu, "updates", "state.mu")
+        check_params_match(updates, params)
         hp = self.current_hyperparams(state)
         b1, b2, b3 = hp["b1"], hp["b2"], hp["b3"]
         c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
@@ -366,6 +364,7 @@ class ScaleByDAdaptAdamW(GradientTransformation):
     def update(self, updates, state, params=None, **extra_args):
         require_params(params, self.name)
         check_tree_match(updates, state.mu, "updates", "state.mu")
+        check_params_match(updates, params)
         hp = self.current_hyperparams(state)
         b1, b2, eps, lam = hp["b1"], hp["b2"], hp["eps"], hp["weight_decay"]
         c1, c2 = self.complement("b1", hp), self.complement("b2", hp)

@@ -28,6 +28,7 @@ from gradchain.base import (
     check_dtype,
     check_floating,
     check_number,
+    check_params_match,
     check_tree_match,
     chain,
     state_class,
@@ -44,7 +45,7 @@ from gradchain.numerics import (
     state_dtype,
     zeros_like_param,
 )
-from gradchain.optimizers import adamw
+from gradchain.optimizers import _argument_names, adamw
 from gradchain.scaling import scale_by_learning_rate
 
 __all__ = [
@@ -412,7 +413,7 @@ class ScaleByShape(GradientTransformation):
                 continue
             d_in, d_out = view.rows, view.cols
             if self.consistent_rms is None:
-                factor = max(1.0, d_out / d_in) ** 0.5
+                factor = max(1.0, d_out / max(d_in, 1)) ** 0.5  # d_in = 0: a zero-size leaf
             else:
                 factor = self.consistent_rms * max(d_in, d_out) ** 0.5
             out.append((g * jnp.asarray(factor, compute_dtype(g.dtype))).astype(g.dtype))
@@ -512,8 +513,8 @@ class _LabelledGroups(Chain):
         except ValueError as e:
             raise ValueError(f"{self.name}: param_labels: {e}") from None
         paths = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)[0]
-        for (path, _), lab in zip(paths, label_leaves):
-            if lab not in self.group_names:
+        for (path, leaf), lab in zip(paths, label_leaves):
+            if leaf is not None and lab not in self.group_names:
                 raise ValueError(
                     f"{self.name}: parameter {jax.tree_util.keystr(path) or '<root>'} has label "
                     f"{lab!r}; the labels are {list(self.group_names)}"
@@ -534,11 +535,17 @@ class _LabelledGroups(Chain):
         return ChainState(states, self.group_names)
 
     def update(self, updates, state, params=None, **extra_args):
+        check_params_match(updates, params)
         leaves, treedef, labels = self._resolve(updates)
         p_leaves = None if params is None else treedef.flatten_up_to(params)
         out = list(leaves)
         new_states = []
         for g, t, s in zip(self.group_names, self.transforms, state.states):
+            if g not in labels:
+                # No leaf in this group: a single-leaf tree split off would be None, which
+                # update reads as "no params".
+                new_states.append(s)
+                continue
             sub_params = None if p_leaves is None else self._split(p_leaves, treedef, labels, g)
             sub_updates = self._split(leaves, treedef, labels, g)
             sub, s = _call_update(t, sub_updates, s, sub_params, extra_args)
@@ -645,10 +652,14 @@ def muon(
         add_decoupled_weight_decay(weight_decay, weight_decay_mask),
         scale_by_learning_rate(learning_rate),
     )
-    adam_part = adamw(
-        adam_learning_rate, adam_b1, adam_b2, eps, adam_eps_root, mu_dtype, adam_weight_decay,
-        nesterov=nesterov,
-    )
+    with _argument_names(
+        learning_rate="adam_learning_rate", b1="adam_b1", b2="adam_b2",
+        eps_root="adam_eps_root", weight_decay="adam_weight_decay",
+    ):
+        adam_part = adamw(
+            adam_learning_rate, adam_b1, adam_b2, eps, adam_eps_root, mu_dtype, adam_weight_decay,
+            nesterov=nesterov,
+        )
     labels = param_labels
     if labels is None:
         labels = _DefaultLabels(muon_weight_dimension_numbers)

@@ -17,6 +17,12 @@ from gradchain.scaling import scale, scale_by_learning_rate
 __all__ = ["adafactor", "adam", "adamw", "rmsprop", "sgd"]
 
 
+def _check_bool(name: str, value) -> None:
+    """For the flags a named optimizer reads itself (the parts it builds check the others)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+
+
 @contextlib.contextmanager
 def _argument_names(**outer_names):
     """Re-raises a part's hyperparameter error under the optimizer's name for that argument.
@@ -50,6 +56,7 @@ def sgd(learning_rate, momentum=None, nesterov=False, accumulator_dtype=None) ->
     no equivalent (ALGORITHMS.md §1, §15 row 1). The learning rate is outside the buffer, as in
     torch; Sutskever et al. (2013) keep it inside, which differs under a schedule.
     """
+    _check_bool("nesterov", nesterov)
     parts = []
     if momentum is not None:
         with _argument_names(decay="momentum"):
@@ -170,6 +177,8 @@ def rmsprop(
     Hinton (2012); Graves (2013) for the centered form.
     """
     moments = scale_by_stddev if centered else scale_by_rms
+    _check_bool("centered", centered)
+    _check_bool("nesterov", nesterov)
     parts = [
         moments(decay, eps, initial_scale, eps_in_sqrt, bias_correction),
         scale_by_learning_rate(learning_rate),

@@ -47,6 +47,7 @@ from gradchain.base import _call_update  # how a chain passes extra arguments to
 from gradchain.decay import add_decoupled_weight_decay, resolve_mask
 from gradchain.lion import scale_by_lion
 from gradchain.momentum import trace
+from gradchain.optimizers import _argument_names
 from gradchain.numerics import (
     _sharding_of,
     compute_dtype,
@@ -596,7 +597,13 @@ class QuantizeMoments(GradientTransformation):
             try:
                 leaves = treedef.flatten_up_to(tree)
             except (ValueError, TypeError):
-                return tree
+                # Not shaped like the updates (a counter, or a state made for another tree):
+                # dequantized as it is, so that the inner transformation's own check names the
+                # path where the trees differ.
+                return jax.tree.map(
+                    lambda x: _dequantize_like(x, None) if _is_quantized(x) else x, tree,
+                    is_leaf=_is_quantized,
+                )
             if not any(_is_quantized(x) for x in leaves):
                 return tree
             return treedef.unflatten(
@@ -860,7 +867,8 @@ def sgd_8bit(
     )
     parts = []
     if momentum is not None:
-        inner = trace(decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype)
+        with _argument_names(decay="momentum"):
+            inner = trace(decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype)
         parts.append(_quantized(inner, block_size, min_8bit_size, keep_float32))
     parts.append(scale_by_learning_rate(learning_rate))
     return named_chain("sgd_8bit", config, *parts)

@@ -21,10 +21,12 @@ from gradchain.base import (
     check_dtype,
     check_floating,
     check_number,
+    check_params_match,
     check_tree_match,
     hyperparam_value,
     named_chain,
     require_params,
+    require_values,
     state_class,
     transformation,
     tree_map_multi,
@@ -152,6 +154,7 @@ class ScheduleFree(GradientTransformation):
 
     def init(self, params):
         check_floating(params, self.name)
+        require_values(params, self.name)
         # A distinct copy, so that both params and z can be donated to a jitted step.
         z = jax.tree.map(
             lambda p: jnp.array(p, dtype=state_dtype(p.dtype, self.state_dtype), copy=True), params
@@ -171,6 +174,7 @@ class ScheduleFree(GradientTransformation):
     def update(self, updates, state, params=None, **extra_args):
         require_params(params, self.name)
         check_tree_match(updates, state.z, "updates", "state.z")
+        check_params_match(updates, params)
         hp = self.current_hyperparams(state)
         k = state.count
         if self.optax_off_by_one and callable(self.learning_rate):

@@ -45,7 +45,7 @@ import math
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gradchain.base import GradientTransformation, _call_update, transformation
+from gradchain.base import GradientTransformation, _call_update, check_params_match, transformation
 from gradchain.numerics import reduced_sharding
 from gradchain.quantization import QuantizedArray, block_layout
 
@@ -464,6 +464,7 @@ class Zero1(GradientTransformation):
         return _place(state, self._state_layout(state, params, shards))
 
     def update(self, updates, state, params=None, **extra_args):
+        check_params_match(updates, params)
         reference = updates if params is None else params
         shards = self.shard_shardings(reference)
         updates = _place(updates, shards)

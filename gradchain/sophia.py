@@ -30,6 +30,7 @@ from gradchain.base import (
     check_dtype,
     check_floating,
     check_number,
+    check_params_match,
     check_tree_match,
     named_chain,
     require_params,
@@ -134,6 +135,7 @@ class HutchinsonEstimator(GradientTransformation):
             raise ValueError(f"noise must be one of {_NOISES}, got {self.noise!r}")
 
     def init(self, params):
+        check_floating(params, self.name)  # a Hessian needs float parameters
         return EstimatorState(key=_as_key(self.random_seed, self.name))
 
     def check_extra_args(self, params, obj_fn=None, **extra_args):
@@ -147,6 +149,7 @@ class HutchinsonEstimator(GradientTransformation):
 
     def update(self, updates, state, params=None, obj_fn=None, **extra_args):
         require_params(params, self.name)
+        check_params_match(updates, params)
         self.check_extra_args(params, obj_fn)
         key, subkey = jax.random.split(state.key)
         keys = _per_leaf_keys(subkey, params)
@@ -199,6 +202,7 @@ class GaussNewtonBartlettEstimator(GradientTransformation):
         _as_key(self.random_seed, self.name)
 
     def init(self, params):
+        check_floating(params, self.name)  # a Hessian needs float parameters
         return EstimatorState(key=_as_key(self.random_seed, self.name))
 
     def check_extra_args(self, params, sampled_grad_fn=None, **extra_args):
@@ -213,6 +217,7 @@ class GaussNewtonBartlettEstimator(GradientTransformation):
 
     def update(self, updates, state, params=None, sampled_grad_fn=None, **extra_args):
         require_params(params, self.name)
+        check_params_match(updates, params)
         self.check_extra_args(params, sampled_grad_fn)
         key, subkey = jax.random.split(state.key)
         grads = sampled_grad_fn(params, subkey)
@@ -386,7 +391,8 @@ class ScaleBySophia(GradientTransformation):
         kept = sum(
             jnp.sum(jnp.abs(u) < clip.astype(u.dtype), dtype=jnp.float32) for u in raw_leaves
         )
-        win_rate = kept / max(sum(u.size for u in raw_leaves), 1)
+        # float32 like init's, also for a tree without leaves (where ``kept`` is the int 0).
+        win_rate = jnp.asarray(kept / max(sum(u.size for u in raw_leaves), 1), jnp.float32)
         out = jax.tree.map(
             lambda u, g: jnp.clip(u, -clip.astype(u.dtype), clip.astype(u.dtype)).astype(g.dtype),
             raw,

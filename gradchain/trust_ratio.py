@@ -13,12 +13,14 @@ from gradchain.base import (
     GradientTransformation,
     check_number,
     named_chain,
+    check_params_match,
     require_params,
     state_class,
     transformation,
 )
 from gradchain.decay import add_decoupled_weight_decay, resolve_mask
 from gradchain.momentum import trace
+from gradchain.optimizers import _argument_names
 from gradchain.numerics import compute_dtype, init_count, safe_increment
 from gradchain.scaling import scale_by_learning_rate
 
@@ -83,6 +85,7 @@ class ScaleByTrustRatio(GradientTransformation):
 
     def update(self, updates, state, params=None, **extra_args):
         require_params(params, self.name)
+        check_params_match(updates, params)
         hp = self.current_hyperparams(state)
         selected = resolve_mask(self.mask, params, self.name)
 
@@ -168,6 +171,8 @@ def lars(
         weight_decay_mask=weight_decay_mask, trust_coefficient=trust_coefficient, eps=eps,
         trust_ratio_mask=trust_ratio_mask, momentum=momentum, nesterov=nesterov,
     )
+    with _argument_names(decay="momentum"):
+        momentum_part = trace(decay=momentum, nesterov=nesterov)
     return named_chain(
         "lars",
         config,
@@ -176,5 +181,5 @@ def lars(
             trust_coefficient=trust_coefficient, eps=eps, mask=_mask_or_none(trust_ratio_mask)
         ),
         scale_by_learning_rate(learning_rate),
-        trace(decay=momentum, nesterov=nesterov),
+        momentum_part,
     )

@@ -122,7 +122,7 @@ def test_low_precision_leaves_keep_their_dtype():
         (lambda: gc.scale_by_trust_ratio(trust_coefficient=-1.0), r"trust_coefficient must be in \[0, inf\)"),
         (lambda: gc.lamb(0.1, eps=-1.0), r"eps must be in \[0, inf\)"),
         (lambda: gc.lamb(0.1, weight_decay=-1.0), r"weight_decay must be in \[0, inf\)"),
-        (lambda: gc.lars(0.1, momentum=1.5), r"decay must be in \[0, 1\]"),
+        (lambda: gc.lars(0.1, momentum=1.5), r"momentum must be in \[0, 1\]"),
         (lambda: gc.lars(0.1, eps=-1.0), r"eps must be in \[0, inf\)"),
     ],
 )

@@ -1,0 +1,353 @@
+"""Every public transformation, named optimizer and schedule of gradchain, ready to run.
+
+The reliability suites (test_properties, test_bad_inputs, test_nonfinite, test_low_precision,
+test_long_runs) are parameterized over :data:`TRANSFORMS` and :data:`SCHEDULES`. Each public name
+of ``gradchain.__all__`` is either here or in :data:`NOT_TRANSFORMS` with the reason it is not a
+transformation; ``test_registry_covers_every_public_name`` fails for a name that is in neither,
+so a new optimizer cannot be forgotten. Adding one is one line::
+
+    Entry("lion", lambda: gc.lion(1e-3), optimizer=True, nonfinite="coordinate"),
+
+``Entry`` fields say what a transformation needs to run (extra ``update`` arguments, params,
+matrix-shaped leaves, a parameter container) and how it treats a non-finite gradient, which the
+README's table is generated from and ``test_nonfinite`` checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import gradchain as gc
+
+
+def _by_ndim(tree):
+    """A mask selecting the leaves with at least one axis (a callable mask: works for any tree)."""
+    return jax.tree.map(lambda x: jnp.ndim(x) >= 1, tree)
+
+
+def _below_2d(tree):
+    """A mask selecting the scalars and vectors (freezing them leaves matrices to train)."""
+    return jax.tree.map(lambda x: jnp.ndim(x) < 2, tree)
+
+
+def _labels_by_ndim(tree):
+    return jax.tree.map(lambda x: "matrix" if jnp.ndim(x) >= 2 else "other", tree)
+
+
+def _loss(params):
+    """A scalar loss of any parameter tree, for the transformations that take ``obj_fn=``."""
+    return sum((jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(params)),
+               jnp.zeros((), jnp.float32))
+
+
+def _sampled_grads(params, key):
+    """A gradient tree for ``sampled_grad_fn=`` (Sophia's Gauss-Newton-Bartlett estimator)."""
+    return jax.tree.map(lambda x: jnp.cos(x) * jax.random.normal(key, (), x.dtype), params)
+
+
+SOPHIA_EXTRA = {"obj_fn": _loss}
+Q8 = dict(block_size=4, min_8bit_size=1)  # 8-bit states on the small test leaves
+# (Their moments are int8 codes, so "floats only" is said rather than measured.)
+
+
+def _one_device_mesh():
+    return jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+
+
+# How a NaN in one coordinate of one leaf of the gradient shows in the updates of that step:
+NONFINITE = {
+    "coordinate": "only the coordinates that were NaN (elementwise algebra)",
+    "leaf": "every coordinate of the leaf that held it (a per-leaf norm or factorisation)",
+    "tree": "every leaf (a global norm or a shared statistic)",
+    "none": "nowhere: the transformation does not look at gradient values",
+    "zeroed": "nowhere: the NaN is replaced by 0 (zero_nans) or the step is skipped",
+    "held": "nowhere this step: accumulated, applied at the k-th micro-batch (MultiSteps)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One public transformation with valid arguments.
+
+    name: the public name (``gc.<name>``); several entries may share a name (variants).
+    build: makes the transformation.
+    optimizer: a full optimizer (updates are steps to add to params, with a learning rate).
+    extra: keyword arguments ``update`` needs (``value=`` for reduce_on_plateau).
+    needs_params: ``update`` raises without params (and says so).
+    matrices: every leaf must be a matrix (Muon's orthogonalisation, scale_by_shape).
+    max_ndim: leaves may have at most this many axes (muon_labels sends every leaf with two
+      axes or more to Muon, which needs dimension numbers beyond two).
+    wrap_params: the parameter container the transformation expects (lookahead's
+      ``LookaheadParams``); updates come out in the same container.
+    abstract_init: ``init`` accepts ``jax.ShapeDtypeStruct`` leaves; False where the state
+      starts at the parameters' values (and ``init`` raises a TypeError saying so).
+    nonfinite: how a NaN gradient coordinate shows in this step's updates (see NONFINITE).
+    keeps_nan: the NaN enters the state, so the updates of later, finite steps are non-finite.
+    floats_only: ``init`` rejects integer and complex parameters (TypeError naming the leaf);
+      None: decided by whether the state keeps float numbers per parameter element.
+    param_copies: state fields that are copies of the parameters, kept in their dtype.
+    """
+
+    name: str
+    build: Callable[[], Any]
+    optimizer: bool = False
+    extra: dict = dataclasses.field(default_factory=dict)
+    needs_params: bool = False
+    matrices: bool = False
+    max_ndim: int | None = None
+    wrap_params: Callable[[Any], Any] | None = None
+    abstract_init: bool = True
+    nonfinite: str = "coordinate"
+    keeps_nan: bool = True
+    floats_only: bool | None = None
+    param_copies: tuple = ()
+    variant: str = ""
+
+    @property
+    def id(self) -> str:
+        return self.name + (f"[{self.variant}]" if self.variant else "")
+
+    def params_arg(self, params):
+        return params if self.wrap_params is None else self.wrap_params(params)
+
+
+E = Entry
+
+TRANSFORMS: tuple[Entry, ...] = (
+    # base
+    E("identity", gc.identity, nonfinite="coordinate", keeps_nan=False),
+    E("chain", lambda: gc.chain(gc.clip(1.0), gc.scale(0.5)), keeps_nan=False),
+    E("named_chain", lambda: gc.named_chain("clipped_sgd", {}, gc.clip(1.0), gc.sgd(0.1)),
+      optimizer=True, keeps_nan=False),
+    E("to_optax", lambda: gc.to_optax(gc.adam(0.1)), optimizer=True),
+    # adaptive
+    E("scale_by_adam", gc.scale_by_adam),
+    E("scale_by_adam", lambda: gc.scale_by_adam(nesterov=True), variant="nesterov"),
+    E("scale_by_rms", gc.scale_by_rms),
+    E("scale_by_stddev", gc.scale_by_stddev),
+    # averaging
+    E("params_ema", lambda: gc.params_ema(0.9), needs_params=True, abstract_init=False,
+      keeps_nan=False),  # the updates pass through; the average itself keeps the NaN
+    E("lookahead", lambda: gc.lookahead(gc.adam(0.1), sync_period=2, slow_step_size=0.5),
+      optimizer=True, needs_params=True, wrap_params=gc.LookaheadParams.init_synced),
+    # clipping
+    E("clip", lambda: gc.clip(0.5), keeps_nan=False),
+    E("clip_by_block_rms", lambda: gc.clip_by_block_rms(0.5), nonfinite="leaf", keeps_nan=False),
+    E("clip_by_global_norm", lambda: gc.clip_by_global_norm(0.5), nonfinite="tree",
+      keeps_nan=False),
+    # combinators
+    E("masked", lambda: gc.masked(gc.scale_by_adam(), _by_ndim)),
+    E("freeze", lambda: gc.freeze(_below_2d), keeps_nan=False),
+    E("partition", lambda: gc.partition({"matrix": gc.adam(0.1), "other": gc.sgd(0.1, 0.9)},
+                                        _labels_by_ndim), optimizer=True),
+    E("multi_transform", lambda: gc.multi_transform({"matrix": gc.adamw(0.1), "other": gc.sgd(0.1)},
+                                                    _labels_by_ndim), optimizer=True,
+      needs_params=True),
+    E("selective_transform", lambda: gc.selective_transform(gc.adam(0.1), freeze_mask=_below_2d),
+      optimizer=True),
+    E("set_to_zero", gc.set_to_zero, nonfinite="none", keeps_nan=False),
+    E("zero_nans", gc.zero_nans, nonfinite="zeroed", keeps_nan=False),
+    E("apply_if_finite", lambda: gc.apply_if_finite(gc.adam(0.1), 2), optimizer=True,
+      nonfinite="zeroed", keeps_nan=False),
+    E("MultiSteps", lambda: gc.MultiSteps(gc.adam(0.1), 2), optimizer=True, nonfinite="held"),
+    E("MultiSteps",
+      lambda: gc.MultiSteps(gc.adam(0.1), 2, should_skip_update_fn=gc.skip_not_finite),
+      optimizer=True, nonfinite="zeroed", keeps_nan=False, variant="skip_not_finite"),
+    # decay
+    E("add_decoupled_weight_decay", lambda: gc.add_decoupled_weight_decay(0.1), needs_params=True,
+      keeps_nan=False),
+    E("add_decayed_weights", lambda: gc.add_decayed_weights(0.1, mask=_by_ndim),
+      needs_params=True, keeps_nan=False),
+    E("add_l2_penalty", lambda: gc.add_l2_penalty(0.1), needs_params=True, keeps_nan=False),
+    # factored
+    E("factored_second_moment", lambda: gc.factored_second_moment(min_dim_size_to_factor=2),
+      nonfinite="leaf"),
+    E("scale_by_factored_rms", lambda: gc.scale_by_factored_rms(min_dim_size_to_factor=128)),
+    E("scale_by_param_block_rms", gc.scale_by_param_block_rms, needs_params=True,
+      keeps_nan=False),
+    # galore
+    E("scale_by_galore", lambda: gc.scale_by_galore(rank=1, update_proj_gap=2), nonfinite="leaf"),
+    E("galore", lambda: gc.galore(0.1, rank=1, update_proj_gap=2, weight_decay=0.01),
+      optimizer=True, needs_params=True, nonfinite="leaf"),
+    # momentum
+    E("ema", lambda: gc.ema(0.9)),
+    E("trace", lambda: gc.trace(0.9, nesterov=True)),
+    # muon
+    E("scale_by_muon", gc.scale_by_muon, matrices=True, nonfinite="leaf"),
+    E("scale_by_shape", gc.scale_by_shape, matrices=True, keeps_nan=False),
+    E("muon", lambda: gc.muon(0.1, weight_decay=0.01), optimizer=True, needs_params=True,
+      nonfinite="leaf"),
+    E("muon", lambda: gc.muon(0.1, param_labels=gc.muon_labels), optimizer=True,
+      needs_params=True, max_ndim=2, nonfinite="leaf", variant="muon_labels"),
+    # named optimizers
+    E("sgd", lambda: gc.sgd(0.1), optimizer=True, keeps_nan=False),
+    E("sgd", lambda: gc.sgd(0.1, momentum=0.9, nesterov=True), optimizer=True, variant="momentum"),
+    E("adam", lambda: gc.adam(0.1), optimizer=True),
+    E("adamw", lambda: gc.adamw(0.1, weight_decay=0.1), optimizer=True, needs_params=True),
+    E("rmsprop", lambda: gc.rmsprop(0.1, momentum=0.9, centered=True), optimizer=True),
+    E("adafactor", lambda: gc.adafactor(0.1, min_dim_size_to_factor=2), optimizer=True,
+      needs_params=True, nonfinite="leaf"),
+    # scaling
+    E("scale", lambda: gc.scale(0.5), keeps_nan=False),
+    E("scale_by_learning_rate", lambda: gc.scale_by_learning_rate(0.1), keeps_nan=False),
+    E("scale_by_schedule", lambda: gc.scale_by_schedule(gc.linear_schedule(1.0, 0.1, 10)),
+      keeps_nan=False),
+    # schedule-free
+    E("schedule_free", lambda: gc.schedule_free(gc.sgd(0.1), 0.1), optimizer=True,
+      needs_params=True, abstract_init=False),
+    E("schedule_free_sgd", lambda: gc.schedule_free_sgd(0.1, warmup_steps=2), optimizer=True,
+      needs_params=True, abstract_init=False),
+    E("schedule_free_adamw", lambda: gc.schedule_free_adamw(0.1, weight_decay=0.01),
+      optimizer=True, needs_params=True, abstract_init=False),
+    # schedules
+    E("reduce_on_plateau", lambda: gc.reduce_on_plateau(patience=1), extra={"value": 1.0},
+      keeps_nan=False),
+    # sharding
+    E("zero1", lambda: gc.zero1(gc.adamw(0.1), _one_device_mesh()), optimizer=True,
+      needs_params=True),
+    # adagrad
+    E("scale_by_rss", gc.scale_by_rss),
+    E("adagrad", lambda: gc.adagrad(0.1), optimizer=True),
+    # Adam variants
+    E("scale_by_adamax", gc.scale_by_adamax),
+    E("adamax", lambda: gc.adamax(0.1), optimizer=True),
+    E("adamaxw", lambda: gc.adamaxw(0.1), optimizer=True, needs_params=True),
+    E("scale_by_amsgrad", gc.scale_by_amsgrad),
+    E("amsgrad", lambda: gc.amsgrad(0.1), optimizer=True),
+    E("scale_by_nadam", gc.scale_by_nadam),
+    E("nadam", lambda: gc.nadam(0.1), optimizer=True),
+    E("nadamw", lambda: gc.nadamw(0.1), optimizer=True, needs_params=True),
+    E("scale_by_radam", gc.scale_by_radam),
+    E("radam", lambda: gc.radam(0.1), optimizer=True),
+    # Lion
+    E("scale_by_lion", gc.scale_by_lion),
+    E("lion", lambda: gc.lion(0.1), optimizer=True, needs_params=True),
+    # trust ratio
+    E("scale_by_trust_ratio", gc.scale_by_trust_ratio, needs_params=True, nonfinite="leaf",
+      keeps_nan=False),
+    E("lamb", lambda: gc.lamb(0.1, weight_decay=0.01), optimizer=True, needs_params=True,
+      nonfinite="leaf"),
+    E("lars", lambda: gc.lars(0.1, weight_decay=0.01), optimizer=True, needs_params=True,
+      nonfinite="leaf"),
+    # learning-rate free
+    E("scale_by_prodigy", gc.scale_by_prodigy, needs_params=True, abstract_init=False,
+      param_copies=("params0",)),
+    E("prodigy", lambda: gc.prodigy(), optimizer=True, needs_params=True, abstract_init=False,
+      param_copies=("params0",)),
+    E("scale_by_dadapt_adamw", gc.scale_by_dadapt_adamw, needs_params=True),
+    E("dadapt_adamw", lambda: gc.dadapt_adamw(), optimizer=True, needs_params=True),
+    # Sophia
+    E("hutchinson_estimator_diag_hessian", lambda: gc.hutchinson_estimator_diag_hessian(0),
+      extra=SOPHIA_EXTRA, needs_params=True, nonfinite="none", keeps_nan=False,
+      floats_only=True),
+    E("gauss_newton_bartlett_estimator_diag_hessian",
+      lambda: gc.gauss_newton_bartlett_estimator_diag_hessian(8, 0),
+      extra={"sampled_grad_fn": _sampled_grads}, needs_params=True, nonfinite="none",
+      keeps_nan=False, floats_only=True),
+    E("scale_by_sophia", lambda: gc.scale_by_sophia(update_interval=1), extra=SOPHIA_EXTRA,
+      needs_params=True),
+    E("sophia", lambda: gc.sophia(0.1, update_interval=1), extra=SOPHIA_EXTRA, optimizer=True,
+      needs_params=True),
+    # 8-bit states
+    E("quantize_moments", lambda: gc.quantize_moments(gc.adam(0.1), **Q8), optimizer=True,
+      floats_only=True),
+    E("adam_8bit", lambda: gc.adam_8bit(0.1, **Q8), optimizer=True,
+      floats_only=True),
+    E("adamw_8bit", lambda: gc.adamw_8bit(0.1, **Q8), optimizer=True, needs_params=True,
+      floats_only=True),
+    E("sgd_8bit", lambda: gc.sgd_8bit(0.1, momentum=0.9, **Q8), optimizer=True,
+      floats_only=True),
+    E("lion_8bit", lambda: gc.lion_8bit(0.1, **Q8), optimizer=True, needs_params=True,
+      floats_only=True),
+)
+
+TRANSFORM_NAMES = frozenset(e.name for e in TRANSFORMS)
+OPTIMIZERS = tuple(e for e in TRANSFORMS if e.optimizer)
+
+SCHEDULES: dict[str, Callable[[], Callable]] = {
+    "constant_schedule": lambda: gc.constant_schedule(0.5),
+    "cosine_decay_schedule": lambda: gc.cosine_decay_schedule(1.0, 100, alpha=0.1),
+    "cosine_onecycle_schedule": lambda: gc.cosine_onecycle_schedule(100, 1.0),
+    "cosine_warm_restarts_schedule": lambda: gc.cosine_warm_restarts_schedule(1.0, 10, T_mult=2),
+    "exponential_decay": lambda: gc.exponential_decay(1.0, 10, 0.5, end_value=0.01),
+    "join_schedules": lambda: gc.join_schedules(
+        (gc.linear_schedule(0.0, 1.0, 10), gc.constant_schedule(1.0)), (10,)),
+    "linear_onecycle_schedule": lambda: gc.linear_onecycle_schedule(100, 1.0),
+    "linear_schedule": lambda: gc.linear_schedule(1.0, 0.1, 100, transition_begin=5),
+    "piecewise_constant_schedule": lambda: gc.piecewise_constant_schedule(1.0, {10: 0.5, 20: 0.1}),
+    "piecewise_interpolate_schedule": lambda: gc.piecewise_interpolate_schedule(
+        "cosine", 1.0, {10: 0.5, 20: 0.1}),
+    "polynomial_schedule": lambda: gc.polynomial_schedule(1.0, 0.1, 2.0, 100),
+    "sgdr_schedule": lambda: gc.sgdr_schedule(
+        [dict(init_value=0.0, peak_value=1.0, warmup_steps=2, decay_steps=10)] * 2),
+    "warmup_constant_schedule": lambda: gc.warmup_constant_schedule(0.0, 1.0, 10),
+    "warmup_cosine_decay_schedule": lambda: gc.warmup_cosine_decay_schedule(0.0, 1.0, 10, 100),
+    "warmup_exponential_decay_schedule": lambda: gc.warmup_exponential_decay_schedule(
+        0.0, 1.0, 10, 10, 0.5),
+    "warmup_inverse_sqrt_schedule": lambda: gc.warmup_inverse_sqrt_schedule(0.0, 1.0, 10),
+    "warmup_linear_decay_schedule": lambda: gc.warmup_linear_decay_schedule(0.0, 1.0, 10, 100),
+    "warmup_stable_decay_schedule": lambda: gc.warmup_stable_decay_schedule(
+        0.0, 1.0, 10, 100, 20),
+}
+
+# Public names that are not transformations or schedules, with what they are.
+NOT_TRANSFORMS: dict[str, str] = {
+    "QuantizedArray": "data type (an 8-bit array and its scales)",
+    "block_axis_sharding": "helper: the layout of 8-bit blocks",
+    "dequantize_blockwise": "helper: 8-bit to float",
+    "dynamic_map": "helper: the 8-bit code book",
+    "quantize_blockwise": "helper: float to 8-bit",
+    "ChainState": "state container",
+    "EmptyState": "state container",
+    "GaLoreDimensionNumbers": "data type (a matrix view of a tensor)",
+    "GradientTransformation": "abstract base class",
+    "LookaheadParams": "parameter container",
+    "MaskedNode": "placeholder leaf",
+    "MuonDimensionNumbers": "data type (a matrix view of a tensor)",
+    "Schedule": "abstract base class of schedules",
+    "abstract_state": "helper: abstract optimizer state",
+    "adafactor_decay_rate": "helper: Adafactor's decay (tested in test_long_runs)",
+    "apply_updates": "helper: params + updates",
+    "bias_correction": "numerics helper",
+    "factored_axes": "helper: which axes a moment is factored along",
+    "global_norm": "helper: the global norm of a tree",
+    "muon_labels": "helper: Muon's parameter groups (used by the muon[muon_labels] entry)",
+    "orthogonalize_via_newton_schulz": "helper: the Newton-Schulz iteration",
+    "path_labels": "helper: labels by path",
+    "path_mask": "helper: masks by path",
+    "per_device_bytes": "helper: memory per device",
+    "restore_state": "checkpoint helper",
+    "safe_increment": "numerics helper",
+    "save_state": "checkpoint helper",
+    "schedule_free_eval_params": "helper: the evaluation params of schedule-free",
+    "skip_large_updates": "MultiSteps predicate",
+    "skip_not_finite": "MultiSteps predicate (used by the MultiSteps[skip_not_finite] entry)",
+    "state_class": "decorator for state classes",
+    "state_shardings": "helper: state layout",
+    "tree_get": "helper: read a state field by name",
+    "tree_get_all_with_path": "helper: read state fields by name",
+    "tree_paths": "helper: path strings of a tree",
+    "tree_set": "helper: replace a state field by name",
+}
+
+
+def find(name: str, variant: str = "") -> Entry:
+    for e in TRANSFORMS:
+        if e.name == name and e.variant == variant:
+            return e
+    raise KeyError(name)
+
+
+def random_tree(structure, seed: int, scale: float = 1.0):
+    """A tree shaped like ``structure`` (arrays or ShapeDtypeStructs) of normal values."""
+    leaves, treedef = jax.tree.flatten(structure)
+    rng = np.random.default_rng(seed)
+    return treedef.unflatten(
+        [jnp.asarray(scale * rng.standard_normal(x.shape), x.dtype) for x in leaves]
+    )
