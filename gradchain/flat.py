@@ -51,6 +51,7 @@ from gradchain.base import (
     Identity,
     _call_update,
     _child_name,
+    check_floating,
     check_tree_match,
     state_class,
     transformation,
@@ -362,6 +363,9 @@ class Flatten(GradientTransformation):
         return flat_layout(params, min_size=self.min_size)
 
     def init(self, params):
+        # Leaves are grouped by dtype into buffers named after it: check them here, where the
+        # error can still name the leaf rather than the buffer.
+        check_floating(params, self.name)
         layout = self.layout(params)
         concrete = all(isinstance(x, (jax.Array, np.ndarray)) for x in jax.tree.leaves(params))
         flat = layout.ravel(params) if concrete else layout.abstract(params)

@@ -208,6 +208,9 @@ TRANSFORMS: tuple[Entry, ...] = (
     # schedules
     E("reduce_on_plateau", lambda: gc.reduce_on_plateau(patience=1), extra={"value": 1.0},
       keeps_nan=False),
+    # flat multi-tensor buffers
+    E("flatten", lambda: gc.flatten(gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(0.1))),
+      optimizer=True, needs_params=True, nonfinite="tree"),
     # sharding
     E("zero1", lambda: gc.zero1(gc.adamw(0.1), _one_device_mesh()), optimizer=True,
       needs_params=True),
@@ -298,6 +301,10 @@ SCHEDULES: dict[str, Callable[[], Callable]] = {
 
 # Public names that are not transformations or schedules, with what they are.
 NOT_TRANSFORMS: dict[str, str] = {
+    "FlatLayout": "data type (how a tree is laid out in flat buffers; tests/test_flat.py)",
+    "FlatState": "state container of flatten",
+    "flat_layout": "helper: keep the parameters themselves flat (tests/test_flat.py)",
+    "register_flat_safe": "helper: admit a coordinate-wise transformation into flatten",
     "QuantizedArray": "data type (an 8-bit array and its scales)",
     "block_axis_sharding": "helper: the layout of 8-bit blocks",
     "dequantize_blockwise": "helper: 8-bit to float",
