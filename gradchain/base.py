@@ -479,6 +479,18 @@ class GradientTransformation:
     ) -> tuple[Updates, OptState]:
         raise NotImplementedError
 
+    def fuse_next(self, following) -> Callable | None:
+        """A fused implementation of this transformation followed by ``following``, or None.
+
+        :class:`Chain` calls it for each pair of neighbours. A transformation that can compute
+        itself and its successor in fewer passes over memory returns a function
+        ``(updates, state, following_state, params, extra_args) -> (updates, state,
+        following_state)`` whose results equal running the two in turn, up to float32 rounding;
+        the states keep their structure, so fused and unfused chains share checkpoints. The
+        default fuses nothing.
+        """
+        return None
+
     # -- live hyperparameters ---------------------------------------------------------------
 
     def init_hyperparams(self) -> dict[str, jax.Array]:
@@ -642,10 +654,23 @@ class Chain(GradientTransformation):
                 f"{self.name}: expected the state made by this chain's init "
                 f"({len(self.transforms)} transformations), got {got}"
             )
-        new_states = []
-        for t, s in zip(self.transforms, state.states):
-            updates, s = _call_update(t, updates, s, params, extra_args)
+        new_states, states, transforms = [], state.states, self.transforms
+        i = 0
+        while i < len(transforms):
+            t = transforms[i]
+            fused = (
+                t.fuse_next(transforms[i + 1])
+                if i + 1 < len(transforms) and isinstance(t, GradientTransformation)
+                else None
+            )
+            if fused is not None:
+                updates, s, s_next = fused(updates, states[i], states[i + 1], params, extra_args)
+                new_states += [s, s_next]
+                i += 2
+                continue
+            updates, s = _call_update(t, updates, states[i], params, extra_args)
             new_states.append(s)
+            i += 1
         return updates, ChainState(tuple(new_states), state.names)
 
     def __getattr__(self, key):

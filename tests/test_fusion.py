@@ -137,3 +137,73 @@ def test_no_per_coordinate_power_or_rsqrt(build):
     opcodes = _per_coordinate_opcodes(build())
     assert opcodes, "no per-coordinate instruction found: the pattern is stale"
     assert not opcodes & {"power", "rsqrt"}, opcodes
+
+
+def test_adafactor_step_forms_the_clipped_update_in_the_pass_that_applies_it():
+    # The gradient is read three times (row statistics, column statistics, the update's RMS
+    # taken from g and the factors) and the parameter once for its RMS; the last pass reads both
+    # and writes the parameter: 4 * 3 + 4 + 12 = 28 bytes. Unfused, the update U = G * (a b^T)
+    # is written once and read twice more: 36. The row and column factors (256 floats each, read
+    # by several passes) and the bias's unfactored moment add under a byte per parameter here;
+    # any extra pass over the matrix would add 4.
+    assert traffic(gc.adafactor(1e-3), gc.apply_updates) <= 28 + 1
+
+
+# Leaves for the fused factored + block-clip step: factored along either axis order, a batch of
+# matrices, an unfactored vector, and a bfloat16 matrix (which keeps the unfused arithmetic).
+FACTORED_LEAVES = {
+    "wide": (24, 40),
+    "tall": (40, 24),
+    "batched": (3, 20, 16),
+    "vector": (50,),
+    "half": (16, 24),
+}
+
+
+def _factored_stream(steps):
+    key = jax.random.PRNGKey(7)
+    out = []
+    for t in range(steps):
+        grads = {}
+        for i, (name, shape) in enumerate(FACTORED_LEAVES.items()):
+            k = jax.random.fold_in(jax.random.fold_in(key, t), i)
+            g = jax.random.normal(k, shape) * jnp.linspace(1.0, 2.0, shape[-1]).reshape((1,) * (len(shape) - 1) + (-1,))
+            grads[name] = g.astype(jnp.bfloat16 if name == "half" else jnp.float32)
+        out.append(grads)
+    return out
+
+
+@pytest.mark.parametrize("threshold", [0.3, 100.0], ids=["clipping", "not-clipping"])
+@pytest.mark.parametrize("axes", ["largest", "last"])
+def test_fused_factored_block_clip_equals_the_two_transforms_in_turn(threshold, axes):
+    factored = gc.factored_second_moment(min_dim_size_to_factor=8, factored_axes=axes)
+    clip = gc.clip_by_block_rms(threshold)
+    fused = gc.chain(factored, clip)
+    assert factored.fuse_next(clip) is not None
+    # A nested chain is one transformation: its neighbour is not fused with it.
+    apart = gc.chain(gc.chain(factored), clip)
+    grads = _factored_stream(25)
+    params = jax.tree.map(jnp.zeros_like, grads[0])
+
+    def run(tx):
+        step = jax.jit(lambda g, s: tx.update(g, s, params))
+        state, outs = tx.init(params), []
+        for g in grads:
+            u, state = step(g, state)
+            outs.append(u)
+        return outs, state
+
+    (ours, ours_state), (ref, ref_state) = run(fused), run(apart)
+    # The fused RMS sums the same squares in another order: a few float32 ulps on the clip
+    # factor, hence on each update; unclipped steps are untouched by it.
+    for t, (a, b) in enumerate(zip(ours, ref)):
+        for name in FACTORED_LEAVES:
+            assert a[name].dtype == b[name].dtype
+            np.testing.assert_allclose(
+                np.asarray(a[name], np.float32), np.asarray(b[name], np.float32),
+                rtol=2e-6, atol=0, err_msg=f"step {t + 1}, leaf {name}",
+            )
+    assert ours_state.names == ("factored_second_moment", "clip_by_block_rms")
+    for x, y in zip(jax.tree.leaves(ours_state[0]), jax.tree.leaves(ref_state[0][0])):
+        np.testing.assert_allclose(x, y, rtol=1e-6)
+    assert int(ours_state[1].count) == int(ref_state[1].count) == 25
