@@ -16,8 +16,8 @@ over flat buffers inside the step. ``flatten(tx)`` splits ``tx`` (a transformati
 nested chains included) in two:
 
 * the leading part runs on the flat buffers. It must consist of transformations that act on
-  each coordinate alone or through a global reduction (Adam's moments, momentum,
-  ``clip_by_global_norm``, ...), for which a flat buffer and a tree give the same numbers (up to
+  each coordinate alone or through a global reduction (Adam's moments and its AMSGrad, Adamax,
+  NAdam and RAdam variants, RMS, Adagrad, Lion, momentum, ``clip_by_global_norm``), for which a flat buffer and a tree give the same numbers (up to
   the order of the norm's sum);
 * the trailing transformations that keep no per-parameter state (weight decay, learning rate,
   scaling) run on the tree, after the updates are cut back: they need the parameters, which
@@ -57,7 +57,10 @@ from gradchain.base import (
     transformation,
 )
 from gradchain.clipping import Clip, ClipByGlobalNorm
+from gradchain.adagrad import ScaleByRss
+from gradchain.adam_variants import ScaleByAdamax, ScaleByAmsgrad, ScaleByNadam, ScaleByRadam
 from gradchain.decay import AddDecoupledWeightDecay, AddL2Penalty
+from gradchain.lion import ScaleByLion
 from gradchain.masks import path_string, resolve_labels, resolve_mask
 from gradchain.momentum import Ema, Trace
 from gradchain.scaling import Scale, ScaleByLearningRate, ScaleBySchedule
@@ -74,6 +77,7 @@ _PER_LEAF: set[type] = {
 # coordinate alone or through reductions over all leaves together.
 _FLAT_SAFE: set[type] = _PER_LEAF | {
     ClipByGlobalNorm, Ema, ScaleByAdam, ScaleByRms, ScaleByStddev, Trace,
+    ScaleByAdamax, ScaleByAmsgrad, ScaleByLion, ScaleByNadam, ScaleByRadam, ScaleByRss,
 }
 
 

@@ -35,6 +35,12 @@ CHAINS = {
     "nadamw bf16 moments": lambda: gc.adamw(1e-2, mu_dtype=jnp.bfloat16, nesterov=True),
     "sgd+nesterov": lambda: gc.sgd(0.05, momentum=0.9, nesterov=True),
     "clip+sgd": lambda: gc.chain(gc.clip_by_global_norm(0.5), gc.sgd(0.05, momentum=0.9)),
+    "lion": lambda: gc.lion(1e-3, weight_decay=0.1),
+    "amsgrad": lambda: gc.amsgrad(1e-2),
+    "adamaxw": lambda: gc.adamaxw(1e-2),
+    "radam": lambda: gc.radam(1e-2),
+    "nadam": lambda: gc.nadam(1e-2),
+    "adagrad": lambda: gc.adagrad(1e-2),
 }
 
 
