@@ -200,12 +200,13 @@ class ScaleByRms(GradientTransformation):
         check_tree_match(updates, state.nu, "updates", "state.nu")
         hp = self.current_hyperparams(state)
         decay, eps = hp["decay"], hp["eps"]
+        one_minus_decay = self.complement("decay", hp)
         t = safe_increment(state.count)
 
         def step(g, v):
             dt = compute_dtype(g.dtype)
             g32 = g.astype(dt)
-            v = ema(v.astype(dt), g32 * g32, decay.astype(dt))
+            v = ema(v.astype(dt), g32 * g32, decay.astype(dt), one_minus_decay.astype(dt))
             v_hat = numerics.bias_correction(v, decay, t) if self.bias_correction else v
             u = inverse_root(v_hat, eps.astype(dt), self.eps_in_sqrt) * g32
             return u.astype(g.dtype), v

@@ -13,7 +13,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from gradchain.adaptive import ScaleByAdam, scale_by_adam
+from gradchain.adaptive import ScaleByAdam, scale_by_rms
 from gradchain.base import (
     Chain,
     GradientTransformation,
@@ -348,13 +348,15 @@ def schedule_free_adamw(
     ``optax.contrib.schedule_free_adamw``; ``optax_off_by_one=True`` reproduces it exactly with a
     warmup (see :func:`schedule_free`).
 
-    The base is ``scale_by_adam(b1=0)``, whose first moment equals the gradient exactly: the
-    arithmetic is the reference's, but the state holds that unused moment (one params-sized
-    buffer more than the reference's ``z`` and ``v``).
+    The base's scaling is ``scale_by_rms(decay=b2, eps=eps, eps_in_sqrt=False,
+    bias_correction=True)``, Adam without its first moment (as optax): the state is ``z`` and
+    ``v``, 8 bytes per float32 parameter, like the reference's. ``b2`` is its live ``decay``.
     """
     lr = _warmed_up(learning_rate, warmup_steps, optax_off_by_one)
+    # Checked under the caller's name: scale_by_rms would call it ``decay``.
+    check_number("b2", b2, low=0.0, high=1.0, high_open=True)
     base = Chain(
-        scale_by_adam(b1=0.0, b2=b2, eps=eps),
+        scale_by_rms(decay=b2, eps=eps, eps_in_sqrt=False, bias_correction=True),
         add_decoupled_weight_decay(weight_decay),
         scale_by_learning_rate(lr),
     )
