@@ -17,6 +17,7 @@ from gradchain.adaptive import ScaleByAdamState, scale_by_adam
 from gradchain.base import (
     Chain,
     GradientTransformation,
+    check_bools,
     check_dtype,
     check_floating,
     check_number,
@@ -50,14 +51,6 @@ __all__ = [
     "scale_by_nadam",
     "scale_by_radam",
 ]
-
-
-def check_bools(tx, *names):
-    """Raises a ``ValueError`` for the first of ``tx``'s fields ``names`` that is not a bool."""
-    for name in names:
-        value = getattr(tx, name)
-        if not isinstance(value, bool):
-            raise ValueError(f"{name} must be a bool, got {value!r}")
 
 
 def _check_adam_hyperparams(tx):

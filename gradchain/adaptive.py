@@ -8,6 +8,8 @@ import jax.numpy as jnp
 from gradchain import numerics
 from gradchain.base import (
     GradientTransformation,
+    check_bool,
+    check_bools,
     check_dtype,
     check_floating,
     check_number,
@@ -89,8 +91,7 @@ class ScaleByAdam(GradientTransformation):
         check_number("eps_root", self.eps_root, low=0.0)
         check_dtype("mu_dtype", self.mu_dtype)
         check_dtype("nu_dtype", self.nu_dtype)
-        if not isinstance(self.nesterov, bool):
-            raise ValueError(f"nesterov must be a bool, got {self.nesterov!r}")
+        check_bool("nesterov", self.nesterov)
 
     def init(self, params):
         check_floating(params, self.name)
@@ -137,9 +138,7 @@ def _check_rms_args(tx) -> None:
     check_number("decay", tx.decay, low=0.0, high=1.0, high_open=True)
     check_number("eps", tx.eps, low=0.0)
     check_number("initial_scale", tx.initial_scale, low=0.0, allow_schedule=False)
-    for flag in ("eps_in_sqrt", "bias_correction"):
-        if not isinstance(getattr(tx, flag), bool):
-            raise ValueError(f"{flag} must be a bool, got {getattr(tx, flag)!r}")
+    check_bools(tx, "eps_in_sqrt", "bias_correction")
 
 
 @state_class

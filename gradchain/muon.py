@@ -25,12 +25,14 @@ from gradchain.base import (
     _call_update,
     _field_equal,
     _short_repr,
+    chain,
+    check_bools,
     check_dtype,
     check_floating,
+    check_int,
     check_number,
     check_params_match,
     check_tree_match,
-    chain,
     state_class,
     transformation,
 )
@@ -303,17 +305,13 @@ class ScaleByMuon(GradientTransformation):
     ns_dtype: object = None
 
     def __post_init__(self):
-        steps = self.ns_steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"ns_steps must be a positive int, got {self.ns_steps!r}")
+        check_int("ns_steps", self.ns_steps, low=1, what="a positive int")
         _coefficient_rows(self.ns_coeffs, self.ns_steps)
         check_number("beta", self.beta, low=0.0, high=1.0, high_open=True)
         check_number("eps", self.eps, low=0.0)
         check_dtype("mu_dtype", self.mu_dtype)
         check_dtype("ns_dtype", self.ns_dtype)
-        for flag in ("nesterov", "adaptive", "bias_correction"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
+        check_bools(self, "nesterov", "adaptive", "bias_correction")
         if self.preconditioning not in _PRECONDITIONINGS:
             raise ValueError(
                 f"preconditioning must be one of {_PRECONDITIONINGS}, got {self.preconditioning!r}"

@@ -18,8 +18,10 @@ from gradchain.base import (
     Chain,
     GradientTransformation,
     _call_update,
+    check_bool,
     check_dtype,
     check_floating,
+    check_int,
     check_number,
     check_params_match,
     check_tree_match,
@@ -149,8 +151,7 @@ class ScheduleFree(GradientTransformation):
         check_number("weight_lr_power", self.weight_lr_power, low=0.0)
         check_number("r", self.r, low=0.0)
         check_dtype("state_dtype", self.state_dtype)
-        if not isinstance(self.optax_off_by_one, bool):
-            raise ValueError(f"optax_off_by_one must be a bool, got {self.optax_off_by_one!r}")
+        check_bool("optax_off_by_one", self.optax_off_by_one)
 
     def init(self, params):
         check_floating(params, self.name)
@@ -280,8 +281,7 @@ class _LinearWarmup:
 def _warmed_up(learning_rate, warmup_steps, optax_off_by_one):
     if warmup_steps is None:
         return learning_rate
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 1:
-        raise ValueError(f"warmup_steps must be None or a positive int, got {warmup_steps!r}")
+    check_int("warmup_steps", warmup_steps, low=1, what="None or a positive int")
     check_number("learning_rate", learning_rate, low=0.0, allow_schedule=False)
     return _LinearWarmup(learning_rate, warmup_steps, offset=0 if optax_off_by_one else 1)
 

@@ -44,6 +44,7 @@ from gradchain.base import (
     _field_equal,
     _hashable,
     _short_repr,
+    check_bool,
     check_number,
     state_class,
     transformation,
@@ -441,8 +442,7 @@ class ExponentialDecay(Schedule):
         _set(self, "transition_steps", _check_steps("transition_steps", self.transition_steps, low=1))
         _check_value("decay_rate", self.decay_rate, low=0.0, low_open=True)
         _set(self, "transition_begin", _check_steps("transition_begin", self.transition_begin))
-        if not isinstance(self.staircase, bool):
-            raise ValueError(f"staircase must be a bool, got {self.staircase!r}")
+        check_bool("staircase", self.staircase)
         _check_value("end_value", self.end_value, allow_none=True)
 
     def _at(self, c):
@@ -796,8 +796,7 @@ class WarmupExponentialDecaySchedule(Schedule):
         _set(self, "transition_steps", _check_steps("transition_steps", self.transition_steps, low=1))
         _check_value("decay_rate", self.decay_rate, low=0.0, low_open=True)
         _set(self, "transition_begin", _check_steps("transition_begin", self.transition_begin))
-        if not isinstance(self.staircase, bool):
-            raise ValueError(f"staircase must be a bool, got {self.staircase!r}")
+        check_bool("staircase", self.staircase)
         _check_value("end_value", self.end_value, allow_none=True)
 
     def _at(self, c):
