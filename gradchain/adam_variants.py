@@ -35,6 +35,7 @@ from gradchain.numerics import (
     ema,
     init_count,
     moments_like,
+    nesterov_bias_corrected,
     safe_increment,
 )
 from gradchain.scaling import scale_by_learning_rate
@@ -395,9 +396,7 @@ class ScaleByRadam(GradientTransformation):
             m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
             v = ema(v.astype(dt), g32 * g32, b2.astype(dt), c2.astype(dt))
             if self.nesterov:
-                m_hat = b1.astype(dt) * bias_correction(
-                    m, b1, safe_increment(t)
-                ) + c1.astype(dt) * bias_correction(g32, b1, t)
+                m_hat = nesterov_bias_corrected(m, g32, b1, c1, t)
             else:
                 m_hat = bias_correction(m, b1, t)
             v_hat = bias_correction(v, b2, t)

@@ -26,6 +26,7 @@ from gradchain.numerics import (
     init_count,
     inverse_root,
     moments_like,
+    nesterov_bias_corrected,
     safe_increment,
     state_dtype,
     zeros_like_param,
@@ -112,9 +113,7 @@ class ScaleByAdam(GradientTransformation):
             m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
             v = ema(v.astype(dt), g32 * g32, b2.astype(dt), c2.astype(dt))
             if self.nesterov:
-                m_hat = b1.astype(dt) * bias_correction(m, b1, safe_increment(t)) + (
-                    1 - b1.astype(dt)
-                ) * bias_correction(g32, b1, t)
+                m_hat = nesterov_bias_corrected(m, g32, b1, 1 - b1.astype(dt), t)
             else:
                 m_hat = bias_correction(m, b1, t)
             v_hat = bias_correction(v, b2, t)

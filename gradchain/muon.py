@@ -43,6 +43,7 @@ from gradchain.numerics import (
     compute_dtype,
     ema,
     init_count,
+    nesterov_bias_corrected,
     safe_increment,
     state_dtype,
     zeros_like_param,
@@ -341,9 +342,7 @@ class ScaleByMuon(GradientTransformation):
             g32, b = g.astype(dt), beta.astype(dt)
             m = ema(m.astype(dt), g32, b)
             if self.bias_correction and self.nesterov:
-                m_hat = b * bias_correction(m, beta, safe_increment(t)) + (1 - b) * bias_correction(
-                    g32, beta, t
-                )
+                m_hat = nesterov_bias_corrected(m, g32, beta, 1 - b, t)
             elif self.bias_correction:
                 m_hat = bias_correction(m, beta, t)
             elif self.nesterov:
