@@ -17,6 +17,7 @@ from gradchain.adaptive import ScaleByAdamState, scale_by_adam
 from gradchain.base import (
     Chain,
     GradientTransformation,
+    check_bools,
     check_dtype,
     check_floating,
     check_number,
@@ -34,6 +35,7 @@ from gradchain.numerics import (
     ema,
     init_count,
     moments_like,
+    nesterov_bias_corrected,
     safe_increment,
 )
 from gradchain.scaling import scale_by_learning_rate
@@ -50,14 +52,6 @@ __all__ = [
     "scale_by_nadam",
     "scale_by_radam",
 ]
-
-
-def check_bools(tx, *names):
-    """Raises a ``ValueError`` for the first of ``tx``'s fields ``names`` that is not a bool."""
-    for name in names:
-        value = getattr(tx, name)
-        if not isinstance(value, bool):
-            raise ValueError(f"{name} must be a bool, got {value!r}")
 
 
 def _check_adam_hyperparams(tx):
@@ -402,9 +396,7 @@ class ScaleByRadam(GradientTransformation):
             m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
             v = ema(v.astype(dt), g32 * g32, b2.astype(dt), c2.astype(dt))
             if self.nesterov:
-                m_hat = b1.astype(dt) * bias_correction(
-                    m, b1, safe_increment(t)
-                ) + c1.astype(dt) * bias_correction(g32, b1, t)
+                m_hat = nesterov_bias_corrected(m, g32, b1, c1, t)
             else:
                 m_hat = bias_correction(m, b1, t)
             v_hat = bias_correction(v, b2, t)

@@ -8,6 +8,8 @@ import jax.numpy as jnp
 from gradchain import numerics
 from gradchain.base import (
     GradientTransformation,
+    check_bool,
+    check_bools,
     check_dtype,
     check_floating,
     check_number,
@@ -24,6 +26,7 @@ from gradchain.numerics import (
     init_count,
     inverse_root,
     moments_like,
+    nesterov_bias_corrected,
     safe_increment,
     state_dtype,
     zeros_like_param,
@@ -89,8 +92,7 @@ class ScaleByAdam(GradientTransformation):
         check_number("eps_root", self.eps_root, low=0.0)
         check_dtype("mu_dtype", self.mu_dtype)
         check_dtype("nu_dtype", self.nu_dtype)
-        if not isinstance(self.nesterov, bool):
-            raise ValueError(f"nesterov must be a bool, got {self.nesterov!r}")
+        check_bool("nesterov", self.nesterov)
 
     def init(self, params):
         check_floating(params, self.name)
@@ -111,9 +113,7 @@ class ScaleByAdam(GradientTransformation):
             m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
             v = ema(v.astype(dt), g32 * g32, b2.astype(dt), c2.astype(dt))
             if self.nesterov:
-                m_hat = b1.astype(dt) * bias_correction(m, b1, safe_increment(t)) + (
-                    1 - b1.astype(dt)
-                ) * bias_correction(g32, b1, t)
+                m_hat = nesterov_bias_corrected(m, g32, b1, 1 - b1.astype(dt), t)
             else:
                 m_hat = bias_correction(m, b1, t)
             v_hat = bias_correction(v, b2, t)
@@ -137,9 +137,7 @@ def _check_rms_args(tx) -> None:
     check_number("decay", tx.decay, low=0.0, high=1.0, high_open=True)
     check_number("eps", tx.eps, low=0.0)
     check_number("initial_scale", tx.initial_scale, low=0.0, allow_schedule=False)
-    for flag in ("eps_in_sqrt", "bias_correction"):
-        if not isinstance(getattr(tx, flag), bool):
-            raise ValueError(f"{flag} must be a bool, got {getattr(tx, flag)!r}")
+    check_bools(tx, "eps_in_sqrt", "bias_correction")
 
 
 @state_class
@@ -200,12 +198,13 @@ class ScaleByRms(GradientTransformation):
         check_tree_match(updates, state.nu, "updates", "state.nu")
         hp = self.current_hyperparams(state)
         decay, eps = hp["decay"], hp["eps"]
+        one_minus_decay = self.complement("decay", hp)
         t = safe_increment(state.count)
 
         def step(g, v):
             dt = compute_dtype(g.dtype)
             g32 = g.astype(dt)
-            v = ema(v.astype(dt), g32 * g32, decay.astype(dt))
+            v = ema(v.astype(dt), g32 * g32, decay.astype(dt), one_minus_decay.astype(dt))
             v_hat = numerics.bias_correction(v, decay, t) if self.bias_correction else v
             u = inverse_root(v_hat, eps.astype(dt), self.eps_in_sqrt) * g32
             return u.astype(g.dtype), v

@@ -16,8 +16,10 @@ import jax.numpy as jnp
 from gradchain.base import (
     GradientTransformation,
     _call_update,
+    check_bool,
     check_dtype,
     check_floating,
+    check_int,
     check_number,
     check_params_match,
     check_tree_match,
@@ -175,12 +177,9 @@ class Lookahead(GradientTransformation):
     def __post_init__(self):
         if not (hasattr(self.fast_optimizer, "init") and hasattr(self.fast_optimizer, "update")):
             raise TypeError(f"fast_optimizer must be a gradient transformation, got {self.fast_optimizer!r}")
-        k = self.sync_period
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"sync_period must be an int >= 1, got {k!r}")
+        check_int("sync_period", self.sync_period, low=1, what="an int >= 1")
         check_number("slow_step_size", self.slow_step_size, low=0.0, high=1.0)
-        if not isinstance(self.reset_state, bool):
-            raise ValueError(f"reset_state must be a bool, got {self.reset_state!r}")
+        check_bool("reset_state", self.reset_state)
 
     def init(self, params):
         fast = params.fast if isinstance(params, LookaheadParams) else params

@@ -399,6 +399,41 @@ def check_number(
         raise ValueError(f"{name} must be in {lo}, {hi}, got {value!r}")
 
 
+def check_bool(name: str, value) -> None:
+    """Validates a flag: ``True`` or ``False``, not a truthy stand-in such as ``1`` or ``"yes"``."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+
+
+def check_bools(obj, *names: str) -> None:
+    """:func:`check_bool` of each of ``obj``'s attributes ``names``, in order."""
+    for name in names:
+        check_bool(name, getattr(obj, name))
+
+
+def check_int(
+    name: str, value, *, low: int = 0, allow_none: bool = False, what: str | None = None
+) -> None:
+    """Validates an integer argument: a Python or NumPy integer (not a bool) ``>= low``, or None
+    where ``allow_none``.
+
+    Without ``what`` the message says which test failed (``"update_interval must be an int, got
+    2.5"``, ``"update_interval must be >= 1, got 0"``); with it, one message for both,
+    ``f"{name} must be {what}, got {value!r}"`` (``what="a positive int"``).
+    """
+    if value is None and allow_none:
+        return
+    is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if what is not None:
+        if not is_int or value < low:
+            raise ValueError(f"{name} must be {what}, got {value!r}")
+        return
+    if not is_int:
+        raise ValueError(f"{name} must be {'None or ' if allow_none else ''}an int, got {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value!r}")
+
+
 def check_dtype(name: str, value) -> None:
     if value is None:
         return

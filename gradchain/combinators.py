@@ -21,7 +21,9 @@ from gradchain.base import (
     GradientTransformation,
     _call_update,
     _path_list,
+    check_bool,
     check_dtype,
+    check_int,
     check_params_match,
     check_tree_match,
     state_class,
@@ -132,10 +134,7 @@ class Masked(GradientTransformation):
 
     def __post_init__(self):
         _require_transformation(self.inner, "inner")
-        if not isinstance(self.mask_compatible_extra_args, bool):
-            raise ValueError(
-                f"mask_compatible_extra_args must be a bool, got {self.mask_compatible_extra_args!r}"
-            )
+        check_bool("mask_compatible_extra_args", self.mask_compatible_extra_args)
 
     def init(self, params):
         selected = resolve_mask(self.mask, params, self.name)
@@ -250,10 +249,7 @@ class Partition(GradientTransformation):
             )
         for label, tx in self.transforms.items():
             _require_transformation(tx, f"transforms[{label!r}]")
-        if not isinstance(self.mask_compatible_extra_args, bool):
-            raise ValueError(
-                f"mask_compatible_extra_args must be a bool, got {self.mask_compatible_extra_args!r}"
-            )
+        check_bool("mask_compatible_extra_args", self.mask_compatible_extra_args)
 
     def labels(self, tree):
         """The label of every leaf of ``tree`` (the params' tree), checked against ``transforms``."""
@@ -414,9 +410,7 @@ class ApplyIfFinite(GradientTransformation):
 
     def __post_init__(self):
         _require_transformation(self.inner, "inner")
-        n = self.max_consecutive_errors
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"max_consecutive_errors must be an int >= 0, got {n!r}")
+        check_int("max_consecutive_errors", self.max_consecutive_errors, what="an int >= 0")
 
     def init(self, params):
         zero = jnp.zeros((), jnp.int32)
@@ -545,11 +539,11 @@ class MultiSteps(GradientTransformation):
 
     def __post_init__(self):
         _require_transformation(self.opt, "opt")
-        k = self.every_k_schedule
-        if not callable(k) and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ValueError(f"every_k_schedule must be an int >= 1 or a schedule, got {k!r}")
-        if not isinstance(self.use_grad_mean, bool):
-            raise ValueError(f"use_grad_mean must be a bool, got {self.use_grad_mean!r}")
+        if not callable(self.every_k_schedule):
+            check_int(
+                "every_k_schedule", self.every_k_schedule, low=1, what="an int >= 1 or a schedule"
+            )
+        check_bool("use_grad_mean", self.use_grad_mean)
         if self.should_skip_update_fn is not None and not callable(self.should_skip_update_fn):
             raise ValueError(
                 f"should_skip_update_fn must be callable or None, got {self.should_skip_update_fn!r}"

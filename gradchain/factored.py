@@ -9,7 +9,6 @@ Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost", 2018; AL
 from __future__ import annotations
 
 import dataclasses
-import numbers
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +16,9 @@ import jax.numpy as jnp
 from gradchain import numerics
 from gradchain.base import (
     GradientTransformation,
+    check_bool,
     check_floating,
+    check_int,
     check_number,
     check_tree_match,
     require_params,
@@ -91,11 +92,6 @@ def adafactor_decay_rate(step, exponent):
 
 def _is_none(x) -> bool:
     return x is None
-
-
-def _check_count(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name} must be an int in [0, inf), got {value!r}")
 
 
 @state_class
@@ -172,11 +168,10 @@ class FactoredSecondMoment(GradientTransformation):
     factored_axes: str = "largest"
 
     def __post_init__(self):
-        if not isinstance(self.factored, bool):
-            raise ValueError(f"factored must be a bool, got {self.factored!r}")
+        check_bool("factored", self.factored)
         check_number("decay_rate", self.decay_rate, low=0.0)
-        _check_count("step_offset", self.step_offset)
-        _check_count("min_dim_size_to_factor", self.min_dim_size_to_factor)
+        check_int("step_offset", self.step_offset, what="an int in [0, inf)")
+        check_int("min_dim_size_to_factor", self.min_dim_size_to_factor, what="an int in [0, inf)")
         check_number("epsilon", self.epsilon, low=0.0)
         if not callable(self.decay_rate_fn):
             raise ValueError(f"decay_rate_fn must be callable, got {self.decay_rate_fn!r}")

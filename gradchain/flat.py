@@ -52,6 +52,7 @@ from gradchain.base import (
     _call_update,
     _child_name,
     check_floating,
+    check_int,
     check_tree_match,
     state_class,
     transformation,
@@ -355,10 +356,7 @@ class Flatten(GradientTransformation):
     def __post_init__(self):
         if not (hasattr(self.inner, "init") and hasattr(self.inner, "update")):
             raise ValueError(f"inner must be a gradient transformation, got {self.inner!r}")
-        if self.min_size is not None and (
-            isinstance(self.min_size, bool) or not isinstance(self.min_size, int) or self.min_size < 1
-        ):
-            raise ValueError(f"min_size must be a positive int or None, got {self.min_size!r}")
+        check_int("min_size", self.min_size, low=1, allow_none=True, what="a positive int or None")
         _split(self.inner)
 
     def layout(self, params) -> FlatLayout:

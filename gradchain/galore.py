@@ -20,8 +20,9 @@ from gradchain.base import (
     GradientTransformation,
     _call_update,
     check_floating,
-    check_tree_match,
+    check_int,
     check_number,
+    check_tree_match,
     named_chain,
     state_class,
     transformation,
@@ -236,9 +237,7 @@ class ScaleByGalore(GradientTransformation):
 
     def __post_init__(self):
         for name in ("rank", "update_proj_gap"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+            check_int(name, getattr(self, name), low=1, what="a positive int")
         check_number("scale", self.scale, low=0.0)
         if self.base_optimizer is None:
             object.__setattr__(self, "base_optimizer", scale_by_adam())

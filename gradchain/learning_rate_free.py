@@ -14,10 +14,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from gradchain.adam_variants import check_bools
 from gradchain.base import (
     Chain,
     GradientTransformation,
+    check_bools,
     check_floating,
     check_number,
     check_params_match,

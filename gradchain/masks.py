@@ -31,6 +31,8 @@ from collections.abc import Hashable, Mapping, Sequence
 import jax
 import numpy as np
 
+from gradchain.base import check_int
+
 __all__ = ["path_labels", "path_mask", "tree_paths"]
 
 
@@ -93,11 +95,9 @@ def _stacked_rules(stacked) -> tuple[tuple[re.Pattern, int], ...]:
     if isinstance(stacked, Mapping):
         rules = []
         for pattern, axes in stacked.items():
-            if isinstance(axes, bool) or not isinstance(axes, int) or axes < 0:
-                raise ValueError(
-                    f"stacked: the number of leading axes for {pattern!r} must be an int >= 0, "
-                    f"got {axes!r}"
-                )
+            check_int(
+                f"stacked: the number of leading axes for {pattern!r}", axes, what="an int >= 0"
+            )
             rules.append((_compile("stacked", pattern), axes))
         return tuple(rules)
     return ((_compile("stacked", stacked), 1),)
@@ -116,10 +116,7 @@ class PathMask:
     stacked: object = None
 
     def __post_init__(self):
-        if self.min_ndim is not None and (
-            isinstance(self.min_ndim, bool) or not isinstance(self.min_ndim, int) or self.min_ndim < 0
-        ):
-            raise ValueError(f"min_ndim must be None or an int >= 0, got {self.min_ndim!r}")
+        check_int("min_ndim", self.min_ndim, allow_none=True, what="None or an int >= 0")
         if isinstance(self.stacked, Mapping):  # kept hashable: the mask is part of a transform
             object.__setattr__(self, "stacked", tuple(self.stacked.items()))
         rules = dict(self.stacked) if isinstance(self.stacked, tuple) else self.stacked

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from gradchain import numerics
 from gradchain.base import (
     GradientTransformation,
+    check_bool,
     check_dtype,
     check_floating,
     check_number,
@@ -57,8 +58,7 @@ class Trace(GradientTransformation):
 
     def __post_init__(self):
         check_number("decay", self.decay, low=0.0, high=1.0)
-        if not isinstance(self.nesterov, bool):
-            raise ValueError(f"nesterov must be a bool, got {self.nesterov!r}")
+        check_bool("nesterov", self.nesterov)
         check_dtype("accumulator_dtype", self.accumulator_dtype)
 
     def init(self, params):
@@ -126,8 +126,7 @@ class Ema(GradientTransformation):
 
     def __post_init__(self):
         check_number("decay", self.decay, low=0.0, high=1.0, high_open=True)
-        if not isinstance(self.debias, bool):
-            raise ValueError(f"debias must be a bool, got {self.debias!r}")
+        check_bool("debias", self.debias)
         check_dtype("accumulator_dtype", self.accumulator_dtype)
 
     def init(self, params):

@@ -25,12 +25,14 @@ from gradchain.base import (
     _call_update,
     _field_equal,
     _short_repr,
+    chain,
+    check_bools,
     check_dtype,
     check_floating,
+    check_int,
     check_number,
     check_params_match,
     check_tree_match,
-    chain,
     state_class,
     transformation,
 )
@@ -41,6 +43,7 @@ from gradchain.numerics import (
     compute_dtype,
     ema,
     init_count,
+    nesterov_bias_corrected,
     safe_increment,
     state_dtype,
     zeros_like_param,
@@ -303,17 +306,13 @@ class ScaleByMuon(GradientTransformation):
     ns_dtype: object = None
 
     def __post_init__(self):
-        steps = self.ns_steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"ns_steps must be a positive int, got {self.ns_steps!r}")
+        check_int("ns_steps", self.ns_steps, low=1, what="a positive int")
         _coefficient_rows(self.ns_coeffs, self.ns_steps)
         check_number("beta", self.beta, low=0.0, high=1.0, high_open=True)
         check_number("eps", self.eps, low=0.0)
         check_dtype("mu_dtype", self.mu_dtype)
         check_dtype("ns_dtype", self.ns_dtype)
-        for flag in ("nesterov", "adaptive", "bias_correction"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
+        check_bools(self, "nesterov", "adaptive", "bias_correction")
         if self.preconditioning not in _PRECONDITIONINGS:
             raise ValueError(
                 f"preconditioning must be one of {_PRECONDITIONINGS}, got {self.preconditioning!r}"
@@ -343,9 +342,7 @@ class ScaleByMuon(GradientTransformation):
             g32, b = g.astype(dt), beta.astype(dt)
             m = ema(m.astype(dt), g32, b)
             if self.bias_correction and self.nesterov:
-                m_hat = b * bias_correction(m, beta, safe_increment(t)) + (1 - b) * bias_correction(
-                    g32, beta, t
-                )
+                m_hat = nesterov_bias_corrected(m, g32, beta, 1 - b, t)
             elif self.bias_correction:
                 m_hat = bias_correction(m, beta, t)
             elif self.nesterov:

@@ -161,6 +161,19 @@ def bias_correction(moment: jax.Array, decay, count: jax.Array) -> jax.Array:
     return moment / correction.astype(moment.dtype)
 
 
+def nesterov_bias_corrected(m: jax.Array, g: jax.Array, decay, one_minus_decay, count) -> jax.Array:
+    r"""NAdam's look-ahead first moment, in ``m``'s dtype:
+    :math:`\beta m_t / (1-\beta^{t+1}) + (1-\beta)\, g_t / (1-\beta^t)`.
+
+    ``count`` is the 1-based step :math:`t`; ``one_minus_decay`` is :math:`1-\beta` as the caller
+    forms it (``1 - decay`` or ``GradientTransformation.complement``). Shared by ``scale_by_adam``,
+    ``scale_by_radam`` and ``scale_by_muon`` with ``nesterov=True``.
+    """
+    dt = m.dtype
+    ahead = bias_correction(m, decay, safe_increment(count))
+    return decay.astype(dt) * ahead + one_minus_decay.astype(dt) * bias_correction(g, decay, count)
+
+
 def ema(old: jax.Array, new: jax.Array, decay, one_minus_decay=None) -> jax.Array:
     """``decay * old + (1 - decay) * new``: the moment update every EMA in gradchain uses.
 

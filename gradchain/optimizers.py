@@ -7,7 +7,7 @@ import contextlib
 import jax.numpy as jnp
 
 from gradchain.adaptive import scale_by_adam, scale_by_rms, scale_by_stddev
-from gradchain.base import Chain, named_chain
+from gradchain.base import Chain, check_bool, named_chain
 from gradchain.clipping import clip_by_block_rms
 from gradchain.decay import add_decoupled_weight_decay
 from gradchain.factored import factored_second_moment, scale_by_param_block_rms
@@ -15,12 +15,6 @@ from gradchain.momentum import ema, trace
 from gradchain.scaling import scale, scale_by_learning_rate
 
 __all__ = ["adafactor", "adam", "adamw", "rmsprop", "sgd"]
-
-
-def _check_bool(name: str, value) -> None:
-    """For the flags a named optimizer reads itself (the parts it builds check the others)."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be a bool, got {value!r}")
 
 
 @contextlib.contextmanager
@@ -56,7 +50,7 @@ def sgd(learning_rate, momentum=None, nesterov=False, accumulator_dtype=None) ->
     no equivalent (ALGORITHMS.md §1, §15 row 1). The learning rate is outside the buffer, as in
     torch; Sutskever et al. (2013) keep it inside, which differs under a schedule.
     """
-    _check_bool("nesterov", nesterov)
+    check_bool("nesterov", nesterov)
     parts = []
     if momentum is not None:
         with _argument_names(decay="momentum"):
@@ -177,8 +171,8 @@ def rmsprop(
     Hinton (2012); Graves (2013) for the centered form.
     """
     moments = scale_by_stddev if centered else scale_by_rms
-    _check_bool("centered", centered)
-    _check_bool("nesterov", nesterov)
+    check_bool("centered", centered)
+    check_bool("nesterov", nesterov)
     parts = [
         moments(decay, eps, initial_scale, eps_in_sqrt, bias_correction),
         scale_by_learning_rate(learning_rate),
@@ -248,10 +242,7 @@ def adafactor(
     Reference: Shazeer & Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost"
     (2018).
     """
-    if not isinstance(multiply_by_parameter_scale, bool):
-        raise ValueError(
-            f"multiply_by_parameter_scale must be a bool, got {multiply_by_parameter_scale!r}"
-        )
+    check_bool("multiply_by_parameter_scale", multiply_by_parameter_scale)
     with _argument_names(step_offset="decay_offset", epsilon="eps"):
         parts = [
             factored_second_moment(

@@ -37,6 +37,8 @@ from gradchain.base import (
     Chain,
     ChainState,
     GradientTransformation,
+    check_bool,
+    check_int,
     check_number,
     named_chain,
     require_params,
@@ -247,9 +249,7 @@ def _is_quantized(x) -> bool:
 
 
 def _check_block_size(block_size) -> None:
-    integer = isinstance(block_size, (int, np.integer)) and not isinstance(block_size, bool)
-    if not integer or block_size < 1:
-        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    check_int("block_size", block_size, low=1, what="a positive integer")
 
 
 def block_axis_sharding(shape, spec, axis_sizes: Mapping[str, int], block_size: int):
@@ -460,12 +460,7 @@ class QuantizeMoments(GradientTransformation):
         ):
             raise TypeError(f"inner must be a gradient transformation, got {self.inner!r}")
         _check_block_size(self.block_size)
-        if (
-            isinstance(self.min_8bit_size, bool)
-            or not isinstance(self.min_8bit_size, (int, np.integer))
-            or self.min_8bit_size < 0
-        ):
-            raise ValueError(f"min_8bit_size must be an integer >= 0, got {self.min_8bit_size!r}")
+        check_int("min_8bit_size", self.min_8bit_size, what="an integer >= 0")
         if self.moments is not None:
             if not isinstance(self.moments, Mapping) or not self.moments:
                 raise ValueError(
@@ -781,8 +776,7 @@ def adamw_8bit(
     Adam step, :math:`p_t = (p_{t-1} - \eta\,\hat m/(\sqrt{\hat v}+\epsilon))(1-\eta\lambda)`;
     ``decay_after_step=True`` selects that order.
     """
-    if not isinstance(decay_after_step, bool):
-        raise ValueError(f"decay_after_step must be a bool, got {decay_after_step!r}")
+    check_bool("decay_after_step", decay_after_step)
     config = dict(
         learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
         mu_dtype=mu_dtype, weight_decay=weight_decay, mask=mask, nesterov=nesterov,

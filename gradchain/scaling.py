@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from gradchain.base import (
     GradientTransformation,
+    check_bool,
     check_number,
     hyperparam_value,
     state_class,
@@ -76,8 +77,7 @@ class ScaleByLearningRate(GradientTransformation):
 
     def __post_init__(self):
         check_number("learning_rate", self.learning_rate, low=0.0)
-        if not isinstance(self.flip_sign, bool):
-            raise ValueError(f"flip_sign must be a bool, got {self.flip_sign!r}")
+        check_bool("flip_sign", self.flip_sign)
 
     def init(self, params):
         return ScaleState(count=init_count(), hyperparams=self.init_hyperparams())

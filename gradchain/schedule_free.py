@@ -13,13 +13,15 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from gradchain.adaptive import ScaleByAdam, scale_by_adam
+from gradchain.adaptive import ScaleByAdam, scale_by_rms
 from gradchain.base import (
     Chain,
     GradientTransformation,
     _call_update,
+    check_bool,
     check_dtype,
     check_floating,
+    check_int,
     check_number,
     check_params_match,
     check_tree_match,
@@ -149,8 +151,7 @@ class ScheduleFree(GradientTransformation):
         check_number("weight_lr_power", self.weight_lr_power, low=0.0)
         check_number("r", self.r, low=0.0)
         check_dtype("state_dtype", self.state_dtype)
-        if not isinstance(self.optax_off_by_one, bool):
-            raise ValueError(f"optax_off_by_one must be a bool, got {self.optax_off_by_one!r}")
+        check_bool("optax_off_by_one", self.optax_off_by_one)
 
     def init(self, params):
         check_floating(params, self.name)
@@ -280,8 +281,7 @@ class _LinearWarmup:
 def _warmed_up(learning_rate, warmup_steps, optax_off_by_one):
     if warmup_steps is None:
         return learning_rate
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 1:
-        raise ValueError(f"warmup_steps must be None or a positive int, got {warmup_steps!r}")
+    check_int("warmup_steps", warmup_steps, low=1, what="None or a positive int")
     check_number("learning_rate", learning_rate, low=0.0, allow_schedule=False)
     return _LinearWarmup(learning_rate, warmup_steps, offset=0 if optax_off_by_one else 1)
 
@@ -348,13 +348,15 @@ def schedule_free_adamw(
     ``optax.contrib.schedule_free_adamw``; ``optax_off_by_one=True`` reproduces it exactly with a
     warmup (see :func:`schedule_free`).
 
-    The base is ``scale_by_adam(b1=0)``, whose first moment equals the gradient exactly: the
-    arithmetic is the reference's, but the state holds that unused moment (one params-sized
-    buffer more than the reference's ``z`` and ``v``).
+    The base's scaling is ``scale_by_rms(decay=b2, eps=eps, eps_in_sqrt=False,
+    bias_correction=True)``, Adam without its first moment (as optax): the state is ``z`` and
+    ``v``, 8 bytes per float32 parameter, like the reference's. ``b2`` is its live ``decay``.
     """
     lr = _warmed_up(learning_rate, warmup_steps, optax_off_by_one)
+    # Checked under the caller's name: scale_by_rms would call it ``decay``.
+    check_number("b2", b2, low=0.0, high=1.0, high_open=True)
     base = Chain(
-        scale_by_adam(b1=0.0, b2=b2, eps=eps),
+        scale_by_rms(decay=b2, eps=eps, eps_in_sqrt=False, bias_correction=True),
         add_decoupled_weight_decay(weight_decay),
         scale_by_learning_rate(lr),
     )

@@ -44,6 +44,7 @@ from gradchain.base import (
     _field_equal,
     _hashable,
     _short_repr,
+    check_bool,
     check_number,
     state_class,
     transformation,
@@ -225,6 +226,31 @@ def _check_boundaries(name: str, boundaries_and_scales) -> dict[int, float] | No
 
 def _set(obj, name, value):
     object.__setattr__(obj, name, value)
+
+
+def _check_warmup(schedule, *, total_length: bool = False) -> None:
+    """The arguments of the warmup schedules: ``init_value``, ``peak_value``, ``warmup_steps``
+    and, with ``total_length``, ``decay_steps`` counted from step 0 (so greater than the warmup)."""
+    _check_value("init_value", schedule.init_value)
+    _check_value("peak_value", schedule.peak_value)
+    _set(schedule, "warmup_steps", _check_steps("warmup_steps", schedule.warmup_steps))
+    if not total_length:
+        return
+    _set(schedule, "decay_steps", _check_steps("decay_steps", schedule.decay_steps, low=1))
+    if schedule.decay_steps <= schedule.warmup_steps:
+        raise ValueError(
+            f"decay_steps is the total length, warmup included, and must be greater than "
+            f"warmup_steps; got decay_steps={schedule.decay_steps}, "
+            f"warmup_steps={schedule.warmup_steps}"
+        )
+
+
+def _after_warmup(schedule, c, after):
+    """``after`` from step ``warmup_steps`` on; before it, the linear ramp from ``init_value`` to
+    ``peak_value`` (optax's ``join_schedules([linear_schedule(...), after], [warmup_steps])``)."""
+    w = schedule.warmup_steps
+    warm = _linear_ramp(c, schedule.init_value, schedule.peak_value, w)
+    return jnp.where(_reached(c, w), after, warm)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,8 +467,7 @@ class ExponentialDecay(Schedule):
         _set(self, "transition_steps", _check_steps("transition_steps", self.transition_steps, low=1))
         _check_value("decay_rate", self.decay_rate, low=0.0, low_open=True)
         _set(self, "transition_begin", _check_steps("transition_begin", self.transition_begin))
-        if not isinstance(self.staircase, bool):
-            raise ValueError(f"staircase must be a bool, got {self.staircase!r}")
+        check_bool("staircase", self.staircase)
         _check_value("end_value", self.end_value, allow_none=True)
 
     def _at(self, c):
@@ -584,16 +609,7 @@ class WarmupCosineDecaySchedule(Schedule):
     convention: str = "optax"
 
     def __post_init__(self):
-        _check_value("init_value", self.init_value)
-        _check_value("peak_value", self.peak_value)
-        _set(self, "warmup_steps", _check_steps("warmup_steps", self.warmup_steps))
-        _set(self, "decay_steps", _check_steps("decay_steps", self.decay_steps, low=1))
-        if self.decay_steps <= self.warmup_steps:
-            raise ValueError(
-                f"decay_steps is the total length, warmup included, and must be greater than "
-                f"warmup_steps; got decay_steps={self.decay_steps}, "
-                f"warmup_steps={self.warmup_steps}"
-            )
+        _check_warmup(self, total_length=True)
         _check_value("end_value", self.end_value)
         _check_value("exponent", self.exponent, low=0.0, low_open=True)
         _check_choice("convention", self.convention, _CONVENTIONS)
@@ -606,8 +622,7 @@ class WarmupCosineDecaySchedule(Schedule):
             k = _since_mod(c, w, 2 * length)
         cosine = _half_cosine(k / length) ** self.exponent
         decayed = self.end_value + (self.peak_value - self.end_value) * cosine
-        warm = _linear_ramp(c, self.init_value, self.peak_value, w)
-        return jnp.where(_reached(c, w), decayed, warm)
+        return _after_warmup(self, c, decayed)
 
 
 warmup_cosine_decay_schedule = WarmupCosineDecaySchedule
@@ -752,9 +767,7 @@ class WarmupConstantSchedule(Schedule):
     warmup_steps: int
 
     def __post_init__(self):
-        _check_value("init_value", self.init_value)
-        _check_value("peak_value", self.peak_value)
-        _set(self, "warmup_steps", _check_steps("warmup_steps", self.warmup_steps))
+        _check_warmup(self)
 
     def _at(self, c):
         return _linear_ramp(c, self.init_value, self.peak_value, self.warmup_steps)
@@ -790,14 +803,11 @@ class WarmupExponentialDecaySchedule(Schedule):
     end_value: float | None = None
 
     def __post_init__(self):
-        _check_value("init_value", self.init_value)
-        _check_value("peak_value", self.peak_value)
-        _set(self, "warmup_steps", _check_steps("warmup_steps", self.warmup_steps))
+        _check_warmup(self)
         _set(self, "transition_steps", _check_steps("transition_steps", self.transition_steps, low=1))
         _check_value("decay_rate", self.decay_rate, low=0.0, low_open=True)
         _set(self, "transition_begin", _check_steps("transition_begin", self.transition_begin))
-        if not isinstance(self.staircase, bool):
-            raise ValueError(f"staircase must be a bool, got {self.staircase!r}")
+        check_bool("staircase", self.staircase)
         _check_value("end_value", self.end_value, allow_none=True)
 
     def _at(self, c):
@@ -806,8 +816,7 @@ class WarmupExponentialDecaySchedule(Schedule):
             _since(c, w + self.transition_begin), self.peak_value, self.transition_steps,
             self.decay_rate, self.staircase, self.end_value,
         )
-        warm = _linear_ramp(c, self.init_value, self.peak_value, w)
-        return jnp.where(_reached(c, w), decayed, warm)
+        return _after_warmup(self, c, decayed)
 
 
 warmup_exponential_decay_schedule = WarmupExponentialDecaySchedule
@@ -841,24 +850,14 @@ class WarmupLinearDecaySchedule(Schedule):
     end_value: float = 0.0
 
     def __post_init__(self):
-        _check_value("init_value", self.init_value)
-        _check_value("peak_value", self.peak_value)
-        _set(self, "warmup_steps", _check_steps("warmup_steps", self.warmup_steps))
-        _set(self, "decay_steps", _check_steps("decay_steps", self.decay_steps, low=1))
-        if self.decay_steps <= self.warmup_steps:
-            raise ValueError(
-                f"decay_steps is the total length, warmup included, and must be greater than "
-                f"warmup_steps; got decay_steps={self.decay_steps}, "
-                f"warmup_steps={self.warmup_steps}"
-            )
+        _check_warmup(self, total_length=True)
         _check_value("end_value", self.end_value)
 
     def _at(self, c):
         w, length = self.warmup_steps, self.decay_steps - self.warmup_steps
         k = jnp.clip(_since(c, w), 0, length)
         decayed = (self.peak_value - self.end_value) * (1 - k / length) + self.end_value
-        warm = _linear_ramp(c, self.init_value, self.peak_value, w)
-        return jnp.where(_reached(c, w), decayed, warm)
+        return _after_warmup(self, c, decayed)
 
 
 warmup_linear_decay_schedule = WarmupLinearDecaySchedule
@@ -896,17 +895,14 @@ class WarmupInverseSqrtSchedule(Schedule):
     timescale: float | None = None
 
     def __post_init__(self):
-        _check_value("init_value", self.init_value)
-        _check_value("peak_value", self.peak_value)
-        _set(self, "warmup_steps", _check_steps("warmup_steps", self.warmup_steps))
+        _check_warmup(self)
         _check_value("timescale", self.timescale, low=0.0, low_open=True, allow_none=True)
 
     def _at(self, c):
         w = self.warmup_steps
         tau = self.timescale if self.timescale is not None else (w or 10_000)
         decayed = self.peak_value * jnp.sqrt(tau / (_since(c, w) + tau))
-        warm = _linear_ramp(c, self.init_value, self.peak_value, w)
-        return jnp.where(_reached(c, w), decayed, warm)
+        return _after_warmup(self, c, decayed)
 
 
 warmup_inverse_sqrt_schedule = WarmupInverseSqrtSchedule
@@ -971,9 +967,7 @@ class WarmupStableDecaySchedule(Schedule):
     cooldown_type: str = "linear"
 
     def __post_init__(self):
-        _check_value("init_value", self.init_value)
-        _check_value("peak_value", self.peak_value)
-        _set(self, "warmup_steps", _check_steps("warmup_steps", self.warmup_steps))
+        _check_warmup(self)
         _set(self, "total_steps", _check_steps("total_steps", self.total_steps, low=1))
         _set(self, "cooldown_steps", _check_steps("cooldown_steps", self.cooldown_steps, low=1))
         if self.warmup_steps + self.cooldown_steps > self.total_steps:
@@ -986,13 +980,13 @@ class WarmupStableDecaySchedule(Schedule):
         _check_choice("cooldown_type", self.cooldown_type, tuple(_COOLDOWNS))
 
     def _at(self, c):
-        w, k = self.warmup_steps, self.cooldown_steps
+        k = self.cooldown_steps
         hold = self.total_steps - k
         x = jnp.clip(_since(c, hold) / k, 0, 1)
         cooled = self.end_value + (self.peak_value - self.end_value) * _COOLDOWNS[self.cooldown_type](x)
         cooled = jnp.where(_reached(c, self.total_steps), self.end_value, cooled)
         out = jnp.where(_reached(c, hold + 1), cooled, self.peak_value)
-        return jnp.where(_reached(c, w), out, _linear_ramp(c, self.init_value, self.peak_value, w))
+        return _after_warmup(self, c, out)
 
 
 warmup_stable_decay_schedule = WarmupStableDecaySchedule

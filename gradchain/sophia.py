@@ -20,15 +20,15 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from gradchain.adam_variants import check_bools
 from gradchain.base import (
     Chain,
     GradientTransformation,
     _call_update,
+    check_bools,
     check_dtype,
     check_floating,
+    check_int,
     check_number,
     check_params_match,
     check_tree_match,
@@ -71,13 +71,6 @@ def _as_key(seed, name):
     ):
         return seed
     raise ValueError(f"{name}: random_seed must be None, an int or a PRNG key, got {seed!r}")
-
-
-def _check_int(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
 
 
 def _per_leaf_keys(key, tree):
@@ -198,7 +191,7 @@ class GaussNewtonBartlettEstimator(GradientTransformation):
     random_seed: object = None
 
     def __post_init__(self):
-        _check_int("batch_size", self.batch_size, low=1)
+        check_int("batch_size", self.batch_size, low=1)
         _as_key(self.random_seed, self.name)
 
     def init(self, params):
@@ -315,8 +308,8 @@ class ScaleBySophia(GradientTransformation):
         if self.clip_threshold is None:
             object.__setattr__(self, "clip_threshold", float("inf"))
         check_number("clip_threshold", self.clip_threshold, low=0.0, low_open=True)
-        _check_int("update_interval", self.update_interval, low=1)
-        _check_int("print_win_rate_every_n_steps", self.print_win_rate_every_n_steps, low=0)
+        check_int("update_interval", self.update_interval, low=1)
+        check_int("print_win_rate_every_n_steps", self.print_win_rate_every_n_steps, low=0)
         if not (hasattr(self.hessian_diagonal_fn, "init")
                 and hasattr(self.hessian_diagonal_fn, "update")):
             raise ValueError(

@@ -4,7 +4,7 @@ Each property runs over every entry of ``registry.TRANSFORMS`` on generated tree
 dicts, lists and tuples, ``None`` leaves, empty containers, scalars, zero-size arrays, and
 float32, bfloat16, float16 and float64 leaves (float64 under ``jax.enable_x64``), mixed in one
 tree. ``GRADCHAIN_HYPOTHESIS_EXAMPLES`` sets the number of examples per property and
-transformation (default 10); the generation is derandomized, so a run is reproducible.
+transformation (default 8); the generation is derandomized, so a run is reproducible.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import gradchain as gc
 from registry import NOT_TRANSFORMS, SCHEDULES, TRANSFORMS, random_tree
 
-EXAMPLES = int(os.environ.get("GRADCHAIN_HYPOTHESIS_EXAMPLES", "10"))
+EXAMPLES = int(os.environ.get("GRADCHAIN_HYPOTHESIS_EXAMPLES", "8"))
 SETTINGS = settings(
     max_examples=EXAMPLES,
     deadline=None,
