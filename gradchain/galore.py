@@ -38,6 +38,7 @@ from gradchain.matrices import (
 )
 from gradchain.numerics import (
     compute_dtype,
+    explicit_sharding,
     grouped_sharding,
     init_count,
     keep_layout,
@@ -69,6 +70,15 @@ def _is_dims_leaf(x) -> bool:
     return x is None or isinstance(x, GaLoreDimensionNumbers)
 
 
+def _respec(sharding, *axes):
+    """``sharding`` with the spec entries of the given axes (None: not sharded); None stays."""
+    if sharding is None:
+        return None
+    spec = tuple(sharding.spec) + (None,) * (3 - len(sharding.spec))
+    entries = [None if a is None else spec[a] for a in axes]
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*entries))
+
+
 @dataclasses.dataclass(frozen=True)
 class _Projection:
     r"""How one leaf is projected: its matrix view, the side reduced and the effective rank.
@@ -97,10 +107,15 @@ class _Projection:
         """The low-rank gradient ``R`` of the leaf ``g`` (with the view's batch axes in front)."""
         mats = self.view.to_matrices(g)
         p = projector.reshape((self.view.batch,) + projector.shape[-2:])
+        # On Explicit mesh axes a contraction over a sharded axis must be told its result's
+        # layout: the kept axis stays sharded, the rank axis is replicated.
+        typed = explicit_sharding(mats)
         if self.left:
-            low = jnp.einsum("bmr,bmn->brn", p, mats)
+            layout = _respec(typed, 0, None, 2)
+            low = jnp.einsum("bmr,bmn->brn", p, mats, out_sharding=layout)
         else:
-            low = jnp.einsum("bmn,bnr->bmr", mats, p)
+            layout = _respec(typed, 0, 1, None)
+            low = jnp.einsum("bmn,bnr->bmr", mats, p, out_sharding=layout)
         return low.reshape(self.low_rank_shape)
 
     def project_back(self, low, projector):
@@ -127,6 +142,9 @@ class _Projection:
         float32 or better (as the reference and optax)."""
         mats = self.view.to_matrices(g)
         mats = mats.astype(jnp.promote_types(mats.dtype, jnp.float32))
+        typed = explicit_sharding(mats)
+        if typed is not None:  # the SVD needs whole matrices; on Auto axes XLA gathers them
+            mats = jax.sharding.reshard(mats, _respec(typed, 0, None, None))
         u, _, vh = jnp.linalg.svd(mats, full_matrices=False)
         p = u[:, :, : self.rank] if self.left else jnp.swapaxes(vh[:, : self.rank, :], 1, 2)
         return p.reshape(self.projector_shape)
@@ -385,10 +403,13 @@ class ScaleByGalore(GradientTransformation):
                 new_projectors.append(p)
                 continue
             g32 = g.astype(compute_dtype(g.dtype))
+            # The SVD's result is laid out as XLA likes: keep the projector's own layout (in
+            # the branch too, where both branches must have one type on Explicit axes).
             fresh = jax.lax.cond(
-                refresh, lambda: proj.fresh_projector(g32).astype(p.dtype), lambda: p
+                refresh,
+                lambda: keep_layout(proj.fresh_projector(g32).astype(p.dtype), p),
+                lambda: p,
             )
-            # The SVD's result is laid out as XLA likes: keep the projector's own layout.
             p = keep_layout(fresh, p)
             low.append(proj.project(g32, p.astype(g32.dtype)))
             new_projectors.append(p)

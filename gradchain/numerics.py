@@ -187,7 +187,8 @@ def keep_layout(new, old):
 
     Under ``jax.jit`` the two are tied with ``shard_alike``: the state that comes in fixes the
     layout of the state that goes out, instead of whatever XLA's propagation picks after an
-    operation that re-lays out its result (an SVD). Eagerly, ``new`` is moved to ``old``'s
+    operation that re-lays out its result (an SVD). On Explicit mesh axes, where the layout is
+    part of the type, ``new`` is resharded to ``old``'s type. Eagerly, ``new`` is moved to ``old``'s
     sharding when ``old`` is committed to one; single-device use is unchanged.
     """
 
@@ -195,7 +196,10 @@ def keep_layout(new, old):
         if n is None or jnp.shape(n) != jnp.shape(o):
             return n
         if isinstance(o, jax.core.Tracer) or isinstance(n, jax.core.Tracer):
-            return shard_alike(n, o)[0]
+            typed = explicit_sharding(o)
+            if typed is None:
+                return shard_alike(n, o)[0]
+            return n if explicit_sharding(n) == typed else jax.sharding.reshard(n, typed)
         sharding = _sharding_of(o)
         if sharding is None or sharding == getattr(n, "sharding", None):
             return n

@@ -171,7 +171,7 @@ REDUCING = {
     "muon": lambda: gc.muon(1e-2, param_labels=gc.muon_labels),
 }
 ALL = {**OPTIMIZERS, **REDUCING}
-ON_MESH = list(ALL) + ["adamw-explicit"]
+ON_MESH = list(ALL) + ["adamw-explicit", "galore-explicit"]
 # The steps that move matrices between devices by design (checked apart): GaLore's SVD needs a
 # whole gradient matrix, and XLA gathers the matrices of Muon's Newton-Schulz iteration.
 GATHERING = ("galore", "muon")
@@ -436,7 +436,10 @@ def _(opt):
         assert_layout(ps, {n: NamedSharding(mesh, s) for n, s in SPECS.items()}, "params")
 
 
-@for_each([o for o in ON_MESH if o not in GATHERING], "sharded_update_gathers_nothing[{}]")
+@for_each(
+    [o for o in ON_MESH if o.partition("-")[0] not in GATHERING],
+    "sharded_update_gathers_nothing[{}]",
+)
 def _(opt):
     opt, _, kind = opt.partition("-")
     _, _, _, hlo, _ = mesh_run(opt, kind or "auto")
@@ -469,9 +472,9 @@ def branches(hlo: str) -> str:
     return "\n".join(b for b in blocks if b.split(" ", 1)[0] in names)
 
 
-@check("galore_gathers_gradients_for_its_svd_never_its_state")
-def _():
-    _, _, sharded, hlo, _ = mesh_run("galore", "auto")
+@for_each(["auto", "explicit"], "galore_gathers_gradients_for_its_svd_never_its_state[{}]")
+def _(kind):
+    _, _, sharded, hlo, _ = mesh_run("galore", kind)
     ops = [(op, hlo_dims(shape)) for op, shape in collectives(hlo)]
     # Every sharded state leaf (projectors 16x3 and 8x3, projected moments 3x8, the moments of
     # the vector "b") stays in shards: no collective ever yields one whole. The projection's

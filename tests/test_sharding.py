@@ -33,7 +33,7 @@ BASE_OPTIMIZERS = ["adamw", "sgd_momentum", "clip_adamw", "factored"] + (
 )
 # Optimizers that reduce across coordinates in other ways (tests/sharded_checks.py: REDUCING)
 REDUCING = ["sophia", "prodigy", "dadapt_adamw", "galore", "muon"]
-ON_MESH = BASE_OPTIMIZERS + REDUCING + ["adamw-explicit"]
+ON_MESH = BASE_OPTIMIZERS + REDUCING + ["adamw-explicit", "galore-explicit"]
 ZERO1 = ["adamw", "sgd_momentum", "clip_adamw", "adamw-explicit"]
 # The names tests/sharded_checks.py registers; the last test below keeps the two lists equal.
 SHARDED_CHECKS = [
@@ -57,8 +57,12 @@ SHARDED_CHECKS = [
         for o in ON_MESH
     ),
     # GaLore's SVD and Muon's Newton-Schulz iteration gather matrices by design
-    *(f"sharded_update_gathers_nothing[{o}]" for o in ON_MESH if o not in ("galore", "muon")),
-    "galore_gathers_gradients_for_its_svd_never_its_state",
+    *(
+        f"sharded_update_gathers_nothing[{o}]"
+        for o in ON_MESH
+        if o.partition("-")[0] not in ("galore", "muon")
+    ),
+    *(f"galore_gathers_gradients_for_its_svd_never_its_state[{k}]" for k in ("auto", "explicit")),
     "galore_eager_update_keeps_state_layout",
     *(f"galore_update_keeps_a_replicated_state_replicated[{how}]" for how in ("jit", "eager")),
     *(f"zero1_matches_single_device[{o}]" for o in ZERO1),
