@@ -227,32 +227,28 @@ class ScaleByGaloreState:
         sharding of the parameter axes they run along (``numerics.grouped_sharding``), the rank
         axis is replicated, and the base optimizer's state follows the low-rank matrices by the
         usual rules, as if they were its parameters."""
+        is_none = lambda x: x is None  # noqa: E731
         per_param = param_treedef.flatten_up_to(self.projector)
-        owned = [
-            (info, x)
-            for sub, info in zip(per_param, param_infos)
-            for x in jax.tree.leaves(sub, is_leaf=lambda x: x is None)
-        ]
-        layout = self.layout if len(self.layout) == len(owned) else (None,) * len(owned)
-        projectors, virtual, k = [], [], 0
-        for sub, (shape, sharding) in zip(per_param, param_infos):
-            n = len(jax.tree.leaves(sub, is_leaf=lambda x: x is None))
-            groups, k = (layout[k] if n == 1 else None), k + n
-            if groups is None or sub is None:
+        counts = [len(jax.tree.leaves(sub, is_leaf=is_none)) for sub in per_param]
+        # one layout entry per leaf this transformation saw (none for a masked-out parameter)
+        layout = iter(self.layout if len(self.layout) == sum(counts) else [None] * sum(counts))
+        projectors, virtual = [], []
+        for sub, n, (shape, sharding) in zip(per_param, counts, param_infos):
+            groups = [next(layout) for _ in range(n)]
+            if sub is None or n != 1 or groups[0] is None:
                 projectors.append(jax.tree.map(lambda _: replicated, sub))
                 virtual.append((shape, sharding))
                 continue
-            projector_axes, low_rank_axes = groups
+
+            def along(axes):
+                got = grouped_sharding(sharding, len(shape), axes)
+                return replicated if got is None else got
+
+            projector_axes, low_rank_axes = groups[0]
             rank = sub.shape[-1]
-            low_shape = tuple(
-                math.prod(shape[a] for a in g) if g else rank for g in low_rank_axes
-            )
-            projectors.append(
-                grouped_sharding(sharding, len(shape), projector_axes) or replicated
-            )
-            virtual.append(
-                (low_shape, grouped_sharding(sharding, len(shape), low_rank_axes) or replicated)
-            )
+            low_shape = tuple(math.prod(shape[a] for a in g) if g else rank for g in low_rank_axes)
+            projectors.append(along(projector_axes))
+            virtual.append((low_shape, along(low_rank_axes)))
         return dataclasses.replace(
             self,
             count=replicated,
@@ -321,7 +317,8 @@ class ScaleByGalore(GradientTransformation):
     projector: :math:`P` (:math:`m\times r`) is sharded ``P(a, None)``, the base optimizer's
     moments (:math:`r\times n`) ``P(None, b)``, and scalars are replicated; in general each
     axis follows the weight's axes it runs along and the rank axis is replicated
-    (``gc.state_shardings`` reports it, ``init`` places it, eagerly and under ``jax.jit``).
+    (``gc.state_shardings`` reports it, ``init`` places it, eagerly and under ``jax.jit``, on
+    Auto and Explicit mesh axes).
     ``update`` returns every state leaf laid out as it came in, so a compiled step accepts the
     state it produced. :math:`P^\top G` and :math:`P N` are computed shard by shard (an
     all-reduce of :math:`r \times n/|b|` partial sums); the state never moves whole between
@@ -371,7 +368,8 @@ class ScaleByGalore(GradientTransformation):
             dtype = compute_dtype(p.dtype)
             return tuple(zeros_along(p, g, s, dtype) for g, s in zip(proj.axis_groups, shapes))
 
-        projectors, low_rank = zip(*[zeros(p, q) for p, q in zip(leaves, plan)]) or ((), ())
+        pairs = [zeros(p, q) for p, q in zip(leaves, plan)]
+        projectors, low_rank = [a for a, _ in pairs], [b for _, b in pairs]
         return ScaleByGaloreState(
             count=init_count(),
             base_optimizer_state=self.base_optimizer.init(treedef.unflatten(low_rank)),

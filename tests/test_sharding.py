@@ -322,6 +322,20 @@ def test_galore_state_of_a_single_matrix_follows_it():
     assert _spec(shardings.base_optimizer_state.mu, 2) == (None, None)
 
 
+def test_galore_state_inside_masked_follows_the_parameters_it_sees():
+    sharding = NamedSharding(MESH11, P("data", "model"))
+    params = {
+        "w": jax.ShapeDtypeStruct((16, 8), jnp.float32, sharding=sharding),
+        "v": jax.ShapeDtypeStruct((8, 16), jnp.float32, sharding=sharding),
+    }
+    tx = gc.masked(gc.galore(1e-3, rank=2), {"w": False, "v": True})
+    shardings = gc.state_shardings(tx, params)
+    assert jax.tree.structure(shardings) == jax.tree.structure(jax.eval_shape(tx.init, params))
+    # "v" (8 x 16) is projected on the right: P is 16 x r along its columns, moments 8 x r
+    assert _spec(gc.tree_get(shardings, "projector")["v"], 2) == ("model", None)
+    assert _spec(gc.tree_get(shardings, "mu")["v"], 2) == ("data", None)
+
+
 def test_an_empty_state_stays_empty_in_the_shardings():
     params = {"w": jax.ShapeDtypeStruct((4, 2), jnp.float32)}
     tx = gc.chain(gc.identity(), gc.adam(1e-3))
