@@ -71,7 +71,8 @@ def _is_dims_leaf(x) -> bool:
 
 
 def _respec(sharding, *axes):
-    """``sharding`` with the spec entries of the given axes (None: not sharded); None stays."""
+    """The sharding of a ``(batch, rows, cols)`` array laid out as ``sharding``, with the spec
+    entries of the given axes in order (None: not sharded); None stays None."""
     if sharding is None:
         return None
     spec = tuple(sharding.spec) + (None,) * (3 - len(sharding.spec))
