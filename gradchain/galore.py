@@ -4,11 +4,15 @@ Zhao et al. (2024) project the gradient :math:`G` of an :math:`m \times n` weigh
 top-``r`` singular vectors of a recent gradient, run the optimizer (Adam, usually) on the small projected
 matrix, and project its output back. The state holds moments of the projection, not of the
 weight, plus the projector, refreshed by an SVD every ``update_proj_gap`` steps (ALGORITHMS.md §9).
+
+On a device mesh the state is laid out along the parameter's axes (see
+:meth:`ScaleByGaloreState.state_shardings`) and keeps that layout from step to step.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import NamedTuple
 
 import jax
@@ -24,7 +28,6 @@ from gradchain.base import (
     check_number,
     check_tree_match,
     named_chain,
-    state_class,
     transformation,
 )
 from gradchain.decay import add_decoupled_weight_decay
@@ -34,8 +37,17 @@ from gradchain.matrices import (
     entries_per_leaf,
     matrix_view,
 )
-from gradchain.numerics import compute_dtype, init_count, safe_increment
+from gradchain.numerics import (
+    compute_dtype,
+    explicit_sharding,
+    grouped_sharding,
+    init_count,
+    keep_layout,
+    safe_increment,
+    zeros_along,
+)
 from gradchain.scaling import scale_by_learning_rate
+from gradchain.sharding import derive_shardings
 
 __all__ = ["GaLoreDimensionNumbers", "galore", "scale_by_galore"]
 
@@ -57,6 +69,16 @@ class GaLoreDimensionNumbers(NamedTuple):
 
 def _is_dims_leaf(x) -> bool:
     return x is None or isinstance(x, GaLoreDimensionNumbers)
+
+
+def _respec(sharding, *axes):
+    """The sharding of a ``(batch, rows, cols)`` array laid out as ``sharding``, with the spec
+    entries of the given axes in order (None: not sharded); None stays None."""
+    if sharding is None:
+        return None
+    spec = tuple(sharding.spec) + (None,) * (3 - len(sharding.spec))
+    entries = [None if a is None else spec[a] for a in axes]
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*entries))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,10 +109,15 @@ class _Projection:
         """The low-rank gradient ``R`` of the leaf ``g`` (with the view's batch axes in front)."""
         mats = self.view.to_matrices(g)
         p = projector.reshape((self.view.batch,) + projector.shape[-2:])
+        # On Explicit mesh axes a contraction over a sharded axis must be told its result's
+        # layout: the kept axis stays sharded, the rank axis is replicated.
+        typed = explicit_sharding(mats)
         if self.left:
-            low = jnp.einsum("bmr,bmn->brn", p, mats)
+            layout = _respec(typed, 0, None, 2)
+            low = jnp.einsum("bmr,bmn->brn", p, mats, out_sharding=layout)
         else:
-            low = jnp.einsum("bmn,bnr->bmr", mats, p)
+            layout = _respec(typed, 0, 1, None)
+            low = jnp.einsum("bmn,bnr->bmr", mats, p, out_sharding=layout)
         return low.reshape(self.low_rank_shape)
 
     def project_back(self, low, projector):
@@ -102,11 +129,24 @@ class _Projection:
             full = jnp.einsum("bmr,bnr->bmn", low, p)
         return self.view.from_matrices(full)
 
+    @property
+    def axis_groups(self):
+        """Which axes of the leaf each axis of the projector and of the low-rank matrices runs
+        along (a group of axes merged in order; ``()`` for the rank), for their sharding."""
+        v = self.view
+        batch = tuple((a,) for a in v.batch_axes)
+        reduced, kept = (v.row_axes, v.col_axes) if self.left else (v.col_axes, v.row_axes)
+        low_rank = ((), kept) if self.left else (kept, ())
+        return batch + (reduced, ()), batch + low_rank
+
     def fresh_projector(self, g):
         """The top-``rank`` singular vectors of the leaf ``g`` on the reduced side, by an SVD in
         float32 or better (as the reference and optax)."""
         mats = self.view.to_matrices(g)
         mats = mats.astype(jnp.promote_types(mats.dtype, jnp.float32))
+        typed = explicit_sharding(mats)
+        if typed is not None:  # the SVD needs whole matrices; on Auto axes XLA gathers them
+            mats = jax.sharding.reshard(mats, _respec(typed, 0, None, None))
         u, _, vh = jnp.linalg.svd(mats, full_matrices=False)
         p = u[:, :, : self.rank] if self.left else jnp.swapaxes(vh[:, : self.rank, :], 1, 2)
         return p.reshape(self.projector_shape)
@@ -169,16 +209,67 @@ def _plan(tree, spec, rank, projected_dim, transform_name):
     return plan
 
 
-@state_class
+@dataclasses.dataclass(frozen=True)
 class ScaleByGaloreState:
     """``count``: updates done; ``projector``: per leaf, the projector (None for a leaf the base
     optimizer sees unprojected); ``base_optimizer_state``: the base optimizer's state, shaped
-    like the low-rank gradients; ``hyperparams``: scale."""
+    like the low-rank gradients; ``hyperparams``: scale. ``layout`` is static (part of the tree
+    structure, not an array): per parameter leaf, which of its axes each axis of the projector
+    and of the low-rank matrices runs along (see :meth:`state_shardings`)."""
 
     count: jax.Array
     base_optimizer_state: object
     projector: object
     hyperparams: dict
+    layout: tuple = ()
+
+    def state_shardings(self, param_treedef, param_infos, replicated):
+        """This state's layout on a mesh, for :func:`gradchain.state_shardings` (the protocol is
+        in ``gradchain.sharding``): the projector's and the low-rank matrices' axes take the
+        sharding of the parameter axes they run along (``numerics.grouped_sharding``), the rank
+        axis is replicated, and the base optimizer's state follows the low-rank matrices by the
+        usual rules, as if they were its parameters."""
+        is_none = lambda x: x is None  # noqa: E731
+        per_param = param_treedef.flatten_up_to(self.projector)
+        counts = [len(jax.tree.leaves(sub, is_leaf=is_none)) for sub in per_param]
+        # one layout entry per leaf this transformation saw (none for a masked-out parameter)
+        layout = iter(self.layout if len(self.layout) == sum(counts) else [None] * sum(counts))
+        projectors, virtual = [], []
+        for sub, n, (shape, sharding) in zip(per_param, counts, param_infos):
+            groups = [next(layout) for _ in range(n)]
+            if sub is None or n != 1 or groups[0] is None:
+                projectors.append(jax.tree.map(lambda _: replicated, sub))
+                virtual.append((shape, sharding))
+                continue
+
+            def along(axes):
+                got = grouped_sharding(sharding, len(shape), axes)
+                return replicated if got is None else got
+
+            projector_axes, low_rank_axes = groups[0]
+            rank = sub.shape[-1]
+            low_shape = tuple(math.prod(shape[a] for a in g) if g else rank for g in low_rank_axes)
+            projectors.append(along(projector_axes))
+            virtual.append((low_shape, along(low_rank_axes)))
+        return dataclasses.replace(
+            self,
+            count=replicated,
+            base_optimizer_state=derive_shardings(
+                self.base_optimizer_state, param_treedef, virtual, replicated
+            ),
+            projector=param_treedef.unflatten(projectors),
+            hyperparams=jax.tree.map(lambda _: replicated, self.hyperparams),
+        )
+
+
+# ``layout`` is static metadata, so that gc.state_shardings can read it from
+# jax.eval_shape(tx.init, ...); the other fields are the state's arrays.
+jax.tree_util.register_dataclass(
+    ScaleByGaloreState,
+    data_fields=["count", "base_optimizer_state", "projector", "hyperparams"],
+    meta_fields=["layout"],
+)
+ScaleByGaloreState._gradchain_state = True  # read by name, as every @state_class
 
 
 @transformation("scale_by_galore", hyperparams=("scale",))
@@ -222,7 +313,19 @@ class ScaleByGalore(GradientTransformation):
       projected_dim: ``"larger"`` or ``"smaller"``, see above.
 
     The projector is kept in float32 or better (optax: the parameter's dtype), and the
-    projections are computed in float32 or better. Reference: Zhao et al., "GaLore:
+    projections are computed in float32 or better.
+
+    On a device mesh, for an :math:`m\times n` weight sharded as ``P(a, b)`` and a left
+    projector: :math:`P` (:math:`m\times r`) is sharded ``P(a, None)``, the base optimizer's
+    moments (:math:`r\times n`) ``P(None, b)``, and scalars are replicated; in general each
+    axis follows the weight's axes it runs along and the rank axis is replicated
+    (``gc.state_shardings`` reports it, ``init`` places it, eagerly and under ``jax.jit``, on
+    Auto and Explicit mesh axes).
+    ``update`` returns every state leaf laid out as it came in, so a compiled step accepts the
+    state it produced. :math:`P^\top G` and :math:`P N` are computed shard by shard (an
+    all-reduce of :math:`r \times n/|b|` partial sums); the state never moves whole between
+    devices. The SVD needs the whole matrix: on refresh steps each projected gradient is
+    gathered onto every device of its mesh, by design. Reference: Zhao et al., "GaLore:
     Memory-Efficient LLM Training by Gradient Low-Rank Projection" (2024). Same as
     ``optax.contrib.scale_by_galore`` with the default ``projected_dim``.
     """
@@ -257,23 +360,26 @@ class ScaleByGalore(GradientTransformation):
         leaves, treedef = jax.tree.flatten(params, is_leaf=lambda x: x is None)
         plan = self._plan(params)
 
-        def projector(p, proj):
+        def zeros(p, proj):
+            """(projector, low-rank matrix) of zeros, laid out as ``state_shardings`` says."""
             if proj is None:
-                return None
-            return jnp.zeros(proj.projector_shape, compute_dtype(p.dtype))
+                return None, p
+            shapes = (proj.projector_shape, proj.low_rank_shape)
+            dtype = compute_dtype(p.dtype)
+            return tuple(zeros_along(p, g, s, dtype) for g, s in zip(proj.axis_groups, shapes))
 
-        def low_rank_like(p, proj):
-            if proj is None:
-                return p
-            return jnp.zeros(proj.low_rank_shape, compute_dtype(p.dtype))
-
+        pairs = [zeros(p, q) for p, q in zip(leaves, plan)]
+        projectors, low_rank = [a for a, _ in pairs], [b for _, b in pairs]
         return ScaleByGaloreState(
             count=init_count(),
-            base_optimizer_state=self.base_optimizer.init(
-                treedef.unflatten([low_rank_like(p, q) for p, q in zip(leaves, plan)])
-            ),
-            projector=treedef.unflatten([projector(p, q) for p, q in zip(leaves, plan)]),
+            base_optimizer_state=self.base_optimizer.init(treedef.unflatten(low_rank)),
+            projector=treedef.unflatten(projectors),
             hyperparams=self.init_hyperparams(),
+            layout=tuple(
+                None if q is None else q.axis_groups
+                for p, q in zip(leaves, plan)
+                if p is not None
+            ),
         )
 
     def update(self, updates, state, params=None, **extra_args):
@@ -295,7 +401,14 @@ class ScaleByGalore(GradientTransformation):
                 new_projectors.append(p)
                 continue
             g32 = g.astype(compute_dtype(g.dtype))
-            p = jax.lax.cond(refresh, lambda: proj.fresh_projector(g32).astype(p.dtype), lambda: p)
+            # The SVD's result is laid out as XLA likes: keep the projector's own layout (in
+            # the branch too, where both branches must have one type on Explicit axes).
+            fresh = jax.lax.cond(
+                refresh,
+                lambda: keep_layout(proj.fresh_projector(g32).astype(p.dtype), p),
+                lambda: p,
+            )
+            p = keep_layout(fresh, p)
             low.append(proj.project(g32, p.astype(g32.dtype)))
             new_projectors.append(p)
 
@@ -304,18 +417,20 @@ class ScaleByGalore(GradientTransformation):
             self.base_optimizer, treedef.unflatten(low), state.base_optimizer_state, None,
             extra_args,
         )
+        base_state = keep_layout(base_state, state.base_optimizer_state)
         out = []
         for g, u, p, proj in zip(leaves, treedef.flatten_up_to(low_updates), new_projectors, plan):
             if proj is None:
                 out.append(u)
                 continue
             full = proj.project_back(u.astype(p.dtype), p)
-            out.append((hp["scale"].astype(full.dtype) * full).astype(g.dtype))
+            out.append(keep_layout((hp["scale"].astype(full.dtype) * full).astype(g.dtype), g))
         return treedef.unflatten(out), ScaleByGaloreState(
             count=safe_increment(state.count),
             base_optimizer_state=base_state,
             projector=treedef.unflatten(new_projectors),
             hyperparams=hp,
+            layout=state.layout,
         )
 
 

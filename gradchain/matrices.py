@@ -35,7 +35,11 @@ def _axes(value, ndim: int, name: str, where: str) -> tuple[int, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class MatrixView:
-    """How a tensor of ``shape`` maps to ``(batch, rows, cols)`` and back."""
+    """How a tensor of ``shape`` maps to ``(batch, rows, cols)`` and back.
+
+    ``batch_axes``, ``row_axes`` and ``col_axes`` are the tensor's axes in each role, in the
+    order they are merged (``perm`` is their concatenation).
+    """
 
     shape: tuple[int, ...]
     perm: tuple[int, ...]
@@ -43,6 +47,9 @@ class MatrixView:
     batch: int
     rows: int
     cols: int
+    batch_axes: tuple[int, ...]
+    row_axes: tuple[int, ...]
+    col_axes: tuple[int, ...]
 
     def to_matrices(self, x: jax.Array) -> jax.Array:
         """``x`` as a ``(batch, rows, cols)`` array (batch is 1 when there are no batch axes)."""
@@ -82,6 +89,9 @@ def matrix_view(shape: Sequence[int], reduction_axis, output_axis, where: str) -
         batch=math.prod(shape[a] for a in batch),
         rows=math.prod(shape[a] for a in rows),
         cols=math.prod(shape[a] for a in cols),
+        batch_axes=batch,
+        row_axes=rows,
+        col_axes=cols,
     )
 
 

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,6 +80,22 @@ def _sharding_of(p):
     return sharding
 
 
+def explicit_sharding(x):
+    """``x``'s sharding when its type carries Explicit mesh axes (sharding in types), else None.
+
+    On such axes every op must say how its result is laid out; on Auto axes XLA decides.
+    """
+    typeof = getattr(jax, "typeof", None)
+    explicit = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
+    if typeof is None or explicit is None:
+        return None
+    sharding = getattr(typeof(x), "sharding", None)
+    mesh = getattr(sharding, "mesh", None)
+    if not any(t == explicit for t in getattr(mesh, "axis_types", None) or ()):
+        return None
+    return sharding
+
+
 def zeros_like_param(p, dtype=None, fill: float = 0.0) -> jax.Array:
     """A state array shaped like parameter ``p`` (an array or a ``ShapeDtypeStruct``).
 
@@ -111,6 +129,83 @@ def reduced_sharding(sharding, ndim: int, axis: int, keepdims: bool = False):
     if sharding is not None and sharding.is_fully_replicated:
         return sharding
     return None
+
+
+def grouped_sharding(sharding, ndim: int, groups):
+    """The sharding of an array whose axis ``k`` runs along the axes ``groups[k]`` of an array
+    of ``ndim`` axes laid out as ``sharding`` (a tuple of axes, merged in that order; ``()`` for
+    an axis of its own, such as a rank).
+
+    An axis of one group axis takes that axis's sharding. A merged group takes the sharding of
+    its first axis when the others are not sharded, so that each shard still holds contiguous
+    whole blocks; otherwise it is replicated, as is an axis of its own. None when nothing can be
+    said (as :func:`reduced_sharding`).
+    """
+    if not isinstance(sharding, jax.sharding.NamedSharding):
+        return sharding if sharding is not None and sharding.is_fully_replicated else None
+    spec = tuple(sharding.spec) + (None,) * (ndim - len(sharding.spec))
+    entries = []
+    for group in groups:
+        first = spec[group[0]] if group else None
+        entries.append(first if all(spec[a] is None for a in group[1:]) else None)
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*entries))
+
+
+def zeros_along(p, groups, shape, dtype=None) -> jax.Array:
+    """A state array of ``shape`` whose axis ``k`` runs along the axes ``groups[k]`` of
+    parameter ``p`` (``()``: an axis of its own), laid out by :func:`grouped_sharding`.
+
+    Works on arrays, ``ShapeDtypeStruct`` s and, inside a trace, as :func:`zeros_like_reduced`
+    does: the axes no group uses are summed out of a zero moment placed like ``p`` (keeping
+    their place, so that each axis of its own sits on one of them), the rest are transposed
+    into order and merged, and the axes of their own are broadcast, so that XLA propagates the
+    layout.
+    """
+    pshape, pdtype = _shape_dtype(p)
+    dtype = pdtype if dtype is None else jnp.dtype(dtype)
+    if isinstance(p, jax.core.Tracer):
+        used = [a for g in groups for a in g]
+        unused = [a for a in range(len(pshape)) if a not in used]
+        z = jnp.sum(zeros_like_param(p, dtype), axis=tuple(unused), keepdims=True)
+        spare = iter(unused)
+        order = [a for g in groups for a in (g or (next(spare, None),)) if a is not None]
+        z = z.transpose(order + [a for a in unused if a not in order])
+        merged = tuple(math.prod(pshape[a] for a in g) if g else 1 for g in groups)
+        if z.shape != merged:
+            typed = explicit_sharding(p)  # sharding in types: the reshape must be told
+            layout = None if typed is None else grouped_sharding(typed, len(pshape), groups)
+            z = jnp.reshape(z, merged) if layout is None else z.reshape(merged, out_sharding=layout)
+        return jnp.broadcast_to(z, shape)
+    sharding = grouped_sharding(_sharding_of(p), len(pshape), groups)
+    if sharding is not None:
+        return jnp.zeros(shape, dtype, device=sharding)
+    return jnp.zeros(shape, dtype)
+
+
+def keep_layout(new, old):
+    """``new`` (a pytree) laid out leaf by leaf as ``old``, a state leaf it replaces.
+
+    Under ``jax.jit`` the two are tied with ``shard_alike``: the state that comes in fixes the
+    layout of the state that goes out, instead of whatever XLA's propagation picks after an
+    operation that re-lays out its result (an SVD). On Explicit mesh axes, where the layout is
+    part of the type, ``new`` is resharded to ``old``'s type. Eagerly, ``new`` is moved to ``old``'s
+    sharding when ``old`` is committed to one; single-device use is unchanged.
+    """
+
+    def keep(n, o):
+        if n is None or jnp.shape(n) != jnp.shape(o):
+            return n
+        if isinstance(o, jax.core.Tracer) or isinstance(n, jax.core.Tracer):
+            typed = explicit_sharding(o)
+            if typed is None:
+                return shard_alike(n, o)[0]
+            return n if explicit_sharding(n) == typed else jax.sharding.reshard(n, typed)
+        sharding = _sharding_of(o)
+        if sharding is None or sharding == getattr(n, "sharding", None):
+            return n
+        return jax.device_put(n, sharding)
+
+    return jax.tree.map(keep, new, old, is_leaf=lambda x: x is None)
 
 
 def zeros_like_reduced(p, axis: int, dtype=None, keepdims: bool = False) -> jax.Array:

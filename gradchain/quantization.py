@@ -53,6 +53,7 @@ from gradchain.optimizers import _argument_names
 from gradchain.numerics import (
     _sharding_of,
     compute_dtype,
+    explicit_sharding,
     init_count,
     safe_increment,
 )
@@ -290,22 +291,6 @@ def block_layout(shape, block_size: int, sharding):
     )
 
 
-def _explicit_sharding(x):
-    """``x``'s sharding when its type carries Explicit mesh axes (sharding in types), else None.
-
-    On such axes every op must say how its result is laid out; on Auto axes XLA decides.
-    """
-    typeof = getattr(jax, "typeof", None)
-    explicit = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
-    if typeof is None or explicit is None:
-        return None
-    sharding = getattr(typeof(x), "sharding", None)
-    mesh = getattr(sharding, "mesh", None)
-    if not any(t == explicit for t in getattr(mesh, "axis_types", None) or ()):
-        return None
-    return sharding
-
-
 def _laid_out(sharding, *entries):
     """A NamedSharding on ``sharding``'s mesh with the given spec entries (None: no sharding)."""
     if sharding is None:
@@ -345,7 +330,7 @@ def quantize_blockwise(x, signed: bool = True, block_size: int = 256) -> Quantiz
     shape = tuple(x.shape)
     n = int(np.prod(shape, dtype=np.int64))
     n_blocks = max(1, -(-n // block_size))
-    sharding = _explicit_sharding(x)
+    sharding = explicit_sharding(x)
     entry = None
     if sharding is not None:
         entry = block_axis_sharding(shape, sharding.spec, dict(sharding.mesh.shape), block_size)
@@ -366,7 +351,7 @@ def dequantize_blockwise(q: QuantizedArray) -> jax.Array:
     """
     table = _SIGNED_MAP if q.signed else _UNSIGNED_MAP
     values = _lookup(table, q.codes.astype(jnp.int32)) * q.absmax[:, None]
-    sharding = _explicit_sharding(q.codes)
+    sharding = explicit_sharding(q.codes)
     entry = None if sharding is None else (tuple(sharding.spec) + (None,))[0]
     flat = _reshape(values, (-1,), _laid_out(sharding, entry))
     if flat.shape[0] > q.size:
@@ -575,7 +560,7 @@ class QuantizeMoments(GradientTransformation):
         # moment at compile time, which takes seconds per tensor.
         moment = jax.lax.optimization_barrier(moment)
         q = quantize_blockwise(moment, signed=signed, block_size=self.block_size)
-        if layout is None or _explicit_sharding(q.codes) is not None:
+        if layout is None or explicit_sharding(q.codes) is not None:
             return q  # on Explicit axes quantize_blockwise laid the blocks out already
         codes, absmax = block_layout(q.shape, q.block_size, layout)
         return dataclasses.replace(
@@ -615,7 +600,7 @@ class QuantizeMoments(GradientTransformation):
             if not _is_quantized(old):
                 return new
             q = quantize_blockwise(new, signed=old.signed, block_size=old.block_size)
-            if _explicit_sharding(q.codes) is not None:
+            if explicit_sharding(q.codes) is not None:
                 return q
             # On Auto axes XLA chooses the layout: keep the one the state came in with.
             codes, _ = shard_alike(q.codes, old.codes)
@@ -631,8 +616,8 @@ quantize_moments = QuantizeMoments
 def _dequantize_like(q: QuantizedArray, update) -> jax.Array:
     """``q`` dequantized and, on Explicit mesh axes, laid out like its update leaf."""
     x = q.dequantize()
-    target = None if update is None else _explicit_sharding(update)
-    if target is not None and _explicit_sharding(x) != target:
+    target = None if update is None else explicit_sharding(update)
+    if target is not None and explicit_sharding(x) != target:
         x = jax.sharding.reshard(x, target)
     return x
 

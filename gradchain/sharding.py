@@ -14,6 +14,11 @@ A gradchain state is a pytree of ``jax.Array`` s, so JAX's SPMD machinery (``Mes
 * the codes and scales of an 8-bit moment are split by blocks over the mesh axes of the
   parameter's leading axis when its shards hold whole blocks (``block_axis_sharding``), and
   replicated otherwise;
+* a state whose leaves' shapes do not tell their axes (GaLore's: a projector ``m x r`` and
+  moments ``r x n`` of an ``m x n`` parameter) lays itself out through a ``state_shardings``
+  method: each axis that runs along axes of the parameter takes their sharding
+  (``numerics.grouped_sharding``), a rank axis is replicated, and the moments of the projected
+  matrices follow those matrices by the rules here;
 * everything else (step counts, live hyperparameters, ``(1,)`` placeholders) is replicated.
 
 A leaf is matched to its parameter through the state's structure: any subtree of the state that
@@ -27,10 +32,13 @@ checkpoint straight into its sharded layout.
 statistics): eagerly, from a ``ShapeDtypeStruct`` and under ``jax.jit``. Scalars are created
 replicated over the mesh inside ``with jax.set_mesh(mesh)``; outside it they are uncommitted
 single-device arrays, which ``jax.jit`` replicates at the first step. A jitted ``update`` is
-elementwise per leaf except for global reductions (global norms, means), which XLA partitions
-into local sums and an all-reduce, so it keeps every leaf's sharding and never gathers a moment.
-Under ``shard_map`` those reductions are local to a shard: there, a global norm needs an
-explicit ``psum``.
+elementwise per leaf except for global reductions (global norms, means, Prodigy's and
+D-Adaptation's estimates, Sophia's clipping statistics), which XLA partitions into local sums
+and an all-reduce, so it keeps every leaf's sharding and never gathers a moment. GaLore keeps
+its state's layout through its SVD (``numerics.keep_layout``) and never gathers its state,
+but the SVD gathers each projected gradient matrix, by design; XLA gathers the matrices of
+Muon's Newton-Schulz iteration. Under ``shard_map`` those reductions are local to a shard:
+there, a global norm needs an explicit ``psum``.
 
 :class:`zero1` shards the optimizer state of *replicated* (data-parallel) parameters along the
 data-parallel mesh axis: each device keeps and updates ``1/n`` of every moment and the updates
@@ -45,7 +53,13 @@ import math
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gradchain.base import GradientTransformation, _call_update, check_params_match, transformation
+from gradchain.base import (
+    GradientTransformation,
+    _call_update,
+    _is_state,
+    check_params_match,
+    transformation,
+)
 from gradchain.numerics import reduced_sharding
 from gradchain.quantization import QuantizedArray, block_layout
 
@@ -114,6 +128,12 @@ def _blocks(q: QuantizedArray, param_sharding, replicated) -> QuantizedArray:
     return dataclasses.replace(q, codes=codes, absmax=absmax)
 
 
+def _lays_itself_out(node) -> bool:
+    """A state whose leaves' layout is not told by their shapes (GaLore's projector and
+    projected moments) gives it itself, through a ``state_shardings`` method."""
+    return _is_state(node) and hasattr(node, "state_shardings")
+
+
 def _is_leaf_node(node) -> bool:
     return node is None or jax.tree_util.treedef_is_leaf(jax.tree.structure(node))
 
@@ -139,7 +159,20 @@ def derive_shardings(state, param_treedef, param_infos, replicated):
     ``state``'s leaves need only a ``shape`` (arrays, tracers or ``ShapeDtypeStruct`` s).
     """
 
+    def one_param(sub, field, shape, sharding):
+        if isinstance(sub, QuantizedArray):
+            return _blocks(sub, sharding, replicated)
+
+        def leaf(path, x):
+            if _lays_itself_out(x):
+                return x.state_shardings(jax.tree.structure(0), [(shape, sharding)], replicated)
+            return _follow(x.shape, shape, sharding, replicated, _field_name(path, field))
+
+        return jax.tree_util.tree_map_with_path(leaf, sub, is_leaf=_lays_itself_out)
+
     def visit(node, field):
+        if _lays_itself_out(node):
+            return node.state_shardings(param_treedef, param_infos, replicated)
         try:
             per_param = param_treedef.flatten_up_to(node)
         except (ValueError, TypeError):
@@ -147,19 +180,12 @@ def derive_shardings(state, param_treedef, param_infos, replicated):
         if per_param is not None:
             return param_treedef.unflatten(
                 [
-                    _blocks(sub, sharding, replicated)
-                    if isinstance(sub, QuantizedArray)
-                    else jax.tree_util.tree_map_with_path(
-                        lambda path, x: _follow(
-                            x.shape, shape, sharding, replicated, _field_name(path, field)
-                        ),
-                        sub,
-                    )
+                    one_param(sub, field, shape, sharding)
                     for sub, (shape, sharding) in zip(per_param, param_infos)
                 ]
             )
-        if node is None:
-            return None
+        if node is None or not jax.tree.leaves(node):
+            return node  # nothing to lay out: an EmptyState stays one, with no leaf
         if _is_leaf_node(node):
             return replicated
         children, treedef = jax.tree_util.tree_flatten_with_path(

@@ -31,7 +31,9 @@ HERE = pathlib.Path(__file__).resolve().parent
 BASE_OPTIMIZERS = ["adamw", "sgd_momentum", "clip_adamw", "factored"] + (
     ["adafactor"] if hasattr(gc, "adafactor") else []
 )
-ON_MESH = BASE_OPTIMIZERS + ["adamw-explicit"]
+# Optimizers that reduce across coordinates in other ways (tests/sharded_checks.py: REDUCING)
+REDUCING = ["sophia", "prodigy", "dadapt_adamw", "galore", "muon"]
+ON_MESH = BASE_OPTIMIZERS + REDUCING + ["adamw-explicit", "galore-explicit"]
 ZERO1 = ["adamw", "sgd_momentum", "clip_adamw", "adamw-explicit"]
 # The names tests/sharded_checks.py registers; the last test below keeps the two lists equal.
 SHARDED_CHECKS = [
@@ -46,14 +48,23 @@ SHARDED_CHECKS = [
     "8bit_zero1_splits_blocks_along_data",
     "checkpoint_restores_into_state_layout[mesh]",
     "checkpoint_restores_into_state_layout[zero1]",
-    *(f"init_{how}_follows_params[{o}]" for how in ("eager", "jit", "abstract") for o in ON_MESH),
+    *(f"init_{how}_follows_params[{o}]" for how in ("eager", "jit") for o in ON_MESH),
+    # Prodigy's init copies the parameters' values: not from shapes
+    *(f"init_abstract_follows_params[{o}]" for o in ON_MESH if o != "prodigy"),
     *(
         f"sharded_update_{what}[{o}]"
-        for what in ("matches_single_device", "keeps_state_layout", "gathers_nothing")
+        for what in ("matches_single_device", "keeps_state_layout")
         for o in ON_MESH
     ),
-    *(f"sharded_update_matches_single_device[{o}]"
-      for o in ("sophia", "prodigy", "dadapt_adamw", "galore", "muon")),
+    # GaLore's SVD and Muon's Newton-Schulz iteration gather matrices by design
+    *(
+        f"sharded_update_gathers_nothing[{o}]"
+        for o in ON_MESH
+        if o.partition("-")[0] not in ("galore", "muon")
+    ),
+    *(f"galore_gathers_gradients_for_its_svd_never_its_state[{k}]" for k in ("auto", "explicit")),
+    "galore_eager_update_keeps_state_layout",
+    *(f"galore_update_keeps_a_replicated_state_replicated[{how}]" for how in ("jit", "eager")),
     *(f"zero1_matches_single_device[{o}]" for o in ZERO1),
     *(f"zero1_state_split_along_data_params_replicated[{o}]" for o in ZERO1),
     *(f"zero1_gathers_each_update_once[{o}]" for o in ("adamw", "clip_adamw")),
@@ -255,6 +266,81 @@ def test_abstract_state_is_shaped_like_the_state():
 def test_per_device_bytes_counts_every_leaf():
     tree = {"a": jnp.ones((3, 2), jnp.float32), "b": jnp.ones(5, jnp.bfloat16)}
     assert gc.per_device_bytes(tree) == {jax.devices()[0]: 3 * 2 * 4 + 5 * 2}
+
+
+def _spec(sharding, ndim):
+    spec = tuple(sharding.spec)
+    return spec + (None,) * (ndim - len(spec))
+
+
+G = gc.GaLoreDimensionNumbers
+
+
+@pytest.mark.parametrize(
+    "shape, spec, dims, side, projector, moment",
+    [
+        # left (16 x 8, larger side reduced): P is 16 x r along the rows, moments r x 8
+        ((16, 8), P("data", "model"), None, "larger", ("data", None), (None, "model")),
+        # right: P is 8 x r along the columns, moments 16 x r
+        ((16, 8), P("data", "model"), None, "smaller", ("model", None), ("data", None)),
+        # a square matrix: its shapes cannot tell the sides apart, the state's layout can
+        ((8, 8), P("data", "model"), None, "larger", ("data", None), (None, "model")),
+        ((8, 8), P("data", "model"), None, "smaller", ("model", None), ("data", None)),
+        # batch axes keep their sharding
+        ((4, 16, 8), P("data", None, "model"), G(1, 2), "larger", ("data", None, None),
+         ("data", None, "model")),
+        # merged columns (4 x 6 = 24) keep the sharding of their first axis...
+        ((8, 4, 6), P("data", "model", None), G(0, (1, 2)), "larger", ("model", None),
+         ("data", None)),
+        # ...and are replicated when a later axis of the group is sharded
+        ((8, 4, 6), P("data", None, "model"), G(0, (1, 2)), "larger", (None, None),
+         ("data", None)),
+    ],
+)
+def test_galore_state_runs_along_the_parameter_axes_it_keeps(
+    shape, spec, dims, side, projector, moment
+):
+    params = {
+        "w": jax.ShapeDtypeStruct(shape, jnp.float32, sharding=NamedSharding(MESH11, spec)),
+        "b": jax.ShapeDtypeStruct((8,), jnp.float32, sharding=NamedSharding(MESH11, P("model"))),
+    }
+    tx = gc.galore(1e-3, rank=2, weight_dimension_numbers=dims, projected_dim=side)
+    shardings = gc.state_shardings(tx, params)
+    shapes = jax.eval_shape(tx.init, params)
+    for field, expected in (("projector", projector), ("mu", moment), ("nu", moment)):
+        got = gc.tree_get(shardings, field)["w"]
+        assert _spec(got, len(expected)) == expected, (field, got)
+        assert gc.tree_get(shapes, field)["w"].ndim == len(expected)
+    assert _spec(gc.tree_get(shardings, "mu")["b"], 1) == ("model",)  # not projected
+    assert shardings.scale_by_galore.count.spec == P()
+
+
+def test_galore_state_of_a_single_matrix_follows_it():
+    w = jax.ShapeDtypeStruct((16, 8), jnp.float32, sharding=NamedSharding(MESH11, P("data")))
+    shardings = gc.state_shardings(gc.scale_by_galore(rank=2), w)
+    assert _spec(shardings.projector, 2) == ("data", None)
+    assert _spec(shardings.base_optimizer_state.mu, 2) == (None, None)
+
+
+def test_galore_state_inside_masked_follows_the_parameters_it_sees():
+    sharding = NamedSharding(MESH11, P("data", "model"))
+    params = {
+        "w": jax.ShapeDtypeStruct((16, 8), jnp.float32, sharding=sharding),
+        "v": jax.ShapeDtypeStruct((8, 16), jnp.float32, sharding=sharding),
+    }
+    tx = gc.masked(gc.galore(1e-3, rank=2), {"w": False, "v": True})
+    shardings = gc.state_shardings(tx, params)
+    assert jax.tree.structure(shardings) == jax.tree.structure(jax.eval_shape(tx.init, params))
+    # "v" (8 x 16) is projected on the right: P is 16 x r along its columns, moments 8 x r
+    assert _spec(gc.tree_get(shardings, "projector")["v"], 2) == ("model", None)
+    assert _spec(gc.tree_get(shardings, "mu")["v"], 2) == ("data", None)
+
+
+def test_an_empty_state_stays_empty_in_the_shardings():
+    params = {"w": jax.ShapeDtypeStruct((4, 2), jnp.float32)}
+    tx = gc.chain(gc.identity(), gc.adam(1e-3))
+    shardings = gc.state_shardings(tx, params, mesh=MESH11)
+    assert jax.tree.structure(shardings) == jax.tree.structure(jax.eval_shape(tx.init, params))
 
 
 def test_zeros_like_reduced_drops_the_axis():
