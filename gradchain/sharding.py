@@ -60,6 +60,7 @@ from gradchain.base import (
     check_params_match,
     transformation,
 )
+from gradchain.flat import Flatten, FlatState
 from gradchain.numerics import reduced_sharding
 from gradchain.quantization import QuantizedArray, block_layout
 
@@ -237,6 +238,12 @@ def _layout(tx, params, mesh):
     shapes = jax.eval_shape(tx.init, params)
     treedef, infos = _param_infos(params)
     replicated = _replicated([s for _, s in infos], mesh)
+    if isinstance(tx, Flatten):
+        # The inner state mirrors the flat buffers: a shared buffer (small leaves of any
+        # sharding, concatenated) is replicated, a leaf kept whole keeps its own sharding.
+        flat_treedef, flat_infos = _param_infos(tx.layout(params).abstract(params))
+        inner = derive_shardings(shapes.inner, flat_treedef, flat_infos, replicated)
+        return shapes, FlatState(inner=inner)
     return shapes, derive_shardings(shapes, treedef, infos, replicated)
 
 

@@ -154,6 +154,11 @@ OPTIMIZERS = {
     # the gradients have a global norm of about 15: every step is clipped
     "clip_adamw": lambda: gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(1e-2)),
     "factored": lambda: gc.chain(FactoredRMS(), gc.scale(-1e-2)),
+    # flat buffers: the sharded matrices and the "model"-sharded vector (at least 8 elements)
+    # keep their own arrays and layouts, the replicated scalar and odd vector share one buffer
+    "flatten_clip_adamw": lambda: gc.flatten(
+        gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(1e-2, weight_decay=0.1)), min_size=8
+    ),
 }
 if hasattr(gc, "adafactor"):
     OPTIMIZERS["adafactor"] = lambda: gc.adafactor(1e-2, min_dim_size_to_factor=4)

@@ -28,7 +28,7 @@ from gradchain.sharding import _zero1_spec, derive_shardings
 
 HERE = pathlib.Path(__file__).resolve().parent
 
-BASE_OPTIMIZERS = ["adamw", "sgd_momentum", "clip_adamw", "factored"] + (
+BASE_OPTIMIZERS = ["adamw", "sgd_momentum", "clip_adamw", "flatten_clip_adamw", "factored"] + (
     ["adafactor"] if hasattr(gc, "adafactor") else []
 )
 # Optimizers that reduce across coordinates in other ways (tests/sharded_checks.py: REDUCING)
