@@ -221,6 +221,10 @@ def adafactor(
        multiplied by the learning rate;
     7. ``scale(-1)``.
 
+    Steps 1 and 2 run fused (:meth:`FactoredSecondMoment.fuse_next`): the RMS of the update is
+    taken from the gradient and the factors, so the update is formed once, where it is applied;
+    same numbers to float32 rounding, 28 bytes of memory traffic per parameter instead of 36.
+
     Arguments and defaults are optax's; ``factored_axes`` (keyword-only) selects which axes are
     factored, see :func:`factored_axes`. ``learning_rate=None`` means no learning-rate factor;
     the paper's relative step :math:`\rho_t = \min(10^{-2}, 1/\sqrt{t})` is
