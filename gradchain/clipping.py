@@ -160,13 +160,20 @@ class ClipByBlockRms(GradientTransformation):
         hp = self.current_hyperparams(state)
         threshold = hp["threshold"]
 
-        def clip_leaf(g):
-            dt = compute_dtype(g.dtype)
-            g32 = g.astype(dt)
-            denominator = jnp.maximum(1.0, jnp.sqrt(jnp.mean(g32 * g32)) / threshold.astype(dt))
-            return (g32 / denominator).astype(g.dtype)
-
+        clip_leaf = lambda g: block_rms_clip(g, threshold)  # noqa: E731
         return jax.tree.map(clip_leaf, updates), ClipState(safe_increment(state.count), hp)
 
 
 clip_by_block_rms = ClipByBlockRms
+
+
+def block_rms_clip(g, threshold, mean_square=None):
+    """One leaf of :class:`ClipByBlockRms`: ``g / max(1, sqrt(mean_square) / threshold)``, in
+    at least float32, returned in ``g``'s dtype. ``mean_square`` defaults to ``mean(g**2)``; a
+    caller that knows it without reading ``g`` (Adafactor's fused step) passes it."""
+    dt = compute_dtype(g.dtype)
+    g32 = g.astype(dt)
+    if mean_square is None:
+        mean_square = jnp.mean(g32 * g32)
+    denominator = jnp.maximum(1.0, jnp.sqrt(mean_square) / threshold.astype(dt))
+    return (g32 / denominator).astype(g.dtype)

@@ -26,6 +26,7 @@ from gradchain.base import (
     transformation,
     tree_map_multi,
 )
+from gradchain.clipping import ClipByBlockRms, ClipState, block_rms_clip
 from gradchain.numerics import (
     compute_dtype,
     init_count,
@@ -257,8 +258,6 @@ class FactoredSecondMoment(GradientTransformation):
         or not float32 (where the unfused step rounds :math:`U` before taking its RMS), take the
         unfused arithmetic.
         """
-        from gradchain.clipping import ClipByBlockRms, ClipState  # clipping imports nothing here
-
         if type(following) is not ClipByBlockRms:
             return None
 
@@ -275,15 +274,9 @@ class FactoredSecondMoment(GradientTransformation):
         beta = self.decay_rate_fn(state.count - self.step_offset, hp["decay_rate"])
         eps = hp["epsilon"]
 
-        def clip(u, dt, mean_square=None):
+        def clip(u, mean_square=None):
             """``clip_by_block_rms`` of ``u`` (already rounded to the updates' dtype)."""
-            if clip_threshold is None:
-                return u
-            u32 = u.astype(dt)
-            if mean_square is None:
-                mean_square = jnp.mean(u32 * u32)
-            denominator = jnp.maximum(1.0, jnp.sqrt(mean_square) / clip_threshold.astype(dt))
-            return (u32 / denominator).astype(u.dtype)
+            return u if clip_threshold is None else block_rms_clip(u, clip_threshold, mean_square)
 
         def step(g, r, c, v):
             dt = compute_dtype(g.dtype)
@@ -292,7 +285,7 @@ class FactoredSecondMoment(GradientTransformation):
             axes = self.axes(g.shape)
             if axes is None:
                 v = numerics.ema(v.astype(dt), g32 * g32 + eps.astype(dt), b)
-                return clip((g32 * numerics.inverse_sqrt(v)).astype(g.dtype), dt), None, None, v
+                return clip((g32 * numerics.inverse_sqrt(v)).astype(g.dtype)), None, None, v
             d1, d0 = axes
             # mean(g^2) + eps is mean(g^2 + eps) up to rounding, and lets each reduction square
             # g as it reads it: a broadcast eps, or one g^2 shared by both reductions, would be
@@ -309,7 +302,7 @@ class FactoredSecondMoment(GradientTransformation):
             col_factor = c**-0.5
             u = g32 * row_factor * col_factor
             if clip_threshold is None or g.dtype != dt:
-                return clip(u.astype(g.dtype), dt), r, c, None
+                return clip(u.astype(g.dtype)), r, c, None
             # sum(u^2) without forming u: row_factor^2 varies along d1 and col_factor^2 along
             # d0, so reduce g^2 times one of them along its axis (the later axis, whose reads
             # are contiguous), then sum the result weighted by the other.
@@ -318,7 +311,7 @@ class FactoredSecondMoment(GradientTransformation):
             along, across = (1 / c, row_sq) if inner == d0 else (row_sq, 1 / c)
             partial = jnp.sum(g_third * g_third * along, axis=inner, keepdims=True)
             mean_square = jnp.sum(partial * across) / g.size
-            return clip(u, dt, mean_square), r, c, None
+            return clip(u, mean_square), r, c, None
 
         out, v_row, v_col, v = tree_map_multi(
             step, 4, updates, state.v_row, state.v_col, state.v
