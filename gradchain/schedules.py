@@ -1041,6 +1041,27 @@ class PiecewiseInterpolateSchedule(Schedule):
 piecewise_interpolate_schedule = PiecewiseInterpolateSchedule
 
 
+def _init_onecycle(schedule, pct_names) -> None:
+    """Checks a one-cycle schedule's arguments, in their order, and sets its knots.
+
+    ``pct_names``: the fields holding the knot fractions, which must not decrease."""
+    _set(schedule, "transition_steps",
+         _check_steps("transition_steps", schedule.transition_steps, low=1))
+    _check_value("peak_value", schedule.peak_value)
+    pcts = tuple(getattr(schedule, name) for name in pct_names)
+    for name, pct in zip(pct_names, pcts):
+        _check_value(name, pct, low=0.0, high=1.0)
+    for (earlier, a), (later, b) in zip(zip(pct_names, pcts), zip(pct_names[1:], pcts[1:])):
+        if b < a:
+            raise ValueError(f"{later} must be >= {earlier}, got {earlier}={a}, {later}={b}")
+    _check_value("div_factor", schedule.div_factor, low=0.0, low_open=True)
+    _check_value("final_div_factor", schedule.final_div_factor, low=0.0, low_open=True)
+    _check_choice("convention", schedule.convention, _CONVENTIONS)
+    _set(schedule, "knots", _onecycle_knots(
+        schedule.name, schedule.transition_steps, pcts, schedule.convention
+    ))
+
+
 def _onecycle_knots(name, transition_steps, fractions, convention):
     """One-cycle knot steps: optax's ``int(pct * T)`` and ``T``, or PyTorch's float knots
     ``pct * T - 1`` (``2 pct * T - 2`` for a three-phase cycle's second knot) and ``T - 1``."""
@@ -1098,21 +1119,7 @@ class LinearOnecycleSchedule(Schedule):
     knots: tuple = _derived()
 
     def __post_init__(self):
-        _set(self, "transition_steps", _check_steps("transition_steps", self.transition_steps, low=1))
-        _check_value("peak_value", self.peak_value)
-        _check_value("pct_start", self.pct_start, low=0.0, high=1.0)
-        _check_value("pct_final", self.pct_final, low=0.0, high=1.0)
-        if self.pct_final < self.pct_start:
-            raise ValueError(
-                f"pct_final must be >= pct_start, got pct_start={self.pct_start}, "
-                f"pct_final={self.pct_final}"
-            )
-        _check_value("div_factor", self.div_factor, low=0.0, low_open=True)
-        _check_value("final_div_factor", self.final_div_factor, low=0.0, low_open=True)
-        _check_choice("convention", self.convention, _CONVENTIONS)
-        _set(self, "knots", _onecycle_knots(
-            self.name, self.transition_steps, (self.pct_start, self.pct_final), self.convention
-        ))
+        _init_onecycle(self, ("pct_start", "pct_final"))
 
     def _at(self, c):
         low = self.peak_value / self.div_factor
@@ -1163,15 +1170,7 @@ class CosineOnecycleSchedule(Schedule):
     knots: tuple = _derived()
 
     def __post_init__(self):
-        _set(self, "transition_steps", _check_steps("transition_steps", self.transition_steps, low=1))
-        _check_value("peak_value", self.peak_value)
-        _check_value("pct_start", self.pct_start, low=0.0, high=1.0)
-        _check_value("div_factor", self.div_factor, low=0.0, low_open=True)
-        _check_value("final_div_factor", self.final_div_factor, low=0.0, low_open=True)
-        _check_choice("convention", self.convention, _CONVENTIONS)
-        _set(self, "knots", _onecycle_knots(
-            self.name, self.transition_steps, (self.pct_start,), self.convention
-        ))
+        _init_onecycle(self, ("pct_start",))
 
     def _at(self, c):
         low = self.peak_value / self.div_factor
