@@ -20,14 +20,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 import jax
 import jax.numpy as jnp
 
-import gradchain as gc
+from _common import gc, gpt2_shapes, machine, make_tree
 
 
 def matrices(size: int, n_leaves: int = 8, width: int = 1024):
@@ -39,25 +37,6 @@ def matrices(size: int, n_leaves: int = 8, width: int = 1024):
         f"layer{i}": {"w": jax.random.normal(k, (rows, width)) * 0.02, "b": jnp.zeros(width)}
         for i, k in enumerate(keys)
     }
-
-
-def gpt2_small():
-    d = 768
-    shapes = {"wte": (50257, d), "wpe": (1024, d), "ln_f": {"w": (d,), "b": (d,)}}
-    for i in range(12):
-        shapes[f"h{i}"] = {
-            "ln_1": {"w": (d,), "b": (d,)},
-            "c_attn": {"w": (d, 3 * d), "b": (3 * d,)},
-            "attn_proj": {"w": (d, d), "b": (d,)},
-            "ln_2": {"w": (d,), "b": (d,)},
-            "c_fc": {"w": (d, 4 * d), "b": (4 * d,)},
-            "mlp_proj": {"w": (4 * d, d), "b": (d,)},
-        }
-    leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
-    keys = jax.random.split(jax.random.PRNGKey(0), len(leaves))
-    return jax.tree.unflatten(
-        treedef, [jax.random.normal(k, s) * 0.02 for k, s in zip(keys, leaves)]
-    )
 
 
 def nbytes(tree) -> int:
@@ -96,21 +75,6 @@ def floor_step(p, s, g):
 floor_step = jax.jit(floor_step, donate_argnums=(0, 1))
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    dev = jax.devices()[0]
-    kind = dev.device_kind if dev.platform != "cpu" else f"{cpu}, {os.cpu_count()} cores"
-    return f"{dev.platform}: {kind}; jax {jax.__version__}"
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=float, default=4e6, help="parameters (default 4e6)")
@@ -118,13 +82,11 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args(argv)
 
-    params = gpt2_small() if args.gpt2 else matrices(int(args.size))
+    params = make_tree(gpt2_shapes(full=True), seed=0) if args.gpt2 else matrices(int(args.size))
     n = sum(x.size for x in jax.tree.leaves(params))
     grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
     print(f"# {machine()}")
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"# {n / 1e6:.1f}M parameters in {len(jax.tree.leaves(params))} leaves; "
-          f"load average {load:.1f}")
+    print(f"# {n / 1e6:.1f}M parameters in {len(jax.tree.leaves(params))} leaves")
     print("| optimizer | state B/param | moved B/param | step ms | floor ms | step / floor "
           "| step / float32 step |")
     print("|---|---|---|---|---|---|---|")
