@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gradchain import numerics
-from gradchain.base import (
+from gradchain.core import numerics
+from gradchain.core.base import (
     GradientTransformation,
     check_bool,
     check_dtype,
@@ -17,7 +17,7 @@ from gradchain.base import (
     transformation,
     tree_map_multi,
 )
-from gradchain.numerics import compute_dtype, init_count, safe_increment, state_dtype, zeros_like_param
+from gradchain.core.numerics import compute_dtype, init_count, safe_increment, state_dtype, zeros_like_param
 
 __all__ = ["ema", "trace"]
 

@@ -7,8 +7,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from gradchain.adaptive import scale_by_adam
-from gradchain.base import (
+from gradchain.transforms.adaptive import scale_by_adam
+from gradchain.core.base import (
     Chain,
     GradientTransformation,
     check_number,
@@ -18,11 +18,11 @@ from gradchain.base import (
     state_class,
     transformation,
 )
-from gradchain.decay import add_decoupled_weight_decay, resolve_mask
-from gradchain.momentum import trace
-from gradchain.optimizers import _argument_names
-from gradchain.numerics import compute_dtype, init_count, safe_increment
-from gradchain.scaling import scale_by_learning_rate
+from gradchain.transforms.decay import add_decoupled_weight_decay, resolve_mask
+from gradchain.transforms.momentum import trace
+from gradchain.optimizers.alias import _argument_names
+from gradchain.core.numerics import compute_dtype, init_count, safe_increment
+from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = ["lamb", "lars", "scale_by_trust_ratio"]
 

@@ -13,8 +13,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from gradchain.adaptive import ScaleByAdamState, scale_by_adam
-from gradchain.base import (
+from gradchain.transforms.adaptive import ScaleByAdamState, scale_by_adam
+from gradchain.core.base import (
     Chain,
     GradientTransformation,
     check_bools,
@@ -27,8 +27,8 @@ from gradchain.base import (
     transformation,
     tree_map_multi,
 )
-from gradchain.decay import add_decoupled_weight_decay
-from gradchain.numerics import (
+from gradchain.transforms.decay import add_decoupled_weight_decay
+from gradchain.core.numerics import (
     bias_correction,
     cast_like,
     compute_dtype,
@@ -38,7 +38,7 @@ from gradchain.numerics import (
     nesterov_bias_corrected,
     safe_increment,
 )
-from gradchain.scaling import scale_by_learning_rate
+from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = [
     "adamax",

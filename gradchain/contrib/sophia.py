@@ -21,7 +21,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from gradchain.base import (
+from gradchain.core.base import (
     Chain,
     GradientTransformation,
     _call_update,
@@ -38,8 +38,8 @@ from gradchain.base import (
     transformation,
     tree_map_multi,
 )
-from gradchain.decay import add_decoupled_weight_decay
-from gradchain.numerics import (
+from gradchain.transforms.decay import add_decoupled_weight_decay
+from gradchain.core.numerics import (
     bias_correction,
     cast_like,
     compute_dtype,
@@ -48,7 +48,7 @@ from gradchain.numerics import (
     moments_like,
     safe_increment,
 )
-from gradchain.scaling import scale_by_learning_rate
+from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = [
     "gauss_newton_bartlett_estimator_diag_hessian",

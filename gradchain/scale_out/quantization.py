@@ -32,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental.shard_alike import shard_alike
 
-from gradchain.adaptive import scale_by_adam
-from gradchain.base import (
+from gradchain.transforms.adaptive import scale_by_adam
+from gradchain.core.base import (
     Chain,
     ChainState,
     GradientTransformation,
@@ -45,19 +45,19 @@ from gradchain.base import (
     state_class,
     transformation,
 )
-from gradchain.base import _call_update  # how a chain passes extra arguments to its parts
-from gradchain.decay import add_decoupled_weight_decay, resolve_mask
-from gradchain.lion import scale_by_lion
-from gradchain.momentum import trace
-from gradchain.optimizers import _argument_names
-from gradchain.numerics import (
+from gradchain.core.base import _call_update  # how a chain passes extra arguments to its parts
+from gradchain.transforms.decay import add_decoupled_weight_decay, resolve_mask
+from gradchain.optimizers.lion import scale_by_lion
+from gradchain.transforms.momentum import trace
+from gradchain.optimizers.alias import _argument_names
+from gradchain.core.numerics import (
     _sharding_of,
     compute_dtype,
     explicit_sharding,
     init_count,
     safe_increment,
 )
-from gradchain.scaling import scale_by_learning_rate
+from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = [
     "QuantizedArray",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gradchain.base import GradientTransformation, check_number, state_class, transformation
-from gradchain.numerics import compute_dtype, init_count, safe_increment
+from gradchain.core.base import GradientTransformation, check_number, state_class, transformation
+from gradchain.core.numerics import compute_dtype, init_count, safe_increment
 
 __all__ = ["clip", "clip_by_block_rms", "clip_by_global_norm", "global_norm"]
 

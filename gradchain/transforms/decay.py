@@ -7,7 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from gradchain.base import (
+from gradchain.core.base import (
     GradientTransformation,
     check_number,
     check_params_match,
@@ -15,8 +15,8 @@ from gradchain.base import (
     state_class,
     transformation,
 )
-from gradchain.masks import resolve_mask
-from gradchain.numerics import compute_dtype, init_count, safe_increment
+from gradchain.core.masks import resolve_mask
+from gradchain.core.numerics import compute_dtype, init_count, safe_increment
 
 __all__ = ["add_decayed_weights", "add_decoupled_weight_decay", "add_l2_penalty"]
 

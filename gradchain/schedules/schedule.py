@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradchain.base import (
+from gradchain.core.base import (
     GradientTransformation,
     _field_equal,
     _hashable,
@@ -49,7 +49,7 @@ from gradchain.base import (
     state_class,
     transformation,
 )
-from gradchain.numerics import init_count, safe_increment
+from gradchain.core.numerics import init_count, safe_increment
 
 __all__ = [
     "Schedule",

@@ -18,8 +18,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradchain.adaptive import scale_by_adam
-from gradchain.base import (
+from gradchain.transforms.adaptive import scale_by_adam
+from gradchain.core.base import (
     Chain,
     GradientTransformation,
     _call_update,
@@ -30,14 +30,14 @@ from gradchain.base import (
     named_chain,
     transformation,
 )
-from gradchain.decay import add_decoupled_weight_decay
-from gradchain.matrices import (
+from gradchain.transforms.decay import add_decoupled_weight_decay
+from gradchain.core.matrices import (
     MatrixView,
     check_dimension_numbers,
     entries_per_leaf,
     matrix_view,
 )
-from gradchain.numerics import (
+from gradchain.core.numerics import (
     compute_dtype,
     explicit_sharding,
     grouped_sharding,
@@ -46,8 +46,8 @@ from gradchain.numerics import (
     safe_increment,
     zeros_along,
 )
-from gradchain.scaling import scale_by_learning_rate
-from gradchain.sharding import derive_shardings
+from gradchain.transforms.scaling import scale_by_learning_rate
+from gradchain.scale_out.sharding import derive_shardings
 
 __all__ = ["GaLoreDimensionNumbers", "galore", "scale_by_galore"]
 

@@ -53,16 +53,16 @@ import math
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from gradchain.base import (
+from gradchain.core.base import (
     GradientTransformation,
     _call_update,
     _is_state,
     check_params_match,
     transformation,
 )
-from gradchain.flat import Flatten, FlatState
-from gradchain.numerics import reduced_sharding
-from gradchain.quantization import QuantizedArray, block_layout
+from gradchain.scale_out.flat import Flatten, FlatState
+from gradchain.core.numerics import reduced_sharding
+from gradchain.scale_out.quantization import QuantizedArray, block_layout
 
 __all__ = ["abstract_state", "per_device_bytes", "state_shardings", "zero1"]
 

@@ -31,7 +31,7 @@ from collections.abc import Hashable, Mapping, Sequence
 import jax
 import numpy as np
 
-from gradchain.base import check_int
+from gradchain.core.base import check_int
 
 __all__ = ["path_labels", "path_mask", "tree_paths"]
 

@@ -13,8 +13,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from gradchain.adaptive import ScaleByAdam, scale_by_rms
-from gradchain.base import (
+from gradchain.transforms.adaptive import ScaleByAdam, scale_by_rms
+from gradchain.core.base import (
     Chain,
     GradientTransformation,
     _call_update,
@@ -33,11 +33,11 @@ from gradchain.base import (
     transformation,
     tree_map_multi,
 )
-from gradchain.decay import add_decoupled_weight_decay
-from gradchain.momentum import Trace
-from gradchain.numerics import compute_dtype, init_count, safe_increment, state_dtype
-from gradchain.optimizers import sgd
-from gradchain.scaling import scale_by_learning_rate
+from gradchain.transforms.decay import add_decoupled_weight_decay
+from gradchain.transforms.momentum import Trace
+from gradchain.core.numerics import compute_dtype, init_count, safe_increment, state_dtype
+from gradchain.optimizers.alias import sgd
+from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = [
     "schedule_free",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gradchain import numerics
-from gradchain.base import (
+from gradchain.core import numerics
+from gradchain.core.base import (
     GradientTransformation,
     check_bool,
     check_bools,
@@ -18,7 +18,7 @@ from gradchain.base import (
     transformation,
     tree_map_multi,
 )
-from gradchain.numerics import (
+from gradchain.core.numerics import (
     bias_correction,
     cast_like,
     compute_dtype,

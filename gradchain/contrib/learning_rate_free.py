@@ -14,7 +14,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from gradchain.base import (
+from gradchain.core.base import (
     Chain,
     GradientTransformation,
     check_bools,
@@ -29,7 +29,7 @@ from gradchain.base import (
     transformation,
     tree_map_multi,
 )
-from gradchain.numerics import (
+from gradchain.core.numerics import (
     cast_like,
     compute_dtype,
     ema,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gradchain.base import (
+from gradchain.core.base import (
     GradientTransformation,
     check_bool,
     check_number,
@@ -13,7 +13,7 @@ from gradchain.base import (
     state_class,
     transformation,
 )
-from gradchain.numerics import init_count, safe_increment
+from gradchain.core.numerics import init_count, safe_increment
 
 __all__ = ["scale", "scale_by_learning_rate", "scale_by_schedule"]
 

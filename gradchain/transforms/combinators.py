@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from gradchain.base import (
+from gradchain.core.base import (
     EmptyState,
     GradientTransformation,
     _call_update,
@@ -29,8 +29,8 @@ from gradchain.base import (
     state_class,
     transformation,
 )
-from gradchain.masks import resolve_labels, resolve_mask
-from gradchain.numerics import safe_increment, zeros_like_param
+from gradchain.core.masks import resolve_labels, resolve_mask
+from gradchain.core.numerics import safe_increment, zeros_like_param
 
 __all__ = [
     "MaskedNode",

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradchain.base import (
+from gradchain.core.base import (
     Chain,
     ChainState,
     EmptyState,
@@ -36,9 +36,9 @@ from gradchain.base import (
     state_class,
     transformation,
 )
-from gradchain.decay import add_decoupled_weight_decay
-from gradchain.matrices import check_dimension_numbers, entries_per_leaf, matrix_view
-from gradchain.numerics import (
+from gradchain.transforms.decay import add_decoupled_weight_decay
+from gradchain.core.matrices import check_dimension_numbers, entries_per_leaf, matrix_view
+from gradchain.core.numerics import (
     bias_correction,
     compute_dtype,
     ema,
@@ -48,8 +48,8 @@ from gradchain.numerics import (
     state_dtype,
     zeros_like_param,
 )
-from gradchain.optimizers import _argument_names, adamw
-from gradchain.scaling import scale_by_learning_rate
+from gradchain.optimizers.alias import _argument_names, adamw
+from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = [
     "MuonDimensionNumbers",

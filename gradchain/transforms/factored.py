@@ -13,8 +13,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from gradchain import numerics
-from gradchain.base import (
+from gradchain.core import numerics
+from gradchain.core.base import (
     GradientTransformation,
     check_bool,
     check_floating,
@@ -26,8 +26,8 @@ from gradchain.base import (
     transformation,
     tree_map_multi,
 )
-from gradchain.clipping import ClipByBlockRms, ClipState, block_rms_clip
-from gradchain.numerics import (
+from gradchain.transforms.clipping import ClipByBlockRms, ClipState, block_rms_clip
+from gradchain.core.numerics import (
     compute_dtype,
     init_count,
     safe_increment,
@@ -35,7 +35,7 @@ from gradchain.numerics import (
     zeros_like_param,
     zeros_like_reduced,
 )
-from gradchain.scaling import ScaleState
+from gradchain.transforms.scaling import ScaleState
 
 __all__ = [
     "adafactor_decay_rate",

@@ -43,8 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradchain.adaptive import ScaleByAdam, ScaleByRms, ScaleByStddev
-from gradchain.base import (
+from gradchain.transforms.adaptive import ScaleByAdam, ScaleByRms, ScaleByStddev
+from gradchain.core.base import (
     Chain,
     ChainState,
     GradientTransformation,
@@ -57,14 +57,14 @@ from gradchain.base import (
     state_class,
     transformation,
 )
-from gradchain.clipping import Clip, ClipByGlobalNorm
-from gradchain.adagrad import ScaleByRss
-from gradchain.adam_variants import ScaleByAdamax, ScaleByAmsgrad, ScaleByNadam, ScaleByRadam
-from gradchain.decay import AddDecoupledWeightDecay, AddL2Penalty
-from gradchain.lion import ScaleByLion
-from gradchain.masks import path_string, resolve_labels, resolve_mask
-from gradchain.momentum import Ema, Trace
-from gradchain.scaling import Scale, ScaleByLearningRate, ScaleBySchedule
+from gradchain.transforms.clipping import Clip, ClipByGlobalNorm
+from gradchain.optimizers.adagrad import ScaleByRss
+from gradchain.optimizers.adam_variants import ScaleByAdamax, ScaleByAmsgrad, ScaleByNadam, ScaleByRadam
+from gradchain.transforms.decay import AddDecoupledWeightDecay, AddL2Penalty
+from gradchain.optimizers.lion import ScaleByLion
+from gradchain.core.masks import path_string, resolve_labels, resolve_mask
+from gradchain.transforms.momentum import Ema, Trace
+from gradchain.transforms.scaling import Scale, ScaleByLearningRate, ScaleBySchedule
 
 __all__ = ["FlatLayout", "FlatState", "flat_layout", "flatten", "register_flat_safe"]
 

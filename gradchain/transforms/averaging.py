@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradchain.base import (
+from gradchain.core.base import (
     GradientTransformation,
     _call_update,
     check_bool,
@@ -28,7 +28,7 @@ from gradchain.base import (
     state_class,
     transformation,
 )
-from gradchain.numerics import compute_dtype, ema, init_count, safe_increment, state_dtype
+from gradchain.core.numerics import compute_dtype, ema, init_count, safe_increment, state_dtype
 
 __all__ = ["LookaheadParams", "lookahead", "params_ema"]
 

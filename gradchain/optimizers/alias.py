@@ -6,13 +6,13 @@ import contextlib
 
 import jax.numpy as jnp
 
-from gradchain.adaptive import scale_by_adam, scale_by_rms, scale_by_stddev
-from gradchain.base import Chain, check_bool, named_chain
-from gradchain.clipping import clip_by_block_rms
-from gradchain.decay import add_decoupled_weight_decay
-from gradchain.factored import factored_second_moment, scale_by_param_block_rms
-from gradchain.momentum import ema, trace
-from gradchain.scaling import scale, scale_by_learning_rate
+from gradchain.transforms.adaptive import scale_by_adam, scale_by_rms, scale_by_stddev
+from gradchain.core.base import Chain, check_bool, named_chain
+from gradchain.transforms.clipping import clip_by_block_rms
+from gradchain.transforms.decay import add_decoupled_weight_decay
+from gradchain.transforms.factored import factored_second_moment, scale_by_param_block_rms
+from gradchain.transforms.momentum import ema, trace
+from gradchain.transforms.scaling import scale, scale_by_learning_rate
 
 __all__ = ["adafactor", "adam", "adamw", "rmsprop", "sgd"]
 

@@ -7,7 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from gradchain.base import (
+from gradchain.core.base import (
     Chain,
     GradientTransformation,
     check_bools,
@@ -19,7 +19,7 @@ from gradchain.base import (
     transformation,
     tree_map_multi,
 )
-from gradchain.numerics import (
+from gradchain.core.numerics import (
     cast_like,
     compute_dtype,
     init_count,
@@ -27,7 +27,7 @@ from gradchain.numerics import (
     moments_like,
     safe_increment,
 )
-from gradchain.scaling import scale_by_learning_rate
+from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = ["adagrad", "scale_by_rss"]
 

@@ -1,0 +1,48 @@
+"""Learning-rate and hyperparameter schedules: functions of the integer step count.
+"""
+
+from gradchain.schedules.schedule import (
+    Schedule,
+    constant_schedule,
+    cosine_decay_schedule,
+    cosine_onecycle_schedule,
+    cosine_warm_restarts_schedule,
+    exponential_decay,
+    join_schedules,
+    linear_onecycle_schedule,
+    linear_schedule,
+    piecewise_constant_schedule,
+    piecewise_interpolate_schedule,
+    polynomial_schedule,
+    reduce_on_plateau,
+    sgdr_schedule,
+    warmup_constant_schedule,
+    warmup_cosine_decay_schedule,
+    warmup_exponential_decay_schedule,
+    warmup_inverse_sqrt_schedule,
+    warmup_linear_decay_schedule,
+    warmup_stable_decay_schedule,
+)
+
+__all__ = [
+    "Schedule",
+    "constant_schedule",
+    "cosine_decay_schedule",
+    "cosine_onecycle_schedule",
+    "cosine_warm_restarts_schedule",
+    "exponential_decay",
+    "join_schedules",
+    "linear_onecycle_schedule",
+    "linear_schedule",
+    "piecewise_constant_schedule",
+    "piecewise_interpolate_schedule",
+    "polynomial_schedule",
+    "reduce_on_plateau",
+    "sgdr_schedule",
+    "warmup_constant_schedule",
+    "warmup_cosine_decay_schedule",
+    "warmup_exponential_decay_schedule",
+    "warmup_inverse_sqrt_schedule",
+    "warmup_linear_decay_schedule",
+    "warmup_stable_decay_schedule",
+]

@@ -1,0 +1,93 @@
+"""Atomic gradient transformations, one module per concept (moments, momentum, scaling,
+clipping, decay, factored statistics, combinators, averaging).
+"""
+
+from gradchain.transforms.adaptive import (
+    scale_by_adam,
+    scale_by_rms,
+    scale_by_stddev,
+)
+from gradchain.transforms.averaging import (
+    LookaheadParams,
+    lookahead,
+    params_ema,
+)
+from gradchain.transforms.clipping import (
+    clip,
+    clip_by_block_rms,
+    clip_by_global_norm,
+    global_norm,
+)
+from gradchain.transforms.combinators import (
+    MaskedNode,
+    MultiSteps,
+    apply_if_finite,
+    freeze,
+    masked,
+    multi_transform,
+    partition,
+    selective_transform,
+    set_to_zero,
+    skip_large_updates,
+    skip_not_finite,
+    zero_nans,
+)
+from gradchain.transforms.decay import (
+    add_decayed_weights,
+    add_decoupled_weight_decay,
+    add_l2_penalty,
+)
+from gradchain.transforms.factored import (
+    adafactor_decay_rate,
+    factored_axes,
+    factored_second_moment,
+    scale_by_factored_rms,
+    scale_by_param_block_rms,
+)
+from gradchain.transforms.momentum import (
+    ema,
+    trace,
+)
+from gradchain.transforms.scaling import (
+    scale,
+    scale_by_learning_rate,
+    scale_by_schedule,
+)
+
+__all__ = [
+    "LookaheadParams",
+    "MaskedNode",
+    "MultiSteps",
+    "adafactor_decay_rate",
+    "add_decayed_weights",
+    "add_decoupled_weight_decay",
+    "add_l2_penalty",
+    "apply_if_finite",
+    "clip",
+    "clip_by_block_rms",
+    "clip_by_global_norm",
+    "ema",
+    "factored_axes",
+    "factored_second_moment",
+    "freeze",
+    "global_norm",
+    "lookahead",
+    "masked",
+    "multi_transform",
+    "params_ema",
+    "partition",
+    "scale",
+    "scale_by_adam",
+    "scale_by_factored_rms",
+    "scale_by_learning_rate",
+    "scale_by_param_block_rms",
+    "scale_by_rms",
+    "scale_by_schedule",
+    "scale_by_stddev",
+    "selective_transform",
+    "set_to_zero",
+    "skip_large_updates",
+    "skip_not_finite",
+    "trace",
+    "zero_nans",
+]
