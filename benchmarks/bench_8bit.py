@@ -24,7 +24,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-
 from _common import gc, gpt2_shapes, machine, make_tree
 
 
@@ -87,8 +86,10 @@ def main(argv=None):
     grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), params)
     print(f"# {machine()}")
     print(f"# {n / 1e6:.1f}M parameters in {len(jax.tree.leaves(params))} leaves")
-    print("| optimizer | state B/param | moved B/param | step ms | floor ms | step / floor "
-          "| step / float32 step |")
+    print(
+        "| optimizer | state B/param | moved B/param | step ms | floor ms | step / floor "
+        "| step / float32 step |"
+    )
     print("|---|---|---|---|---|---|---|")
     reference = None
     for name, tx in (
@@ -96,15 +97,17 @@ def main(argv=None):
         ("adamw_8bit, block 256", gc.adamw_8bit(1e-3)),
         ("adamw_8bit, block 2048", gc.adamw_8bit(1e-3, block_size=2048)),
     ):
-        fresh = lambda: (jax.tree.map(jnp.copy, params), tx.init(params))  # noqa: E731
+        fresh = lambda: (jax.tree.map(jnp.copy, params), tx.init(params))
         p, s = fresh()
         moved = 2 * nbytes(p) + nbytes(grads) + 2 * nbytes(s)
         step = best_time(optimizer_step(tx), (p, s, grads), args.repeats)
         p, s = fresh()
         floor = best_time(floor_step, (p, s, grads), args.repeats)
         reference = reference or step
-        print(f"| {name} | {nbytes(s) / n:.3f} | {moved / n:.2f} | {step * 1e3:.2f} "
-              f"| {floor * 1e3:.2f} | {step / floor:.2f} | {step / reference:.2f} |")
+        print(
+            f"| {name} | {nbytes(s) / n:.3f} | {moved / n:.2f} | {step * 1e3:.2f} "
+            f"| {floor * 1e3:.2f} | {step / floor:.2f} | {step / reference:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -19,13 +19,13 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     ).strip()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.sharding import NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-import gradchain as gc  # noqa: E402
+import gradchain as gc
 
 LAYERS, D, FF, VOCAB = 4, 256, 1024, 4096
 
@@ -103,10 +103,14 @@ def main():
         "zero1 (data parallel)": (zero1, replicated),
         "fsdp (params sharded)": (adamw, fsdp),
     }
-    print(f"AdamW, {n_params / 1e6:.2f}M float32 parameters, {jax.device_count()} devices "
-          f"({jax.devices()[0].platform})\n")
-    print(f"{'layout':28s} {'moments/device':>15s} {'state/device':>13s} {'vs replicated':>14s} "
-          f"{'param all-gathers/step':>23s}")
+    print(
+        f"AdamW, {n_params / 1e6:.2f}M float32 parameters, {jax.device_count()} devices "
+        f"({jax.devices()[0].platform})\n"
+    )
+    print(
+        f"{'layout':28s} {'moments/device':>15s} {'state/device':>13s} {'vs replicated':>14s} "
+        f"{'param all-gathers/step':>23s}"
+    )
     base = None
     for name, (tx, params) in layouts.items():
         state = tx.init(params)
@@ -114,12 +118,16 @@ def main():
         total = max(gc.per_device_bytes(state).values())
         base = base or m
         count, gathered = parameter_gathers(step_hlo(tx, params, state, tokens))
-        print(f"{name:28s} {m:>15,d} {total:>13,d} {f'1/{base / m:g}':>14s} "
-              f"{f'{count} ({gathered:,d} B)':>23s}")
-    print(f"\n{n_params * 4:,d} B of parameters in {len(jax.tree.leaves(replicated))} arrays. "
-          "moments/device: mu and nu bytes held by the\nfullest device; state/device adds the "
-          "replicated counts and hyperparameters; param\nall-gathers/step: all-gathers of "
-          "parameter-shaped arrays in the compiled training step.")
+        print(
+            f"{name:28s} {m:>15,d} {total:>13,d} {f'1/{base / m:g}':>14s} "
+            f"{f'{count} ({gathered:,d} B)':>23s}"
+        )
+    print(
+        f"\n{n_params * 4:,d} B of parameters in {len(jax.tree.leaves(replicated))} arrays. "
+        "moments/device: mu and nu bytes held by the\nfullest device; state/device adds the "
+        "replicated counts and hyperparameters; param\nall-gathers/step: all-gathers of "
+        "parameter-shaped arrays in the compiled training step."
+    )
 
 
 if __name__ == "__main__":

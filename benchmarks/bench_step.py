@@ -56,9 +56,13 @@ from _common import (
     time_round_robin,
 )
 
-
 VARIANTS = (
-    "gradchain", "gradchain.flatten", "optax", "gradchain flat", "array floor", "one-pass floor",
+    "gradchain",
+    "gradchain.flatten",
+    "optax",
+    "gradchain flat",
+    "array floor",
+    "one-pass floor",
     "flat array floor",
 )
 
@@ -70,7 +74,8 @@ def main(argv=None):
     parser.add_argument("--leaves", type=int, default=2000, help="leaves of the many-leaves tree")
     parser.add_argument("--optimizers", default=",".join(optimizers()), help="comma separated")
     parser.add_argument(
-        "--variants", default=None,
+        "--variants",
+        default=None,
         help="comma separated subset of the variants (default: all; on the many-leaves tree all "
         "but the array floor over the tree, see below)",
     )
@@ -97,7 +102,9 @@ def main(argv=None):
 
     print(f"# {title}: {n:,} float32 parameters in {len(shapes)} leaves", flush=True)
     print(f"machine: {machine()}")
-    print(f"command: python benchmarks/bench_step.py {' '.join(argv or __import__('sys').argv[1:])}")
+    print(
+        f"command: python benchmarks/bench_step.py {' '.join(argv or __import__('sys').argv[1:])}"
+    )
     print()
     rows, notes = [], []
     for name in args.optimizers.split(","):
@@ -109,7 +116,9 @@ def main(argv=None):
         variants = []
         t0 = time.perf_counter()
         if "gradchain" in wanted:
-            variants.append(optimizer_variant("gradchain", opt.gradchain(), gc.apply_updates, params, grads))
+            variants.append(
+                optimizer_variant("gradchain", opt.gradchain(), gc.apply_updates, params, grads)
+            )
         try:
             flat_tx = gc.flatten(opt.gradchain())
         except ValueError as e:
@@ -121,36 +130,48 @@ def main(argv=None):
                 optimizer_variant("gradchain.flatten", flat_tx, gc.apply_updates, params, grads)
             )
         if "optax" in wanted:
-            variants.append(optimizer_variant("optax", opt.optax(), optax.apply_updates, params, grads))
+            variants.append(
+                optimizer_variant("optax", opt.optax(), optax.apply_updates, params, grads)
+            )
         if "gradchain flat" in wanted and flat_tx is not None:
             variants.append(
-                optimizer_variant("gradchain flat", opt.gradchain(), gc.apply_updates, flat_params, flat_grads)
+                optimizer_variant(
+                    "gradchain flat", opt.gradchain(), gc.apply_updates, flat_params, flat_grads
+                )
             )
         if "array floor" in wanted:
             variants.append(array_floor_variant(params, grads, opt.moments, opt.global_norm))
         if "one-pass floor" in wanted:
             variants.append(floor_variant(n, opt.read, opt.write))
         if "flat array floor" in wanted:
-            variants.append(array_floor_variant(
-                flat_params, flat_grads, opt.moments, opt.global_norm, name="flat array floor"
-            ))
+            variants.append(
+                array_floor_variant(
+                    flat_params, flat_grads, opt.moments, opt.global_norm, name="flat array floor"
+                )
+            )
         time_round_robin(variants, args.reps)
         by_name = {v.name: v for v in variants}
         optax_v, floor_v = by_name.get("optax"), by_name.get("array floor")
         one_pass_v, flat_v = by_name.get("one-pass floor"), by_name.get("flat array floor")
         for v in variants:
-            rows.append([
-                name, v.name, ms(v.median),
-                ratio(v.median, optax_v.median) if optax_v else "-",
-                ratio(v.median, floor_v.median) if floor_v else "-",
-                ratio(v.median, one_pass_v.median) if one_pass_v else "-",
-                ratio(v.median, flat_v.median) if flat_v else "-",
-                f"{v.compile_s:.2f}", f"{v.compile_cpu_s:.2f}",
-                f"{v.traffic:.1f}",
-                f"{v.state_bytes:.2f}" if not v.name.endswith("floor") else "-",
-            ])
+            rows.append(
+                [
+                    name,
+                    v.name,
+                    ms(v.median),
+                    ratio(v.median, optax_v.median) if optax_v else "-",
+                    ratio(v.median, floor_v.median) if floor_v else "-",
+                    ratio(v.median, one_pass_v.median) if one_pass_v else "-",
+                    ratio(v.median, flat_v.median) if flat_v else "-",
+                    f"{v.compile_s:.2f}",
+                    f"{v.compile_cpu_s:.2f}",
+                    f"{v.traffic:.1f}",
+                    f"{v.state_bytes:.2f}" if not v.name.endswith("floor") else "-",
+                ]
+            )
         print(
-            f"[{name}] " + ", ".join(f"{v.name} {ms(v.median)} ms" for v in variants)
+            f"[{name}] "
+            + ", ".join(f"{v.name} {ms(v.median)} ms" for v in variants)
             + f"  ({time.perf_counter() - t0:.0f} s)",
             flush=True,
         )
@@ -158,12 +179,24 @@ def main(argv=None):
         pygc.collect()
 
     print()
-    print(markdown_table(
-        ["optimizer", "variant", "step (ms)", "vs optax", "vs array floor", "vs 1-pass floor", "vs flat",
-         "compile (s)", "compile CPU (s)",
-         "traffic (B/param)", "state (B/param)"],
-        rows,
-    ))
+    print(
+        markdown_table(
+            [
+                "optimizer",
+                "variant",
+                "step (ms)",
+                "vs optax",
+                "vs array floor",
+                "vs 1-pass floor",
+                "vs flat",
+                "compile (s)",
+                "compile CPU (s)",
+                "traffic (B/param)",
+                "state (B/param)",
+            ],
+            rows,
+        )
+    )
     for note in notes:
         print(f"- {note}")
 

@@ -13,14 +13,13 @@ import importlib as _importlib
 import sys as _sys
 
 from gradchain import checkpoint, contrib, core, optimizers, scale_out, schedules, transforms
-from gradchain.checkpoint import *  # noqa: F403
-from gradchain.contrib import *  # noqa: F403
-from gradchain.core import *  # noqa: F403
-from gradchain.core import bias_correction, safe_increment
-from gradchain.optimizers import *  # noqa: F403
-from gradchain.scale_out import *  # noqa: F403
-from gradchain.schedules import *  # noqa: F403
-from gradchain.transforms import *  # noqa: F403
+from gradchain.checkpoint import *
+from gradchain.contrib import *
+from gradchain.core import *
+from gradchain.optimizers import *
+from gradchain.scale_out import *
+from gradchain.schedules import *
+from gradchain.transforms import *
 
 __version__ = "0.1.0"
 

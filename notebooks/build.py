@@ -26,7 +26,10 @@ def cells_of(source: str):
     def flush():
         text = "\n".join(lines).strip("\n")
         if kind == "markdown":
-            text = "\n".join(line[2:] if line.startswith("# ") else line.lstrip("#") for line in text.splitlines())
+            text = "\n".join(
+                line[2:] if line.startswith("# ") else line.lstrip("#")
+                for line in text.splitlines()
+            )
             cells.append(nbformat.v4.new_markdown_cell(text))
         elif kind == "code" and text.strip():
             cells.append(nbformat.v4.new_code_cell(text))
@@ -43,10 +46,16 @@ def cells_of(source: str):
 
 def build(src: pathlib.Path, execute: bool = True) -> pathlib.Path:
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nb.cells = cells_of(src.read_text())
     if execute:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}).execute()
+        NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}
+        ).execute()
     out = HERE / (src.stem + ".ipynb")
     nbformat.write(nb, out)
     return out

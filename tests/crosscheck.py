@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+
 # A pytree with a scalar, a vector, a matrix, a 3-D tensor and a bfloat16 leaf.
 def mixed_params(seed: int = 0, bf16: bool = True):
     k = jax.random.split(jax.random.PRNGKey(seed), 5)

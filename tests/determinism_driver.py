@@ -24,8 +24,11 @@ def digest(name: str) -> str:
     tx = OPTIMIZERS[name]()
     key = jax.random.PRNGKey(42)
     k1, k2, k3 = jax.random.split(key, 3)
-    params = {"w": jax.random.normal(k1, (8, 6)), "b": jax.random.normal(k2, (6,)),
-              "h": jax.random.normal(k3, (6, 4)).astype(jnp.bfloat16)}
+    params = {
+        "w": jax.random.normal(k1, (8, 6)),
+        "b": jax.random.normal(k2, (6,)),
+        "h": jax.random.normal(k3, (6, 4)).astype(jnp.bfloat16),
+    }
     state = tx.init(params)
 
     @jax.jit

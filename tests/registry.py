@@ -42,8 +42,10 @@ def _labels_by_ndim(tree):
 
 def _loss(params):
     """A scalar loss of any parameter tree, for the transformations that take ``obj_fn=``."""
-    return sum((jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(params)),
-               jnp.zeros((), jnp.float32))
+    return sum(
+        (jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(params)),
+        jnp.zeros((), jnp.float32),
+    )
 
 
 def _sampled_grads(params, key):
@@ -123,8 +125,12 @@ TRANSFORMS: tuple[Entry, ...] = (
     # base
     E("identity", gc.identity, nonfinite="coordinate", keeps_nan=False),
     E("chain", lambda: gc.chain(gc.clip(1.0), gc.scale(0.5)), keeps_nan=False),
-    E("named_chain", lambda: gc.named_chain("clipped_sgd", {}, gc.clip(1.0), gc.sgd(0.1)),
-      optimizer=True, keeps_nan=False),
+    E(
+        "named_chain",
+        lambda: gc.named_chain("clipped_sgd", {}, gc.clip(1.0), gc.sgd(0.1)),
+        optimizer=True,
+        keeps_nan=False,
+    ),
     E("to_optax", lambda: gc.to_optax(gc.adam(0.1)), optimizer=True),
     # adaptive
     E("scale_by_adam", gc.scale_by_adam),
@@ -132,88 +138,186 @@ TRANSFORMS: tuple[Entry, ...] = (
     E("scale_by_rms", gc.scale_by_rms),
     E("scale_by_stddev", gc.scale_by_stddev),
     # averaging
-    E("params_ema", lambda: gc.params_ema(0.9), needs_params=True, abstract_init=False,
-      keeps_nan=False),  # the updates pass through; the average itself keeps the NaN
-    E("lookahead", lambda: gc.lookahead(gc.adam(0.1), sync_period=2, slow_step_size=0.5),
-      optimizer=True, needs_params=True, wrap_params=gc.LookaheadParams.init_synced),
+    E(
+        "params_ema",
+        lambda: gc.params_ema(0.9),
+        needs_params=True,
+        abstract_init=False,
+        keeps_nan=False,
+    ),  # the updates pass through; the average itself keeps the NaN
+    E(
+        "lookahead",
+        lambda: gc.lookahead(gc.adam(0.1), sync_period=2, slow_step_size=0.5),
+        optimizer=True,
+        needs_params=True,
+        wrap_params=gc.LookaheadParams.init_synced,
+    ),
     # clipping
     E("clip", lambda: gc.clip(0.5), keeps_nan=False),
     E("clip_by_block_rms", lambda: gc.clip_by_block_rms(0.5), nonfinite="leaf", keeps_nan=False),
-    E("clip_by_global_norm", lambda: gc.clip_by_global_norm(0.5), nonfinite="tree",
-      keeps_nan=False),
+    E(
+        "clip_by_global_norm",
+        lambda: gc.clip_by_global_norm(0.5),
+        nonfinite="tree",
+        keeps_nan=False,
+    ),
     # combinators
     E("masked", lambda: gc.masked(gc.scale_by_adam(), _by_ndim)),
     E("freeze", lambda: gc.freeze(_below_2d), keeps_nan=False),
-    E("partition", lambda: gc.partition({"matrix": gc.adam(0.1), "other": gc.sgd(0.1, 0.9)},
-                                        _labels_by_ndim), optimizer=True),
-    E("multi_transform", lambda: gc.multi_transform({"matrix": gc.adamw(0.1), "other": gc.sgd(0.1)},
-                                                    _labels_by_ndim), optimizer=True,
-      needs_params=True),
-    E("selective_transform", lambda: gc.selective_transform(gc.adam(0.1), freeze_mask=_below_2d),
-      optimizer=True),
+    E(
+        "partition",
+        lambda: gc.partition({"matrix": gc.adam(0.1), "other": gc.sgd(0.1, 0.9)}, _labels_by_ndim),
+        optimizer=True,
+    ),
+    E(
+        "multi_transform",
+        lambda: gc.multi_transform(
+            {"matrix": gc.adamw(0.1), "other": gc.sgd(0.1)}, _labels_by_ndim
+        ),
+        optimizer=True,
+        needs_params=True,
+    ),
+    E(
+        "selective_transform",
+        lambda: gc.selective_transform(gc.adam(0.1), freeze_mask=_below_2d),
+        optimizer=True,
+    ),
     E("set_to_zero", gc.set_to_zero, nonfinite="none", keeps_nan=False),
     E("zero_nans", gc.zero_nans, nonfinite="zeroed", keeps_nan=False),
-    E("apply_if_finite", lambda: gc.apply_if_finite(gc.adam(0.1), 2), optimizer=True,
-      nonfinite="zeroed", keeps_nan=False),
+    E(
+        "apply_if_finite",
+        lambda: gc.apply_if_finite(gc.adam(0.1), 2),
+        optimizer=True,
+        nonfinite="zeroed",
+        keeps_nan=False,
+    ),
     E("MultiSteps", lambda: gc.MultiSteps(gc.adam(0.1), 2), optimizer=True, nonfinite="held"),
-    E("MultiSteps",
-      lambda: gc.MultiSteps(gc.adam(0.1), 2, should_skip_update_fn=gc.skip_not_finite),
-      optimizer=True, nonfinite="zeroed", keeps_nan=False, variant="skip_not_finite"),
+    E(
+        "MultiSteps",
+        lambda: gc.MultiSteps(gc.adam(0.1), 2, should_skip_update_fn=gc.skip_not_finite),
+        optimizer=True,
+        nonfinite="zeroed",
+        keeps_nan=False,
+        variant="skip_not_finite",
+    ),
     # decay
-    E("add_decoupled_weight_decay", lambda: gc.add_decoupled_weight_decay(0.1), needs_params=True,
-      keeps_nan=False),
-    E("add_decayed_weights", lambda: gc.add_decayed_weights(0.1, mask=_by_ndim),
-      needs_params=True, keeps_nan=False),
+    E(
+        "add_decoupled_weight_decay",
+        lambda: gc.add_decoupled_weight_decay(0.1),
+        needs_params=True,
+        keeps_nan=False,
+    ),
+    E(
+        "add_decayed_weights",
+        lambda: gc.add_decayed_weights(0.1, mask=_by_ndim),
+        needs_params=True,
+        keeps_nan=False,
+    ),
     E("add_l2_penalty", lambda: gc.add_l2_penalty(0.1), needs_params=True, keeps_nan=False),
     # factored
-    E("factored_second_moment", lambda: gc.factored_second_moment(min_dim_size_to_factor=2),
-      nonfinite="leaf"),
+    E(
+        "factored_second_moment",
+        lambda: gc.factored_second_moment(min_dim_size_to_factor=2),
+        nonfinite="leaf",
+    ),
     E("scale_by_factored_rms", lambda: gc.scale_by_factored_rms(min_dim_size_to_factor=128)),
-    E("scale_by_param_block_rms", gc.scale_by_param_block_rms, needs_params=True,
-      keeps_nan=False),
+    E("scale_by_param_block_rms", gc.scale_by_param_block_rms, needs_params=True, keeps_nan=False),
     # galore
     E("scale_by_galore", lambda: gc.scale_by_galore(rank=1, update_proj_gap=2), nonfinite="leaf"),
-    E("galore", lambda: gc.galore(0.1, rank=1, update_proj_gap=2, weight_decay=0.01),
-      optimizer=True, needs_params=True, nonfinite="leaf"),
+    E(
+        "galore",
+        lambda: gc.galore(0.1, rank=1, update_proj_gap=2, weight_decay=0.01),
+        optimizer=True,
+        needs_params=True,
+        nonfinite="leaf",
+    ),
     # momentum
     E("ema", lambda: gc.ema(0.9)),
     E("trace", lambda: gc.trace(0.9, nesterov=True)),
     # muon
     E("scale_by_muon", gc.scale_by_muon, matrices=True, nonfinite="leaf"),
     E("scale_by_shape", gc.scale_by_shape, matrices=True, keeps_nan=False),
-    E("muon", lambda: gc.muon(0.1, weight_decay=0.01), optimizer=True, needs_params=True,
-      nonfinite="leaf"),
-    E("muon", lambda: gc.muon(0.1, param_labels=gc.muon_labels), optimizer=True,
-      needs_params=True, max_ndim=2, nonfinite="leaf", variant="muon_labels"),
+    E(
+        "muon",
+        lambda: gc.muon(0.1, weight_decay=0.01),
+        optimizer=True,
+        needs_params=True,
+        nonfinite="leaf",
+    ),
+    E(
+        "muon",
+        lambda: gc.muon(0.1, param_labels=gc.muon_labels),
+        optimizer=True,
+        needs_params=True,
+        max_ndim=2,
+        nonfinite="leaf",
+        variant="muon_labels",
+    ),
     # named optimizers
     E("sgd", lambda: gc.sgd(0.1), optimizer=True, keeps_nan=False),
     E("sgd", lambda: gc.sgd(0.1, momentum=0.9, nesterov=True), optimizer=True, variant="momentum"),
     E("adam", lambda: gc.adam(0.1), optimizer=True),
     E("adamw", lambda: gc.adamw(0.1, weight_decay=0.1), optimizer=True, needs_params=True),
     E("rmsprop", lambda: gc.rmsprop(0.1, momentum=0.9, centered=True), optimizer=True),
-    E("adafactor", lambda: gc.adafactor(0.1, min_dim_size_to_factor=2), optimizer=True,
-      needs_params=True, nonfinite="leaf"),
+    E(
+        "adafactor",
+        lambda: gc.adafactor(0.1, min_dim_size_to_factor=2),
+        optimizer=True,
+        needs_params=True,
+        nonfinite="leaf",
+    ),
     # scaling
     E("scale", lambda: gc.scale(0.5), keeps_nan=False),
     E("scale_by_learning_rate", lambda: gc.scale_by_learning_rate(0.1), keeps_nan=False),
-    E("scale_by_schedule", lambda: gc.scale_by_schedule(gc.linear_schedule(1.0, 0.1, 10)),
-      keeps_nan=False),
+    E(
+        "scale_by_schedule",
+        lambda: gc.scale_by_schedule(gc.linear_schedule(1.0, 0.1, 10)),
+        keeps_nan=False,
+    ),
     # schedule-free
-    E("schedule_free", lambda: gc.schedule_free(gc.sgd(0.1), 0.1), optimizer=True,
-      needs_params=True, abstract_init=False),
-    E("schedule_free_sgd", lambda: gc.schedule_free_sgd(0.1, warmup_steps=2), optimizer=True,
-      needs_params=True, abstract_init=False),
-    E("schedule_free_adamw", lambda: gc.schedule_free_adamw(0.1, weight_decay=0.01),
-      optimizer=True, needs_params=True, abstract_init=False),
+    E(
+        "schedule_free",
+        lambda: gc.schedule_free(gc.sgd(0.1), 0.1),
+        optimizer=True,
+        needs_params=True,
+        abstract_init=False,
+    ),
+    E(
+        "schedule_free_sgd",
+        lambda: gc.schedule_free_sgd(0.1, warmup_steps=2),
+        optimizer=True,
+        needs_params=True,
+        abstract_init=False,
+    ),
+    E(
+        "schedule_free_adamw",
+        lambda: gc.schedule_free_adamw(0.1, weight_decay=0.01),
+        optimizer=True,
+        needs_params=True,
+        abstract_init=False,
+    ),
     # schedules
-    E("reduce_on_plateau", lambda: gc.reduce_on_plateau(patience=1), extra={"value": 1.0},
-      keeps_nan=False),
+    E(
+        "reduce_on_plateau",
+        lambda: gc.reduce_on_plateau(patience=1),
+        extra={"value": 1.0},
+        keeps_nan=False,
+    ),
     # flat multi-tensor buffers
-    E("flatten", lambda: gc.flatten(gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(0.1))),
-      optimizer=True, needs_params=True, nonfinite="tree"),
+    E(
+        "flatten",
+        lambda: gc.flatten(gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(0.1))),
+        optimizer=True,
+        needs_params=True,
+        nonfinite="tree",
+    ),
     # sharding
-    E("zero1", lambda: gc.zero1(gc.adamw(0.1), _one_device_mesh()), optimizer=True,
-      needs_params=True),
+    E(
+        "zero1",
+        lambda: gc.zero1(gc.adamw(0.1), _one_device_mesh()),
+        optimizer=True,
+        needs_params=True,
+    ),
     # adagrad
     E("scale_by_rss", gc.scale_by_rss),
     E("adagrad", lambda: gc.adagrad(0.1), optimizer=True),
@@ -232,42 +336,100 @@ TRANSFORMS: tuple[Entry, ...] = (
     E("scale_by_lion", gc.scale_by_lion),
     E("lion", lambda: gc.lion(0.1), optimizer=True, needs_params=True),
     # trust ratio
-    E("scale_by_trust_ratio", gc.scale_by_trust_ratio, needs_params=True, nonfinite="leaf",
-      keeps_nan=False),
-    E("lamb", lambda: gc.lamb(0.1, weight_decay=0.01), optimizer=True, needs_params=True,
-      nonfinite="leaf"),
-    E("lars", lambda: gc.lars(0.1, weight_decay=0.01), optimizer=True, needs_params=True,
-      nonfinite="leaf"),
+    E(
+        "scale_by_trust_ratio",
+        gc.scale_by_trust_ratio,
+        needs_params=True,
+        nonfinite="leaf",
+        keeps_nan=False,
+    ),
+    E(
+        "lamb",
+        lambda: gc.lamb(0.1, weight_decay=0.01),
+        optimizer=True,
+        needs_params=True,
+        nonfinite="leaf",
+    ),
+    E(
+        "lars",
+        lambda: gc.lars(0.1, weight_decay=0.01),
+        optimizer=True,
+        needs_params=True,
+        nonfinite="leaf",
+    ),
     # learning-rate free
-    E("scale_by_prodigy", gc.scale_by_prodigy, needs_params=True, abstract_init=False,
-      param_copies=("params0",)),
-    E("prodigy", lambda: gc.prodigy(), optimizer=True, needs_params=True, abstract_init=False,
-      param_copies=("params0",)),
+    E(
+        "scale_by_prodigy",
+        gc.scale_by_prodigy,
+        needs_params=True,
+        abstract_init=False,
+        param_copies=("params0",),
+    ),
+    E(
+        "prodigy",
+        lambda: gc.prodigy(),
+        optimizer=True,
+        needs_params=True,
+        abstract_init=False,
+        param_copies=("params0",),
+    ),
     E("scale_by_dadapt_adamw", gc.scale_by_dadapt_adamw, needs_params=True),
     E("dadapt_adamw", lambda: gc.dadapt_adamw(), optimizer=True, needs_params=True),
     # Sophia
-    E("hutchinson_estimator_diag_hessian", lambda: gc.hutchinson_estimator_diag_hessian(0),
-      extra=SOPHIA_EXTRA, needs_params=True, nonfinite="none", keeps_nan=False,
-      floats_only=True),
-    E("gauss_newton_bartlett_estimator_diag_hessian",
-      lambda: gc.gauss_newton_bartlett_estimator_diag_hessian(8, 0),
-      extra={"sampled_grad_fn": _sampled_grads}, needs_params=True, nonfinite="none",
-      keeps_nan=False, floats_only=True),
-    E("scale_by_sophia", lambda: gc.scale_by_sophia(update_interval=1), extra=SOPHIA_EXTRA,
-      needs_params=True),
-    E("sophia", lambda: gc.sophia(0.1, update_interval=1), extra=SOPHIA_EXTRA, optimizer=True,
-      needs_params=True),
+    E(
+        "hutchinson_estimator_diag_hessian",
+        lambda: gc.hutchinson_estimator_diag_hessian(0),
+        extra=SOPHIA_EXTRA,
+        needs_params=True,
+        nonfinite="none",
+        keeps_nan=False,
+        floats_only=True,
+    ),
+    E(
+        "gauss_newton_bartlett_estimator_diag_hessian",
+        lambda: gc.gauss_newton_bartlett_estimator_diag_hessian(8, 0),
+        extra={"sampled_grad_fn": _sampled_grads},
+        needs_params=True,
+        nonfinite="none",
+        keeps_nan=False,
+        floats_only=True,
+    ),
+    E(
+        "scale_by_sophia",
+        lambda: gc.scale_by_sophia(update_interval=1),
+        extra=SOPHIA_EXTRA,
+        needs_params=True,
+    ),
+    E(
+        "sophia",
+        lambda: gc.sophia(0.1, update_interval=1),
+        extra=SOPHIA_EXTRA,
+        optimizer=True,
+        needs_params=True,
+    ),
     # 8-bit states
-    E("quantize_moments", lambda: gc.quantize_moments(gc.adam(0.1), **Q8), optimizer=True,
-      floats_only=True),
-    E("adam_8bit", lambda: gc.adam_8bit(0.1, **Q8), optimizer=True,
-      floats_only=True),
-    E("adamw_8bit", lambda: gc.adamw_8bit(0.1, **Q8), optimizer=True, needs_params=True,
-      floats_only=True),
-    E("sgd_8bit", lambda: gc.sgd_8bit(0.1, momentum=0.9, **Q8), optimizer=True,
-      floats_only=True),
-    E("lion_8bit", lambda: gc.lion_8bit(0.1, **Q8), optimizer=True, needs_params=True,
-      floats_only=True),
+    E(
+        "quantize_moments",
+        lambda: gc.quantize_moments(gc.adam(0.1), **Q8),
+        optimizer=True,
+        floats_only=True,
+    ),
+    E("adam_8bit", lambda: gc.adam_8bit(0.1, **Q8), optimizer=True, floats_only=True),
+    E(
+        "adamw_8bit",
+        lambda: gc.adamw_8bit(0.1, **Q8),
+        optimizer=True,
+        needs_params=True,
+        floats_only=True,
+    ),
+    E("sgd_8bit", lambda: gc.sgd_8bit(0.1, momentum=0.9, **Q8), optimizer=True, floats_only=True),
+    E(
+        "lion_8bit",
+        lambda: gc.lion_8bit(0.1, **Q8),
+        optimizer=True,
+        needs_params=True,
+        floats_only=True,
+    ),
 )
 
 TRANSFORM_NAMES = frozenset(e.name for e in TRANSFORMS)
@@ -280,23 +442,26 @@ SCHEDULES: dict[str, Callable[[], Callable]] = {
     "cosine_warm_restarts_schedule": lambda: gc.cosine_warm_restarts_schedule(1.0, 10, T_mult=2),
     "exponential_decay": lambda: gc.exponential_decay(1.0, 10, 0.5, end_value=0.01),
     "join_schedules": lambda: gc.join_schedules(
-        (gc.linear_schedule(0.0, 1.0, 10), gc.constant_schedule(1.0)), (10,)),
+        (gc.linear_schedule(0.0, 1.0, 10), gc.constant_schedule(1.0)), (10,)
+    ),
     "linear_onecycle_schedule": lambda: gc.linear_onecycle_schedule(100, 1.0),
     "linear_schedule": lambda: gc.linear_schedule(1.0, 0.1, 100, transition_begin=5),
     "piecewise_constant_schedule": lambda: gc.piecewise_constant_schedule(1.0, {10: 0.5, 20: 0.1}),
     "piecewise_interpolate_schedule": lambda: gc.piecewise_interpolate_schedule(
-        "cosine", 1.0, {10: 0.5, 20: 0.1}),
+        "cosine", 1.0, {10: 0.5, 20: 0.1}
+    ),
     "polynomial_schedule": lambda: gc.polynomial_schedule(1.0, 0.1, 2.0, 100),
     "sgdr_schedule": lambda: gc.sgdr_schedule(
-        [dict(init_value=0.0, peak_value=1.0, warmup_steps=2, decay_steps=10)] * 2),
+        [dict(init_value=0.0, peak_value=1.0, warmup_steps=2, decay_steps=10)] * 2
+    ),
     "warmup_constant_schedule": lambda: gc.warmup_constant_schedule(0.0, 1.0, 10),
     "warmup_cosine_decay_schedule": lambda: gc.warmup_cosine_decay_schedule(0.0, 1.0, 10, 100),
     "warmup_exponential_decay_schedule": lambda: gc.warmup_exponential_decay_schedule(
-        0.0, 1.0, 10, 10, 0.5),
+        0.0, 1.0, 10, 10, 0.5
+    ),
     "warmup_inverse_sqrt_schedule": lambda: gc.warmup_inverse_sqrt_schedule(0.0, 1.0, 10),
     "warmup_linear_decay_schedule": lambda: gc.warmup_linear_decay_schedule(0.0, 1.0, 10, 100),
-    "warmup_stable_decay_schedule": lambda: gc.warmup_stable_decay_schedule(
-        0.0, 1.0, 10, 100, 20),
+    "warmup_stable_decay_schedule": lambda: gc.warmup_stable_decay_schedule(0.0, 1.0, 10, 100, 20),
 }
 
 # Public names that are not transformations or schedules, with what they are.

@@ -46,7 +46,10 @@ def optimizers() -> dict:
             gc.path_labels({"bias": "no_decay"}, default="decay"),
         ),
         "wrapped": gc.apply_if_finite(
-            gc.MultiSteps(gc.chain(gc.clip_by_global_norm(1.0), gc.adam(1e-2), gc.params_ema(0.9)), 3), 2
+            gc.MultiSteps(
+                gc.chain(gc.clip_by_global_norm(1.0), gc.adam(1e-2), gc.params_ema(0.9)), 3
+            ),
+            2,
         ),
     }
 

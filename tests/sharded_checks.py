@@ -23,27 +23,27 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ["JAX_PLATFORMS"] = "cpu"
 
-import functools  # noqa: E402
-import json  # noqa: E402
-import pathlib  # noqa: E402
-import re  # noqa: E402
-import sys  # noqa: E402
-import traceback  # noqa: E402
+import functools
+import json
+import pathlib
+import re
+import sys
+import traceback
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.sharding import AxisType, NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-import gradchain as gc  # noqa: E402
-from gradchain.base import (  # noqa: E402
+import gradchain as gc
+from gradchain.base import (
     GradientTransformation,
     state_class,
     transformation,
     tree_map_multi,
 )
-from gradchain.numerics import (  # noqa: E402
+from gradchain.numerics import (
     ema,
     init_count,
     safe_increment,
@@ -579,7 +579,7 @@ def _(opt):
 
 @check("zero1_state_bytes_are_an_eighth")
 def _():
-    mesh8, tx, params, sharded, _, _ = zero1_run("adamw", "auto")
+    mesh8, tx, params, _sharded, _, _ = zero1_run("adamw", "auto")
     replicated_params = place(params, mesh8, {n: P() for n in DP_SHAPES})
     plain = gc.adamw(1e-2, weight_decay=0.1).init(replicated_params)
     zero = tx.init(replicated_params)

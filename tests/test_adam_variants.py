@@ -5,25 +5,34 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
-import gradchain as gc
 from crosscheck import assert_trees_close, gradient_stream, mixed_params, run
 from family_a_support import Quadratic, committed, numpy_run, run_on_loss
+
+import gradchain as gc
 
 STEPS = 20
 
 OPTAX_CASES = {
     "nadam": (lambda: gc.nadam(0.01), lambda: optax.nadam(0.01)),
-    "nadamw": (lambda: gc.nadamw(0.01, weight_decay=0.1), lambda: optax.nadamw(0.01, weight_decay=0.1)),
+    "nadamw": (
+        lambda: gc.nadamw(0.01, weight_decay=0.1),
+        lambda: optax.nadamw(0.01, weight_decay=0.1),
+    ),
     "radam": (lambda: gc.radam(0.01), lambda: optax.radam(0.01)),
-    "radam_nesterov": (lambda: gc.radam(0.01, nesterov=True), lambda: optax.radam(0.01, nesterov=True)),
+    "radam_nesterov": (
+        lambda: gc.radam(0.01, nesterov=True),
+        lambda: optax.radam(0.01, nesterov=True),
+    ),
     "amsgrad": (lambda: gc.amsgrad(0.01), lambda: optax.amsgrad(0.01)),
     "amsgrad_paper": (
         lambda: gc.amsgrad(0.01, bias_correction_mu=False, bias_correction_nu=False),
         lambda: optax.amsgrad(0.01, bias_correction_mu=False, bias_correction_nu=False),
     ),
     "adamax": (lambda: gc.adamax(0.01), lambda: optax.adamax(0.01)),
-    "adamaxw": (lambda: gc.adamaxw(0.01, weight_decay=0.1), lambda: optax.adamaxw(0.01, weight_decay=0.1)),
+    "adamaxw": (
+        lambda: gc.adamaxw(0.01, weight_decay=0.1),
+        lambda: optax.adamaxw(0.01, weight_decay=0.1),
+    ),
     "adagrad": (lambda: gc.adagrad(0.1), lambda: optax.adagrad(0.1)),
 }
 
@@ -55,8 +64,8 @@ def torch_amsgrad(lr, b1=0.9, b2=0.999, eps=1e-8):
             v = b2 * v + (1 - b2) * g[k] ** 2
             vmax = np.maximum(vmax, v)
             st[k] = (m, v, vmax)
-            denom = np.sqrt(vmax) / np.sqrt(1 - b2 ** t) + eps
-            out[k] = p[k] - lr / (1 - b1 ** t) * m / denom
+            denom = np.sqrt(vmax) / np.sqrt(1 - b2**t) + eps
+            out[k] = p[k] - lr / (1 - b1**t) * m / denom
         return out
 
     return step
@@ -77,7 +86,7 @@ def torch_nadam(lr, b1=0.9, b2=0.999, eps=1e-8, psi=4e-3):
             m = b1 * m + (1 - b1) * g[k]
             v = b2 * v + (1 - b2) * g[k] ** 2
             st[k] = (m, v)
-            denom = np.sqrt(v / (1 - b2 ** t)) + eps
+            denom = np.sqrt(v / (1 - b2**t)) + eps
             out[k] = (
                 p[k]
                 - lr * (1 - mu_t) / (1 - prod) * g[k] / denom
@@ -94,17 +103,17 @@ def torch_radam(lr, b1=0.9, b2=0.999, eps=1e-8):
     rho_inf = 2 / (1 - b2) - 1
 
     def step(p, g, t):
-        rho = rho_inf - 2 * t * b2 ** t / (1 - b2 ** t)
+        rho = rho_inf - 2 * t * b2**t / (1 - b2**t)
         out = {}
         for k in p:
             m, v = st.get(k, (0.0, 0.0))
             m = b1 * m + (1 - b1) * g[k]
             v = b2 * v + (1 - b2) * g[k] ** 2
             st[k] = (m, v)
-            m_hat = m / (1 - b1 ** t)
+            m_hat = m / (1 - b1**t)
             if rho > 5:
                 r = np.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
-                out[k] = p[k] - lr * m_hat * r * np.sqrt(1 - b2 ** t) / (np.sqrt(v) + eps)
+                out[k] = p[k] - lr * m_hat * r * np.sqrt(1 - b2**t) / (np.sqrt(v) + eps)
             else:
                 out[k] = p[k] - lr * m_hat
         return out
@@ -164,7 +173,9 @@ def test_reference_keyword_follows_the_reference_formula(name):
     want = numpy_run(reference(), problem, STEPS)
     with jax.enable_x64(True):
         got, _ = run_on_loss(ours(), problem.params(), problem.loss, STEPS, gc.apply_updates)
-        optax_way, _ = run_on_loss(default(), problem.params(), problem.loss, STEPS, gc.apply_updates)
+        optax_way, _ = run_on_loss(
+            default(), problem.params(), problem.loss, STEPS, gc.apply_updates
+        )
     assert_trees_close(got[-1], want[-1], rtol=1e-10, atol=1e-12)
     # The keyword matters: the default (optax's convention) is measurably elsewhere.
     gap = max(float(np.max(np.abs(np.asarray(optax_way[-1][k]) - want[-1][k]))) for k in want[-1])
@@ -211,7 +222,7 @@ def test_radam_takes_momentum_steps_until_rho_reaches_the_threshold(strict):
         for t, g in enumerate(g_seq, start=1):
             u, state = update({"w": jnp.asarray(g)}, state, {"w": jnp.zeros(3)})
             m = b1 * m + (1 - b1) * g
-            momentum_step = -m / (1 - b1 ** t)
+            momentum_step = -m / (1 - b1**t)
             if t <= 5:
                 np.testing.assert_allclose(u["w"], momentum_step, rtol=1e-12)
             else:
@@ -254,8 +265,10 @@ def test_reference_states_are_read_by_name():
     "build, message",
     [
         (lambda: gc.amsgrad(0.1, b2=1.0), r"b2 must be in \[0, 1\)"),
-        (lambda: gc.amsgrad(0.1, bias_correction_nu=False, debias_after_max=True),
-         "debias_after_max=True .* needs bias_correction_nu=True"),
+        (
+            lambda: gc.amsgrad(0.1, bias_correction_nu=False, debias_after_max=True),
+            "debias_after_max=True .* needs bias_correction_nu=True",
+        ),
         (lambda: gc.amsgrad(0.1, bias_correction_mu="yes"), "bias_correction_mu must be a bool"),
         (lambda: gc.nadam(0.1, momentum_decay=-1e-3), r"momentum_decay must be in \[0, inf\)"),
         (lambda: gc.nadamw(-0.1), r"learning_rate must be in \[0, inf\)"),
@@ -263,8 +276,10 @@ def test_reference_states_are_read_by_name():
         (lambda: gc.radam(0.1, eps=-1e-8), r"eps must be in \[0, inf\)"),
         (lambda: gc.adamax(0.1, b1=1.5), r"b1 must be in \[0, 1\)"),
         (lambda: gc.adamaxw(0.1, weight_decay=-1.0), r"weight_decay must be in \[0, inf\)"),
-        (lambda: gc.adagrad(0.1, initial_accumulator_value=-0.1),
-         r"initial_accumulator_value must be in \[0, inf\)"),
+        (
+            lambda: gc.adagrad(0.1, initial_accumulator_value=-0.1),
+            r"initial_accumulator_value must be in \[0, inf\)",
+        ),
         (lambda: gc.adagrad(0.1, eps_in_sqrt=1), "eps_in_sqrt must be a bool"),
     ],
 )

@@ -24,10 +24,10 @@ import math
 import jax
 import jax.numpy as jnp
 import pytest
+from registry import SCHEDULES, TRANSFORMS
 
 import gradchain as gc
 from gradchain.base import Chain, GradientTransformation
-from registry import SCHEDULES, TRANSFORMS
 
 IDS = [e.id for e in TRANSFORMS]
 by_entry = pytest.mark.parametrize("entry", TRANSFORMS, ids=IDS)
@@ -109,8 +109,11 @@ def test_updates_of_another_shape_name_the_path(entry, jit):
         _update(entry, tx, updates, state, entry.params_arg(params), jit)
 
 
-@pytest.mark.parametrize("entry", [e for e in TRANSFORMS if e.needs_params],
-                         ids=[e.id for e in TRANSFORMS if e.needs_params])
+@pytest.mark.parametrize(
+    "entry",
+    [e for e in TRANSFORMS if e.needs_params],
+    ids=[e.id for e in TRANSFORMS if e.needs_params],
+)
 @eager_and_jit
 def test_params_of_another_structure_name_the_first_differing_path(entry, jit):
     params, b_shape, _ = _trees(entry)

@@ -7,16 +7,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from crosscheck import assert_trees_close, gradient_stream, mixed_params, run
 
 import gradchain as gc
-from crosscheck import assert_trees_close, gradient_stream, mixed_params, run
 
 
 def test_repr_shows_the_chain_and_every_hyperparameter():
     text = repr(gc.adamw(1e-3))
     assert text.startswith("adamw(learning_rate=0.001")
-    for part in ("scale_by_adam(b1=0.9, b2=0.999, eps=1e-08", "add_decoupled_weight_decay(weight_decay=0.0001",
-                 "scale_by_learning_rate(learning_rate=0.001"):
+    for part in (
+        "scale_by_adam(b1=0.9, b2=0.999, eps=1e-08",
+        "add_decoupled_weight_decay(weight_decay=0.0001",
+        "scale_by_learning_rate(learning_rate=0.001",
+    ):
         assert part in text
 
 
@@ -25,7 +28,7 @@ def test_hyperparameters_read_back_by_name():
     assert tx.learning_rate == 3e-4 and tx.b1 == 0.8 and tx.b2 == 0.999 and tx.weight_decay == 0.1
     assert gc.scale_by_adam(eps=1e-6).eps == 1e-6
     with pytest.raises(AttributeError, match="no hyperparameter 'momentum_decay'"):
-        tx.momentum_decay
+        _ = tx.momentum_decay
 
 
 def test_equal_arguments_give_equal_transformations():
@@ -105,10 +108,18 @@ def test_tree_set_changes_a_hyperparameter_without_recompiling():
 def test_gradchain_transform_inside_optax_chain():
     params = mixed_params(bf16=False)
     grads = gradient_stream(params, 20)
-    ours, _ = run(optax.chain(gc.clip_by_global_norm(1.0), optax.scale_by_adam(), optax.scale(-0.01)),
-                  params, grads, optax.apply_updates)
-    ref, _ = run(optax.chain(optax.clip_by_global_norm(1.0), optax.scale_by_adam(), optax.scale(-0.01)),
-                 params, grads, optax.apply_updates)
+    ours, _ = run(
+        optax.chain(gc.clip_by_global_norm(1.0), optax.scale_by_adam(), optax.scale(-0.01)),
+        params,
+        grads,
+        optax.apply_updates,
+    )
+    ref, _ = run(
+        optax.chain(optax.clip_by_global_norm(1.0), optax.scale_by_adam(), optax.scale(-0.01)),
+        params,
+        grads,
+        optax.apply_updates,
+    )
     assert_trees_close(ours[-1], ref[-1])
 
 
@@ -117,8 +128,12 @@ def test_optax_transform_inside_gradchain_chain():
     grads = gradient_stream(params, 20)
     tx = gc.chain(optax.clip_by_global_norm(1.0), gc.adam(0.01))
     ours, state = run(tx, params, grads, gc.apply_updates)
-    ref, _ = run(optax.chain(optax.clip_by_global_norm(1.0), optax.adam(0.01)), params, grads,
-                 optax.apply_updates)
+    ref, _ = run(
+        optax.chain(optax.clip_by_global_norm(1.0), optax.adam(0.01)),
+        params,
+        grads,
+        optax.apply_updates,
+    )
     assert_trees_close(ours[-1], ref[-1])
     assert state.names[0] == "clip_by_global_norm"
 
@@ -127,7 +142,9 @@ def test_updates_with_another_structure_name_the_first_differing_path():
     tx = gc.adam(1e-3)
     params = {"a": jnp.ones(2), "b": jnp.ones(3)}
     state = tx.init(params)
-    with pytest.raises(ValueError, match=r"first difference at leaf 1: updates has \['c'\], state.mu has \['b'\]"):
+    with pytest.raises(
+        ValueError, match=r"first difference at leaf 1: updates has \['c'\], state.mu has \['b'\]"
+    ):
         tx.update({"a": jnp.ones(2), "c": jnp.ones(3)}, state, params)
     with pytest.raises(ValueError, match=r"differ in shape at \['b'\]: \(4,\) vs \(3,\)"):
         tx.update({"a": jnp.ones(2), "b": jnp.ones(4)}, state, params)
@@ -142,7 +159,9 @@ def test_weight_decay_without_params_is_a_clear_error():
 
 def test_a_chain_rejects_a_state_it_did_not_make():
     with pytest.raises(ValueError, match="expected the state made by this chain's init"):
-        gc.adam(1e-3).update({"w": jnp.ones(2)}, gc.sgd(0.1, momentum=0.9).init({"w": jnp.ones(2)}).states[0])
+        gc.adam(1e-3).update(
+            {"w": jnp.ones(2)}, gc.sgd(0.1, momentum=0.9).init({"w": jnp.ones(2)}).states[0]
+        )
 
 
 def test_integer_params_are_rejected_with_their_path():
@@ -170,7 +189,9 @@ def test_step_counter_saturates_instead_of_wrapping():
 def test_adam_stays_finite_and_correct_with_a_counter_at_the_limit():
     tx = gc.scale_by_adam()
     params = {"w": jnp.ones(3)}
-    state = dataclasses.replace(tx.init(params), count=jnp.asarray(jnp.iinfo(jnp.int32).max, jnp.int32))
+    state = dataclasses.replace(
+        tx.init(params), count=jnp.asarray(jnp.iinfo(jnp.int32).max, jnp.int32)
+    )
     u, state = jax.jit(tx.update)({"w": jnp.full(3, 2.0)}, state)
     # bias corrections are 1 at t = 2^31 - 1: u = m/(sqrt(v) + eps) with m = 0.1*2, v = 0.001*4
     np.testing.assert_allclose(u["w"], 0.2 / (np.sqrt(0.004) + 1e-8), rtol=1e-5)

@@ -12,11 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-
-import gradchain as gc
 import resume_driver
 from crosscheck import mixed_params
 from training import bits_equal
+
+import gradchain as gc
 
 
 def _matrices_only(params):
@@ -39,16 +39,22 @@ def _named_optimizers() -> dict:
         obj = getattr(gc, name)
         if inspect.isfunction(obj):
             args = list(inspect.signature(obj).parameters.values())
-            if args and args[0].name == "learning_rate" and all(
-                a.default is not a.empty or a.kind is a.VAR_KEYWORD for a in args[1:]
+            if (
+                args
+                and args[0].name == "learning_rate"
+                and all(a.default is not a.empty or a.kind is a.VAR_KEYWORD for a in args[1:])
             ):
                 found[name] = lambda f=obj, w=PARAMS_FOR.get(name): (f(1e-3), w)
-        elif isinstance(obj, type) and issubclass(obj, gc.GradientTransformation):
-            if dataclasses.is_dataclass(obj) and all(
+        elif (
+            isinstance(obj, type)
+            and issubclass(obj, gc.GradientTransformation)
+            and dataclasses.is_dataclass(obj)
+            and all(
                 f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
                 for f in dataclasses.fields(obj)
-            ):
-                found[name] = lambda c=obj, w=PARAMS_FOR.get(name): (c(), w)
+            )
+        ):
+            found[name] = lambda c=obj, w=PARAMS_FOR.get(name): (c(), w)
     return found
 
 
@@ -59,10 +65,19 @@ def _combinators() -> dict:
         "chain_clip_adamw": lambda: (gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(1e-3)), None),
         "masked": lambda: (gc.masked(gc.adamw(1e-3), mask), None),
         "freeze": lambda: (gc.chain(gc.freeze(mask), gc.sgd(0.1, momentum=0.9)), None),
-        "partition": lambda: (gc.partition({"adam": gc.adam(1e-3), "sgd": gc.sgd(0.1, momentum=0.9)}, labels), None),
-        "selective_transform": lambda: (gc.selective_transform(gc.adam(1e-3), freeze_mask=mask), None),
+        "partition": lambda: (
+            gc.partition({"adam": gc.adam(1e-3), "sgd": gc.sgd(0.1, momentum=0.9)}, labels),
+            None,
+        ),
+        "selective_transform": lambda: (
+            gc.selective_transform(gc.adam(1e-3), freeze_mask=mask),
+            None,
+        ),
         "apply_if_finite": lambda: (gc.apply_if_finite(gc.adamw(1e-3), 3), None),
-        "MultiSteps": lambda: (gc.MultiSteps(gc.adamw(1e-3), 4, should_skip_update_fn=gc.skip_not_finite), None),
+        "MultiSteps": lambda: (
+            gc.MultiSteps(gc.adamw(1e-3), 4, should_skip_update_fn=gc.skip_not_finite),
+            None,
+        ),
         "params_ema": lambda: (gc.chain(gc.adamw(1e-3), gc.params_ema(0.999)), None),
         "lookahead": lambda: (gc.lookahead(gc.adam(1e-3), 5, 0.5), gc.LookaheadParams.init_synced),
         "zero_nans": lambda: (gc.chain(gc.zero_nans(), gc.sgd(0.1)), None),
@@ -126,7 +141,9 @@ def test_restoring_into_another_optimizers_state_names_the_difference(tmp_path):
     gc.save_state(tmp_path / "adam.npz", gc.adam(1e-3).init(params))
     with pytest.raises(ValueError, match=r"holds a state of 9 arrays, the template has 5"):
         gc.restore_state(tmp_path / "adam.npz", like=gc.sgd(0.1, momentum=0.9).init(params))
-    with pytest.raises(ValueError, match=r"state.*\['w'\].* is float32\[3\], the template has float32\[4\]"):
+    with pytest.raises(
+        ValueError, match=r"state.*\['w'\].* is float32\[3\], the template has float32\[4\]"
+    ):
         gc.restore_state(tmp_path / "adam.npz", like=gc.adam(1e-3).init({"w": jnp.ones(4)}))
 
 
@@ -157,8 +174,12 @@ def resumed(tmp_path_factory):
 
     root = os.path.dirname(os.path.dirname(gc.__file__))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.path.dirname(__file__)])}
-    subprocess.run([sys.executable, resume_driver.__file__, str(directory), *uninterrupted],
-                   env=env, check=True, timeout=600)
+    subprocess.run(
+        [sys.executable, resume_driver.__file__, str(directory), *uninterrupted],
+        env=env,
+        check=True,
+        timeout=600,
+    )
     return directory, uninterrupted
 
 

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
-import gradchain as gc
 from crosscheck import assert_trees_close, mixed_params
 from training import bits_equal, linear_problem, scan_run, stream, unstack
+
+import gradchain as gc
 
 # Each cross-check wraps the *same* gradchain inner transformation in the gradchain combinator
 # and in optax's, so that any difference comes from the combinator itself (the inner
@@ -37,8 +37,12 @@ MASK = {"scalar": False, "vector": True, "matrix": True, "tensor": False, "bf16"
 @functools.cache
 def optax_masked_reference():
     params = mixed_params()
-    ref, _ = scan_run(optax.masked(gc.adamw(0.01, weight_decay=0.1), MASK), params, stream(params, STEPS),
-                      optax.apply_updates)
+    ref, _ = scan_run(
+        optax.masked(gc.adamw(0.01, weight_decay=0.1), MASK),
+        params,
+        stream(params, STEPS),
+        optax.apply_updates,
+    )
     return ref
 
 
@@ -48,8 +52,12 @@ def optax_masked_reference():
 
 @pytest.mark.parametrize(
     "mask",
-    [MASK, lambda p: {k: k in ("vector", "matrix", "bf16") for k in p}, r"vector|matrix|bf16",
-     gc.path_mask(include=r"vector|matrix|bf16")],
+    [
+        MASK,
+        lambda p: {k: k in ("vector", "matrix", "bf16") for k in p},
+        r"vector|matrix|bf16",
+        gc.path_mask(include=r"vector|matrix|bf16"),
+    ],
     ids=["tree", "callable", "regex", "path_mask"],
 )
 def test_masked_matches_optax_masked(mask):
@@ -64,7 +72,10 @@ def test_masked_with_a_prefix_mask_selects_whole_subtrees():
     params = {"encoder": {"w": jnp.ones(3), "b": jnp.ones(2)}, "decoder": {"w": jnp.ones(3)}}
     tx = gc.masked(gc.scale(-1.0), {"encoder": True, "decoder": False})
     updates, _ = tx.update(params, tx.init(params))
-    assert updates["encoder"]["w"].tolist() == [-1.0] * 3 and updates["encoder"]["b"].tolist() == [-1.0] * 2
+    assert (
+        updates["encoder"]["w"].tolist() == [-1.0] * 3
+        and updates["encoder"]["b"].tolist() == [-1.0] * 2
+    )
     assert updates["decoder"]["w"].tolist() == [1.0] * 3
 
 
@@ -95,7 +106,10 @@ def test_partition_matches_optax_partition():
         gc.partition(groups, LABELS), optax.partition(groups, LABELS), params, stream(params, STEPS)
     )
     assert_trees_close(ours, ref)
-    mu, ref_mu = state["adam"].scale_by_adam.mu, ref_state.inner_states["adam"].inner_state.scale_by_adam.mu
+    mu, ref_mu = (
+        state["adam"].scale_by_adam.mu,
+        ref_state.inner_states["adam"].inner_state.scale_by_adam.mu,
+    )
     assert kept(mu) == {"vector", "matrix", "bf16"}
     assert_trees_close({k: mu[k] for k in kept(mu)}, {k: ref_mu[k] for k in kept(mu)}, what="mu")
 
@@ -132,7 +146,9 @@ def test_partition_changes_one_groups_learning_rate_by_label():
 
 def test_partition_names_a_parameter_whose_label_has_no_transformation():
     params = {"w": jnp.ones(2), "b": jnp.ones(2)}
-    with pytest.raises(ValueError, match=r"the parameter \['w'\] has the label 'adam', which has no transformation"):
+    with pytest.raises(
+        ValueError, match=r"the parameter \['w'\] has the label 'adam', which has no transformation"
+    ):
         gc.partition({"sgd": gc.sgd(0.1)}, {"w": "adam", "b": "sgd"}).init(params)
 
 
@@ -182,7 +198,9 @@ def test_nan_steps_leave_params_and_state_exactly_as_if_they_were_omitted():
     bad = (7, 23, 24, 61, 90)
     grads = unstack(stream(params, 100, nan_at=bad), 100)
     omitted = [g for i, g in enumerate(grads) if i not in bad]
-    tx = gc.apply_if_finite(gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(0.01, weight_decay=0.1)), 3)
+    tx = gc.apply_if_finite(
+        gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(0.01, weight_decay=0.1)), 3
+    )
 
     # One compiled step for both runs: the claim is about the same program skipping steps.
     @jax.jit
@@ -206,22 +224,31 @@ def test_zero_nans_matches_optax():
     params = mixed_params(bf16=False)
     grads = stream(params, STEPS, nan_at=range(2, STEPS, 3))
     (ours, state), (ref, _) = cross_check(
-        gc.chain(gc.zero_nans(), gc.adam(0.01)), optax.chain(optax.zero_nans(), gc.adam(0.01)), params, grads
+        gc.chain(gc.zero_nans(), gc.adam(0.01)),
+        optax.chain(optax.zero_nans(), gc.adam(0.01)),
+        params,
+        grads,
     )
     assert_trees_close(ours, ref)
-    assert all(bool(v) for v in jax.tree.leaves(state.zero_nans.found_nan))  # the last step had NaNs
+    assert all(
+        bool(v) for v in jax.tree.leaves(state.zero_nans.found_nan)
+    )  # the last step had NaNs
 
 
 @pytest.mark.parametrize(
     "ours, ref",
-    [(gc.set_to_zero(), optax.set_to_zero()), (gc.freeze(MASK), optax.freeze(MASK)),
-     (gc.freeze(True), optax.freeze(True))],
+    [
+        (gc.set_to_zero(), optax.set_to_zero()),
+        (gc.freeze(MASK), optax.freeze(MASK)),
+        (gc.freeze(True), optax.freeze(True)),
+    ],
     ids=["set_to_zero", "freeze", "freeze_all"],
 )
 def test_zeroing_transforms_match_optax(ours, ref):
     params = mixed_params()
-    (a, _), (b, _) = cross_check(gc.chain(ours, gc.sgd(0.1)), optax.chain(ref, gc.sgd(0.1)), params,
-                                 stream(params, STEPS))
+    (a, _), (b, _) = cross_check(
+        gc.chain(ours, gc.sgd(0.1)), optax.chain(ref, gc.sgd(0.1)), params, stream(params, STEPS)
+    )
     assert_trees_close(a, b)
 
 
@@ -242,10 +269,16 @@ def test_multisteps_matches_optax_multisteps():
 
 
 @pytest.mark.parametrize("use_grad_mean, expected", [(True, [-2.0, -4.0]), (False, [-4.0, -12.0])])
-def test_multisteps_follows_a_schedule_of_k_and_skips_rejected_micro_batches(use_grad_mean, expected):
+def test_multisteps_follows_a_schedule_of_k_and_skips_rejected_micro_batches(
+    use_grad_mean, expected
+):
     params = {"w": jnp.zeros(2)}
-    tx = gc.MultiSteps(gc.sgd(1.0), lambda step: jnp.where(step < 1, 2, 3), use_grad_mean=use_grad_mean,
-                       should_skip_update_fn=gc.skip_not_finite)
+    tx = gc.MultiSteps(
+        gc.sgd(1.0),
+        lambda step: jnp.where(step < 1, 2, 3),
+        use_grad_mean=use_grad_mean,
+        should_skip_update_fn=gc.skip_not_finite,
+    )
     state = tx.init(params)
     update = jax.jit(tx.update)
     emitted = []
@@ -257,8 +290,11 @@ def test_multisteps_follows_a_schedule_of_k_and_skips_rejected_micro_batches(use
     assert int(state.skip_state["num_not_finite"]) == 0 and int(state.gradient_step) == 2
 
 
-@pytest.mark.parametrize("make", [lambda: gc.sgd(0.1, momentum=0.9), lambda: gc.adamw(0.01, weight_decay=0.1)],
-                         ids=["sgd", "adamw"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: gc.sgd(0.1, momentum=0.9), lambda: gc.adamw(0.01, weight_decay=0.1)],
+    ids=["sgd", "adamw"],
+)
 def test_accumulating_4_micro_batches_equals_one_step_on_the_whole_batch(make):
     params, x, y, loss = linear_problem()
     micro = [(x[i::4], y[i::4]) for i in range(4)]
@@ -295,8 +331,13 @@ def test_accumulating_4_micro_batches_equals_one_step_on_the_whole_batch(make):
 
 def test_params_ema_is_optax_ema_fed_with_the_parameters():
     params = mixed_params(bf16=False)
-    traj, state = scan_run(gc.chain(gc.adam(0.05), gc.params_ema(0.9)), params, stream(params, STEPS),
-                           gc.apply_updates, trajectory=True)
+    traj, state = scan_run(
+        gc.chain(gc.adam(0.05), gc.params_ema(0.9)),
+        params,
+        stream(params, STEPS),
+        gc.apply_updates,
+        trajectory=True,
+    )
 
     @jax.jit
     def references(traj):
@@ -325,7 +366,9 @@ def test_params_ema_of_bfloat16_params_is_kept_in_float32():
 
 def test_params_ema_asks_for_values_when_given_only_shapes():
     abstract = {"w": jax.ShapeDtypeStruct((3,), jnp.float32)}
-    with pytest.raises(TypeError, match=r"for an abstract state use jax.eval_shape\(tx.init, params\)"):
+    with pytest.raises(
+        TypeError, match=r"for an abstract state use jax.eval_shape\(tx.init, params\)"
+    ):
         gc.params_ema(0.9).init(abstract)
     state = jax.eval_shape(gc.params_ema(0.9).init, {"w": jnp.ones(3)})
     assert state.params_ema["w"].shape == (3,)
@@ -359,7 +402,10 @@ def test_lookahead_without_lookahead_params_is_a_clear_error():
 @pytest.mark.parametrize(
     "build, message",
     [
-        (lambda: gc.apply_if_finite(gc.sgd(0.1), -1), r"max_consecutive_errors must be an int >= 0, got -1"),
+        (
+            lambda: gc.apply_if_finite(gc.sgd(0.1), -1),
+            r"max_consecutive_errors must be an int >= 0, got -1",
+        ),
         (lambda: gc.MultiSteps(gc.sgd(0.1), 0), r"every_k_schedule must be an int >= 1"),
         (lambda: gc.lookahead(gc.sgd(0.1), 0, 0.5), r"sync_period must be an int >= 1, got 0"),
         (lambda: gc.lookahead(gc.sgd(0.1), 2, 1.5), r"slow_step_size must be in \[0, 1\]"),
@@ -378,5 +424,7 @@ def test_combinators_are_data():
     assert gc.masked(gc.adam(0.1), MASK) == gc.masked(gc.adam(0.1), MASK)
     assert gc.MultiSteps(gc.adam(0.1), 4) != gc.MultiSteps(gc.adam(0.1), 2)
     assert gc.MultiSteps(gc.adam(0.1), 4).every_k_schedule == 4
-    assert repr(gc.apply_if_finite(gc.sgd(0.1), 3)).startswith("apply_if_finite(inner=sgd(learning_rate=0.1")
+    assert repr(gc.apply_if_finite(gc.sgd(0.1), 3)).startswith(
+        "apply_if_finite(inner=sgd(learning_rate=0.1"
+    )
     assert "path_mask(exclude='bias')" in repr(gc.masked(gc.sgd(0.1), gc.path_mask(exclude="bias")))

@@ -40,9 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from crosscheck import gradient_stream, mixed_params, tolerance, upcast
 
 import gradchain as gc
-from crosscheck import gradient_stream, mixed_params, tolerance, upcast
 
 STEPS = 20
 
@@ -85,106 +85,210 @@ def case(id, ours, ref, factorable=False, rtol=None):
 
 MATRIX = [
     case("scale", lambda: gc.scale(0.5), lambda: optax.scale(0.5)),
-    case("scale_by_learning_rate-schedule", lambda: gc.scale_by_learning_rate(schedule),
-         lambda: optax.scale_by_learning_rate(schedule)),
-    case("scale_by_learning_rate-no_flip", lambda: gc.scale_by_learning_rate(0.1, flip_sign=False),
-         lambda: optax.scale_by_learning_rate(0.1, flip_sign=False)),
-    case("scale_by_schedule", lambda: gc.scale_by_schedule(schedule),
-         lambda: optax.scale_by_schedule(schedule)),
+    case(
+        "scale_by_learning_rate-schedule",
+        lambda: gc.scale_by_learning_rate(schedule),
+        lambda: optax.scale_by_learning_rate(schedule),
+    ),
+    case(
+        "scale_by_learning_rate-no_flip",
+        lambda: gc.scale_by_learning_rate(0.1, flip_sign=False),
+        lambda: optax.scale_by_learning_rate(0.1, flip_sign=False),
+    ),
+    case(
+        "scale_by_schedule",
+        lambda: gc.scale_by_schedule(schedule),
+        lambda: optax.scale_by_schedule(schedule),
+    ),
     case("trace-heavy_ball", lambda: gc.trace(0.9), lambda: optax.trace(0.9)),
-    case("trace-nesterov", lambda: gc.trace(0.9, nesterov=True),
-         lambda: optax.trace(0.9, nesterov=True)),
-    case("scale_by_adam", lambda: gc.scale_by_adam(), lambda: optax.scale_by_adam(),
-         rtol=ADAM_RTOL),
-    case("scale_by_adam-nesterov", lambda: gc.scale_by_adam(nesterov=True),
-         lambda: optax.scale_by_adam(nesterov=True), rtol=ADAM_RTOL),
-    case("scale_by_adam-eps_root", lambda: gc.scale_by_adam(0.8, 0.99, 1e-6, eps_root=1e-8),
-         lambda: optax.scale_by_adam(0.8, 0.99, 1e-6, eps_root=1e-8)),
-    case("add_decayed_weights", lambda: gc.add_decayed_weights(0.1),
-         lambda: optax.add_decayed_weights(0.1)),
-    case("add_decayed_weights-mask_tree", lambda: gc.add_decayed_weights(0.1, MASK),
-         lambda: optax.add_decayed_weights(0.1, MASK)),
-    case("add_decoupled_weight_decay-schedule-mask_fn",
-         lambda: gc.add_decoupled_weight_decay(schedule, matrices_only),
-         lambda: optax.add_decayed_weights(schedule, matrices_only)),
+    case(
+        "trace-nesterov",
+        lambda: gc.trace(0.9, nesterov=True),
+        lambda: optax.trace(0.9, nesterov=True),
+    ),
+    case(
+        "scale_by_adam", lambda: gc.scale_by_adam(), lambda: optax.scale_by_adam(), rtol=ADAM_RTOL
+    ),
+    case(
+        "scale_by_adam-nesterov",
+        lambda: gc.scale_by_adam(nesterov=True),
+        lambda: optax.scale_by_adam(nesterov=True),
+        rtol=ADAM_RTOL,
+    ),
+    case(
+        "scale_by_adam-eps_root",
+        lambda: gc.scale_by_adam(0.8, 0.99, 1e-6, eps_root=1e-8),
+        lambda: optax.scale_by_adam(0.8, 0.99, 1e-6, eps_root=1e-8),
+    ),
+    case(
+        "add_decayed_weights",
+        lambda: gc.add_decayed_weights(0.1),
+        lambda: optax.add_decayed_weights(0.1),
+    ),
+    case(
+        "add_decayed_weights-mask_tree",
+        lambda: gc.add_decayed_weights(0.1, MASK),
+        lambda: optax.add_decayed_weights(0.1, MASK),
+    ),
+    case(
+        "add_decoupled_weight_decay-schedule-mask_fn",
+        lambda: gc.add_decoupled_weight_decay(schedule, matrices_only),
+        lambda: optax.add_decayed_weights(schedule, matrices_only),
+    ),
     case("add_l2_penalty", lambda: gc.add_l2_penalty(0.1), lambda: optax.add_decayed_weights(0.1)),
-    case("clip_by_global_norm-clipping", lambda: gc.clip_by_global_norm(1.0),
-         lambda: optax.clip_by_global_norm(1.0)),
-    case("clip_by_global_norm-passing", lambda: gc.clip_by_global_norm(1e3),
-         lambda: optax.clip_by_global_norm(1e3)),
+    case(
+        "clip_by_global_norm-clipping",
+        lambda: gc.clip_by_global_norm(1.0),
+        lambda: optax.clip_by_global_norm(1.0),
+    ),
+    case(
+        "clip_by_global_norm-passing",
+        lambda: gc.clip_by_global_norm(1e3),
+        lambda: optax.clip_by_global_norm(1e3),
+    ),
     case("clip", lambda: gc.clip(0.5), lambda: optax.clip(0.5)),
-    case("clip_by_block_rms", lambda: gc.clip_by_block_rms(0.5),
-         lambda: optax.clip_by_block_rms(0.5)),
+    case(
+        "clip_by_block_rms", lambda: gc.clip_by_block_rms(0.5), lambda: optax.clip_by_block_rms(0.5)
+    ),
     case("scale_by_rms", lambda: gc.scale_by_rms(), lambda: optax.scale_by_rms()),
-    case("scale_by_rms-torch", lambda: gc.scale_by_rms(0.99, eps_in_sqrt=False),
-         lambda: optax.scale_by_rms(0.99, eps_in_sqrt=False)),
-    case("scale_by_rms-bias_correction-initial_scale",
-         lambda: gc.scale_by_rms(0.95, 1e-6, 0.5, bias_correction=True),
-         lambda: optax.scale_by_rms(0.95, 1e-6, 0.5, bias_correction=True)),
+    case(
+        "scale_by_rms-torch",
+        lambda: gc.scale_by_rms(0.99, eps_in_sqrt=False),
+        lambda: optax.scale_by_rms(0.99, eps_in_sqrt=False),
+    ),
+    case(
+        "scale_by_rms-bias_correction-initial_scale",
+        lambda: gc.scale_by_rms(0.95, 1e-6, 0.5, bias_correction=True),
+        lambda: optax.scale_by_rms(0.95, 1e-6, 0.5, bias_correction=True),
+    ),
     case("scale_by_stddev", lambda: gc.scale_by_stddev(), lambda: optax.scale_by_stddev()),
-    case("scale_by_stddev-eps_outside", lambda: gc.scale_by_stddev(eps_in_sqrt=False),
-         lambda: optax.scale_by_stddev(eps_in_sqrt=False)),
+    case(
+        "scale_by_stddev-eps_outside",
+        lambda: gc.scale_by_stddev(eps_in_sqrt=False),
+        lambda: optax.scale_by_stddev(eps_in_sqrt=False),
+    ),
     # With bias correction and nu_0 = 0 the first centered variance is 0 - 0: pure rounding.
     # nu_0 = 1 keeps the comparison well conditioned.
-    case("scale_by_stddev-bias_correction",
-         lambda: gc.scale_by_stddev(initial_scale=1.0, bias_correction=True),
-         lambda: optax.scale_by_stddev(initial_scale=1.0, bias_correction=True)),
+    case(
+        "scale_by_stddev-bias_correction",
+        lambda: gc.scale_by_stddev(initial_scale=1.0, bias_correction=True),
+        lambda: optax.scale_by_stddev(initial_scale=1.0, bias_correction=True),
+    ),
     case("ema", lambda: gc.ema(0.9), lambda: optax.ema(0.9)),
     case("ema-no_debias", lambda: gc.ema(0.9, debias=False), lambda: optax.ema(0.9, debias=False)),
-    case("scale_by_factored_rms", lambda: gc.scale_by_factored_rms(),
-         lambda: optax.scale_by_factored_rms(), factorable=True),
-    case("scale_by_factored_rms-small_factor_size",
-         lambda: gc.scale_by_factored_rms(min_dim_size_to_factor=3),
-         lambda: optax.scale_by_factored_rms(min_dim_size_to_factor=3), factorable=True),
-    case("factored_second_moment-unfactored-decay_rate",
-         lambda: gc.factored_second_moment(False, 0.5, epsilon=1e-20),
-         lambda: optax.scale_by_factored_rms(False, 0.5, epsilon=1e-20), factorable=True),
-    case("factored_second_moment-decay_rate_fn",
-         lambda: gc.factored_second_moment(min_dim_size_to_factor=3, decay_rate_fn=capped_decay),
-         lambda: optax.scale_by_factored_rms(min_dim_size_to_factor=3, decay_rate_fn=capped_decay),
-         factorable=True),
-    case("scale_by_param_block_rms", lambda: gc.scale_by_param_block_rms(),
-         lambda: optax.scale_by_param_block_rms()),
-    case("scale_by_param_block_rms-floor", lambda: gc.scale_by_param_block_rms(2.0),
-         lambda: optax.scale_by_param_block_rms(2.0)),
+    case(
+        "scale_by_factored_rms",
+        lambda: gc.scale_by_factored_rms(),
+        lambda: optax.scale_by_factored_rms(),
+        factorable=True,
+    ),
+    case(
+        "scale_by_factored_rms-small_factor_size",
+        lambda: gc.scale_by_factored_rms(min_dim_size_to_factor=3),
+        lambda: optax.scale_by_factored_rms(min_dim_size_to_factor=3),
+        factorable=True,
+    ),
+    case(
+        "factored_second_moment-unfactored-decay_rate",
+        lambda: gc.factored_second_moment(False, 0.5, epsilon=1e-20),
+        lambda: optax.scale_by_factored_rms(False, 0.5, epsilon=1e-20),
+        factorable=True,
+    ),
+    case(
+        "factored_second_moment-decay_rate_fn",
+        lambda: gc.factored_second_moment(min_dim_size_to_factor=3, decay_rate_fn=capped_decay),
+        lambda: optax.scale_by_factored_rms(min_dim_size_to_factor=3, decay_rate_fn=capped_decay),
+        factorable=True,
+    ),
+    case(
+        "scale_by_param_block_rms",
+        lambda: gc.scale_by_param_block_rms(),
+        lambda: optax.scale_by_param_block_rms(),
+    ),
+    case(
+        "scale_by_param_block_rms-floor",
+        lambda: gc.scale_by_param_block_rms(2.0),
+        lambda: optax.scale_by_param_block_rms(2.0),
+    ),
     case("sgd", lambda: gc.sgd(0.1), lambda: optax.sgd(0.1)),
-    case("sgd-nesterov", lambda: gc.sgd(0.1, momentum=0.9, nesterov=True),
-         lambda: optax.sgd(0.1, momentum=0.9, nesterov=True)),
-    case("sgd-momentum-schedule", lambda: gc.sgd(schedule, momentum=0.9),
-         lambda: optax.sgd(schedule, momentum=0.9)),
+    case(
+        "sgd-nesterov",
+        lambda: gc.sgd(0.1, momentum=0.9, nesterov=True),
+        lambda: optax.sgd(0.1, momentum=0.9, nesterov=True),
+    ),
+    case(
+        "sgd-momentum-schedule",
+        lambda: gc.sgd(schedule, momentum=0.9),
+        lambda: optax.sgd(schedule, momentum=0.9),
+    ),
     case("adam", lambda: gc.adam(0.01), lambda: optax.adam(0.01), rtol=ADAM_RTOL),
-    case("adam-nesterov-eps_root", lambda: gc.adam(0.01, eps_root=1e-8, nesterov=True),
-         lambda: optax.adam(0.01, eps_root=1e-8, nesterov=True), rtol=ADAM_RTOL),
-    case("adam-l2", lambda: gc.chain(gc.add_l2_penalty(0.1), gc.adam(0.01)),
-         lambda: optax.chain(optax.add_decayed_weights(0.1), optax.adam(0.01)), rtol=ADAM_RTOL),
-    case("adamw", lambda: gc.adamw(0.01, weight_decay=0.1),
-         lambda: optax.adamw(0.01, weight_decay=0.1), rtol=ADAM_RTOL),
-    case("adamw-schedule-mask", lambda: gc.adamw(schedule, weight_decay=0.1, mask=matrices_only),
-         lambda: optax.adamw(schedule, weight_decay=0.1, mask=matrices_only), rtol=ADAM_RTOL),
+    case(
+        "adam-nesterov-eps_root",
+        lambda: gc.adam(0.01, eps_root=1e-8, nesterov=True),
+        lambda: optax.adam(0.01, eps_root=1e-8, nesterov=True),
+        rtol=ADAM_RTOL,
+    ),
+    case(
+        "adam-l2",
+        lambda: gc.chain(gc.add_l2_penalty(0.1), gc.adam(0.01)),
+        lambda: optax.chain(optax.add_decayed_weights(0.1), optax.adam(0.01)),
+        rtol=ADAM_RTOL,
+    ),
+    case(
+        "adamw",
+        lambda: gc.adamw(0.01, weight_decay=0.1),
+        lambda: optax.adamw(0.01, weight_decay=0.1),
+        rtol=ADAM_RTOL,
+    ),
+    case(
+        "adamw-schedule-mask",
+        lambda: gc.adamw(schedule, weight_decay=0.1, mask=matrices_only),
+        lambda: optax.adamw(schedule, weight_decay=0.1, mask=matrices_only),
+        rtol=ADAM_RTOL,
+    ),
     case("rmsprop", lambda: gc.rmsprop(0.01), lambda: optax.rmsprop(0.01)),
-    case("rmsprop-torch", lambda: gc.rmsprop(0.01, decay=0.99, eps_in_sqrt=False),
-         lambda: optax.rmsprop(0.01, decay=0.99, eps_in_sqrt=False)),
-    case("rmsprop-centered-momentum",
-         lambda: gc.rmsprop(0.01, centered=True, momentum=0.9),
-         lambda: optax.rmsprop(0.01, centered=True, momentum=0.9)),
-    case("rmsprop-nesterov-bias_correction",
-         lambda: gc.rmsprop(schedule, momentum=0.9, nesterov=True, bias_correction=True),
-         lambda: optax.rmsprop(schedule, momentum=0.9, nesterov=True, bias_correction=True)),
+    case(
+        "rmsprop-torch",
+        lambda: gc.rmsprop(0.01, decay=0.99, eps_in_sqrt=False),
+        lambda: optax.rmsprop(0.01, decay=0.99, eps_in_sqrt=False),
+    ),
+    case(
+        "rmsprop-centered-momentum",
+        lambda: gc.rmsprop(0.01, centered=True, momentum=0.9),
+        lambda: optax.rmsprop(0.01, centered=True, momentum=0.9),
+    ),
+    case(
+        "rmsprop-nesterov-bias_correction",
+        lambda: gc.rmsprop(schedule, momentum=0.9, nesterov=True, bias_correction=True),
+        lambda: optax.rmsprop(schedule, momentum=0.9, nesterov=True, bias_correction=True),
+    ),
     case("adafactor", lambda: gc.adafactor(0.01), lambda: optax.adafactor(0.01), factorable=True),
-    case("adafactor-small_factor_size", lambda: gc.adafactor(0.01, min_dim_size_to_factor=3),
-         lambda: optax.adafactor(0.01, min_dim_size_to_factor=3), factorable=True),
-    case("adafactor-momentum-weight_decay",
-         lambda: gc.adafactor(relative_step, 3, momentum=0.9, weight_decay_rate=0.01,
-                              weight_decay_mask=matrices_only),
-         lambda: optax.adafactor(relative_step, 3, momentum=0.9, weight_decay_rate=0.01,
-                                 weight_decay_mask=matrices_only),
-         factorable=True),
-    case("adafactor-bare",
-         lambda: gc.adafactor(None, 3, multiply_by_parameter_scale=False, clipping_threshold=None,
-                              factored=False),
-         lambda: optax.adafactor(None, 3, multiply_by_parameter_scale=False,
-                                 clipping_threshold=None, factored=False),
-         factorable=True),
+    case(
+        "adafactor-small_factor_size",
+        lambda: gc.adafactor(0.01, min_dim_size_to_factor=3),
+        lambda: optax.adafactor(0.01, min_dim_size_to_factor=3),
+        factorable=True,
+    ),
+    case(
+        "adafactor-momentum-weight_decay",
+        lambda: gc.adafactor(
+            relative_step, 3, momentum=0.9, weight_decay_rate=0.01, weight_decay_mask=matrices_only
+        ),
+        lambda: optax.adafactor(
+            relative_step, 3, momentum=0.9, weight_decay_rate=0.01, weight_decay_mask=matrices_only
+        ),
+        factorable=True,
+    ),
+    case(
+        "adafactor-bare",
+        lambda: gc.adafactor(
+            None, 3, multiply_by_parameter_scale=False, clipping_threshold=None, factored=False
+        ),
+        lambda: optax.adafactor(
+            None, 3, multiply_by_parameter_scale=False, clipping_threshold=None, factored=False
+        ),
+        factorable=True,
+    ),
 ]
 
 
@@ -199,9 +303,9 @@ def _params(c: Case):
 
 _COMPILES = []
 jax.monitoring.register_event_duration_secs_listener(
-    lambda event, seconds, **kw: _COMPILES.append(event)
-    if event == "/jax/core/compile/backend_compile_duration"
-    else None
+    lambda event, seconds, **kw: (
+        _COMPILES.append(event) if event == "/jax/core/compile/backend_compile_duration" else None
+    )
 )
 
 
@@ -288,7 +392,7 @@ def test_matches_optax_for_every_step(c):
 @pytest.mark.parametrize("c", MATRIX)
 def test_param_and_state_dtypes_are_preserved(c):
     run = _ours(c)
-    dtypes = lambda tree: jax.tree.map(lambda x: jnp.asarray(x).dtype, tree)  # noqa: E731
+    dtypes = lambda tree: jax.tree.map(lambda x: jnp.asarray(x).dtype, tree)
     assert dtypes(run.params[-1]) == dtypes(_params(c))
     assert jax.tree.structure(run.final_state) == jax.tree.structure(run.init_state)
     assert dtypes(run.final_state) == dtypes(run.init_state)
@@ -314,11 +418,28 @@ def test_init_from_shape_dtype_structs_equals_init_from_arrays(c):
 
 def test_the_matrix_covers_every_foundation_transformation_and_optimizer():
     foundation = {
-        "scale", "scale_by_learning_rate", "scale_by_schedule", "trace", "scale_by_adam",
-        "add_decayed_weights", "add_decoupled_weight_decay", "add_l2_penalty",
-        "clip_by_global_norm", "clip", "clip_by_block_rms", "scale_by_rms", "scale_by_stddev",
-        "ema", "scale_by_factored_rms", "factored_second_moment", "scale_by_param_block_rms",
-        "sgd", "adam", "adamw", "rmsprop", "adafactor",
+        "scale",
+        "scale_by_learning_rate",
+        "scale_by_schedule",
+        "trace",
+        "scale_by_adam",
+        "add_decayed_weights",
+        "add_decoupled_weight_decay",
+        "add_l2_penalty",
+        "clip_by_global_norm",
+        "clip",
+        "clip_by_block_rms",
+        "scale_by_rms",
+        "scale_by_stddev",
+        "ema",
+        "scale_by_factored_rms",
+        "factored_second_moment",
+        "scale_by_param_block_rms",
+        "sgd",
+        "adam",
+        "adamw",
+        "rmsprop",
+        "adafactor",
     }
     covered = {p.values[0].id.split("-")[0] for p in MATRIX}
     assert foundation <= covered, foundation - covered

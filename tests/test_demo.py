@@ -14,8 +14,18 @@ from gradchain.demo.race import available
 def test_a_short_race_trains_writes_its_outputs_and_matches_optax(tmp_path, capsys):
     names = [n for n in ("adamw", "sgd") if n in available()]
     assert names == ["adamw", "sgd"]
-    code = main(["--steps", "40", "--model", "tiny", "--optimizers", ",".join(names),
-                 "--out", str(tmp_path)])
+    code = main(
+        [
+            "--steps",
+            "40",
+            "--model",
+            "tiny",
+            "--optimizers",
+            ",".join(names),
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "parity" in out and "adamw" in out
@@ -55,8 +65,12 @@ def test_an_empty_data_file_is_rejected(tmp_path, capsys):
 
 
 def test_module_and_console_script_answer_help():
-    result = subprocess.run([sys.executable, "-m", "gradchain.demo", "--help"],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "gradchain.demo", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "--optimizers" in result.stdout and "--data" in result.stdout
     script = pathlib.Path(sys.executable).parent / "gradchain"  # installed by `pip install`
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)

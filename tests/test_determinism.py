@@ -15,8 +15,13 @@ HERE = Path(__file__).resolve().parent
 
 def _start_driver() -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
-    return subprocess.Popen([sys.executable, str(HERE / "determinism_driver.py")], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(HERE / "determinism_driver.py")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _hashes(process: subprocess.Popen) -> dict:

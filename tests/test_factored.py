@@ -9,8 +9,19 @@ import pytest
 import gradchain as gc
 
 SHAPES = [
-    (4, 4), (3, 5), (5, 3), (4, 4, 4), (5, 3, 5), (3, 5, 5), (5, 5, 3), (2, 6, 6, 2), (6, 2, 6),
-    (2, 3, 4), (7, 1), (7,), (),
+    (4, 4),
+    (3, 5),
+    (5, 3),
+    (4, 4, 4),
+    (5, 3, 5),
+    (3, 5, 5),
+    (5, 5, 3),
+    (2, 6, 6, 2),
+    (6, 2, 6),
+    (2, 3, 4),
+    (7, 1),
+    (7,),
+    (),
 ]
 
 
@@ -80,7 +91,8 @@ def test_only_leaves_whose_second_largest_axis_reaches_the_threshold_are_factore
 
 
 @pytest.mark.parametrize(
-    "shape, axes", [((2, 3), (0, 1)), ((3, 2), (0, 1)), ((4, 2, 3), (1, 2)), ((1, 5), (0, 1))],
+    "shape, axes",
+    [((2, 3), (0, 1)), ((3, 2), (0, 1)), ((4, 2, 3), (1, 2)), ((1, 5), (0, 1))],
     ids=str,
 )
 def test_last_rule_factors_the_last_two_axes_whatever_their_sizes(shape, axes):

@@ -4,10 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import gradchain as gc
 from crosscheck import mixed_params
 from family_a_support import committed
+
+import gradchain as gc
 
 # name -> (factory, extra update arguments as functions of the loss)
 FAMILY = {
@@ -104,9 +104,14 @@ def test_state_memory_per_parameter(name):
     tx = MEMORY_CASES[name]()
     measured = []
     for dtype in (jnp.float32, jnp.bfloat16):
-        params = {"w": jax.ShapeDtypeStruct((1024, 1024), dtype), "b": jax.ShapeDtypeStruct((1024,), dtype)}
+        params = {
+            "w": jax.ShapeDtypeStruct((1024, 1024), dtype),
+            "b": jax.ShapeDtypeStruct((1024,), dtype),
+        }
         n = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
         state = jax.eval_shape(tx.init, params)
-        total = sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
+        total = sum(
+            int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(state)
+        )
         measured.append(round(total / n, 2))
     assert tuple(measured) == STATE_BYTES_PER_PARAM[name]

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from crosscheck import assert_trees_close, gradient_stream, mixed_params, run
 
 import gradchain as gc
-from crosscheck import assert_trees_close, gradient_stream, mixed_params, run
 
 STEPS = 20
 
@@ -54,7 +54,8 @@ def test_flatten_gives_the_numbers_of_the_unflattened_chain(name):
         assert_trees_close(a, e, what=f"params after step {step + 1}")
     # The moments, viewed per leaf, are those of the unflattened chain.
     assert_trees_close(
-        gc.flatten(CHAINS[name]()).layout(params).view(actual_state).inner, expected_state,
+        gc.flatten(CHAINS[name]()).layout(params).view(actual_state).inner,
+        expected_state,
         what="state",
     )
 
@@ -69,7 +70,10 @@ def test_large_leaves_keep_their_own_arrays_and_the_numbers():
     # Leaves of 15 elements or more are their own buffers, named by path, shape kept; the
     # scalar and the vector share the float32 buffer.
     assert {k: v.shape for k, v in gc.tree_get(state, "mu").items()} == {
-        "bf16": (4, 6), "float32": (1 + 7,), "matrix": (5, 3), "tensor": (2, 3, 4),
+        "bf16": (4, 6),
+        "float32": (1 + 7,),
+        "matrix": (5, 3),
+        "tensor": (2, 3, 4),
     }
     viewed = gc.tree_get(gc.flatten(tx(), min_size=15).layout(params).view(state), "mu")
     assert jax.tree.map(jnp.shape, viewed) == jax.tree.map(jnp.shape, params)
@@ -79,7 +83,9 @@ def test_flattened_clip_and_adamw_match_optax():
     params = mixed_params(bf16=False)
     grads = gradient_stream(params, STEPS, scale=3.0)
     tx = gc.flatten(gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(_schedule, weight_decay=0.1)))
-    reference = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(_schedule, weight_decay=0.1))
+    reference = optax.chain(
+        optax.clip_by_global_norm(1.0), optax.adamw(_schedule, weight_decay=0.1)
+    )
     actual, _ = run(tx, params, grads, gc.apply_updates)
     expected, _ = run(reference, params, grads, optax.apply_updates)
     assert_trees_close(actual[-1], expected[-1])
@@ -126,11 +132,15 @@ def test_flatten_keeps_the_dtype_of_each_update():
 @pytest.mark.parametrize(
     "build, message",
     [
-        (lambda: gc.chain(optax.scale_by_adam(), gc.scale_by_learning_rate(1e-3)),
-         r"scale_by_adam is not known to give the same numbers on a flat buffer"),
+        (
+            lambda: gc.chain(optax.scale_by_adam(), gc.scale_by_learning_rate(1e-3)),
+            r"scale_by_adam is not known to give the same numbers on a flat buffer",
+        ),
         (lambda: optax.adafactor(1e-3), r"is not known to give the same numbers"),
-        (lambda: gc.chain(gc.add_decayed_weights(0.1, mask=_matrices_only), gc.adam(1e-3)),
-         r"add_decoupled_weight_decay has a mask but runs on the flat buffers"),
+        (
+            lambda: gc.chain(gc.add_decayed_weights(0.1, mask=_matrices_only), gc.adam(1e-3)),
+            r"add_decoupled_weight_decay has a mask but runs on the flat buffers",
+        ),
     ],
 )
 def test_flatten_refuses_what_would_change_meaning_on_a_flat_buffer(build, message):
@@ -169,7 +179,7 @@ def _kernels(tx, params):
         return gc.apply_updates(p, u), s
 
     text = jax.jit(step).lower(params, state, params).compile().as_text()
-    entry = text[text.index("ENTRY"):]
+    entry = text[text.index("ENTRY") :]
     return len(re.findall(r"= \S+ fusion\(", entry))
 
 
@@ -195,13 +205,19 @@ def test_an_optimizer_over_flat_parameters_gives_the_numbers_of_the_tree():
     params = mixed_params()
     grads = gradient_stream(params, STEPS, scale=3.0)
     layout = gc.flat_layout(params, labels=_by_rank)
-    chain = lambda mask: gc.chain(  # noqa: E731
+    chain = lambda mask: gc.chain(
         gc.clip_by_global_norm(1.0), gc.adamw(_schedule, weight_decay=0.1, mask=mask)
     )
     expected, _ = run(chain(_matrices_only), params, grads, gc.apply_updates)
     flat_tx = chain(layout.mask(_matrices_only))
-    actual, _ = run(flat_tx, layout.ravel(params), [layout.ravel(g) for g in grads], gc.apply_updates)
-    assert sorted(layout.ravel(params)) == ["matrices/bfloat16", "matrices/float32", "vectors/float32"]
+    actual, _ = run(
+        flat_tx, layout.ravel(params), [layout.ravel(g) for g in grads], gc.apply_updates
+    )
+    assert sorted(layout.ravel(params)) == [
+        "matrices/bfloat16",
+        "matrices/float32",
+        "vectors/float32",
+    ]
     for step, (a, e) in enumerate(zip(actual, expected)):
         assert_trees_close(layout.unravel(a), e, what=f"params after step {step + 1}")
 
@@ -238,7 +254,9 @@ def test_the_gradient_through_unravel_is_one_concatenation():
 
 def test_a_mask_that_splits_a_buffer_names_two_of_its_leaves():
     layout = gc.flat_layout(mixed_params(bf16=False))
-    with pytest.raises(ValueError, match=r"selects matrix but not scalar, which share the flat buffer 'float32'"):
+    with pytest.raises(
+        ValueError, match=r"selects matrix but not scalar, which share the flat buffer 'float32'"
+    ):
         layout.mask(_matrices_only)
 
 

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from crosscheck import assert_trees_close, gradient_stream, mixed_params
 
 import gradchain as gc
-from crosscheck import assert_trees_close, gradient_stream, mixed_params
 
 
 def summed_updates(tx, params, grads):
@@ -31,8 +31,8 @@ def test_adam_with_l2_is_not_adamw_and_its_decay_shrinks_as_gradients_grow():
     adam = gc.adam(lr)
     adam_l2 = gc.chain(gc.add_l2_penalty(wd), gc.adam(lr))
     adamw = gc.adamw(lr, weight_decay=wd)
-    norm = lambda tree: float(gc.global_norm(tree))  # noqa: E731
-    diff = lambda a, b: jax.tree.map(jnp.subtract, a, b)  # noqa: E731
+    norm = lambda tree: float(gc.global_norm(tree))
+    diff = lambda a, b: jax.tree.map(jnp.subtract, a, b)
 
     decay_l2, decay_w = {}, {}
     for grad_scale in (1.0, 100.0):

@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from crosscheck import assert_trees_close
 
 import gradchain as gc
-from crosscheck import assert_trees_close
 
 STEPS = 20
 
@@ -19,8 +19,12 @@ def _data():
 
 def _decay_kernels(tree):
     """optax's mask for the same selection, written without gradchain."""
-    return jax.tree_util.tree_map_with_path(lambda path, _: "kernel" in jax.tree_util.keystr(path)
-                                            or "weight" in jax.tree_util.keystr(path), tree)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: (
+            "kernel" in jax.tree_util.keystr(path) or "weight" in jax.tree_util.keystr(path)
+        ),
+        tree,
+    )
 
 
 def test_a_gradchain_optimizer_is_the_tx_of_a_flax_nnx_optimizer():
@@ -76,7 +80,9 @@ def test_a_gradchain_optimizer_trains_an_equinox_model_through_eqx_filter():
 
         @eqx.filter_jit
         def step(m, opt_state):
-            loss, grads = eqx.filter_value_and_grad(lambda m: jnp.mean(jnp.square(jax.vmap(m)(x) - y)))(m)
+            loss, grads = eqx.filter_value_and_grad(
+                lambda m: jnp.mean(jnp.square(jax.vmap(m)(x) - y))
+            )(m)
             updates, opt_state = tx.update(grads, opt_state, eqx.filter(m, eqx.is_array))
             return eqx.apply_updates(m, updates), opt_state, loss
 
@@ -87,12 +93,18 @@ def test_a_gradchain_optimizer_trains_an_equinox_model_through_eqx_filter():
         return eqx.filter(m, eqx.is_array), opt_state, losses
 
     tx = gc.apply_if_finite(
-        gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(0.01, weight_decay=0.1, mask=gc.path_mask(include="weight"))),
+        gc.chain(
+            gc.clip_by_global_norm(1.0),
+            gc.adamw(0.01, weight_decay=0.1, mask=gc.path_mask(include="weight")),
+        ),
         max_consecutive_errors=3,
     )
     ours, state, losses = train(tx)
-    ref, _, _ = train(optax.chain(optax.clip_by_global_norm(1.0),
-                                  optax.adamw(0.01, weight_decay=0.1, mask=_decay_kernels)))
+    ref, _, _ = train(
+        optax.chain(
+            optax.clip_by_global_norm(1.0), optax.adamw(0.01, weight_decay=0.1, mask=_decay_kernels)
+        )
+    )
     assert_trees_close(ours, ref, rtol=1e-5, atol=1e-5)  # as for flax above
     assert losses[-1] < 0.5 * losses[0]
     assert int(state.inner_state.adamw.scale_by_adam.count) == STEPS

@@ -40,8 +40,10 @@ def traffic(tx, apply_updates) -> float:
 
 
 OPTIMIZERS = {
-    "adamw": (lambda: gc.adamw(_schedule, weight_decay=0.1),
-              lambda: optax.adamw(_schedule, weight_decay=0.1)),
+    "adamw": (
+        lambda: gc.adamw(_schedule, weight_decay=0.1),
+        lambda: optax.adamw(_schedule, weight_decay=0.1),
+    ),
     "sgd+momentum": (lambda: gc.sgd(0.1, momentum=0.9), lambda: optax.sgd(0.1, momentum=0.9)),
 }
 
@@ -73,7 +75,9 @@ def test_adafactor_moves_fewer_bytes_than_adamw():
 
 
 def _clip_both(grads, max_norm=1.0):
-    ours, _ = gc.clip_by_global_norm(max_norm).update(grads, gc.clip_by_global_norm(max_norm).init(grads))
+    ours, _ = gc.clip_by_global_norm(max_norm).update(
+        grads, gc.clip_by_global_norm(max_norm).init(grads)
+    )
     theirs, _ = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
     return ours, theirs
 
@@ -167,7 +171,9 @@ def _factored_stream(steps):
         grads = {}
         for i, (name, shape) in enumerate(FACTORED_LEAVES.items()):
             k = jax.random.fold_in(jax.random.fold_in(key, t), i)
-            g = jax.random.normal(k, shape) * jnp.linspace(1.0, 2.0, shape[-1]).reshape((1,) * (len(shape) - 1) + (-1,))
+            g = jax.random.normal(k, shape) * jnp.linspace(1.0, 2.0, shape[-1]).reshape(
+                (1,) * (len(shape) - 1) + (-1,)
+            )
             grads[name] = g.astype(jnp.bfloat16 if name == "half" else jnp.float32)
         out.append(grads)
     return out
@@ -200,8 +206,11 @@ def test_fused_factored_block_clip_equals_the_two_transforms_in_turn(threshold, 
         for name in FACTORED_LEAVES:
             assert a[name].dtype == b[name].dtype
             np.testing.assert_allclose(
-                np.asarray(a[name], np.float32), np.asarray(b[name], np.float32),
-                rtol=2e-6, atol=0, err_msg=f"step {t + 1}, leaf {name}",
+                np.asarray(a[name], np.float32),
+                np.asarray(b[name], np.float32),
+                rtol=2e-6,
+                atol=0,
+                err_msg=f"step {t + 1}, leaf {name}",
             )
     assert ours_state.names == ("factored_second_moment", "clip_by_block_rms")
     for x, y in zip(jax.tree.leaves(ours_state[0]), jax.tree.leaves(ref_state[0][0])):

@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from crosscheck import assert_trees_close, gradient_stream, mixed_params, run
 
 import gradchain as gc
-from crosscheck import assert_trees_close, gradient_stream, mixed_params, run
 
 STEPS = 20
 PARAMS = mixed_params()  # scalar, vector, (5, 3) matrix, (2, 3, 4) tensor, (4, 6) bfloat16
@@ -18,13 +18,18 @@ GRADS = gradient_stream(PARAMS, STEPS)
 def numpy_tree(seed, shapes, steps):
     """Params and ``steps`` gradients from numpy: no compilation for new shapes."""
     rng = np.random.default_rng(seed)
-    draw = lambda: {k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in shapes.items()}  # noqa: E731
+    draw = lambda: {k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in shapes.items()}
     return draw(), [draw() for _ in range(steps)]
 
 
 def dims_tree(dims_cls):
-    return {"scalar": None, "vector": None, "matrix": dims_cls(), "bf16": dims_cls(),
-            "tensor": dims_cls(0, (1, 2))}
+    return {
+        "scalar": None,
+        "vector": None,
+        "matrix": dims_cls(),
+        "bf16": dims_cls(),
+        "tensor": dims_cls(0, (1, 2)),
+    }
 
 
 @pytest.mark.parametrize(
@@ -80,13 +85,16 @@ def test_smaller_side_follows_the_reference_projection():
     params, grads = numpy_tree(1, {"tall": (8, 4), "wide": (3, 6)}, STEPS)
     # One refresh (at step 0): a singular vector's sign is arbitrary, and with fresh (zero)
     # moments the update is odd in it, so numpy's and JAX's SVDs give the same trajectory.
-    tx = gc.galore(0.01, rank=2, update_proj_gap=100, scale=0.25, weight_decay=0.01,
-                   projected_dim="smaller")
-    got, state = run(tx, params, grads, gc.apply_updates)
+    tx = gc.galore(
+        0.01, rank=2, update_proj_gap=100, scale=0.25, weight_decay=0.01, projected_dim="smaller"
+    )
+    got, _state = run(tx, params, grads, gc.apply_updates)
     expected = reference_galore(params, grads, rank=2, lr=0.01, scale=0.25, weight_decay=0.01)
     # float32 against float64 over 20 Adam steps of size <= lr: 1e-5 bounds the drift.
     for k in range(STEPS):
-        assert_trees_close(got[k], expected[k], what=f"params after step {k + 1}", rtol=1e-5, atol=1e-5)
+        assert_trees_close(
+            got[k], expected[k], what=f"params after step {k + 1}", rtol=1e-5, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize(
@@ -122,11 +130,19 @@ def test_projector_is_refreshed_every_update_proj_gap_steps_from_the_gradient():
 def test_stacked_layers_are_projected_per_layer():
     stacked, grads = numpy_tree(3, {"w": (3, 8, 4)}, 6)
     dims = {"w": gc.GaLoreDimensionNumbers(reduction_axis=1, output_axis=2)}
-    got, _ = run(gc.galore(0.01, rank=2, update_proj_gap=4, weight_dimension_numbers=dims),
-                 stacked, grads, gc.apply_updates)
-    split = lambda t: {f"layer_{i}": t["w"][i] for i in range(3)}  # noqa: E731
-    layers, _ = run(gc.galore(0.01, rank=2, update_proj_gap=4), split(stacked),
-                    [split(g) for g in grads], gc.apply_updates)
+    got, _ = run(
+        gc.galore(0.01, rank=2, update_proj_gap=4, weight_dimension_numbers=dims),
+        stacked,
+        grads,
+        gc.apply_updates,
+    )
+    split = lambda t: {f"layer_{i}": t["w"][i] for i in range(3)}
+    layers, _ = run(
+        gc.galore(0.01, rank=2, update_proj_gap=4),
+        split(stacked),
+        [split(g) for g in grads],
+        gc.apply_updates,
+    )
     assert_trees_close(split(got[-1]), layers[-1], what="layers")
 
 
@@ -144,22 +160,52 @@ def test_leaves_it_cannot_project_go_to_the_base_optimizer_unprojected():
 @pytest.mark.parametrize(
     "kwargs, params, message",
     [
-        (dict(weight_dimension_numbers={"w": gc.GaLoreDimensionNumbers(), "b": gc.GaLoreDimensionNumbers()}),
-         {"w": jnp.ones((6, 4)), "b": jnp.ones(3)},
-         r"scale_by_galore: parameter \['b'\] has shape \(3,\): GaLore projects matrices"),
-        (dict(rank=4, weight_dimension_numbers=lambda p: jax.tree.map(lambda _: gc.GaLoreDimensionNumbers(), p)),
-         {"layer": {"w": jnp.ones((4, 4))}},
-         r"parameter \['layer'\]\['w'\] is a 4x4 matrix: projecting its larger side \(4\) to rank 4 "
-         r"would not shrink it"),
-        (dict(rank=4, projected_dim="smaller", weight_dimension_numbers={"w": gc.GaLoreDimensionNumbers()}),
-         {"w": jnp.ones((16, 4))},
-         r"parameter \['w'\] is a 16x4 matrix: projecting its smaller side \(4\) to rank 4"),
-        (dict(weight_dimension_numbers={"w": gc.GaLoreDimensionNumbers(0, 0)}), {"w": jnp.ones((6, 4))},
-         r"parameter \['w'\]: reduction_axis 0 and output_axis 0 overlap"),
+        (
+            dict(
+                weight_dimension_numbers={
+                    "w": gc.GaLoreDimensionNumbers(),
+                    "b": gc.GaLoreDimensionNumbers(),
+                }
+            ),
+            {"w": jnp.ones((6, 4)), "b": jnp.ones(3)},
+            r"scale_by_galore: parameter \['b'\] has shape \(3,\): GaLore projects matrices",
+        ),
+        (
+            dict(
+                rank=4,
+                weight_dimension_numbers=lambda p: jax.tree.map(
+                    lambda _: gc.GaLoreDimensionNumbers(), p
+                ),
+            ),
+            {"layer": {"w": jnp.ones((4, 4))}},
+            r"parameter \['layer'\]\['w'\] is a 4x4 matrix: projecting its larger side \(4\) to rank 4 "
+            r"would not shrink it",
+        ),
+        (
+            dict(
+                rank=4,
+                projected_dim="smaller",
+                weight_dimension_numbers={"w": gc.GaLoreDimensionNumbers()},
+            ),
+            {"w": jnp.ones((16, 4))},
+            r"parameter \['w'\] is a 16x4 matrix: projecting its smaller side \(4\) to rank 4",
+        ),
+        (
+            dict(weight_dimension_numbers={"w": gc.GaLoreDimensionNumbers(0, 0)}),
+            {"w": jnp.ones((6, 4))},
+            r"parameter \['w'\]: reduction_axis 0 and output_axis 0 overlap",
+        ),
     ],
-    ids=["forced-1-d-leaf", "forced-square-at-full-rank", "forced-smaller-side-at-rank", "bad-axes"],
+    ids=[
+        "forced-1-d-leaf",
+        "forced-square-at-full-rank",
+        "forced-smaller-side-at-rank",
+        "bad-axes",
+    ],
 )
-def test_forcing_projection_on_a_leaf_it_cannot_project_names_the_path(kwargs, params, message, jit):
+def test_forcing_projection_on_a_leaf_it_cannot_project_names_the_path(
+    kwargs, params, message, jit
+):
     init = gc.galore(0.1, **kwargs).init
     with pytest.raises(ValueError, match=message):
         (jax.jit(init) if jit else init)(params)
@@ -174,9 +220,18 @@ def test_forcing_projection_on_a_leaf_it_cannot_project_names_the_path(kwargs, p
         (lambda: gc.galore(0.1, scale=-1.0), r"scale must be in \[0, inf\)"),
         (lambda: gc.galore(-0.1), r"learning_rate must be in \[0, inf\)"),
         (lambda: gc.galore(0.1, weight_decay=-1.0), r"weight_decay must be in \[0, inf\)"),
-        (lambda: gc.galore(0.1, projected_dim="middle"), r"projected_dim must be one of \('larger', 'smaller'\)"),
-        (lambda: gc.galore(0.1, base_optimizer="adam"), r"base_optimizer must be a gradient transformation"),
-        (lambda: gc.galore(0.1, weight_dimension_numbers=3), r"weight_dimension_numbers must be None"),
+        (
+            lambda: gc.galore(0.1, projected_dim="middle"),
+            r"projected_dim must be one of \('larger', 'smaller'\)",
+        ),
+        (
+            lambda: gc.galore(0.1, base_optimizer="adam"),
+            r"base_optimizer must be a gradient transformation",
+        ),
+        (
+            lambda: gc.galore(0.1, weight_dimension_numbers=3),
+            r"weight_dimension_numbers must be None",
+        ),
     ],
 )
 def test_invalid_hyperparameters_raise_at_construction(build, message):

@@ -6,10 +6,10 @@ import numpy as np
 import optax
 import optax.contrib
 import pytest
-
-import gradchain as gc
 from crosscheck import assert_trees_close
 from family_a_support import Quadratic, committed, numpy_run, run_on_loss
+
+import gradchain as gc
 
 STEPS = 30
 
@@ -22,7 +22,9 @@ OPTAX_CASES = {
     "prodigy": (lambda: gc.prodigy(), lambda: optax.contrib.prodigy(), "estim_lr"),
     "prodigy_decay_schedule_coef": (
         lambda: gc.prodigy(schedule, betas=(0.8, 0.99), weight_decay=0.1, estim_lr_coef=2.0),
-        lambda: optax.contrib.prodigy(schedule, betas=(0.8, 0.99), weight_decay=0.1, estim_lr_coef=2.0),
+        lambda: optax.contrib.prodigy(
+            schedule, betas=(0.8, 0.99), weight_decay=0.1, estim_lr_coef=2.0
+        ),
         "estim_lr",
     ),
     "prodigy_safeguard_warmup": (
@@ -55,8 +57,17 @@ def test_matches_optax_and_the_step_size_estimate_is_readable(name):
     assert_estimate_grew(state)
 
 
-def prodigyopt(lr=1.0, b1=0.9, b2=0.999, eps=1e-8, wd=0.0, d0=1e-6, coef=1.0,
-               use_bias_correction=False, safeguard_warmup=False):
+def prodigyopt(
+    lr=1.0,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    wd=0.0,
+    d0=1e-6,
+    coef=1.0,
+    use_bias_correction=False,
+    safeguard_warmup=False,
+):
     """ALGORITHMS.md §7.1: prodigyopt 1.1.2's Prodigy with decoupled decay, growth_rate = inf."""
     b3 = np.sqrt(b2)
     st = {"d": d0, "d_max": d0, "r": 0.0, "k": 0}
@@ -66,11 +77,13 @@ def prodigyopt(lr=1.0, b1=0.9, b2=0.999, eps=1e-8, wd=0.0, d0=1e-6, coef=1.0,
         bc = np.sqrt(1 - b2 ** (k + 1)) / (1 - b1 ** (k + 1)) if use_bias_correction else 1.0
         dlr = d * lr * bc
         st.setdefault("p0", {key: v.copy() for key, v in p.items()})
-        st["r"] = b3 * st["r"] + (d / d0) * dlr * sum(np.sum(g[key] * (st["p0"][key] - p[key])) for key in p)
+        st["r"] = b3 * st["r"] + (d / d0) * dlr * sum(
+            np.sum(g[key] * (st["p0"][key] - p[key])) for key in p
+        )
         for key in p:
             m, v, s = st.get(key, (0.0, 0.0, 0.0))
             m = b1 * m + (1 - b1) * d * g[key]
-            v = b2 * v + (1 - b2) * d ** 2 * g[key] ** 2
+            v = b2 * v + (1 - b2) * d**2 * g[key] ** 2
             s = b3 * s + (d / d0) * (d if safeguard_warmup else dlr) * g[key]
             st[key] = (m, v, s)
         s_l1 = sum(np.sum(np.abs(st[key][2])) for key in p)
@@ -80,14 +93,17 @@ def prodigyopt(lr=1.0, b1=0.9, b2=0.999, eps=1e-8, wd=0.0, d0=1e-6, coef=1.0,
         st["d_max"] = max(st["d_max"], d_hat)
         st["d"] = d = min(st["d_max"], d * np.inf)
         st["k"] = k + 1
-        return {key: p[key] - wd * dlr * p[key] - dlr * st[key][0] / (np.sqrt(st[key][1]) + d * eps)
-                for key in p}
+        return {
+            key: p[key] - wd * dlr * p[key] - dlr * st[key][0] / (np.sqrt(st[key][1]) + d * eps)
+            for key in p
+        }
 
     return step
 
 
-def dadaptation_adam(lr=1.0, b1=0.9, b2=0.999, eps=1e-8, wd=0.0, d0=1e-6,
-                     use_bias_correction=False, decouple=False):
+def dadaptation_adam(
+    lr=1.0, b1=0.9, b2=0.999, eps=1e-8, wd=0.0, d0=1e-6, use_bias_correction=False, decouple=False
+):
     """ALGORITHMS.md §7.3: dadaptation 3.2's DAdaptAdam, growth_rate = inf."""
     sb2 = np.sqrt(b2)
     st = {"d": d0, "nw": 0.0, "k": 0}
@@ -111,7 +127,9 @@ def dadaptation_adam(lr=1.0, b1=0.9, b2=0.999, eps=1e-8, wd=0.0, d0=1e-6,
         st["d"] = max(d, st["nw"] / ((1 - sb2) * s_l1))
         st["k"] = k + 1
         decay = wd * dlr if decouple else 0.0
-        return {key: p[key] - decay * p[key] - st[key][0] / (np.sqrt(st[key][1]) + eps) for key in p}
+        return {
+            key: p[key] - decay * p[key] - st[key][0] / (np.sqrt(st[key][1]) + eps) for key in p
+        }
 
     return step
 
@@ -121,16 +139,39 @@ def dadaptation_adam(lr=1.0, b1=0.9, b2=0.999, eps=1e-8, wd=0.0, d0=1e-6,
 def test_prodigy_follows_the_reference_algorithm(bias_correction, safeguard_warmup):
     # bias_correction=True is optax's (always on); False is prodigyopt's default (§15 row 17).
     problem = Quadratic(seed=2)
-    want = numpy_run(prodigyopt(0.5, b2=0.99, wd=0.05, use_bias_correction=bias_correction,
-                                safeguard_warmup=safeguard_warmup), problem, STEPS)
+    want = numpy_run(
+        prodigyopt(
+            0.5,
+            b2=0.99,
+            wd=0.05,
+            use_bias_correction=bias_correction,
+            safeguard_warmup=safeguard_warmup,
+        ),
+        problem,
+        STEPS,
+    )
     with jax.enable_x64(True):
-        tx = gc.prodigy(0.5, betas=(0.9, 0.99), weight_decay=0.05,
-                        safeguard_warmup=safeguard_warmup, bias_correction=bias_correction)
+        tx = gc.prodigy(
+            0.5,
+            betas=(0.9, 0.99),
+            weight_decay=0.05,
+            safeguard_warmup=safeguard_warmup,
+            bias_correction=bias_correction,
+        )
         got, state = run_on_loss(tx, problem.params(), problem.loss, STEPS, gc.apply_updates)
     assert_trees_close(got[-1], want[-1], rtol=1e-9, atol=1e-12)
     assert_estimate_grew(state)
-    other = numpy_run(prodigyopt(0.5, b2=0.99, wd=0.05, use_bias_correction=not bias_correction,
-                                 safeguard_warmup=safeguard_warmup), problem, STEPS)
+    other = numpy_run(
+        prodigyopt(
+            0.5,
+            b2=0.99,
+            wd=0.05,
+            use_bias_correction=not bias_correction,
+            safeguard_warmup=safeguard_warmup,
+        ),
+        problem,
+        STEPS,
+    )
     assert not np.allclose(other[-1]["w"], want[-1]["w"], rtol=1e-6)
 
 
@@ -139,15 +180,23 @@ def test_prodigy_follows_the_reference_algorithm(bias_correction, safeguard_warm
 def test_dadapt_adamw_follows_the_reference_algorithm(bias_correction, decouple):
     # (True, True) is optax's dadapt_adamw; (False, False) dadaptation.DAdaptAdam's defaults.
     problem = Quadratic(seed=3)
-    want = numpy_run(dadaptation_adam(0.5, wd=0.2, use_bias_correction=bias_correction,
-                                      decouple=decouple), problem, STEPS)
+    want = numpy_run(
+        dadaptation_adam(0.5, wd=0.2, use_bias_correction=bias_correction, decouple=decouple),
+        problem,
+        STEPS,
+    )
     with jax.enable_x64(True):
-        tx = gc.dadapt_adamw(0.5, weight_decay=0.2, bias_correction=bias_correction, decouple=decouple)
+        tx = gc.dadapt_adamw(
+            0.5, weight_decay=0.2, bias_correction=bias_correction, decouple=decouple
+        )
         got, state = run_on_loss(tx, problem.params(), problem.loss, STEPS, gc.apply_updates)
     assert_trees_close(got[-1], want[-1], rtol=1e-9, atol=1e-12)
     assert_estimate_grew(state)
-    other = numpy_run(dadaptation_adam(0.5, wd=0.2, use_bias_correction=bias_correction,
-                                       decouple=not decouple), problem, STEPS)
+    other = numpy_run(
+        dadaptation_adam(0.5, wd=0.2, use_bias_correction=bias_correction, decouple=not decouple),
+        problem,
+        STEPS,
+    )
     assert not np.allclose(other[-1]["w"], want[-1]["w"], rtol=1e-6)
 
 
@@ -167,7 +216,7 @@ def test_prodigy_keeps_a_copy_of_the_initial_parameters():
     np.testing.assert_array_equal(gc.tree_get(tx.init(params), "params0")["w"], params["w"])
     abstract = jax.eval_shape(tx.init, params)
     assert gc.tree_get(abstract, "params0")["w"].shape == (2,)
-    with pytest.raises(TypeError, match="starts its state at the parameters. values"):
+    with pytest.raises(TypeError, match=r"starts its state at the parameters. values"):
         tx.init({"w": jax.ShapeDtypeStruct((2,), jnp.float32)})
 
 

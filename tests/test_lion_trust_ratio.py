@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
-import gradchain as gc
 from crosscheck import assert_trees_close, gradient_stream, mixed_params, run
 from family_a_support import committed
+
+import gradchain as gc
 
 STEPS = 20
 MASK = {"scalar": False, "vector": False, "matrix": True, "tensor": True}
@@ -20,26 +20,50 @@ OPTAX_CASES = {
         lambda: optax.lion(0.01, b1=0.8, b2=0.95, weight_decay=0.3, mask=MASK),
     ),
     "lion_smooth": (
-        lambda: gc.chain(gc.scale_by_lion(mode="smooth", smooth_beta=3.0), gc.scale_by_learning_rate(0.01)),
-        lambda: optax.chain(optax.scale_by_lion(mode="smooth", smooth_beta=3.0), optax.scale_by_learning_rate(0.01)),
+        lambda: gc.chain(
+            gc.scale_by_lion(mode="smooth", smooth_beta=3.0), gc.scale_by_learning_rate(0.01)
+        ),
+        lambda: optax.chain(
+            optax.scale_by_lion(mode="smooth", smooth_beta=3.0), optax.scale_by_learning_rate(0.01)
+        ),
     ),
     "lion_refined": (
         lambda: gc.chain(gc.scale_by_lion(mode="refined"), gc.scale_by_learning_rate(0.01)),
-        lambda: optax.chain(optax.scale_by_lion(mode="refined"), optax.scale_by_learning_rate(0.01)),
+        lambda: optax.chain(
+            optax.scale_by_lion(mode="refined"), optax.scale_by_learning_rate(0.01)
+        ),
     ),
     "lamb": (lambda: gc.lamb(0.01, weight_decay=0.1), lambda: optax.lamb(0.01, weight_decay=0.1)),
     "lars": (lambda: gc.lars(0.1, weight_decay=0.1), lambda: optax.lars(0.1, weight_decay=0.1)),
     "lars_nesterov_masked": (
-        lambda: gc.lars(0.1, weight_decay=0.1, weight_decay_mask=MASK, trust_ratio_mask=MASK,
-                        trust_coefficient=0.01, eps=1e-3, nesterov=True),
-        lambda: optax.lars(0.1, weight_decay=0.1, weight_decay_mask=MASK, trust_ratio_mask=MASK,
-                           trust_coefficient=0.01, eps=1e-3, nesterov=True),
+        lambda: gc.lars(
+            0.1,
+            weight_decay=0.1,
+            weight_decay_mask=MASK,
+            trust_ratio_mask=MASK,
+            trust_coefficient=0.01,
+            eps=1e-3,
+            nesterov=True,
+        ),
+        lambda: optax.lars(
+            0.1,
+            weight_decay=0.1,
+            weight_decay_mask=MASK,
+            trust_ratio_mask=MASK,
+            trust_coefficient=0.01,
+            eps=1e-3,
+            nesterov=True,
+        ),
     ),
     "trust_ratio_min_norm": (
-        lambda: gc.chain(gc.scale_by_trust_ratio(min_norm=2.0, trust_coefficient=0.3, eps=1e-3),
-                         gc.scale_by_learning_rate(0.01)),
-        lambda: optax.chain(optax.scale_by_trust_ratio(min_norm=2.0, trust_coefficient=0.3, eps=1e-3),
-                            optax.scale_by_learning_rate(0.01)),
+        lambda: gc.chain(
+            gc.scale_by_trust_ratio(min_norm=2.0, trust_coefficient=0.3, eps=1e-3),
+            gc.scale_by_learning_rate(0.01),
+        ),
+        lambda: optax.chain(
+            optax.scale_by_trust_ratio(min_norm=2.0, trust_coefficient=0.3, eps=1e-3),
+            optax.scale_by_learning_rate(0.01),
+        ),
     ),
 }
 
@@ -74,7 +98,9 @@ def test_lamb_step_norm_is_the_learning_rate_times_each_parameter_norm():
     u, state = jax.jit(tx.update)(grads, tx.init(params), params)
     for k in params:
         np.testing.assert_allclose(
-            np.linalg.norm(np.asarray(u[k])), 0.01 * np.linalg.norm(np.asarray(params[k])), rtol=1e-5
+            np.linalg.norm(np.asarray(u[k])),
+            0.01 * np.linalg.norm(np.asarray(params[k])),
+            rtol=1e-5,
         )
     ratios = gc.tree_get(state, "trust_ratio")
     assert ratios.keys() == params.keys() and all(float(r) > 0 for r in ratios.values())
@@ -83,7 +109,9 @@ def test_lamb_step_norm_is_the_learning_rate_times_each_parameter_norm():
 def test_trust_ratio_is_readable_and_one_where_a_norm_is_zero():
     params = {"zero": jnp.zeros(3), "w": jnp.asarray([3.0, 4.0]), "masked": jnp.ones(2)}
     grads = {"zero": jnp.ones(3), "w": jnp.asarray([0.0, 0.5]), "masked": jnp.ones(2)}
-    tx = gc.scale_by_trust_ratio(trust_coefficient=2.0, mask={"zero": True, "w": True, "masked": False})
+    tx = gc.scale_by_trust_ratio(
+        trust_coefficient=2.0, mask={"zero": True, "w": True, "masked": False}
+    )
     u, state = tx.update(grads, tx.init(params), params)
     ratios = gc.tree_get(state, "trust_ratio")
     np.testing.assert_allclose(ratios["w"], 2.0 * 5.0 / 0.5, rtol=1e-6)
@@ -104,9 +132,11 @@ def test_low_precision_leaves_keep_their_dtype():
     params = committed(mixed_params())
     grads = gradient_stream(params, 3)
     for tx in (gc.lion(1e-3), gc.lamb(1e-3), gc.lars(1e-3)):
-        traj, state = run(tx, params, grads, gc.apply_updates)
+        traj, _state = run(tx, params, grads, gc.apply_updates)
         assert traj[-1]["bf16"].dtype == jnp.bfloat16
-        assert all(bool(jnp.all(jnp.isfinite(x.astype(jnp.float32)))) for x in jax.tree.leaves(traj[-1]))
+        assert all(
+            bool(jnp.all(jnp.isfinite(x.astype(jnp.float32)))) for x in jax.tree.leaves(traj[-1])
+        )
     assert gc.tree_get(gc.lion(1e-3).init(params), "mu")["bf16"].dtype == jnp.float32
 
 
@@ -116,10 +146,19 @@ def test_low_precision_leaves_keep_their_dtype():
         (lambda: gc.lion(0.1, b1=1.5), r"b1 must be in \[0, 1\]"),
         (lambda: gc.lion(0.1, b2=1.0), r"b2 must be in \[0, 1\)"),
         (lambda: gc.lion(-0.1), r"learning_rate must be in \[0, inf\)"),
-        (lambda: gc.scale_by_lion(mode="soft"), r"mode must be one of \('hard', 'smooth', 'refined'\)"),
-        (lambda: gc.scale_by_lion(mode="smooth", smooth_beta=0.0), r"smooth_beta must be in \(0, inf\)"),
+        (
+            lambda: gc.scale_by_lion(mode="soft"),
+            r"mode must be one of \('hard', 'smooth', 'refined'\)",
+        ),
+        (
+            lambda: gc.scale_by_lion(mode="smooth", smooth_beta=0.0),
+            r"smooth_beta must be in \(0, inf\)",
+        ),
         (lambda: gc.scale_by_trust_ratio(min_norm=-1.0), r"min_norm must be in \[0, inf\)"),
-        (lambda: gc.scale_by_trust_ratio(trust_coefficient=-1.0), r"trust_coefficient must be in \[0, inf\)"),
+        (
+            lambda: gc.scale_by_trust_ratio(trust_coefficient=-1.0),
+            r"trust_coefficient must be in \[0, inf\)",
+        ),
         (lambda: gc.lamb(0.1, eps=-1.0), r"eps must be in \[0, inf\)"),
         (lambda: gc.lamb(0.1, weight_decay=-1.0), r"weight_decay must be in \[0, inf\)"),
         (lambda: gc.lars(0.1, momentum=1.5), r"momentum must be in \[0, 1\]"),

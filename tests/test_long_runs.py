@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from registry import SCHEDULES, TRANSFORMS
 
 import gradchain as gc
-from registry import SCHEDULES, TRANSFORMS
 
 TOP = 2**31 - 1
 

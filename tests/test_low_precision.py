@@ -13,15 +13,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from registry import TRANSFORMS
 
 import gradchain as gc
-from registry import TRANSFORMS
 
 
 def _params(entry, dtype):
     shapes = {"a": (2, 3), "b": (3, 2)} if entry.matrices else {"a": (2, 3), "b": (3,)}
-    return {k: jnp.linspace(-1, 1, int(np.prod(s))).reshape(s).astype(dtype)
-            for k, s in shapes.items()}
+    return {
+        k: jnp.linspace(-1, 1, int(np.prod(s))).reshape(s).astype(dtype) for k, s in shapes.items()
+    }
 
 
 @pytest.mark.parametrize("entry", TRANSFORMS, ids=[e.id for e in TRANSFORMS])
@@ -43,8 +44,9 @@ def _adam_run(dtype, grads, eps=1e-8):
     tx = gc.adam(1e-3, eps=eps)
     params = {"w": jnp.zeros(grads[0]["w"].shape, dtype)}
     state = tx.init(params)
-    step = jax.jit(lambda p, s, g: (lambda u, s: (gc.apply_updates(p, u), s, u))(
-        *tx.update(g, s, p)))
+    step = jax.jit(
+        lambda p, s, g: (lambda u, s: (gc.apply_updates(p, u), s, u))(*tx.update(g, s, p))
+    )
     updates = []
     for g in grads:
         params, state, u = step(params, state, jax.tree.map(lambda x: x.astype(dtype), g))
@@ -56,16 +58,23 @@ def test_float16_adam_with_eps_1e8_matches_float32_where_the_squares_underflow_i
     """Gradients of 1e-4: their squares (1e-8) and eps (1e-8) are zero in float16, so a float16
     moment would give 0/0. In float32 arithmetic the update is about lr * sign(g)."""
     rng = np.random.default_rng(0)
-    grads = [{"w": jnp.asarray(1e-4 * rng.choice([-1.0, 1.0], 8) * rng.uniform(0.5, 1.5, 8),
-                               jnp.float32)} for _ in range(20)]
+    grads = [
+        {
+            "w": jnp.asarray(
+                1e-4 * rng.choice([-1.0, 1.0], 8) * rng.uniform(0.5, 1.5, 8), jnp.float32
+            )
+        }
+        for _ in range(20)
+    ]
     p16, u16 = _adam_run(jnp.float16, grads)
     p32, u32 = _adam_run(jnp.float32, grads)
     for a, b in zip(u16, u32):
         assert bool(jnp.all(jnp.isfinite(a)))
         # float16 rounds the update (1e-3 scale) to 2^-11 relative: 1e-3 tolerance is 2 ulps.
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b), rtol=1e-3, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(p16["w"], np.float32), np.asarray(p32["w"]), rtol=1e-2,
-                               atol=2e-5)
+    np.testing.assert_allclose(
+        np.asarray(p16["w"], np.float32), np.asarray(p32["w"]), rtol=1e-2, atol=2e-5
+    )
 
 
 def test_float16_adam_zero_gradient_gives_a_zero_update_not_nan():
@@ -89,8 +98,11 @@ def _regression(dtype):
     x = jax.random.normal(k1, (64, 8))
     w_true = jax.random.normal(k2, (8, 4))
     y = jnp.tanh(x @ w_true)
-    params = {"w1": (0.3 * jax.random.normal(k3, (8, 16))).astype(dtype),
-              "b1": jnp.zeros((1, 16), dtype), "w2": jnp.zeros((16, 4), dtype)}
+    params = {
+        "w1": (0.3 * jax.random.normal(k3, (8, 16))).astype(dtype),
+        "b1": jnp.zeros((1, 16), dtype),
+        "w2": jnp.zeros((16, 4), dtype),
+    }
 
     def loss(p):
         h = jnp.tanh(x @ p["w1"].astype(jnp.float32) + p["b1"].astype(jnp.float32))
@@ -104,8 +116,11 @@ def _regression(dtype):
     # Adafactor's step is relative to the parameter's RMS: at 3e-3 it is below half a bfloat16
     # ulp of the weights and rounds away (bfloat16 parameters without stochastic rounding lose
     # such steps, whatever the optimizer); 3e-2 is above it.
-    [lambda: gc.adamw(3e-3, weight_decay=1e-4), lambda: gc.adafactor(3e-2),
-     lambda: gc.muon(3e-3, adam_learning_rate=3e-3)],
+    [
+        lambda: gc.adamw(3e-3, weight_decay=1e-4),
+        lambda: gc.adafactor(3e-2),
+        lambda: gc.muon(3e-3, adam_learning_rate=3e-3),
+    ],
     ids=["adamw", "adafactor", "muon"],
 )
 def test_a_1000_step_bfloat16_run_stays_finite_and_learns(build):
@@ -118,8 +133,9 @@ def test_a_1000_step_bfloat16_run_stays_finite_and_learns(build):
         u, s = tx.update(g, s, p)
         return (gc.apply_updates(p, u), s), value
 
-    (params, state), losses = jax.jit(
-        lambda p, s: jax.lax.scan(step, (p, s), None, length=1000))(params, tx.init(params))
+    (params, state), losses = jax.jit(lambda p, s: jax.lax.scan(step, (p, s), None, length=1000))(
+        params, tx.init(params)
+    )
     losses = np.asarray(losses)
     assert np.all(np.isfinite(losses))
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves((params, state)))

@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from training import transformer_params
 
 import gradchain as gc
-from training import transformer_params
 
 DENSE = ["attn/query", "attn/key", "attn/value", "attn/out", "mlp/up", "mlp/down"]
 
@@ -34,7 +34,9 @@ def test_path_strings_join_keys_indices_and_attributes():
     tree = {"layers": [{"w": 1.0}, {"w": 2.0}], "head": (3.0,)}
     assert jax.tree.leaves(gc.tree_paths(tree)) == ["head/0", "layers/0/w", "layers/1/w"]
     assert jax.tree.leaves(gc.tree_paths(gc.LookaheadParams(fast={"a": 1.0}, slow={"a": 2.0}))) == [
-        "fast/a", "slow/a"]
+        "fast/a",
+        "slow/a",
+    ]
 
 
 @pytest.mark.parametrize("stacked", [False, True], ids=["per_layer", "stacked"])
@@ -69,7 +71,9 @@ def test_a_plain_regex_is_a_mask_for_weight_decay_too():
 
 def test_path_labels_take_the_first_matching_pattern():
     params = transformer_params(stacked=True)
-    labels = gc.path_labels({r"embed": "embedding", r"bias|norm": "no_decay"}, default="decay")(params)
+    labels = gc.path_labels({r"embed": "embedding", r"bias|norm": "no_decay"}, default="decay")(
+        params
+    )
     assert labels["embed"]["embedding"] == "embedding" and labels["pos_embed"] == "embedding"
     assert labels["layers"]["attn_norm"]["scale"] == "no_decay"
     assert labels["layers"]["mlp"]["up"]["kernel"] == "decay"
@@ -92,7 +96,9 @@ def test_masks_read_the_same_on_a_flax_state_and_on_its_arrays():
     mask = gc.path_mask(exclude=r"bias$|norm")
     on_variables = jax.tree.leaves(mask(state))
     on_arrays = jax.tree.leaves(mask(nnx.as_pure(state)))
-    assert on_variables == on_arrays == [False, True, False, False]  # dense/bias, dense/kernel, norm/*
+    assert (
+        on_variables == on_arrays == [False, True, False, False]
+    )  # dense/bias, dense/kernel, norm/*
 
 
 def test_a_mask_whose_leaves_are_not_bools_is_rejected():
@@ -102,10 +108,14 @@ def test_a_mask_whose_leaves_are_not_bools_is_rejected():
 
 def test_path_mask_is_comparable_data():
     assert gc.path_mask(exclude="bias") == gc.path_mask(exclude="bias")
-    assert gc.path_mask(min_ndim=2, stacked={"layers": 1}) == gc.path_mask(min_ndim=2, stacked={"layers": 1})
+    assert gc.path_mask(min_ndim=2, stacked={"layers": 1}) == gc.path_mask(
+        min_ndim=2, stacked={"layers": 1}
+    )
     assert repr(gc.path_mask(exclude="bias", min_ndim=2)) == "path_mask(exclude='bias', min_ndim=2)"
-    assert np.array_equal(jax.tree.leaves(gc.path_mask(include=["a", "b"])({"a": 1, "b": 2, "c": 3})),
-                          [True, True, False])
+    assert np.array_equal(
+        jax.tree.leaves(gc.path_mask(include=["a", "b"])({"a": 1, "b": 2, "c": 3})),
+        [True, True, False],
+    )
 
 
 def test_a_callable_pytree_of_bools_is_a_mask_tree_not_a_mask_function():

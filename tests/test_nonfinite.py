@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from registry import NONFINITE, OPTIMIZERS, TRANSFORMS
 
 import gradchain as gc
-from registry import NONFINITE, OPTIMIZERS, TRANSFORMS
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -62,8 +62,9 @@ def observed(entry):
     later = []
     for seed in (1, 2):
         updates, state = step(_grads(params, seed), state)
-        later.append(not all(bool(jnp.isfinite(u).all())
-                             for u in jax.tree.leaves(_unwrap(entry, updates))))
+        later.append(
+            not all(bool(jnp.isfinite(u).all()) for u in jax.tree.leaves(_unwrap(entry, updates)))
+        )
     return where, any(later)
 
 
@@ -93,8 +94,10 @@ def readme_table():
 def markdown_table() -> str:
     """The README table, generated from the registry (``python -c 'import
     test_nonfinite as t; print(t.markdown_table())'`` from tests/)."""
-    lines = ["| transformation | a NaN in this step shows in | later finite steps non-finite |",
-             "|---|---|---|"]
+    lines = [
+        "| transformation | a NaN in this step shows in | later finite steps non-finite |",
+        "|---|---|---|",
+    ]
     for e in TRANSFORMS:
         lines.append(f"| `{e.id}` | {e.nonfinite} | {'yes' if e.keeps_nan else 'no'} |")
     return "\n".join(lines)
@@ -124,7 +127,10 @@ def test_apply_if_finite_skips_a_nan_step_leaving_updates_zero_and_state_unchang
     for a, b in zip(jax.tree.leaves(state.inner_state), jax.tree.leaves(before)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert (int(state.notfinite_count), bool(state.last_finite), int(state.total_notfinite)) == (
-        1, False, 1)
+        1,
+        False,
+        1,
+    )
 
     # The skipped step left no trace: the next finite step is the unprotected optimizer's.
     ours, state = step(protected, _grads(params, 2), state)

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
+from registry import NOT_TRANSFORMS, SCHEDULES, TRANSFORMS, random_tree
 
 import gradchain as gc
-from registry import NOT_TRANSFORMS, SCHEDULES, TRANSFORMS, random_tree
 
 EXAMPLES = int(os.environ.get("GRADCHAIN_HYPOTHESIS_EXAMPLES", "8"))
 SETTINGS = settings(
@@ -101,8 +101,12 @@ def eager_two_steps(entry, x64, tree, seed_):
     if key not in _EAGER:
         _, params, grads = materialise(tree, seed_)
         tx = entry.build()
-        _EAGER[key] = (params, grads, tx.init(entry.params_arg(params)),
-                       two_steps(entry, tx, params, grads))
+        _EAGER[key] = (
+            params,
+            grads,
+            tx.init(entry.params_arg(params)),
+            two_steps(entry, tx, params, grads),
+        )
     return _EAGER[key]
 
 
@@ -122,18 +126,23 @@ def _is_transformation_factory(obj) -> bool:
         return issubclass(obj, gc.GradientTransformation) or issubclass(obj, gc.Schedule)
     annotation = getattr(obj, "__annotations__", {}).get("return", "")
     return str(annotation) in {
-        "Chain", "Masked", "Partition", "Identity", "AddDecoupledWeightDecay"}
+        "Chain",
+        "Masked",
+        "Partition",
+        "Identity",
+        "AddDecoupledWeightDecay",
+    }
 
 
 def test_registry_covers_every_public_name():
     public = set(gc.__all__)
-    covered = set(e.name for e in TRANSFORMS) | set(SCHEDULES) | set(NOT_TRANSFORMS)
+    covered = {e.name for e in TRANSFORMS} | set(SCHEDULES) | set(NOT_TRANSFORMS)
     assert public - covered == set(), "public names with no registry entry (tests/registry.py)"
     assert covered - public == set(), "registry names that are not public"
-    assert not (set(e.name for e in TRANSFORMS) & set(NOT_TRANSFORMS))
+    assert not ({e.name for e in TRANSFORMS} & set(NOT_TRANSFORMS))
     factories = {n for n in public if _is_transformation_factory(getattr(gc, n))}
     assert factories - {"GradientTransformation", "Schedule"} <= (
-        set(e.name for e in TRANSFORMS) | set(SCHEDULES)
+        {e.name for e in TRANSFORMS} | set(SCHEDULES)
     )
 
 
@@ -144,7 +153,7 @@ def test_registry_covers_every_public_name():
 def test_updates_and_state_keep_structure_shapes_and_dtypes(entry, example):
     x64, tree, seed_ = example.draw(trees(entry))
     with x64_context(x64):
-        specs, params, grads = materialise(tree, seed_)
+        _specs, params, grads = materialise(tree, seed_)
         tx = entry.build()
         state0 = jax.eval_shape(tx.init, entry.params_arg(params))
         (u1, u2), state = jax.eval_shape(lambda p, g: two_steps(entry, tx, p, g), params, grads)
@@ -188,8 +197,9 @@ def test_init_from_shapes_equals_init_from_arrays(entry, example):
         assert jax.tree.structure(abstract) == jax.tree.structure(concrete)
         for (path, a), b in zip(leaves_with_path(abstract), jax.tree.leaves(concrete)):
             assert a.dtype == b.dtype and a.shape == b.shape, jax.tree_util.keystr(path)
-            np.testing.assert_array_equal(np.asarray(a), np.asarray(b),
-                                          err_msg=jax.tree_util.keystr(path))
+            np.testing.assert_array_equal(
+                np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path)
+            )
 
 
 def _tolerance(dtypes):
@@ -211,8 +221,10 @@ def test_jit_and_eager_agree(entry, example):
     with x64_context(x64):
         params, grads, *eager = eager_two_steps(entry, x64, tree, seed_)
         tx = entry.build()
-        jitted = (jax.jit(tx.init)(entry.params_arg(params)),
-                  jax.jit(lambda p, g: two_steps(entry, tx, p, g))(params, grads))
+        jitted = (
+            jax.jit(tx.init)(entry.params_arg(params)),
+            jax.jit(lambda p, g: two_steps(entry, tx, p, g))(params, grads),
+        )
         eager = tuple(eager)
         assert jax.tree.structure(jitted) == jax.tree.structure(eager)
         for (path, a), b in zip(leaves_with_path(jitted), jax.tree.leaves(eager)):
@@ -222,5 +234,10 @@ def test_jit_and_eager_agree(entry, example):
                 np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
                 continue
             tol = _tolerance([x.dtype for x in jax.tree.leaves(params)] + [a.dtype])
-            np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64), rtol=tol,
-                                       atol=tol, err_msg=jax.tree_util.keystr(path))
+            np.testing.assert_allclose(
+                a.astype(np.float64),
+                b.astype(np.float64),
+                rtol=tol,
+                atol=tol,
+                err_msg=jax.tree_util.keystr(path),
+            )

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from crosscheck import assert_trees_close, gradient_stream, mixed_params, run
 
 import gradchain as gc
-from crosscheck import assert_trees_close, gradient_stream, mixed_params, run
 
 # SHA-256 of the 256 little-endian float32 values of bitsandbytes' maps, as printed in
 # ALGORITHMS.md Appendix A (generated there by bitsandbytes 0.50.2's create_dynamic_map).
@@ -75,7 +75,7 @@ def _blocks(kind: str, n_blocks: int, block_size: int, seed: int = 0):
         return (x * np.repeat(scales, block_size)[:n]).astype(np.float32)
     if kind == "zero_blocks":
         x = rng.standard_normal(n).astype(np.float32)
-        x[: block_size] = 0.0
+        x[:block_size] = 0.0
         x[3 * block_size : 5 * block_size] = 0.0
         x[-100:] = 0.0
         return x
@@ -229,12 +229,16 @@ def test_float_leaves_follow_the_float_optimizer_exactly():
     "ours, reference",
     [
         (gc.adam_8bit(1e-2, min_8bit_size=NO_8BIT), optax.adam(1e-2)),
-        (gc.adamw_8bit(1e-2, weight_decay=0.1, min_8bit_size=NO_8BIT),
-         optax.adamw(1e-2, weight_decay=0.1)),
+        (
+            gc.adamw_8bit(1e-2, weight_decay=0.1, min_8bit_size=NO_8BIT),
+            optax.adamw(1e-2, weight_decay=0.1),
+        ),
         (gc.lion_8bit(1e-3, min_8bit_size=NO_8BIT), optax.lion(1e-3)),
         (gc.sgd_8bit(0.1, momentum=0.9, min_8bit_size=NO_8BIT), optax.sgd(0.1, momentum=0.9)),
-        (gc.sgd_8bit(0.1, momentum=0.9, nesterov=True, min_8bit_size=NO_8BIT),
-         optax.sgd(0.1, momentum=0.9, nesterov=True)),
+        (
+            gc.sgd_8bit(0.1, momentum=0.9, nesterov=True, min_8bit_size=NO_8BIT),
+            optax.sgd(0.1, momentum=0.9, nesterov=True),
+        ),
     ],
     ids=["adam_8bit", "adamw_8bit", "lion_8bit", "sgd_8bit", "sgd_8bit_nesterov"],
 )
@@ -277,7 +281,7 @@ def test_quantized_moments_stay_within_the_accumulated_rounding_bound(name, inne
     tx = gc.quantize_moments(inner)
     float_update, quant_update = jax.jit(inner.update), jax.jit(tx.update)
     fs, qs = inner.init(params), tx.init(params)
-    bound = {f: 0.0 for f in fields}
+    bound = dict.fromkeys(fields, 0.0)
     for g in grads:
         _, fs = float_update(g, fs, params)
         _, qs = quant_update(g, qs, params)
@@ -389,17 +393,21 @@ def test_adamw_8bit_tracks_float32_adamw_on_a_small_mlp():
 
 def gpt2_small_params():
     """Abstract GPT-2 small (124M parameters, 148 leaves, tied embeddings)."""
-    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
+    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
     d = 768
 
     def layer():
         return {
             "ln_1": {"w": f32(d), "b": f32(d)},
-            "attn": {"c_attn": {"w": f32(d, 3 * d), "b": f32(3 * d)},
-                     "c_proj": {"w": f32(d, d), "b": f32(d)}},
+            "attn": {
+                "c_attn": {"w": f32(d, 3 * d), "b": f32(3 * d)},
+                "c_proj": {"w": f32(d, d), "b": f32(d)},
+            },
             "ln_2": {"w": f32(d), "b": f32(d)},
-            "mlp": {"c_fc": {"w": f32(d, 4 * d), "b": f32(4 * d)},
-                    "c_proj": {"w": f32(4 * d, d), "b": f32(d)}},
+            "mlp": {
+                "c_fc": {"w": f32(d, 4 * d), "b": f32(4 * d)},
+                "c_proj": {"w": f32(4 * d, d), "b": f32(d)},
+            },
         }
 
     return {
@@ -479,13 +487,19 @@ def test_8bit_optimizers_are_inspectable_data():
         (lambda: gc.adamw_8bit(1e-3, block_size=0), "block_size must be a positive integer, got 0"),
         (lambda: gc.adamw_8bit(1e-3, block_size=256.0), "block_size must be a positive integer"),
         (lambda: gc.sgd_8bit(0.1, 0.9, min_8bit_size=-1), "min_8bit_size must be an integer >= 0"),
-        (lambda: gc.quantize_moments(gc.trace(0.9), moments={"trace": "signd"}),
-         r"moments\['trace'\] must be 'signed' or 'unsigned', got 'signd'"),
-        (lambda: gc.adamw_8bit(1e-3, weight_decay=-1.0, decay_after_step=True),
-         r"weight_decay must be in \[0, inf\)"),
+        (
+            lambda: gc.quantize_moments(gc.trace(0.9), moments={"trace": "signd"}),
+            r"moments\['trace'\] must be 'signed' or 'unsigned', got 'signd'",
+        ),
+        (
+            lambda: gc.adamw_8bit(1e-3, weight_decay=-1.0, decay_after_step=True),
+            r"weight_decay must be in \[0, inf\)",
+        ),
         (lambda: gc.adamw_8bit(1e-3, decay_after_step=1), "decay_after_step must be a bool"),
-        (lambda: gc.quantize_blockwise(jnp.ones(3), block_size=-2),
-         "block_size must be a positive"),
+        (
+            lambda: gc.quantize_blockwise(jnp.ones(3), block_size=-2),
+            "block_size must be a positive",
+        ),
     ],
 )
 def test_invalid_arguments_raise_at_construction(build, message):

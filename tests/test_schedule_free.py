@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from crosscheck import assert_trees_close, gradient_stream, mixed_params, run
 
 import gradchain as gc
-from crosscheck import assert_trees_close, gradient_stream, mixed_params, run
 
 STEPS = 20
 
@@ -25,7 +25,9 @@ GRADS = gradient_stream(PARAMS, STEPS)
             lambda: optax.contrib.schedule_free_adamw(0.01, weight_decay=0.01),
         ),
         (
-            lambda: gc.schedule_free_adamw(0.01, 5, b1=0.8, weight_decay=0.01, optax_off_by_one=True),
+            lambda: gc.schedule_free_adamw(
+                0.01, 5, b1=0.8, weight_decay=0.01, optax_off_by_one=True
+            ),
             lambda: optax.contrib.schedule_free_adamw(0.01, 5, b1=0.8, weight_decay=0.01),
         ),
         (
@@ -37,7 +39,12 @@ GRADS = gradient_stream(PARAMS, STEPS)
             lambda: optax.contrib.schedule_free(optax.sgd(0.1), 0.1, b1=0.95, weight_lr_power=1.0),
         ),
     ],
-    ids=["adamw", "adamw-warmup-optax-off-by-one", "sgd-warmup-optax-off-by-one", "wrapper-over-sgd"],
+    ids=[
+        "adamw",
+        "adamw-warmup-optax-off-by-one",
+        "sgd-warmup-optax-off-by-one",
+        "wrapper-over-sgd",
+    ],
 )
 def test_matches_optax_over_jitted_steps(ours, theirs):
     got, state = run(ours(), PARAMS, GRADS, gc.apply_updates)
@@ -56,8 +63,9 @@ def warmup_4(count):
     return 0.05 * jnp.minimum(1.0, (count + 1) / 4)
 
 
-def reference_schedule_free(params, grads, *, lr, warmup, b1, weight_decay, r=0.0, power=2.0,
-                            adam=True, b2=0.999, eps=1e-8):
+def reference_schedule_free(
+    params, grads, *, lr, warmup, b1, weight_decay, r=0.0, power=2.0, adam=True, b2=0.999, eps=1e-8
+):
     """``schedulefree`` 1.4.1 as ALGORITHMS.md §8.1 writes it, in float64: the y/z form, one
     step counter k for the warmup of both the step and the weights. Returns (y, x) per step."""
     y = {k: np.asarray(v, np.float64) for k, v in params.items()}
@@ -86,12 +94,18 @@ def reference_schedule_free(params, grads, *, lr, warmup, b1, weight_decay, r=0.
 @pytest.mark.parametrize(
     "build, kwargs",
     [
-        (lambda: gc.schedule_free_adamw(0.01, 5, b1=0.9, weight_decay=0.01),
-         dict(lr=0.01, warmup=5, b1=0.9, weight_decay=0.01)),
-        (lambda: gc.schedule_free_sgd(0.05, 8, b1=0.8, weight_decay=0.01),
-         dict(lr=0.05, warmup=8, b1=0.8, weight_decay=0.01, adam=False)),
-        (lambda: gc.schedule_free(gc.sgd(warmup_4), warmup_4, 0.9, r=0.5),
-         dict(lr=0.05, warmup=4, b1=0.9, weight_decay=0.0, r=0.5, adam=False)),
+        (
+            lambda: gc.schedule_free_adamw(0.01, 5, b1=0.9, weight_decay=0.01),
+            dict(lr=0.01, warmup=5, b1=0.9, weight_decay=0.01),
+        ),
+        (
+            lambda: gc.schedule_free_sgd(0.05, 8, b1=0.8, weight_decay=0.01),
+            dict(lr=0.05, warmup=8, b1=0.8, weight_decay=0.01, adam=False),
+        ),
+        (
+            lambda: gc.schedule_free(gc.sgd(warmup_4), warmup_4, 0.9, r=0.5),
+            dict(lr=0.05, warmup=4, b1=0.9, weight_decay=0.0, r=0.5, adam=False),
+        ),
     ],
     ids=["adamw", "sgd", "wrapper-with-r"],
 )
@@ -101,9 +115,15 @@ def test_default_follows_the_reference_formulas_with_warmup(build, kwargs):
     # float32 against float64: ~20 steps of O(lr) updates on O(1) values, each rounded to 2^-24
     # relative, plus the float32 bias correction 1 - b2^t (§14): 1e-5 bounds the drift.
     for k in range(STEPS):
-        assert_trees_close(got[k], expected[k][0], what=f"y after step {k + 1}", rtol=1e-5, atol=1e-5)
+        assert_trees_close(
+            got[k], expected[k][0], what=f"y after step {k + 1}", rtol=1e-5, atol=1e-5
+        )
     assert_trees_close(
-        gc.schedule_free_eval_params(state, got[-1]), expected[-1][1], what="x", rtol=1e-5, atol=1e-5
+        gc.schedule_free_eval_params(state, got[-1]),
+        expected[-1][1],
+        what="x",
+        rtol=1e-5,
+        atol=1e-5,
     )
 
 
@@ -111,7 +131,10 @@ def test_default_takes_a_base_step_at_the_first_warmup_update_and_optax_mode_doe
     grads = GRADS[:1]
     _, ours = run(gc.schedule_free_sgd(0.1, warmup_steps=4), PARAMS, grads, gc.apply_updates)
     _, optaxlike = run(
-        gc.schedule_free_sgd(0.1, warmup_steps=4, optax_off_by_one=True), PARAMS, grads, gc.apply_updates
+        gc.schedule_free_sgd(0.1, warmup_steps=4, optax_off_by_one=True),
+        PARAMS,
+        grads,
+        gc.apply_updates,
     )
     z_ours, z_optax = gc.tree_get(ours, "z"), gc.tree_get(optaxlike, "z")
     # reference: gamma_0 = 0.1 * 1/4; optax: its base scale_by_learning_rate sees schedule(0) = 0.
@@ -188,12 +211,24 @@ def test_state_memory_is_z_plus_the_base_state():
         (lambda: gc.schedule_free_sgd(b1=0.0), r"b1 must be in \(0, 1\], got 0.0"),
         (lambda: gc.schedule_free_adamw(b1=1.5), r"b1 must be in \(0, 1\]"),
         (lambda: gc.schedule_free_adamw(-0.1), r"learning_rate must be in \[0, inf\)"),
-        (lambda: gc.schedule_free_adamw(weight_lr_power=-1.0), r"weight_lr_power must be in \[0, inf\)"),
-        (lambda: gc.schedule_free_adamw(warmup_steps=0), r"warmup_steps must be None or a positive int"),
+        (
+            lambda: gc.schedule_free_adamw(weight_lr_power=-1.0),
+            r"weight_lr_power must be in \[0, inf\)",
+        ),
+        (
+            lambda: gc.schedule_free_adamw(warmup_steps=0),
+            r"warmup_steps must be None or a positive int",
+        ),
         (lambda: gc.schedule_free_adamw(b2=1.0), r"b2 must be in \[0, 1\)"),
         (lambda: gc.schedule_free(gc.sgd(0.1), 0.1, r=-1.0), r"r must be in \[0, inf\)"),
-        (lambda: gc.schedule_free(gc.adam(0.1), 0.1), r"base_optimizer has momentum \(scale_by_adam"),
-        (lambda: gc.schedule_free(gc.sgd(0.1, momentum=0.9), 0.1), r"base_optimizer has momentum \(trace"),
+        (
+            lambda: gc.schedule_free(gc.adam(0.1), 0.1),
+            r"base_optimizer has momentum \(scale_by_adam",
+        ),
+        (
+            lambda: gc.schedule_free(gc.sgd(0.1, momentum=0.9), 0.1),
+            r"base_optimizer has momentum \(trace",
+        ),
         (lambda: gc.schedule_free("sgd", 0.1), r"base_optimizer must be a gradient transformation"),
     ],
 )

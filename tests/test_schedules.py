@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from crosscheck import assert_trees_close, gradient_stream, mixed_params, run
 
 import gradchain as gc
-from crosscheck import assert_trees_close, gradient_stream, mixed_params, run
 
 TOP = 2**31 - 1
 
@@ -18,7 +18,7 @@ TOP = 2**31 - 1
 def along(*schedules, n):
     """Each schedule at steps 0..n-1, evaluated inside one ``jax.jit`` with a traced int32 step."""
     steps = jnp.arange(n, dtype=jnp.int32)
-    each = lambda c: tuple(jnp.asarray(s(c), jnp.float32) for s in schedules)  # noqa: E731
+    each = lambda c: tuple(jnp.asarray(s(c), jnp.float32) for s in schedules)
     out = jax.jit(lambda cs: jax.lax.map(each, cs))(steps)
     out = [np.asarray(v, np.float64) for v in out]
     return out[0] if len(out) == 1 else out
@@ -46,129 +46,182 @@ SGDR_CYCLES = [
 OPTAX_PAIRS = {
     "constant": (gc.constant_schedule(0.3), optax.constant_schedule(0.3), 5),
     "polynomial": (
-        gc.polynomial_schedule(1.0, 0.01, 2, 30, 5), optax.polynomial_schedule(1.0, 0.01, 2, 30, 5), 45
+        gc.polynomial_schedule(1.0, 0.01, 2, 30, 5),
+        optax.polynomial_schedule(1.0, 0.01, 2, 30, 5),
+        45,
     ),
     "linear": (gc.linear_schedule(0.25, 1.0, 4), optax.linear_schedule(0.25, 1.0, 4), 10),
     "linear_begin": (
         gc.linear_schedule(1.0, 0.1, 20, transition_begin=7),
-        optax.linear_schedule(1.0, 0.1, 20, transition_begin=7), 35,
+        optax.linear_schedule(1.0, 0.1, 20, transition_begin=7),
+        35,
     ),
     "exponential": (
         gc.exponential_decay(2.0, 7, 0.8, transition_begin=3),
-        optax.exponential_decay(2.0, 7, 0.8, transition_begin=3), 60,
+        optax.exponential_decay(2.0, 7, 0.8, transition_begin=3),
+        60,
     ),
     "exponential_staircase": (
         gc.exponential_decay(1.0, 4, 0.5, staircase=True),
-        optax.exponential_decay(1.0, 4, 0.5, staircase=True), 30,
+        optax.exponential_decay(1.0, 4, 0.5, staircase=True),
+        30,
     ),
     "exponential_floor": (
         gc.exponential_decay(1.0, 5, 0.5, end_value=0.1),
-        optax.exponential_decay(1.0, 5, 0.5, end_value=0.1), 40,
+        optax.exponential_decay(1.0, 5, 0.5, end_value=0.1),
+        40,
     ),
     "exponential_ceiling": (
         gc.exponential_decay(1.0, 5, 1.5, end_value=3.0),
-        optax.exponential_decay(1.0, 5, 1.5, end_value=3.0), 25,
+        optax.exponential_decay(1.0, 5, 1.5, end_value=3.0),
+        25,
     ),
     "piecewise_constant": (
         gc.piecewise_constant_schedule(1.0, {8: 0.5, 4: 0.5, 20: 0.1}),
-        optax.piecewise_constant_schedule(1.0, {8: 0.5, 4: 0.5, 20: 0.1}), 25,
+        optax.piecewise_constant_schedule(1.0, {8: 0.5, 4: 0.5, 20: 0.1}),
+        25,
     ),
-    "cosine": (gc.cosine_decay_schedule(1.0, 10, alpha=0.1), optax.cosine_decay_schedule(1.0, 10, 0.1), 25),
+    "cosine": (
+        gc.cosine_decay_schedule(1.0, 10, alpha=0.1),
+        optax.cosine_decay_schedule(1.0, 10, 0.1),
+        25,
+    ),
     "cosine_exponent": (
         gc.cosine_decay_schedule(2.0, 25, exponent=2.0),
-        optax.cosine_decay_schedule(2.0, 25, exponent=2.0), 40,
+        optax.cosine_decay_schedule(2.0, 25, exponent=2.0),
+        40,
     ),
     "warmup_cosine": (
         gc.warmup_cosine_decay_schedule(0.001, 1.0, 5, 20, end_value=0.1),
-        optax.warmup_cosine_decay_schedule(0.001, 1.0, 5, 20, end_value=0.1), 30,
+        optax.warmup_cosine_decay_schedule(0.001, 1.0, 5, 20, end_value=0.1),
+        30,
     ),
     "warmup_cosine_exponent": (
         gc.warmup_cosine_decay_schedule(0.0, 3e-4, 10, 50, 1e-5, exponent=1.5),
-        optax.warmup_cosine_decay_schedule(0.0, 3e-4, 10, 50, 1e-5, exponent=1.5), 60,
+        optax.warmup_cosine_decay_schedule(0.0, 3e-4, 10, 50, 1e-5, exponent=1.5),
+        60,
     ),
     "warmup_cosine_no_warmup": (
         gc.warmup_cosine_decay_schedule(0.1, 1.0, 0, 15),
-        optax.warmup_cosine_decay_schedule(0.1, 1.0, 0, 15), 20,
+        optax.warmup_cosine_decay_schedule(0.1, 1.0, 0, 15),
+        20,
     ),
     "warmup_constant": (
-        gc.warmup_constant_schedule(0.0, 1.0, 8), optax.warmup_constant_schedule(0.0, 1.0, 8), 12
+        gc.warmup_constant_schedule(0.0, 1.0, 8),
+        optax.warmup_constant_schedule(0.0, 1.0, 8),
+        12,
     ),
     "warmup_exponential": (
         gc.warmup_exponential_decay_schedule(0.0, 1.0, 5, 3, 0.7, 2, True, 0.2),
-        optax.warmup_exponential_decay_schedule(0.0, 1.0, 5, 3, 0.7, 2, True, 0.2), 40,
+        optax.warmup_exponential_decay_schedule(0.0, 1.0, 5, 3, 0.7, 2, True, 0.2),
+        40,
     ),
     "warmup_linear_decay": (
         gc.warmup_linear_decay_schedule(0.0, 1.0, 5, 20, 0.1),
         optax.join_schedules(
             [optax.linear_schedule(0.0, 1.0, 5), optax.linear_schedule(1.0, 0.1, 15)], [5]
-        ), 30,
+        ),
+        30,
     ),
     "interpolate_linear": (
         gc.piecewise_interpolate_schedule("linear", 1.0, {4: 0.1, 8: 0.01}),
-        optax.piecewise_interpolate_schedule("linear", 1.0, {4: 0.1, 8: 0.01}), 12,
+        optax.piecewise_interpolate_schedule("linear", 1.0, {4: 0.1, 8: 0.01}),
+        12,
     ),
     "interpolate_cosine": (
         gc.piecewise_interpolate_schedule("cosine", 0.5, {0: 2.0, 6: 0.1, 15: 4.0}),
-        optax.piecewise_interpolate_schedule("cosine", 0.5, {0: 2.0, 6: 0.1, 15: 4.0}), 20,
+        optax.piecewise_interpolate_schedule("cosine", 0.5, {0: 2.0, 6: 0.1, 15: 4.0}),
+        20,
     ),
     "linear_onecycle": (
-        gc.linear_onecycle_schedule(40, 1.0), optax.linear_onecycle_schedule(40, 1.0), 50
+        gc.linear_onecycle_schedule(40, 1.0),
+        optax.linear_onecycle_schedule(40, 1.0),
+        50,
     ),
     "cosine_onecycle": (
-        gc.cosine_onecycle_schedule(20, 1.0), optax.cosine_onecycle_schedule(20, 1.0), 25
+        gc.cosine_onecycle_schedule(20, 1.0),
+        optax.cosine_onecycle_schedule(20, 1.0),
+        25,
     ),
     "cosine_onecycle_args": (
         gc.cosine_onecycle_schedule(50, 0.3, 0.25, 10.0, 100.0),
-        optax.cosine_onecycle_schedule(50, 0.3, 0.25, 10.0, 100.0), 60,
+        optax.cosine_onecycle_schedule(50, 0.3, 0.25, 10.0, 100.0),
+        60,
     ),
     "sgdr": (gc.sgdr_schedule(SGDR_CYCLES), optax.sgdr_schedule(SGDR_CYCLES), 35),
     "warm_restarts": (
         gc.cosine_warm_restarts_schedule(1.0, 3, T_mult=2, eta_min=0.01),
         optax.sgdr_schedule(
-            [dict(init_value=1.0, peak_value=1.0, warmup_steps=0, decay_steps=3 * 2**i,
-                  end_value=0.01) for i in range(5)]
-        ), 93,
+            [
+                dict(
+                    init_value=1.0,
+                    peak_value=1.0,
+                    warmup_steps=0,
+                    decay_steps=3 * 2**i,
+                    end_value=0.01,
+                )
+                for i in range(5)
+            ]
+        ),
+        93,
     ),
     "warm_restarts_constant_period": (
         gc.cosine_warm_restarts_schedule(2.0, 4, eta_min=0.5),
         optax.sgdr_schedule(
-            [dict(init_value=2.0, peak_value=2.0, warmup_steps=0, decay_steps=4, end_value=0.5)] * 10
-        ), 40,
+            [dict(init_value=2.0, peak_value=2.0, warmup_steps=0, decay_steps=4, end_value=0.5)]
+            * 10
+        ),
+        40,
     ),
     "join": (
         gc.join_schedules([gc.constant_schedule(1.0), gc.linear_schedule(1.0, 0.0, 10)], [5]),
-        optax.join_schedules([optax.constant_schedule(1.0), optax.linear_schedule(1.0, 0.0, 10)], [5]),
+        optax.join_schedules(
+            [optax.constant_schedule(1.0), optax.linear_schedule(1.0, 0.0, 10)], [5]
+        ),
         20,
     ),
     "join_optax_children": (
         gc.join_schedules(
-            [optax.linear_schedule(0.0, 1.0, 3), optax.cosine_decay_schedule(1.0, 6), gc.constant_schedule(0.2)],
+            [
+                optax.linear_schedule(0.0, 1.0, 3),
+                optax.cosine_decay_schedule(1.0, 6),
+                gc.constant_schedule(0.2),
+            ],
             [3, 9],
         ),
         optax.join_schedules(
-            [optax.linear_schedule(0.0, 1.0, 3), optax.cosine_decay_schedule(1.0, 6), optax.constant_schedule(0.2)],
+            [
+                optax.linear_schedule(0.0, 1.0, 3),
+                optax.cosine_decay_schedule(1.0, 6),
+                optax.constant_schedule(0.2),
+            ],
             [3, 9],
-        ), 15,
+        ),
+        15,
     ),
     "wsd_linear": (
         gc.warmup_stable_decay_schedule(0.1, WSD_PEAK, 4, 30, 10, WSD_END),
-        optax_wsd(optax.linear_schedule(WSD_PEAK, WSD_END, 10)), 40,
+        optax_wsd(optax.linear_schedule(WSD_PEAK, WSD_END, 10)),
+        40,
     ),
     "wsd_cosine": (
         gc.warmup_stable_decay_schedule(0.1, WSD_PEAK, 4, 30, 10, WSD_END, "cosine"),
-        optax_wsd(optax.cosine_decay_schedule(WSD_PEAK, 10, alpha=WSD_END / WSD_PEAK)), 40,
+        optax_wsd(optax.cosine_decay_schedule(WSD_PEAK, 10, alpha=WSD_END / WSD_PEAK)),
+        40,
     ),
     "wsd_1sqrt": (
         gc.warmup_stable_decay_schedule(0.1, WSD_PEAK, 4, 30, 10, WSD_END, "1-sqrt"),
         optax_wsd(
             lambda k: WSD_END + (WSD_PEAK - WSD_END) * (1 - jnp.sqrt(jnp.minimum(k, 10) / 10))
-        ), 40,
+        ),
+        40,
     ),
     "inverse_sqrt": (
         gc.warmup_inverse_sqrt_schedule(0.0, 2.0, 8, timescale=5),
         optax.join_schedules(
             [optax.linear_schedule(0.0, 2.0, 8), lambda k: 2.0 * jnp.sqrt(5 / (k + 5))], [8]
-        ), 40,
+        ),
+        40,
     ),
 }
 
@@ -187,8 +240,27 @@ def test_schedule_matches_optax_over_its_range_and_past_its_end(case):
 # PyTorch golden values (ALGORITHMS.md §13.2; five significant digits)
 
 WARMUP_COSINE_TORCH = [
-    0.001, 0.2008, 0.4006, 0.6004, 0.8002, 1.0, 0.99017, 0.9611, 0.91406, 0.85111, 0.775,
-    0.68906, 0.59704, 0.50296, 0.41094, 0.325, 0.24889, 0.18594, 0.1389, 0.10983, 0.1,
+    0.001,
+    0.2008,
+    0.4006,
+    0.6004,
+    0.8002,
+    1.0,
+    0.99017,
+    0.9611,
+    0.91406,
+    0.85111,
+    0.775,
+    0.68906,
+    0.59704,
+    0.50296,
+    0.41094,
+    0.325,
+    0.24889,
+    0.18594,
+    0.1389,
+    0.10983,
+    0.1,
 ]
 
 
@@ -203,7 +275,9 @@ def test_warmup_cosine_matches_pytorch_sequential_lr():
 
 def test_warmup_cosine_past_its_end_holds_by_default_and_rises_again_with_pytorch():
     optax_like = gc.warmup_cosine_decay_schedule(0.001, 1.0, 5, 20, end_value=0.1)
-    torch_like = gc.warmup_cosine_decay_schedule(0.001, 1.0, 5, 20, end_value=0.1, convention="pytorch")
+    torch_like = gc.warmup_cosine_decay_schedule(
+        0.001, 1.0, 5, 20, end_value=0.1, convention="pytorch"
+    )
     close5(along(torch_like, n=21), WARMUP_COSINE_TORCH)
     close5(along(optax_like, n=23)[21:], [0.1, 0.1])
     close5(along(torch_like, n=23)[21:], [0.10983, 0.1389])
@@ -220,7 +294,10 @@ def test_cosine_decay_matches_cosine_annealing_lr_and_pytorch_keeps_oscillating(
 
 @pytest.mark.parametrize(
     "schedule",
-    [gc.exponential_decay(1.0, 4, 0.5, staircase=True), gc.piecewise_constant_schedule(1.0, {4: 0.5, 8: 0.5})],
+    [
+        gc.exponential_decay(1.0, 4, 0.5, staircase=True),
+        gc.piecewise_constant_schedule(1.0, {4: 0.5, 8: 0.5}),
+    ],
     ids=["exponential_decay", "piecewise_constant"],
 )
 def test_step_lr(schedule):
@@ -239,15 +316,20 @@ def test_linear_lr():
 
 def test_cosine_annealing_warm_restarts():
     schedule = gc.cosine_warm_restarts_schedule(1.0, T_0=3, T_mult=2, eta_min=0.01)
-    close5(along(schedule, n=10), [1, 0.7525, 0.2575, 1, 0.93368, 0.7525, 0.505, 0.2575, 0.07632, 1])
+    close5(
+        along(schedule, n=10), [1, 0.7525, 0.2575, 1, 0.93368, 0.7525, 0.505, 0.2575, 0.07632, 1]
+    )
 
 
 def torch_onecycle(step, total, max_lr, pct, div, final_div, anneal, three_phase):
     """torch.optim.lr_scheduler.OneCycleLR's get_lr (2.14) restated in plain Python."""
     initial, low = max_lr / div, max_lr / div / final_div
     if three_phase:
-        phases = [(pct * total - 1, initial, max_lr), (2 * pct * total - 2, max_lr, initial),
-                  (total - 1, initial, low)]
+        phases = [
+            (pct * total - 1, initial, max_lr),
+            (2 * pct * total - 2, max_lr, initial),
+            (total - 1, initial, low),
+        ]
     else:
         phases = [(pct * total - 1, initial, max_lr), (total - 1, max_lr, low)]
     start = 0.0
@@ -278,7 +360,12 @@ def test_cosine_onecycle_default_is_optax_one_step_later():
 
 def test_linear_onecycle_pytorch_matches_three_phase_onecycle_lr():
     schedule = gc.linear_onecycle_schedule(
-        50, 2.0, pct_start=0.2, pct_final=0.4, div_factor=10.0, final_div_factor=100.0,
+        50,
+        2.0,
+        pct_start=0.2,
+        pct_final=0.4,
+        div_factor=10.0,
+        final_div_factor=100.0,
         convention="pytorch",
     )
     reference = [torch_onecycle(s, 50, 2.0, 0.2, 10.0, 100.0, "linear", True) for s in range(50)]
@@ -323,7 +410,11 @@ def hagele_wsd(s, n, n_warmup, init_div, fract_decay, f, decay_type):
         return 1.0
     if s < n:
         x = (s - n_hold) / n_decay
-        shapes = {"linear": 1 - x, "1-sqrt": 1 - math.sqrt(x), "cosine": 0.5 * (1 + math.cos(math.pi * x))}
+        shapes = {
+            "linear": 1 - x,
+            "1-sqrt": 1 - math.sqrt(x),
+            "cosine": 0.5 * (1 + math.cos(math.pi * x)),
+        }
         return f + (1 - f) * shapes[decay_type]
     return f
 
@@ -331,7 +422,9 @@ def hagele_wsd(s, n, n_warmup, init_div, fract_decay, f, decay_type):
 @pytest.mark.parametrize("cooldown_type", ["linear", "cosine", "1-sqrt"])
 def test_wsd_matches_the_reference_code(cooldown_type):
     n, warmup, div, fract, f, lr = 100, 10, 100.0, 0.2, 0.05, 3e-3
-    schedule = gc.warmup_stable_decay_schedule(lr / div, lr, warmup, n, int(fract * n), f * lr, cooldown_type)
+    schedule = gc.warmup_stable_decay_schedule(
+        lr / div, lr, warmup, n, int(fract * n), f * lr, cooldown_type
+    )
     reference = [lr * hagele_wsd(s, n, warmup, div, fract, f, cooldown_type) for s in range(110)]
     np.testing.assert_allclose(along(schedule, n=110), reference, rtol=2e-6, atol=1e-9)
 
@@ -381,17 +474,24 @@ AT_TOP = [
     (gc.piecewise_constant_schedule(1.0, {10: 0.1, 2**31 - 1: 0.5, 2**31: 0.1}), 0.05),
     (gc.cosine_decay_schedule(1.0, 1000, alpha=0.1), 0.1),
     # (2^31 - 1) mod 20 = 7: a float32 step would have lost the phase.
-    (gc.cosine_decay_schedule(1.0, 10, convention="pytorch"), 0.5 * (1 + math.cos(math.pi * 7 / 10))),
+    (
+        gc.cosine_decay_schedule(1.0, 10, convention="pytorch"),
+        0.5 * (1 + math.cos(math.pi * 7 / 10)),
+    ),
     (gc.warmup_cosine_decay_schedule(0.0, 1.0, 100, 1000, 0.01), 0.01),
-    (gc.warmup_cosine_decay_schedule(0.0, 1.0, 3, 13, convention="pytorch"),
-     0.5 * (1 + math.cos(math.pi * ((TOP - 3) % 20) / 10))),
+    (
+        gc.warmup_cosine_decay_schedule(0.0, 1.0, 3, 13, convention="pytorch"),
+        0.5 * (1 + math.cos(math.pi * ((TOP - 3) % 20) / 10)),
+    ),
     (gc.warmup_constant_schedule(0.0, 2.0, 1000), 2.0),
     (gc.warmup_exponential_decay_schedule(0.0, 1.0, 10, 100, 0.9, end_value=0.05), 0.05),
     (gc.warmup_linear_decay_schedule(0.0, 1.0, 10, 2**31 - 11, 0.5), 0.5 + 0.5 * 10 / (2**31 - 21)),
     (gc.warmup_inverse_sqrt_schedule(0.0, 1.0, 4000), math.sqrt(4000 / TOP)),
     (gc.warmup_stable_decay_schedule(0.0, 1.0, 100, 2**31 - 1, 2**30, 0.1), 0.1),
-    (gc.warmup_stable_decay_schedule(0.0, 1.0, 100, 2**31, 2**30, 0.1, "1-sqrt"),
-     0.1 + 0.9 * (1 - math.sqrt((2**30 - 1) / 2**30))),
+    (
+        gc.warmup_stable_decay_schedule(0.0, 1.0, 100, 2**31, 2**30, 0.1, "1-sqrt"),
+        0.1 + 0.9 * (1 - math.sqrt((2**30 - 1) / 2**30)),
+    ),
     (gc.piecewise_interpolate_schedule("cosine", 1.0, {100: 0.1}), 0.1),
     (gc.linear_onecycle_schedule(1000, 1.0), 1.0 / 25 / 1e4),
     (gc.cosine_onecycle_schedule(1000, 1.0, convention="pytorch"), 1.0 / 25 / 1e4),
@@ -415,7 +515,9 @@ def test_counter_saturated_at_the_limit_still_reads_the_schedule():
     state = gc.tree_set(tx.init({"w": jnp.ones(2)}), count=jnp.int32(TOP))
     _, state = jax.jit(tx.update)({"w": jnp.ones(2)}, state, {"w": jnp.ones(2)})
     assert int(gc.tree_get(state, "count")) == TOP
-    assert float(gc.tree_get(state, "learning_rate")) == pytest.approx(math.sqrt(10 / TOP), rel=1e-5)
+    assert float(gc.tree_get(state, "learning_rate")) == pytest.approx(
+        math.sqrt(10 / TOP), rel=1e-5
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,40 +530,117 @@ def test_counter_saturated_at_the_limit_still_reads_the_schedule():
         (lambda: gc.linear_schedule(0.0, 1.0, 0), r"transition_steps must be >= 1, got 0"),
         (lambda: gc.polynomial_schedule(1.0, 0.0, 2, -5), r"transition_steps must be >= 1"),
         (lambda: gc.polynomial_schedule(1.0, 0.0, 0.0, 5), r"power must be in \(0, inf\)"),
-        (lambda: gc.linear_schedule(0.0, 1.0, 10, transition_begin=-1), r"transition_begin must be >= 0"),
+        (
+            lambda: gc.linear_schedule(0.0, 1.0, 10, transition_begin=-1),
+            r"transition_begin must be >= 0",
+        ),
         (lambda: gc.linear_schedule(0.0, 1.0, 10.5), r"transition_steps must be an integer"),
         (lambda: gc.exponential_decay(1.0, 10, 0.0), r"decay_rate must be in \(0, inf\)"),
         (lambda: gc.exponential_decay(1.0, 0, 0.5), r"transition_steps must be >= 1"),
         (lambda: gc.exponential_decay(1.0, 10, 0.5, staircase=1), r"staircase must be a bool"),
-        (lambda: gc.piecewise_constant_schedule(1.0, {10: -0.5}), r"boundaries_and_scales\[10\] must be in \[0, inf\)"),
-        (lambda: gc.piecewise_constant_schedule(1.0, {-3: 0.5}), r"boundaries_and_scales key must be >= 0"),
+        (
+            lambda: gc.piecewise_constant_schedule(1.0, {10: -0.5}),
+            r"boundaries_and_scales\[10\] must be in \[0, inf\)",
+        ),
+        (
+            lambda: gc.piecewise_constant_schedule(1.0, {-3: 0.5}),
+            r"boundaries_and_scales key must be >= 0",
+        ),
         (lambda: gc.cosine_decay_schedule(1.0, 0), r"decay_steps must be >= 1"),
-        (lambda: gc.cosine_decay_schedule(1.0, 10, convention="torch"), r"convention must be one of 'optax', 'pytorch'"),
-        (lambda: gc.cosine_decay_schedule(1.0, 10, exponent=-1.0), r"exponent must be in \(0, inf\)"),
-        (lambda: gc.warmup_cosine_decay_schedule(0.0, 1.0, 100, 50), r"decay_steps is the total length.*decay_steps=50, warmup_steps=100"),
-        (lambda: gc.warmup_cosine_decay_schedule(0.0, 1.0, 10, 10), r"must be greater than warmup_steps"),
+        (
+            lambda: gc.cosine_decay_schedule(1.0, 10, convention="torch"),
+            r"convention must be one of 'optax', 'pytorch'",
+        ),
+        (
+            lambda: gc.cosine_decay_schedule(1.0, 10, exponent=-1.0),
+            r"exponent must be in \(0, inf\)",
+        ),
+        (
+            lambda: gc.warmup_cosine_decay_schedule(0.0, 1.0, 100, 50),
+            r"decay_steps is the total length.*decay_steps=50, warmup_steps=100",
+        ),
+        (
+            lambda: gc.warmup_cosine_decay_schedule(0.0, 1.0, 10, 10),
+            r"must be greater than warmup_steps",
+        ),
         (lambda: gc.warmup_cosine_decay_schedule(0.0, 1.0, -1, 10), r"warmup_steps must be >= 0"),
-        (lambda: gc.warmup_linear_decay_schedule(0.0, 1.0, 20, 10), r"must be greater than warmup_steps"),
+        (
+            lambda: gc.warmup_linear_decay_schedule(0.0, 1.0, 20, 10),
+            r"must be greater than warmup_steps",
+        ),
         (lambda: gc.warmup_constant_schedule(0.0, 1.0, -2), r"warmup_steps must be >= 0"),
-        (lambda: gc.warmup_exponential_decay_schedule(0.0, 1.0, 5, 0, 0.5), r"transition_steps must be >= 1"),
-        (lambda: gc.warmup_inverse_sqrt_schedule(0.0, 1.0, 10, timescale=0), r"timescale must be in \(0, inf\)"),
-        (lambda: gc.warmup_stable_decay_schedule(0.0, 1.0, 60, 100, 50), r"warmup_steps \+ cooldown_steps must be <= total_steps"),
-        (lambda: gc.warmup_stable_decay_schedule(0.0, 1.0, 10, 100, 0), r"cooldown_steps must be >= 1"),
-        (lambda: gc.warmup_stable_decay_schedule(0.0, 1.0, 10, 100, 20, cooldown_type="sqrt"), r"cooldown_type must be one of 'linear', 'cosine', '1-sqrt'"),
-        (lambda: gc.piecewise_interpolate_schedule("cubic", 1.0), r"interpolate_type must be one of 'linear', 'cosine'"),
+        (
+            lambda: gc.warmup_exponential_decay_schedule(0.0, 1.0, 5, 0, 0.5),
+            r"transition_steps must be >= 1",
+        ),
+        (
+            lambda: gc.warmup_inverse_sqrt_schedule(0.0, 1.0, 10, timescale=0),
+            r"timescale must be in \(0, inf\)",
+        ),
+        (
+            lambda: gc.warmup_stable_decay_schedule(0.0, 1.0, 60, 100, 50),
+            r"warmup_steps \+ cooldown_steps must be <= total_steps",
+        ),
+        (
+            lambda: gc.warmup_stable_decay_schedule(0.0, 1.0, 10, 100, 0),
+            r"cooldown_steps must be >= 1",
+        ),
+        (
+            lambda: gc.warmup_stable_decay_schedule(0.0, 1.0, 10, 100, 20, cooldown_type="sqrt"),
+            r"cooldown_type must be one of 'linear', 'cosine', '1-sqrt'",
+        ),
+        (
+            lambda: gc.piecewise_interpolate_schedule("cubic", 1.0),
+            r"interpolate_type must be one of 'linear', 'cosine'",
+        ),
         (lambda: gc.linear_onecycle_schedule(0, 1.0), r"transition_steps must be >= 1"),
-        (lambda: gc.linear_onecycle_schedule(100, 1.0, pct_start=0.5, pct_final=0.4), r"pct_final must be >= pct_start"),
-        (lambda: gc.cosine_onecycle_schedule(100, 1.0, pct_start=1.5), r"pct_start must be in \[0, 1\]"),
-        (lambda: gc.cosine_onecycle_schedule(100, 1.0, div_factor=0.0), r"div_factor must be in \(0, inf\)"),
-        (lambda: gc.cosine_onecycle_schedule(3, 1.0, convention="pytorch"), r"knots .* do not increase"),
+        (
+            lambda: gc.linear_onecycle_schedule(100, 1.0, pct_start=0.5, pct_final=0.4),
+            r"pct_final must be >= pct_start",
+        ),
+        (
+            lambda: gc.cosine_onecycle_schedule(100, 1.0, pct_start=1.5),
+            r"pct_start must be in \[0, 1\]",
+        ),
+        (
+            lambda: gc.cosine_onecycle_schedule(100, 1.0, div_factor=0.0),
+            r"div_factor must be in \(0, inf\)",
+        ),
+        (
+            lambda: gc.cosine_onecycle_schedule(3, 1.0, convention="pytorch"),
+            r"knots .* do not increase",
+        ),
         (lambda: gc.sgdr_schedule([]), r"at least one cycle"),
-        (lambda: gc.sgdr_schedule([dict(init_value=0.0, peak_value=1.0, warmup_steps=5)]), r"cosine_kwargs\[0\]: .*decay_steps"),
-        (lambda: gc.sgdr_schedule([dict(init_value=0, peak_value=1, warmup_steps=0, decay_steps=5), dict(init_value=0, peak_value=1, warmup_steps=9, decay_steps=5)]), r"cosine_kwargs\[1\]: decay_steps is the total length"),
+        (
+            lambda: gc.sgdr_schedule([dict(init_value=0.0, peak_value=1.0, warmup_steps=5)]),
+            r"cosine_kwargs\[0\]: .*decay_steps",
+        ),
+        (
+            lambda: gc.sgdr_schedule(
+                [
+                    dict(init_value=0, peak_value=1, warmup_steps=0, decay_steps=5),
+                    dict(init_value=0, peak_value=1, warmup_steps=9, decay_steps=5),
+                ]
+            ),
+            r"cosine_kwargs\[1\]: decay_steps is the total length",
+        ),
         (lambda: gc.cosine_warm_restarts_schedule(1.0, 0), r"T_0 must be >= 1"),
-        (lambda: gc.cosine_warm_restarts_schedule(1.0, 5, T_mult=1.5), r"T_mult must be an integer"),
-        (lambda: gc.join_schedules([gc.constant_schedule(1.0)], [5]), r"one boundary fewer than schedules"),
-        (lambda: gc.join_schedules([gc.constant_schedule(1.0)] * 3, [5, 2]), r"boundaries must not decrease"),
-        (lambda: gc.join_schedules([gc.constant_schedule(1.0), 0.5], [5]), r"schedules\[1\] must be a schedule"),
+        (
+            lambda: gc.cosine_warm_restarts_schedule(1.0, 5, T_mult=1.5),
+            r"T_mult must be an integer",
+        ),
+        (
+            lambda: gc.join_schedules([gc.constant_schedule(1.0)], [5]),
+            r"one boundary fewer than schedules",
+        ),
+        (
+            lambda: gc.join_schedules([gc.constant_schedule(1.0)] * 3, [5, 2]),
+            r"boundaries must not decrease",
+        ),
+        (
+            lambda: gc.join_schedules([gc.constant_schedule(1.0), 0.5], [5]),
+            r"schedules\[1\] must be a schedule",
+        ),
         (lambda: gc.constant_schedule(float("nan")), r"value must not be NaN"),
         (lambda: gc.constant_schedule("high"), r"value must be a number"),
     ],
@@ -487,7 +666,10 @@ def test_schedules_print_their_arguments_and_compare_equal():
     assert schedule == same and hash(schedule) == hash(same)
     assert schedule != gc.warmup_stable_decay_schedule(0.0, 3e-4, 100, 10_000, 2000)
     piecewise = gc.piecewise_constant_schedule(1.0, {8: 0.5, 4: 0.1})
-    assert repr(piecewise) == "piecewise_constant_schedule(init_value=1.0, boundaries_and_scales={4: 0.1, 8: 0.5})"
+    assert (
+        repr(piecewise)
+        == "piecewise_constant_schedule(init_value=1.0, boundaries_and_scales={4: 0.1, 8: 0.5})"
+    )
     assert hash(piecewise) == hash(gc.piecewise_constant_schedule(1.0, {4: 0.1, 8: 0.5}))
     joined = gc.join_schedules([gc.constant_schedule(1.0), gc.linear_schedule(1.0, 0.0, 5)], [3])
     assert repr(joined) == (
@@ -567,12 +749,18 @@ def test_changing_the_learning_rate_between_jitted_steps_does_not_recompile():
 def test_momentum_cycled_against_the_learning_rate_matches_optax_inject_hyperparams():
     n = 30
     lr = gc.cosine_onecycle_schedule(n, 1e-2)
-    b1 = gc.piecewise_interpolate_schedule("cosine", 0.95, {int(0.3 * n): 0.85 / 0.95, n: 0.95 / 0.85})
+    b1 = gc.piecewise_interpolate_schedule(
+        "cosine", 0.95, {int(0.3 * n): 0.85 / 0.95, n: 0.95 / 0.85}
+    )
     params = mixed_params(bf16=False)
     grads = gradient_stream(params, n)
     ours, state = run(gc.adam(lr, b1=b1), params, grads, gc.apply_updates)
-    theirs, _ = run(optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=b1), params, grads,
-                    optax.apply_updates)
+    theirs, _ = run(
+        optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=b1),
+        params,
+        grads,
+        optax.apply_updates,
+    )
     assert_trees_close(ours[-1], theirs[-1], rtol=1e-5, atol=1e-6)
     assert float(gc.tree_get(state, "b1")) == pytest.approx(float(b1(n - 1)))
     assert float(b1(int(0.3 * n))) == pytest.approx(0.85)
@@ -594,7 +782,9 @@ def test_scheduled_clipping_threshold_matches_optax_inject_hyperparams():
     params = mixed_params(bf16=False)
     grads = gradient_stream(params, 20)
     tx = gc.chain(gc.clip_by_global_norm(max_norm), gc.sgd(0.1))
-    ref = optax.chain(optax.inject_hyperparams(optax.clip_by_global_norm)(max_norm=max_norm), optax.sgd(0.1))
+    ref = optax.chain(
+        optax.inject_hyperparams(optax.clip_by_global_norm)(max_norm=max_norm), optax.sgd(0.1)
+    )
     ours, state = run(tx, params, grads, gc.apply_updates)
     theirs, _ = run(ref, params, grads, optax.apply_updates)
     assert_trees_close(ours[-1], theirs[-1])
@@ -604,8 +794,38 @@ def test_scheduled_clipping_threshold_matches_optax_inject_hyperparams():
 # ---------------------------------------------------------------------------------------------
 # reduce_on_plateau
 
-LOSSES = [5.0, 4.0, 4.0, 4.1, 3.9995, 4.0, 4.2, 4.0, 3.0, 3.0, 3.0, 3.0, 3.0, 2.0, 2.0, 2.0,
-          2.0, 2.0, 2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+LOSSES = [
+    5.0,
+    4.0,
+    4.0,
+    4.1,
+    3.9995,
+    4.0,
+    4.2,
+    4.0,
+    3.0,
+    3.0,
+    3.0,
+    3.0,
+    3.0,
+    2.0,
+    2.0,
+    2.0,
+    2.0,
+    2.0,
+    2.0,
+    2.0,
+    2.0,
+    1.0,
+    1.0,
+    1.0,
+    1.0,
+    1.0,
+    1.0,
+    1.0,
+    1.0,
+    1.0,
+]
 
 
 @pytest.mark.parametrize(
@@ -649,7 +869,9 @@ def test_reduce_on_plateau_takes_the_loss_through_a_chain():
 def test_reduce_on_plateau_without_the_loss_is_a_clear_error():
     tx = gc.reduce_on_plateau()
     state = tx.init({"w": jnp.ones(2)})
-    with pytest.raises(ValueError, match=r"needs the loss: call update\(updates, state, params, value=loss\)"):
+    with pytest.raises(
+        ValueError, match=r"needs the loss: call update\(updates, state, params, value=loss\)"
+    ):
         tx.update({"w": jnp.ones(2)}, state)
 
 

@@ -43,8 +43,11 @@ SHARDED_CHECKS = [
     "global_norm_is_global",
     "zero1_state_bytes_are_an_eighth",
     "readme_example_runs",
-    *(f"8bit_{what}[{kind}]" for what in ("update_matches_single_device", "state_split_by_blocks")
-      for kind in ("auto", "explicit")),
+    *(
+        f"8bit_{what}[{kind}]"
+        for what in ("update_matches_single_device", "state_split_by_blocks")
+        for kind in ("auto", "explicit")
+    ),
     "8bit_zero1_splits_blocks_along_data",
     "checkpoint_restores_into_state_layout[mesh]",
     "checkpoint_restores_into_state_layout[zero1]",
@@ -83,7 +86,10 @@ def _run_checks() -> dict:
     env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
     proc = subprocess.run(
         [sys.executable, str(HERE / "sharded_checks.py")],
-        env=env, capture_output=True, text=True, timeout=900,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     results = {}
     for line in proc.stdout.splitlines():
@@ -227,7 +233,7 @@ def test_zero1_names_an_axis_missing_from_the_mesh():
 
 
 def test_zero1_rejects_a_mesh_that_is_not_one():
-    with pytest.raises(TypeError, match="mesh must be a jax.sharding.Mesh"):
+    with pytest.raises(TypeError, match=r"mesh must be a jax\.sharding\.Mesh"):
         gc.zero1(gc.adamw(1e-3), mesh=("data",))
 
 
@@ -287,14 +293,25 @@ G = gc.GaLoreDimensionNumbers
         ((8, 8), P("data", "model"), None, "larger", ("data", None), (None, "model")),
         ((8, 8), P("data", "model"), None, "smaller", ("model", None), ("data", None)),
         # batch axes keep their sharding
-        ((4, 16, 8), P("data", None, "model"), G(1, 2), "larger", ("data", None, None),
-         ("data", None, "model")),
+        (
+            (4, 16, 8),
+            P("data", None, "model"),
+            G(1, 2),
+            "larger",
+            ("data", None, None),
+            ("data", None, "model"),
+        ),
         # merged columns (4 x 6 = 24) keep the sharding of their first axis...
-        ((8, 4, 6), P("data", "model", None), G(0, (1, 2)), "larger", ("model", None),
-         ("data", None)),
+        (
+            (8, 4, 6),
+            P("data", "model", None),
+            G(0, (1, 2)),
+            "larger",
+            ("model", None),
+            ("data", None),
+        ),
         # ...and are replicated when a later axis of the group is sharded
-        ((8, 4, 6), P("data", None, "model"), G(0, (1, 2)), "larger", (None, None),
-         ("data", None)),
+        ((8, 4, 6), P("data", None, "model"), G(0, (1, 2)), "larger", (None, None), ("data", None)),
     ],
 )
 def test_galore_state_runs_along_the_parameter_axes_it_keeps(

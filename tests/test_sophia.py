@@ -8,10 +8,10 @@ import numpy as np
 import optax
 import optax.contrib
 import pytest
-
-import gradchain as gc
 from crosscheck import assert_trees_close, mixed_params
 from family_a_support import Quadratic, committed, numpy_run, run_on_loss
+
+import gradchain as gc
 
 STEPS = 25  # refreshes at steps 1, 11 and 21 with the default interval of 10
 MASK = {"matrix": True, "vector": False}
@@ -33,16 +33,42 @@ OBJ_FN = {"obj_fn": lambda loss: loss}
 OPTAX_CASES = {
     "default": (lambda: gc.sophia(0.01), lambda: optax.contrib.sophia(0.01)),
     "frequent_refresh_decay_mask": (
-        lambda: gc.sophia(0.01, b1=0.9, b2=0.9, gamma=0.5, update_interval=3, weight_decay=0.1,
-                          weight_decay_mask=MASK),
-        lambda: optax.contrib.sophia(0.01, b1=0.9, b2=0.9, gamma=0.5, update_interval=3, weight_decay=0.1,
-                                     weight_decay_mask=MASK),
+        lambda: gc.sophia(
+            0.01,
+            b1=0.9,
+            b2=0.9,
+            gamma=0.5,
+            update_interval=3,
+            weight_decay=0.1,
+            weight_decay_mask=MASK,
+        ),
+        lambda: optax.contrib.sophia(
+            0.01,
+            b1=0.9,
+            b2=0.9,
+            gamma=0.5,
+            update_interval=3,
+            weight_decay=0.1,
+            weight_decay_mask=MASK,
+        ),
     ),
     "no_clipping_seeded": (
-        lambda: gc.sophia(0.001, gamma=2.0, clip_threshold=None, update_interval=1,
-                          hessian_diagonal_fn=gc.hutchinson_estimator_diag_hessian(jax.random.PRNGKey(7))),
-        lambda: optax.contrib.sophia(0.001, gamma=2.0, clip_threshold=None, update_interval=1,
-                                     hessian_diagonal_fn=optax.contrib.hutchinson_estimator_diag_hessian(jax.random.PRNGKey(7))),
+        lambda: gc.sophia(
+            0.001,
+            gamma=2.0,
+            clip_threshold=None,
+            update_interval=1,
+            hessian_diagonal_fn=gc.hutchinson_estimator_diag_hessian(jax.random.PRNGKey(7)),
+        ),
+        lambda: optax.contrib.sophia(
+            0.001,
+            gamma=2.0,
+            clip_threshold=None,
+            update_interval=1,
+            hessian_diagonal_fn=optax.contrib.hutchinson_estimator_diag_hessian(
+                jax.random.PRNGKey(7)
+            ),
+        ),
     ),
 }
 
@@ -67,8 +93,19 @@ def test_hutchinson_draws_the_same_estimate_as_optax_from_the_same_key():
     np.testing.assert_array_equal(gc.tree_get(state, "key"), their_state.key)
 
 
-def numpy_sophia(problem, lr, b1, b2, gamma, clip, k, mu_bias_correction, estimate_before_step,
-                 eps=1e-8, record=None):
+def numpy_sophia(
+    problem,
+    lr,
+    b1,
+    b2,
+    gamma,
+    clip,
+    k,
+    mu_bias_correction,
+    estimate_before_step,
+    eps=1e-8,
+    record=None,
+):
     """ALGORITHMS.md §6.1/§6.3 on a diagonal quadratic, whose Hessian diagonal ``a`` every
     Rademacher Hutchinson estimate gives exactly (z * (a z) = a z^2 = a)."""
     st = {}
@@ -79,7 +116,7 @@ def numpy_sophia(problem, lr, b1, b2, gamma, clip, k, mu_bias_correction, estima
         for key in p:
             m, h = st.get(key, (0.0, 0.0))
             m = b1 * m + (1 - b1) * g[key]
-            m_hat = m / (1 - b1 ** t) if mu_bias_correction else m
+            m_hat = m / (1 - b1**t) if mu_bias_correction else m
             if estimate_before_step and refresh:
                 h = b2 * h + (1 - b2) * problem.a[key]
             u = m_hat / np.maximum(gamma * h, eps)
@@ -97,27 +134,45 @@ def numpy_sophia(problem, lr, b1, b2, gamma, clip, k, mu_bias_correction, estima
 
 @pytest.mark.parametrize("mu_bias_correction", [True, False])
 @pytest.mark.parametrize("estimate_before_step", [False, True])
-def test_bias_correction_and_hessian_timing_follow_the_formulas(mu_bias_correction, estimate_before_step):
+def test_bias_correction_and_hessian_timing_follow_the_formulas(
+    mu_bias_correction, estimate_before_step
+):
     # (True, False) is optax's convention; (False, True) the paper's (ALGORITHMS.md §15 row 15).
     hp = dict(lr=0.1, b1=0.9, b2=0.8, gamma=0.7, clip=1.0, k=3)
     problem = Quadratic(seed=1)
     win_rates = []
     want = numpy_run(
-        numpy_sophia(problem, **hp, mu_bias_correction=mu_bias_correction,
-                     estimate_before_step=estimate_before_step, record=win_rates),
-        problem, 20,
+        numpy_sophia(
+            problem,
+            **hp,
+            mu_bias_correction=mu_bias_correction,
+            estimate_before_step=estimate_before_step,
+            record=win_rates,
+        ),
+        problem,
+        20,
     )
     with jax.enable_x64(True):
-        tx = gc.sophia(hp["lr"], b1=hp["b1"], b2=hp["b2"], gamma=hp["gamma"], update_interval=hp["k"],
-                       weight_decay=0.0, mu_bias_correction=mu_bias_correction,
-                       estimate_before_step=estimate_before_step)
+        tx = gc.sophia(
+            hp["lr"],
+            b1=hp["b1"],
+            b2=hp["b2"],
+            gamma=hp["gamma"],
+            update_interval=hp["k"],
+            weight_decay=0.0,
+            mu_bias_correction=mu_bias_correction,
+            estimate_before_step=estimate_before_step,
+        )
         got, state = run_on_loss(tx, problem.params(), problem.loss, 20, gc.apply_updates, OBJ_FN)
     assert_trees_close(got[-1], want[-1], rtol=1e-10, atol=1e-12)
     assert float(gc.tree_get(state, "win_rate")) == pytest.approx(win_rates[-1])
     assert 0 < win_rates[-1] < 1
     if (mu_bias_correction, estimate_before_step) != (True, False):
-        optax_way = numpy_run(numpy_sophia(problem, **hp, mu_bias_correction=True,
-                                           estimate_before_step=False), problem, 20)
+        optax_way = numpy_run(
+            numpy_sophia(problem, **hp, mu_bias_correction=True, estimate_before_step=False),
+            problem,
+            20,
+        )
         assert not np.allclose(optax_way[-1]["w"], want[-1]["w"], rtol=1e-6)
 
 
@@ -126,7 +181,9 @@ def test_first_step_is_a_clipped_sign_step_plus_decay():
     params = small_params()
     tx = gc.sophia(0.1, clip_threshold=0.5, weight_decay=0.2)
     grads = jax.grad(cosh_loss)(params)
-    u, state = jax.jit(lambda g, s, p: tx.update(g, s, p, obj_fn=cosh_loss))(grads, tx.init(params), params)
+    u, state = jax.jit(lambda g, s, p: tx.update(g, s, p, obj_fn=cosh_loss))(
+        grads, tx.init(params), params
+    )
     for k in params:
         np.testing.assert_allclose(
             u[k], -0.1 * (0.5 * np.sign(grads[k]) + 0.2 * np.asarray(params[k])), rtol=1e-6
@@ -151,15 +208,18 @@ def test_the_hessian_is_refreshed_every_update_interval_steps():
 def test_gauss_newton_bartlett_is_batch_size_times_the_squared_sampled_gradient():
     params = {"w": jnp.asarray([1.0, -2.0, 0.5])}
     est = gc.gauss_newton_bartlett_estimator_diag_hessian(batch_size=8)
-    h, _ = est.update(params, est.init(params), params,
-                      sampled_grad_fn=lambda p, key: {"w": 0.1 * p["w"] + 1.0})
-    np.testing.assert_allclose(h["w"], 8 * (0.1 * np.asarray([1.0, -2.0, 0.5]) + 1.0) ** 2, rtol=1e-6)
+    h, _ = est.update(
+        params, est.init(params), params, sampled_grad_fn=lambda p, key: {"w": 0.1 * p["w"] + 1.0}
+    )
+    np.testing.assert_allclose(
+        h["w"], 8 * (0.1 * np.asarray([1.0, -2.0, 0.5]) + 1.0) ** 2, rtol=1e-6
+    )
 
 
 def test_gauss_newton_bartlett_samples_with_a_fresh_key_each_call():
     params = {"w": jnp.zeros(3)}
     est = gc.gauss_newton_bartlett_estimator_diag_hessian(batch_size=1)
-    fn = lambda p, key: {"w": jax.random.normal(key, (3,))}  # noqa: E731
+    fn = lambda p, key: {"w": jax.random.normal(key, (3,))}
     state = est.init(params)
     first, state = est.update(params, state, params, sampled_grad_fn=fn)
     second, _ = est.update(params, state, params, sampled_grad_fn=fn)
@@ -176,11 +236,23 @@ def test_sophia_g_runs_with_optax_and_gradchain_alike():
 
     extra = {"sampled_grad_fn": lambda loss: sampled_grad_fn}
     est = gc.gauss_newton_bartlett_estimator_diag_hessian(4, random_seed=5)
-    got, state = run_on_loss(gc.sophia(0.01, update_interval=2, hessian_diagonal_fn=est),
-                             params, cosh_loss, 20, gc.apply_updates, extra)
+    got, state = run_on_loss(
+        gc.sophia(0.01, update_interval=2, hessian_diagonal_fn=est),
+        params,
+        cosh_loss,
+        20,
+        gc.apply_updates,
+        extra,
+    )
     # to_optax: optax passes extra update arguments only to its own ExtraArgs transformations.
-    want, _ = run_on_loss(optax.contrib.sophia(0.01, update_interval=2, hessian_diagonal_fn=gc.to_optax(est)),
-                          params, cosh_loss, 20, optax.apply_updates, extra)
+    want, _ = run_on_loss(
+        optax.contrib.sophia(0.01, update_interval=2, hessian_diagonal_fn=gc.to_optax(est)),
+        params,
+        cosh_loss,
+        20,
+        optax.apply_updates,
+        extra,
+    )
     assert_trees_close(got[-1], want[-1])
     assert all(bool(jnp.all(n >= 0)) for n in jax.tree.leaves(gc.tree_get(state, "nu")))
 
@@ -197,7 +269,7 @@ def test_hutchinson_estimate_is_unbiased(noise):
     est = gc.hutchinson_estimator_diag_hessian(noise=noise)
     states = dataclasses.replace(est.init(params), key=jax.random.split(jax.random.PRNGKey(0), n))
     h = jax.vmap(lambda s: est.update(params, s, params, obj_fn=loss)[0]["w"])(states)
-    off = (a ** 2).sum(1) - np.diag(a) ** 2
+    off = (a**2).sum(1) - np.diag(a) ** 2
     var = off + (2 * np.diag(a) ** 2 if noise == "gaussian" else 0)
     assert np.all(np.abs(np.mean(h, 0) - np.diag(a)) < 5 * np.sqrt(var / n) + 1e-6)
 
@@ -205,7 +277,10 @@ def test_hutchinson_estimate_is_unbiased(noise):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        ({}, r"hutchinson_estimator_diag_hessian needs obj_fn: call update\(grads, state, params, obj_fn="),
+        (
+            {},
+            r"hutchinson_estimator_diag_hessian needs obj_fn: call update\(grads, state, params, obj_fn=",
+        ),
         ({"obj_fn": 3.0}, "obj_fn must be callable"),
         ({"obj_fn": lambda p: p["w"]}, r"obj_fn\(params\) must return a scalar loss"),
     ],
@@ -246,12 +321,21 @@ def test_sophia_without_params_is_a_clear_error():
         (lambda: gc.sophia(0.1, clip_threshold=0.0), r"clip_threshold must be in \(0, inf\)"),
         (lambda: gc.sophia(0.1, update_interval=0), "update_interval must be >= 1"),
         (lambda: gc.sophia(0.1, update_interval=2.5), "update_interval must be an int"),
-        (lambda: gc.sophia(0.1, verbose=True), "print_win_rate_every_n_steps steps, which must then be >= 1"),
-        (lambda: gc.sophia(0.1, hessian_diagonal_fn=lambda p: p), "hessian_diagonal_fn must be a gradient transformation"),
+        (
+            lambda: gc.sophia(0.1, verbose=True),
+            "print_win_rate_every_n_steps steps, which must then be >= 1",
+        ),
+        (
+            lambda: gc.sophia(0.1, hessian_diagonal_fn=lambda p: p),
+            "hessian_diagonal_fn must be a gradient transformation",
+        ),
         (lambda: gc.sophia(-0.1), r"learning_rate must be in \[0, inf\)"),
         (lambda: gc.gauss_newton_bartlett_estimator_diag_hessian(0), "batch_size must be >= 1"),
         (lambda: gc.hutchinson_estimator_diag_hessian(noise="uniform"), "noise must be one of"),
-        (lambda: gc.hutchinson_estimator_diag_hessian("seed"), "random_seed must be None, an int or a PRNG key"),
+        (
+            lambda: gc.hutchinson_estimator_diag_hessian("seed"),
+            "random_seed must be None, an int or a PRNG key",
+        ),
     ],
 )
 def test_invalid_hyperparameters_raise_at_construction(build, message):

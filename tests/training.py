@@ -65,8 +65,10 @@ def transformer_params(stacked: bool, layers: int = 2, d: int = 8, vocab: int = 
     rng = np.random.default_rng(seed)
 
     def dense(n_in, n_out):
-        return {"kernel": rng.standard_normal((n_in, n_out)).astype(np.float32),
-                "bias": np.zeros(n_out, np.float32)}
+        return {
+            "kernel": rng.standard_normal((n_in, n_out)).astype(np.float32),
+            "bias": np.zeros(n_out, np.float32),
+        }
 
     def norm():
         return {"scale": np.ones(d, np.float32), "bias": np.zeros(d, np.float32)}
@@ -74,7 +76,12 @@ def transformer_params(stacked: bool, layers: int = 2, d: int = 8, vocab: int = 
     def layer():
         return {
             "attn_norm": norm(),
-            "attn": {"query": dense(d, d), "key": dense(d, d), "value": dense(d, d), "out": dense(d, d)},
+            "attn": {
+                "query": dense(d, d),
+                "key": dense(d, d),
+                "value": dense(d, d),
+                "out": dense(d, d),
+            },
             "mlp_norm": norm(),
             "mlp": {"up": dense(d, 4 * d), "down": dense(4 * d, d)},
         }
@@ -96,8 +103,10 @@ def linear_problem(batch: int = 32, n_in: int = 6, n_out: int = 3):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((batch, n_in)), jnp.float32)
     y = jnp.asarray(rng.standard_normal((batch, n_out)), jnp.float32)
-    params = {"w": jnp.asarray(0.1 * rng.standard_normal((n_in, n_out)), jnp.float32),
-              "b": jnp.zeros(n_out, jnp.float32)}
+    params = {
+        "w": jnp.asarray(0.1 * rng.standard_normal((n_in, n_out)), jnp.float32),
+        "b": jnp.zeros(n_out, jnp.float32),
+    }
 
     def loss(p, xb, yb):
         return jnp.mean(jnp.square(xb @ p["w"] + p["b"][None, :] - yb))

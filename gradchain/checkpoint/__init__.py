@@ -1,5 +1,4 @@
-"""Saving and restoring optimizer states.
-"""
+"""Saving and restoring optimizer states."""
 
 from gradchain.checkpoint.state_io import (
     restore_state,

@@ -1,5 +1,4 @@
-"""Research optimizers, one module each, as in ``optax.contrib``.
-"""
+"""Research optimizers, one module each, as in ``optax.contrib``."""
 
 from gradchain.contrib.galore import (
     GaLoreDimensionNumbers,

@@ -18,7 +18,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradchain.transforms.adaptive import scale_by_adam
 from gradchain.core.base import (
     Chain,
     GradientTransformation,
@@ -30,7 +29,6 @@ from gradchain.core.base import (
     named_chain,
     transformation,
 )
-from gradchain.transforms.decay import add_decoupled_weight_decay
 from gradchain.core.matrices import (
     MatrixView,
     check_dimension_numbers,
@@ -46,8 +44,10 @@ from gradchain.core.numerics import (
     safe_increment,
     zeros_along,
 )
-from gradchain.transforms.scaling import scale_by_learning_rate
 from gradchain.scale_out.sharding import derive_shardings
+from gradchain.transforms.adaptive import scale_by_adam
+from gradchain.transforms.decay import add_decoupled_weight_decay
+from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = ["GaLoreDimensionNumbers", "galore", "scale_by_galore"]
 
@@ -229,7 +229,7 @@ class ScaleByGaloreState:
         sharding of the parameter axes they run along (``numerics.grouped_sharding``), the rank
         axis is replicated, and the base optimizer's state follows the low-rank matrices by the
         usual rules, as if they were its parameters."""
-        is_none = lambda x: x is None  # noqa: E731
+        is_none = lambda x: x is None
         per_param = param_treedef.flatten_up_to(self.projector)
         counts = [len(jax.tree.leaves(sub, is_leaf=is_none)) for sub in per_param]
         # one layout entry per leaf this transformation saw (none for a masked-out parameter)
@@ -376,14 +376,13 @@ class ScaleByGalore(GradientTransformation):
             projector=treedef.unflatten(projectors),
             hyperparams=self.init_hyperparams(),
             layout=tuple(
-                None if q is None else q.axis_groups
-                for p, q in zip(leaves, plan)
-                if p is not None
+                None if q is None else q.axis_groups for p, q in zip(leaves, plan) if p is not None
             ),
         )
 
     def update(self, updates, state, params=None, **extra_args):
         leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
+
         # The projector tree holds None for unprojected leaves: compare structures only.
         def as_leaf(tree):
             return jax.tree.map(lambda _: 0, tree, is_leaf=lambda x: x is None)
@@ -414,7 +413,10 @@ class ScaleByGalore(GradientTransformation):
 
         # The base optimizer gets no params: the low-rank leaves have no parameter to match.
         low_updates, base_state = _call_update(
-            self.base_optimizer, treedef.unflatten(low), state.base_optimizer_state, None,
+            self.base_optimizer,
+            treedef.unflatten(low),
+            state.base_optimizer_state,
+            None,
             extra_args,
         )
         base_state = keep_layout(base_state, state.base_optimizer_state)
@@ -463,15 +465,25 @@ def galore(
     :math:`2 r \min(m,n)` moment entries plus an :math:`\max(m,n)\times r` projector.
     """
     config = dict(
-        learning_rate=learning_rate, rank=rank, update_proj_gap=update_proj_gap, scale=scale,
-        base_optimizer=base_optimizer, weight_decay=weight_decay, mask=mask,
-        weight_dimension_numbers=weight_dimension_numbers, projected_dim=projected_dim,
+        learning_rate=learning_rate,
+        rank=rank,
+        update_proj_gap=update_proj_gap,
+        scale=scale,
+        base_optimizer=base_optimizer,
+        weight_decay=weight_decay,
+        mask=mask,
+        weight_dimension_numbers=weight_dimension_numbers,
+        projected_dim=projected_dim,
     )
     return named_chain(
         "galore",
         config,
         scale_by_galore(
-            rank, update_proj_gap, scale, base_optimizer, weight_dimension_numbers,
+            rank,
+            update_proj_gap,
+            scale,
+            base_optimizer,
+            weight_dimension_numbers,
             projected_dim=projected_dim,
         ),
         add_decoupled_weight_decay(weight_decay, mask),

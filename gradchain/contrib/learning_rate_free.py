@@ -62,7 +62,7 @@ def _adam_bias_correction(tx, b1, b2, t):
     r""":math:`\sqrt{1-\beta_2^t}/(1-\beta_1^t)` when ``tx.bias_correction``, else 1."""
     if not tx.bias_correction:
         return jnp.ones((), b1.dtype)
-    return jnp.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+    return jnp.sqrt(1 - b2**t) / (1 - b1**t)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,7 +89,14 @@ class ScaleByProdigyState:
 @transformation(
     "scale_by_prodigy",
     hyperparams=(
-        "learning_rate", "b1", "b2", "b3", "eps", "estim_lr0", "estim_lr_coef", "weight_decay",
+        "learning_rate",
+        "b1",
+        "b2",
+        "b3",
+        "eps",
+        "estim_lr0",
+        "estim_lr_coef",
+        "weight_decay",
     ),
 )
 class ScaleByProdigy(GradientTransformation):
@@ -164,7 +171,7 @@ class ScaleByProdigy(GradientTransformation):
         if self.beta3 is not None:
             return self.beta3
         b2 = self.b2
-        return (lambda count: jnp.sqrt(b2(count))) if callable(b2) else b2 ** 0.5
+        return (lambda count: jnp.sqrt(b2(count))) if callable(b2) else b2**0.5
 
     def _copy_initial(self, p):
         require_values(p, self.name)  # it keeps a copy of the initial parameters
@@ -255,16 +262,29 @@ def prodigy(
     ``prodigyopt.Prodigy``'s default. The estimate is ``tree_get(state, "d")``.
     """
     config = dict(
-        learning_rate=learning_rate, betas=betas, beta3=beta3, eps=eps, estim_lr0=estim_lr0,
-        estim_lr_coef=estim_lr_coef, weight_decay=weight_decay,
-        safeguard_warmup=safeguard_warmup, bias_correction=bias_correction,
+        learning_rate=learning_rate,
+        betas=betas,
+        beta3=beta3,
+        eps=eps,
+        estim_lr0=estim_lr0,
+        estim_lr_coef=estim_lr_coef,
+        weight_decay=weight_decay,
+        safeguard_warmup=safeguard_warmup,
+        bias_correction=bias_correction,
     )
     return named_chain(
         "prodigy",
         config,
         scale_by_prodigy(
-            learning_rate, betas, beta3, eps, estim_lr0, estim_lr_coef, weight_decay,
-            safeguard_warmup, bias_correction=bias_correction,
+            learning_rate,
+            betas,
+            beta3,
+            eps,
+            estim_lr0,
+            estim_lr_coef,
+            weight_decay,
+            safeguard_warmup,
+            bias_correction=bias_correction,
         ),
     )
 
@@ -435,14 +455,24 @@ def dadapt_adamw(
     ``tree_get(state, "d")``.
     """
     config = dict(
-        learning_rate=learning_rate, betas=betas, eps=eps, estim_lr0=estim_lr0,
-        weight_decay=weight_decay, bias_correction=bias_correction, decouple=decouple,
+        learning_rate=learning_rate,
+        betas=betas,
+        eps=eps,
+        estim_lr0=estim_lr0,
+        weight_decay=weight_decay,
+        bias_correction=bias_correction,
+        decouple=decouple,
     )
     return named_chain(
         "dadapt_adamw",
         config,
         scale_by_dadapt_adamw(
-            learning_rate, betas, eps, estim_lr0, weight_decay,
-            bias_correction=bias_correction, decouple=decouple,
+            learning_rate,
+            betas,
+            eps,
+            estim_lr0,
+            weight_decay,
+            bias_correction=bias_correction,
+            decouple=decouple,
         ),
     )

@@ -36,7 +36,6 @@ from gradchain.core.base import (
     state_class,
     transformation,
 )
-from gradchain.transforms.decay import add_decoupled_weight_decay
 from gradchain.core.matrices import check_dimension_numbers, entries_per_leaf, matrix_view
 from gradchain.core.numerics import (
     bias_correction,
@@ -49,6 +48,7 @@ from gradchain.core.numerics import (
     zeros_like_param,
 )
 from gradchain.optimizers.alias import _argument_names, adamw
+from gradchain.transforms.decay import add_decoupled_weight_decay
 from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = [
@@ -111,9 +111,7 @@ def _coefficient_rows(ns_coeffs, ns_steps: int) -> tuple[tuple[float, float, flo
             f"ns_coeffs must be (a, b, c) or a sequence of (a, b, c), got {ns_coeffs!r}"
         ) from None
     if rows.ndim not in (1, 2) or rows.shape[-1] != 3:
-        raise ValueError(
-            f"ns_coeffs must have shape (3,) or (n, 3), got shape {tuple(rows.shape)}"
-        )
+        raise ValueError(f"ns_coeffs must have shape (3,) or (n, 3), got shape {tuple(rows.shape)}")
     as_float = [tuple(float(v) for v in r) for r in np.atleast_2d(rows)]
     if rows.ndim == 1:
         return (as_float[0],) * ns_steps
@@ -393,8 +391,14 @@ class ScaleByShape(GradientTransformation):
     consistent_rms: float | None = None
 
     def __post_init__(self):
-        check_number("consistent_rms", self.consistent_rms, low=0.0, low_open=True,
-                     allow_schedule=False, allow_none=True)
+        check_number(
+            "consistent_rms",
+            self.consistent_rms,
+            low=0.0,
+            low_open=True,
+            allow_schedule=False,
+            allow_none=True,
+        )
 
     def init(self, params):
         _leaf_dims(params, self.weight_dimension_numbers, self.name)
@@ -424,9 +428,7 @@ scale_by_shape = ScaleByShape
 # Labels: which leaves get Muon
 
 
-_REFERENCE_EXCLUDE = (
-    r"(^|/)(\w*embed\w*|wte|wpe|head|\w*_head|classifier|logits)(_\d+)?(/|$)"
-)
+_REFERENCE_EXCLUDE = r"(^|/)(\w*embed\w*|wte|wpe|head|\w*_head|classifier|logits)(_\d+)?(/|$)"
 
 
 def _path_string(path) -> str:
@@ -629,32 +631,61 @@ def muon(
     if adam_learning_rate is None:
         adam_learning_rate = learning_rate
     config = dict(
-        learning_rate=learning_rate, ns_coeffs=ns_coeffs, ns_steps=ns_steps, beta=beta, eps=eps,
-        weight_decay=weight_decay, weight_decay_mask=weight_decay_mask, mu_dtype=mu_dtype,
-        nesterov=nesterov, adaptive=adaptive, preconditioning=preconditioning, adam_b1=adam_b1,
-        adam_b2=adam_b2, adam_eps_root=adam_eps_root, adam_weight_decay=adam_weight_decay,
+        learning_rate=learning_rate,
+        ns_coeffs=ns_coeffs,
+        ns_steps=ns_steps,
+        beta=beta,
+        eps=eps,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        mu_dtype=mu_dtype,
+        nesterov=nesterov,
+        adaptive=adaptive,
+        preconditioning=preconditioning,
+        adam_b1=adam_b1,
+        adam_b2=adam_b2,
+        adam_eps_root=adam_eps_root,
+        adam_weight_decay=adam_weight_decay,
         adam_learning_rate=adam_learning_rate,
         muon_weight_dimension_numbers=muon_weight_dimension_numbers,
-        consistent_rms=consistent_rms, param_labels=param_labels,
-        bias_correction=bias_correction, ns_dtype=ns_dtype,
+        consistent_rms=consistent_rms,
+        param_labels=param_labels,
+        bias_correction=bias_correction,
+        ns_dtype=ns_dtype,
     )
     muon_part = chain(
         scale_by_muon(
-            ns_coeffs, ns_steps, beta, eps, mu_dtype, nesterov=nesterov, adaptive=adaptive,
+            ns_coeffs,
+            ns_steps,
+            beta,
+            eps,
+            mu_dtype,
+            nesterov=nesterov,
+            adaptive=adaptive,
             preconditioning=preconditioning,
             weight_dimension_numbers=muon_weight_dimension_numbers,
-            bias_correction=bias_correction, ns_dtype=ns_dtype,
+            bias_correction=bias_correction,
+            ns_dtype=ns_dtype,
         ),
         scale_by_shape(muon_weight_dimension_numbers, consistent_rms),
         add_decoupled_weight_decay(weight_decay, weight_decay_mask),
         scale_by_learning_rate(learning_rate),
     )
     with _argument_names(
-        learning_rate="adam_learning_rate", b1="adam_b1", b2="adam_b2",
-        eps_root="adam_eps_root", weight_decay="adam_weight_decay",
+        learning_rate="adam_learning_rate",
+        b1="adam_b1",
+        b2="adam_b2",
+        eps_root="adam_eps_root",
+        weight_decay="adam_weight_decay",
     ):
         adam_part = adamw(
-            adam_learning_rate, adam_b1, adam_b2, eps, adam_eps_root, mu_dtype, adam_weight_decay,
+            adam_learning_rate,
+            adam_b1,
+            adam_b2,
+            eps,
+            adam_eps_root,
+            mu_dtype,
+            adam_weight_decay,
             nesterov=nesterov,
         )
     labels = param_labels

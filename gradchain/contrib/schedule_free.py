@@ -13,7 +13,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from gradchain.transforms.adaptive import ScaleByAdam, scale_by_rms
 from gradchain.core.base import (
     Chain,
     GradientTransformation,
@@ -33,10 +32,11 @@ from gradchain.core.base import (
     transformation,
     tree_map_multi,
 )
-from gradchain.transforms.decay import add_decoupled_weight_decay
-from gradchain.transforms.momentum import Trace
 from gradchain.core.numerics import compute_dtype, init_count, safe_increment, state_dtype
 from gradchain.optimizers.alias import sgd
+from gradchain.transforms.adaptive import ScaleByAdam, scale_by_rms
+from gradchain.transforms.decay import add_decoupled_weight_decay
+from gradchain.transforms.momentum import Trace
 from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = [
@@ -311,8 +311,13 @@ def schedule_free_sgd(
     if weight_decay is not None:
         base = Chain(add_decoupled_weight_decay(weight_decay), base)
     config = dict(
-        learning_rate=learning_rate, warmup_steps=warmup_steps, b1=b1, weight_decay=weight_decay,
-        weight_lr_power=weight_lr_power, state_dtype=state_dtype, optax_off_by_one=optax_off_by_one,
+        learning_rate=learning_rate,
+        warmup_steps=warmup_steps,
+        b1=b1,
+        weight_decay=weight_decay,
+        weight_lr_power=weight_lr_power,
+        state_dtype=state_dtype,
+        optax_off_by_one=optax_off_by_one,
     )
     return named_chain(
         "schedule_free_sgd",
@@ -361,8 +366,14 @@ def schedule_free_adamw(
         scale_by_learning_rate(lr),
     )
     config = dict(
-        learning_rate=learning_rate, warmup_steps=warmup_steps, b1=b1, b2=b2, eps=eps,
-        weight_decay=weight_decay, weight_lr_power=weight_lr_power, state_dtype=state_dtype,
+        learning_rate=learning_rate,
+        warmup_steps=warmup_steps,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        weight_decay=weight_decay,
+        weight_lr_power=weight_lr_power,
+        state_dtype=state_dtype,
         optax_off_by_one=optax_off_by_one,
     )
     return named_chain(

@@ -38,7 +38,6 @@ from gradchain.core.base import (
     transformation,
     tree_map_multi,
 )
-from gradchain.transforms.decay import add_decoupled_weight_decay
 from gradchain.core.numerics import (
     bias_correction,
     cast_like,
@@ -48,6 +47,7 @@ from gradchain.core.numerics import (
     moments_like,
     safe_increment,
 )
+from gradchain.transforms.decay import add_decoupled_weight_decay
 from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = [
@@ -136,9 +136,7 @@ class HutchinsonEstimator(GradientTransformation):
         _check_callable_arg(self.name, "obj_fn", obj_fn, "lambda p: loss(p, batch)")
         out = jax.eval_shape(obj_fn, params)
         if not (hasattr(out, "shape") and out.shape == ()):
-            raise ValueError(
-                f"{self.name}: obj_fn(params) must return a scalar loss, got {out}"
-            )
+            raise ValueError(f"{self.name}: obj_fn(params) must return a scalar loss, got {out}")
 
     def update(self, updates, state, params=None, obj_fn=None, **extra_args):
         require_params(params, self.name)
@@ -202,7 +200,9 @@ class GaussNewtonBartlettEstimator(GradientTransformation):
         """Raises a ``ValueError`` unless ``sampled_grad_fn(params, key)`` returns a tree like
         ``params``."""
         _check_callable_arg(
-            self.name, "sampled_grad_fn", sampled_grad_fn,
+            self.name,
+            "sampled_grad_fn",
+            sampled_grad_fn,
             "lambda p, key: grad_on_sampled_labels(p, batch, key)",
         )
         out = jax.eval_shape(sampled_grad_fn, params, jax.random.PRNGKey(0))
@@ -310,8 +310,10 @@ class ScaleBySophia(GradientTransformation):
         check_number("clip_threshold", self.clip_threshold, low=0.0, low_open=True)
         check_int("update_interval", self.update_interval, low=1)
         check_int("print_win_rate_every_n_steps", self.print_win_rate_every_n_steps, low=0)
-        if not (hasattr(self.hessian_diagonal_fn, "init")
-                and hasattr(self.hessian_diagonal_fn, "update")):
+        if not (
+            hasattr(self.hessian_diagonal_fn, "init")
+            and hasattr(self.hessian_diagonal_fn, "update")
+        ):
             raise ValueError(
                 "hessian_diagonal_fn must be a gradient transformation (with init and update) "
                 f"returning a Hessian-diagonal estimate, got {self.hessian_diagonal_fn!r}"
@@ -343,7 +345,11 @@ class ScaleBySophia(GradientTransformation):
             check(params, **extra_args)
         hp = self.current_hyperparams(state)
         b1, b2, eps, gamma, clip = (
-            hp["b1"], hp["b2"], hp["eps"], hp["gamma"], hp["clip_threshold"]
+            hp["b1"],
+            hp["b2"],
+            hp["eps"],
+            hp["gamma"],
+            hp["clip_threshold"],
         )
         c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
         t = safe_increment(state.count)
@@ -445,20 +451,38 @@ def sophia(
     ``gamma = rho * tokens_per_step`` and ``eps = 1e-15``.
     """
     config = dict(
-        learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask, gamma=gamma, clip_threshold=clip_threshold,
-        update_interval=update_interval, hessian_diagonal_fn=hessian_diagonal_fn,
-        mu_dtype=mu_dtype, verbose=verbose,
+        learning_rate=learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        gamma=gamma,
+        clip_threshold=clip_threshold,
+        update_interval=update_interval,
+        hessian_diagonal_fn=hessian_diagonal_fn,
+        mu_dtype=mu_dtype,
+        verbose=verbose,
         print_win_rate_every_n_steps=print_win_rate_every_n_steps,
-        mu_bias_correction=mu_bias_correction, estimate_before_step=estimate_before_step,
+        mu_bias_correction=mu_bias_correction,
+        estimate_before_step=estimate_before_step,
     )
     return named_chain(
         "sophia",
         config,
         scale_by_sophia(
-            b1, b2, eps, gamma, clip_threshold, update_interval, hessian_diagonal_fn,
-            mu_dtype, verbose, print_win_rate_every_n_steps,
-            mu_bias_correction=mu_bias_correction, estimate_before_step=estimate_before_step,
+            b1,
+            b2,
+            eps,
+            gamma,
+            clip_threshold,
+            update_interval,
+            hessian_diagonal_fn,
+            mu_dtype,
+            verbose,
+            print_win_rate_every_n_steps,
+            mu_bias_correction=mu_bias_correction,
+            estimate_before_step=estimate_before_step,
         ),
         add_decoupled_weight_decay(weight_decay, weight_decay_mask),
         scale_by_learning_rate(learning_rate),

@@ -25,6 +25,7 @@ under ``state.hyperparams[name]``, and read from there by ``update``. Three thin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import math
@@ -236,7 +237,10 @@ def _replace_in(x, key, value):
         return dataclasses.replace(x, **changes) if changes else x
     if isinstance(x, tuple) and hasattr(x, "_fields"):
         return x._replace(
-            **{n: (value if n == key else _replace_in(getattr(x, n), key, value)) for n in x._fields}
+            **{
+                n: (value if n == key else _replace_in(getattr(x, n), key, value))
+                for n in x._fields
+            }
         )
     if isinstance(x, (tuple, list)):
         return type(x)(_replace_in(s, key, value) for s in x)
@@ -298,10 +302,7 @@ def check_tree_match(tree, reference, tree_name: str, reference_name: str) -> No
         return
     # Empty subtrees (None, masked-out leaves, {}) are listed too, so a difference between two
     # trees of masked-out leaves still has a path.
-    left, right = (
-        [p for p, _ in _path_list(t, is_leaf=_is_empty_node)]
-        for t in (tree, reference)
-    )
+    left, right = ([p for p, _ in _path_list(t, is_leaf=_is_empty_node)] for t in (tree, reference))
     for i in range(max(len(left), len(right))):
         pa = left[i] if i < len(left) else None
         pb = right[i] if i < len(right) else None
@@ -572,8 +573,7 @@ class GradientTransformation:
         if type(self) is not type(other):
             return NotImplemented
         return all(
-            _field_equal(a, b)
-            for (_, a), (_, b) in zip(self._field_items(), other._field_items())
+            _field_equal(a, b) for (_, a), (_, b) in zip(self._field_items(), other._field_items())
         )
 
     def __hash__(self) -> int:
@@ -590,7 +590,7 @@ def _short_repr(v) -> str:
             return repr(float(v))
         except Exception:
             return "<traced>"
-    if isinstance(v, type) or isinstance(v, np.dtype):
+    if isinstance(v, (type, np.dtype)):
         try:
             return jnp.dtype(v).name
         except TypeError:
@@ -716,10 +716,8 @@ class Chain(GradientTransformation):
             return config[key]
         found = []
         for t in self.__dict__.get("transforms", ()):
-            try:
+            with contextlib.suppress(AttributeError):
                 found.append(getattr(t, key))
-            except AttributeError:
-                pass
         if len(found) == 1:
             return found[0]
         if found and all(_field_equal(found[0], f) for f in found[1:]):
@@ -806,7 +804,6 @@ def to_optax(tx: GradientTransformation):
     import optax  # an optional dependency: only imported when asked for
 
     return optax.GradientTransformationExtraArgs(tx.init, tx.update)
-
 
 
 def check_floating(tree, transform_name: str) -> None:

@@ -238,9 +238,7 @@ def _broadcast(prefix, tree, leaf_fn, what: str, transform_name: str):
     """Maps ``leaf_fn`` over ``prefix`` and copies each result to every leaf of the matching
     sub-tree of ``tree``: the result has ``tree``'s structure."""
     try:
-        return jax.tree.map(
-            lambda m, sub: jax.tree.map(lambda _: leaf_fn(m), sub), prefix, tree
-        )
+        return jax.tree.map(lambda m, sub: jax.tree.map(lambda _: leaf_fn(m), sub), prefix, tree)
     except _BadLeaf:
         raise
     except ValueError as e:
@@ -287,4 +285,3 @@ def resolve_labels(labels, tree, transform_name: str):
     """The labels as a tree with ``tree``'s structure (a prefix is broadcast, a callable called)."""
     chosen = labels(tree) if _is_function(labels) else labels
     return _broadcast(chosen, tree, lambda label: label, "labels", transform_name)
-

@@ -71,9 +71,7 @@ def matrix_view(shape: Sequence[int], reduction_axis, output_axis, where: str) -
     shape = tuple(int(d) for d in shape)
     ndim = len(shape)
     if ndim < 2:
-        raise ValueError(
-            f"{where} has shape {shape}: a matrix view needs at least two axes"
-        )
+        raise ValueError(f"{where} has shape {shape}: a matrix view needs at least two axes")
     rows = _axes(reduction_axis, ndim, "reduction_axis", where)
     cols = _axes(output_axis, ndim, "output_axis", where)
     if set(rows) & set(cols):
@@ -101,7 +99,7 @@ def entries_per_leaf(prefix, tree, is_prefix_leaf) -> list:
 
     Raises ``ValueError`` when ``prefix`` does not fit ``tree``.
     """
-    is_none = lambda x: x is None  # noqa: E731
+    is_none = lambda x: x is None
     treedef = jax.tree.structure(tree, is_leaf=is_none)
     try:
         full = jax.tree.map(

@@ -225,6 +225,8 @@ def zeros_like_reduced(p, axis: int, dtype=None, keepdims: bool = False) -> jax.
     if sharding is not None:
         return jnp.zeros(reduced, dtype, device=sharding)
     return jnp.zeros(reduced, dtype)
+
+
 def moments_like(params, requested_dtype=None, fill: float = 0.0):
     """One state array per parameter leaf, filled with ``fill``, in :func:`state_dtype`."""
     return jax.tree.map(

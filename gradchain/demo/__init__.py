@@ -97,8 +97,9 @@ class Progress:
             self.next_line = step + max(1, self.total // 4)
 
 
-def _train(entry, params0, train_batches, valid_batches, n_heads, eval_every, out_stream,
-           shadow=None):
+def _train(
+    entry, params0, train_batches, valid_batches, n_heads, eval_every, out_stream, shadow=None
+):
     """Trains one optimizer; ``shadow`` (an optax transformation) is stepped in lock-step.
 
     The shadow sees the same gradients at the same parameters every step, so the difference of
@@ -107,7 +108,6 @@ def _train(entry, params0, train_batches, valid_batches, n_heads, eval_every, ou
     """
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     import gradchain as gc
     from gradchain.demo.model import loss_fn
@@ -224,8 +224,16 @@ def run(args, out_stream=sys.stderr) -> dict:
     for entry in entries:
         shadow = None if args.no_parity else _optax_shadow(entry, args.steps, params0)
         results.append(
-            _train(entry, params0, train_batches, valid_batches, config.n_heads, eval_every,
-                   out_stream, shadow)
+            _train(
+                entry,
+                params0,
+                train_batches,
+                valid_batches,
+                config.n_heads,
+                eval_every,
+                out_stream,
+                shadow,
+            )
         )
     parity = next((r["parity"] for r in results if r["parity"] is not None), None)
     summary = report.write(args, results, parity, n_params, source)
@@ -242,5 +250,7 @@ def main(argv=None) -> int:
     from gradchain.demo import report
 
     print(report.table(summary))
-    print(f"\nwrote {summary['files']['plot']}, {summary['files']['csv']}, {summary['files']['json']}")
+    print(
+        f"\nwrote {summary['files']['plot']}, {summary['files']['csv']}, {summary['files']['json']}"
+    )
     return 0

@@ -9,8 +9,20 @@ import numpy as np
 
 # Stable, pure-Python modules every CPython installation ships; about 0.5 MB together.
 DEFAULT_MODULES = (
-    "textwrap", "string", "heapq", "bisect", "functools", "contextlib", "fractions",
-    "statistics", "difflib", "argparse", "dataclasses", "enum", "shlex", "calendar",
+    "textwrap",
+    "string",
+    "heapq",
+    "bisect",
+    "functools",
+    "contextlib",
+    "fractions",
+    "statistics",
+    "difflib",
+    "argparse",
+    "dataclasses",
+    "enum",
+    "shlex",
+    "calendar",
 )
 
 

@@ -62,7 +62,10 @@ def optax_recipe(steps, params):
 
     warmup = max(1, steps // 10)
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, PEAK_LR, warmup_steps=warmup, decay_steps=max(steps, warmup + 1),
+        0.0,
+        PEAK_LR,
+        warmup_steps=warmup,
+        decay_steps=max(steps, warmup + 1),
         end_value=0.1 * PEAK_LR,
     )
     return optax.chain(
@@ -126,8 +129,7 @@ ENTRIES = (
         "Lion (sign of interpolated momentum), lr / 3",
         lambda steps, params: gc.chain(
             gc.clip_by_global_norm(1.0),
-            gc.lion(lr_schedule(steps, PEAK_LR / 3), weight_decay=0.1,
-                    mask=decay_mask(params)),
+            gc.lion(lr_schedule(steps, PEAK_LR / 3), weight_decay=0.1, mask=decay_mask(params)),
         ),
         requires=("lion", "warmup_cosine_decay_schedule"),
     ),

@@ -86,7 +86,9 @@ def _plot(results, path):
         axes[1].plot(vs, vl, marker="o", ms=3, color=line.get_color(), label=r["name"])
         if any(not math.isnan(x) for x in r["lr"]):
             peak = max(x for x in r["lr"] if not math.isnan(x)) or 1.0
-            axes[2].plot(steps, [x / peak for x in r["lr"]], color=line.get_color(), label=r["name"])
+            axes[2].plot(
+                steps, [x / peak for x in r["lr"]], color=line.get_color(), label=r["name"]
+            )
     axes[0].set(title="train loss (10-step mean)", xlabel="step", ylabel="nats / byte")
     axes[1].set(title="held-out loss", xlabel="step", ylabel="nats / byte")
     axes[2].set(title="learning rate / its peak (from the state)", xlabel="step")
@@ -99,9 +101,7 @@ def _plot(results, path):
 
 
 def table(summary) -> str:
-    head = (
-        f"{'optimizer':<14} {'train':>7} {'held-out':>17} {'steps/s':>8} {'state B/param':>13}"
-    )
+    head = f"{'optimizer':<14} {'train':>7} {'held-out':>17} {'steps/s':>8} {'state B/param':>13}"
     lines = [head, "-" * len(head)]
     for r in summary["results"]:
         lines.append(

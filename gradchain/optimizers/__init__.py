@@ -1,5 +1,4 @@
-"""Named optimizers: thin chains of atomic transformations, one module per family.
-"""
+"""Named optimizers: thin chains of atomic transformations, one module per family."""
 
 from gradchain.optimizers.adagrad import (
     adagrad,

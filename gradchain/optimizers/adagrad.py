@@ -70,7 +70,9 @@ class ScaleByRss(GradientTransformation):
 
     def __post_init__(self):
         check_number(
-            "initial_accumulator_value", self.initial_accumulator_value, low=0.0,
+            "initial_accumulator_value",
+            self.initial_accumulator_value,
+            low=0.0,
             allow_schedule=False,
         )
         check_number("eps", self.eps, low=0.0)
@@ -109,9 +111,7 @@ class ScaleByRss(GradientTransformation):
 scale_by_rss = ScaleByRss
 
 
-def adagrad(
-    learning_rate, initial_accumulator_value=0.1, eps=1e-7, *, eps_in_sqrt=True
-) -> Chain:
+def adagrad(learning_rate, initial_accumulator_value=0.1, eps=1e-7, *, eps_in_sqrt=True) -> Chain:
     r"""Adagrad: ``chain(scale_by_rss(...), scale_by_learning_rate(learning_rate))``.
 
     :math:`p_t = p_{t-1} - \eta_{t-1}\, g_t/\sqrt{s_t + \epsilon}`; see :func:`scale_by_rss`.
@@ -119,8 +119,10 @@ def adagrad(
     ``torch.optim.Adagrad(lr)``.
     """
     config = dict(
-        learning_rate=learning_rate, initial_accumulator_value=initial_accumulator_value,
-        eps=eps, eps_in_sqrt=eps_in_sqrt,
+        learning_rate=learning_rate,
+        initial_accumulator_value=initial_accumulator_value,
+        eps=eps,
+        eps_in_sqrt=eps_in_sqrt,
     )
     return named_chain(
         "adagrad",

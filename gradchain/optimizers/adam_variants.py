@@ -13,7 +13,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from gradchain.transforms.adaptive import ScaleByAdamState, scale_by_adam
 from gradchain.core.base import (
     Chain,
     GradientTransformation,
@@ -27,7 +26,6 @@ from gradchain.core.base import (
     transformation,
     tree_map_multi,
 )
-from gradchain.transforms.decay import add_decoupled_weight_decay
 from gradchain.core.numerics import (
     bias_correction,
     cast_like,
@@ -38,6 +36,8 @@ from gradchain.core.numerics import (
     nesterov_bias_corrected,
     safe_increment,
 )
+from gradchain.transforms.adaptive import ScaleByAdamState, scale_by_adam
+from gradchain.transforms.decay import add_decoupled_weight_decay
 from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = [
@@ -192,17 +192,30 @@ def amsgrad(
     ``torch.optim.Adam(amsgrad=True)``.
     """
     config = dict(
-        learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-        mu_dtype=mu_dtype, bias_correction_mu=bias_correction_mu,
-        bias_correction_nu=bias_correction_nu, debias_after_max=debias_after_max,
+        learning_rate=learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        mu_dtype=mu_dtype,
+        bias_correction_mu=bias_correction_mu,
+        bias_correction_nu=bias_correction_nu,
+        debias_after_max=debias_after_max,
         nu_dtype=nu_dtype,
     )
     return named_chain(
         "amsgrad",
         config,
         scale_by_amsgrad(
-            b1, b2, eps, eps_root, mu_dtype, bias_correction_mu, bias_correction_nu,
-            debias_after_max=debias_after_max, nu_dtype=nu_dtype,
+            b1,
+            b2,
+            eps,
+            eps_root,
+            mu_dtype,
+            bias_correction_mu,
+            bias_correction_nu,
+            debias_after_max=debias_after_max,
+            nu_dtype=nu_dtype,
         ),
         scale_by_learning_rate(learning_rate),
     )
@@ -377,14 +390,16 @@ class ScaleByRadam(GradientTransformation):
         b1, b2, eps, eps_root = hp["b1"], hp["b2"], hp["eps"], hp["eps_root"]
         c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
         t = safe_increment(state.count)
-        b2t = b2 ** t
+        b2t = b2**t
         rho_inf = 2.0 / c2 - 1.0
         rho = rho_inf - 2.0 * t * b2t / (1.0 - b2t)
         rectified = rho > hp["threshold"] if self.strict_threshold else rho >= hp["threshold"]
         # Outside the rectified branch rho may make the square root NaN; keep it finite there.
         safe_rho = jnp.where(rectified, rho, rho_inf)
         r = jnp.sqrt(
-            (safe_rho - 4.0) * (safe_rho - 2.0) * rho_inf
+            (safe_rho - 4.0)
+            * (safe_rho - 2.0)
+            * rho_inf
             / ((rho_inf - 4.0) * (rho_inf - 2.0) * safe_rho)
         )
         if self.eps_before_bias_correction:
@@ -400,8 +415,8 @@ class ScaleByRadam(GradientTransformation):
             else:
                 m_hat = bias_correction(m, b1, t)
             v_hat = bias_correction(v, b2, t)
-            adaptive = r.astype(dt) * m_hat / (
-                jnp.sqrt(v_hat + eps_root.astype(dt)) + eps.astype(dt)
+            adaptive = (
+                r.astype(dt) * m_hat / (jnp.sqrt(v_hat + eps_root.astype(dt)) + eps.astype(dt))
             )
             return jnp.where(rectified, adaptive, m_hat).astype(g.dtype), m, v
 
@@ -433,15 +448,26 @@ def radam(
     :math:`-\eta g_1` (un-normalised).
     """
     config = dict(
-        learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-        threshold=threshold, nesterov=nesterov, strict_threshold=strict_threshold,
+        learning_rate=learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        threshold=threshold,
+        nesterov=nesterov,
+        strict_threshold=strict_threshold,
         eps_before_bias_correction=eps_before_bias_correction,
     )
     return named_chain(
         "radam",
         config,
         scale_by_radam(
-            b1, b2, eps, eps_root, threshold, nesterov=nesterov,
+            b1,
+            b2,
+            eps,
+            eps_root,
+            threshold,
+            nesterov=nesterov,
             strict_threshold=strict_threshold,
             eps_before_bias_correction=eps_before_bias_correction,
         ),
@@ -466,9 +492,7 @@ class ScaleByNadamState:
     hyperparams: dict
 
 
-@transformation(
-    "scale_by_nadam", hyperparams=("b1", "b2", "eps", "eps_root", "momentum_decay")
-)
+@transformation("scale_by_nadam", hyperparams=("b1", "b2", "eps", "eps_root", "momentum_decay"))
 class ScaleByNadam(GradientTransformation):
     r"""Rescales updates by NAdam with PyTorch's warming momentum schedule.
 
@@ -586,8 +610,14 @@ def nadam(
     ``torch.optim.NAdam`` with its warming momentum schedule (ALGORITHMS.md §15 row 9).
     """
     config = dict(
-        learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-        mu_dtype=mu_dtype, nu_dtype=nu_dtype, momentum_decay=momentum_decay,
+        learning_rate=learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+        momentum_decay=momentum_decay,
     )
     return named_chain(
         "nadam",
@@ -618,8 +648,15 @@ def nadamw(
     ``torch.optim.NAdam(decoupled_weight_decay=True)``.
     """
     config = dict(
-        learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-        mu_dtype=mu_dtype, weight_decay=weight_decay, mask=mask, nu_dtype=nu_dtype,
+        learning_rate=learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        mu_dtype=mu_dtype,
+        weight_decay=weight_decay,
+        mask=mask,
+        nu_dtype=nu_dtype,
         momentum_decay=momentum_decay,
     )
     return named_chain(

@@ -6,8 +6,8 @@ import contextlib
 
 import jax.numpy as jnp
 
-from gradchain.transforms.adaptive import scale_by_adam, scale_by_rms, scale_by_stddev
 from gradchain.core.base import Chain, check_bool, named_chain
+from gradchain.transforms.adaptive import scale_by_adam, scale_by_rms, scale_by_stddev
 from gradchain.transforms.clipping import clip_by_block_rms
 from gradchain.transforms.decay import add_decoupled_weight_decay
 from gradchain.transforms.factored import factored_second_moment, scale_by_param_block_rms
@@ -29,7 +29,7 @@ def _argument_names(**outer_names):
         message = str(e)
         for inner, outer in outer_names.items():
             if message.startswith(inner + " "):
-                raise ValueError(outer + message[len(inner):]) from None
+                raise ValueError(outer + message[len(inner) :]) from None
         raise
 
 
@@ -85,8 +85,14 @@ def adam(
     (whose ``weight_decay`` is the coupled L2 penalty: ``chain(add_l2_penalty(wd), adam(...))``).
     """
     config = dict(
-        learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-        mu_dtype=mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype,
+        learning_rate=learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        mu_dtype=mu_dtype,
+        nesterov=nesterov,
+        nu_dtype=nu_dtype,
     )
     return named_chain(
         "adam",
@@ -123,8 +129,15 @@ def adamw(
     multiplier only. Reference: Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (2019).
     """
     config = dict(
-        learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-        mu_dtype=mu_dtype, weight_decay=weight_decay, mask=mask, nesterov=nesterov,
+        learning_rate=learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        mu_dtype=mu_dtype,
+        weight_decay=weight_decay,
+        mask=mask,
+        nesterov=nesterov,
         nu_dtype=nu_dtype,
     )
     return named_chain(
@@ -181,8 +194,14 @@ def rmsprop(
         with _argument_names(decay="momentum"):
             parts.append(trace(decay=momentum, nesterov=nesterov))
     config = dict(
-        learning_rate=learning_rate, decay=decay, eps=eps, initial_scale=initial_scale,
-        eps_in_sqrt=eps_in_sqrt, centered=centered, momentum=momentum, nesterov=nesterov,
+        learning_rate=learning_rate,
+        decay=decay,
+        eps=eps,
+        initial_scale=initial_scale,
+        eps_in_sqrt=eps_in_sqrt,
+        centered=centered,
+        momentum=momentum,
+        nesterov=nesterov,
         bias_correction=bias_correction,
     )
     return named_chain("rmsprop", config, *parts)
@@ -250,7 +269,11 @@ def adafactor(
     with _argument_names(step_offset="decay_offset", epsilon="eps"):
         parts = [
             factored_second_moment(
-                factored, decay_rate, decay_offset, min_dim_size_to_factor, eps,
+                factored,
+                decay_rate,
+                decay_offset,
+                min_dim_size_to_factor,
+                eps,
                 factored_axes=factored_axes,
             )
         ]
@@ -269,11 +292,18 @@ def adafactor(
             parts.append(add_decoupled_weight_decay(weight_decay_rate, weight_decay_mask))
     parts.append(scale(-1))
     config = dict(
-        learning_rate=learning_rate, min_dim_size_to_factor=min_dim_size_to_factor,
-        decay_rate=decay_rate, decay_offset=decay_offset,
+        learning_rate=learning_rate,
+        min_dim_size_to_factor=min_dim_size_to_factor,
+        decay_rate=decay_rate,
+        decay_offset=decay_offset,
         multiply_by_parameter_scale=multiply_by_parameter_scale,
-        clipping_threshold=clipping_threshold, momentum=momentum, dtype_momentum=dtype_momentum,
-        weight_decay_rate=weight_decay_rate, eps=eps, factored=factored,
-        weight_decay_mask=weight_decay_mask, factored_axes=factored_axes,
+        clipping_threshold=clipping_threshold,
+        momentum=momentum,
+        dtype_momentum=dtype_momentum,
+        weight_decay_rate=weight_decay_rate,
+        eps=eps,
+        factored=factored,
+        weight_decay_mask=weight_decay_mask,
+        factored_axes=factored_axes,
     )
     return named_chain("adafactor", config, *parts)

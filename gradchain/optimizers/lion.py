@@ -19,7 +19,6 @@ from gradchain.core.base import (
     transformation,
     tree_map_multi,
 )
-from gradchain.transforms.decay import add_decoupled_weight_decay
 from gradchain.core.numerics import (
     cast_like,
     compute_dtype,
@@ -28,6 +27,7 @@ from gradchain.core.numerics import (
     moments_like,
     safe_increment,
 )
+from gradchain.transforms.decay import add_decoupled_weight_decay
 from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = ["lion", "scale_by_lion"]
@@ -128,8 +128,12 @@ def lion(learning_rate, b1=0.9, b2=0.99, mu_dtype=None, weight_decay=1e-3, mask=
     AdamW's and a weight decay correspondingly larger).
     """
     config = dict(
-        learning_rate=learning_rate, b1=b1, b2=b2, mu_dtype=mu_dtype,
-        weight_decay=weight_decay, mask=mask,
+        learning_rate=learning_rate,
+        b1=b1,
+        b2=b2,
+        mu_dtype=mu_dtype,
+        weight_decay=weight_decay,
+        mask=mask,
     )
     return named_chain(
         "lion",

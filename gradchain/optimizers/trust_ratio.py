@@ -7,21 +7,21 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from gradchain.transforms.adaptive import scale_by_adam
 from gradchain.core.base import (
     Chain,
     GradientTransformation,
     check_number,
-    named_chain,
     check_params_match,
+    named_chain,
     require_params,
     state_class,
     transformation,
 )
+from gradchain.core.numerics import compute_dtype, init_count, safe_increment
+from gradchain.optimizers.alias import _argument_names
+from gradchain.transforms.adaptive import scale_by_adam
 from gradchain.transforms.decay import add_decoupled_weight_decay, resolve_mask
 from gradchain.transforms.momentum import trace
-from gradchain.optimizers.alias import _argument_names
-from gradchain.core.numerics import compute_dtype, init_count, safe_increment
 from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = ["lamb", "lars", "scale_by_trust_ratio"]
@@ -123,8 +123,13 @@ def lamb(
     Deep Learning: Training BERT in 76 minutes" (2020).
     """
     config = dict(
-        learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-        weight_decay=weight_decay, mask=mask,
+        learning_rate=learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        weight_decay=weight_decay,
+        mask=mask,
     )
     return named_chain(
         "lamb",
@@ -167,9 +172,14 @@ def lars(
     Convolutional Networks" (2017).
     """
     config = dict(
-        learning_rate=learning_rate, weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask, trust_coefficient=trust_coefficient, eps=eps,
-        trust_ratio_mask=trust_ratio_mask, momentum=momentum, nesterov=nesterov,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        weight_decay_mask=weight_decay_mask,
+        trust_coefficient=trust_coefficient,
+        eps=eps,
+        trust_ratio_mask=trust_ratio_mask,
+        momentum=momentum,
+        nesterov=nesterov,
     )
     with _argument_names(decay="momentum"):
         momentum_part = trace(decay=momentum, nesterov=nesterov)

@@ -1,5 +1,4 @@
-"""Running optimizers at scale: sharded states, flat multi-tensor buffers and low-bit states.
-"""
+"""Running optimizers at scale: sharded states, flat multi-tensor buffers and low-bit states."""
 
 from gradchain.scale_out.flat import (
     FlatLayout,

@@ -43,7 +43,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gradchain.transforms.adaptive import ScaleByAdam, ScaleByRms, ScaleByStddev
 from gradchain.core.base import (
     Chain,
     ChainState,
@@ -57,12 +56,18 @@ from gradchain.core.base import (
     state_class,
     transformation,
 )
-from gradchain.transforms.clipping import Clip, ClipByGlobalNorm
-from gradchain.optimizers.adagrad import ScaleByRss
-from gradchain.optimizers.adam_variants import ScaleByAdamax, ScaleByAmsgrad, ScaleByNadam, ScaleByRadam
-from gradchain.transforms.decay import AddDecoupledWeightDecay, AddL2Penalty
-from gradchain.optimizers.lion import ScaleByLion
 from gradchain.core.masks import path_string, resolve_labels, resolve_mask
+from gradchain.optimizers.adagrad import ScaleByRss
+from gradchain.optimizers.adam_variants import (
+    ScaleByAdamax,
+    ScaleByAmsgrad,
+    ScaleByNadam,
+    ScaleByRadam,
+)
+from gradchain.optimizers.lion import ScaleByLion
+from gradchain.transforms.adaptive import ScaleByAdam, ScaleByRms, ScaleByStddev
+from gradchain.transforms.clipping import Clip, ClipByGlobalNorm
+from gradchain.transforms.decay import AddDecoupledWeightDecay, AddL2Penalty
 from gradchain.transforms.momentum import Ema, Trace
 from gradchain.transforms.scaling import Scale, ScaleByLearningRate, ScaleBySchedule
 
@@ -71,14 +76,29 @@ __all__ = ["FlatLayout", "FlatState", "flat_layout", "flatten", "register_flat_s
 # Coordinate-wise transformations whose state holds no per-parameter arrays: they can run on the
 # tree after the flat part, where masks and the parameters are at hand.
 _PER_LEAF: set[type] = {
-    AddDecoupledWeightDecay, AddL2Penalty, Clip, Identity, Scale, ScaleByLearningRate,
+    AddDecoupledWeightDecay,
+    AddL2Penalty,
+    Clip,
+    Identity,
+    Scale,
+    ScaleByLearningRate,
     ScaleBySchedule,
 }
 # Transformations that give the same numbers on a flat buffer as on a tree: they act on each
 # coordinate alone or through reductions over all leaves together.
 _FLAT_SAFE: set[type] = _PER_LEAF | {
-    ClipByGlobalNorm, Ema, ScaleByAdam, ScaleByRms, ScaleByStddev, Trace,
-    ScaleByAdamax, ScaleByAmsgrad, ScaleByLion, ScaleByNadam, ScaleByRadam, ScaleByRss,
+    ClipByGlobalNorm,
+    Ema,
+    ScaleByAdam,
+    ScaleByRms,
+    ScaleByStddev,
+    Trace,
+    ScaleByAdamax,
+    ScaleByAmsgrad,
+    ScaleByLion,
+    ScaleByNadam,
+    ScaleByRadam,
+    ScaleByRss,
 }
 
 
@@ -92,7 +112,9 @@ def register_flat_safe(*classes: type, stateless: bool = False) -> None:
     """
     for cls in classes:
         if not (isinstance(cls, type) and issubclass(cls, GradientTransformation)):
-            raise TypeError(f"register_flat_safe expects gradchain transformation classes, got {cls!r}")
+            raise TypeError(
+                f"register_flat_safe expects gradchain transformation classes, got {cls!r}"
+            )
         _FLAT_SAFE.add(cls)
         if stateless:
             _PER_LEAF.add(cls)
@@ -133,7 +155,9 @@ class FlatLayout:
         try:
             return self.treedef.flatten_up_to(tree)
         except (ValueError, TypeError) as e:
-            raise ValueError(f"flat layout: {what} does not have the layout's structure: {e}") from None
+            raise ValueError(
+                f"flat layout: {what} does not have the layout's structure: {e}"
+            ) from None
 
     def ravel(self, tree) -> dict:
         """``{name: buffer}``: the leaves of each shared buffer flattened and concatenated in

@@ -32,11 +32,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental.shard_alike import shard_alike
 
-from gradchain.transforms.adaptive import scale_by_adam
 from gradchain.core.base import (
     Chain,
     ChainState,
     GradientTransformation,
+    _call_update,  # how a chain passes extra arguments to its parts
     check_bool,
     check_int,
     check_number,
@@ -45,11 +45,6 @@ from gradchain.core.base import (
     state_class,
     transformation,
 )
-from gradchain.core.base import _call_update  # how a chain passes extra arguments to its parts
-from gradchain.transforms.decay import add_decoupled_weight_decay, resolve_mask
-from gradchain.optimizers.lion import scale_by_lion
-from gradchain.transforms.momentum import trace
-from gradchain.optimizers.alias import _argument_names
 from gradchain.core.numerics import (
     _sharding_of,
     compute_dtype,
@@ -57,6 +52,11 @@ from gradchain.core.numerics import (
     init_count,
     safe_increment,
 )
+from gradchain.optimizers.alias import _argument_names
+from gradchain.optimizers.lion import scale_by_lion
+from gradchain.transforms.adaptive import scale_by_adam
+from gradchain.transforms.decay import add_decoupled_weight_decay, resolve_mask
+from gradchain.transforms.momentum import trace
 from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = [
@@ -581,7 +581,8 @@ class QuantizeMoments(GradientTransformation):
                 # dequantized as it is, so that the inner transformation's own check names the
                 # path where the trees differ.
                 return jax.tree.map(
-                    lambda x: _dequantize_like(x, None) if _is_quantized(x) else x, tree,
+                    lambda x: _dequantize_like(x, None) if _is_quantized(x) else x,
+                    tree,
                     is_leaf=_is_quantized,
                 )
             if not any(_is_quantized(x) for x in leaves):
@@ -711,9 +712,17 @@ def adam_8bit(
     ``min_8bit_size`` (4096) and ``keep_float32`` (a mask of leaves whose moments stay float).
     """
     config = dict(
-        learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-        mu_dtype=mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype, block_size=block_size,
-        min_8bit_size=min_8bit_size, keep_float32=keep_float32,
+        learning_rate=learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        mu_dtype=mu_dtype,
+        nesterov=nesterov,
+        nu_dtype=nu_dtype,
+        block_size=block_size,
+        min_8bit_size=min_8bit_size,
+        keep_float32=keep_float32,
     )
     inner = scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov)
     return named_chain(
@@ -763,10 +772,20 @@ def adamw_8bit(
     """
     check_bool("decay_after_step", decay_after_step)
     config = dict(
-        learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-        mu_dtype=mu_dtype, weight_decay=weight_decay, mask=mask, nesterov=nesterov,
-        nu_dtype=nu_dtype, block_size=block_size, min_8bit_size=min_8bit_size,
-        keep_float32=keep_float32, decay_after_step=decay_after_step,
+        learning_rate=learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        eps_root=eps_root,
+        mu_dtype=mu_dtype,
+        weight_decay=weight_decay,
+        mask=mask,
+        nesterov=nesterov,
+        nu_dtype=nu_dtype,
+        block_size=block_size,
+        min_8bit_size=min_8bit_size,
+        keep_float32=keep_float32,
+        decay_after_step=decay_after_step,
     )
     inner = scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov)
     quantized = _quantized(inner, block_size, min_8bit_size, keep_float32)
@@ -810,13 +829,22 @@ def lion_8bit(
     Reference: Chen et al., "Symbolic Discovery of Optimization Algorithms" (2023).
     """
     config = dict(
-        learning_rate=learning_rate, b1=b1, b2=b2, mu_dtype=mu_dtype, weight_decay=weight_decay,
-        mask=mask, block_size=block_size, min_8bit_size=min_8bit_size, keep_float32=keep_float32,
+        learning_rate=learning_rate,
+        b1=b1,
+        b2=b2,
+        mu_dtype=mu_dtype,
+        weight_decay=weight_decay,
+        mask=mask,
+        block_size=block_size,
+        min_8bit_size=min_8bit_size,
+        keep_float32=keep_float32,
     )
     return named_chain(
         "lion_8bit",
         config,
-        _quantized(scale_by_lion(b1=b1, b2=b2, mu_dtype=mu_dtype), block_size, min_8bit_size, keep_float32),
+        _quantized(
+            scale_by_lion(b1=b1, b2=b2, mu_dtype=mu_dtype), block_size, min_8bit_size, keep_float32
+        ),
         add_decoupled_weight_decay(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
@@ -840,8 +868,12 @@ def sgd_8bit(
     this is plain :func:`gradchain.sgd`.
     """
     config = dict(
-        learning_rate=learning_rate, momentum=momentum, nesterov=nesterov,
-        accumulator_dtype=accumulator_dtype, block_size=block_size, min_8bit_size=min_8bit_size,
+        learning_rate=learning_rate,
+        momentum=momentum,
+        nesterov=nesterov,
+        accumulator_dtype=accumulator_dtype,
+        block_size=block_size,
+        min_8bit_size=min_8bit_size,
         keep_float32=keep_float32,
     )
     parts = []

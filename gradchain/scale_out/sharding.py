@@ -60,8 +60,8 @@ from gradchain.core.base import (
     check_params_match,
     transformation,
 )
-from gradchain.scale_out.flat import Flatten, FlatState
 from gradchain.core.numerics import reduced_sharding
+from gradchain.scale_out.flat import FlatState, Flatten
 from gradchain.scale_out.quantization import QuantizedArray, block_layout
 
 __all__ = ["abstract_state", "per_device_bytes", "state_shardings", "zero1"]

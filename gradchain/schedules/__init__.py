@@ -1,5 +1,4 @@
-"""Learning-rate and hyperparameter schedules: functions of the integer step count.
-"""
+"""Learning-rate and hyperparameter schedules: functions of the integer step count."""
 
 from gradchain.schedules.schedule import (
     Schedule,

@@ -30,6 +30,7 @@ passed to ``update(..., value=loss)`` stops improving.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import numbers
 import operator
 from collections.abc import Iterable, Mapping
@@ -381,7 +382,9 @@ class PolynomialSchedule(Schedule):
         _check_value("init_value", self.init_value)
         _check_value("end_value", self.end_value)
         _check_value("power", self.power, low=0.0, low_open=True)
-        _set(self, "transition_steps", _check_steps("transition_steps", self.transition_steps, low=1))
+        _set(
+            self, "transition_steps", _check_steps("transition_steps", self.transition_steps, low=1)
+        )
         _set(self, "transition_begin", _check_steps("transition_begin", self.transition_begin))
 
     def _at(self, c):
@@ -418,7 +421,9 @@ class LinearSchedule(Schedule):
     def __post_init__(self):
         _check_value("init_value", self.init_value)
         _check_value("end_value", self.end_value)
-        _set(self, "transition_steps", _check_steps("transition_steps", self.transition_steps, low=1))
+        _set(
+            self, "transition_steps", _check_steps("transition_steps", self.transition_steps, low=1)
+        )
         _set(self, "transition_begin", _check_steps("transition_begin", self.transition_begin))
 
     def _at(self, c):
@@ -464,7 +469,9 @@ class ExponentialDecay(Schedule):
 
     def __post_init__(self):
         _check_value("init_value", self.init_value)
-        _set(self, "transition_steps", _check_steps("transition_steps", self.transition_steps, low=1))
+        _set(
+            self, "transition_steps", _check_steps("transition_steps", self.transition_steps, low=1)
+        )
         _check_value("decay_rate", self.decay_rate, low=0.0, low_open=True)
         _set(self, "transition_begin", _check_steps("transition_begin", self.transition_begin))
         check_bool("staircase", self.staircase)
@@ -472,8 +479,12 @@ class ExponentialDecay(Schedule):
 
     def _at(self, c):
         return _exponential(
-            _since(c, self.transition_begin), self.init_value, self.transition_steps,
-            self.decay_rate, self.staircase, self.end_value,
+            _since(c, self.transition_begin),
+            self.init_value,
+            self.transition_steps,
+            self.decay_rate,
+            self.staircase,
+            self.end_value,
         )
 
 
@@ -501,8 +512,11 @@ class PiecewiseConstantSchedule(Schedule):
 
     def __post_init__(self):
         _check_value("init_value", self.init_value)
-        _set(self, "boundaries_and_scales",
-             _check_boundaries("boundaries_and_scales", self.boundaries_and_scales))
+        _set(
+            self,
+            "boundaries_and_scales",
+            _check_boundaries("boundaries_and_scales", self.boundaries_and_scales),
+        )
 
     def _at(self, c):
         v = jnp.asarray(self.init_value, _float_dtype())
@@ -559,7 +573,9 @@ class CosineDecaySchedule(Schedule):
             k = jnp.minimum(_since(c, 0), self.decay_steps)
         else:
             k = _since_mod(c, 0, 2 * self.decay_steps)
-        decayed = (1 - self.alpha) * _half_cosine(k / self.decay_steps) ** self.exponent + self.alpha
+        decayed = (1 - self.alpha) * _half_cosine(
+            k / self.decay_steps
+        ) ** self.exponent + self.alpha
         return self.init_value * decayed
 
 
@@ -804,7 +820,9 @@ class WarmupExponentialDecaySchedule(Schedule):
 
     def __post_init__(self):
         _check_warmup(self)
-        _set(self, "transition_steps", _check_steps("transition_steps", self.transition_steps, low=1))
+        _set(
+            self, "transition_steps", _check_steps("transition_steps", self.transition_steps, low=1)
+        )
         _check_value("decay_rate", self.decay_rate, low=0.0, low_open=True)
         _set(self, "transition_begin", _check_steps("transition_begin", self.transition_begin))
         check_bool("staircase", self.staircase)
@@ -813,8 +831,12 @@ class WarmupExponentialDecaySchedule(Schedule):
     def _at(self, c):
         w = self.warmup_steps
         decayed = _exponential(
-            _since(c, w + self.transition_begin), self.peak_value, self.transition_steps,
-            self.decay_rate, self.staircase, self.end_value,
+            _since(c, w + self.transition_begin),
+            self.peak_value,
+            self.transition_steps,
+            self.decay_rate,
+            self.staircase,
+            self.end_value,
         )
         return _after_warmup(self, c, decayed)
 
@@ -983,7 +1005,9 @@ class WarmupStableDecaySchedule(Schedule):
         k = self.cooldown_steps
         hold = self.total_steps - k
         x = jnp.clip(_since(c, hold) / k, 0, 1)
-        cooled = self.end_value + (self.peak_value - self.end_value) * _COOLDOWNS[self.cooldown_type](x)
+        cooled = self.end_value + (self.peak_value - self.end_value) * _COOLDOWNS[
+            self.cooldown_type
+        ](x)
         cooled = jnp.where(_reached(c, self.total_steps), self.end_value, cooled)
         out = jnp.where(_reached(c, hold + 1), cooled, self.peak_value)
         return _after_warmup(self, c, out)
@@ -1027,8 +1051,11 @@ class PiecewiseInterpolateSchedule(Schedule):
     def __post_init__(self):
         _check_choice("interpolate_type", self.interpolate_type, ("linear", "cosine"))
         _check_value("init_value", self.init_value)
-        _set(self, "boundaries_and_scales",
-             _check_boundaries("boundaries_and_scales", self.boundaries_and_scales))
+        _set(
+            self,
+            "boundaries_and_scales",
+            _check_boundaries("boundaries_and_scales", self.boundaries_and_scales),
+        )
         _set(self, "knots", (0, *(self.boundaries_and_scales or {})))
 
     def _at(self, c):
@@ -1045,8 +1072,11 @@ def _init_onecycle(schedule, pct_names) -> None:
     """Checks a one-cycle schedule's arguments, in their order, and sets its knots.
 
     ``pct_names``: the fields holding the knot fractions, which must not decrease."""
-    _set(schedule, "transition_steps",
-         _check_steps("transition_steps", schedule.transition_steps, low=1))
+    _set(
+        schedule,
+        "transition_steps",
+        _check_steps("transition_steps", schedule.transition_steps, low=1),
+    )
     _check_value("peak_value", schedule.peak_value)
     pcts = tuple(getattr(schedule, name) for name in pct_names)
     for name, pct in zip(pct_names, pcts):
@@ -1057,9 +1087,11 @@ def _init_onecycle(schedule, pct_names) -> None:
     _check_value("div_factor", schedule.div_factor, low=0.0, low_open=True)
     _check_value("final_div_factor", schedule.final_div_factor, low=0.0, low_open=True)
     _check_choice("convention", schedule.convention, _CONVENTIONS)
-    _set(schedule, "knots", _onecycle_knots(
-        schedule.name, schedule.transition_steps, pcts, schedule.convention
-    ))
+    _set(
+        schedule,
+        "knots",
+        _onecycle_knots(schedule.name, schedule.transition_steps, pcts, schedule.convention),
+    )
 
 
 def _onecycle_knots(name, transition_steps, fractions, convention):
@@ -1069,7 +1101,7 @@ def _onecycle_knots(name, transition_steps, fractions, convention):
     if convention == "optax":
         return (0, *(int(f * t) for f in fractions), t)
     knots = (0.0, *(f * t - 1 - i for i, f in enumerate(fractions)), float(t - 1))
-    if any(b <= a for a, b in zip(knots, knots[1:])):
+    if any(b <= a for a, b in itertools.pairwise(knots)):
         raise ValueError(
             f"{name} with convention='pytorch' has knots {knots} (pct * transition_steps - 1, "
             f"..., transition_steps - 1) that do not increase; use more transition_steps or "
@@ -1216,7 +1248,7 @@ class JoinSchedules(Schedule):
                 f"join_schedules needs one boundary fewer than schedules, got "
                 f"{len(schedules)} schedules and {len(boundaries)} boundaries"
             )
-        if any(b < a for a, b in zip(boundaries, boundaries[1:])):
+        if any(b < a for a, b in itertools.pairwise(boundaries)):
             raise ValueError(f"boundaries must not decrease, got {list(boundaries)}")
         _set(self, "schedules", schedules)
         _set(self, "boundaries", boundaries)
@@ -1301,7 +1333,9 @@ class ReduceOnPlateau(GradientTransformation):
             raise ValueError("rtol and atol are both 0: at least one must be positive")
         object.__setattr__(self, "cooldown", _check_steps("cooldown", self.cooldown))
         object.__setattr__(
-            self, "accumulation_size", _check_steps("accumulation_size", self.accumulation_size, low=1)
+            self,
+            "accumulation_size",
+            _check_steps("accumulation_size", self.accumulation_size, low=1),
         )
         check_number("min_scale", self.min_scale, low=0.0)
 
@@ -1327,7 +1361,9 @@ class ReduceOnPlateau(GradientTransformation):
             )
         value = jnp.asarray(value)
         if value.ndim != 0:
-            raise ValueError(f"reduce_on_plateau: value must be a scalar loss, got shape {value.shape}")
+            raise ValueError(
+                f"reduce_on_plateau: value must be a scalar loss, got shape {value.shape}"
+            )
         hp = self.current_hyperparams(state)
         dt = state.avg_value.dtype
         n = safe_increment(state.accumulation_count)

@@ -96,9 +96,15 @@ class ScaleByAdam(GradientTransformation):
 
     def init(self, params):
         check_floating(params, self.name)
-        mu = jax.tree.map(lambda p: zeros_like_param(p, state_dtype(p.dtype, self.mu_dtype)), params)
-        nu = jax.tree.map(lambda p: zeros_like_param(p, state_dtype(p.dtype, self.nu_dtype)), params)
-        return ScaleByAdamState(count=init_count(), mu=mu, nu=nu, hyperparams=self.init_hyperparams())
+        mu = jax.tree.map(
+            lambda p: zeros_like_param(p, state_dtype(p.dtype, self.mu_dtype)), params
+        )
+        nu = jax.tree.map(
+            lambda p: zeros_like_param(p, state_dtype(p.dtype, self.nu_dtype)), params
+        )
+        return ScaleByAdamState(
+            count=init_count(), mu=mu, nu=nu, hyperparams=self.init_hyperparams()
+        )
 
     def update(self, updates, state, params=None, **extra_args):
         check_tree_match(updates, state.mu, "updates", "state.mu")

@@ -88,7 +88,9 @@ class ParamsEma(GradientTransformation):
             lambda p: jnp.array(p, dtype=state_dtype(p.dtype, self.accumulator_dtype), copy=True),
             params,
         )
-        return ParamsEmaState(count=init_count(), params_ema=average, hyperparams=self.init_hyperparams())
+        return ParamsEmaState(
+            count=init_count(), params_ema=average, hyperparams=self.init_hyperparams()
+        )
 
     def update(self, updates, state, params=None, **extra_args):
         require_params(params, self.name)
@@ -176,7 +178,9 @@ class Lookahead(GradientTransformation):
 
     def __post_init__(self):
         if not (hasattr(self.fast_optimizer, "init") and hasattr(self.fast_optimizer, "update")):
-            raise TypeError(f"fast_optimizer must be a gradient transformation, got {self.fast_optimizer!r}")
+            raise TypeError(
+                f"fast_optimizer must be a gradient transformation, got {self.fast_optimizer!r}"
+            )
         check_int("sync_period", self.sync_period, low=1, what="an int >= 1")
         check_number("slow_step_size", self.slow_step_size, low=0.0, high=1.0)
         check_bool("reset_state", self.reset_state)

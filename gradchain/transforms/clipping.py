@@ -81,9 +81,7 @@ class ClipByGlobalNorm(GradientTransformation):
             return (g.astype(dt) * factor.astype(dt)).astype(g.dtype)
 
         out = jax.tree.map(clip, updates)
-        return out, ClipByGlobalNormState(
-            safe_increment(state.count), norm.astype(jnp.float32), hp
-        )
+        return out, ClipByGlobalNormState(safe_increment(state.count), norm.astype(jnp.float32), hp)
 
 
 clip_by_global_norm = ClipByGlobalNorm
@@ -160,7 +158,7 @@ class ClipByBlockRms(GradientTransformation):
         hp = self.current_hyperparams(state)
         threshold = hp["threshold"]
 
-        clip_leaf = lambda g: block_rms_clip(g, threshold)  # noqa: E731
+        clip_leaf = lambda g: block_rms_clip(g, threshold)
         return jax.tree.map(clip_leaf, updates), ClipState(safe_increment(state.count), hp)
 
 

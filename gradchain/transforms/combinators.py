@@ -50,7 +50,9 @@ __all__ = [
 
 def _require_transformation(tx, what: str) -> None:
     if not (hasattr(tx, "init") and hasattr(tx, "update")):
-        raise TypeError(f"{what} must be a gradient transformation (with init and update), got {tx!r}")
+        raise TypeError(
+            f"{what} must be a gradient transformation (with init and update), got {tx!r}"
+        )
 
 
 def _zeros_like_tree(tree):
@@ -144,7 +146,12 @@ class Masked(GradientTransformation):
         check_params_match(updates, params)
         selected = resolve_mask(self.mask, updates, self.name)
         inner_updates, inner_state = _update_selected(
-            self.inner, selected, updates, state.inner_state, params, extra_args,
+            self.inner,
+            selected,
+            updates,
+            state.inner_state,
+            params,
+            extra_args,
             self.mask_compatible_extra_args,
         )
         return _merge(selected, inner_updates, updates), MaskedState(inner_state=inner_state)
@@ -300,7 +307,12 @@ class Partition(GradientTransformation):
         for label, tx in self.transforms.items():
             selected = self._selected(labels, label)
             group_updates, new_states[label] = _update_selected(
-                tx, selected, updates, state.inner_states[label], params, extra_args,
+                tx,
+                selected,
+                updates,
+                state.inner_states[label],
+                params,
+                extra_args,
                 self.mask_compatible_extra_args,
             )
             out = _merge(selected, group_updates, out)
@@ -435,8 +447,10 @@ class ApplyIfFinite(GradientTransformation):
         out, inner_state = lax.cond(
             apply,
             inner_update,
-            lambda: (jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape),
-                     state.inner_state),
+            lambda: (
+                jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_shape),
+                state.inner_state,
+            ),
         )
         return out, ApplyIfFiniteState(
             notfinite_count=notfinite_count.astype(jnp.int32),
@@ -607,7 +621,13 @@ class MultiSteps(GradientTransformation):
             grads = jax.tree.map(lambda a, g: a.astype(g.dtype), acc, updates)
             out, inner = _call_update(self.opt, grads, state.inner_opt_state, params, extra_args)
             cleared = _zeros_like_tree(acc)
-            return out, inner, cleared, jnp.zeros((), jnp.int32), safe_increment(state.gradient_step)
+            return (
+                out,
+                inner,
+                cleared,
+                jnp.zeros((), jnp.int32),
+                safe_increment(state.gradient_step),
+            )
 
         out_shape = jax.eval_shape(lambda: emit()[0])
 

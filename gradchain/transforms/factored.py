@@ -26,7 +26,6 @@ from gradchain.core.base import (
     transformation,
     tree_map_multi,
 )
-from gradchain.transforms.clipping import ClipByBlockRms, ClipState, block_rms_clip
 from gradchain.core.numerics import (
     compute_dtype,
     init_count,
@@ -35,6 +34,7 @@ from gradchain.core.numerics import (
     zeros_like_param,
     zeros_like_reduced,
 )
+from gradchain.transforms.clipping import ClipByBlockRms, ClipState, block_rms_clip
 from gradchain.transforms.scaling import ScaleState
 
 __all__ = [
@@ -196,7 +196,7 @@ class FactoredSecondMoment(GradientTransformation):
         d1, d0 = axes
         # The reduced axis is kept with size 1: together the two factors record the parameter's
         # shape, so the state of a (2, 3) matrix is not mistaken for the state of a (3, 2) one.
-        one = lambda axis: tuple(1 if i == axis else s for i, s in enumerate(shape))  # noqa: E731
+        one = lambda axis: tuple(1 if i == axis else s for i, s in enumerate(shape))
         return one(d0), one(d1), None
 
     def init(self, params):
@@ -223,17 +223,18 @@ class FactoredSecondMoment(GradientTransformation):
 
     def _check_state(self, updates, state):
         # Each of v_row, v_col and v has an entry (an array or None) per leaf of the updates.
-        as_leaf = lambda tree: jax.tree.map(lambda _: 0, tree, is_leaf=_is_none)  # noqa: E731
+        as_leaf = lambda tree: jax.tree.map(lambda _: 0, tree, is_leaf=_is_none)
         paths, treedef = jax.tree_util.tree_flatten_with_path(updates)
         per_leaf = {}
         for name in ("v", "v_row", "v_col"):
             try:
                 per_leaf[name] = treedef.flatten_up_to(getattr(state, name))
             except (ValueError, TypeError):
-                check_tree_match(as_leaf(updates), as_leaf(getattr(state, name)), "updates",
-                                 f"state.{name}")
+                check_tree_match(
+                    as_leaf(updates), as_leaf(getattr(state, name)), "updates", f"state.{name}"
+                )
                 raise
-        shape_of = lambda x: None if x is None else tuple(jnp.shape(x))  # noqa: E731
+        shape_of = lambda x: None if x is None else tuple(jnp.shape(x))
         for (path, g), r, c, v in zip(paths, per_leaf["v_row"], per_leaf["v_col"], per_leaf["v"]):
             got = tuple(shape_of(x) for x in (r, c, v))
             if self._state_shapes(g.shape) != got:
@@ -296,7 +297,9 @@ class FactoredSecondMoment(GradientTransformation):
                 r.astype(dt), jnp.mean(g32 * g32, axis=d0, keepdims=True) + eps.astype(dt), b
             )
             c = numerics.ema(
-                c.astype(dt), jnp.mean(g_again * g_again, axis=d1, keepdims=True) + eps.astype(dt), b
+                c.astype(dt),
+                jnp.mean(g_again * g_again, axis=d1, keepdims=True) + eps.astype(dt),
+                b,
             )
             row_factor = (r / jnp.mean(r, axis=d1, keepdims=True)) ** -0.5
             col_factor = c**-0.5
@@ -313,10 +316,8 @@ class FactoredSecondMoment(GradientTransformation):
             mean_square = jnp.sum(partial * across) / g.size
             return clip(u, mean_square), r, c, None
 
-        out, v_row, v_col, v = tree_map_multi(
-            step, 4, updates, state.v_row, state.v_col, state.v
-        )
-        cast = lambda new, old: jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)  # noqa: E731
+        out, v_row, v_col, v = tree_map_multi(step, 4, updates, state.v_row, state.v_col, state.v)
+        cast = lambda new, old: jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)
         return out, FactoredState(
             count=safe_increment(state.count),
             v_row=cast(v_row, state.v_row),

@@ -17,7 +17,13 @@ from gradchain.core.base import (
     transformation,
     tree_map_multi,
 )
-from gradchain.core.numerics import compute_dtype, init_count, safe_increment, state_dtype, zeros_like_param
+from gradchain.core.numerics import (
+    compute_dtype,
+    init_count,
+    safe_increment,
+    state_dtype,
+    zeros_like_param,
+)
 
 __all__ = ["ema", "trace"]
 

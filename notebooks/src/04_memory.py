@@ -17,8 +17,8 @@ import gradchain as gc
 
 def gpt2_small_shapes(d=768, layers=12, vocab=50257, ctx=1024):
     """The parameter shapes of GPT-2 small (124M parameters, 148 arrays), as ShapeDtypeStructs."""
-    f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)  # noqa: E731
-    block = lambda: {  # noqa: E731
+    f32 = lambda *s: jax.ShapeDtypeStruct(s, jnp.float32)
+    block = lambda: {
         "ln_1": {"scale": f32(d), "bias": f32(d)},
         "attn": {"c_attn": {"kernel": f32(d, 3 * d), "bias": f32(3 * d)},
                  "c_proj": {"kernel": f32(d, d), "bias": f32(d)}},
