@@ -185,18 +185,28 @@ _SIGNED_SEARCH = _NearestCode(_SIGNED_MAP[_SIGNED_ZERO:])  # 0, positive values,
 _UNSIGNED_SEARCH = _NearestCode(_UNSIGNED_MAP)
 
 
-def _encode(x: jax.Array, signed: bool) -> jax.Array:
-    """uint8 codes of ``x`` in [-1, 1] (signed) or [0, 1] (unsigned): nearest value, sign rule.
+def _encode(scaled: jax.Array, x: jax.Array, signed: bool, index=None) -> jax.Array:
+    r"""uint8 codes of ``scaled = x / scale``, in [-1, 1] (signed) or [0, 1] (unsigned): the
+    nearest map value, then the zero rules.
 
-    The signed map is symmetric around its zero (index 127) except for +1.0, which has no
-    negative twin: a negative value looks up its magnitude among the 128 magnitudes below 1.
-    Sign rule (ALGORITHMS.md §10.2): a negative value never rounds to zero but to the smallest
-    negative code, so a first moment never changes sign through quantization. A positive value
-    may round to zero, which never reverses the direction of a step.
+    ``index(a)`` gives the index of the nearest magnitude to ``a`` among the map's magnitudes
+    below 1 (the table search by default). The signed map is symmetric around its zero (index
+    127) except for +1.0, which has no negative twin: a negative value looks up its magnitude
+    among the 128 magnitudes below 1.
+
+    Zero rules (ALGORITHMS.md §10.4): a negative value never rounds to zero but to the smallest
+    negative code, so a first moment never changes sign through quantization (a positive one may
+    round to zero, which reverses no step); a positive value of the unsigned map never rounds to
+    zero but to its smallest positive code, so a second moment is never erased: an erased one
+    makes that coordinate's next step up to :math:`1/\sqrt{1-\beta_2}` times too large. Sign and
+    zero are read from the unscaled ``x``, so that a value whose quotient by the scale underflows
+    keeps its nonzero code. Subnormal ``x`` counts as zero, as in XLA's arithmetic, which
+    flushes subnormals on CPU, GPU and TPU.
     """
     if not signed:
-        return _UNSIGNED_SEARCH.index(x).astype(jnp.uint8)
-    j = _SIGNED_SEARCH.index(jnp.abs(x))
+        j = (index or _UNSIGNED_SEARCH.index)(scaled)
+        return jnp.where(x > 0, jnp.maximum(j, 1), j).astype(jnp.uint8)
+    j = (index or _SIGNED_SEARCH.index)(jnp.abs(scaled))
     negative = x < 0
     code = jnp.where(negative, _SIGNED_ZERO - jnp.clip(j, 1, _SIGNED_ZERO), _SIGNED_ZERO + j)
     return code.astype(jnp.uint8)
@@ -340,7 +350,7 @@ def quantize_blockwise(x, signed: bool = True, block_size: int = 256) -> Quantiz
     blocks = _reshape(flat, (n_blocks, block_size), _laid_out(sharding, entry, None))
     absmax = jnp.max(jnp.abs(blocks), axis=1)
     scale = jnp.where(absmax > 0, absmax, 1.0)
-    codes = _encode(blocks / scale[:, None], signed)
+    codes = _encode(blocks / scale[:, None], blocks, signed)
     return QuantizedArray(codes=codes, absmax=absmax, shape=shape, signed=signed)
 
 
