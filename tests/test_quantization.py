@@ -10,6 +10,7 @@ import pytest
 from crosscheck import assert_trees_close, gradient_stream, mixed_params, run
 
 import gradchain as gc
+from gradchain.scale_out import quantization as Q
 
 # SHA-256 of the 256 little-endian float32 values of bitsandbytes' maps, as printed in
 # ALGORITHMS.md Appendix A (generated there by bitsandbytes 0.50.2's create_dynamic_map).
@@ -201,6 +202,82 @@ def test_adamw_8bit_matches_float32_adamw_on_an_ill_conditioned_quadratic(x64):
         reference = _final_quadratic_loss(gc.adamw(1e-2), h, x0)
         low_bit = _final_quadratic_loss(gc.adamw_8bit(1e-2), h, x0)
     assert abs(low_bit / reference - 1) < 0.02, (low_bit, reference)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gather-free encode and decode (ALGORITHMS.md §10.5), against the table path
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_arithmetic_decode_equals_the_table_bit_for_bit(signed):
+    codes = jnp.arange(256, dtype=jnp.uint8)
+    arithmetic = jax.jit(lambda c: Q._decode(c, signed))(codes)
+    table = jax.jit(lambda c: Q._decode(c, signed, table=True))(codes)
+    expected = gc.dynamic_map(signed).view(np.int32)
+    np.testing.assert_array_equal(np.asarray(arithmetic).view(np.int32), expected)
+    np.testing.assert_array_equal(np.asarray(table).view(np.int32), expected)
+
+
+def _edge_values(n: int, seed: int = 0) -> np.ndarray:
+    """``n`` float32 values: log-uniform magnitudes over 1e-45..1e38 and over the map's range,
+    both signs, every table midpoint and its float32 neighbours, the map's values, and 0, -0,
+    subnormals, the largest float, infinities and NaNs of both signs."""
+    rng = np.random.default_rng(seed)
+    maps = np.concatenate([gc.dynamic_map(True), gc.dynamic_map(False)])
+    mids = np.concatenate([(m[:-1] + m[1:]) / np.float32(2) for m in np.split(maps, 2)])
+    special = np.array(
+        [0.0, -0.0, 1e-45, -1e-45, 1e-40, 1.17e-38, 3.4e38, -3.4e38, np.inf, -np.inf, np.nan],
+        np.float32,
+    )
+    special = np.concatenate([special, -np.float32(np.nan)[None]])
+    fixed = np.concatenate([mids, np.nextafter(mids, 2), np.nextafter(mids, -2), maps, special])
+    k = (n - fixed.size) // 2
+    wide = 10.0 ** rng.uniform(-45, 38, k)
+    narrow = 10.0 ** rng.uniform(-8, 0, n - fixed.size - k)
+    x = np.concatenate([wide, narrow]) * rng.choice([-1.0, 1.0], n - fixed.size)
+    x = np.concatenate([x.astype(np.float32), fixed.astype(np.float32)])
+    return rng.permutation(x)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_arithmetic_codes_equal_the_table_codes_on_a_million_values(signed):
+    """Codes of the same scaled values by the gather-free path and by the table search: equal
+    bit for bit. Each value is quantized both alone (scale 1: the raw value, including those
+    above 1, infinities and NaN, which get the code of 1) and in blocks of 256 scaled by their
+    largest magnitude. NaN: code of 1 (its block's scale is NaN: the block decodes to NaN)."""
+    x = jnp.asarray(_edge_values(2**20))
+    table = (Q._SIGNED_TABLE if signed else Q._UNSIGNED_TABLE).index
+
+    @jax.jit
+    def both(x):
+        blocks = x.reshape(-1, 256)
+        absmax = jnp.max(jnp.abs(blocks), axis=1, keepdims=True)
+        scaled = blocks / jnp.where(absmax > 0, absmax, 1.0)
+        return [
+            (Q._encode(a, raw, signed), Q._encode(a, raw, signed, index=table))
+            for a, raw in ((x, x), (scaled, blocks))
+        ]
+
+    for ours, reference in both(x):
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(reference))
+
+
+def test_the_compiled_8bit_adamw_step_has_no_gather():
+    params = {"w": jnp.ones((64, 256)), "b": jnp.ones(256)}
+    tx = gc.adamw_8bit(1e-3, min_8bit_size=1)
+
+    def step(p, s, g):
+        u, s = tx.update(g, s, p)
+        return gc.apply_updates(p, u), s
+
+    state = tx.init(params)
+    hlo = jax.jit(step).lower(params, state, params).compile().as_text()
+    assert isinstance(state.quantize_moments.mu["w"], gc.QuantizedArray) and "u8[64,256]" in hlo
+    assert " gather(" not in hlo  # the opcode (the metadata holds this test's name)
+    # The table path, for contrast, compiles to a gather.
+    codes = state.quantize_moments.mu["w"].codes
+    table_hlo = jax.jit(lambda c: Q._decode(c, True, table=True)).lower(codes).compile()
+    assert " gather(" in table_hlo.as_text()
 
 
 def test_a_quantized_array_is_a_pytree_of_its_codes_and_scales():

@@ -141,7 +141,8 @@ def _lookup(table: np.ndarray, index: jax.Array) -> jax.Array:
 
 
 class _NearestCode:
-    """Exact nearest-value search in a sorted table of magnitudes ``0 = T[0] < ... < T[-1] = 1``.
+    """Exact nearest-value search in a sorted table of magnitudes ``0 = T[0] < ... < T[-1] = 1``
+    by table reads (gathers): the reference for :class:`_DynamicMapArithmetic` in the tests.
 
     ``index(a)`` is the number of midpoints ``(T[k] + T[k+1]) / 2`` (float32) strictly below
     ``a``: the index of the nearest value, an exact midpoint going to the smaller one. Instead of
@@ -167,22 +168,154 @@ class _NearestCode:
         inside = np.searchsorted(mids, upper, side="left") - below
         if inside.max() > 1:
             raise AssertionError("a bin holds two midpoints: use more mantissa bits")
+        self.top = len(magnitudes) - 1
         self.base = below.astype(np.int32)
         self.threshold = np.where(
             inside == 1, mids[np.minimum(below, len(mids) - 1)], np.float32(np.inf)
         ).astype(np.float32)
 
     def index(self, a: jax.Array) -> jax.Array:
-        """Index (int32) of the nearest magnitude to ``a`` (float32, ``a <= 1``)."""
+        """Index (int32) of the nearest magnitude to ``a`` (float32); NaN gives the last."""
         bits = jax.lax.bitcast_convert_type(a, jnp.int32)
         key = jnp.clip((bits >> self.shift) - self.first, 0, self.n_bins - 1)
         base = _lookup(self.base, key)
         above = a > _lookup(self.threshold, key)
-        return base + above.astype(jnp.int32)
+        return jnp.where(jnp.isnan(a), self.top, base + above.astype(jnp.int32))
 
 
-_SIGNED_SEARCH = _NearestCode(_SIGNED_MAP[_SIGNED_ZERO:])  # 0, positive values, 1
-_UNSIGNED_SEARCH = _NearestCode(_UNSIGNED_MAP)
+_SIGNED_TABLE = _NearestCode(_SIGNED_MAP[_SIGNED_ZERO:])  # 0, positive values, 1
+_UNSIGNED_TABLE = _NearestCode(_UNSIGNED_MAP)
+
+
+def _rounded(x: jax.Array, zero: jax.Array) -> jax.Array:
+    """``x`` (float32) through its bits or-ed with ``zero`` (int32 zeros the compiler cannot
+    prove zero), so that ``x`` is rounded on its own before any sum it feeds."""
+    bits = jax.lax.bitcast_convert_type(x, jnp.int32) | zero
+    return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+class _DynamicMapArithmetic:
+    """Gather-free code <-> value for the magnitudes of a dynamic map (ALGORITHMS.md §10.5).
+
+    The magnitudes ``M[0] = 0 < M[1] < ... < M[J] = 1`` (signed map: its 0, its 127 positive
+    values and 1, ``J = 128``; unsigned: all 256, ``J = 255``) are decades of evenly spaced
+    values. Index ``j`` of ``0 < j < J`` is ``t = j + off`` (``off`` = 0 signed, 1 unsigned):
+    ``e = floor(log2 t)`` numbers the decade (``i = e - off``, scale ``D_i = 10^(i-6)``), the
+    decade holds ``N = 2^e`` values, and ``k = t - N`` is the position in it. The value is the
+    table's own float32 evaluation ``D_i * ((b_k + b_{k+1}) / 2)``, where ``b`` are the ``N + 1``
+    points of PyTorch's ``linspace(0.1, 1, N + 1)``: each is one correctly rounded ``start + step
+    * k`` (first half) or ``end - step * (N - k)`` (second half). In units of ``2^-31`` these
+    are integers below ``2^32`` (``step = 0.9f / N`` is exact), so an unsigned integer
+    multiply-add and one correctly rounded conversion to float32 reproduce each point bit for
+    bit: no table, no fused multiply-add to depend on.
+
+    ``index(a)`` (value -> code) is the count of table midpoints strictly below ``a``: the
+    decade comes from comparisons with the six midpoints between decades, the position from
+    the linear estimate ``k = floor(a / (D_i step) - 0.1 / step - 0.5)`` (off by less than 1/2,
+    so the nearest value is ``k`` or ``k + 1``), decided by one comparison with their exact
+    float32 midpoint.
+    """
+
+    UNIT = 2.0**-31
+
+    def __init__(self, table: np.ndarray, signed: bool):
+        self.off = 0 if signed else 1
+        self.magnitudes = table[_SIGNED_ZERO:] if signed else table
+        self.top = len(self.magnitudes) - 1  # J
+        start, end = np.float32(0.1), np.float32(1.0)
+        self.start = int(np.float64(start) / self.UNIT)
+        self.step0 = int(np.float64(np.float32(end - start)) / self.UNIT)  # step of N = 1
+        self.end = int(np.float64(end) / self.UNIT)
+        self.scale = [np.float32(10.0 ** (i - 6)) for i in range(7)]
+        mids = ((self.magnitudes[:-1] + self.magnitudes[1:]) / np.float32(2)).astype(np.float32)
+        self.low = mids[0]  # at or below: code of 0
+        self.high = mids[-1]  # above: code of 1
+        first = [(1 << (i + self.off)) - self.off for i in range(7)]  # j of each decade's first
+        self.bounds = [mids[f - 1] for f in first[1:]]  # midpoints between decades
+        # f = a * slope + intercept is k at the decade's k-th value.
+        self.slope, self.intercept = [], []
+        for i in range(7):
+            step = np.float64(np.float32(end - start)) / 2 ** (i + self.off)
+            self.slope.append(np.float32(1 / (np.float64(self.scale[i]) * step)))
+            self.intercept.append(np.float32(-np.float64(start) / step - 0.5))
+        j = np.arange(self.top + 1)
+        if not np.array_equal(self._value_np(j), self.magnitudes):
+            raise AssertionError("the arithmetic dynamic map differs from the table")
+
+    def _value_np(self, j: np.ndarray) -> np.ndarray:
+        """NumPy twin of :meth:`value`, checked against the table at import."""
+        t = np.clip(j + self.off, 1 + self.off, (128 << self.off) - 1)
+        e = np.floor(np.log2(t)).astype(np.int64)
+        n, k = 1 << e, t - (1 << e)
+        step = self.step0 >> e
+
+        def point(i):
+            units = np.where(i < (n + 1) >> 1, self.start + step * i, self.end - step * (n - i))
+            return units.astype(np.float32) * np.float32(self.UNIT)
+
+        scale = np.asarray(self.scale, np.float32)[e - self.off]
+        v = scale * ((point(k) + point(k + 1)) / np.float32(2))
+        return np.where(j == 0, 0, np.where(j == self.top, 1, v)).astype(np.float32)
+
+    def _by_decade(self, above, values, dtype):
+        """``values[d]`` where ``d`` is the decade (a select chain over the comparisons)."""
+        out = jnp.full(above[0].shape, values[0], dtype)
+        for flag, v in zip(above, values[1:]):
+            out = jnp.where(flag, jnp.asarray(v, dtype), out)
+        return out
+
+    def _points(self, e, k, count: int):
+        """Points ``b_k, ..., b_{k+count-1}`` of ``linspace(0.1, 1, 2^e + 1)`` (float32)."""
+        u32 = jnp.uint32
+        n = jnp.left_shift(jnp.ones_like(e), e).astype(u32)
+        half = jnp.right_shift(n + 1, 1)
+        step = jnp.right_shift(jnp.asarray(self.step0, u32), e.astype(u32))
+        out = []
+        for d in range(count):
+            i = k.astype(u32) + d
+            units = jnp.where(
+                i < half, np.uint32(self.start) + step * i, np.uint32(self.end) - step * (n - i)
+            )
+            out.append(units.astype(jnp.float32) * np.float32(self.UNIT))
+        return out
+
+    def value(self, j: jax.Array) -> jax.Array:
+        """``M[j]`` (float32) for int32 ``j`` in ``[0, J]``."""
+        t = jnp.clip(j + self.off, 1 + self.off, (128 << self.off) - 1)
+        e = (jax.lax.bitcast_convert_type(t.astype(jnp.float32), jnp.int32) >> 23) - 127
+        k = t - jnp.left_shift(1, e)
+        above = [e > i + self.off for i in range(6)]
+        scale = self._by_decade(above, self.scale, jnp.float32)
+        b0, b1 = self._points(e, k, 2)
+        v = scale * ((b0 + b1) * np.float32(0.5))
+        return jnp.where(j == 0, np.float32(0), jnp.where(j == self.top, np.float32(1), v))
+
+    def index(self, a: jax.Array) -> jax.Array:
+        """Index (int32) of the nearest magnitude to ``a`` (float32): the count of midpoints
+        strictly below ``a``; above every midpoint, and NaN, give ``J`` (the code of 1)."""
+        above = [a > b for b in self.bounds]
+        d = sum(x.astype(jnp.int32) for x in above)
+        e = d + self.off
+        n = jnp.left_shift(1, e)
+        slope = self._by_decade(above, self.slope, jnp.float32)
+        intercept = self._by_decade(above, self.intercept, jnp.float32)
+        scale = self._by_decade(above, self.scale, jnp.float32)
+        f = jnp.clip(a * slope + intercept, 0, (n - 1).astype(jnp.float32))
+        k = f.astype(jnp.int32)
+        b0, b1, b2 = self._points(e, k, 3)
+        # The midpoint is the table's float32 (v0 + v1) / 2 of the rounded values v0 and v1: the
+        # bitwise or with k >> 31 (0, as k >= 0, but not provably so to a compiler) keeps LLVM
+        # and ptxas from fusing a product into the sum as one fused multiply-add.
+        keep = k >> 31
+        v0 = _rounded(scale * ((b0 + b1) * np.float32(0.5)), keep)
+        v1 = _rounded(scale * ((b1 + b2) * np.float32(0.5)), keep)
+        up = (a > (v0 + v1) * np.float32(0.5)) & (k < n - 1)
+        j = (n - self.off) + k + up.astype(jnp.int32)
+        return jnp.where(a <= self.low, 0, jnp.where(a <= self.high, j, self.top))
+
+
+_SIGNED_ARITH = _DynamicMapArithmetic(_SIGNED_MAP, signed=True)
+_UNSIGNED_ARITH = _DynamicMapArithmetic(_UNSIGNED_MAP, signed=False)
 
 
 def _encode(scaled: jax.Array, x: jax.Array, signed: bool, index=None) -> jax.Array:
@@ -190,7 +323,7 @@ def _encode(scaled: jax.Array, x: jax.Array, signed: bool, index=None) -> jax.Ar
     nearest map value, then the zero rules.
 
     ``index(a)`` gives the index of the nearest magnitude to ``a`` among the map's magnitudes
-    below 1 (the table search by default). The signed map is symmetric around its zero (index
+    (gather-free arithmetic by default; the table search of ``_NearestCode`` is its reference). The signed map is symmetric around its zero (index
     127) except for +1.0, which has no negative twin: a negative value looks up its magnitude
     among the 128 magnitudes below 1.
 
@@ -204,12 +337,24 @@ def _encode(scaled: jax.Array, x: jax.Array, signed: bool, index=None) -> jax.Ar
     flushes subnormals on CPU, GPU and TPU.
     """
     if not signed:
-        j = (index or _UNSIGNED_SEARCH.index)(scaled)
+        j = (index or _UNSIGNED_ARITH.index)(scaled)
         return jnp.where(x > 0, jnp.maximum(j, 1), j).astype(jnp.uint8)
-    j = (index or _SIGNED_SEARCH.index)(jnp.abs(scaled))
+    j = (index or _SIGNED_ARITH.index)(jnp.abs(scaled))
     negative = x < 0
     code = jnp.where(negative, _SIGNED_ZERO - jnp.clip(j, 1, _SIGNED_ZERO), _SIGNED_ZERO + j)
     return code.astype(jnp.uint8)
+
+
+def _decode(codes: jax.Array, signed: bool, table: bool = False) -> jax.Array:
+    """``dynamic_map(signed)[codes]`` (float32), by arithmetic, or by a gather with ``table``
+    (the reference)."""
+    c = codes.astype(jnp.int32)
+    if table:
+        return _lookup(_SIGNED_MAP if signed else _UNSIGNED_MAP, c)
+    if not signed:
+        return _UNSIGNED_ARITH.value(c)
+    magnitude = _SIGNED_ARITH.value(jnp.abs(c - _SIGNED_ZERO))
+    return jnp.where(c < _SIGNED_ZERO, -magnitude, magnitude)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,8 +504,7 @@ def dequantize_blockwise(q: QuantizedArray) -> jax.Array:
 
     On Explicit mesh axes the result keeps the blocks' split on its leading axis.
     """
-    table = _SIGNED_MAP if q.signed else _UNSIGNED_MAP
-    values = _lookup(table, q.codes.astype(jnp.int32)) * q.absmax[:, None]
+    values = _decode(q.codes, q.signed) * q.absmax[:, None]
     sharding = explicit_sharding(q.codes)
     entry = None if sharding is None else (tuple(sharding.spec) + (None,))[0]
     flat = _reshape(values, (-1,), _laid_out(sharding, entry))
