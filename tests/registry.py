@@ -422,6 +422,13 @@ TRANSFORMS: tuple[Entry, ...] = (
         needs_params=True,
         floats_only=True,
     ),
+    E(
+        "adamw_4bit",
+        lambda: gc.adamw_4bit(0.1, block_size=4, min_4bit_size=1),
+        optimizer=True,
+        needs_params=True,
+        floats_only=True,
+    ),
     E("sgd_8bit", lambda: gc.sgd_8bit(0.1, momentum=0.9, **Q8), optimizer=True, floats_only=True),
     E(
         "lion_8bit",
@@ -471,6 +478,9 @@ NOT_TRANSFORMS: dict[str, str] = {
     "flat_layout": "helper: keep the parameters themselves flat (tests/test_flat.py)",
     "register_flat_safe": "helper: admit a coordinate-wise transformation into flatten",
     "QuantizedArray": "data type (an 8-bit array and its scales)",
+    "Rank1QuantizedArray": "data type (a 4-bit array and its row and column maxima)",
+    "quantize_rank1": "helper: float to 4-bit with rank-1 normalization",
+    "dequantize_rank1": "helper: 4-bit rank-1 to float",
     "block_axis_sharding": "helper: the layout of 8-bit blocks",
     "dequantize_blockwise": "helper: 8-bit to float",
     "dynamic_map": "helper: the 8-bit code book",
