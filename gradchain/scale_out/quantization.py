@@ -208,10 +208,10 @@ class _DynamicMapArithmetic:
     decade holds ``N = 2^e`` values, and ``k = t - N`` is the position in it. The value is the
     table's own float32 evaluation ``D_i * ((b_k + b_{k+1}) / 2)``, where ``b`` are the ``N + 1``
     points of PyTorch's ``linspace(0.1, 1, N + 1)``: each is one correctly rounded ``start + step
-    * k`` (first half) or ``end - step * (N - k)`` (second half). In units of ``2^-31`` these
-    are integers below ``2^32`` (``step = 0.9f / N`` is exact), so an unsigned integer
-    multiply-add and one correctly rounded conversion to float32 reproduce each point bit for
-    bit: no table, no fused multiply-add to depend on.
+    * k`` (first half) or ``end - step * (N - k)`` (second half). In units of ``2^-30`` these
+    are integers below ``2^31`` (``step = 0.9f / N`` is exact), so an int32 multiply-add and
+    one correctly rounded conversion to float32 reproduce each point bit for bit: no table, no
+    fused multiply-add to depend on.
 
     ``index(a)`` (value -> code) is the count of table midpoints strictly below ``a``: the
     decade comes from comparisons with the six midpoints between decades, the position from
@@ -220,7 +220,7 @@ class _DynamicMapArithmetic:
     float32 midpoint.
     """
 
-    UNIT = 2.0**-31
+    UNIT = 2.0**-30
 
     def __init__(self, table: np.ndarray, signed: bool):
         self.off = 0 if signed else 1
@@ -270,16 +270,13 @@ class _DynamicMapArithmetic:
 
     def _points(self, e, k, count: int):
         """Points ``b_k, ..., b_{k+count-1}`` of ``linspace(0.1, 1, 2^e + 1)`` (float32)."""
-        u32 = jnp.uint32
-        n = jnp.left_shift(jnp.ones_like(e), e).astype(u32)
+        n = jnp.left_shift(1, e)
         half = jnp.right_shift(n + 1, 1)
-        step = jnp.right_shift(jnp.asarray(self.step0, u32), e.astype(u32))
+        step = jnp.right_shift(np.int32(self.step0), e)
         out = []
         for d in range(count):
-            i = k.astype(u32) + d
-            units = jnp.where(
-                i < half, np.uint32(self.start) + step * i, np.uint32(self.end) - step * (n - i)
-            )
+            i = k + d
+            units = jnp.where(i < half, self.start + step * i, self.end - step * (n - i))
             out.append(units.astype(jnp.float32) * np.float32(self.UNIT))
         return out
 
@@ -1346,6 +1343,7 @@ def adamw_4bit(
         stochastic_rounding=stochastic_rounding,
     )
     check_bool("stochastic_rounding", stochastic_rounding)
+    check_int("min_4bit_size", min_4bit_size, what="an integer >= 0")
     inner = scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov)
     parts = (
         _quantized(inner, block_size, min_4bit_size, keep_float32, 4, stochastic_rounding),
