@@ -490,6 +490,7 @@ NOT_TRANSFORMS: dict[str, str] = {
     "factored_axes": "helper: which axes a moment is factored along",
     "global_norm": "helper: the global norm of a tree",
     "muon_labels": "helper: Muon's parameter groups (used by the muon[muon_labels] entry)",
+    "named_optimizer": "decorator for named optimizers (every named optimizer entry uses it)",
     "orthogonalize_via_newton_schulz": "helper: the Newton-Schulz iteration",
     "path_labels": "helper: labels by path",
     "path_mask": "helper: masks by path",
