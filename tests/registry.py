@@ -473,6 +473,7 @@ NOT_TRANSFORMS: dict[str, str] = {
     "QuantizedArray": "data type (an 8-bit array and its scales)",
     "block_axis_sharding": "helper: the layout of 8-bit blocks",
     "dequantize_blockwise": "helper: 8-bit to float",
+    "describe": "helper: the update rule as math (tests/test_describe.py)",
     "dynamic_map": "helper: the 8-bit code book",
     "quantize_blockwise": "helper: float to 8-bit",
     "ChainState": "state container",
