@@ -33,7 +33,9 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from gradchain.contrib.muon import ScaleByMuon, _LabelledGroups
+from gradchain.contrib.galore import ScaleByGalore
+from gradchain.contrib.muon import ScaleByMuon, ScaleByShape, _LabelledGroups
+from gradchain.contrib.schedule_free import ScheduleFree
 from gradchain.contrib.sophia import ScaleBySophia
 from gradchain.core.base import Chain, GradientTransformation, Identity, _foreign_name, _short_repr
 from gradchain.optimizers.adagrad import ScaleByRss
@@ -48,9 +50,16 @@ from gradchain.optimizers.trust_ratio import ScaleByTrustRatio
 from gradchain.scale_out.flat import Flatten
 from gradchain.scale_out.quantization import QuantizeMoments
 from gradchain.scale_out.sharding import Zero1
-from gradchain.transforms.adaptive import ScaleByAdam, ScaleByRms, ScaleByStddev
+from gradchain.transforms.adaptive import ScaleByAdam, ScaleByRms, ScaleByStddev, scale_by_adam
 from gradchain.transforms.clipping import Clip, ClipByBlockRms, ClipByGlobalNorm
-from gradchain.transforms.combinators import Masked, Partition, SetToZero, ZeroNans
+from gradchain.transforms.combinators import (
+    ApplyIfFinite,
+    Masked,
+    MultiSteps,
+    Partition,
+    SetToZero,
+    ZeroNans,
+)
 from gradchain.transforms.decay import AddDecoupledWeightDecay, AddL2Penalty
 from gradchain.transforms.factored import FactoredSecondMoment, ScaleByParamBlockRms
 from gradchain.transforms.momentum import Ema, Trace
@@ -65,16 +74,34 @@ __all__ = ["Description", "describe", "register_renderer"]
 _ADD, _MUL, _POW, _ATOM = 1, 2, 3, 4
 
 
+@dataclasses.dataclass(frozen=True)
+class _Style:
+    """How one output format writes the operators: plain text or LaTeX."""
+
+    latex: bool
+    minus: str
+    times: str
+    open: str
+    close: str
+
+
+_TEXT = _Style(False, "−", "·", "(", ")")
+_LATEX = _Style(True, "-", r"\,", r"\left(", r"\right)")
+
+
 class Expr:
     """A node of an update-rule expression; ``text()`` and ``latex()`` print it."""
 
     prec = _ATOM
 
-    def text(self) -> str:
+    def render(self, style: _Style) -> str:
         raise NotImplementedError
 
+    def text(self) -> str:
+        return self.render(_TEXT)
+
     def latex(self) -> str:
-        raise NotImplementedError
+        return self.render(_LATEX)
 
     def __add__(self, other) -> Expr:
         return Add(self, _expr(other))
@@ -111,36 +138,28 @@ def _expr(x) -> Expr:
     return x if isinstance(x, Expr) else Num(x)
 
 
-def _paren_text(e: Expr, below: int) -> str:
-    return f"({e.text()})" if e.prec < below else e.text()
-
-
-def _paren_latex(e: Expr, below: int) -> str:
-    return rf"\left({e.latex()}\right)" if e.prec < below else e.latex()
+def _operand(e: Expr, below: int, style: _Style) -> str:
+    """``e`` rendered, in parentheses when it binds less tightly than ``below``."""
+    inner = e.render(style)
+    return f"{style.open}{inner}{style.close}" if e.prec < below else inner
 
 
 @dataclasses.dataclass(frozen=True)
 class Sym(Expr):
-    """A symbol: ``text`` as printed in plain text (``β1``, ``m_{t-1}``), ``tex`` in LaTeX."""
+    """A symbol: ``name`` as printed in plain text (``β1``, ``m_{t-1}``), ``tex`` in LaTeX."""
 
     name: str
     tex: str
 
-    def text(self) -> str:
-        return self.name
-
-    def latex(self) -> str:
-        return self.tex
+    def render(self, style: _Style) -> str:
+        return self.tex if style.latex else self.name
 
 
 @dataclasses.dataclass(frozen=True)
 class Num(Expr):
     value: float
 
-    def text(self) -> str:
-        return _format_number(self.value)
-
-    def latex(self) -> str:
+    def render(self, style: _Style) -> str:
         return _format_number(self.value)
 
 
@@ -150,15 +169,10 @@ class Add(Expr):
     right: Expr
     prec = _ADD
 
-    def text(self) -> str:
+    def render(self, style: _Style) -> str:
         if isinstance(self.right, Neg):
-            return f"{self.left.text()} − {_paren_text(self.right.x, _MUL)}"
-        return f"{self.left.text()} + {self.right.text()}"
-
-    def latex(self) -> str:
-        if isinstance(self.right, Neg):
-            return f"{self.left.latex()} - {_paren_latex(self.right.x, _MUL)}"
-        return f"{self.left.latex()} + {self.right.latex()}"
+            return f"{self.left.render(style)} {style.minus} {_operand(self.right.x, _MUL, style)}"
+        return f"{self.left.render(style)} + {self.right.render(style)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,11 +180,8 @@ class Neg(Expr):
     x: Expr
     prec = _MUL
 
-    def text(self) -> str:
-        return f"−{_paren_text(self.x, _MUL)}"
-
-    def latex(self) -> str:
-        return f"-{_paren_latex(self.x, _MUL)}"
+    def render(self, style: _Style) -> str:
+        return f"{style.minus}{_operand(self.x, _MUL, style)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,15 +190,11 @@ class Mul(Expr):
     right: Expr
     prec = _MUL
 
-    def _sides(self):
-        # A negated factor is parenthesised on either side: "a·(−b)", not "a·−b".
-        return [(f, _MUL + 1 if isinstance(f, Neg) else _MUL) for f in (self.left, self.right)]
-
-    def text(self) -> str:
-        return "·".join(_paren_text(f, below) for f, below in self._sides())
-
-    def latex(self) -> str:
-        return r"\,".join(_paren_latex(f, below) for f, below in self._sides())
+    def render(self, style: _Style) -> str:
+        # A negated factor is parenthesised on either side, never written "a·-b".
+        return style.times.join(
+            _operand(f, _MUL + isinstance(f, Neg), style) for f in (self.left, self.right)
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,11 +203,10 @@ class Div(Expr):
     den: Expr
     prec = _MUL
 
-    def text(self) -> str:
-        return f"{_paren_text(self.num, _MUL)}/{_paren_text(self.den, _POW)}"
-
-    def latex(self) -> str:
-        return rf"\frac{{{self.num.latex()}}}{{{self.den.latex()}}}"
+    def render(self, style: _Style) -> str:
+        if style.latex:
+            return rf"\frac{{{self.num.latex()}}}{{{self.den.latex()}}}"
+        return f"{_operand(self.num, _MUL, style)}/{_operand(self.den, _POW, style)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,60 +215,52 @@ class Pow(Expr):
     exp: Expr
     prec = _POW
 
-    def text(self) -> str:
-        return f"{_paren_text(self.base, _ATOM)}^{_paren_text(self.exp, _ATOM)}"
-
-    def latex(self) -> str:
-        return f"{{{_paren_latex(self.base, _ATOM)}}}^{{{self.exp.latex()}}}"
+    def render(self, style: _Style) -> str:
+        base = _operand(self.base, _ATOM, style)
+        if style.latex:
+            return f"{{{base}}}^{{{self.exp.latex()}}}"
+        return f"{base}^{_operand(self.exp, _ATOM, style)}"
 
 
 @dataclasses.dataclass(frozen=True)
 class Func(Expr):
-    """``name(args)``; ``tex`` is the LaTeX operator (``\\max``, ``\\operatorname{sign}``)."""
+    """``name(args)``; ``tex`` is the LaTeX operator (``\\max``; default ``\\operatorname``)."""
 
     name: str
     args: tuple
     tex: str = ""
 
-    def text(self) -> str:
-        return f"{self.name}({', '.join(a.text() for a in self.args)})"
-
-    def latex(self) -> str:
-        op = self.tex or rf"\operatorname{{{self.name}}}"
-        return rf"{op}\left({', '.join(a.latex() for a in self.args)}\right)"
-
-
-@dataclasses.dataclass(frozen=True)
-class Sqrt(Expr):
-    x: Expr
-
-    def text(self) -> str:
-        return f"sqrt({self.x.text()})"
-
-    def latex(self) -> str:
-        return rf"\sqrt{{{self.x.latex()}}}"
+    def render(self, style: _Style) -> str:
+        args = ", ".join(a.render(style) for a in self.args)
+        if style.latex:
+            op = self.tex or r"\operatorname{" + self.name + "}"
+            return f"{op}{style.open}{args}{style.close}"
+        return f"{self.name}({args})"
 
 
 @dataclasses.dataclass(frozen=True)
-class Abs(Expr):
+class Enclosed(Expr):
+    """``x`` between delimiters, as text and as LaTeX: ``sqrt(x)``, ``|x|``, ``‖x‖``."""
+
     x: Expr
+    text_ends: tuple[str, str]
+    latex_ends: tuple[str, str]
 
-    def text(self) -> str:
-        return f"|{self.x.text()}|"
-
-    def latex(self) -> str:
-        return rf"\left|{self.x.latex()}\right|"
+    def render(self, style: _Style) -> str:
+        left, right = self.latex_ends if style.latex else self.text_ends
+        return f"{left}{self.x.render(style)}{right}"
 
 
-@dataclasses.dataclass(frozen=True)
-class Norm(Expr):
-    x: Expr
+def _sqrt(x: Expr) -> Expr:
+    return Enclosed(x, ("sqrt(", ")"), (r"\sqrt{", "}"))
 
-    def text(self) -> str:
-        return f"‖{self.x.text()}‖"
 
-    def latex(self) -> str:
-        return rf"\lVert {self.x.latex()} \rVert"
+def _abs(x: Expr) -> Expr:
+    return Enclosed(x, ("|", "|"), (r"\left|", r"\right|"))
+
+
+def _norm(x: Expr) -> Expr:
+    return Enclosed(x, ("‖", "‖"), (r"\lVert ", r" \rVert"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,14 +271,10 @@ class Select(Expr):
     condition: Expr
     b: Expr
 
-    def text(self) -> str:
-        return f"({self.a.text()} if {self.condition.text()} else {self.b.text()})"
-
-    def latex(self) -> str:
-        return (
-            rf"\left({self.a.latex()} \text{{ if }} {self.condition.latex()} "
-            rf"\text{{ else }} {self.b.latex()}\right)"
-        )
+    def render(self, style: _Style) -> str:
+        if_, else_ = (r"\text{ if }", r"\text{ else }") if style.latex else ("if", "else")
+        a, c, b = (x.render(style) for x in (self.a, self.condition, self.b))
+        return f"{style.open}{a} {if_} {c} {else_} {b}{style.close}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,10 +283,9 @@ class ByLabel(Expr):
 
     cases: tuple
 
-    def text(self) -> str:
-        return "{" + "; ".join(f"{label}: {e.text()}" for label, e in self.cases) + "}"
-
-    def latex(self) -> str:
+    def render(self, style: _Style) -> str:
+        if not style.latex:
+            return "{" + "; ".join(f"{label}: {e.text()}" for label, e in self.cases) + "}"
         rows = r" \\ ".join(
             rf"{e.latex()} & \text{{on leaves labelled {_latex_text(label)}}}"
             for label, e in self.cases
@@ -752,7 +745,7 @@ def _clip_by_global_norm(tx, u, ctx):
     max_norm = ctx.hyper(tx, "max_norm", "M", "M")
     u = ctx.name(u)
     ctx.note("‖x‖: the norm of all leaves together (the global norm)")
-    return u * _min(1, max_norm / Norm(u))
+    return u * _min(1, max_norm / _norm(u))
 
 
 @register_renderer(ClipByBlockRms)
@@ -818,7 +811,7 @@ def _adam_symbols(tx, ctx, with_root: bool = True):
 
 
 def _adam_direction(m_hat: Expr, v_hat: Expr, eps: Expr, eps_root: Expr) -> Expr:
-    return m_hat / (Sqrt(v_hat + eps_root) + eps)
+    return m_hat / (_sqrt(v_hat + eps_root) + eps)
 
 
 @register_renderer(ScaleByAdam)
@@ -859,7 +852,7 @@ def _scale_by_adamax(tx, u, ctx):
     g = ctx.name(u)
     m = _moment(ctx, "m", "m", b1, g)
     nu = ctx.family("ν", r"\nu")
-    nu_t = ctx.define(nu.at("t"), _max(Abs(g) + eps, b2 * nu.at("t-1")))
+    nu_t = ctx.define(nu.at("t"), _max(_abs(g) + eps, b2 * nu.at("t-1")))
     return m / (1 - b1**T) / nu_t
 
 
@@ -880,10 +873,10 @@ def _scale_by_radam(tx, u, ctx):
     rho = ctx.define(ctx.family("ρ", r"\rho").at("t"), rho_inf - 2 * T * b2**T / (1 - b2**T))
     r = ctx.define(
         ctx.family("r", "r").at("t"),
-        Sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)),
+        _sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)),
     )
     if tx.eps_before_bias_correction:
-        eps = eps / Sqrt(1 - b2**T)
+        eps = eps / _sqrt(1 - b2**T)
     op, op_tex = (">", ">") if tx.strict_threshold else ("≥", r"\ge")
     rectified = Sym(
         f"{rho.text()} {op} {threshold.text()}", f"{rho.latex()} {op_tex} {threshold.latex()}"
@@ -906,7 +899,7 @@ def _scale_by_nadam(tx, u, ctx):
     pi_t = ctx.define(prod.at("t"), prod.at("t-1") * mu_t)
     v_hat = _debiased(ctx, "v̂", r"\hat v", v, b2)
     step = (1 - mu_t) / (1 - pi_t) * g + mu_next / (1 - pi_t * mu_next) * m
-    return step / (Sqrt(v_hat + eps_root) + eps)
+    return step / (_sqrt(v_hat + eps_root) + eps)
 
 
 @register_renderer(ScaleByRms)
@@ -918,7 +911,7 @@ def _scale_by_rms(tx, u, ctx):
     nu = _moment(ctx, "ν", r"\nu", rho, g**2)
     if tx.bias_correction:
         nu = _debiased(ctx, "ν̂", r"\hat\nu", nu, rho)
-    return g / (Sqrt(nu + eps) if tx.eps_in_sqrt else Sqrt(nu) + eps)
+    return g / (_sqrt(nu + eps) if tx.eps_in_sqrt else _sqrt(nu) + eps)
 
 
 @register_renderer(ScaleByStddev)
@@ -933,7 +926,7 @@ def _scale_by_stddev(tx, u, ctx):
         mean = _debiased(ctx, "m̂", r"\hat m", mean, rho)
         nu = _debiased(ctx, "ν̂", r"\hat\nu", nu, rho)
     var = nu - mean**2
-    return g / (Sqrt(var + eps) if tx.eps_in_sqrt else Sqrt(var) + eps)
+    return g / (_sqrt(var + eps) if tx.eps_in_sqrt else _sqrt(var) + eps)
 
 
 @register_renderer(ScaleByRss)
@@ -944,7 +937,7 @@ def _scale_by_rss(tx, u, ctx):
     s = ctx.family("s", "s")
     s_t = ctx.define(s.at("t"), s.at("t-1") + g**2)
     ctx.note("Adagrad: the update is 0 where s_t = 0")
-    return g / (Sqrt(s_t + eps) if tx.eps_in_sqrt else Sqrt(s_t) + eps)
+    return g / (_sqrt(s_t + eps) if tx.eps_in_sqrt else _sqrt(s_t) + eps)
 
 
 @register_renderer(FactoredSecondMoment)
@@ -973,7 +966,7 @@ def _factored_second_moment(tx, u, ctx):
         "factored axis has at least min_dim_size_to_factor entries; d0, d1 are its largest and "
         "second-largest axes"
     )
-    return g / Sqrt(v_hat)
+    return g / _sqrt(v_hat)
 
 
 @register_renderer(ScaleByLion)
@@ -1002,7 +995,7 @@ def _scale_by_trust_ratio(tx, u, ctx):
     ctx.setting(tx, "mask")
     u = ctx.name(u)
     ctx.note("trust ratio: norms are per leaf; the ratio is 1 where either norm is 0")
-    return c * _max(Norm(P), n_min) / (_max(Norm(u), n_min) + eps) * u
+    return c * _max(_norm(P), n_min) / (_max(_norm(u), n_min) + eps) * u
 
 
 def _nesterov_debiased(ctx, m: Sym, g: Expr, beta: Expr, bias_correction: bool) -> Sym:
@@ -1053,3 +1046,90 @@ def _scale_by_sophia(tx, u, ctx):
     )
     step = m / _max(gamma * h, eps)
     return step if clip is None else Func("clip", (step, -clip, clip))
+
+
+@register_renderer(ScaleByShape)
+def _scale_by_shape(tx, u, ctx):
+    ctx.setting(tx, "weight_dimension_numbers")
+    ctx.note("d_in, d_out: the sizes of a matrix's reduction and output axes")
+    d_in, d_out = Sym("d_in", r"d_{in}"), Sym("d_out", r"d_{out}")
+    if tx.consistent_rms is None:
+        return _sqrt(_max(1, d_out / d_in)) * u
+    c = ctx.family("c_rms", r"c_{rms}").bare()
+    ctx.bindings.append(Binding(c, f"{tx.name}.consistent_rms", _describe_value(tx.consistent_rms)))
+    return c * _sqrt(_max(d_in, d_out)) * u
+
+
+@register_renderer(ScaleByGalore)
+def _scale_by_galore(tx, u, ctx):
+    alpha = ctx.hyper(tx, "scale", "α", r"\alpha")
+    ctx.setting(tx, "rank", "update_proj_gap", "weight_dimension_numbers", "projected_dim")
+    ctx.note(
+        f"GaLore: P is the leaf's top-{tx.rank} singular vectors, refreshed every "
+        f"{tx.update_proj_gap} updates; leaves that cannot be projected skip P"
+    )
+    proj = ctx.family("P", "P").at("t")
+    projected = ctx.define(
+        ctx.family("R", "R").at("t"), Sym(f"{proj.text()}ᵀ", rf"{proj.latex()}^\top") * u
+    )
+    base = scale_by_adam() if tx.base_optimizer is None else tx.base_optimizer
+    return alpha * proj * _render(base, projected, ctx)
+
+
+@register_renderer(ApplyIfFinite)
+def _apply_if_finite(tx, u, ctx):
+    n_max = ctx.family("N", "N").bare()
+    ctx.bindings.append(
+        Binding(n_max, f"{tx.name}.max_consecutive_errors", str(tx.max_consecutive_errors))
+    )
+    ctx.note(
+        "apply_if_finite: n counts non-finite updates in a row; a skipped step keeps the state"
+    )
+    u = ctx.name(u)
+    finite = Sym(
+        f"{u.text()} finite or n > {n_max.text()}", rf"{u.latex()} \text{{ finite or }} n > N"
+    )
+    return Select(_render(tx.inner, u, ctx), finite, Num(0))
+
+
+@register_renderer(MultiSteps)
+def _multi_steps(tx, u, ctx):
+    k = ctx.family("k", "k").bare()
+    ctx.bindings.append(
+        Binding(k, f"{tx.name}.every_k_schedule", _describe_value(tx.every_k_schedule))
+    )
+    ctx.setting(tx, "use_grad_mean", "should_skip_update_fn", "accumulator_dtype")
+    ctx.note(
+        "MultiSteps: j counts micro-batches within a real step (0-based); the inner rule's t "
+        "counts real steps"
+    )
+    a = ctx.family("a", "a")
+    step = (u - a.at("j-1")) / (Sym("j", "j") + 1) if tx.use_grad_mean else u
+    acc = ctx.define(a.at("j"), a.at("j-1") + step)
+    last = Sym(f"j = {k.text()} − 1", r"j = k - 1")
+    return Select(_render(tx.opt, acc, ctx), last, Num(0))
+
+
+@register_renderer(ScheduleFree)
+def _schedule_free(tx, u, ctx):
+    gamma = ctx.hyper(tx, "learning_rate", "γ", r"\gamma")
+    beta = ctx.hyper(tx, "b1", "β", r"\beta")
+    power = ctx.hyper(tx, "weight_lr_power", "P", "P")
+    r = ctx.hyper(tx, "r", "r", "r")
+    ctx.setting(tx, "state_dtype", "optax_off_by_one")
+    ctx.note(
+        "schedule_free: the parameters are y (the base rule's p_{t-1} is y_{t-1}); "
+        "x = (y − (1 − β)·z)/β is the point to evaluate"
+    )
+    delta = ctx.define(ctx.family("Δ", r"\Delta").at("t"), _render(tx.base_optimizer, u, ctx))
+    top = ctx.family("γmax", r"\gamma^{max}")
+    w, total, c = (ctx.family(n, n) for n in ("w", "W", "c"))
+    z, x, y = (ctx.family(n, n) for n in ("z", "x", "y"))
+    top_t = ctx.define(top.at("t"), _max(top.at("t-1"), gamma))
+    w_t = ctx.define(w.at("t"), T**r * top_t**power)
+    total_t = ctx.define(total.at("t"), total.at("t-1") + w_t)
+    c_t = ctx.define(c.at("t"), w_t / total_t)
+    z_t = ctx.define(z.at("t"), z.at("t-1") + delta)
+    x_t = ctx.define(x.at("t"), (1 - c_t) * x.at("t-1") + c_t * z_t)
+    y_t = ctx.define(y.at("t"), beta * x_t + (1 - beta) * z_t)
+    return y_t - y.at("t-1")
