@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from gradchain.contrib.galore import ScaleByGalore
+from gradchain.contrib.learning_rate_free import ScaleByDAdaptAdamW, ScaleByProdigy
 from gradchain.contrib.muon import ScaleByMuon, ScaleByShape, _LabelledGroups
 from gradchain.contrib.schedule_free import ScheduleFree
 from gradchain.contrib.sophia import ScaleBySophia
@@ -291,6 +292,14 @@ class ByLabel(Expr):
             for label, e in self.cases
         )
         return rf"\begin{{cases}} {rows} \end{{cases}}"
+
+
+def _l1_norm(x: Expr) -> Expr:
+    return Enclosed(x, ("‖", "‖_1"), (r"\lVert ", r" \rVert_1"))
+
+
+def _dot(a: Expr, b: Expr) -> Expr:
+    return Func("dot", (a, b), r"\operatorname{dot}")
 
 
 def _max(*args) -> Expr:
@@ -1133,3 +1142,58 @@ def _schedule_free(tx, u, ctx):
     x_t = ctx.define(x.at("t"), (1 - c_t) * x.at("t-1") + c_t * z_t)
     y_t = ctx.define(y.at("t"), beta * x_t + (1 - beta) * z_t)
     return y_t - y.at("t-1")
+
+
+def _distance_step(tx, ctx, b1: Expr, b2: Expr) -> tuple[Sym, Sym, Expr]:
+    """Prodigy's and D-Adaptation's step: ``(d, δ_t, d_{t-1})`` with δ_t defined."""
+    lr = ctx.hyper(tx, "learning_rate", "η", r"\eta")
+    d = ctx.family("d", "d")
+    ctx.note(
+        f"{tx.name}: d is the step-size estimate, d_0 = estim_lr0 at the start; "
+        "dot(a, b) sums a·b over all coordinates, ‖x‖_1 the absolute values"
+    )
+    scale = _sqrt(1 - b2**T) / (1 - b1**T) if tx.bias_correction else Num(1)
+    delta = ctx.define(ctx.family("δ", r"\delta").at("t"), d.at("t-1") * lr * scale)
+    return d, delta, d.at("t-1")
+
+
+@register_renderer(ScaleByProdigy)
+def _scale_by_prodigy(tx, u, ctx):
+    b1, b2, b3 = (ctx.hyper(tx, f"b{i}", f"β{i}", rf"\beta_{i}") for i in (1, 2, 3))
+    eps = ctx.hyper(tx, "eps", "ε", r"\epsilon")
+    d0 = ctx.hyper(tx, "estim_lr0", "d0", "d_0")
+    coef = ctx.hyper(tx, "estim_lr_coef", "c_d", "c_d")
+    lam = ctx.hyper(tx, "weight_decay", "λ", r"\lambda")
+    ctx.setting(tx, "safeguard_warmup", "bias_correction")
+    g = ctx.name(u)
+    d, delta, d_prev = _distance_step(tx, ctx, b1, b2)
+    r, acc = ctx.family("r", "r"), ctx.family("s", "s")
+    p0 = Sym("p_0", "p_0")
+    weight = d_prev / d0 * (d_prev if tx.safeguard_warmup else delta)
+    r_t = ctx.define(r.at("t"), b3 * r.at("t-1") + d_prev / d0 * delta * _dot(g, p0 - P))
+    s_t = ctx.define(acc.at("t"), b3 * acc.at("t-1") + weight * g)
+    m = _moment(ctx, "m", "m", b1, d_prev * g)
+    v = _moment(ctx, "v", "v", b2, d_prev**2 * g**2)
+    d_t = ctx.define(d.at("t"), _max(d_prev, coef * r_t / _l1_norm(s_t)))
+    return -(delta * (m / (_sqrt(v) + d_t * eps) + lam * P))
+
+
+@register_renderer(ScaleByDAdaptAdamW)
+def _scale_by_dadapt_adamw(tx, u, ctx):
+    b1, b2 = (ctx.hyper(tx, f"b{i}", f"β{i}", rf"\beta_{i}") for i in (1, 2))
+    eps = ctx.hyper(tx, "eps", "ε", r"\epsilon")
+    ctx.hyper(tx, "estim_lr0", "d0", "d_0")
+    lam = ctx.hyper(tx, "weight_decay", "λ", r"\lambda")
+    ctx.setting(tx, "bias_correction", "decouple")
+    g = ctx.name(u if tx.decouple else u + lam * P)
+    d, delta, d_prev = _distance_step(tx, ctx, b1, b2)
+    sigma = ctx.define(ctx.family("σ", r"\sigma").bare(), _sqrt(b2))
+    r, acc, m, v = (ctx.family(n, n) for n in ("r", "s", "m", "v"))
+    preconditioned = acc.at("t-1") / (_sqrt(v.at("t-1")) + eps)
+    r_t = ctx.define(r.at("t"), sigma * r.at("t-1") + (1 - sigma) * delta * _dot(g, preconditioned))
+    m_t = ctx.define(m.at("t"), b1 * m.at("t-1") + (1 - b1) * delta * g)
+    v_t = ctx.define(v.at("t"), b2 * v.at("t-1") + (1 - b2) * g**2)
+    s_t = ctx.define(acc.at("t"), sigma * acc.at("t-1") + (1 - sigma) * delta * g)
+    ctx.define(d.at("t"), _max(d_prev, r_t / ((1 - sigma) * _l1_norm(s_t))))
+    step = m_t / (_sqrt(v_t) + eps)
+    return -(step + lam * delta * P) if tx.decouple else -step

@@ -20,6 +20,7 @@ FULLY_RENDERED = {
     "nadam", "nadamw", "radam", "lion", "lamb", "lars", "sophia", "flatten", "zero1",
     "quantize_moments", "adam_8bit", "adamw_8bit", "sgd_8bit", "lion_8bit", "galore", "muon",
     "apply_if_finite", "MultiSteps", "schedule_free", "schedule_free_sgd", "schedule_free_adamw",
+    "prodigy", "dadapt_adamw",
 }  # fmt: skip
 
 
