@@ -62,7 +62,11 @@ from gradchain.transforms.combinators import (
     ZeroNans,
 )
 from gradchain.transforms.decay import AddDecoupledWeightDecay, AddL2Penalty
-from gradchain.transforms.factored import FactoredSecondMoment, ScaleByParamBlockRms
+from gradchain.transforms.factored import (
+    FactoredSecondMoment,
+    ScaleByParamBlockRms,
+    adafactor_decay_rate,
+)
 from gradchain.transforms.momentum import Ema, Trace
 from gradchain.transforms.scaling import Scale, ScaleByLearningRate, ScaleBySchedule
 
@@ -262,6 +266,19 @@ def _abs(x: Expr) -> Expr:
 
 def _norm(x: Expr) -> Expr:
     return Enclosed(x, ("‖", "‖"), (r"\lVert ", r" \rVert"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Compare(Expr):
+    """A condition ``left op right``; ``op`` is one of ``<``, ``>``, ``≥``."""
+
+    left: Expr
+    op: str
+    right: Expr
+
+    def render(self, style: _Style) -> str:
+        op = {"≥": r"\ge"}.get(self.op, self.op) if style.latex else self.op
+        return f"{self.left.render(style)} {op} {self.right.render(style)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -886,10 +903,7 @@ def _scale_by_radam(tx, u, ctx):
     )
     if tx.eps_before_bias_correction:
         eps = eps / _sqrt(1 - b2**T)
-    op, op_tex = (">", ">") if tx.strict_threshold else ("≥", r"\ge")
-    rectified = Sym(
-        f"{rho.text()} {op} {threshold.text()}", f"{rho.latex()} {op_tex} {threshold.latex()}"
-    )
+    rectified = Compare(rho, ">" if tx.strict_threshold else "≥", threshold)
     return Select(r * _adam_direction(m_hat, v_hat, eps, eps_root), rectified, m_hat)
 
 
@@ -934,7 +948,7 @@ def _scale_by_stddev(tx, u, ctx):
     if tx.bias_correction:
         mean = _debiased(ctx, "m̂", r"\hat m", mean, rho)
         nu = _debiased(ctx, "ν̂", r"\hat\nu", nu, rho)
-    var = nu - mean**2
+    var = _max(nu - mean**2, 0)
     return g / (_sqrt(var + eps) if tx.eps_in_sqrt else _sqrt(var) + eps)
 
 
@@ -953,11 +967,16 @@ def _scale_by_rss(tx, u, ctx):
 def _factored_second_moment(tx, u, ctx):
     k = ctx.hyper(tx, "decay_rate", "k", "k")
     eps1 = ctx.hyper(tx, "epsilon", "ε1", r"\epsilon_1")
-    ctx.setting(tx, "factored", "step_offset", "min_dim_size_to_factor", "factored_axes")
+    ctx.setting(
+        tx, "factored", "step_offset", "min_dim_size_to_factor", "decay_rate_fn", "factored_axes"
+    )
     g = ctx.name(u)
     beta = ctx.family("β̂", r"\hat\beta").at("t")
-    offset = tx.step_offset
-    ctx.define(beta, 1 - (T - offset if offset else T) ** (-k))
+    step = T - tx.step_offset if tx.step_offset else T
+    if tx.decay_rate_fn is adafactor_decay_rate:
+        ctx.define(beta, 1 - step ** (-k))
+    else:
+        ctx.define(beta, Func(_short_repr(tx.decay_rate_fn), (step - 1, k)))
     big_g = ctx.define(ctx.family("G", "G").at("t"), g**2 + eps1)
     row, col, full = (ctx.family(n, n) for n in ("R", "C", "V"))
     factored = "factored leaves"
@@ -992,7 +1011,7 @@ def _scale_by_lion(tx, u, ctx):
         return Func("tanh", (kappa * c,), r"\tanh")
     ctx.setting(tx, "smooth_beta")
     if tx.mode == "refined":
-        return Select(c, Sym("|c_t| < 1", r"|c_t| < 1"), Func("sign", (c,)))
+        return Select(c, Compare(_abs(c), "<", Num(1)), Func("sign", (c,)))
     return Func("sign", (c,))
 
 
@@ -1029,7 +1048,8 @@ def _scale_by_muon(tx, u, ctx):
     elif tx.bias_correction:
         m = _debiased(ctx, "m̂", r"\hat m", m, beta)
     ctx.note(
-        f"Muon: NS is {tx.ns_steps} Newton-Schulz steps on X/(‖X‖_F + {eps.text()}), per matrix"
+        f"Muon: NS is {tx.ns_steps} Newton-Schulz steps on each matrix X, first normalised "
+        f"({tx.preconditioning!r}: X/(‖X‖_F + {eps.text()}) for 'frobenius')"
         + ("; adaptive=True multiplies by ⟨m̂_t, NS(m̂_t)⟩" if tx.adaptive else "")
     )
     return Func("NS", (m,), r"\operatorname{NS}")
@@ -1048,12 +1068,16 @@ def _scale_by_sophia(tx, u, ctx):
     m = _moment(ctx, "m", "m", b1, g)
     if tx.mu_bias_correction:
         m = _debiased(ctx, "m̂", r"\hat m", m, b1)
-    h = _moment(ctx, "h", "h", b2, Sym("ĥ(p_{t-1})", r"\hat h(p_{t-1})"))
+    h = ctx.family("h", "h")
+    estimate = Sym("ĥ(p_{t-1})", r"\hat h(p_{t-1})")
+    h_t = ctx.define(h.at("t"), b2 * h.at("t-1") + (1 - b2) * estimate)
+    # optax's order (the default): the step divides by the estimate from before the refresh.
+    used = h_t if tx.estimate_before_step else h.at("t-1")
     ctx.note(
         f"Sophia: ĥ is the diagonal Hessian estimate; h is refreshed on updates 1, k+1, 2k+1, "
         f"... (k = update_interval = {tx.update_interval}) and kept in between"
     )
-    step = m / _max(gamma * h, eps)
+    step = m / _max(gamma * used, eps)
     return step if clip is None else Func("clip", (step, -clip, clip))
 
 
@@ -1075,7 +1099,8 @@ def _scale_by_galore(tx, u, ctx):
     ctx.setting(tx, "rank", "update_proj_gap", "weight_dimension_numbers", "projected_dim")
     ctx.note(
         f"GaLore: P is the leaf's top-{tx.rank} singular vectors, refreshed every "
-        f"{tx.update_proj_gap} updates; leaves that cannot be projected skip P"
+        f"{tx.update_proj_gap} updates; shown for a left projector (a right one computes "
+        "g·P and N·Pᵀ); leaves that cannot be projected skip P"
     )
     proj = ctx.family("P", "P").at("t")
     projected = ctx.define(
