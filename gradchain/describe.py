@@ -359,11 +359,13 @@ class Equation:
 
 @dataclasses.dataclass(frozen=True)
 class Binding:
-    """A symbol bound to a hyperparameter: ``argument`` is ``piece.field``, ``value`` printed."""
+    """A symbol bound to a hyperparameter: ``argument`` is ``piece.field``, ``value`` printed,
+    ``source`` the value itself (a number or a schedule)."""
 
     symbol: Sym
     argument: str
     value: str
+    source: object = dataclasses.field(default=None, compare=False, repr=False)
 
     def text(self) -> str:
         return f"{self.symbol.text()} = {self.value}  ({self.argument})"
@@ -496,10 +498,15 @@ class Context:
 
     def hyper(self, tx, field: str, name: str, tex: str) -> Expr:
         """The symbol of ``tx.field``, bound to its value (a schedule: indexed by ``t-1``)."""
-        value = getattr(tx, field)
         family = self.family(name, tex)
-        sym = family.at("t-1") if callable(value) else family.bare()
-        self.bindings.append(Binding(sym, f"{tx.name}.{field}", _describe_value(value)))
+        return self.bind(
+            family.at("t-1") if callable(getattr(tx, field)) else family.bare(), tx, field
+        )
+
+    def bind(self, sym: Sym, tx, field: str) -> Sym:
+        """Records that ``sym`` stands for ``tx.field``."""
+        value = getattr(tx, field)
+        self.bindings.append(Binding(sym, f"{tx.name}.{field}", _describe_value(value), value))
         return sym
 
     def setting(self, tx, *fields: str) -> None:
@@ -702,8 +709,7 @@ def _quantize_moments(tx, u, ctx):
 
 @register_renderer(Masked)
 def _masked(tx, u, ctx):
-    mask = ctx.family("M", "M").bare()
-    ctx.bindings.append(Binding(mask, f"{tx.name}.mask", _describe_value(tx.mask)))
+    mask = ctx.bind(ctx.family("M", "M").bare(), tx, "mask")
     ctx.note("M: the leaves a mask selects; the others pass through unchanged")
     u = ctx.name(u)
     return Select(_render(tx.inner, u, ctx), mask, u)
@@ -1088,8 +1094,7 @@ def _scale_by_shape(tx, u, ctx):
     d_in, d_out = Sym("d_in", r"d_{in}"), Sym("d_out", r"d_{out}")
     if tx.consistent_rms is None:
         return _sqrt(_max(1, d_out / d_in)) * u
-    c = ctx.family("c_rms", r"c_{rms}").bare()
-    ctx.bindings.append(Binding(c, f"{tx.name}.consistent_rms", _describe_value(tx.consistent_rms)))
+    c = ctx.bind(ctx.family("c_rms", r"c_{rms}").bare(), tx, "consistent_rms")
     return c * _sqrt(_max(d_in, d_out)) * u
 
 
@@ -1112,10 +1117,7 @@ def _scale_by_galore(tx, u, ctx):
 
 @register_renderer(ApplyIfFinite)
 def _apply_if_finite(tx, u, ctx):
-    n_max = ctx.family("N", "N").bare()
-    ctx.bindings.append(
-        Binding(n_max, f"{tx.name}.max_consecutive_errors", str(tx.max_consecutive_errors))
-    )
+    n_max = ctx.bind(ctx.family("N", "N").bare(), tx, "max_consecutive_errors")
     ctx.note(
         "apply_if_finite: n counts non-finite updates in a row; a skipped step keeps the state"
     )
@@ -1128,10 +1130,7 @@ def _apply_if_finite(tx, u, ctx):
 
 @register_renderer(MultiSteps)
 def _multi_steps(tx, u, ctx):
-    k = ctx.family("k", "k").bare()
-    ctx.bindings.append(
-        Binding(k, f"{tx.name}.every_k_schedule", _describe_value(tx.every_k_schedule))
-    )
+    k = ctx.bind(ctx.family("k", "k").bare(), tx, "every_k_schedule")
     ctx.setting(tx, "use_grad_mean", "should_skip_update_fn", "accumulator_dtype")
     ctx.note(
         "MultiSteps: j counts micro-batches within a real step (0-based); the inner rule's t "

@@ -306,6 +306,9 @@ _FUNCTIONS = {
     "clip": jnp.clip,
     "RMS": lambda x: jnp.sqrt(jnp.mean(x * x)),
     "dot": lambda a, b: jnp.sum(a * b),
+    # Adafactor's factors, for the (6, 4) matrix of the tests: d0 (largest) is axis 0.
+    "mean_d0": lambda x: jnp.mean(x, axis=0, keepdims=True),
+    "mean_d1": lambda x: jnp.mean(x, axis=1, keepdims=True),
 }
 _ENCLOSED = {
     "sqrt(": jnp.sqrt,
@@ -345,13 +348,21 @@ def _evaluate(e, env):
 
 def _run_description(d: Description, grads, params, initial: dict):
     """The updates describe's equations give for ``grads`` (params updated along)."""
-    env = {b.symbol.text(): jnp.float64(float(b.value)) for b in d.bindings}
+    schedules = {b.symbol.text(): b.source for b in d.bindings if callable(b.source)}
+    env = {
+        b.symbol.text(): jnp.float64(b.source)
+        for b in d.bindings
+        if b.symbol.text() not in schedules
+    }
     env["p_0"] = params  # Prodigy's anchor: the parameters at init
     previous = dict(initial)
     out = []
     for t, g in enumerate(grads, start=1):
         env.update({"t": jnp.float64(t), "g_t": g, "p_{t-1}": params, **previous})
+        env.update({name: jnp.float64(f(t - 1)) for name, f in schedules.items()})
         for eq in d.equations:
+            if eq.where == ("other leaves" if params.ndim >= 2 else "factored leaves"):
+                continue
             name = eq.lhs.text()
             env[name] = _evaluate(eq.rhs, env)
         previous = {n[:-2] + "_{t-1}": v for n, v in env.items() if n.endswith("_t") and n != "g_t"}
@@ -369,11 +380,13 @@ def _zero_state(d: Description):
     }
 
 
+_AT_PARAMS = {"z_{t-1}": "params", "x_{t-1}": "params", "y_{t-1}": "params"}  # schedule-free
+
 INTERPRETED = {
     "sgd": (lambda: gc.sgd(0.1), {}),
     "sgd_nesterov": (lambda: gc.sgd(0.1, momentum=0.9, nesterov=True), {}),
     "adam": (lambda: gc.adam(0.1, eps_root=1e-6), {}),
-    "adamw": (lambda: gc.adamw(0.1, weight_decay=0.1), {}),
+    "adamw": (lambda: gc.adamw(gc.cosine_decay_schedule(0.1, 10), weight_decay=0.1), {}),
     "nadamw": (lambda: gc.nadamw(0.1, weight_decay=0.1), {}),
     "nadam_torch": (lambda: gc.nadam(0.1, momentum_decay=4e-3), {"Π_{t-1}": 1.0}),
     "amsgrad": (lambda: gc.amsgrad(0.1), {}),
@@ -398,6 +411,10 @@ INTERPRETED = {
         lambda: gc.chain(gc.clip_by_global_norm(0.5), gc.ema(0.8), gc.clip(0.3), gc.scale(-1.0)),
         {},
     ),
+    "adafactor_vector": (lambda: gc.adafactor(0.1, momentum=0.9, weight_decay_rate=0.1), {}),
+    "adafactor_matrix": (lambda: gc.adafactor(0.1, min_dim_size_to_factor=2), {}, (6, 4)),
+    "schedule_free_sgd": (lambda: gc.schedule_free_sgd(0.1, warmup_steps=3), _AT_PARAMS),
+    "schedule_free_adamw": (lambda: gc.schedule_free_adamw(0.1, weight_decay=0.1), _AT_PARAMS),
     "prodigy": (lambda: gc.prodigy(1.0, weight_decay=0.1), {"d_{t-1}": 1e-6}),
     "dadapt_adamw": (lambda: gc.dadapt_adamw(1.0, weight_decay=0.1), {"d_{t-1}": 1e-6}),
 }
@@ -405,17 +422,22 @@ INTERPRETED = {
 
 @pytest.mark.parametrize("case", INTERPRETED)
 def test_the_rendered_rule_computes_the_optimizers_updates(case):
+    # Adafactor forms its decay in float32 even under x64 (as optax): 1e-7 relative.
+    rtol = 1e-6 if case.startswith("adafactor") else 1e-10
     with jax.enable_x64(True):
-        _check_rendered_rule(*INTERPRETED[case])
+        _check_rendered_rule(rtol, *INTERPRETED[case])
 
 
-def _check_rendered_rule(build, initial):
+def _check_rendered_rule(rtol, build, initial, shape=(7,)):
     tx = build()
     rng = np.random.default_rng(0)
-    params = jnp.asarray(rng.standard_normal(7), jnp.float64)
-    grads = [jnp.asarray(rng.standard_normal(7), jnp.float64) for _ in range(12)]
+    params = jnp.asarray(rng.standard_normal(shape), jnp.float64)
+    grads = [jnp.asarray(rng.standard_normal(shape), jnp.float64) for _ in range(12)]
     d = gc.describe(tx)
-    state = {**_zero_state(d), **{k: jnp.float64(v) for k, v in initial.items()}}
+    state = {
+        **_zero_state(d),
+        **{k: params if v == "params" else jnp.float64(v) for k, v in initial.items()},
+    }
     if "ν_{t-1}" in state and "initial_scale" in d.title:
         state["ν_{t-1}"] = jnp.float64(tx.initial_scale)
     expected = _run_description(d, grads, params, state)
@@ -425,5 +447,5 @@ def _check_rendered_rule(build, initial):
     for k, g in enumerate(grads):
         u, opt_state = step(g, opt_state, p)
         # The same operations in other orders over 12 steps: a few float64 ulps.
-        np.testing.assert_allclose(u, expected[k], rtol=1e-10, atol=1e-14, err_msg=f"step {k + 1}")
+        np.testing.assert_allclose(u, expected[k], rtol=rtol, atol=1e-14, err_msg=f"step {k + 1}")
         p = p + u
