@@ -30,6 +30,7 @@ import dataclasses
 import math
 import numbers
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -541,7 +542,7 @@ def _describe_value(value) -> str:
 # ---------------------------------------------------------------------------------------------
 # The renderer registry
 
-Renderer = Callable[[object, Expr, Context], Expr]
+Renderer = Callable[[Any, Expr, Context], Expr]
 _RENDERERS: dict[type, Renderer] = {}
 
 
@@ -583,18 +584,15 @@ def _render(tx, u: Expr, ctx: Context) -> Expr:
     return _render_opaque(tx, u, ctx)
 
 
-def _wrapped(tx) -> list[tuple[str, object]]:
+def _wrapped(tx: GradientTransformation) -> list[tuple[str, object]]:
     """The transformations ``tx`` holds in its fields (``inner``, a dict of them, ...)."""
-    found = []
-    if not dataclasses.is_dataclass(tx):
-        return found
-    for f in dataclasses.fields(tx):
-        value = getattr(tx, f.name)
+    found: list[tuple[str, object]] = []
+    for field, value in tx._field_items():
         if _is_transformation(value):
-            found.append((f"{tx.name}.{f.name}", value))
+            found.append((f"{tx.name}.{field}", value))
         elif isinstance(value, Mapping):
             found += [
-                (f"{tx.name}.{f.name}[{k!r}]", v) for k, v in value.items() if _is_transformation(v)
+                (f"{tx.name}.{field}[{k!r}]", v) for k, v in value.items() if _is_transformation(v)
             ]
     return found
 
@@ -1168,7 +1166,7 @@ def _schedule_free(tx, u, ctx):
     return y_t - y.at("t-1")
 
 
-def _distance_step(tx, ctx, b1: Expr, b2: Expr) -> tuple[Sym, Sym, Expr]:
+def _distance_step(tx, ctx, b1: Expr, b2: Expr) -> tuple[Family, Sym, Sym]:
     """Prodigy's and D-Adaptation's step: ``(d, δ_t, d_{t-1})`` with δ_t defined."""
     lr = ctx.hyper(tx, "learning_rate", "η", r"\eta")
     d = ctx.family("d", "d")
