@@ -26,9 +26,9 @@ schedule :math:`s` carries the subscript :math:`t-1`: update :math:`t` uses :mat
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -529,13 +529,12 @@ class Context:
 
 
 def _describe_value(value) -> str:
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return _format_number(value) if math.isfinite(value) else repr(value)
-    if isinstance(value, np.ndarray | np.generic) or hasattr(value, "dtype"):
-        with_shape = np.ndim(value) == 0
-        return _format_number(float(value)) if with_shape else _short_repr(value)
     if callable(value):
         return f"the schedule {_short_repr(value)}"
+    if not isinstance(value, bool | str | None) and np.ndim(value) == 0:
+        with contextlib.suppress(TypeError, ValueError):
+            v = float(value)
+            return _format_number(v) if math.isfinite(v) else repr(v)
     return _short_repr(value)
 
 
