@@ -170,9 +170,12 @@ class Num(Expr):
 
 
 @dataclasses.dataclass(frozen=True)
-class Add(Expr):
+class _Binary(Expr):
     left: Expr
     right: Expr
+
+
+class Add(_Binary):
     prec = _ADD
 
     def render(self, style: _Style) -> str:
@@ -190,10 +193,7 @@ class Neg(Expr):
         return f"{style.minus}{_operand(self.x, _MUL, style)}"
 
 
-@dataclasses.dataclass(frozen=True)
-class Mul(Expr):
-    left: Expr
-    right: Expr
+class Mul(_Binary):
     prec = _MUL
 
     def render(self, style: _Style) -> str:
@@ -203,29 +203,23 @@ class Mul(Expr):
         )
 
 
-@dataclasses.dataclass(frozen=True)
-class Div(Expr):
-    num: Expr
-    den: Expr
+class Div(_Binary):
     prec = _MUL
 
     def render(self, style: _Style) -> str:
         if style.latex:
-            return rf"\frac{{{self.num.latex()}}}{{{self.den.latex()}}}"
-        return f"{_operand(self.num, _MUL, style)}/{_operand(self.den, _POW, style)}"
+            return rf"\frac{{{self.left.latex()}}}{{{self.right.latex()}}}"
+        return f"{_operand(self.left, _MUL, style)}/{_operand(self.right, _POW, style)}"
 
 
-@dataclasses.dataclass(frozen=True)
-class Pow(Expr):
-    base: Expr
-    exp: Expr
+class Pow(_Binary):
     prec = _POW
 
     def render(self, style: _Style) -> str:
-        base = _operand(self.base, _ATOM, style)
+        base = _operand(self.left, _ATOM, style)
         if style.latex:
-            return f"{{{base}}}^{{{self.exp.latex()}}}"
-        return f"{base}^{_operand(self.exp, _ATOM, style)}"
+            return f"{{{base}}}^{{{self.right.latex()}}}"
+        return f"{base}^{_operand(self.right, _ATOM, style)}"
 
 
 @dataclasses.dataclass(frozen=True)

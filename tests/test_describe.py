@@ -325,15 +325,15 @@ def _evaluate(e, env):
             return env[name]
         case Num(value=value):
             return jnp.float64(value)
-        case Add(left=a, right=b):
+        case Add(a, b):
             return ev(a) + ev(b)
         case Neg(x=x):
             return -ev(x)
-        case Mul(left=a, right=b):
+        case Mul(a, b):
             return ev(a) * ev(b)
-        case Div(num=a, den=b):
+        case Div(a, b):
             return ev(a) / ev(b)
-        case Pow(base=a, exp=b):
+        case Pow(a, b):
             return ev(a) ** ev(b)
         case Func(name=name, args=args):
             return _FUNCTIONS[name](*map(ev, args))
