@@ -789,7 +789,10 @@ def named_optimizer(build: Callable[_Args, Parts]) -> Callable[_Args, Chain]:
 
     @functools.wraps(build)
     def make(*args: _Args.args, **kwargs: _Args.kwargs) -> Chain:
-        bound = signature.bind(*args, **kwargs)
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{build.__name__}(): {e}") from None
         bound.apply_defaults()
         parts = build(*bound.args, **bound.kwargs)
         return Chain(*parts, name=build.__name__, config=bound.arguments)
