@@ -35,11 +35,10 @@ add_module_names = False
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
 myst_heading_anchors = 3
 
-# The notebooks are executed into the site once and cached between builds (docs/_build holds the
-# cache); the test suite builds with ``-D nb_execution_mode=off`` and shows the committed
-# outputs, because tests/test_notebooks.py already executes every notebook.
-nb_execution_mode = "cache"
-nb_execution_cache_path = str(DOCS / "_build" / ".jupyter_cache")
+# Every build executes the notebooks, so the site shows what the current code prints. The test
+# suite builds with ``-D nb_execution_mode=off`` (the committed outputs) because
+# tests/test_notebooks.py executes every notebook already.
+nb_execution_mode = "force"
 nb_execution_timeout = 600
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from sphinx.ext.napoleon.docstring import GoogleDocstring
 
 import gradchain
 from gradchain.core.base import ChainState
@@ -244,12 +245,52 @@ def _title(text: str, char: str) -> list[str]:
     return [text, char * len(text), ""]
 
 
-def name_page(full: str, module_name: str, registry) -> str:
+def _default_text(value) -> str:
+    if inspect.isclass(value):
+        module = value.__module__.replace("jax.numpy", "jnp")
+        return f"{module}.{value.__qualname__}"
+    if callable(value) and hasattr(value, "__name__"):
+        return value.__name__ if value.__name__ != "<lambda>" else "..."
+    return repr(value)
+
+
+def _signature(cls) -> str:
+    params = []
+    for p in inspect.signature(cls).parameters.values():
+        text = p.replace(annotation=p.empty, default=p.empty).__str__()
+        if p.default is not p.empty:
+            text += f"={_default_text(p.default)}"
+        params.append((p.kind, text))
+    parts, star = [], False
+    for kind, text in params:
+        if kind is inspect.Parameter.KEYWORD_ONLY and not star:
+            parts.append("*")
+            star = True
+        parts.append(text)
+    return ", ".join(parts)
+
+
+def _renamed_class(full: str, obj, app) -> list[str]:
+    """A class exported under another name (``scale_by_adam`` is ``ScaleByAdam``).
+
+    autodoc documents such a class as an alias without its docstring, so its directive is
+    written here, the docstring converted by napoleon as autodoc would.
+    """
+    module, _, short = full.rpartition(".")
+    doc = GoogleDocstring(inspect.cleandoc(obj.__doc__ or ""), app.config, app, "class", full, obj)
+    lines = [f".. py:class:: {short}({_signature(obj)})", f"   :module: {module}", ""]
+    return lines + [f"   {line}" if line else "" for line in doc.lines()] + [""]
+
+
+def name_page(full: str, module_name: str, registry, app) -> str:
     obj = _resolve(full)
     short = full.rpartition(".")[2]
-    kind = "autoclass" if inspect.isclass(obj) else "autofunction"
     lines = _title(short, "=")
-    lines += [f".. {kind}:: {full}", ""]
+    if inspect.isclass(obj) and obj.__name__ != short:
+        lines += _renamed_class(full, obj, app)
+    else:
+        kind = "autoclass" if inspect.isclass(obj) else "autofunction"
+        lines += [f".. {kind}:: {full}", ""]
     home = getattr(obj, "__module__", None)
     paths = [f"``{module_name}.{short}``"]
     if home and home != module_name:
@@ -274,7 +315,7 @@ def package_page(module_name: str, names: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_pages(app=None) -> None:
+def write_pages(app) -> None:
     registry = _registry()
     pages = documented_names()
     if API.exists():
@@ -299,7 +340,7 @@ def write_pages(app=None) -> None:
         folder.mkdir()
         for full in names:
             (folder / f"{full.rpartition('.')[2]}.rst").write_text(
-                name_page(full, module_name, registry) + "\n"
+                name_page(full, module_name, registry, app) + "\n"
             )
     (API / "index.rst").write_text("\n".join(index) + "\n")
 
