@@ -289,7 +289,10 @@ def name_page(full: str, module_name: str, registry, app) -> str:
     if inspect.isclass(obj) and obj.__name__ != short:
         lines += _renamed_class(full, obj, app)
     else:
-        kind = "autoclass" if inspect.isclass(obj) else "autofunction"
+        if inspect.isclass(obj):
+            kind = "autoclass"
+        else:
+            kind = "autofunction" if callable(obj) else "autodata"
         lines += [f".. {kind}:: {full}", ""]
     home = getattr(obj, "__module__", None)
     paths = [f"``{module_name}.{short}``"]
