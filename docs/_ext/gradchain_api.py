@@ -156,8 +156,7 @@ def _default_build(obj):
     return None
 
 
-def state_section(obj, entry) -> list[str]:
-    tx = _default_build(obj) or entry.build()
+def state_section(tx, entry) -> list[str]:
     params = {"w": jax.ShapeDtypeStruct(MATRIX, jnp.float32)}
     if not entry.matrices:
         params["b"] = jax.ShapeDtypeStruct(BIAS, jnp.float32)
@@ -219,6 +218,18 @@ def state_section(obj, entry) -> list[str]:
         ]
         lines += [f"- {h}" for h in hyper] + [""]
     return lines
+
+
+def rule_section(tx, entry) -> list[str]:
+    """The update rule of a named optimizer as ``gradchain.describe`` composes it."""
+    describe = getattr(gradchain, "describe", None)
+    if describe is None or not entry.optimizer:
+        return []
+    lines = ["Update rule, composed", "---------------------", ""]
+    lines += ["``gradchain.describe(tx)`` for the configuration above:", ""]
+    lines += [".. math::", "   :nowrap:", "", "   \\["]
+    lines += [f"   {line}" for line in describe(tx).latex.splitlines()]
+    return [*lines, "   \\]", ""]
 
 
 def nonfinite_section(entries, registry) -> list[str]:
@@ -302,7 +313,9 @@ def name_page(full: str, module_name: str, registry, app) -> str:
         lines += [f"Also importable as {', '.join(paths)}.", ""]
     entries = [e for e in registry.TRANSFORMS if e.name == short]
     if entries:
-        lines += state_section(obj, entries[0])
+        tx = _default_build(obj) or entries[0].build()
+        lines += state_section(tx, entries[0])
+        lines += rule_section(tx, entries[0])
         lines += nonfinite_section(entries, registry)
     return "\n".join(lines)
 
