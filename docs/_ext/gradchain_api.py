@@ -49,7 +49,8 @@ def documented_names() -> dict[str, list[str]]:
     """``{subpackage module name: [documented name, ...]}``, every public name once.
 
     A name of ``gradchain.__all__`` is documented as ``gradchain.NAME`` on the page of the first
-    subpackage that exports it; a subpackage name the root does not export keeps its full path.
+    subpackage that exports it, or of the root where no subpackage does; a subpackage name the
+    root does not export keeps its full path.
     """
     seen, pages = set(), {}
     for module in subpackages():
@@ -60,6 +61,9 @@ def documented_names() -> dict[str, list[str]]:
                 seen.add(full)
                 names.append(full)
         pages[module.__name__] = names
+    rest = [f"gradchain.{n}" for n in gradchain.__all__ if f"gradchain.{n}" not in seen]
+    if rest:  # names of the root's own modules (gradchain.describe)
+        pages["gradchain"] = rest
     return pages
 
 
@@ -309,7 +313,7 @@ def name_page(full: str, module_name: str, registry, app) -> str:
     paths = [f"``{module_name}.{short}``"]
     if home and home != module_name:
         paths.append(f"defined in ``{home}``")
-    if full.startswith("gradchain.") and full.count(".") == 1:
+    if module_name != "gradchain" and full.count(".") == 1:
         lines += [f"Also importable as {', '.join(paths)}.", ""]
     entries = [e for e in registry.TRANSFORMS if e.name == short]
     if entries:
