@@ -94,6 +94,9 @@ def test_every_transformation_page_has_its_update_rule_and_state_bytes(site):
     assert "Total: 0.02 bytes per parameter" in _page_text(pages["adafactor"])
     # The math is rendered: MathJax reads the \( \) and \[ \] spans the docstrings become.
     assert "\\hat m_t" in pages["scale_by_adam"].read_text()
+    # A named optimizer's page shows its rule composed by gradchain.describe.
+    assert "Update rule, composed" in _page_text(pages["adamw"])
+    assert "\\begin{aligned}" in pages["adamw"].read_text()
 
 
 def test_the_notebooks_are_in_the_site_with_their_outputs(site):

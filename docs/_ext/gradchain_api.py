@@ -2,10 +2,12 @@
 
 Each page holds the name's docstring (its update rule as math, arguments and defaults, reference,
 and where optax, PyTorch and the paper differ). A transformation's page also holds what its state
-keeps, measured from shapes alone with ``jax.eval_shape(tx.init, params)``, and what a NaN
-gradient does to it, both from ``tests/registry.py``, the list the test suite runs every
-transformation from. The pages are written into ``docs/api/`` when the build starts; that folder
-is generated (git ignores it).
+keeps, measured from shapes alone with ``jax.eval_shape(tx.init, params)``, what a NaN gradient
+does to it, and for a named optimizer its update rule composed by ``gradchain.describe``: for its
+defaults (a learning rate of 1e-3 where one is required), or for its configuration in
+``tests/registry.py`` (the list the test suite runs every transformation from) where it needs
+more arguments. The pages are written into ``docs/api/`` when the build starts; that folder is
+generated (git ignores it).
 """
 
 from __future__ import annotations
@@ -226,13 +228,12 @@ def state_section(tx, entry) -> list[str]:
 
 def rule_section(tx, entry) -> list[str]:
     """The update rule of a named optimizer as ``gradchain.describe`` composes it."""
-    describe = getattr(gradchain, "describe", None)
-    if describe is None or not entry.optimizer:
+    if not entry.optimizer:
         return []
     lines = ["Update rule, composed", "---------------------", ""]
     lines += ["``gradchain.describe(tx)`` for the configuration above:", ""]
     lines += [".. math::", "   :nowrap:", "", "   \\["]
-    lines += [f"   {line}" for line in describe(tx).latex.splitlines()]
+    lines += [f"   {line}" for line in gradchain.describe(tx).latex.splitlines()]
     return [*lines, "   \\]", ""]
 
 
