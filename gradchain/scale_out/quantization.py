@@ -536,9 +536,9 @@ class Rank1QuantizedArray:
     per axis, ``maxima[k][i]`` the largest magnitude of the slice at index ``i`` of axis ``k``.
     Static field ``shape``. An element's scale is the smallest of its slices' maxima,
 
-    .. math:: x_{i_1 \dots i_p} pprox rac{c + 1}{16}\,\min_k M^{(k)}_{i_k},
+    .. math:: x_{i_1 \dots i_p} \approx \frac{c + 1}{16}\,\min_k M^{(k)}_{i_k},
 
-    which for a matrix is :math:`\min(	ext{row max}, 	ext{column max})`: an outlier inflates
+    which for a matrix is :math:`\min(\text{row max}, \text{column max})`: an outlier inflates
     the scale of its own row and column only.
     """
 
@@ -717,9 +717,9 @@ def quantize_rank1(x, *, stochastic: bool = False) -> Rank1QuantizedArray:
     linear map with rank-1 normalization (Li et al., "Memory Efficient Optimizers with 4-bit
     States", NeurIPS 2023, §4.2 and §4.3):
 
-    .. math:: M^{(k)}_i = \max_{	ext{index } k = i} |x|, \qquad
-              s = \min_k M^{(k)}_{i_k}, \qquad c = \operatorname{nearest}ig(\{	frac{1}{16},
-              \dots, 	frac{16}{16}\}, x / sig) - 1.
+    .. math:: M^{(k)}_i = \max_{\text{index } k = i} |x|, \qquad
+              s = \min_k M^{(k)}_{i_k}, \qquad c = \operatorname{nearest}\big(\{\tfrac{1}{16},
+              \dots, \tfrac{16}{16}\}, x / s\big) - 1.
 
     The map has no zero, so a positive second moment is never stored as 0 (ALGORITHMS.md
     §10.4); an element whose scale is 0 (its row or column all zeros) decodes to 0. The error
