@@ -65,6 +65,7 @@ def _one_device_mesh():
 # How a NaN in one coordinate of one leaf of the gradient shows in the updates of that step:
 NONFINITE = {
     "coordinate": "only the coordinates that were NaN (elementwise algebra)",
+    "row": "every coordinate of the slice along the first axis that held it (a per-row mean)",
     "leaf": "every coordinate of the leaf that held it (a per-leaf norm or factorisation)",
     "tree": "every leaf (a global norm or a shared statistic)",
     "none": "nowhere: the transformation does not look at gradient values",
@@ -357,6 +358,32 @@ TRANSFORMS: tuple[Entry, ...] = (
         needs_params=True,
         nonfinite="leaf",
     ),
+    # issue #18: sign descent, noise, accumulation, reshaping, constraints
+    E("scale_by_sign", gc.scale_by_sign, keeps_nan=False),
+    E("sign_sgd", lambda: gc.sign_sgd(0.1), optimizer=True, keeps_nan=False),
+    E("signum", lambda: gc.signum(0.1), optimizer=True),
+    E("centralize", gc.centralize, nonfinite="row", keeps_nan=False),
+    E(
+        "normalize_by_update_norm",
+        gc.normalize_by_update_norm,
+        nonfinite="tree",
+        keeps_nan=False,
+    ),
+    E(
+        "scale_by_param_block_norm",
+        gc.scale_by_param_block_norm,
+        needs_params=True,
+        keeps_nan=False,
+    ),
+    E(
+        "keep_params_nonnegative",
+        gc.keep_params_nonnegative,
+        needs_params=True,
+        keeps_nan=False,
+    ),
+    E("add_noise", lambda: gc.add_noise(0.01, 0.55, 0), keeps_nan=False),
+    E("noisy_sgd", lambda: gc.noisy_sgd(0.1, key=0), optimizer=True, keeps_nan=False),
+    E("apply_every", lambda: gc.apply_every(2), nonfinite="held"),
     # learning-rate free
     E(
         "scale_by_prodigy",
@@ -496,6 +523,7 @@ NOT_TRANSFORMS: dict[str, str] = {
     "per_device_bytes": "helper: memory per device",
     "restore_state": "checkpoint helper",
     "safe_increment": "numerics helper",
+    "scale_gradient": "helper: scales the gradient in the backward pass (tests/test_newopt.py)",
     "save_state": "checkpoint helper",
     "schedule_free_eval_params": "helper: the evaluation params of schedule-free",
     "skip_large_updates": "MultiSteps predicate",

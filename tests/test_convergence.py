@@ -86,6 +86,9 @@ OPTIMIZERS = {
     "schedule_free_adamw": lambda lr: gc.schedule_free_adamw(lr),
     "schedule_free_sgd": lambda lr: gc.schedule_free_sgd(lr),
     "muon": lambda lr: gc.muon(lr, param_labels=gc.muon_labels),
+    "sign_sgd": lambda lr: gc.sign_sgd(lr),
+    "signum": lambda lr: gc.signum(lr),
+    "noisy_sgd": lambda lr: gc.noisy_sgd(lr, key=0),
 }
 
 # Learning rates: per optimizer family and problem.
@@ -116,6 +119,9 @@ LEARNING_RATES = {
     "schedule_free_adamw": {"quadratic": 0.05, "rosenbrock": 0.05, "mlp": 0.02},
     "schedule_free_sgd": {"quadratic": 1e-3, "rosenbrock": 2e-4, "mlp": 0.3},
     "muon": {"quadratic": 0.05, "rosenbrock": 0.05, "mlp": 0.02},
+    "sign_sgd": {"quadratic": 0.01, "rosenbrock": 0.01, "mlp": 3e-3},
+    "signum": {"quadratic": 0.01, "rosenbrock": 0.01, "mlp": 3e-3},
+    "noisy_sgd": SGD_LR,
 }
 
 

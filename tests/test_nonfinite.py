@@ -56,6 +56,8 @@ def observed(entry):
         where = "tree"
     elif bool(bad["a"].all()):
         where = "leaf"
+    elif bool(bad["a"][0].all()) and not bool(bad["a"][1:].any()):
+        where = "row"
     else:
         assert int(bad["a"].sum()) == 1 and bool(bad["a"][0, 0])
         where = "coordinate"

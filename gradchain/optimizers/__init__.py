@@ -27,6 +27,11 @@ from gradchain.optimizers.lion import (
     lion,
     scale_by_lion,
 )
+from gradchain.optimizers.sgd_variants import (
+    noisy_sgd,
+    sign_sgd,
+    signum,
+)
 from gradchain.optimizers.trust_ratio import (
     lamb,
     lars,
@@ -46,6 +51,7 @@ __all__ = [
     "lion",
     "nadam",
     "nadamw",
+    "noisy_sgd",
     "radam",
     "rmsprop",
     "scale_by_adamax",
@@ -56,4 +62,6 @@ __all__ = [
     "scale_by_rss",
     "scale_by_trust_ratio",
     "sgd",
+    "sign_sgd",
+    "signum",
 ]
