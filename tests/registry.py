@@ -70,7 +70,8 @@ NONFINITE = {
     "tree": "every leaf (a global norm or a shared statistic)",
     "none": "nowhere: the transformation does not look at gradient values",
     "zeroed": "nowhere: the NaN is replaced by 0 (zero_nans) or the step is skipped",
-    "held": "nowhere this step: accumulated, applied at the k-th micro-batch (MultiSteps)",
+    "held": "nowhere this step: accumulated, applied at the k-th micro-batch (MultiSteps), or a"
+    " step emitted one update late (scale_by_rprop's optax default)",
 }
 
 
@@ -384,6 +385,54 @@ TRANSFORMS: tuple[Entry, ...] = (
     E("add_noise", lambda: gc.add_noise(0.01, 0.55, 0), keeps_nan=False),
     E("noisy_sgd", lambda: gc.noisy_sgd(0.1, key=0), optimizer=True, keeps_nan=False),
     E("apply_every", lambda: gc.apply_every(2), nonfinite="held"),
+    # issue #18: optax's remaining optimizers
+    E("scale_by_belief", gc.scale_by_belief),
+    E("adabelief", lambda: gc.adabelief(0.1), optimizer=True),
+    E("scale_by_yogi", gc.scale_by_yogi),
+    E("yogi", lambda: gc.yogi(0.1), optimizer=True),
+    E("scale_by_adadelta", gc.scale_by_adadelta),
+    E("adadelta", lambda: gc.adadelta(weight_decay=0.01), optimizer=True, needs_params=True),
+    E("scale_by_adan", gc.scale_by_adan),
+    E("adan", lambda: gc.adan(0.1, weight_decay=0.01), optimizer=True, needs_params=True),
+    E("scale_by_novograd", gc.scale_by_novograd, needs_params=True, nonfinite="leaf"),
+    E(
+        "novograd",
+        lambda: gc.novograd(0.1, weight_decay=0.01),
+        optimizer=True,
+        needs_params=True,
+        nonfinite="leaf",
+    ),
+    E(
+        "fromage",
+        lambda: gc.fromage(0.1),
+        optimizer=True,
+        needs_params=True,
+        nonfinite="leaf",
+        keeps_nan=False,
+    ),
+    E("scale_by_rprop", lambda: gc.scale_by_rprop(0.1), nonfinite="held"),  # optax's late step
+    E("rprop", lambda: gc.rprop(0.1, delay_step=False), optimizer=True, keeps_nan=False),
+    E("scale_by_sm3", gc.scale_by_sm3),
+    E("sm3", lambda: gc.sm3(0.1), optimizer=True),
+    E("scale_by_optimistic_gradient", gc.scale_by_optimistic_gradient),
+    E("optimistic_gradient_descent", lambda: gc.optimistic_gradient_descent(0.1), optimizer=True),
+    E("optimistic_adam", lambda: gc.optimistic_adam(0.1), optimizer=True),
+    E("optimistic_adam_v2", lambda: gc.optimistic_adam_v2(0.1), optimizer=True),
+    E(
+        "scale_by_polyak",
+        gc.scale_by_polyak,
+        extra={"value": 1.0},
+        nonfinite="tree",
+        keeps_nan=False,
+    ),
+    E(
+        "polyak_sgd",
+        lambda: gc.polyak_sgd(0.1),
+        extra={"value": 1.0},
+        optimizer=True,
+        nonfinite="tree",
+        keeps_nan=False,
+    ),
     # learning-rate free
     E(
         "scale_by_prodigy",

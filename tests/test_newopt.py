@@ -70,3 +70,79 @@ def test_keep_params_nonnegative_lands_on_zero_and_leaves_other_steps_alone():
     tx = gc.keep_params_nonnegative()
     out, _ = tx.update(updates, tx.init(params), params)
     np.testing.assert_array_equal(gc.apply_updates(params, out), [0.0, 0.75, 1.0])
+
+
+def _torch_rprop(grads, lr, etaminus, etaplus, step_min, step_max):
+    """``torch.optim.Rprop``'s loop (torch/optim/rprop.py, single-tensor path) in NumPy: the
+    parameter after every step, starting from 0."""
+    param = np.zeros_like(grads[0], np.float64)
+    prev = np.zeros_like(param)
+    step = np.full_like(param, lr)
+    out = []
+    for g in grads:
+        g = np.asarray(g, np.float64).copy()
+        sign = np.sign(g * prev)
+        factor = np.where(sign > 0, etaplus, np.where(sign < 0, etaminus, 1.0))
+        step = np.clip(step * factor, step_min, step_max)
+        g[sign < 0] = 0
+        param = param - np.sign(g) * step
+        prev = g
+        out.append(param)
+    return out
+
+
+def test_rprop_without_delay_matches_torch_rprop_and_optax_is_one_step_late():
+    rng = np.random.default_rng(0)
+    # A drifting sign pattern: runs of agreement and flips in every coordinate.
+    grads = [np.sin(0.7 * k + np.arange(6)) + 0.3 * rng.standard_normal(6) for k in range(20)]
+    grads = [jnp.asarray(g, jnp.float32) for g in grads]
+    expected = _torch_rprop(grads, 0.01, 0.5, 1.2, 1e-3, 0.05)
+
+    def trajectory(tx):
+        state, p, out = tx.init(jnp.zeros(6)), jnp.zeros(6), []
+        step = jax.jit(tx.update)
+        for g in grads:
+            u, state = step(g, state, p)
+            p = p + u
+            out.append(p)
+        return out
+
+    ours = trajectory(gc.rprop(0.01, 0.5, 1.2, 1e-3, 0.05, delay_step=False))
+    for k, (a, b) in enumerate(zip(ours, expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=f"step {k + 1}")
+    delayed = trajectory(gc.rprop(0.01, 0.5, 1.2, 1e-3, 0.05))
+    np.testing.assert_array_equal(delayed[0], 0.0)  # optax's first update is zero
+
+
+def test_optimistic_adam_is_deprecated_and_takes_no_schedule_as_in_optax():
+    with pytest.warns(DeprecationWarning, match="optimistic_adam_v2"):
+        gc.optimistic_adam(0.1)
+    with pytest.raises(ValueError, match="learning_rate"), pytest.warns(DeprecationWarning):
+        gc.optimistic_adam(lambda count: 0.1)
+
+
+def test_adadelta_without_a_learning_rate_descends_with_step_one():
+    """optax's ``adadelta()`` (learning_rate=None) skips the sign flip and ascends; gradchain's
+    is the paper's Adadelta: ``p - u``, as ``adadelta(1.0)`` and ``torch.optim.Adadelta()``."""
+    params, grads = jnp.ones(3), jnp.array([1.0, -2.0, 0.5])
+    tx, one = gc.adadelta(), gc.adadelta(1.0)
+    u, _ = tx.update(grads, tx.init(params), params)
+    u1, _ = one.update(grads, one.init(params), params)
+    np.testing.assert_array_equal(u, u1)
+    assert np.all(np.sign(u) == -np.sign(grads))
+    ref = optax.adadelta()
+    u_optax, _ = ref.update(grads, ref.init(params), params)
+    np.testing.assert_allclose(u, -u_optax, rtol=1e-6)
+
+
+def test_sm3_keeps_one_accumulator_per_axis_and_handles_scalars():
+    params = {"s": jnp.ones(()), "v": jnp.ones(5), "m": jnp.ones((4, 3)), "t": jnp.ones((2, 3, 4))}
+    tx = gc.scale_by_sm3()
+    state = tx.init(params)
+    shapes = {k: [a.shape for a in accumulators] for k, accumulators in state.mu.items()}
+    assert shapes == {"s": [()], "v": [(5,)], "m": [(4,), (3,)], "t": [(2,), (3,), (4,)]}
+    grads = jax.tree.map(lambda p: 2 * p, params)
+    u, state = jax.jit(tx.update)(grads, state)
+    # First step, b2 = 1: nu = g^2, so u = (1 - b1) g / sqrt(g^2 + eps) = 0.1 sign(g).
+    for leaf in jax.tree.leaves(u):
+        np.testing.assert_allclose(leaf, 0.1, rtol=1e-6)

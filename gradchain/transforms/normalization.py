@@ -15,7 +15,7 @@ from gradchain.core.base import (
     state_class,
     transformation,
 )
-from gradchain.core.numerics import compute_dtype, init_count, safe_increment
+from gradchain.core.numerics import compute_dtype, init_count, safe_increment, safe_norm
 from gradchain.transforms.clipping import global_norm
 
 __all__ = ["centralize", "normalize_by_update_norm", "scale_by_param_block_norm"]
@@ -97,18 +97,6 @@ class NormalizeByUpdateNorm(GradientTransformation):
 
 
 normalize_by_update_norm = NormalizeByUpdateNorm
-
-
-def safe_norm(x: jax.Array, min_norm, axis=None, keepdims: bool = False) -> jax.Array:
-    """``max(||x||, min_norm)`` (the Euclidean norm over ``axis``, all axes by default) with a
-    zero gradient, not NaN, where ``||x|| <= min_norm``: both branches of a ``maximum`` are
-    differentiated, and the norm's gradient at 0 is 0/0. Same as optax's ``safe_norm``."""
-    norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
-    small = norm <= min_norm
-    x = jnp.where(small, jnp.ones_like(x), x)
-    safe = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
-    out = jnp.where(small, jnp.asarray(min_norm, safe.dtype), safe)
-    return out if keepdims else jnp.squeeze(out, axis=axis)
 
 
 @transformation("scale_by_param_block_norm", hyperparams=("min_scale",))

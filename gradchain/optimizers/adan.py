@@ -1,0 +1,172 @@
+"""Adan: adaptive Nesterov momentum from gradient differences."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from gradchain.core.base import (
+    Chain,
+    GradientTransformation,
+    check_floating,
+    check_number,
+    check_tree_match,
+    named_chain,
+    state_class,
+    transformation,
+    tree_map_multi,
+)
+from gradchain.core.numerics import (
+    bias_correction,
+    cast_like,
+    compute_dtype,
+    ema,
+    init_count,
+    moments_like,
+    safe_increment,
+)
+from gradchain.transforms.decay import add_decayed_weights
+from gradchain.transforms.scaling import scale_by_learning_rate
+
+__all__ = ["adan", "scale_by_adan"]
+
+
+@state_class
+class ScaleByAdanState:
+    """``m``, ``v``, ``n``: the moments of the gradient, of its change and of the corrected
+    gradient; ``g``: the previous gradient; ``t``: updates done (optax's name for the counter,
+    also readable as ``count``); ``hyperparams``: as used last."""
+
+    m: object
+    v: object
+    n: object
+    g: object
+    t: jax.Array
+    hyperparams: dict
+
+    @property
+    def count(self) -> jax.Array:
+        return self.t
+
+
+@transformation("scale_by_adan", hyperparams=("b1", "b2", "b3", "eps", "eps_root"))
+class ScaleByAdan(GradientTransformation):
+    r"""Rescales updates by Adan's three moments.
+
+    With :math:`\Delta_t = g_t - g_{t-1}` (0 at the first step) and :math:`t` the 1-based step,
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \qquad
+        v_t = \beta_2 v_{t-1} + (1-\beta_2) \Delta_t, \\
+        n_t = \beta_3 n_{t-1} + (1-\beta_3)\big(g_t + (1-\beta_2)\Delta_t\big)^2, \\
+        u_t = \frac{\hat m_t + (1-\beta_2)\hat v_t}{\sqrt{\hat n_t + \epsilon_{root}} + \epsilon},
+
+    hats the bias-corrected moments (:math:`\hat m_t = m_t/(1-\beta_1^t)` and so on).
+
+    Args:
+      b1, b2, b3: :math:`\beta_{1,2,3} \in [0, 1)`, defaults 0.98, 0.92, 0.99 (the paper's
+        :math:`1-\beta` are 0.02, 0.08, 0.01).
+      eps: :math:`\epsilon \ge 0`, default 1e-8.
+      eps_root: :math:`\epsilon_{root} \ge 0`, default 0.
+
+    Reference: Xie et al., "Adan: Adaptive Nesterov Momentum Algorithm for Faster Optimizing
+    Deep Models" (2022), Algorithm 1, with bias correction and :math:`\Delta_1 = 0` as in the
+    authors' PyTorch code. Same as ``optax.scale_by_adan``. The moments and the previous gradient
+    of bfloat16/float16 parameters are float32.
+    """
+
+    b1: float = 0.98
+    b2: float = 0.92
+    b3: float = 0.99
+    eps: float = 1e-8
+    eps_root: float = 0.0
+
+    def __post_init__(self):
+        for name in ("b1", "b2", "b3"):
+            check_number(name, getattr(self, name), low=0.0, high=1.0, high_open=True)
+        check_number("eps", self.eps, low=0.0)
+        check_number("eps_root", self.eps_root, low=0.0)
+
+    def init(self, params):
+        check_floating(params, self.name)
+        return ScaleByAdanState(
+            m=moments_like(params),
+            v=moments_like(params),
+            n=moments_like(params),
+            g=moments_like(params),
+            t=init_count(),
+            hyperparams=self.init_hyperparams(),
+        )
+
+    def update(self, updates, state, params=None, **extra_args):
+        check_tree_match(updates, state.m, "updates", "state.m")
+        hp = self.current_hyperparams(state)
+        b1, b2, b3, eps, eps_root = (hp[k] for k in ("b1", "b2", "b3", "eps", "eps_root"))
+        c1, c2, c3 = (self.complement(k, hp) for k in ("b1", "b2", "b3"))
+        first = state.t == 0
+        t = safe_increment(state.t)
+
+        def step(g, m, v, n, g_prev):
+            dt = compute_dtype(g.dtype)
+            g32 = g.astype(dt)
+            diff = jnp.where(first, 0, g32 - g_prev.astype(dt))
+            m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
+            v = ema(v.astype(dt), diff, b2.astype(dt), c2.astype(dt))
+            sq = g32 + c2.astype(dt) * diff
+            n = ema(n.astype(dt), sq * sq, b3.astype(dt), c3.astype(dt))
+            direction = bias_correction(m, b1, t) + c2.astype(dt) * bias_correction(v, b2, t)
+            denominator = jnp.sqrt(bias_correction(n, b3, t) + eps_root.astype(dt))
+            u = direction / (denominator + eps.astype(dt))
+            return u.astype(g.dtype), m, v, n, g32
+
+        out, m, v, n, g = tree_map_multi(step, 5, updates, state.m, state.v, state.n, state.g)
+        return out, ScaleByAdanState(
+            m=cast_like(m, state.m),
+            v=cast_like(v, state.v),
+            n=cast_like(n, state.n),
+            g=cast_like(g, state.g),
+            t=t,
+            hyperparams=hp,
+        )
+
+
+scale_by_adan = ScaleByAdan
+
+
+def adan(
+    learning_rate,
+    b1=0.98,
+    b2=0.92,
+    b3=0.99,
+    eps=1e-8,
+    eps_root=1e-8,
+    weight_decay=0.0,
+    mask=None,
+) -> Chain:
+    r"""Adan with decoupled weight decay.
+
+    ``chain(scale_by_adan(b1, b2, b3, eps, eps_root), add_decayed_weights(weight_decay, mask),
+    scale_by_learning_rate(learning_rate))``:
+    :math:`p_t = p_{t-1} - \eta(u_t + \lambda p_{t-1})`, the authors' ``no_prox=True`` form. The
+    paper's (and the authors' default) proximal form divides instead:
+    :math:`p_t = (p_{t-1} - \eta u_t)/(1 + \eta\lambda)`; the two differ by
+    :math:`O(\eta^2\lambda^2)` per step (ALGORITHMS.md §15). Same as ``optax.adan`` (note
+    ``eps_root=1e-8`` here, 0 in :func:`scale_by_adan`, as in optax). Needs ``params``.
+    """
+    config = dict(
+        learning_rate=learning_rate,
+        b1=b1,
+        b2=b2,
+        b3=b3,
+        eps=eps,
+        eps_root=eps_root,
+        weight_decay=weight_decay,
+        mask=mask,
+    )
+    return named_chain(
+        "adan",
+        config,
+        scale_by_adan(b1, b2, b3, eps, eps_root),
+        add_decayed_weights(weight_decay, mask),
+        scale_by_learning_rate(learning_rate),
+    )
