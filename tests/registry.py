@@ -65,7 +65,7 @@ def _one_device_mesh():
 # How a NaN in one coordinate of one leaf of the gradient shows in the updates of that step:
 NONFINITE = {
     "coordinate": "only the coordinates that were NaN (elementwise algebra)",
-    "row": "every coordinate of the slice along the first axis that held it (a per-row mean)",
+    "slice": "every coordinate of the row or column that held it (a per-row or per-unit statistic)",
     "leaf": "every coordinate of the leaf that held it (a per-leaf norm or factorisation)",
     "tree": "every leaf (a global norm or a shared statistic)",
     "none": "nowhere: the transformation does not look at gradient values",
@@ -363,7 +363,7 @@ TRANSFORMS: tuple[Entry, ...] = (
     E("scale_by_sign", gc.scale_by_sign, keeps_nan=False),
     E("sign_sgd", lambda: gc.sign_sgd(0.1), optimizer=True, keeps_nan=False),
     E("signum", lambda: gc.signum(0.1), optimizer=True),
-    E("centralize", gc.centralize, nonfinite="row", keeps_nan=False),
+    E("centralize", gc.centralize, nonfinite="slice", keeps_nan=False),
     E(
         "normalize_by_update_norm",
         gc.normalize_by_update_norm,
@@ -431,6 +431,13 @@ TRANSFORMS: tuple[Entry, ...] = (
         extra={"value": 1.0},
         optimizer=True,
         nonfinite="tree",
+        keeps_nan=False,
+    ),
+    E(
+        "adaptive_grad_clip",
+        lambda: gc.adaptive_grad_clip(0.1),
+        needs_params=True,
+        nonfinite="slice",
         keeps_nan=False,
     ),
     # learning-rate free
@@ -571,6 +578,8 @@ NOT_TRANSFORMS: dict[str, str] = {
     "path_mask": "helper: masks by path",
     "per_device_bytes": "helper: memory per device",
     "restore_state": "checkpoint helper",
+    "per_example_global_norm_clip": "helper: clips a batch of per-example gradients (test_newopt)",
+    "per_example_layer_norm_clip": "helper: clips a batch of per-example gradients (test_newopt)",
     "safe_increment": "numerics helper",
     "scale_gradient": "helper: scales the gradient in the backward pass (tests/test_newopt.py)",
     "save_state": "checkpoint helper",

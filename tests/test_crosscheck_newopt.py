@@ -202,6 +202,17 @@ MATRIX = [
         lambda: optax.polyak_sgd(0.5, scaling=0.3, f_min=40.0, eps=1e-3, variant="sps+"),
         value=True,
     ),
+    # (c) clipping relative to the parameters
+    case(
+        "adaptive_grad_clip",
+        lambda: gc.chain(gc.adaptive_grad_clip(0.1), gc.sgd(0.5)),
+        lambda: optax.chain(optax.adaptive_grad_clip(0.1), optax.sgd(0.5)),
+    ),
+    case(
+        "adaptive_grad_clip-eps",
+        lambda: gc.chain(gc.adaptive_grad_clip(0.05, eps=0.5), gc.sgd(0.5)),
+        lambda: optax.chain(optax.adaptive_grad_clip(0.05, eps=0.5), optax.sgd(0.5)),
+    ),
 ]
 
 

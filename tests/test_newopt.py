@@ -146,3 +146,51 @@ def test_sm3_keeps_one_accumulator_per_axis_and_handles_scalars():
     # First step, b2 = 1: nu = g^2, so u = (1 - b1) g / sqrt(g^2 + eps) = 0.1 sign(g).
     for leaf in jax.tree.leaves(u):
         np.testing.assert_allclose(leaf, 0.1, rtol=1e-6)
+
+
+def _example_grads(batch=6):
+    k = jax.random.split(jax.random.PRNGKey(4), 3)
+    return {
+        "w": jax.random.normal(k[0], (batch, 4, 3)),
+        "b": 0.1 * jax.random.normal(k[1], (batch, 3)),
+        "s": 3.0 * jax.random.normal(k[2], (batch,)),
+    }
+
+
+@pytest.mark.parametrize("clip", [0.0, 0.5, 2.0, 100.0])
+def test_per_example_global_norm_clip_matches_optax(clip):
+    grads = _example_grads()
+    ours = jax.jit(gc.per_example_global_norm_clip, static_argnums=1)(grads, clip)
+    ref = optax.per_example_global_norm_clip(grads, clip)
+    assert int(ours[1]) == int(ref[1])
+    for a, b in zip(jax.tree.leaves(ours[0]), jax.tree.leaves(ref[0])):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("uniform", [True, False])
+def test_per_example_layer_norm_clip_matches_optax_and_bounds_the_global_norm(uniform):
+    grads, clip = _example_grads(), 1.0
+    ours = gc.per_example_layer_norm_clip(grads, clip, uniform)
+    ref = optax.per_example_layer_norm_clip(grads, clip, uniform)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    # Each example's clipped gradient has global norm at most C, so the sum of 6 at most 6 C.
+    assert float(gc.global_norm(ours[0])) <= 6 * clip * (1 + 1e-6)
+
+
+def test_per_example_clipping_names_a_missing_batch_axis():
+    with pytest.raises(ValueError, match="batch dimension"):
+        gc.per_example_global_norm_clip({"a": jnp.ones(())}, 1.0)
+    with pytest.raises(ValueError, match="l2_norm_clip"):
+        gc.per_example_global_norm_clip({"a": jnp.ones(3)}, -1.0)
+
+
+def test_adaptive_grad_clip_takes_axis_for_other_layouts_and_names_the_leaf_otherwise():
+    params = {"k": jnp.ones((2, 2, 2, 2, 2, 3))}
+    grads = {"k": jnp.full((2, 2, 2, 2, 2, 3), 10.0)}
+    with pytest.raises(ValueError, match=r"\['k'\].*axis="):
+        gc.adaptive_grad_clip(0.1).update(grads, gc.adaptive_grad_clip(0.1).init(params), params)
+    tx = gc.adaptive_grad_clip(0.1, axis=(0, 1, 2, 3, 4))
+    ours, _ = tx.update(grads, tx.init(params), params)
+    ref, _ = optax.adaptive_grad_clip(0.1, axis=(0, 1, 2, 3, 4)).update(grads, None, params)
+    np.testing.assert_allclose(ours["k"], ref["k"], rtol=1e-6)

@@ -56,8 +56,10 @@ def observed(entry):
         where = "tree"
     elif bool(bad["a"].all()):
         where = "leaf"
-    elif bool(bad["a"][0].all()) and not bool(bad["a"][1:].any()):
-        where = "row"
+    elif int(bad["a"].sum()) in (bad["a"].shape[0], bad["a"].shape[1]) and (
+        bool(bad["a"][0].all()) or bool(bad["a"][:, 0].all())
+    ):
+        where = "slice"
     else:
         assert int(bad["a"].sum()) == 1 and bool(bad["a"][0, 0])
         where = "coordinate"

@@ -16,10 +16,13 @@ from gradchain.transforms.averaging import (
     params_ema,
 )
 from gradchain.transforms.clipping import (
+    adaptive_grad_clip,
     clip,
     clip_by_block_rms,
     clip_by_global_norm,
     global_norm,
+    per_example_global_norm_clip,
+    per_example_layer_norm_clip,
 )
 from gradchain.transforms.combinators import (
     MaskedNode,
@@ -77,6 +80,7 @@ __all__ = [
     "MaskedNode",
     "MultiSteps",
     "adafactor_decay_rate",
+    "adaptive_grad_clip",
     "add_decayed_weights",
     "add_decoupled_weight_decay",
     "add_l2_penalty",
@@ -99,6 +103,8 @@ __all__ = [
     "normalize_by_update_norm",
     "params_ema",
     "partition",
+    "per_example_global_norm_clip",
+    "per_example_layer_norm_clip",
     "scale",
     "scale_by_adam",
     "scale_by_factored_rms",
