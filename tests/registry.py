@@ -394,6 +394,13 @@ TRANSFORMS: tuple[Entry, ...] = (
     E("adadelta", lambda: gc.adadelta(weight_decay=0.01), optimizer=True, needs_params=True),
     E("scale_by_adan", gc.scale_by_adan),
     E("adan", lambda: gc.adan(0.1, weight_decay=0.01), optimizer=True, needs_params=True),
+    E(
+        "adan",
+        lambda: gc.adan(0.1, weight_decay=0.01, proximal=True),
+        optimizer=True,
+        needs_params=True,
+        variant="proximal",
+    ),
     E("scale_by_novograd", gc.scale_by_novograd, needs_params=True, nonfinite="leaf"),
     E(
         "novograd",

@@ -194,3 +194,21 @@ def test_adaptive_grad_clip_takes_axis_for_other_layouts_and_names_the_leaf_othe
     ours, _ = tx.update(grads, tx.init(params), params)
     ref, _ = optax.adaptive_grad_clip(0.1, axis=(0, 1, 2, 3, 4)).update(grads, None, params)
     np.testing.assert_allclose(ours["k"], ref["k"], rtol=1e-6)
+
+
+def test_adan_proximal_is_the_papers_weight_decay_on_optax_adan_direction():
+    """Paper (Xie et al. 2022, Alg. 1): p_t = (p_{t-1} - lr * u_t) / (1 + lr * wd), with u_t
+    Adan's direction, here from ``optax.scale_by_adan``, over 10 steps."""
+    lr, wd = 0.05, 0.5
+    params = jnp.linspace(-1.0, 1.0, 5)
+    grads = [jnp.cos(params * (k + 1)) for k in range(10)]
+    tx = gc.adan(lr, weight_decay=wd, proximal=True)
+    ref = optax.scale_by_adan(eps_root=1e-8)
+    state, ref_state = tx.init(params), ref.init(params)
+    p, q = params, np.asarray(params, np.float64)
+    for g in grads:
+        u, state = jax.jit(tx.update)(g, state, p)
+        p = gc.apply_updates(p, u)
+        d, ref_state = ref.update(g, ref_state)
+        q = (q - lr * np.asarray(d, np.float64)) / (1 + lr * wd)
+        np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-6)

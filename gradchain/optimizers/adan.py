@@ -8,14 +8,18 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     Chain,
     GradientTransformation,
+    check_bool,
     check_floating,
     check_number,
+    check_params_match,
     check_tree_match,
     named_chain,
+    require_params,
     state_class,
     transformation,
     tree_map_multi,
 )
+from gradchain.core.masks import resolve_mask
 from gradchain.core.numerics import (
     bias_correction,
     cast_like,
@@ -133,6 +137,49 @@ class ScaleByAdan(GradientTransformation):
 scale_by_adan = ScaleByAdan
 
 
+@state_class
+class ProximalWeightDecayState:
+    """``count``: updates done; ``hyperparams``: weight decay and learning rate as used last."""
+
+    count: jax.Array
+    hyperparams: dict
+
+
+@transformation("proximal_weight_decay", hyperparams=("weight_decay", "learning_rate"))
+class ProximalWeightDecay(GradientTransformation):
+    r"""The proximal step of an L2 penalty after a step :math:`d` (learning rate included):
+    :math:`p' = (p + d)/(1 + \eta\lambda)`, that is :math:`u = (d - \eta\lambda p)/(1 +
+    \eta\lambda)`. Leaves the mask leaves out pass :math:`d` through. Needs ``params``."""
+
+    weight_decay: float
+    learning_rate: float
+    mask: object = None
+
+    def __post_init__(self):
+        check_number("weight_decay", self.weight_decay, low=0.0)
+        check_number("learning_rate", self.learning_rate, low=0.0)
+
+    def init(self, params):
+        return ProximalWeightDecayState(count=init_count(), hyperparams=self.init_hyperparams())
+
+    def update(self, updates, state, params=None, **extra_args):
+        require_params(params, self.name)
+        check_params_match(updates, params)
+        hp = self.current_hyperparams(state)
+        decay = hp["weight_decay"] * hp["learning_rate"]
+        selected = resolve_mask(self.mask, params, self.name)
+
+        def step(d, p, on):
+            if d is None or not on:
+                return d
+            dt = compute_dtype(jnp.promote_types(d.dtype, p.dtype))
+            c = decay.astype(dt)
+            return ((d.astype(dt) - c * p.astype(dt)) / (1 + c)).astype(d.dtype)
+
+        out = jax.tree.map(step, updates, params, selected, is_leaf=lambda x: x is None)
+        return out, ProximalWeightDecayState(safe_increment(state.count), hp)
+
+
 def adan(
     learning_rate,
     b1=0.98,
@@ -142,6 +189,8 @@ def adan(
     eps_root=1e-8,
     weight_decay=0.0,
     mask=None,
+    *,
+    proximal=False,
 ) -> Chain:
     r"""Adan with decoupled weight decay.
 
@@ -150,9 +199,13 @@ def adan(
     :math:`p_t = p_{t-1} - \eta(u_t + \lambda p_{t-1})`, the authors' ``no_prox=True`` form. The
     paper's (and the authors' default) proximal form divides instead:
     :math:`p_t = (p_{t-1} - \eta u_t)/(1 + \eta\lambda)`; the two differ by
-    :math:`O(\eta^2\lambda^2)` per step (ALGORITHMS.md §15). Same as ``optax.adan`` (note
-    ``eps_root=1e-8`` here, 0 in :func:`scale_by_adan`, as in optax). Needs ``params``.
+    :math:`O(\eta^2\lambda^2)` per step (ALGORITHMS.md §15 row 28). ``proximal=True``
+    (keyword-only) gives the paper's form: ``chain(scale_by_adan(...),
+    scale_by_learning_rate(learning_rate), proximal_weight_decay(weight_decay, learning_rate,
+    mask))``. Same as ``optax.adan`` by default (note ``eps_root=1e-8`` here, 0 in
+    :func:`scale_by_adan`, as in optax). Needs ``params``.
     """
+    check_bool("proximal", proximal)
     config = dict(
         learning_rate=learning_rate,
         b1=b1,
@@ -162,7 +215,16 @@ def adan(
         eps_root=eps_root,
         weight_decay=weight_decay,
         mask=mask,
+        proximal=proximal,
     )
+    if proximal:
+        return named_chain(
+            "adan",
+            config,
+            scale_by_adan(b1, b2, b3, eps, eps_root),
+            scale_by_learning_rate(learning_rate),
+            ProximalWeightDecay(weight_decay, learning_rate, mask),
+        )
     return named_chain(
         "adan",
         config,
