@@ -77,10 +77,22 @@ def test_module_and_console_script_answer_help():
     assert "usage: gradchain" in result.stdout
 
 
-NEW_OPTIMIZERS = (
-    "sign_sgd signum noisy_sgd adabelief yogi adadelta adan novograd fromage rprop sm3 "
-    "optimistic_gradient_descent optimistic_adam_v2 polyak_sgd"
-).split()
+NEW_OPTIMIZERS = [
+    "sign_sgd",
+    "signum",
+    "noisy_sgd",
+    "adabelief",
+    "yogi",
+    "adadelta",
+    "adan",
+    "novograd",
+    "fromage",
+    "rprop",
+    "sm3",
+    "optimistic_gradient_descent",
+    "optimistic_adam_v2",
+    "polyak_sgd",
+]
 
 
 def test_the_optimizers_of_issue_18_are_offered_outside_the_default_race():
