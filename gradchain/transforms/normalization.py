@@ -36,12 +36,12 @@ class Centralize(GradientTransformation):
 
     .. math:: u_{i,\cdot} = g_{i,\cdot} - \operatorname{mean}_{j} g_{i,j}
 
-    Scalars and vectors pass through unchanged. The mean is taken in float32 or better.
-    State: :class:`EmptyState`.
+    Scalars and vectors pass through unchanged. The mean and the difference are formed in
+    float32 or better and rounded once. State: :class:`EmptyState`.
 
     Reference: Yong et al., "Gradient Centralization: A New Optimization Technique for Deep
-    Neural Networks" (2020). Same as ``optax.centralize`` (which takes the mean in the leaf's
-    dtype: a bfloat16 mean of many coordinates loses digits).
+    Neural Networks" (2020). Same as ``optax.centralize`` (which subtracts in the leaf's dtype,
+    one more rounding for bfloat16 leaves).
     """
 
     def init(self, params):
