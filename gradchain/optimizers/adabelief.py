@@ -8,13 +8,13 @@ import jax
 import jax.numpy as jnp
 
 from gradchain.core.base import (
-    Chain,
     GradientTransformation,
+    Parts,
     check_bool,
     check_floating,
     check_number,
     check_tree_match,
-    named_chain,
+    named_optimizer,
     state_class,
     transformation,
     tree_map_multi,
@@ -123,20 +123,16 @@ class ScaleByBelief(GradientTransformation):
 scale_by_belief = ScaleByBelief
 
 
+@named_optimizer
 def adabelief(
     learning_rate, b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16, *, nesterov=False
-) -> Chain:
+) -> Parts:
     r"""AdaBelief: ``chain(scale_by_belief(b1, b2, eps, eps_root, nesterov=nesterov),
     scale_by_learning_rate(learning_rate))``, see :func:`scale_by_belief`. Same as
     ``optax.adabelief``; ``adabelief-pytorch``'s defaults differ (``eps=1e-16`` there too, but
     decoupled weight decay and rectification on by default in its later versions).
     """
-    config = dict(
-        learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov
-    )
-    return named_chain(
-        "adabelief",
-        config,
+    return (
         scale_by_belief(b1, b2, eps, eps_root, nesterov=nesterov),
         scale_by_learning_rate(learning_rate),
     )

@@ -6,12 +6,12 @@ import jax
 import jax.numpy as jnp
 
 from gradchain.core.base import (
-    Chain,
     GradientTransformation,
+    Parts,
     check_floating,
     check_number,
     check_tree_match,
-    named_chain,
+    named_optimizer,
     state_class,
     transformation,
     tree_map_multi,
@@ -103,9 +103,10 @@ class ScaleByAdaDelta(GradientTransformation):
 scale_by_adadelta = ScaleByAdaDelta
 
 
+@named_optimizer
 def adadelta(
     learning_rate=None, rho=0.9, eps=1e-6, weight_decay=0.0, weight_decay_mask=None
-) -> Chain:
+) -> Parts:
     r"""Adadelta with an optional (coupled) L2 penalty.
 
     ``chain(add_decayed_weights(weight_decay, weight_decay_mask), scale_by_adadelta(rho, eps),
@@ -117,16 +118,7 @@ def adadelta(
     scaling altogether, sign flip included, so ``optax.adadelta()`` *ascends*; with a learning
     rate given the two agree (docs/DIVERGENCES.md).
     """
-    config = dict(
-        learning_rate=learning_rate,
-        rho=rho,
-        eps=eps,
-        weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
-    )
-    return named_chain(
-        "adadelta",
-        config,
+    return (
         add_decayed_weights(weight_decay, mask=weight_decay_mask),
         scale_by_adadelta(rho, eps),
         scale_by_learning_rate(1.0 if learning_rate is None else learning_rate),

@@ -6,14 +6,14 @@ import jax
 import jax.numpy as jnp
 
 from gradchain.core.base import (
-    Chain,
     GradientTransformation,
+    Parts,
     check_bool,
     check_floating,
     check_number,
     check_params_match,
     check_tree_match,
-    named_chain,
+    named_optimizer,
     require_params,
     state_class,
     transformation,
@@ -180,6 +180,7 @@ class ProximalWeightDecay(GradientTransformation):
         return out, ProximalWeightDecayState(safe_increment(state.count), hp)
 
 
+@named_optimizer
 def adan(
     learning_rate,
     b1=0.98,
@@ -191,7 +192,7 @@ def adan(
     mask=None,
     *,
     proximal=False,
-) -> Chain:
+) -> Parts:
     r"""Adan with decoupled weight decay.
 
     ``chain(scale_by_adan(b1, b2, b3, eps, eps_root), add_decayed_weights(weight_decay, mask),
@@ -206,28 +207,13 @@ def adan(
     :func:`scale_by_adan`, as in optax). Needs ``params``.
     """
     check_bool("proximal", proximal)
-    config = dict(
-        learning_rate=learning_rate,
-        b1=b1,
-        b2=b2,
-        b3=b3,
-        eps=eps,
-        eps_root=eps_root,
-        weight_decay=weight_decay,
-        mask=mask,
-        proximal=proximal,
-    )
     if proximal:
-        return named_chain(
-            "adan",
-            config,
+        return (
             scale_by_adan(b1, b2, b3, eps, eps_root),
             scale_by_learning_rate(learning_rate),
             ProximalWeightDecay(weight_decay, learning_rate, mask),
         )
-    return named_chain(
-        "adan",
-        config,
+    return (
         scale_by_adan(b1, b2, b3, eps, eps_root),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),

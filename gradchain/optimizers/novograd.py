@@ -7,14 +7,14 @@ import jax
 import jax.numpy as jnp
 
 from gradchain.core.base import (
-    Chain,
     GradientTransformation,
+    Parts,
     check_dtype,
     check_floating,
     check_number,
     check_params_match,
     check_tree_match,
-    named_chain,
+    named_optimizer,
     require_params,
     state_class,
     transformation,
@@ -126,21 +126,12 @@ class ScaleByNovograd(GradientTransformation):
 scale_by_novograd = ScaleByNovograd
 
 
-def novograd(learning_rate, b1=0.9, b2=0.25, eps=1e-6, eps_root=0.0, weight_decay=0.0) -> Chain:
+@named_optimizer
+def novograd(learning_rate, b1=0.9, b2=0.25, eps=1e-6, eps_root=0.0, weight_decay=0.0) -> Parts:
     r"""NovoGrad: ``chain(scale_by_novograd(b1, b2, eps, eps_root, weight_decay),
     scale_by_learning_rate(learning_rate))``, see :func:`scale_by_novograd`. Same as
     ``optax.novograd``. Needs ``params``."""
-    config = dict(
-        learning_rate=learning_rate,
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        eps_root=eps_root,
-        weight_decay=weight_decay,
-    )
-    return named_chain(
-        "novograd",
-        config,
+    return (
         scale_by_novograd(b1, b2, eps, eps_root, weight_decay),
         scale_by_learning_rate(learning_rate),
     )

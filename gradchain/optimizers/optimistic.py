@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 
 from gradchain.core.base import (
-    Chain,
     GradientTransformation,
+    Parts,
     check_floating,
     check_number,
     check_tree_match,
-    named_chain,
+    named_optimizer,
     state_class,
     transformation,
     tree_map_multi,
@@ -105,21 +105,21 @@ class ScaleByOptimisticGradient(GradientTransformation):
 scale_by_optimistic_gradient = ScaleByOptimisticGradient
 
 
-def optimistic_gradient_descent(learning_rate, alpha=1.0, beta=1.0) -> Chain:
+@named_optimizer
+def optimistic_gradient_descent(learning_rate, alpha=1.0, beta=1.0) -> Parts:
     r"""Optimistic gradient descent:
     :math:`p_t = p_{t-1} - \eta\,((\alpha+\beta) g_t - \beta g_{t-1})`.
 
     ``chain(scale_by_optimistic_gradient(alpha, beta), scale_by_learning_rate(learning_rate))``.
     Same as ``optax.optimistic_gradient_descent``.
     """
-    return named_chain(
-        "optimistic_gradient_descent",
-        dict(learning_rate=learning_rate, alpha=alpha, beta=beta),
+    return (
         scale_by_optimistic_gradient(alpha, beta),
         scale_by_learning_rate(learning_rate),
     )
 
 
+@named_optimizer
 def optimistic_adam(
     learning_rate,
     optimism=None,
@@ -130,7 +130,7 @@ def optimistic_adam(
     mu_dtype=None,
     *,
     nesterov=True,
-) -> Chain:
+) -> Parts:
     r"""Optimistic Adam, optax's first form (deprecated there too: use
     :func:`optimistic_adam_v2`).
 
@@ -143,7 +143,7 @@ def optimistic_adam(
     warnings.warn(
         "optimistic_adam is deprecated (as in optax), use optimistic_adam_v2",
         DeprecationWarning,
-        stacklevel=2,
+        stacklevel=3,  # the caller of the named_optimizer wrapper
     )
     if callable(learning_rate):
         raise ValueError(
@@ -154,25 +154,14 @@ def optimistic_adam(
     if optimism is None:
         optimism = learning_rate
     check_number("optimism", optimism)
-    config = dict(
-        learning_rate=learning_rate,
-        optimism=optimism,
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        eps_root=eps_root,
-        mu_dtype=mu_dtype,
-        nesterov=nesterov,
-    )
-    return named_chain(
-        "optimistic_adam",
-        config,
+    return (
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
         scale_by_optimistic_gradient(alpha=learning_rate, beta=optimism),
         scale_by_learning_rate(1.0),
     )
 
 
+@named_optimizer
 def optimistic_adam_v2(
     learning_rate,
     *,
@@ -184,7 +173,7 @@ def optimistic_adam_v2(
     eps_root=0.0,
     mu_dtype=None,
     nesterov=True,
-) -> Chain:
+) -> Parts:
     r"""Optimistic Adam: the optimistic update applied to Adam's direction :math:`d_t`,
     :math:`p_t = p_{t-1} - \eta_t((\alpha+\beta) d_t - \beta d_{t-1})`.
 
@@ -193,20 +182,7 @@ def optimistic_adam_v2(
     ``optax.optimistic_adam_v2`` (Nesterov on by default, as there). Reference: Daskalakis et
     al., "Training GANs with Optimism" (2018).
     """
-    config = dict(
-        learning_rate=learning_rate,
-        alpha=alpha,
-        beta=beta,
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        eps_root=eps_root,
-        mu_dtype=mu_dtype,
-        nesterov=nesterov,
-    )
-    return named_chain(
-        "optimistic_adam_v2",
-        config,
+    return (
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
         scale_by_optimistic_gradient(alpha, beta),
         scale_by_learning_rate(learning_rate),

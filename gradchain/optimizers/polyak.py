@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 
 from gradchain.core.base import (
-    Chain,
     GradientTransformation,
+    Parts,
     check_number,
-    named_chain,
+    named_optimizer,
     state_class,
     transformation,
 )
@@ -104,7 +104,8 @@ class ScaleByPolyak(GradientTransformation):
 scale_by_polyak = ScaleByPolyak
 
 
-def polyak_sgd(max_learning_rate=1.0, scaling=1.0, f_min=0.0, eps=0.0, variant="sps") -> Chain:
+@named_optimizer
+def polyak_sgd(max_learning_rate=1.0, scaling=1.0, f_min=0.0, eps=0.0, variant="sps") -> Parts:
     r"""SGD with the Polyak step size: ``chain(sgd(scaling), scale_by_polyak(f_min,
     max_learning_rate, eps, variant))``; ``update`` needs ``value=`` (the loss).
 
@@ -114,16 +115,7 @@ def polyak_sgd(max_learning_rate=1.0, scaling=1.0, f_min=0.0, eps=0.0, variant="
     multiplies the cap. Same as ``optax.polyak_sgd``.
     """
     check_number("scaling", scaling, low=0.0)
-    config = dict(
-        max_learning_rate=max_learning_rate,
-        scaling=scaling,
-        f_min=f_min,
-        eps=eps,
-        variant=variant,
-    )
-    return named_chain(
-        "polyak_sgd",
-        config,
+    return (
         sgd(learning_rate=scaling),
         scale_by_polyak(f_min, max_learning_rate, eps, variant),
     )

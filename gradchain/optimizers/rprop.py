@@ -8,13 +8,13 @@ import jax
 import jax.numpy as jnp
 
 from gradchain.core.base import (
-    Chain,
     GradientTransformation,
+    Parts,
     check_bool,
     check_floating,
     check_number,
     check_tree_match,
-    named_chain,
+    named_optimizer,
     state_class,
     transformation,
     tree_map_multi,
@@ -137,6 +137,7 @@ class ScaleByRprop(GradientTransformation):
 scale_by_rprop = ScaleByRprop
 
 
+@named_optimizer
 def rprop(
     learning_rate,
     eta_minus=0.5,
@@ -145,21 +146,11 @@ def rprop(
     max_step_size=50.0,
     *,
     delay_step=True,
-) -> Chain:
+) -> Parts:
     r"""Rprop: ``chain(scale_by_rprop(...), scale(-1.0))``, see :func:`scale_by_rprop`. The
     learning rate is the initial step size, so it is a plain number. Same as ``optax.rprop``;
     ``delay_step=False`` is ``torch.optim.Rprop`` (the step taken when it is computed)."""
-    config = dict(
-        learning_rate=learning_rate,
-        eta_minus=eta_minus,
-        eta_plus=eta_plus,
-        min_step_size=min_step_size,
-        max_step_size=max_step_size,
-        delay_step=delay_step,
-    )
-    return named_chain(
-        "rprop",
-        config,
+    return (
         scale_by_rprop(
             learning_rate,
             eta_minus,

@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 
 from gradchain.core.base import (
-    Chain,
     GradientTransformation,
+    Parts,
     check_floating,
     check_number,
     check_tree_match,
-    named_chain,
+    named_optimizer,
     state_class,
     transformation,
 )
@@ -148,14 +148,13 @@ class ScaleBySM3(GradientTransformation):
 scale_by_sm3 = ScaleBySM3
 
 
-def sm3(learning_rate, momentum=0.9) -> Chain:
+@named_optimizer
+def sm3(learning_rate, momentum=0.9) -> Parts:
     r"""SM3: ``chain(scale_by_sm3(momentum), scale_by_learning_rate(learning_rate))``, see
     :func:`scale_by_sm3`. Same as ``optax.sm3`` (which scales by ``-learning_rate`` and so takes
     no schedule; here a schedule works too)."""
     check_number("momentum", momentum, low=0.0, high=1.0, high_open=True)
-    return named_chain(
-        "sm3",
-        dict(learning_rate=learning_rate, momentum=momentum),
+    return (
         scale_by_sm3(momentum),
         scale_by_learning_rate(learning_rate),
     )

@@ -203,7 +203,8 @@ class FromageStep(GradientTransformation):
         return out, FromageStepState(safe_increment(state.count), hp)
 
 
-def fromage(learning_rate, min_norm=1e-6) -> Chain:
+@named_optimizer
+def fromage(learning_rate, min_norm=1e-6) -> Parts:
     r"""Fromage: a step of relative size :math:`\eta` per layer, then a shrink that keeps the
     parameters' norm from growing.
 
@@ -218,9 +219,7 @@ def fromage(learning_rate, min_norm=1e-6) -> Chain:
     distance between two neural networks and the stability of learning" (2020). Same as
     ``optax.fromage``.
     """
-    return named_chain(
-        "fromage",
-        dict(learning_rate=learning_rate, min_norm=min_norm),
+    return (
         scale_by_trust_ratio(min_norm),
         FromageStep(learning_rate),
     )

@@ -5,12 +5,12 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from gradchain.core.base import (
-    Chain,
     GradientTransformation,
+    Parts,
     check_floating,
     check_number,
     check_tree_match,
-    named_chain,
+    named_optimizer,
     transformation,
     tree_map_multi,
 )
@@ -111,12 +111,11 @@ class ScaleByYogi(GradientTransformation):
 scale_by_yogi = ScaleByYogi
 
 
-def yogi(learning_rate, b1=0.9, b2=0.999, eps=1e-3) -> Chain:
+@named_optimizer
+def yogi(learning_rate, b1=0.9, b2=0.999, eps=1e-3) -> Parts:
     r"""Yogi: ``chain(scale_by_yogi(b1, b2, eps), scale_by_learning_rate(learning_rate))``, see
     :func:`scale_by_yogi`. Same as ``optax.yogi``."""
-    return named_chain(
-        "yogi",
-        dict(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps),
+    return (
         scale_by_yogi(b1, b2, eps),
         scale_by_learning_rate(learning_rate),
     )
