@@ -230,31 +230,25 @@ class AdaptiveGradClipState:
 @transformation("adaptive_grad_clip", hyperparams=("clipping", "eps"))
 class AdaptiveGradClip(GradientTransformation):
     r"""Adaptive gradient clipping (AGC): clips each unit's gradient norm to a fraction of the
-        unit's parameter norm.
+    unit's parameter norm.
 
-        For each unit :math:`i` (a column of a dense kernel, an output channel of a convolution, a
-        whole scalar or vector leaf),
+    For each unit :math:`i` (a column of a dense kernel, an output channel of a convolution, a
+    whole scalar or vector leaf), with :math:`M_i = \lambda \max(\lVert p_i\rVert, \epsilon)`,
 
-        .. math::
-            u_i = g_i \;	ext{ if }\; \lVert g_i
-    Vert < \lambda \max(\lVert p_i
-    Vert, \epsilon),
-            \quad	ext{else}\quad
-            u_i = g_i\, rac{\lambda \max(\lVert p_i
-    Vert, \epsilon)}{\max(\lVert g_i
-    Vert,
-            10^{-6})}.
+    .. math::
+        u_i = g_i \;\text{ if }\; \lVert g_i\rVert < M_i, \quad\text{else}\quad
+        u_i = g_i\, \frac{M_i}{\max(\lVert g_i\rVert, 10^{-6})}.
 
-        Args:
-          clipping: :math:`\lambda \ge 0`, the largest gradient-to-parameter norm ratio.
-          eps: :math:`\epsilon \ge 0`, default 1e-3: the parameter norm of a unit starting at zero.
-          axis: the axes a unit's norm is taken over, for leaves of other layouts (default: by the
-            leaf's number of axes, as optax: axis 0 for 2-D and 3-D, all but the last for 4-D and
-            5-D kernels).
+    Args:
+      clipping: :math:`\lambda \ge 0`, the largest gradient-to-parameter norm ratio.
+      eps: :math:`\epsilon \ge 0`, default 1e-3: the parameter norm of a unit starting at zero.
+      axis: the axes a unit's norm is taken over, for leaves of other layouts (default: by the
+        leaf's number of axes, as optax: axis 0 for 2-D and 3-D, all but the last for 4-D and
+        5-D kernels).
 
-        Needs ``params``. The norms are taken in float32 or better. Reference: Brock et al.,
-        "High-Performance Large-Scale Image Recognition Without Normalization" (2021). Same as
-        ``optax.adaptive_grad_clip``.
+    Needs ``params``. The norms are taken in float32 or better. Reference: Brock et al.,
+    "High-Performance Large-Scale Image Recognition Without Normalization" (2021). Same as
+    ``optax.adaptive_grad_clip``.
     """
 
     clipping: float
