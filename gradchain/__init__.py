@@ -12,7 +12,21 @@ those modules' ``__all__``.
 import importlib as _importlib
 import sys as _sys
 
-from gradchain import checkpoint, contrib, core, optimizers, scale_out, schedules, transforms
+from gradchain import (
+    checkpoint,
+    contrib,
+    core,
+    optimizers,
+    scale_out,
+    schedules,
+    transforms,
+)
+from gradchain import (
+    tree as tree,
+)
+from gradchain import (
+    tree_utils as tree_utils,
+)
 from gradchain.checkpoint import *
 from gradchain.contrib import *
 from gradchain.core import *
@@ -20,6 +34,10 @@ from gradchain.optimizers import *
 from gradchain.scale_out import *
 from gradchain.schedules import *
 from gradchain.transforms import *
+
+# optax has tree_map_params at its root as well; the other tree utilities stay in their
+# namespaces, since the root's tree_get and tree_set are gradchain's named-state readers.
+from gradchain.tree_utils import tree_map_params as tree_map_params
 
 __version__ = "0.1.0"
 
@@ -66,4 +84,5 @@ __all__ = sorted(
         for package in (checkpoint, contrib, core, optimizers, scale_out, schedules, transforms)
         for name in package.__all__
     }
+    | {"tree_map_params"}
 )
