@@ -31,6 +31,7 @@ _MODULES = {path: load(path, **names) for path, names in _REBOUND.items()}
 for _path, _module in _MODULES.items():
     for _name, _cls in optax_testcases(_module).items():
         globals()[f"TestOptax_{_path.split('/')[-1].removesuffix('_test.py')}_{_name}"] = _cls
+del _path, _module, _name, _cls
 
 
 def test_the_rerouted_optax_tests_call_gradchain():
