@@ -31,6 +31,10 @@ from gradchain import tree_utils as tree_utils
 from gradchain.checkpoint import *
 from gradchain.contrib import *
 from gradchain.core import *
+
+# The function takes the package attribute ``gradchain.describe`` (as the optimizers named like
+# their modules do); the module stays importable by its full name.
+from gradchain.describe import describe as describe
 from gradchain.losses import *
 from gradchain.optimizers import *
 from gradchain.scale_out import *
@@ -94,5 +98,5 @@ __all__ = sorted(
         )
         for name in package.__all__
     }
-    | {"tree_map_params"}
+    | {"describe", "tree_map_params"}
 )
