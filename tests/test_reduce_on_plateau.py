@@ -76,3 +76,23 @@ def test_gradchain_rule_keeps_live_hyperparameters():
 def test_unknown_rule_raises_naming_it():
     with pytest.raises(ValueError, match="rule must be one of"):
         gc.reduce_on_plateau(rule="keras")
+
+
+def test_bfloat16_params_get_a_float32_scale_where_optax_keeps_bfloat16():
+    params = {"w": jnp.ones(3, jnp.bfloat16)}
+    ours = gc.reduce_on_plateau().init(params)
+    theirs = optax.contrib.reduce_on_plateau().init(params)
+    assert theirs.scale.dtype == jnp.bfloat16 and ours.scale.dtype == jnp.float32
+    assert ours.best_value.dtype == jnp.float32
+    updates, _ = gc.reduce_on_plateau().update(params, ours, value=1.0)
+    assert updates["w"].dtype == jnp.bfloat16
+
+
+def test_missing_value_is_a_value_error_naming_it_where_optax_raises_type_error():
+    params = {"w": jnp.ones(2)}
+    with pytest.raises(TypeError):
+        tx = optax.contrib.reduce_on_plateau()
+        tx.update(params, tx.init(params))
+    with pytest.raises(ValueError, match=r"value=loss"):
+        tx = gc.reduce_on_plateau()
+        tx.update(params, tx.init(params))
