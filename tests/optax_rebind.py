@@ -41,7 +41,8 @@ def optax_testcases(module) -> dict[str, type]:
 
 @pytest.fixture
 def optax_settings():
-    """optax's tests are written for JAX's default rank promotion, not the suite's strict one."""
+    """optax's tests are written for JAX's default rank promotion, not the suite's strict one;
+    the classes of a rerouted optax test file are marked to use it."""
     import jax
 
     with jax.numpy_rank_promotion("allow"):

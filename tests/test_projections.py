@@ -15,11 +15,9 @@ from optax_rebind import load, optax_settings, optax_testcases  # noqa: F401
 
 import gradchain.projections as gp
 
-pytestmark = pytest.mark.usefixtures("optax_settings")
-
 _MODULE = load("projections/_projections_test.py", proj=gp)
 for _name, _cls in optax_testcases(_MODULE).items():
-    globals()[f"TestOptax_projections_{_name}"] = _cls
+    globals()[f"TestOptax_projections_{_name}"] = pytest.mark.usefixtures("optax_settings")(_cls)
 del _name, _cls
 
 

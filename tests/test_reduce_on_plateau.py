@@ -14,11 +14,11 @@ from optax_rebind import load, optax_settings, optax_testcases  # noqa: F401
 
 import gradchain as gc
 
-pytestmark = pytest.mark.usefixtures("optax_settings")
-
 _MODULE = load("contrib/_reduce_on_plateau_test.py", _reduce_on_plateau=gc.contrib)
 for _name, _cls in optax_testcases(_MODULE).items():
-    globals()[f"TestOptax_reduce_on_plateau_{_name}"] = _cls
+    globals()[f"TestOptax_reduce_on_plateau_{_name}"] = pytest.mark.usefixtures("optax_settings")(
+        _cls
+    )
 del _name, _cls
 
 

@@ -19,8 +19,6 @@ import gradchain as gc
 import gradchain.tree
 import gradchain.tree_utils as gtu
 
-pytestmark = pytest.mark.usefixtures("optax_settings")
-
 _REBOUND = {
     "tree_utils/_casting_test.py": {"otu": gtu},
     "tree_utils/_random_test.py": {"otu": gtu},
@@ -30,7 +28,9 @@ _REBOUND = {
 _MODULES = {path: load(path, **names) for path, names in _REBOUND.items()}
 for _path, _module in _MODULES.items():
     for _name, _cls in optax_testcases(_module).items():
-        globals()[f"TestOptax_{_path.split('/')[-1].removesuffix('_test.py')}_{_name}"] = _cls
+        globals()[f"TestOptax_{_path.split('/')[-1].removesuffix('_test.py')}_{_name}"] = (
+            pytest.mark.usefixtures("optax_settings")(_cls)
+        )
 del _path, _module, _name, _cls
 
 

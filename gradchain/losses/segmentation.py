@@ -73,7 +73,7 @@ def dice_loss(
     loss = 1.0 - score
     if class_weights is not None:
         check_rank(class_weights, 1)
-        loss = loss * class_weights
+        loss = loss * jnp.expand_dims(class_weights, tuple(range(loss.ndim - 1)))
     if ignore_background and probs.shape[-1] > 1:
         loss = loss[..., 1:]
     return _REDUCTIONS[reduction](loss, -1)
