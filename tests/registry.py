@@ -9,8 +9,8 @@ so a new optimizer cannot be forgotten. Adding one is one line::
     Entry("lion", lambda: gc.lion(1e-3), optimizer=True, nonfinite="coordinate"),
 
 ``Entry`` fields say what a transformation needs to run (extra ``update`` arguments, params,
-matrix-shaped leaves, a parameter container) and how it treats a non-finite gradient, which the
-README's table is generated from and ``test_nonfinite`` checks.
+matrix-shaped leaves, a parameter container) and how it treats a non-finite gradient, which
+docs/guarantees.md and each transformation's API page show and ``test_nonfinite`` checks.
 """
 
 from __future__ import annotations
