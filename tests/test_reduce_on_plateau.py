@@ -30,11 +30,13 @@ def test_the_rerouted_optax_tests_call_gradchain():
 
 def test_state_has_optax_fields_in_optax_order():
     assert gc.ReduceLROnPlateauState._fields == optax.contrib.ReduceLROnPlateauState._fields
-    state = optax.contrib.reduce_on_plateau().init({"w": jnp.ones(2)})
-    ours = gc.ReduceLROnPlateauState(*state)
+    optax_state = optax.contrib.reduce_on_plateau().init({"w": jnp.ones(2)})
     tx = gc.reduce_on_plateau(patience=1)
-    _, new = tx.update({"w": jnp.ones(2)}, ours, value=1.0)
+    step = jax.jit(lambda s, v: tx.update({"w": jnp.ones(2)}, s, value=v))
+    _, new = step(optax_state, 1.0)
     assert isinstance(new, gc.ReduceLROnPlateauState)
+    _, new = step(new, 1.0)
+    assert new.scale == jnp.float32(0.1)
 
 
 def _scales(tx, losses, accumulate: bool = False):

@@ -126,6 +126,8 @@ class ReduceLROnPlateau(GradientTransformation):
 
     def update(self, updates, state, params=None, *, value=None, **extra_args):
         value = _scalar_loss(value)
+        # A state built with optax's class of the same fields is taken as it is.
+        state = ReduceLROnPlateauState(*state)
         dt = state.avg_value.dtype
         count = safe_increment(state.count)
         avg = ((state.count * state.avg_value + value.astype(dt)) / count).astype(dt)
