@@ -611,6 +611,9 @@ NOT_TRANSFORMS: dict[str, str] = {
     "tree_get_all_with_path": "helper: read state fields by name",
     "tree_paths": "helper: path strings of a tree",
     "tree_set": "helper: replace a state field by name",
+    "tree_map_params": "helper: map over the parameter-shaped parts of a state (test_tree_utils)",
+    "ReduceLROnPlateauState": "state container of reduce_on_plateau",
+    **dict.fromkeys(gc.losses.__all__, "loss function (tests/test_losses.py)"),
 }
 
 
