@@ -80,26 +80,37 @@ def _sharding_of(p):
     return sharding
 
 
-def named_sharding(mesh, *entries, memory_kind: str | None = None):
-    """``NamedSharding(mesh, PartitionSpec(*entries))`` with the trailing ``None`` s dropped.
+def _has_explicit_axes(mesh) -> bool:
+    explicit = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
+    return explicit is not None and explicit in (getattr(mesh, "axis_types", None) or ())
+
+
+def named_sharding(mesh, *entries, ndim: int | None = None, memory_kind: str | None = None):
+    """``NamedSharding(mesh, PartitionSpec(*entries))`` in the form a jitted step returns.
 
     ``P("data", None)`` and ``P("data")`` lay an array out alike but are different jit cache
-    keys, and a jitted step returns the short form: a state placed with the long form would
-    compile the step once more after ``init`` or a restore.
+    keys, so a state placed in the other form would compile the step once more after ``init``
+    or a restore. On Auto mesh axes jit returns specs without trailing ``None`` s; on Explicit
+    axes (sharding in types) one entry per axis of the array, ``ndim`` of them when given.
     """
     entries = list(entries)
-    while entries and entries[-1] is None:
-        entries.pop()
+    if ndim is not None and _has_explicit_axes(mesh):
+        entries += [None] * (ndim - len(entries))
+    else:
+        while entries and entries[-1] is None:
+            entries.pop()
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*entries))
     return sharding if memory_kind is None else sharding.with_memory_kind(memory_kind)
 
 
-def normalized(sharding):
-    """``sharding`` with the trailing ``None`` s of a ``NamedSharding`` 's spec dropped (see
-    :func:`named_sharding`); any other sharding as it is."""
+def normalized(sharding, ndim: int | None = None):
+    """``sharding`` (of an array of ``ndim`` axes) in the form of :func:`named_sharding`; a
+    sharding that is not a ``NamedSharding`` as it is."""
     if not isinstance(sharding, jax.sharding.NamedSharding):
         return sharding
-    return named_sharding(sharding.mesh, *sharding.spec, memory_kind=sharding.memory_kind)
+    return named_sharding(
+        sharding.mesh, *sharding.spec, ndim=ndim, memory_kind=sharding.memory_kind
+    )
 
 
 def put(x, sharding):
@@ -151,7 +162,7 @@ def commit_to_params(state, params):
 
     def commit(x):
         if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and not x.committed:
-            return put(x, home)
+            return put(x, normalized(home, x.ndim))
         return x
 
     return jax.tree.map(commit, state)
@@ -202,7 +213,7 @@ def reduced_sharding(sharding, ndim: int, axis: int, keepdims: bool = False):
     if isinstance(sharding, jax.sharding.NamedSharding):
         spec = tuple(sharding.spec) + (None,) * (ndim - len(sharding.spec))
         kept = spec[:axis] + ((None,) if keepdims else ()) + spec[axis + 1 :]
-        return named_sharding(sharding.mesh, *kept)
+        return named_sharding(sharding.mesh, *kept, ndim=len(kept))
     if sharding is not None and sharding.is_fully_replicated:
         return sharding
     return None
@@ -225,7 +236,7 @@ def grouped_sharding(sharding, ndim: int, groups):
     for group in groups:
         first = spec[group[0]] if group else None
         entries.append(first if all(spec[a] is None for a in group[1:]) else None)
-    return named_sharding(sharding.mesh, *entries)
+    return named_sharding(sharding.mesh, *entries, ndim=len(entries))
 
 
 def zeros_along(p, groups, shape, dtype=None) -> jax.Array:

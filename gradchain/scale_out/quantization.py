@@ -285,7 +285,9 @@ def block_layout(shape, block_size: int, sharding):
     """``(codes, absmax)`` shardings of the 8-bit form of a tensor laid out as ``sharding`` (a
     ``NamedSharding``): split by :func:`block_axis_sharding`, else replicated on its mesh."""
     entry = block_axis_sharding(shape, sharding.spec, dict(sharding.mesh.shape), block_size)
-    return named_sharding(sharding.mesh, entry), named_sharding(sharding.mesh, entry)
+    return named_sharding(sharding.mesh, entry, ndim=2), named_sharding(
+        sharding.mesh, entry, ndim=1
+    )
 
 
 def _laid_out(sharding, *entries):

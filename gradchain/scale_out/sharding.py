@@ -104,7 +104,7 @@ def _follow(shape, param_shape, param_sharding, replicated, field=""):
             return replicated
         spec = _padded_spec(param_sharding, len(param_shape))
         entries = [e if s == n else None for e, s, n in zip(spec, shape, param_shape)]
-        return named_sharding(param_sharding.mesh, *entries)
+        return named_sharding(param_sharding.mesh, *entries, ndim=len(shape))
     if len(shape) == len(param_shape) - 1:
         axes = [
             k for k in range(len(param_shape)) if param_shape[:k] + param_shape[k + 1 :] == shape
@@ -127,7 +127,7 @@ def _reduced_axis(param_sharding, ndim, axes, field):
         axes = [max(axes)] if "row" in name else [min(axes)]
     specs = [tuple(reduced_sharding(param_sharding, ndim, k).spec) for k in axes]
     entries = [c[0] if all(x == c[0] for x in c) else None for c in zip(*specs)]
-    return named_sharding(param_sharding.mesh, *entries)
+    return named_sharding(param_sharding.mesh, *entries, ndim=ndim - 1)
 
 
 def _blocks(q: QuantizedArray, param_sharding, replicated) -> QuantizedArray:
@@ -167,7 +167,7 @@ def derive_shardings(state, param_treedef, param_infos, replicated):
 
     ``param_infos`` lists ``(shape, sharding)`` per parameter leaf, in ``param_treedef`` order;
     ``state``'s leaves need only a ``shape`` (arrays, tracers or ``ShapeDtypeStruct`` s). Specs
-    come without trailing ``None`` s (``numerics.named_sharding``), as a jitted step returns them.
+    come in the form a jitted step returns them (``numerics.named_sharding``).
     """
 
     def one_param(sub, field, shape, sharding):
@@ -204,7 +204,7 @@ def derive_shardings(state, param_treedef, param_infos, replicated):
         )
         return treedef.unflatten([visit(c, _key_name(path[-1], field)) for path, c in children])
 
-    return jax.tree.map(normalized, visit(state, ""))
+    return jax.tree.map(lambda s, x: normalized(s, len(x.shape)), visit(state, ""), state)
 
 
 def _placement(p):
@@ -290,8 +290,9 @@ def state_shardings(tx, params, mesh: Mesh | None = None, *, memory_kind: str | 
           state = jax.jit(tx.init, out_shardings=shardings)(params)
 
     The rules are in the module docstring: moments follow their parameter, reduced statistics
-    follow the axes they kept, the rest is replicated. Specs carry no trailing ``None``, so the
-    shardings equal (as jit cache keys) those a jitted step returns. Call it outside
+    follow the axes they kept, the rest is replicated. Specs come in the form a jitted step
+    returns (without trailing ``None`` s on Auto mesh axes, one entry per array axis on
+    Explicit ones), so the shardings equal, as jit cache keys, the step's. Call it outside
     ``jax.jit``: inside a trace the parameters' shardings are not known.
     """
     return _layout(tx, params, mesh, memory_kind)[1]
@@ -391,7 +392,7 @@ def _zero1_spec(spec: tuple, shape: tuple, mesh: Mesh, axes: tuple) -> Partition
     """
     spec = tuple(spec) + (None,) * (len(shape) - len(tuple(spec)))
     if any(a in _axis_names(e) for e in spec for a in axes):
-        return normalized(NamedSharding(mesh, PartitionSpec(*spec))).spec
+        return normalized(NamedSharding(mesh, PartitionSpec(*spec)), len(shape)).spec
     n = math.prod(mesh.shape[a] for a in axes)
     best, best_local = None, 0
     for d, size in enumerate(shape):
@@ -399,10 +400,10 @@ def _zero1_spec(spec: tuple, shape: tuple, mesh: Mesh, axes: tuple) -> Partition
         if size % (have * n) == 0 and size // have > best_local:
             best, best_local = d, size // have
     if best is None:
-        return normalized(NamedSharding(mesh, PartitionSpec(*spec))).spec
+        return normalized(NamedSharding(mesh, PartitionSpec(*spec)), len(shape)).spec
     names = _axis_names(spec[best]) + axes
     spec = spec[:best] + (names[0] if len(names) == 1 else names,) + spec[best + 1 :]
-    return normalized(NamedSharding(mesh, PartitionSpec(*spec))).spec
+    return normalized(NamedSharding(mesh, PartitionSpec(*spec)), len(shape)).spec
 
 
 def _explicit_axes(mesh: Mesh) -> set:
