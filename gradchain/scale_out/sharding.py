@@ -444,8 +444,8 @@ def _place(tree, shardings):
             return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
         if not isinstance(x, jax.core.Tracer):
             return put(x, sharding)
-        if sharding.memory_kind is not None:
-            return jax.device_put(x, sharding)  # a move between memories, not a constraint
+        if sharding.memory_kind not in (None, "device"):
+            return jax.device_put(x, sharding)  # to host memory: a move, not a constraint
         used = {a for e in sharding.spec for a in _axis_names(e)}
         explicit = _explicit_axes(sharding.mesh)
         if explicit and used <= explicit:
@@ -504,6 +504,12 @@ class Zero1(GradientTransformation):
             grads = jax.grad(loss)(params, batch)
             updates, state = tx.update(grads, state, params)
             return gc.apply_updates(params, updates), state
+
+    On mesh axes of type Auto, XLA chooses the layout of the step's outputs and may return the
+    parameters sharded along ``axis`` (moving the all-gather into the next step, which then
+    compiles again): ``jax.jit(step, out_shardings=(param_shardings,
+    gc.state_shardings(tx, params)))`` keeps them replicated. On Explicit axes (the default of
+    ``jax.make_mesh``) their types keep them so.
 
     Reference: Rajbhandari et al., "ZeRO: Memory Optimizations Toward Training Trillion
     Parameter Models" (2020), stage 1 (:math:`P_{os}`); Ren et al., "ZeRO-Offload:
@@ -603,8 +609,8 @@ class Zero1(GradientTransformation):
         updates = _place(updates, shards)
         if params is not None:
             params = _place(params, shards)
-        if self.offload:
-            state = _place(state, self._state_layout(state, reference, shards, "device"))
+        if self.offload:  # the state streams from host memory through the device
+            state = jax.device_put(state, self._state_layout(state, reference, shards, "device"))
         updates, state = _call_update(self.inner, updates, state, params, extra_args)
         state = _place(state, self._state_layout(state, reference, shards, self.memory_kind))
         return _place(updates, self.param_shardings(reference)), state
