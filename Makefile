@@ -32,6 +32,7 @@ test: $(VENV)/.test-installed lint
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/ruff check $(LINTED)
+	$(BIN)/mypy
 
 demo: $(VENV)/.demo-installed
 	$(BIN)/python -m gradchain.demo

@@ -360,7 +360,7 @@ class Binding:
     symbol: Sym
     argument: str
     value: str
-    source: object = dataclasses.field(default=None, compare=False, repr=False)
+    source: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     def text(self) -> str:
         return f"{self.symbol.text()} = {self.value}  ({self.argument})"

@@ -113,7 +113,7 @@ def save_state(path, state, *, format: Literal["npz", "orbax"] | None = None) ->
     arrays[_PATHS] = np.array(paths, dtype=np.str_)
     arrays[_DTYPES] = np.array(dtypes, dtype=np.str_)
     with open(os.fspath(path), "wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, **arrays)  # type: ignore[arg-type]
 
 
 def _placed(array: np.ndarray, template):

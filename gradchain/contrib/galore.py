@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -63,8 +63,8 @@ class GaLoreDimensionNumbers(NamedTuple):
     ``GaLoreDimensionNumbers(1, 2)``); optax requires every axis to be assigned instead.
     """
 
-    reduction_axis: object = 0
-    output_axis: object = 1
+    reduction_axis: Any = 0
+    output_axis: Any = 1
 
 
 def _is_dims_leaf(x) -> bool:
@@ -167,7 +167,7 @@ def _plan(tree, spec, rank, projected_dim, transform_name):
         except ValueError as e:
             raise ValueError(f"{transform_name}: weight_dimension_numbers: {e}") from None
     leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)[0]
-    plan = []
+    plan: list[Any] = []
     for i, (path, leaf) in enumerate(leaves):
         where = f"{transform_name}: parameter {jax.tree_util.keystr(path) or '<root>'}"
         if leaf is None:
@@ -218,8 +218,8 @@ class ScaleByGaloreState:
     and of the low-rank matrices runs along (see :meth:`state_shardings`)."""
 
     count: jax.Array
-    base_optimizer_state: object
-    projector: object
+    base_optimizer_state: Any
+    projector: Any
     hyperparams: dict
     layout: tuple = ()
 
@@ -269,7 +269,7 @@ jax.tree_util.register_dataclass(
     data_fields=["count", "base_optimizer_state", "projector", "hyperparams"],
     meta_fields=["layout"],
 )
-ScaleByGaloreState._gradchain_state = True  # read by name, as every @state_class
+ScaleByGaloreState._gradchain_state = True  # type: ignore[attr-defined]  # read by name, as every @state_class
 
 
 @transformation("scale_by_galore", hyperparams=("scale",))
@@ -333,8 +333,8 @@ class ScaleByGalore(GradientTransformation):
     rank: int = 128
     update_proj_gap: int = 200
     scale: float = 1.0
-    base_optimizer: object = None
-    weight_dimension_numbers: object = None
+    base_optimizer: Any = None
+    weight_dimension_numbers: Any = None
     _: dataclasses.KW_ONLY
     projected_dim: str = "larger"
 

@@ -10,6 +10,7 @@ finished descent step: the named optimizers are the transform alone.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -77,10 +78,10 @@ class ScaleByProdigyState:
     ``hyperparams``: as used last."""
 
     count: jax.Array
-    mu: object
-    nu: object
-    s: object
-    params0: object
+    mu: Any
+    nu: Any
+    s: Any
+    params0: Any
     d: jax.Array
     numerator: jax.Array
     hyperparams: dict
@@ -289,9 +290,9 @@ class ScaleByDAdaptAdamWState:
     ``hyperparams``: as used last."""
 
     count: jax.Array
-    mu: object
-    nu: object
-    s: object
+    mu: Any
+    nu: Any
+    s: Any
     d: jax.Array
     numerator: jax.Array
     hyperparams: dict

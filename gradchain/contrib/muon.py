@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -83,8 +83,8 @@ class MuonDimensionNumbers(NamedTuple):
     ``(layers, d_in, d_out)`` as ``layers`` matrices.
     """
 
-    reduction_axis: object = 0
-    output_axis: object = 1
+    reduction_axis: Any = 0
+    output_axis: Any = 1
 
 
 def _is_dims_leaf(x) -> bool:
@@ -112,7 +112,9 @@ def _coefficient_rows(ns_coeffs, ns_steps: int) -> tuple[tuple[float, float, flo
         ) from None
     if rows.ndim not in (1, 2) or rows.shape[-1] != 3:
         raise ValueError(f"ns_coeffs must have shape (3,) or (n, 3), got shape {tuple(rows.shape)}")
-    as_float = [tuple(float(v) for v in r) for r in np.atleast_2d(rows)]
+    as_float = [
+        cast(tuple[float, float, float], tuple(float(v) for v in r)) for r in np.atleast_2d(rows)
+    ]
     if rows.ndim == 1:
         return (as_float[0],) * ns_steps
     if len(as_float) > ns_steps:
@@ -210,7 +212,7 @@ def _leaf_dims(tree, weight_dimension_numbers, transform_name):
     except ValueError as e:
         raise ValueError(f"{transform_name}: weight_dimension_numbers: {e}") from None
     leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)[0]
-    out = []
+    out: list[Any] = []
     for (path, leaf), dims in zip(leaves, dims_leaves):
         if leaf is None:
             out.append(None)
@@ -242,7 +244,7 @@ class ScaleByMuonState:
     by the latest update."""
 
     count: jax.Array
-    mu: object
+    mu: Any
     hyperparams: dict
 
 
@@ -290,18 +292,18 @@ class ScaleByMuon(GradientTransformation):
     networks" (2024); same as ``optax.contrib.scale_by_muon``.
     """
 
-    ns_coeffs: object = _QUINTIC
+    ns_coeffs: Any = _QUINTIC
     ns_steps: int = 5
     beta: float = 0.95
     eps: float = 1e-8
-    mu_dtype: object = None
+    mu_dtype: Any = None
     _: dataclasses.KW_ONLY
     nesterov: bool = True
     adaptive: bool = False
     preconditioning: str = "frobenius"
-    weight_dimension_numbers: object = None
+    weight_dimension_numbers: Any = None
     bias_correction: bool = True
-    ns_dtype: object = None
+    ns_dtype: Any = None
 
     def __post_init__(self):
         check_int("ns_steps", self.ns_steps, low=1, what="a positive int")
@@ -354,7 +356,8 @@ class ScaleByMuon(GradientTransformation):
                 o = jnp.sum(m_hat * o) * o
             return o.astype(g.dtype), m
 
-        out, new_mu = [], []
+        out: list[Any] = []
+        new_mu: list[Any] = []
         for g, m, view in zip(leaves, mus, views):
             if g is None:
                 out.append(None)
@@ -387,7 +390,7 @@ class ScaleByShape(GradientTransformation):
     Same as optax's ``scale_by_shape`` (in ``optax.contrib._muon``). State: none.
     """
 
-    weight_dimension_numbers: object = None
+    weight_dimension_numbers: Any = None
     consistent_rms: float | None = None
 
     def __post_init__(self):
@@ -407,7 +410,7 @@ class ScaleByShape(GradientTransformation):
     def update(self, updates, state, params=None, **extra_args):
         leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
         views = _leaf_dims(updates, self.weight_dimension_numbers, self.name)
-        out = []
+        out: list[Any] = []
         for g, view in zip(leaves, views):
             if g is None:
                 out.append(None)
@@ -475,7 +478,7 @@ class _DefaultLabels:
     """optax's labelling: a leaf is Muon's when its dimension numbers are not None (with none
     given, when it is 2-D)."""
 
-    weight_dimension_numbers: object
+    weight_dimension_numbers: Any
 
     def __call__(self, params):
         dims = self.weight_dimension_numbers

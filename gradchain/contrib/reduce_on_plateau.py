@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +27,7 @@ class ReduceLROnPlateauState(NamedTuple):
     best_value: jax.Array
     plateau_count: jax.Array
     cooldown_count: jax.Array
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # optax's field name shadows tuple.count
     avg_value: jax.Array
 
 
@@ -180,7 +180,7 @@ def reduce_on_plateau(
     gives gradchain 0.1's variant with live hyperparameters."""
     if rule not in _RULES:
         raise ValueError(f"rule must be one of {_RULES}, got {rule!r}")
-    args = dict(
+    args: dict[str, Any] = dict(
         factor=factor,
         patience=patience,
         rtol=rtol,

@@ -9,6 +9,7 @@ params) and ``z`` (the state) are stored; ``x`` is recovered from them.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -58,11 +59,11 @@ class ScheduleFreeState:
     b1, weight_lr_power and r of the latest update."""
 
     count: jax.Array
-    z: object
+    z: Any
     y_b1: jax.Array
     weight_sum: jax.Array
     max_lr: jax.Array
-    base_optimizer_state: object
+    base_optimizer_state: Any
     hyperparams: dict
 
 
@@ -127,11 +128,11 @@ class ScheduleFree(GradientTransformation):
     False) and in keeping ``weight_sum``/``max_lr`` in float32 (optax: the lowest parameter dtype).
     """
 
-    base_optimizer: object
+    base_optimizer: Any
     learning_rate: float
     b1: float = 0.9
     weight_lr_power: float = 2.0
-    state_dtype: object = None
+    state_dtype: Any = None
     _: dataclasses.KW_ONLY
     r: float = 0.0
     optax_off_by_one: bool = False

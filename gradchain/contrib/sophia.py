@@ -17,6 +17,7 @@ Any optax transformation computing a diagonal estimate also works as the estimat
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -118,7 +119,7 @@ class HutchinsonEstimator(GradientTransformation):
     ``optax.contrib.hutchinson_estimator_diag_hessian``.
     """
 
-    random_seed: object = None
+    random_seed: Any = None
     _: dataclasses.KW_ONLY
     noise: str = "rademacher"
 
@@ -186,7 +187,7 @@ class GaussNewtonBartlettEstimator(GradientTransformation):
     """
 
     batch_size: int
-    random_seed: object = None
+    random_seed: Any = None
 
     def __post_init__(self):
         check_int("batch_size", self.batch_size, low=1)
@@ -233,9 +234,9 @@ class SophiaState:
     keeping it in 0.1-0.5); ``hyperparams``: as used last."""
 
     count: jax.Array
-    mu: object
-    nu: object
-    hessian_fn_state: object
+    mu: Any
+    nu: Any
+    hessian_fn_state: Any
     win_rate: jax.Array
     hyperparams: dict
 
@@ -292,8 +293,8 @@ class ScaleBySophia(GradientTransformation):
     gamma: float = 0.01
     clip_threshold: float | None = 1.0
     update_interval: int = 10
-    hessian_diagonal_fn: object = HutchinsonEstimator()
-    mu_dtype: object = None
+    hessian_diagonal_fn: Any = HutchinsonEstimator()
+    mu_dtype: Any = None
     verbose: bool = False
     print_win_rate_every_n_steps: int = 0
     _: dataclasses.KW_ONLY

@@ -32,13 +32,15 @@ import inspect
 import math
 import numbers
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar, ParamSpec
+from typing import Any, ClassVar, ParamSpec, TypeVar, dataclass_transform
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gradchain.core.numerics import commit_to_params, put
+
+_T = TypeVar("_T")
 
 PyTree = Any
 Params = PyTree
@@ -68,16 +70,17 @@ __all__ = [
 # States
 
 
-def state_class(cls):
+@dataclass_transform(frozen_default=True)
+def state_class(cls: type[_T]) -> type[_T]:
     """Makes ``cls`` a frozen dataclass registered as a pytree whose fields are all children.
 
     States built this way are read by field name (``state.mu``), rebuilt with
     ``dataclasses.replace`` and found by :func:`tree_get`.
     """
     cls = dataclasses.dataclass(frozen=True)(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     jax.tree_util.register_dataclass(cls, data_fields=names, meta_fields=[])
-    cls._gradchain_state = True
+    cls._gradchain_state = True  # type: ignore[attr-defined]
     return cls
 
 
@@ -145,7 +148,7 @@ class ChainState:
             )
         )
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self):
         inner = ", ".join(f"{n}={s!r}" for n, s in zip(self.names, self.states))
@@ -261,7 +264,7 @@ def _replace_in(x, key, value):
                 changes[f.name] = _replace_in(child, key, value)
         return dataclasses.replace(x, **changes) if changes else x
     if isinstance(x, tuple) and hasattr(x, "_fields"):
-        return x._replace(
+        return x._replace(  # type: ignore[attr-defined]
             **{
                 n: (value if n == key else _replace_in(getattr(x, n), key, value))
                 for n in x._fields
@@ -270,7 +273,7 @@ def _replace_in(x, key, value):
     if isinstance(x, (tuple, list)):
         return type(x)(_replace_in(s, key, value) for s in x)
     if isinstance(x, Mapping):
-        return type(x)((k, _replace_in(s, key, value)) for k, s in x.items())
+        return type(x)((k, _replace_in(s, key, value)) for k, s in x.items())  # type: ignore[call-arg]
     return x
 
 
@@ -591,7 +594,8 @@ class GradientTransformation:
     # -- inspectable data -------------------------------------------------------------------
 
     def _field_items(self):
-        return [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.repr]
+        fields = dataclasses.fields(self)  # type: ignore[arg-type]
+        return [(f.name, getattr(self, f.name)) for f in fields if f.repr]
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={_short_repr(v)}" for k, v in self._field_items())
@@ -647,15 +651,16 @@ def committed_init(init: Callable) -> Callable:
     return wrapped
 
 
-def transformation(name: str, hyperparams: tuple[str, ...] = ()):
+@dataclass_transform(frozen_default=True, eq_default=False)
+def transformation(name: str, hyperparams: tuple[str, ...] = ()) -> Callable[[type[_T]], type[_T]]:
     """Class decorator: a frozen, comparable dataclass transformation called ``name``, whose
     ``init`` is multi-host safe (:func:`committed_init`)."""
 
-    def wrap(cls):
-        cls.name = name
-        cls.hyperparams = tuple(hyperparams)
+    def wrap(cls: type[_T]) -> type[_T]:
+        cls.name = name  # type: ignore[attr-defined]
+        cls.hyperparams = tuple(hyperparams)  # type: ignore[attr-defined]
         if "init" in cls.__dict__:
-            cls.init = committed_init(cls.__dict__["init"])
+            cls.init = committed_init(cls.__dict__["init"])  # type: ignore[attr-defined]
         return dataclasses.dataclass(frozen=True, eq=False, repr=False)(cls)
 
     return wrap
@@ -844,7 +849,7 @@ def named_optimizer(build: Callable[_Args, Parts]) -> Callable[_Args, Chain]:
         parts = build(*bound.args, **bound.kwargs)
         return Chain(*parts, name=build.__name__, config=bound.arguments)
 
-    make.__signature__ = signature.replace(return_annotation="Chain")
+    make.__signature__ = signature.replace(return_annotation="Chain")  # type: ignore[attr-defined]
     make.__annotations__ = {**build.__annotations__, "return": "Chain"}
     return make
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Hashable, Mapping, Sequence
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -98,9 +99,9 @@ def _stacked_rules(stacked) -> tuple[tuple[re.Pattern, int], ...]:
             check_int(
                 f"stacked: the number of leading axes for {pattern!r}", axes, what="an int >= 0"
             )
-            rules.append((_compile("stacked", pattern), axes))
+            rules.append((cast(re.Pattern, _compile("stacked", pattern)), axes))
         return tuple(rules)
-    return ((_compile("stacked", stacked), 1),)
+    return ((cast(re.Pattern, _compile("stacked", stacked)), 1),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,10 +111,14 @@ class PathMask:
     Calling it on a tree gives the tree of bools; it is accepted wherever a mask is.
     """
 
-    include: object = None
-    exclude: object = None
+    include: Any = None
+    exclude: Any = None
     min_ndim: int | None = None
-    stacked: object = None
+    stacked: Any = None
+    # Compiled in __post_init__; not arguments, not compared.
+    _include: re.Pattern | None = dataclasses.field(init=False, repr=False, compare=False)
+    _exclude: re.Pattern | None = dataclasses.field(init=False, repr=False, compare=False)
+    _stacked: tuple = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         check_int("min_ndim", self.min_ndim, allow_none=True, what="None or an int >= 0")
@@ -148,7 +153,7 @@ class PathMask:
         args = ", ".join(
             f"{f.name}={getattr(self, f.name)!r}"
             for f in dataclasses.fields(self)
-            if getattr(self, f.name) is not None
+            if f.repr and getattr(self, f.name) is not None
         )
         return f"path_mask({args})"
 
@@ -188,6 +193,7 @@ class PathLabels:
 
     rules: tuple
     default: Hashable = None
+    _compiled: tuple = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         compiled = tuple((_compile("path_labels pattern", p), label) for p, label in self.rules)

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +25,7 @@ COUNT_DTYPE = jnp.int32
 def safe_increment(count: jax.Array) -> jax.Array:
     """``count + 1``, saturating at the dtype's maximum (2^31 - 1 for the int32 counters)."""
     count = jnp.asarray(count)
+    top: Any
     if jnp.issubdtype(count.dtype, jnp.integer):
         top = jnp.iinfo(count.dtype).max
     elif jnp.issubdtype(count.dtype, jnp.floating):
@@ -93,13 +95,13 @@ def named_sharding(mesh, *entries, ndim: int | None = None, memory_kind: str | N
     or a restore. On Auto mesh axes jit returns specs without trailing ``None`` s; on Explicit
     axes (sharding in types) one entry per axis of the array, ``ndim`` of them when given.
     """
-    entries = list(entries)
+    spec = list(entries)
     if ndim is not None and _has_explicit_axes(mesh):
-        entries += [None] * (ndim - len(entries))
+        spec += [None] * (ndim - len(spec))
     else:
-        while entries and entries[-1] is None:
-            entries.pop()
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*entries))
+        while spec and spec[-1] is None:
+            spec.pop()
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
     return sharding if memory_kind is None else sharding.with_memory_kind(memory_kind)
 
 

@@ -608,7 +608,7 @@ def _rebuild(node, children: dict):
     if isinstance(node, dict):
         return children
     if isinstance(node, tuple):
-        return node._replace(**children)
+        return node._replace(**children)  # type: ignore[attr-defined]
     return dataclasses.replace(node, **children)
 
 

@@ -150,7 +150,7 @@ def _train(
     valid_curve.append((0, float(eval_fn(params, state))))
     progress = Progress(entry.name, steps, out_stream)
     parity = 0.0
-    t0 = None
+    t0 = 0.0  # set after the first step, which includes compilation
     for i in range(steps):
         params, state, shadow_state, loss, gap = step(params, state, shadow_state, train_batches[i])
         if i == 0:

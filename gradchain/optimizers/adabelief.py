@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,8 +41,8 @@ class ScaleByBeliefState:
     (the "belief"); ``hyperparams``: as used last."""
 
     count: jax.Array
-    mu: object
-    nu: object
+    mu: Any
+    nu: Any
     hyperparams: dict
 
 

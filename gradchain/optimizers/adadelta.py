@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -36,8 +38,8 @@ class ScaleByAdaDeltaState:
     squared updates; ``hyperparams``: rho and eps as used last."""
 
     count: jax.Array
-    e_g: object
-    e_x: object
+    e_g: Any
+    e_x: Any
     hyperparams: dict
 
 

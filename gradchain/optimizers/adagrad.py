@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +39,7 @@ class ScaleByRssState:
     gradients (plus the initial value); ``hyperparams``: eps as used last."""
 
     count: jax.Array
-    sum_of_squares: object
+    sum_of_squares: Any
     hyperparams: dict
 
 

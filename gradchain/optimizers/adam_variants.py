@@ -9,6 +9,7 @@ optax and a keyword gives PyTorch's convention.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -75,9 +76,9 @@ class ScaleByAmsgradState:
     maximum of the (bias-corrected, by default) second moment; ``hyperparams``: as used last."""
 
     count: jax.Array
-    mu: object
-    nu: object
-    nu_max: object
+    mu: Any
+    nu: Any
+    nu_max: Any
     hyperparams: dict
 
 
@@ -112,12 +113,12 @@ class ScaleByAmsgrad(GradientTransformation):
     b2: float = 0.999
     eps: float = 1e-8
     eps_root: float = 0.0
-    mu_dtype: object = None
+    mu_dtype: Any = None
     bias_correction_mu: bool = True
     bias_correction_nu: bool = True
     _: dataclasses.KW_ONLY
     debias_after_max: bool = False
-    nu_dtype: object = None
+    nu_dtype: Any = None
 
     def __post_init__(self):
         _check_adam_hyperparams(self)
@@ -434,8 +435,8 @@ class ScaleByNadamState:
     ``hyperparams``: as used last."""
 
     count: jax.Array
-    mu: object
-    nu: object
+    mu: Any
+    nu: Any
     mu_product: jax.Array
     hyperparams: dict
 
@@ -471,10 +472,10 @@ class ScaleByNadam(GradientTransformation):
     b2: float = 0.999
     eps: float = 1e-8
     eps_root: float = 0.0
-    mu_dtype: object = None
+    mu_dtype: Any = None
     _: dataclasses.KW_ONLY
     momentum_decay: float = 4e-3
-    nu_dtype: object = None
+    nu_dtype: Any = None
 
     def __post_init__(self):
         _check_adam_hyperparams(self)

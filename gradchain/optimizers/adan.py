@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -41,10 +43,10 @@ class ScaleByAdanState:
     gradient; ``g``: the previous gradient; ``t``: updates done (optax's name for the counter,
     also readable as ``count``); ``hyperparams``: as used last."""
 
-    m: object
-    v: object
-    n: object
-    g: object
+    m: Any
+    v: Any
+    n: Any
+    g: Any
     t: jax.Array
     hyperparams: dict
 
@@ -153,7 +155,7 @@ class ProximalWeightDecay(GradientTransformation):
 
     weight_decay: float
     learning_rate: float
-    mask: object = None
+    mask: Any = None
 
     def __post_init__(self):
         check_number("weight_decay", self.weight_decay, low=0.0)

@@ -6,7 +6,7 @@ import contextlib
 
 import jax.numpy as jnp
 
-from gradchain.core.base import Parts, check_bool, named_optimizer
+from gradchain.core.base import GradientTransformation, Parts, check_bool, named_optimizer
 from gradchain.transforms.adaptive import scale_by_adam, scale_by_rms, scale_by_stddev
 from gradchain.transforms.clipping import clip_by_block_rms
 from gradchain.transforms.decay import add_decoupled_weight_decay
@@ -52,7 +52,7 @@ def sgd(learning_rate, momentum=None, nesterov=False, accumulator_dtype=None) ->
     torch; Sutskever et al. (2013) keep it inside, which differs under a schedule.
     """
     check_bool("nesterov", nesterov)
-    parts = []
+    parts: list[GradientTransformation] = []
     if momentum is not None:
         with _argument_names(decay="momentum"):
             parts.append(
@@ -158,7 +158,7 @@ def rmsprop(
     moments = scale_by_stddev if centered else scale_by_rms
     check_bool("centered", centered)
     check_bool("nesterov", nesterov)
-    parts = [
+    parts: list[GradientTransformation] = [
         moments(decay, eps, initial_scale, eps_in_sqrt, bias_correction),
         scale_by_learning_rate(learning_rate),
     ]
@@ -229,7 +229,7 @@ def adafactor(
     """
     check_bool("multiply_by_parameter_scale", multiply_by_parameter_scale)
     with _argument_names(step_offset="decay_offset", epsilon="eps"):
-        parts = [
+        parts: list[GradientTransformation] = [
             factored_second_moment(
                 factored,
                 decay_rate,

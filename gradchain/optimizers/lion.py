@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +41,7 @@ class ScaleByLionState:
     """``count``: updates done; ``mu``: the momentum :math:`m_t`; ``hyperparams``: as used last."""
 
     count: jax.Array
-    mu: object
+    mu: Any
     hyperparams: dict
 
 
@@ -70,7 +71,7 @@ class ScaleByLion(GradientTransformation):
 
     b1: float = 0.9
     b2: float = 0.99
-    mu_dtype: object = None
+    mu_dtype: Any = None
     _: dataclasses.KW_ONLY
     mode: str = "hard"
     smooth_beta: float = 1.0

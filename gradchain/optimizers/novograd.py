@@ -3,6 +3,8 @@ gradient."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -39,8 +41,8 @@ class ScaleByNovogradState:
     scalar); ``hyperparams``: as used last."""
 
     count: jax.Array
-    mu: object
-    nu: object
+    mu: Any
+    nu: Any
     hyperparams: dict
 
 
@@ -75,7 +77,7 @@ class ScaleByNovograd(GradientTransformation):
     eps: float = 1e-8
     eps_root: float = 0.0
     weight_decay: float = 0.0
-    mu_dtype: object = None
+    mu_dtype: Any = None
 
     def __post_init__(self):
         check_number("b1", self.b1, low=0.0, high=1.0)

@@ -4,6 +4,7 @@ games, where plain gradient descent-ascent cycles)."""
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +45,7 @@ class ScaleByOptimisticGradientState:
 
     count: jax.Array
     is_initial_step: jax.Array
-    previous_gradient: object
+    previous_gradient: Any
     hyperparams: dict
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,8 +39,8 @@ class ScaleByRpropState:
     last."""
 
     count: jax.Array
-    step_sizes: object
-    prev_updates: object
+    step_sizes: Any
+    prev_updates: Any
     hyperparams: dict
 
 

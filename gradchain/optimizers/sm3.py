@@ -4,6 +4,7 @@ coordinate."""
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -41,8 +42,8 @@ class ScaleBySM3State:
     used last."""
 
     count: jax.Array
-    mu: object
-    nu: object
+    mu: Any
+    nu: Any
     hyperparams: dict
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +34,7 @@ class ScaleByTrustRatioState:
     was multiplied by (1 for leaves the mask leaves out); ``hyperparams``: as used last."""
 
     count: jax.Array
-    trust_ratio: object
+    trust_ratio: Any
     hyperparams: dict
 
 
@@ -64,7 +65,7 @@ class ScaleByTrustRatio(GradientTransformation):
     trust_coefficient: float = 1.0
     eps: float = 0.0
     _: dataclasses.KW_ONLY
-    mask: object = None
+    mask: Any = None
 
     def __post_init__(self):
         check_number("min_norm", self.min_norm, low=0.0)

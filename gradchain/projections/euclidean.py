@@ -79,7 +79,7 @@ def projection_simplex(tree: PyTree, scale: jax.typing.ArrayLike = 1) -> PyTree:
     Differentiable (a custom JVP through the support of the result).
     """
     values, unravel = flatten_util.ravel_pytree(tree)
-    return unravel(scale * _unit_simplex(values / scale))
+    return unravel(scale * _unit_simplex(values / scale))  # type: ignore[arg-type]
 
 
 def projection_l1_sphere(tree: PyTree, scale: jax.typing.ArrayLike = 1) -> PyTree:
@@ -113,7 +113,9 @@ def projection_l2_ball(tree: PyTree, scale: jax.typing.ArrayLike = 1) -> PyTree:
 def projection_linf_ball(tree: PyTree, scale: jax.typing.ArrayLike = 1) -> PyTree:
     """Projection onto the l-infinity ball ``{||x||_inf <= scale}``: clip to ``[-scale, scale]``."""
     return projection_box(
-        tree, lower=tu.tree_full_like(tree, -scale), upper=tu.tree_full_like(tree, scale)
+        tree,
+        lower=tu.tree_full_like(tree, -scale),  # type: ignore[operator]
+        upper=tu.tree_full_like(tree, scale),
     )
 
 

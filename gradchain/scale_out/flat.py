@@ -37,7 +37,7 @@ moment>}``, and ``layout.view(state)`` shows it with the parameters' structure (
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -161,7 +161,7 @@ class FlatLayout:
     labels; a leaf kept whole is named by its path string (``"wte"``, ``"h/0/attn/w"``).
     """
 
-    treedef: object
+    treedef: Any
     slots: tuple  # per leaf, in tree order: _Slot
     buffers: tuple  # per buffer, in name order: (name, shape)
 
@@ -237,7 +237,8 @@ class FlatLayout:
         """
         like = self.treedef.unflatten([jax.ShapeDtypeStruct(s.shape, s.dtype) for s in self.slots])
         selected = resolve_mask(mask, like, "mask")
-        out, first = {}, {}
+        out: dict[Any, Any] = {}
+        first: dict[Any, Any] = {}
         for slot, on in zip(self.slots, jax.tree.leaves(selected)):
             name, path = slot.name, slot.path
             if name in out and out[name] != on:
@@ -280,7 +281,8 @@ def flat_layout(params, labels=None, min_size: int | None = None) -> FlatLayout:
         if labels is not None
         else [None] * len(leaves)
     )
-    slots, buffers = [], {}
+    slots: list[Any] = []
+    buffers: dict[Any, Any] = {}
     for tag, leaf, path in zip(tags, leaves, paths):
         dtype = jnp.dtype(leaf.dtype).name
         shape, size = tuple(leaf.shape), int(np.prod(leaf.shape))
@@ -365,7 +367,7 @@ class FlatState:
     per dtype); ``tx.layout(params).view(state)`` shows it with the parameters' structure.
     """
 
-    inner: object
+    inner: Any
 
 
 @transformation("flatten")
@@ -392,7 +394,7 @@ class Flatten(GradientTransformation):
     and fused optimizers, and FSDP's ``FlatParameter``; optax has none.
     """
 
-    inner: object
+    inner: Any
     min_size: int | None = 65536
 
     def __post_init__(self):

@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Mapping
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -138,11 +139,11 @@ def _lookup(table: np.ndarray, index: jax.Array) -> jax.Array:
 
     With sharding in types (Explicit mesh axes) a gather must be told its output's sharding.
     """
-    table = jnp.asarray(table)
+    values = jnp.asarray(table)
     typeof = getattr(jax, "typeof", None)
     if typeof is None:  # a jax without sharding in types
-        return jnp.take(table, index, mode="clip")
-    return table.at[index].get(mode="clip", out_sharding=typeof(index).sharding)
+        return jnp.take(values, index, mode="clip")
+    return values.at[index].get(mode="clip", out_sharding=typeof(index).sharding)
 
 
 class _NearestCode:
@@ -704,7 +705,7 @@ def dequantize_blockwise(q: QuantizedArray) -> jax.Array:
 def _rank1_scale(maxima, shape) -> jax.Array:
     """``min_k maxima[k]`` broadcast to ``shape``."""
     ndim = len(shape)
-    scale = None
+    scale: Any = None
     for k, m in enumerate(maxima):
         m = m.reshape((1,) * k + (shape[k],) + (1,) * (ndim - k - 1))
         scale = m if scale is None else jnp.minimum(scale, m)
@@ -784,7 +785,7 @@ def _rebuild(state, visit):
             new = _rebuild(new, visit) if new is old else new
             if new is not old:
                 changes[name] = new
-        return state._replace(**changes) if changes else state
+        return state._replace(**changes) if changes else state  # type: ignore[attr-defined]
     if isinstance(state, (tuple, list)):
         return type(state)(_rebuild(s, visit) for s in state)
     return state
@@ -834,11 +835,11 @@ class QuantizeMoments(GradientTransformation):
     such an element instead). Skip such steps before this transformation.
     """
 
-    inner: object
-    block_size: int = None
+    inner: Any
+    block_size: int | None = None
     min_8bit_size: int = 4096
-    keep_float32: object = None
-    moments: object = None
+    keep_float32: Any = None
+    moments: Any = None
     _: dataclasses.KW_ONLY
     bits: int = 8
     stochastic_rounding: bool = False
@@ -879,7 +880,7 @@ class QuantizeMoments(GradientTransformation):
     def init(self, params):
         treedef = jax.tree.structure(params)
         keep = self._keep_leaves(params, treedef)
-        found = []
+        found: list[Any] = []
         jax.eval_shape(lambda p: self._build(p, keep, found), params)
         if not found:
             raise ValueError(
@@ -969,7 +970,8 @@ class QuantizeMoments(GradientTransformation):
         moment = jax.lax.optimization_barrier(moment)
         if self.bits == 4 and not signed and moment.ndim >= 2:
             return quantize_rank1(moment)
-        q = quantize_blockwise(moment, signed=signed, block_size=self.block_size, bits=self.bits)
+        block_size = cast(int, self.block_size)  # filled in by __post_init__
+        q = quantize_blockwise(moment, signed=signed, block_size=block_size, bits=self.bits)
         if layout is None or explicit_sharding(q.codes) is not None:
             return q  # on Explicit axes quantize_blockwise laid the blocks out already
         codes, absmax = block_layout(q.shape, q.block_size, layout)
@@ -1012,8 +1014,8 @@ class QuantizeMoments(GradientTransformation):
                 return new
             stochastic = self.stochastic_rounding
             if isinstance(old, Rank1QuantizedArray):
-                q = quantize_rank1(new, stochastic=stochastic)
-                return dataclasses.replace(q, codes=shard_alike(q.codes, old.codes)[0])
+                r = quantize_rank1(new, stochastic=stochastic)
+                return dataclasses.replace(r, codes=shard_alike(r.codes, old.codes)[0])
             q = quantize_blockwise(
                 new,
                 signed=old.signed,
@@ -1072,7 +1074,7 @@ class _DecayAfterStep(GradientTransformation):
 
     learning_rate: float
     weight_decay: float
-    mask: object = None
+    mask: Any = None
 
     def __post_init__(self):
         check_number("learning_rate", self.learning_rate, low=0.0)
@@ -1266,6 +1268,7 @@ def adamw_8bit(
     quantized = _quantized(
         inner, block_size, min_8bit_size, keep_float32, stochastic=stochastic_rounding
     )
+    parts: tuple[Any, ...]
     if decay_after_step:
         parts = (
             quantized,
@@ -1344,7 +1347,7 @@ def adamw_4bit(
     check_bool("stochastic_rounding", stochastic_rounding)
     check_int("min_4bit_size", min_4bit_size, what="an integer >= 0")
     inner = scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov)
-    parts = (
+    parts: tuple[Any, ...] = (
         _quantized(inner, block_size, min_4bit_size, keep_float32, 4, stochastic_rounding),
         add_decoupled_weight_decay(weight_decay, mask),
         scale_by_learning_rate(learning_rate),

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -517,10 +518,10 @@ class Zero1(GradientTransformation):
     the update's arithmetic to the CPU; here it stays on the device.
     """
 
-    inner: object
+    inner: Any
     mesh: Mesh
-    axis: object = "data"
-    param_specs: object = None
+    axis: Any = "data"
+    param_specs: Any = None
     _: dataclasses.KW_ONLY
     offload: bool = False
 

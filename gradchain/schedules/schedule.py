@@ -34,8 +34,8 @@ import dataclasses
 import itertools
 import numbers
 import operator
-from collections.abc import Iterable, Mapping
-from typing import ClassVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import ClassVar, TypeVar, dataclass_transform
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +52,8 @@ from gradchain.core.base import (
     transformation,
 )
 from gradchain.core.numerics import init_count, safe_increment
+
+_T = TypeVar("_T")
 
 __all__ = [
     "Schedule",
@@ -195,7 +197,7 @@ def _check_steps(name: str, value, *, low: int = 0) -> int:
     except TypeError:
         if not (isinstance(value, numbers.Real) and float(value).is_integer()):
             raise ValueError(f"{name} must be an integer number of steps, got {value!r}") from None
-        v = int(value)
+        v = int(float(value))
     if v < low:
         raise ValueError(f"{name} must be >= {low}, got {value!r}")
     return v
@@ -289,7 +291,8 @@ class Schedule:
     # -- inspectable data -------------------------------------------------------------------
 
     def _field_items(self):
-        return [(f.name, getattr(self, f.name)) for f in dataclasses.fields(self) if f.compare]
+        fields = dataclasses.fields(self)  # type: ignore[arg-type]
+        return [(f.name, getattr(self, f.name)) for f in fields if f.compare]
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={_arg_repr(v)}" for k, v in self._field_items())
@@ -312,11 +315,12 @@ def _arg_repr(v) -> str:
     return _short_repr(v)
 
 
-def schedule_class(name: str):
+@dataclass_transform(frozen_default=True, eq_default=False)
+def schedule_class(name: str) -> Callable[[type[_T]], type[_T]]:
     """Class decorator: a frozen, comparable dataclass schedule that prints as ``name(...)``."""
 
-    def wrap(cls):
-        cls.name = name
+    def wrap(cls: type[_T]) -> type[_T]:
+        cls.name = name  # type: ignore[attr-defined]
         return dataclasses.dataclass(frozen=True, eq=False, repr=False)(cls)
 
     return wrap

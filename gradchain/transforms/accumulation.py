@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -31,7 +33,7 @@ class ApplyEveryState:
     the sum of the updates of the current window."""
 
     count: jax.Array
-    grad_acc: object
+    grad_acc: Any
 
 
 @transformation("apply_every")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -40,8 +42,8 @@ class ScaleByAdamState:
     ``hyperparams``: b1, b2, eps, eps_root as used by the latest update."""
 
     count: jax.Array
-    mu: object
-    nu: object
+    mu: Any
+    nu: Any
     hyperparams: dict
 
 
@@ -103,8 +105,8 @@ class ScaleByAdam(GradientTransformation):
     b2: float = 0.999
     eps: float = 1e-8
     eps_root: float = 0.0
-    mu_dtype: object = None
-    nu_dtype: object = None
+    mu_dtype: Any = None
+    nu_dtype: Any = None
     nesterov: bool = False
 
     def __post_init__(self):
@@ -160,7 +162,7 @@ class ScaleByRmsState:
     as used by the latest update."""
 
     count: jax.Array
-    nu: object
+    nu: Any
     hyperparams: dict
 
 
@@ -236,8 +238,8 @@ class ScaleByStddevState:
     ``hyperparams``: decay, eps as used by the latest update."""
 
     count: jax.Array
-    mu: object
-    nu: object
+    mu: Any
+    nu: Any
     hyperparams: dict
 
 

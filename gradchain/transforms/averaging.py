@@ -75,7 +75,7 @@ class ParamsEma(GradientTransformation):
     """
 
     decay: float
-    accumulator_dtype: object = None
+    accumulator_dtype: Any = None
 
     def __post_init__(self):
         check_number("decay", self.decay, low=0.0, high=1.0)
@@ -171,7 +171,7 @@ class Lookahead(GradientTransformation):
     (2019), Algorithm 1. Same as ``optax.lookahead``.
     """
 
-    fast_optimizer: object
+    fast_optimizer: Any
     sync_period: int
     slow_step_size: float
     reset_state: bool = False

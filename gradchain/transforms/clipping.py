@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -253,7 +255,7 @@ class AdaptiveGradClip(GradientTransformation):
 
     clipping: float
     eps: float = 1e-3
-    axis: object = None
+    axis: Any = None
 
     def __post_init__(self):
         check_number("clipping", self.clipping, low=0.0)

@@ -129,8 +129,8 @@ class Masked(GradientTransformation):
     Same as ``optax.masked``, with path patterns added.
     """
 
-    inner: object
-    mask: object
+    inner: Any
+    mask: Any
     _: dataclasses.KW_ONLY
     mask_compatible_extra_args: bool = False
 
@@ -244,7 +244,7 @@ class Partition(GradientTransformation):
     """
 
     transforms: Mapping
-    param_labels: object
+    param_labels: Any
     _: dataclasses.KW_ONLY
     mask_compatible_extra_args: bool = False
 
@@ -328,7 +328,7 @@ class _FreezeLabels:
     """``"freeze"`` where the mask selects a leaf, ``"train"`` elsewhere (comparable data, so
     equal ``selective_transform`` calls give equal transformations)."""
 
-    freeze_mask: object
+    freeze_mask: Any
 
     def __call__(self, tree):
         selected = resolve_mask(self.freeze_mask, tree, "selective_transform")
@@ -417,7 +417,7 @@ class ApplyIfFinite(GradientTransformation):
     ``total_notfinite``, ``last_finite``. Same as ``optax.apply_if_finite``.
     """
 
-    inner: object
+    inner: Any
     max_consecutive_errors: int
 
     def __post_init__(self):
@@ -545,11 +545,11 @@ class MultiSteps(GradientTransformation):
     ``optax.MultiSteps``, except that ``opt`` is not evaluated on the other micro-batches.
     """
 
-    opt: object
-    every_k_schedule: object
+    opt: Any
+    every_k_schedule: Any
     use_grad_mean: bool = True
-    should_skip_update_fn: object = None
-    accumulator_dtype: object = jnp.float32
+    should_skip_update_fn: Any = None
+    accumulator_dtype: Any = jnp.float32
 
     def __post_init__(self):
         _require_transformation(self.opt, "opt")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +53,7 @@ class AddDecoupledWeightDecay(GradientTransformation):
     """
 
     weight_decay: float = 0.0
-    mask: object = None
+    mask: Any = None
 
     def __post_init__(self):
         check_number("weight_decay", self.weight_decay, low=0.0)
@@ -107,7 +108,7 @@ class AddL2Penalty(AddDecoupledWeightDecay):
     """
 
     weight_decay: float = dataclasses.field()  # required: the inherited default is dropped
-    mask: object = None
+    mask: Any = None
 
 
 add_l2_penalty = AddL2Penalty

@@ -9,6 +9,7 @@ Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost", 2018; AL
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -104,9 +105,9 @@ class FactoredState:
     decay_rate, epsilon."""
 
     count: jax.Array
-    v_row: object
-    v_col: object
-    v: object
+    v_row: Any
+    v_col: Any
+    v: Any
     hyperparams: dict
 
 
@@ -164,7 +165,7 @@ class FactoredSecondMoment(GradientTransformation):
     step_offset: int = 0
     min_dim_size_to_factor: int = 128
     epsilon: float = 1e-30
-    decay_rate_fn: object = adafactor_decay_rate
+    decay_rate_fn: Any = adafactor_decay_rate
     _: dataclasses.KW_ONLY
     factored_axes: str = "largest"
 

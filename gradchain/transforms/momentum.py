@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -33,7 +35,7 @@ class TraceState:
     """``count``: updates done; ``trace``: the momentum buffer ``b``; ``hyperparams``: decay."""
 
     count: jax.Array
-    trace: object
+    trace: Any
     hyperparams: dict
 
 
@@ -60,7 +62,7 @@ class Trace(GradientTransformation):
 
     decay: float
     nesterov: bool = False
-    accumulator_dtype: object = None
+    accumulator_dtype: Any = None
 
     def __post_init__(self):
         check_number("decay", self.decay, low=0.0, high=1.0)
@@ -99,7 +101,7 @@ class EmaState:
     ``hyperparams``: decay."""
 
     count: jax.Array
-    ema: object
+    ema: Any
     hyperparams: dict
 
 
@@ -128,7 +130,7 @@ class Ema(GradientTransformation):
 
     decay: float
     debias: bool = True
-    accumulator_dtype: object = None
+    accumulator_dtype: Any = None
 
     def __post_init__(self):
         check_number("decay", self.decay, low=0.0, high=1.0, high_open=True)

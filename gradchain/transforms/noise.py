@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -64,9 +65,9 @@ class AddNoise(GradientTransformation):
 
     eta: float
     gamma: float
-    key: object = None
+    key: Any = None
     _: dataclasses.KW_ONLY
-    seed: object = None
+    seed: Any = None
 
     def __post_init__(self):
         check_number("eta", self.eta, low=0.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -101,7 +103,7 @@ class ScaleBySchedule(GradientTransformation):
     used is kept in the state as ``hyperparams["step_size"]``. Same as ``optax.scale_by_schedule``.
     """
 
-    step_size_fn: object
+    step_size_fn: Any
 
     def __post_init__(self):
         if not callable(self.step_size_fn):
