@@ -32,6 +32,7 @@ from gradchain.core.base import (
 from gradchain.core.numerics import (
     cast_like,
     compute_dtype,
+    count_power,
     ema,
     init_count,
     moments_like,
@@ -62,7 +63,7 @@ def _adam_bias_correction(tx, b1, b2, t):
     r""":math:`\sqrt{1-\beta_2^t}/(1-\beta_1^t)` when ``tx.bias_correction``, else 1."""
     if not tx.bias_correction:
         return jnp.ones((), b1.dtype)
-    return jnp.sqrt(1 - b2**t) / (1 - b1**t)
+    return jnp.sqrt(1 - count_power(b2, t)) / (1 - count_power(b1, t))
 
 
 # ---------------------------------------------------------------------------------------------

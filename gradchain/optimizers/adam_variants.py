@@ -30,6 +30,7 @@ from gradchain.core.numerics import (
     bias_correction,
     cast_like,
     compute_dtype,
+    count_power,
     ema,
     init_count,
     moments_like,
@@ -390,7 +391,7 @@ class ScaleByRadam(GradientTransformation):
         b1, b2, eps, eps_root = hp["b1"], hp["b2"], hp["eps"], hp["eps_root"]
         c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
         t = safe_increment(state.count)
-        b2t = b2**t
+        b2t = count_power(b2, t)
         rho_inf = 2.0 / c2 - 1.0
         rho = rho_inf - 2.0 * t * b2t / (1.0 - b2t)
         rectified = rho > hp["threshold"] if self.strict_threshold else rho >= hp["threshold"]

@@ -112,27 +112,34 @@ class ScaleByAdam(GradientTransformation):
         b1, b2, eps, eps_root = hp["b1"], hp["b2"], hp["eps"], hp["eps_root"]
         c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
         t = safe_increment(state.count)
-
-        def step(g, m, v):
-            dt = compute_dtype(g.dtype)
-            g32 = g.astype(dt)
-            m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
-            v = ema(v.astype(dt), g32 * g32, b2.astype(dt), c2.astype(dt))
-            if self.nesterov:
-                m_hat = nesterov_bias_corrected(m, g32, b1, 1 - b1.astype(dt), t)
-            else:
-                m_hat = bias_correction(m, b1, t)
-            v_hat = bias_correction(v, b2, t)
-            u = m_hat / (jnp.sqrt(v_hat + eps_root.astype(dt)) + eps.astype(dt))
-            return u.astype(g.dtype), m, v
-
-        out, mu, nu = tree_map_multi(step, 3, updates, state.mu, state.nu)
-        mu = jax.tree.map(lambda new, old: new.astype(old.dtype), mu, state.mu)
-        nu = jax.tree.map(lambda new, old: new.astype(old.dtype), nu, state.nu)
+        scalars = (b1, b2, eps, eps_root, c1, c2, t)
+        out, mu, nu = tree_map_multi(
+            lambda g, m, v: _adam_leaf(g, m, v, *scalars, nesterov=self.nesterov),
+            3,
+            updates,
+            state.mu,
+            state.nu,
+        )
         return out, ScaleByAdamState(count=t, mu=mu, nu=nu, hyperparams=hp)
 
 
 scale_by_adam = ScaleByAdam
+
+
+@numerics.leaf_kernel("nesterov")
+def _adam_leaf(g, m, v, b1, b2, eps, eps_root, c1, c2, t, nesterov: bool):
+    """One leaf of Adam: the update and the two moments, stored in their own dtypes."""
+    dt = compute_dtype(g.dtype)
+    g32 = g.astype(dt)
+    new_m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
+    new_v = ema(v.astype(dt), g32 * g32, b2.astype(dt), c2.astype(dt))
+    if nesterov:
+        m_hat = nesterov_bias_corrected(new_m, g32, b1, 1 - b1.astype(dt), t)
+    else:
+        m_hat = bias_correction(new_m, b1, t)
+    v_hat = bias_correction(new_v, b2, t)
+    u = m_hat / (jnp.sqrt(v_hat + eps_root.astype(dt)) + eps.astype(dt))
+    return u.astype(g.dtype), new_m.astype(m.dtype), new_v.astype(v.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
