@@ -9,8 +9,8 @@ so a new optimizer cannot be forgotten. Adding one is one line::
     Entry("lion", lambda: gc.lion(1e-3), optimizer=True, nonfinite="coordinate"),
 
 ``Entry`` fields say what a transformation needs to run (extra ``update`` arguments, params,
-matrix-shaped leaves, a parameter container) and how it treats a non-finite gradient, which the
-README's table is generated from and ``test_nonfinite`` checks.
+matrix-shaped leaves, a parameter container) and how it treats a non-finite gradient, which
+docs/guarantees.md and each transformation's API page show and ``test_nonfinite`` checks.
 """
 
 from __future__ import annotations
@@ -484,6 +484,7 @@ NOT_TRANSFORMS: dict[str, str] = {
     "QuantizedArray": "data type (an 8-bit array and its scales)",
     "block_axis_sharding": "helper: the layout of 8-bit blocks",
     "dequantize_blockwise": "helper: 8-bit to float",
+    "describe": "helper: the update rule as math (tests/test_describe.py)",
     "dynamic_map": "helper: the 8-bit code book",
     "quantize_blockwise": "helper: float to 8-bit",
     "ChainState": "state container",
@@ -501,6 +502,7 @@ NOT_TRANSFORMS: dict[str, str] = {
     "factored_axes": "helper: which axes a moment is factored along",
     "global_norm": "helper: the global norm of a tree",
     "muon_labels": "helper: Muon's parameter groups (used by the muon[muon_labels] entry)",
+    "named_optimizer": "decorator for named optimizers (every named optimizer entry uses it)",
     "orthogonalize_via_newton_schulz": "helper: the Newton-Schulz iteration",
     "path_labels": "helper: labels by path",
     "path_mask": "helper: masks by path",
