@@ -406,7 +406,9 @@ def _donated_variant(name, step, params, state, grads, state_bytes: float) -> Va
 def optimizer_variant(name, tx, apply_updates, params, grads, extra=None) -> Variant:
     """Compiles ``params <- apply_updates(params, tx.update(grads, state, params))``."""
     params = jax.tree.map(jnp.copy, params)
-    state = tx.init(params)
+    # Copied: a state that starts as the parameters themselves (Prodigy's params0,
+    # schedule-free's z) would otherwise donate one buffer twice.
+    state = jax.tree.map(jnp.copy, tx.init(params))
     extra = extra or {}
 
     def step(p, s, g):
