@@ -332,7 +332,7 @@ def _more_optimizers() -> list[Optimizer]:
             matmuls=galore_matmuls(32),
         ),
         row(
-            "MultiSteps(adam, 4)",
+            "MultiSteps(adam)",
             lambda: gc.MultiSteps(gc.adam(3e-4), 4),
             lambda: optax.MultiSteps(optax.adam(3e-4), 4),
             three,

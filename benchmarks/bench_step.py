@@ -113,8 +113,12 @@ def main(argv=None):
         f"command: python benchmarks/bench_step.py {' '.join(argv or __import__('sys').argv[1:])}"
     )
     print()
+    names = args.optimizers.split(",")
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        parser.error(f"unknown optimizers {unknown}; known: {', '.join(table)}")
     rows, notes = [], []
-    for name in args.optimizers.split(","):
+    for name in names:
         opt = table[name]
         if opt.gradchain is None:
             notes.append(f"{name}: skipped, {opt.missing}")
