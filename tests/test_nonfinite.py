@@ -57,6 +57,10 @@ def observed(entry):
         where = "tree"
     elif bool(bad["a"].all()):
         where = "leaf"
+    elif int(bad["a"].sum()) in (bad["a"].shape[0], bad["a"].shape[1]) and (
+        bool(bad["a"][0].all()) or bool(bad["a"][:, 0].all())
+    ):
+        where = "slice"
     else:
         assert int(bad["a"].sum()) == 1 and bool(bad["a"][0, 0])
         where = "coordinate"

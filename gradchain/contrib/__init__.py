@@ -19,6 +19,10 @@ from gradchain.contrib.muon import (
     scale_by_muon,
     scale_by_shape,
 )
+from gradchain.contrib.reduce_on_plateau import (
+    ReduceLROnPlateauState,
+    reduce_on_plateau,
+)
 from gradchain.contrib.schedule_free import (
     schedule_free,
     schedule_free_adamw,
@@ -35,6 +39,7 @@ from gradchain.contrib.sophia import (
 __all__ = [
     "GaLoreDimensionNumbers",
     "MuonDimensionNumbers",
+    "ReduceLROnPlateauState",
     "dadapt_adamw",
     "galore",
     "gauss_newton_bartlett_estimator_diag_hessian",
@@ -43,6 +48,7 @@ __all__ = [
     "muon_labels",
     "orthogonalize_via_newton_schulz",
     "prodigy",
+    "reduce_on_plateau",
     "scale_by_dadapt_adamw",
     "scale_by_galore",
     "scale_by_muon",
