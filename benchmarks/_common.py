@@ -146,16 +146,22 @@ class Optimizer:
     """One row of the comparison: how to build it in gradchain and in optax, and its floor.
 
     ``read``/``write``: bytes per float32 parameter the algorithm must read and write at least.
+    ``matmuls``: for an optimizer whose step is bound by matrix products rather than memory
+    (Muon's Newton-Schulz iteration, GaLore's projections), ``(grads) -> [(a_shape, b_shape)]``,
+    the products the algorithm must compute per step; the *FLOP floor* is a jitted kernel doing
+    those products alone (see :func:`flop_floor_variant`).
     """
 
     name: str
     gradchain: Callable | None  # () -> transformation, None when gradchain lacks it
-    optax: Callable
+    optax: Callable | None  # None when optax has no such optimizer
     read: int
     write: int
     missing: str = ""  # why the gradchain side is absent
     moments: tuple = (jnp.float32, jnp.float32)  # the state arrays per parameter (array floor)
     global_norm: bool = False  # whether the step needs the gradients' global norm first
+    matmuls: Callable | None = None
+    extra: dict = dataclasses.field(default_factory=dict)  # keyword arguments of ``update``
 
 
 def optimizers() -> dict[str, Optimizer]:
@@ -218,7 +224,133 @@ def optimizers() -> dict[str, Optimizer]:
             missing="gradchain.adamw_8bit is not on this branch yet",
         ),
     ]
+    out += _more_optimizers()
     return {o.name: o for o in out}
+
+
+def _loss(params):
+    """A scalar loss for the optimizers that estimate curvature (Sophia's ``obj_fn``)."""
+    return sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(params))
+
+
+def _wide(shape) -> tuple[int, int]:
+    return (min(shape), max(shape))
+
+
+def newton_schulz_matmuls(grads, ns_steps: int = 5) -> list:
+    """The products of ``ns_steps`` quintic Newton-Schulz steps on every matrix leaf, in its
+    wide orientation ``(m, n)``, ``m <= n``: ``A = X X^T``, ``A A`` and ``(bA + cA^2) X``."""
+    out = []
+    for g in jax.tree.leaves(grads):
+        if g.ndim != 2:
+            continue
+        m, n = _wide(g.shape)
+        out += [((m, n), (n, m)), ((m, m), (m, m)), ((m, m), (m, n))] * ns_steps
+    return out
+
+
+def galore_matmuls(rank: int):
+    """GaLore's two projections per matrix leaf: ``P^T G`` into rank ``r`` and ``P U`` back."""
+
+    def products(grads):
+        out = []
+        for g in jax.tree.leaves(grads):
+            if g.ndim != 2:
+                continue
+            m, n = _wide(g.shape)
+            r = min(rank, m)
+            out += [((r, m), (m, n)), ((m, r), (r, n))]
+        return out
+
+    return products
+
+
+def _more_optimizers() -> list[Optimizer]:
+    """Every other named optimizer of the registry, with the state arrays its step streams."""
+    contrib = optax.contrib
+    one, two, three = (jnp.float32,), (jnp.float32,) * 2, (jnp.float32,) * 3
+
+    def row(name, g, o, moments, **kw):
+        k = len(moments)
+        return Optimizer(name, g, o, read=8 + 4 * k, write=4 + 4 * k, moments=moments, **kw)
+
+    return [
+        row("adam", lambda: gc.adam(3e-4), lambda: optax.adam(3e-4), two),
+        row("rmsprop", lambda: gc.rmsprop(1e-3), lambda: optax.rmsprop(1e-3), one),
+        row("adagrad", lambda: gc.adagrad(0.1), lambda: optax.adagrad(0.1), one),
+        row("adamax", lambda: gc.adamax(1e-3), lambda: optax.adamax(1e-3), two),
+        row("adamaxw", lambda: gc.adamaxw(1e-3), lambda: optax.adamaxw(1e-3), two),
+        row("amsgrad", lambda: gc.amsgrad(1e-3), lambda: optax.amsgrad(1e-3), three),
+        row("nadam", lambda: gc.nadam(1e-3), lambda: optax.nadam(1e-3), two),
+        row("nadamw", lambda: gc.nadamw(1e-3), lambda: optax.nadamw(1e-3), two),
+        row("radam", lambda: gc.radam(1e-3), lambda: optax.radam(1e-3), two),
+        row(
+            "lamb",
+            lambda: gc.lamb(1e-3, weight_decay=0.01),
+            lambda: optax.lamb(1e-3, weight_decay=0.01),
+            two,
+        ),
+        row(
+            "lars",
+            lambda: gc.lars(0.1, weight_decay=0.01),
+            lambda: optax.lars(0.1, weight_decay=0.01),
+            one,
+        ),
+        row("prodigy", lambda: gc.prodigy(), lambda: contrib.prodigy(), (jnp.float32,) * 4),
+        row("dadapt_adamw", lambda: gc.dadapt_adamw(), lambda: contrib.dadapt_adamw(), three),
+        row(
+            "schedule_free_sgd",
+            lambda: gc.schedule_free_sgd(0.1),
+            lambda: contrib.schedule_free_sgd(0.1),
+            one,
+        ),
+        row(
+            "schedule_free_adamw",
+            lambda: gc.schedule_free_adamw(1e-3),
+            lambda: contrib.schedule_free_adamw(1e-3),
+            two,
+        ),
+        row(
+            "sophia",
+            lambda: gc.sophia(1e-3),
+            lambda: contrib.sophia(1e-3),
+            two,
+            extra={"obj_fn": _loss},
+        ),
+        row(
+            "muon",
+            lambda: gc.muon(1e-3),
+            lambda: contrib.muon(1e-3),
+            one,
+            matmuls=newton_schulz_matmuls,
+        ),
+        row(
+            "galore",
+            lambda: gc.galore(1e-3, rank=32, update_proj_gap=200),
+            lambda: contrib.galore(1e-3, rank=32, update_proj_gap=200),
+            two,
+            matmuls=galore_matmuls(32),
+        ),
+        row(
+            "MultiSteps(adam)",
+            lambda: gc.MultiSteps(gc.adam(3e-4), 4),
+            lambda: optax.MultiSteps(optax.adam(3e-4), 4),
+            three,
+        ),
+        row("sgd", lambda: gc.sgd(0.1), lambda: optax.sgd(0.1), ()),
+        row(
+            "adam_8bit",
+            lambda: gc.adam_8bit(3e-4),
+            lambda: optax.adam(3e-4),
+            (jnp.uint8, jnp.uint8),
+        ),
+        row(
+            "lion_8bit",
+            lambda: gc.lion_8bit(1e-4),
+            lambda: optax.lion(1e-4),
+            (jnp.uint8,),
+        ),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,13 +403,16 @@ def _donated_variant(name, step, params, state, grads, state_bytes: float) -> Va
     return Variant(name, call, compile_s, compile_cpu_s, _traffic(compiled, n), state_bytes)
 
 
-def optimizer_variant(name, tx, apply_updates, params, grads) -> Variant:
+def optimizer_variant(name, tx, apply_updates, params, grads, extra=None) -> Variant:
     """Compiles ``params <- apply_updates(params, tx.update(grads, state, params))``."""
     params = jax.tree.map(jnp.copy, params)
-    state = tx.init(params)
+    # Copied: a state that starts as the parameters themselves (Prodigy's params0,
+    # schedule-free's z) would otherwise donate one buffer twice.
+    state = jax.tree.map(jnp.copy, tx.init(params))
+    extra = extra or {}
 
     def step(p, s, g):
-        u, s = tx.update(g, s, p)
+        u, s = tx.update(g, s, p, **extra)
         return apply_updates(p, u), s
 
     return _donated_variant(name, step, params, state, grads, _nbytes(state) / count_params(params))
@@ -300,6 +435,32 @@ def array_floor_variant(params, grads, moments, global_norm: bool, name="array f
         return jax.tree.map(bump, p, g), [jax.tree.map(bump, m, g) for m in state]
 
     return _donated_variant(name, kernel, params, state, grads, 0.0)
+
+
+def flop_floor_variant(products: list) -> Variant:
+    """The matrix products a step must compute, alone: ``A @ B`` for each ``(a_shape,
+    b_shape)``, in float32, each result summed into one scalar so that none is dead code.
+
+    Chained products (Newton-Schulz feeds each step's result into the next) would be no
+    cheaper, so independent operands of the same shapes give the same FLOP count.
+    """
+    key = jax.random.PRNGKey(0)
+    operands = [
+        (jax.random.normal(key, a, jnp.float32), jax.random.normal(key, b, jnp.float32))
+        for a, b in products
+    ]
+
+    def kernel(operands):
+        return sum(jnp.sum(a @ b) for a, b in operands)
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    compiled = jax.jit(kernel).lower(operands).compile()
+    compile_s, compile_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+
+    def call():
+        jax.block_until_ready(compiled(operands))
+
+    return Variant("FLOP floor", call, compile_s, compile_cpu_s, float("nan"), 0.0)
 
 
 def floor_variant(n_params: int, read: int, write: int) -> Variant:

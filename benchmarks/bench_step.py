@@ -15,7 +15,12 @@ For each optimizer, in one run and on the same parameters and gradients:
 * ``one-pass floor``     the same bytes in one pass over interleaved buffers, a stricter bound
                          that separate arrays cannot reach on XLA:CPU (column "vs 1-pass floor");
 * ``flat array floor``   the array floor over the flat buffers of ``gradchain.flat_layout``: the
-                         flat-array floor (column "vs flat").
+                         flat-array floor (column "vs flat");
+* ``FLOP floor``         for the matrix optimizers (Muon, GaLore), the matrix products the
+                         algorithm must compute, alone (column "vs FLOP floor").
+
+Every named optimizer of the registry has a row (``--optimizers`` picks some); an optimizer optax
+lacks has no optax row.
 
 Step time is the median over ``--reps`` donated-buffer steps taken in turn; compile time includes
 tracing; traffic is XLA's count of bytes read and written per parameter; state is the optimizer
@@ -42,6 +47,7 @@ from _common import (
     array_floor_variant,
     count_params,
     floor_variant,
+    flop_floor_variant,
     gc,
     gpt2_shapes,
     machine,
@@ -64,6 +70,7 @@ VARIANTS = (
     "array floor",
     "one-pass floor",
     "flat array floor",
+    "FLOP floor",
 )
 
 
@@ -106,8 +113,12 @@ def main(argv=None):
         f"command: python benchmarks/bench_step.py {' '.join(argv or __import__('sys').argv[1:])}"
     )
     print()
+    names = args.optimizers.split(",")
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        parser.error(f"unknown optimizers {unknown}; known: {', '.join(table)}")
     rows, notes = [], []
-    for name in args.optimizers.split(","):
+    for name in names:
         opt = table[name]
         if opt.gradchain is None:
             notes.append(f"{name}: skipped, {opt.missing}")
@@ -117,26 +128,37 @@ def main(argv=None):
         t0 = time.perf_counter()
         if "gradchain" in wanted:
             variants.append(
-                optimizer_variant("gradchain", opt.gradchain(), gc.apply_updates, params, grads)
+                optimizer_variant(
+                    "gradchain", opt.gradchain(), gc.apply_updates, params, grads, opt.extra
+                )
             )
         try:
             flat_tx = gc.flatten(opt.gradchain())
-        except ValueError as e:
+        except (ValueError, TypeError) as e:
             # Per-leaf statistics: on flat buffers it would be another algorithm.
             flat_tx = None
             notes.append(f"{name}: no flatten or flat rows, {str(e).split(' (')[0]}")
         if "gradchain.flatten" in wanted and flat_tx is not None:
             variants.append(
-                optimizer_variant("gradchain.flatten", flat_tx, gc.apply_updates, params, grads)
+                optimizer_variant(
+                    "gradchain.flatten", flat_tx, gc.apply_updates, params, grads, opt.extra
+                )
             )
-        if "optax" in wanted:
+        if "optax" in wanted and opt.optax is not None:
             variants.append(
-                optimizer_variant("optax", opt.optax(), optax.apply_updates, params, grads)
+                optimizer_variant(
+                    "optax", opt.optax(), optax.apply_updates, params, grads, opt.extra
+                )
             )
         if "gradchain flat" in wanted and flat_tx is not None:
             variants.append(
                 optimizer_variant(
-                    "gradchain flat", opt.gradchain(), gc.apply_updates, flat_params, flat_grads
+                    "gradchain flat",
+                    opt.gradchain(),
+                    gc.apply_updates,
+                    flat_params,
+                    flat_grads,
+                    opt.extra,
                 )
             )
         if "array floor" in wanted:
@@ -149,10 +171,13 @@ def main(argv=None):
                     flat_params, flat_grads, opt.moments, opt.global_norm, name="flat array floor"
                 )
             )
+        if "FLOP floor" in wanted and opt.matmuls is not None:
+            variants.append(flop_floor_variant(opt.matmuls(grads)))
         time_round_robin(variants, args.reps)
         by_name = {v.name: v for v in variants}
         optax_v, floor_v = by_name.get("optax"), by_name.get("array floor")
         one_pass_v, flat_v = by_name.get("one-pass floor"), by_name.get("flat array floor")
+        flop_v = by_name.get("FLOP floor")
         for v in variants:
             rows.append(
                 [
@@ -163,6 +188,7 @@ def main(argv=None):
                     ratio(v.median, floor_v.median) if floor_v else "-",
                     ratio(v.median, one_pass_v.median) if one_pass_v else "-",
                     ratio(v.median, flat_v.median) if flat_v else "-",
+                    ratio(v.median, flop_v.median) if flop_v else "-",
                     f"{v.compile_s:.2f}",
                     f"{v.compile_cpu_s:.2f}",
                     f"{v.traffic:.1f}",
@@ -175,7 +201,7 @@ def main(argv=None):
             + f"  ({time.perf_counter() - t0:.0f} s)",
             flush=True,
         )
-        del variants, by_name, optax_v, floor_v, one_pass_v, flat_v
+        del variants, by_name, optax_v, floor_v, one_pass_v, flat_v, flop_v
         pygc.collect()
 
     print()
@@ -189,6 +215,7 @@ def main(argv=None):
                 "vs array floor",
                 "vs 1-pass floor",
                 "vs flat",
+                "vs FLOP floor",
                 "compile (s)",
                 "compile CPU (s)",
                 "traffic (B/param)",

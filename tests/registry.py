@@ -96,6 +96,9 @@ class Entry:
     floats_only: ``init`` rejects integer and complex parameters (TypeError naming the leaf);
       None: decided by whether the state keeps float numbers per parameter element.
     param_copies: state fields that are copies of the parameters, kept in their dtype.
+    warm_steps: un-jitted steps until every path of ``update`` has run once (MultiSteps runs
+      its inner optimizer at the k-th micro-batch only); after them an un-jitted step compiles
+      nothing (test_eager).
     """
 
     name: str
@@ -111,6 +114,7 @@ class Entry:
     keeps_nan: bool = True
     floats_only: bool | None = None
     param_copies: tuple = ()
+    warm_steps: int = 1
     variant: str = ""
 
     @property
@@ -193,13 +197,20 @@ TRANSFORMS: tuple[Entry, ...] = (
         nonfinite="zeroed",
         keeps_nan=False,
     ),
-    E("MultiSteps", lambda: gc.MultiSteps(gc.adam(0.1), 2), optimizer=True, nonfinite="held"),
+    E(
+        "MultiSteps",
+        lambda: gc.MultiSteps(gc.adam(0.1), 2),
+        optimizer=True,
+        nonfinite="held",
+        warm_steps=2,
+    ),
     E(
         "MultiSteps",
         lambda: gc.MultiSteps(gc.adam(0.1), 2, should_skip_update_fn=gc.skip_not_finite),
         optimizer=True,
         nonfinite="zeroed",
         keeps_nan=False,
+        warm_steps=2,
         variant="skip_not_finite",
     ),
     # decay

@@ -26,6 +26,7 @@ from gradchain.core.base import (
     check_int,
     check_number,
     check_tree_match,
+    cond,
     named_optimizer,
     transformation,
 )
@@ -402,7 +403,7 @@ class ScaleByGalore(GradientTransformation):
             g32 = g.astype(compute_dtype(g.dtype))
             # The SVD's result is laid out as XLA likes: keep the projector's own layout (in
             # the branch too, where both branches must have one type on Explicit axes).
-            fresh = jax.lax.cond(
+            fresh = cond(
                 refresh,
                 lambda: keep_layout(proj.fresh_projector(g32).astype(p.dtype), p),
                 lambda: p,

@@ -33,8 +33,10 @@ from gradchain.core.base import (
 from gradchain.core.numerics import (
     cast_like,
     compute_dtype,
+    count_power,
     ema,
     init_count,
+    leaf_kernel,
     moments_like,
     safe_increment,
 )
@@ -63,7 +65,7 @@ def _adam_bias_correction(tx, b1, b2, t):
     r""":math:`\sqrt{1-\beta_2^t}/(1-\beta_1^t)` when ``tx.bias_correction``, else 1."""
     if not tx.bias_correction:
         return jnp.ones((), b1.dtype)
-    return jnp.sqrt(1 - b2**t) / (1 - b1**t)
+    return jnp.sqrt(1 - count_power(b2, t)) / (1 - count_power(b1, t))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,27 +211,23 @@ class ScaleByProdigy(GradientTransformation):
         correlation = _tree_sum(lambda g, p0, p: g * (p0 - p), updates, state.params0, params)
         numerator = b3 * state.numerator + (d / d0) * dlr * correlation
 
-        def moments(g, m, v, s):
-            dt = compute_dtype(g.dtype)
-            dg = d.astype(dt) * g.astype(dt)
-            m = ema(m.astype(dt), dg, b1.astype(dt), c1.astype(dt))
-            v = ema(v.astype(dt), dg * dg, b2.astype(dt), c2.astype(dt))
-            s = b3.astype(dt) * s.astype(dt) + s_coef.astype(dt) * g.astype(dt)
-            return m, v, s
-
-        mu, nu, s = tree_map_multi(moments, 3, updates, state.mu, state.nu, state.s)
+        scalars = (d, b1, c1, b2, c2, b3, s_coef)
+        mu, nu, s = tree_map_multi(
+            lambda g, m, v, s: _prodigy_moments(g, m, v, s, *scalars),
+            3,
+            updates,
+            state.mu,
+            state.nu,
+            state.s,
+        )
         s_l1 = _tree_sum(jnp.abs, s)
         estimate = hp["estim_lr_coef"] * numerator / jnp.where(s_l1 > 0, s_l1, 1)
         new_d = jnp.where(s_l1 > 0, jnp.maximum(d, estimate), d).astype(state.d.dtype)
 
-        def step(g, m, v, p):
-            dt = compute_dtype(g.dtype)
-            u = dlr.astype(dt) * (
-                m / (jnp.sqrt(v) + (new_d * hp["eps"]).astype(dt)) + lam.astype(dt) * p.astype(dt)
-            )
-            return (-u).astype(g.dtype)
-
-        out = jax.tree.map(step, updates, mu, nu, params)
+        eps = new_d * hp["eps"]
+        out = jax.tree.map(
+            lambda g, m, v, p: _prodigy_step(g, m, v, p, dlr, eps, lam), updates, mu, nu, params
+        )
         return out, ScaleByProdigyState(
             count=t,
             mu=cast_like(mu, state.mu),
@@ -243,6 +241,25 @@ class ScaleByProdigy(GradientTransformation):
 
 
 scale_by_prodigy = ScaleByProdigy
+
+
+@leaf_kernel()
+def _prodigy_moments(g, m, v, s, d, b1, c1, b2, c2, b3, s_coef):
+    """One leaf of Prodigy's moments: ``m``, ``v`` of ``d g`` and the weighted sum ``s``."""
+    dt = compute_dtype(g.dtype)
+    dg = d.astype(dt) * g.astype(dt)
+    m = ema(m.astype(dt), dg, b1.astype(dt), c1.astype(dt))
+    v = ema(v.astype(dt), dg * dg, b2.astype(dt), c2.astype(dt))
+    s = b3.astype(dt) * s.astype(dt) + s_coef.astype(dt) * g.astype(dt)
+    return m, v, s
+
+
+@leaf_kernel()
+def _prodigy_step(g, m, v, p, dlr, eps, lam):
+    """One leaf of Prodigy's update, with ``eps`` already scaled by the new ``d``."""
+    dt = compute_dtype(g.dtype)
+    u = dlr.astype(dt) * (m / (jnp.sqrt(v) + eps.astype(dt)) + lam.astype(dt) * p.astype(dt))
+    return (-u).astype(g.dtype)
 
 
 @named_optimizer
@@ -393,26 +410,23 @@ class ScaleByDAdaptAdamW(GradientTransformation):
         )
         numerator = sb2 * state.numerator + (1 - sb2) * dlr * correlation
 
-        def moments(g, m, v, s):
-            dt = compute_dtype(g.dtype)
-            g32 = g.astype(dt)
-            m = ema(m.astype(dt), dlr.astype(dt) * g32, b1.astype(dt), c1.astype(dt))
-            v = ema(v.astype(dt), g32 * g32, b2.astype(dt), c2.astype(dt))
-            s = sb2.astype(dt) * s.astype(dt) + ((1 - sb2) * dlr).astype(dt) * g32
-            return m, v, s
-
-        mu, nu, s = tree_map_multi(moments, 3, updates, state.mu, state.nu, state.s)
+        scalars = (dlr, b1, c1, b2, c2, sb2, (1 - sb2) * dlr)
+        mu, nu, s = tree_map_multi(
+            lambda g, m, v, s: _dadapt_moments(g, m, v, s, *scalars),
+            3,
+            updates,
+            state.mu,
+            state.nu,
+            state.s,
+        )
         s_l1 = _tree_sum(jnp.abs, s)
         estimate = numerator / ((1 - sb2) * jnp.where(s_l1 > 0, s_l1, 1))
         new_d = jnp.where(s_l1 > 0, jnp.maximum(d, estimate), d).astype(state.d.dtype)
         decay = lam * dlr if self.decouple else jnp.zeros_like(lam)
 
-        def step(g, m, v, p):
-            dt = compute_dtype(g.dtype)
-            u = m / (jnp.sqrt(v) + eps.astype(dt)) + decay.astype(dt) * p.astype(dt)
-            return (-u).astype(g.dtype)
-
-        out = jax.tree.map(step, updates, mu, nu, params)
+        out = jax.tree.map(
+            lambda g, m, v, p: _dadapt_step(g, m, v, p, eps, decay), updates, mu, nu, params
+        )
         return out, ScaleByDAdaptAdamWState(
             count=t,
             mu=cast_like(mu, state.mu),
@@ -425,6 +439,24 @@ class ScaleByDAdaptAdamW(GradientTransformation):
 
 
 scale_by_dadapt_adamw = ScaleByDAdaptAdamW
+
+
+@leaf_kernel()
+def _dadapt_moments(g, m, v, s, dlr, b1, c1, b2, c2, sb2, s_coef):
+    """One leaf of D-Adaptation's moments; ``s_coef`` is :math:`(1-\\sqrt{\beta_2})\\,d\\eta`."""
+    dt = compute_dtype(g.dtype)
+    g32 = g.astype(dt)
+    m = ema(m.astype(dt), dlr.astype(dt) * g32, b1.astype(dt), c1.astype(dt))
+    v = ema(v.astype(dt), g32 * g32, b2.astype(dt), c2.astype(dt))
+    s = sb2.astype(dt) * s.astype(dt) + s_coef.astype(dt) * g32
+    return m, v, s
+
+
+@leaf_kernel()
+def _dadapt_step(g, m, v, p, eps, decay):
+    dt = compute_dtype(g.dtype)
+    u = m / (jnp.sqrt(v) + eps.astype(dt)) + decay.astype(dt) * p.astype(dt)
+    return (-u).astype(g.dtype)
 
 
 @named_optimizer

@@ -7,7 +7,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from gradchain.core.base import GradientTransformation, check_int, check_number, transformation
+from gradchain.core.base import (
+    GradientTransformation,
+    check_int,
+    check_number,
+    cond,
+    transformation,
+)
 from gradchain.core.numerics import safe_increment
 from gradchain.schedules.schedule import ReduceOnPlateau
 
@@ -132,7 +138,7 @@ class ReduceLROnPlateau(GradientTransformation):
         count = safe_increment(state.count)
         avg = ((state.count * state.avg_value + value.astype(dt)) / count).astype(dt)
         state = state._replace(count=count, avg_value=avg)
-        state = jax.lax.cond(count == self.accumulation_size, self._new_plateau, lambda s: s, state)
+        state = cond(count == self.accumulation_size, self._new_plateau, lambda s: s, state)
         scaled = jax.tree.map(lambda g: g * state.scale.astype(jnp.result_type(g)), updates)
         return scaled, state
 

@@ -34,7 +34,13 @@ from gradchain.core.base import (
     transformation,
     tree_map_multi,
 )
-from gradchain.core.numerics import compute_dtype, init_count, safe_increment, state_dtype
+from gradchain.core.numerics import (
+    compute_dtype,
+    init_count,
+    leaf_kernel,
+    safe_increment,
+    state_dtype,
+)
 from gradchain.optimizers.alias import sgd
 from gradchain.transforms.adaptive import ScaleByAdam, scale_by_rms
 from gradchain.transforms.decay import add_decoupled_weight_decay
@@ -182,33 +188,21 @@ class ScheduleFree(GradientTransformation):
         k = state.count
         if self.optax_off_by_one and callable(self.learning_rate):
             hp["learning_rate"] = hyperparam_value(self.learning_rate, safe_increment(k))
-        dt = state.weight_sum.dtype
-        max_lr = jnp.maximum(state.max_lr, hp["learning_rate"].astype(dt))
-        power, r = hp["weight_lr_power"].astype(dt), hp["r"].astype(dt)
-        weight = (k.astype(dt) + 1) ** r * max_lr**power
-        weight_sum = state.weight_sum + weight
-        # 0/0 (no positive weight yet) means "keep x"; a NaN weight stays visible.
-        c = jnp.where(
-            jnp.isnan(weight) | jnp.isnan(weight_sum),
-            jnp.nan,
-            jnp.nan_to_num(weight / weight_sum, nan=0.0, posinf=jnp.inf),
+        max_lr, weight_sum, c = _average_weight(
+            k, state.max_lr, state.weight_sum, hp["learning_rate"], hp["weight_lr_power"], hp["r"]
         )
 
         base_updates, base_state = _call_update(
             self.base_optimizer, updates, state.base_optimizer_state, params, extra_args
         )
         b1_old, b1 = state.y_b1, hp["b1"]
-
-        def step(y, z, delta):
-            ct = compute_dtype(jnp.promote_types(y.dtype, z.dtype))
-            y32, z32 = y.astype(ct), z.astype(ct)
-            z_new = z32 + delta.astype(ct)
-            x = (y32 - (1 - b1_old.astype(ct)) * z32) / b1_old.astype(ct)
-            x_new = (1 - c.astype(ct)) * x + c.astype(ct) * z_new
-            y_new = b1.astype(ct) * x_new + (1 - b1.astype(ct)) * z_new
-            return (y_new - y32).astype(delta.dtype), z_new.astype(z.dtype)
-
-        new_updates, z = tree_map_multi(step, 2, params, state.z, base_updates)
+        new_updates, z = tree_map_multi(
+            lambda y, z, delta: _schedule_free_leaf(y, z, delta, b1_old, b1, c),
+            2,
+            params,
+            state.z,
+            base_updates,
+        )
         return new_updates, ScheduleFreeState(
             count=safe_increment(k),
             z=z,
@@ -221,6 +215,35 @@ class ScheduleFree(GradientTransformation):
 
 
 schedule_free = ScheduleFree
+
+
+@leaf_kernel()
+def _average_weight(k, max_lr, weight_sum, learning_rate, weight_lr_power, r):
+    """The new ``max_lr`` and ``weight_sum`` and the interpolation weight ``c`` of step ``k``."""
+    dt = weight_sum.dtype
+    max_lr = jnp.maximum(max_lr, learning_rate.astype(dt))
+    power, r = weight_lr_power.astype(dt), r.astype(dt)
+    weight = (k.astype(dt) + 1) ** r * max_lr**power
+    weight_sum = weight_sum + weight
+    # 0/0 (no positive weight yet) means "keep x"; a NaN weight stays visible.
+    c = jnp.where(
+        jnp.isnan(weight) | jnp.isnan(weight_sum),
+        jnp.nan,
+        jnp.nan_to_num(weight / weight_sum, nan=0.0, posinf=jnp.inf),
+    )
+    return max_lr, weight_sum, c
+
+
+@leaf_kernel()
+def _schedule_free_leaf(y, z, delta, b1_old, b1, c):
+    """One leaf: the update that moves ``y`` to its new interpolation, and the new ``z``."""
+    ct = compute_dtype(jnp.promote_types(y.dtype, z.dtype))
+    y32, z32 = y.astype(ct), z.astype(ct)
+    z_new = z32 + delta.astype(ct)
+    x = (y32 - (1 - b1_old.astype(ct)) * z32) / b1_old.astype(ct)
+    x_new = (1 - c.astype(ct)) * x + c.astype(ct) * z_new
+    y_new = b1.astype(ct) * x_new + (1 - b1.astype(ct)) * z_new
+    return (y_new - y32).astype(delta.dtype), z_new.astype(z.dtype)
 
 
 def _find_schedule_free_states(state) -> list:

@@ -33,6 +33,7 @@ from gradchain.core.base import (
     check_number,
     check_params_match,
     check_tree_match,
+    cond,
     named_optimizer,
     require_params,
     state_class,
@@ -368,7 +369,7 @@ class ScaleBySophia(GradientTransformation):
             return fn_state, jax.tree.map(mix, estimate, nu)
 
         def maybe_refresh(fn_state, nu):
-            return jax.lax.cond(
+            return cond(
                 state.count % self.update_interval == 0,
                 refresh,
                 lambda f, n: (f, n),
@@ -402,7 +403,7 @@ class ScaleBySophia(GradientTransformation):
         if not self.estimate_before_step:
             fn_state, nu = maybe_refresh(fn_state, nu)
         if self.verbose:
-            jax.lax.cond(
+            cond(
                 t % self.print_win_rate_every_n_steps == 0,
                 lambda: jax.debug.print("Sophia win rate: {}", win_rate),
                 lambda: None,

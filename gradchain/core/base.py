@@ -315,13 +315,21 @@ def _is_empty_node(x) -> bool:
     return structure.num_nodes == 1 and structure.num_leaves == 0
 
 
+def _same_shape(a, b) -> bool:
+    return getattr(a, "shape", None) == getattr(b, "shape", None) or np.shape(a) == np.shape(b)
+
+
 def check_tree_match(tree, reference, tree_name: str, reference_name: str) -> None:
     """Raises a ``ValueError`` naming the first path where ``tree`` and ``reference`` differ.
 
     Structure and leaf shapes are compared; this runs at trace time, so it costs nothing in a
     compiled step.
     """
-    if jax.tree.structure(tree) == jax.tree.structure(reference):
+    leaves, structure = jax.tree.flatten(tree)
+    ref_leaves, ref_structure = jax.tree.flatten(reference)
+    if structure == ref_structure:
+        if all(map(_same_shape, leaves, ref_leaves)):
+            return
         for (path, a), (_, b) in zip(_path_list(tree), _path_list(reference)):
             if a is None or b is None:
                 continue
@@ -526,6 +534,15 @@ def hyperparam_value(value, count) -> jax.Array:
     return jnp.asarray(value, dtype=_default_float())
 
 
+@functools.partial(jax.jit, inline=True, static_argnums=0)
+def _complement_of(value: float, live: jax.Array) -> jax.Array:
+    """``float32(1 - value)`` plus the drift of ``live`` from ``value`` (see ``complement``);
+    one dispatch when un-jitted, inlined when traced."""
+    # The barrier stops XLA from reassociating the sum back into ``1 - live``.
+    drift = jax.lax.optimization_barrier(jnp.asarray(value, live.dtype) - live)
+    return jnp.asarray(1 - value, live.dtype) + drift
+
+
 class GradientTransformation:
     """Base class of every gradchain transformation.
 
@@ -586,10 +603,7 @@ class GradientTransformation:
         value, live = getattr(self, name), hp[name]
         if callable(value) or not _is_concrete_number(value):
             return 1 - live
-        value = float(value)
-        # The barrier stops XLA from reassociating the sum back into ``1 - live``.
-        drift = jax.lax.optimization_barrier(jnp.asarray(value, live.dtype) - live)
-        return jnp.asarray(1 - value, live.dtype) + drift
+        return _complement_of(float(value), live)
 
     # -- inspectable data -------------------------------------------------------------------
 
@@ -876,14 +890,18 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     ``None`` leaves in ``updates`` (masked-out parameters) leave the parameter unchanged.
     """
     check_tree_match(updates, params, "updates", "params")
+    return jax.tree.map(
+        lambda p, u: p if u is None else _add_leaf(p, u),
+        params,
+        updates,
+        is_leaf=lambda x: x is None,
+    )
 
-    def add(p, u):
-        if u is None:
-            return p
-        p = jnp.asarray(p)
-        return jnp.asarray(p + u).astype(p.dtype)
 
-    return jax.tree.map(add, params, updates, is_leaf=lambda x: x is None)
+@functools.partial(jax.jit, inline=True)
+def _add_leaf(p, u):
+    p = jnp.asarray(p)
+    return jnp.asarray(p + u).astype(p.dtype)
 
 
 def to_optax(tx: GradientTransformation):
@@ -927,3 +945,16 @@ def tree_map_multi(fn, n_outputs: int, tree, *rest):
     rest_leaves = [treedef.flatten_up_to(r) for r in rest]
     outs = [fn(*xs) for xs in zip(leaves, *rest_leaves)]
     return tuple(treedef.unflatten([o[i] for o in outs]) for i in range(n_outputs))
+
+
+def cond(pred, true_fn: Callable, false_fn: Callable, *operands):
+    """``jax.lax.cond``, except that outside a trace only the branch ``pred`` picks is run.
+
+    Eagerly, ``lax.cond`` traces both branches on every call; branches that close over the
+    step's values are new jaxprs each time, and XLA compiles the conditional again on every
+    un-jitted step. A concrete predicate picks its branch in Python instead, as under
+    ``jax.disable_jit``: the branch's operations then reuse the programs of earlier steps.
+    """
+    if isinstance(pred, jax.core.Tracer):
+        return jax.lax.cond(pred, true_fn, false_fn, *operands)
+    return (true_fn if bool(pred) else false_fn)(*operands)

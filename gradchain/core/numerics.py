@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -21,7 +22,24 @@ __all__ = ["bias_correction", "safe_increment"]
 
 COUNT_DTYPE = jnp.int32
 
+# The scalar and per-leaf helpers below are ``jax.jit(inline=True)``: inside a traced step they
+# are inlined (the program, and so every float32 result, is as if written out), and in an
+# un-jitted step each is one dispatch instead of one per operation, as optax's helpers are.
+_inline_jit = functools.partial(jax.jit, inline=True)
 
+
+def leaf_kernel(*static_argnames: str):
+    """Decorator for a transformation's per-leaf arithmetic (a module-level function of the
+    leaf's arrays and the step's scalars): ``jax.jit(inline=True)`` with ``static_argnames``.
+
+    Traced, the kernel is inlined into the step; un-jitted, a leaf costs one dispatch instead
+    of one per operation. The function must be defined once (not a closure made per call), so
+    that its compiled program is reused from step to step.
+    """
+    return functools.partial(jax.jit, inline=True, static_argnames=static_argnames)
+
+
+@_inline_jit
 def safe_increment(count: jax.Array) -> jax.Array:
     """``count + 1``, saturating at the dtype's maximum (2^31 - 1 for the int32 counters)."""
     count = jnp.asarray(count)
@@ -341,6 +359,7 @@ def safe_norm(x: jax.Array, min_norm, axis=None, keepdims: bool = False) -> jax.
     return out if keepdims else jnp.squeeze(out, axis=axis)
 
 
+@functools.partial(jax.jit, inline=True, static_argnames="eps_in_sqrt")
 def inverse_root(second_moment, eps, eps_in_sqrt: bool):
     """``1/sqrt(s + eps)`` (eps inside the root) or ``1/(sqrt(s) + eps)`` (outside)."""
     if eps_in_sqrt:
@@ -348,6 +367,7 @@ def inverse_root(second_moment, eps, eps_in_sqrt: bool):
     return 1 / (jnp.sqrt(second_moment) + eps)
 
 
+@_inline_jit
 def bias_correction(moment: jax.Array, decay, count: jax.Array) -> jax.Array:
     """``moment / (1 - decay^count)``, with the power formed in float32 or better.
 
@@ -356,10 +376,25 @@ def bias_correction(moment: jax.Array, decay, count: jax.Array) -> jax.Array:
     optax, so an exact fp32 cross-check stays exact.
     """
     decay = jnp.asarray(decay, dtype=jnp.promote_types(jnp.asarray(decay).dtype, jnp.float32))
-    correction = 1 - decay ** jnp.asarray(count)
+    correction = 1 - count_power(decay, count)
     return moment / correction.astype(moment.dtype)
 
 
+def count_power(base, count) -> jax.Array:
+    """``base ** count`` for a float ``base`` and an integer step ``count``, as one ``lax.pow``.
+
+    This is the operation ``jnp.power`` emits under ``jax.jit``, so a jitted step gives optax's
+    float32 result bit for bit. ``base ** count`` outside a trace would instead see a concrete
+    count and emit an ``integer_pow`` specialised on its value: a new XLA program, compiled
+    anew, on every un-jitted step.
+    """
+    base, count = jnp.asarray(base), jnp.asarray(count)
+    if not jnp.issubdtype(base.dtype, jnp.inexact):
+        base = base.astype(jnp.result_type(float))
+    return jax.lax.pow(base, count)
+
+
+@_inline_jit
 def nesterov_bias_corrected(m: jax.Array, g: jax.Array, decay, one_minus_decay, count) -> jax.Array:
     r"""NAdam's look-ahead first moment, in ``m``'s dtype:
     :math:`\beta m_t / (1-\beta^{t+1}) + (1-\beta)\, g_t / (1-\beta^t)`.
@@ -373,6 +408,7 @@ def nesterov_bias_corrected(m: jax.Array, g: jax.Array, decay, one_minus_decay, 
     return decay.astype(dt) * ahead + one_minus_decay.astype(dt) * bias_correction(g, decay, count)
 
 
+@_inline_jit
 def ema(old: jax.Array, new: jax.Array, decay, one_minus_decay=None) -> jax.Array:
     """``decay * old + (1 - decay) * new``: the moment update every EMA in gradchain uses.
 
@@ -383,6 +419,7 @@ def ema(old: jax.Array, new: jax.Array, decay, one_minus_decay=None) -> jax.Arra
     return one_minus_decay * new + decay * old
 
 
+@_inline_jit
 def adam_moments(g: jax.Array, m: jax.Array, v: jax.Array, b1, c1, b2, c2):
     r"""Adam's two moment updates of one leaf, ``(g, m_t, v_t)`` in the leaf's compute dtype.
 
@@ -397,6 +434,7 @@ def adam_moments(g: jax.Array, m: jax.Array, v: jax.Array, b1, c1, b2, c2):
     return g, m, v
 
 
+@_inline_jit
 def inverse_sqrt(x: jax.Array) -> jax.Array:
     """``1 / sqrt(x)`` per coordinate, formed as ``sqrt(1 / x)``.
 

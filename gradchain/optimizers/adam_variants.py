@@ -31,6 +31,7 @@ from gradchain.core.numerics import (
     bias_correction,
     cast_like,
     compute_dtype,
+    count_power,
     ema,
     init_count,
     moments_like,
@@ -353,7 +354,7 @@ class ScaleByRadam(GradientTransformation):
     def update(self, updates, state, params=None, **extra_args):
         hp, c1, c2, t = adam_step_inputs(self, updates, state)
         b1, b2, eps, eps_root = hp["b1"], hp["b2"], hp["eps"], hp["eps_root"]
-        b2t = b2**t
+        b2t = count_power(b2, t)
         rho_inf = 2.0 / c2 - 1.0
         rho = rho_inf - 2.0 * t * b2t / (1.0 - b2t)
         rectified = rho > hp["threshold"] if self.strict_threshold else rho >= hp["threshold"]

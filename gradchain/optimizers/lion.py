@@ -21,10 +21,10 @@ from gradchain.core.base import (
     tree_map_multi,
 )
 from gradchain.core.numerics import (
-    cast_like,
     compute_dtype,
     ema,
     init_count,
+    leaf_kernel,
     moments_like,
     safe_increment,
 )
@@ -98,25 +98,32 @@ class ScaleByLion(GradientTransformation):
         b1, b2 = hp["b1"], hp["b2"]
         c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
 
-        def step(g, m):
-            dt = compute_dtype(g.dtype)
-            g32, m32 = g.astype(dt), m.astype(dt)
-            c = ema(m32, g32, b1.astype(dt), c1.astype(dt))
-            if self.mode == "hard":
-                u = jnp.sign(c)
-            elif self.mode == "smooth":
-                u = jnp.tanh(hp["smooth_beta"].astype(dt) * c)
-            else:
-                u = jnp.where(jnp.abs(c) < 1, c, jnp.sign(c))
-            return u.astype(g.dtype), ema(m32, g32, b2.astype(dt), c2.astype(dt))
-
-        out, mu = tree_map_multi(step, 2, updates, state.mu)
-        return out, ScaleByLionState(
-            count=safe_increment(state.count), mu=cast_like(mu, state.mu), hyperparams=hp
+        smooth_beta = hp["smooth_beta"]
+        out, mu = tree_map_multi(
+            lambda g, m: _lion_leaf(g, m, b1, b2, c1, c2, smooth_beta, mode=self.mode),
+            2,
+            updates,
+            state.mu,
         )
+        return out, ScaleByLionState(count=safe_increment(state.count), mu=mu, hyperparams=hp)
 
 
 scale_by_lion = ScaleByLion
+
+
+@leaf_kernel("mode")
+def _lion_leaf(g, m, b1, b2, c1, c2, smooth_beta, mode: str):
+    """One leaf of Lion: the update and the momentum, stored in its own dtype."""
+    dt = compute_dtype(g.dtype)
+    g32, m32 = g.astype(dt), m.astype(dt)
+    c = ema(m32, g32, b1.astype(dt), c1.astype(dt))
+    if mode == "hard":
+        u = jnp.sign(c)
+    elif mode == "smooth":
+        u = jnp.tanh(smooth_beta.astype(dt) * c)
+    else:
+        u = jnp.where(jnp.abs(c) < 1, c, jnp.sign(c))
+    return u.astype(g.dtype), ema(m32, g32, b2.astype(dt), c2.astype(dt)).astype(m.dtype)
 
 
 @named_optimizer

@@ -17,8 +17,15 @@ from gradchain.core.base import (
     require_params,
     state_class,
     transformation,
+    tree_map_multi,
 )
-from gradchain.core.numerics import compute_dtype, init_count, safe_increment, safe_norm
+from gradchain.core.numerics import (
+    compute_dtype,
+    init_count,
+    leaf_kernel,
+    safe_increment,
+    safe_norm,
+)
 from gradchain.optimizers.alias import _argument_names
 from gradchain.transforms.adaptive import scale_by_adam
 from gradchain.transforms.decay import add_decoupled_weight_decay, resolve_mask
@@ -82,22 +89,30 @@ class ScaleByTrustRatio(GradientTransformation):
         hp = self.current_hyperparams(state)
         selected = resolve_mask(self.mask, params, self.name)
 
-        def ratio(u, p, on):
-            if not on:
-                return jnp.ones((), jnp.result_type(float))
-            dt = compute_dtype(jnp.promote_types(u.dtype, p.dtype))
-            min_norm = hp["min_norm"].astype(dt)
-            p_norm = safe_norm(p.astype(dt), min_norm)
-            u_norm = safe_norm(u.astype(dt), min_norm)
-            r = hp["trust_coefficient"].astype(dt) * p_norm / (u_norm + hp["eps"].astype(dt))
-            return jnp.where((p_norm == 0) | (u_norm == 0), 1, r).astype(jnp.result_type(float))
+        scalars = (hp["min_norm"], hp["trust_coefficient"], hp["eps"])
 
-        ratios = jax.tree.map(ratio, updates, params, selected)
-        out = jax.tree.map(lambda u, r: (u * r).astype(u.dtype), updates, ratios)
+        def scaled(u, p, on):
+            if not on:
+                return u, jnp.ones((), jnp.result_type(float))
+            return _trust_ratio_leaf(u, p, *scalars)
+
+        out, ratios = tree_map_multi(scaled, 2, updates, params, selected)
         return out, ScaleByTrustRatioState(safe_increment(state.count), ratios, hp)
 
 
 scale_by_trust_ratio = ScaleByTrustRatio
+
+
+@leaf_kernel()
+def _trust_ratio_leaf(u, p, min_norm, trust_coefficient, eps):
+    """One leaf's update scaled by its trust ratio, and the ratio."""
+    dt = compute_dtype(jnp.promote_types(u.dtype, p.dtype))
+    min_norm = min_norm.astype(dt)
+    p_norm = safe_norm(p.astype(dt), min_norm)
+    u_norm = safe_norm(u.astype(dt), min_norm)
+    r = trust_coefficient.astype(dt) * p_norm / (u_norm + eps.astype(dt))
+    r = jnp.where((p_norm == 0) | (u_norm == 0), 1, r).astype(jnp.result_type(float))
+    return (u * r).astype(u.dtype), r
 
 
 @named_optimizer

@@ -124,25 +124,32 @@ class ScaleByAdam(GradientTransformation):
     def update(self, updates, state, params=None, **extra_args):
         hp, c1, c2, t = adam_step_inputs(self, updates, state)
         b1, b2, eps, eps_root = hp["b1"], hp["b2"], hp["eps"], hp["eps_root"]
-
-        def step(g, m, v):
-            g32, m, v = adam_moments(g, m, v, b1, c1, b2, c2)
-            dt = g32.dtype
-            if self.nesterov:
-                m_hat = nesterov_bias_corrected(m, g32, b1, 1 - b1.astype(dt), t)
-            else:
-                m_hat = bias_correction(m, b1, t)
-            v_hat = bias_correction(v, b2, t)
-            u = m_hat / (jnp.sqrt(v_hat + eps_root.astype(dt)) + eps.astype(dt))
-            return u.astype(g.dtype), m, v
-
-        out, mu, nu = tree_map_multi(step, 3, updates, state.mu, state.nu)
-        return out, ScaleByAdamState(
-            count=t, mu=cast_like(mu, state.mu), nu=cast_like(nu, state.nu), hyperparams=hp
+        scalars = (b1, b2, eps, eps_root, c1, c2, t)
+        out, mu, nu = tree_map_multi(
+            lambda g, m, v: _adam_leaf(g, m, v, *scalars, nesterov=self.nesterov),
+            3,
+            updates,
+            state.mu,
+            state.nu,
         )
+        return out, ScaleByAdamState(count=t, mu=mu, nu=nu, hyperparams=hp)
 
 
 scale_by_adam = ScaleByAdam
+
+
+@numerics.leaf_kernel("nesterov")
+def _adam_leaf(g, m, v, b1, b2, eps, eps_root, c1, c2, t, nesterov: bool):
+    """One leaf of Adam: the update and the two moments, stored in their own dtypes."""
+    g32, new_m, new_v = adam_moments(g, m, v, b1, c1, b2, c2)
+    dt = g32.dtype
+    if nesterov:
+        m_hat = nesterov_bias_corrected(new_m, g32, b1, 1 - b1.astype(dt), t)
+    else:
+        m_hat = bias_correction(new_m, b1, t)
+    v_hat = bias_correction(new_v, b2, t)
+    u = m_hat / (jnp.sqrt(v_hat + eps_root.astype(dt)) + eps.astype(dt))
+    return u.astype(g.dtype), new_m.astype(m.dtype), new_v.astype(v.dtype)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from gradchain.core.base import (
     EmptyState,
@@ -26,6 +25,7 @@ from gradchain.core.base import (
     check_int,
     check_params_match,
     check_tree_match,
+    cond,
     state_class,
     transformation,
 )
@@ -444,7 +444,7 @@ class ApplyIfFinite(GradientTransformation):
         # Zeros shaped like what inner returns, which need not be the updates' structure
         # (lookahead returns LookaheadParams).
         out_shape = jax.eval_shape(inner_update)[0]
-        out, inner_state = lax.cond(
+        out, inner_state = cond(
             apply,
             inner_update,
             lambda: (
@@ -636,9 +636,9 @@ class MultiSteps(GradientTransformation):
             return zeros, state.inner_opt_state, acc_grads, mini_step, state.gradient_step
 
         def step():
-            return lax.cond(n == k - 1, emit, lambda: hold(acc, safe_increment(n)))
+            return cond(n == k - 1, emit, lambda: hold(acc, safe_increment(n)))
 
-        out, inner, acc_grads, mini_step, gradient_step = lax.cond(
+        out, inner, acc_grads, mini_step, gradient_step = cond(
             skip, lambda: hold(state.acc_grads, n), step
         )
         return out, MultiStepsState(

@@ -17,7 +17,7 @@ from gradchain.core.base import (
     transformation,
 )
 from gradchain.core.masks import resolve_mask
-from gradchain.core.numerics import compute_dtype, init_count, safe_increment
+from gradchain.core.numerics import compute_dtype, init_count, leaf_kernel, safe_increment
 
 __all__ = ["add_decayed_weights", "add_decoupled_weight_decay", "add_l2_penalty"]
 
@@ -69,16 +69,19 @@ class AddDecoupledWeightDecay(GradientTransformation):
         selected = resolve_mask(self.mask, params, self.name)
 
         def decay(g, p, on):
-            if g is None or not on:
-                return g
-            dt = compute_dtype(jnp.promote_types(g.dtype, p.dtype))
-            return (g.astype(dt) + wd.astype(dt) * p.astype(dt)).astype(g.dtype)
+            return g if g is None or not on else _decay_leaf(g, p, wd)
 
         out = jax.tree.map(decay, updates, params, selected, is_leaf=lambda x: x is None)
         return out, WeightDecayState(safe_increment(state.count), hp)
 
 
 add_decoupled_weight_decay = AddDecoupledWeightDecay
+
+
+@leaf_kernel()
+def _decay_leaf(g, p, wd):
+    dt = compute_dtype(jnp.promote_types(g.dtype, p.dtype))
+    return (g.astype(dt) + wd.astype(dt) * p.astype(dt)).astype(g.dtype)
 
 
 def add_decayed_weights(weight_decay=0.0, mask=None) -> AddDecoupledWeightDecay:

@@ -80,19 +80,22 @@ class Trace(GradientTransformation):
         check_tree_match(updates, state.trace, "updates", "state.trace")
         hp = self.current_hyperparams(state)
         mu = hp["decay"]
-
-        def step(g, b):
-            dt = compute_dtype(g.dtype)
-            g32, b32 = g.astype(dt), b.astype(dt)
-            new_b = g32 + mu.astype(dt) * b32
-            out = g32 + mu.astype(dt) * new_b if self.nesterov else new_b
-            return out.astype(g.dtype), new_b.astype(b.dtype)
-
-        out, buf = tree_map_multi(step, 2, updates, state.trace)
+        out, buf = tree_map_multi(
+            lambda g, b: _trace_leaf(g, b, mu, self.nesterov), 2, updates, state.trace
+        )
         return out, TraceState(safe_increment(state.count), buf, hp)
 
 
 trace = Trace
+
+
+@numerics.leaf_kernel("nesterov")
+def _trace_leaf(g, b, mu, nesterov: bool):
+    dt = compute_dtype(g.dtype)
+    g32, b32 = g.astype(dt), b.astype(dt)
+    new_b = g32 + mu.astype(dt) * b32
+    out = g32 + mu.astype(dt) * new_b if nesterov else new_b
+    return out.astype(g.dtype), new_b.astype(b.dtype)
 
 
 @state_class

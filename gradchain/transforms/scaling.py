@@ -15,7 +15,7 @@ from gradchain.core.base import (
     state_class,
     transformation,
 )
-from gradchain.core.numerics import init_count, safe_increment
+from gradchain.core.numerics import init_count, leaf_kernel, safe_increment
 
 __all__ = ["scale", "scale_by_learning_rate", "scale_by_schedule", "scale_gradient"]
 
@@ -28,8 +28,13 @@ class ScaleState:
     hyperparams: dict
 
 
+@leaf_kernel()
+def _scale_leaf(u, factor):
+    return u * jnp.asarray(factor).astype(u.dtype)
+
+
 def _scaled(updates, factor):
-    return jax.tree.map(lambda u: u * jnp.asarray(factor).astype(u.dtype), updates)
+    return jax.tree.map(lambda u: _scale_leaf(u, factor), updates)
 
 
 @transformation("scale", hyperparams=("step_size",))
