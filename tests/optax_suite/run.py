@@ -1,0 +1,104 @@
+"""Runs optax's own test files on optax (baseline) and rerouted to gradchain; prints counts.
+
+    PYTHONPATH=tests python -m optax_suite.run                 # every file, both modes
+    PYTHONPATH=tests python -m optax_suite.run --mode gradchain _src/lookahead_test.py
+
+Each file runs in its own pytest process (rerouting patches optax globally, so it must not share
+a process with anything else). Outcomes are written to ``--out`` as JSON, one file per mode and
+test file, and summarised as the table the README shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from optax_suite.divergences import DIVERGENCES
+from optax_suite.files import FILES
+from optax_suite.reroute import optax_dir
+
+TESTS_DIR = Path(__file__).resolve().parent.parent
+REPO = TESTS_DIR.parent
+
+
+def run_file(
+    path: str, mode: str, out_dir: Path, timeout: float = 1800, extra: tuple[str, ...] = ()
+) -> tuple[dict[str, str], float]:
+    """Runs one optax test file in ``mode`` ("optax" or "gradchain"); ``({test: outcome}, s)``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = out_dir / f"{mode}--{path.replace('/', '--')}.json"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(REPO), env.get("PYTHONPATH", "")])
+    env["GRADCHAIN_OPTAX_REPORT"] = str(report)
+    env["GRADCHAIN_OPTAX_REROUTE"] = "1" if mode == "gradchain" else "0"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "optax_suite.plugin",
+        "--tb=no",
+        "-n",
+        "0",
+        "--rootdir",
+        optax_dir(),
+        *extra,
+        os.path.join(optax_dir(), path),
+    ]
+    start = time.perf_counter()
+    subprocess.run(cmd, env=env, cwd=optax_dir(), timeout=timeout, capture_output=True)
+    elapsed = time.perf_counter() - start
+    outcomes = json.loads(report.read_text()) if report.exists() else {f"{path}::<run>": "failed"}
+    return outcomes, elapsed
+
+
+def count(outcomes: dict[str, str], outcome: str = "passed") -> int:
+    return sum(v == outcome for v in outcomes.values())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="*", default=list(FILES))
+    parser.add_argument("--mode", choices=["both", "optax", "gradchain"], default="both")
+    parser.add_argument("--out", type=Path, default=Path("optax-suite-results"))
+    args = parser.parse_args(argv)
+    modes = ["optax", "gradchain"] if args.mode == "both" else [args.mode]
+    rows = []
+    for path in args.files:
+        results = {m: run_file(path, m, args.out) for m in modes}
+        row = [path]
+        for m in modes:
+            outcomes, elapsed = results[m]
+            row += [count(outcomes), round(elapsed)]
+        if len(modes) == 2:
+            base, ours = results["optax"][0], results["gradchain"][0]
+            broken = sorted(k for k, v in base.items() if v == "passed" and ours.get(k) != "passed")
+            listed = [k for k in broken if k in DIVERGENCES]
+            row += [len(listed), len(broken) - len(listed)]
+            for k in broken:
+                if k not in DIVERGENCES:
+                    print(f"  FAILS THROUGH GRADCHAIN: {k}", flush=True)
+        rows.append(row)
+        print(" | ".join(str(c) for c in row), flush=True)
+    header = ["file"]
+    for m in modes:
+        header += [f"{m} pass", f"{m} s"]
+    if len(modes) == 2:
+        header += ["divergences", "unlisted failures"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(str(c) for c in row) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
