@@ -26,7 +26,7 @@ from gradchain.core.base import (
     check_int,
     check_number,
     check_tree_match,
-    named_chain,
+    optimizer_chain,
     transformation,
 )
 from gradchain.core.matrices import (
@@ -475,7 +475,7 @@ def galore(
         weight_dimension_numbers=weight_dimension_numbers,
         projected_dim=projected_dim,
     )
-    return named_chain(
+    return optimizer_chain(
         "galore",
         config,
         scale_by_galore(

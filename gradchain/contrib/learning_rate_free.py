@@ -22,7 +22,7 @@ from gradchain.core.base import (
     check_number,
     check_params_match,
     check_tree_match,
-    named_chain,
+    optimizer_chain,
     require_params,
     require_values,
     state_class,
@@ -272,7 +272,7 @@ def prodigy(
         safeguard_warmup=safeguard_warmup,
         bias_correction=bias_correction,
     )
-    return named_chain(
+    return optimizer_chain(
         "prodigy",
         config,
         scale_by_prodigy(
@@ -463,7 +463,7 @@ def dadapt_adamw(
         bias_correction=bias_correction,
         decouple=decouple,
     )
-    return named_chain(
+    return optimizer_chain(
         "dadapt_adamw",
         config,
         scale_by_dadapt_adamw(

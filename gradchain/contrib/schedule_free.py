@@ -25,7 +25,7 @@ from gradchain.core.base import (
     check_params_match,
     check_tree_match,
     hyperparam_value,
-    named_chain,
+    optimizer_chain,
     require_params,
     require_values,
     state_class,
@@ -319,7 +319,7 @@ def schedule_free_sgd(
         state_dtype=state_dtype,
         optax_off_by_one=optax_off_by_one,
     )
-    return named_chain(
+    return optimizer_chain(
         "schedule_free_sgd",
         config,
         schedule_free(
@@ -376,7 +376,7 @@ def schedule_free_adamw(
         state_dtype=state_dtype,
         optax_off_by_one=optax_off_by_one,
     )
-    return named_chain(
+    return optimizer_chain(
         "schedule_free_adamw",
         config,
         schedule_free(

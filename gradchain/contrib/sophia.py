@@ -32,7 +32,7 @@ from gradchain.core.base import (
     check_number,
     check_params_match,
     check_tree_match,
-    named_chain,
+    optimizer_chain,
     require_params,
     state_class,
     transformation,
@@ -467,7 +467,7 @@ def sophia(
         mu_bias_correction=mu_bias_correction,
         estimate_before_step=estimate_before_step,
     )
-    return named_chain(
+    return optimizer_chain(
         "sophia",
         config,
         scale_by_sophia(

@@ -31,7 +31,7 @@ import inspect
 import math
 import numbers
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -48,15 +48,20 @@ __all__ = [
     "ChainState",
     "EmptyState",
     "GradientTransformation",
+    "GradientTransformationExtraArgs",
     "apply_updates",
     "chain",
     "identity",
+    "init_empty_state",
     "named_chain",
     "state_class",
+    "stateless",
+    "stateless_with_tree_map",
     "to_optax",
     "tree_get",
     "tree_get_all_with_path",
     "tree_set",
+    "with_extra_args_support",
 ]
 
 
@@ -77,9 +82,12 @@ def state_class(cls):
     return cls
 
 
-@state_class
-class EmptyState:
-    """The state of a transformation that keeps nothing between steps."""
+class EmptyState(NamedTuple):
+    """The state of a transformation that keeps nothing between steps.
+
+    optax's class of the same name, field for field (a NamedTuple without fields), so that
+    states of stateless transformations are interchangeable with optax's.
+    """
 
 
 def _is_state(x) -> bool:
@@ -495,6 +503,19 @@ def hyperparam_value(value, count) -> jax.Array:
     return jnp.asarray(value, dtype=_default_float())
 
 
+class _FunctionSignature:
+    """``inspect.signature`` of the two classes callable as ``(init, update)``, as optax's
+    NamedTuples; subclasses built from hyperparameters keep their own signature."""
+
+    def __get__(self, instance, owner):
+        if instance is None and owner in (GradientTransformation, GradientTransformationExtraArgs):
+            kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+            return inspect.Signature(
+                [inspect.Parameter("init", kind), inspect.Parameter("update", kind)]
+            )
+        return None
+
+
 class GradientTransformation:
     """Base class of every gradchain transformation.
 
@@ -506,6 +527,19 @@ class GradientTransformation:
 
     name: ClassVar[str] = "transformation"
     hyperparams: ClassVar[tuple[str, ...]] = ()
+    # Whether ``update`` takes extra keyword arguments (a loss value, ...): every gradchain
+    # transformation does; one built from optax-style functions may not.
+    accepts_extra_args: ClassVar[bool] = True
+    __signature__ = _FunctionSignature()
+
+    def __new__(cls, *args, **kwargs):
+        # ``GradientTransformation(init_fn, update_fn)`` is optax's way of building a
+        # transformation from two functions; the subclasses are built from hyperparameters.
+        if cls is GradientTransformation:
+            return object.__new__(FunctionTransformation)
+        if cls is GradientTransformationExtraArgs:
+            return object.__new__(FunctionTransformationExtraArgs)
+        return object.__new__(cls)
 
     def init(self, params: Params) -> OptState:
         raise NotImplementedError
@@ -535,12 +569,23 @@ class GradientTransformation:
         return {n: hyperparam_value(getattr(self, n), zero) for n in self.hyperparams}
 
     def current_hyperparams(self, state) -> dict[str, jax.Array]:
-        """The live hyperparameters this update uses: schedules at ``state.count``, else the
-        value held in ``state.hyperparams`` (which :func:`tree_set` may have changed)."""
+        """The live hyperparameters this update uses: schedules at ``state.count``; a JAX array
+        given to the constructor as it is; else the value held in ``state.hyperparams`` (which
+        :func:`tree_set` may have changed).
+
+        A JAX array (or tracer) in the constructor is how ``inject_hyperparams``, gradchain's or
+        optax's, hands in the values it keeps in its own state: it rebuilds the transformation
+        with them at every step, so they must win over the copy made at ``init``.
+        """
         out = {}
         for n in self.hyperparams:
             v = getattr(self, n)
-            out[n] = hyperparam_value(v, state.count) if callable(v) else state.hyperparams[n]
+            if callable(v):
+                out[n] = hyperparam_value(v, state.count)
+            elif isinstance(v, jax.Array):
+                out[n] = hyperparam_value(v, None)
+            else:
+                out[n] = state.hyperparams[n]
         return out
 
     def complement(self, name: str, hp: Mapping[str, jax.Array]) -> jax.Array:
@@ -579,9 +624,16 @@ class GradientTransformation:
     def __hash__(self) -> int:
         return hash((type(self), tuple(_hashable(v) for _, v in self._field_items())))
 
+    # optax's transformations are NamedTuples ``(init, update)``: unpacking, indexing and
+    # ``len`` behave the same here.
     def __iter__(self):
-        # Lets ``init, update = tx`` work as with optax's NamedTuple transformations.
         return iter((self.init, self.update))
+
+    def __getitem__(self, index):
+        return (self.init, self.update)[index]
+
+    def __len__(self) -> int:
+        return 2
 
 
 def _short_repr(v) -> str:
@@ -614,6 +666,135 @@ def transformation(name: str, hyperparams: tuple[str, ...] = ()):
 
 
 # ---------------------------------------------------------------------------------------------
+# Transformations built from functions, as optax builds them
+
+
+class _ExtraArgsType(type):
+    def __instancecheck__(cls, obj) -> bool:
+        if type.__instancecheck__(cls, obj):
+            return True
+        return (
+            cls is GradientTransformationExtraArgs
+            and isinstance(obj, GradientTransformation)
+            and obj.accepts_extra_args
+        )
+
+
+class GradientTransformationExtraArgs(GradientTransformation, metaclass=_ExtraArgsType):
+    """A transformation whose ``update`` takes extra keyword arguments, as in optax.
+
+    ``GradientTransformationExtraArgs(init_fn, update_fn)`` builds one from two functions.
+    ``isinstance(tx, GradientTransformationExtraArgs)`` holds for every gradchain
+    transformation, since each forwards or ignores extra arguments, so optax code that checks it
+    before wrapping (:func:`with_extra_args_support`) leaves gradchain pieces alone.
+    """
+
+
+def _function_repr(tx) -> str:
+    return f"{tx.name}(init={_short_repr(tx.init)}, update={_short_repr(tx.update)})"
+
+
+# Not built with @transformation, which would fix the name: the name is read from the functions.
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class FunctionTransformation(GradientTransformation):
+    """A transformation made of an ``init`` and an ``update`` function, as optax's NamedTuple.
+
+    What ``GradientTransformation(init_fn, update_fn)`` returns. Its name is the optax-style
+    factory that made the functions (read from their qualified names), so a chain of such
+    pieces prints and indexes by name like any other.
+    """
+
+    init: Callable
+    update: Callable
+
+    @property
+    def name(self) -> str:
+        return _foreign_name(self)
+
+    @property
+    def accepts_extra_args(self) -> bool:
+        return _accepts_extra_args(self.update)
+
+    __repr__ = _function_repr
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class FunctionTransformationExtraArgs(FunctionTransformation, GradientTransformationExtraArgs):
+    """What ``GradientTransformationExtraArgs(init_fn, update_fn)`` returns."""
+
+    accepts_extra_args = True
+    __repr__ = _function_repr
+
+
+def init_empty_state(params: Params) -> EmptyState:
+    """The ``init`` of a transformation that keeps no state: returns :class:`EmptyState`."""
+    del params
+    return EmptyState()
+
+
+def with_extra_args_support(tx: GradientTransformation) -> GradientTransformationExtraArgs:
+    """``tx`` itself when its ``update`` takes extra keyword arguments, else a wrapper whose
+    ``update`` accepts and ignores them (as optax's)."""
+    if isinstance(tx, GradientTransformationExtraArgs):
+        return tx
+
+    def update(updates, state, params=None, **extra_args):
+        del extra_args
+        return tx.update(updates, state, params)
+
+    return GradientTransformationExtraArgs(tx.init, update)
+
+
+@transformation("stateless")
+class Stateless(GradientTransformation):
+    """A transformation without state from a function ``f(updates, params) -> updates``.
+
+    ``params`` is None when ``update`` is called without them. State: :class:`EmptyState`.
+    Same as ``optax.stateless``.
+    """
+
+    f: Callable
+
+    def init(self, params):
+        return EmptyState()
+
+    def update(self, updates, state, params=None, **extra_args):
+        return self.f(updates, params), EmptyState()
+
+
+def stateless(f: Callable[[Updates, Params | None], Updates]) -> Stateless:
+    """A transformation without state that maps ``(updates, params)`` to ``f(updates, params)``."""
+    return Stateless(f)
+
+
+@transformation("stateless_with_tree_map")
+class StatelessWithTreeMap(GradientTransformation):
+    """A transformation without state that applies ``f(update, param)`` leaf by leaf.
+
+    ``param`` is None when ``update`` is called without params. State: :class:`EmptyState`.
+    Same as ``optax.stateless_with_tree_map``.
+    """
+
+    f: Callable
+
+    def init(self, params):
+        return EmptyState()
+
+    def update(self, updates, state, params=None, **extra_args):
+        if params is None:
+            return jax.tree.map(lambda u: self.f(u, None), updates), EmptyState()
+        return jax.tree.map(self.f, updates, params), EmptyState()
+
+
+def stateless_with_tree_map(
+    f: Callable[[jax.typing.ArrayLike, jax.typing.ArrayLike | None], jax.typing.ArrayLike],
+) -> StatelessWithTreeMap:
+    """A transformation without state that maps each update leaf ``u`` (and its parameter ``p``,
+    or None) to ``f(u, p)``."""
+    return StatelessWithTreeMap(f)
+
+
+# ---------------------------------------------------------------------------------------------
 # Foreign (optax) transformations inside gradchain chains
 
 
@@ -639,7 +820,7 @@ def _child_name(tx) -> str:
 
 
 def _call_update(tx, updates, state, params, extra_args):
-    if isinstance(tx, GradientTransformation) or _accepts_extra_args(tx.update):
+    if getattr(tx, "accepts_extra_args", False) or _accepts_extra_args(tx.update):
         return tx.update(updates, state, params, **extra_args)
     return tx.update(updates, state, params)
 
@@ -748,18 +929,59 @@ class Chain(GradientTransformation):
         return hash((self.name, tuple(_hashable(t) for t in self.transforms)))
 
 
-def chain(*transforms) -> Chain:
-    """Applies ``transforms`` in order: the updates of one are the input of the next.
+def chain(*args: GradientTransformation) -> Chain:
+    """Applies the transformations ``args`` in order: the updates of one are the input of the
+    next.
 
     Accepts gradchain and optax transformations alike; extra keyword arguments of ``update`` are
     passed to every transformation that accepts them.
     """
-    return Chain(*transforms)
+    return Chain(*args)
 
 
-def named_chain(name: str, config: Mapping, *transforms) -> Chain:
+def optimizer_chain(name: str, config: Mapping, *transforms) -> Chain:
     """A chain that prints as ``name(**config)``: how named optimizers are built."""
     return Chain(*transforms, name=name, config=config)
+
+
+@transformation("named_chain")
+class NamedChain(GradientTransformation):
+    """Applies ``(name, transformation)`` pairs in order; the state is ``{name: state}``.
+
+    Same as ``optax.named_chain``: the state is a dict in the order of the pairs, so the state of
+    the piece named ``"adam"`` is ``state["adam"]``; extra ``update`` arguments reach every piece
+    that takes them.
+    """
+
+    transforms: tuple[tuple[str, GradientTransformation], ...]
+
+    def __post_init__(self):
+        pairs = tuple(tuple(p) for p in self.transforms)
+        for i, pair in enumerate(pairs):
+            if len(pair) != 2 or not isinstance(pair[0], str):
+                raise TypeError(f"named_chain: argument {i} must be a (name, transformation) pair")
+            if not (hasattr(pair[1], "init") and hasattr(pair[1], "update")):
+                raise TypeError(
+                    f"named_chain: {pair[0]!r} is not a gradient transformation: {pair[1]!r}"
+                )
+        names = [n for n, _ in pairs]
+        if len(names) != len(set(names)):
+            raise ValueError(f"Named transformations must have unique names, but got {names}")
+        object.__setattr__(self, "transforms", pairs)
+
+    def init(self, params):
+        return {n: t.init(params) for n, t in self.transforms}
+
+    def update(self, updates, state, params=None, **extra_args):
+        new_state = {}
+        for n, t in self.transforms:
+            updates, new_state[n] = _call_update(t, updates, state[n], params, extra_args)
+        return updates, new_state
+
+
+def named_chain(*args: tuple[str, GradientTransformation]) -> NamedChain:
+    """Applies ``(name, transformation)`` pairs in order, keeping each state under its name."""
+    return NamedChain(args)
 
 
 @transformation("identity")

@@ -14,7 +14,7 @@ from gradchain.core.base import (
     check_floating,
     check_number,
     check_tree_match,
-    named_chain,
+    optimizer_chain,
     state_class,
     transformation,
     tree_map_multi,
@@ -124,7 +124,7 @@ def adagrad(learning_rate, initial_accumulator_value=0.1, eps=1e-7, *, eps_in_sq
         eps=eps,
         eps_in_sqrt=eps_in_sqrt,
     )
-    return named_chain(
+    return optimizer_chain(
         "adagrad",
         config,
         scale_by_rss(initial_accumulator_value, eps, eps_in_sqrt=eps_in_sqrt),

@@ -21,7 +21,7 @@ from gradchain.core.base import (
     check_floating,
     check_number,
     check_tree_match,
-    named_chain,
+    optimizer_chain,
     state_class,
     transformation,
     tree_map_multi,
@@ -203,7 +203,7 @@ def amsgrad(
         debias_after_max=debias_after_max,
         nu_dtype=nu_dtype,
     )
-    return named_chain(
+    return optimizer_chain(
         "amsgrad",
         config,
         scale_by_amsgrad(
@@ -294,7 +294,7 @@ def adamax(learning_rate, b1=0.9, b2=0.999, eps=1e-8) -> Chain:
     ``torch.optim.Adamax`` (whose ``weight_decay`` is a coupled L2 penalty).
     """
     config = dict(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps)
-    return named_chain(
+    return optimizer_chain(
         "adamax", config, scale_by_adamax(b1, b2, eps), scale_by_learning_rate(learning_rate)
     )
 
@@ -310,7 +310,7 @@ def adamaxw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4, mask=N
     config = dict(
         learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask
     )
-    return named_chain(
+    return optimizer_chain(
         "adamaxw",
         config,
         scale_by_adamax(b1, b2, eps),
@@ -458,7 +458,7 @@ def radam(
         strict_threshold=strict_threshold,
         eps_before_bias_correction=eps_before_bias_correction,
     )
-    return named_chain(
+    return optimizer_chain(
         "radam",
         config,
         scale_by_radam(
@@ -580,9 +580,9 @@ class ScaleByNadam(GradientTransformation):
 scale_by_nadam = ScaleByNadam
 
 
-def _nadam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, momentum_decay):
+def _nadam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, momentum_decay, nesterov):
     if momentum_decay is None:
-        return scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, nesterov=True)
+        return scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov)
     return scale_by_nadam(
         b1, b2, eps, eps_root, mu_dtype, momentum_decay=momentum_decay, nu_dtype=nu_dtype
     )
@@ -596,6 +596,7 @@ def nadam(
     eps_root=0.0,
     mu_dtype=None,
     *,
+    nesterov=True,
     nu_dtype=None,
     momentum_decay=None,
 ) -> Chain:
@@ -608,6 +609,7 @@ def nadam(
 
     ``momentum_decay=psi`` (PyTorch's default is 4e-3) uses :func:`scale_by_nadam` instead:
     ``torch.optim.NAdam`` with its warming momentum schedule (ALGORITHMS.md §15 row 9).
+    ``nesterov=False`` (optax's switch) gives plain Adam.
     """
     config = dict(
         learning_rate=learning_rate,
@@ -616,13 +618,14 @@ def nadam(
         eps=eps,
         eps_root=eps_root,
         mu_dtype=mu_dtype,
+        nesterov=nesterov,
         nu_dtype=nu_dtype,
         momentum_decay=momentum_decay,
     )
-    return named_chain(
+    return optimizer_chain(
         "nadam",
         config,
-        _nadam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, momentum_decay),
+        _nadam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, momentum_decay, nesterov),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -637,6 +640,7 @@ def nadamw(
     weight_decay=1e-4,
     mask=None,
     *,
+    nesterov=True,
     nu_dtype=None,
     momentum_decay=None,
 ) -> Chain:
@@ -656,13 +660,14 @@ def nadamw(
         mu_dtype=mu_dtype,
         weight_decay=weight_decay,
         mask=mask,
+        nesterov=nesterov,
         nu_dtype=nu_dtype,
         momentum_decay=momentum_decay,
     )
-    return named_chain(
+    return optimizer_chain(
         "nadamw",
         config,
-        _nadam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, momentum_decay),
+        _nadam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, momentum_decay, nesterov),
         add_decoupled_weight_decay(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )

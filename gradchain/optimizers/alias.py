@@ -6,7 +6,7 @@ import contextlib
 
 import jax.numpy as jnp
 
-from gradchain.core.base import Chain, check_bool, named_chain
+from gradchain.core.base import Chain, check_bool, optimizer_chain
 from gradchain.transforms.adaptive import scale_by_adam, scale_by_rms, scale_by_stddev
 from gradchain.transforms.clipping import clip_by_block_rms
 from gradchain.transforms.decay import add_decoupled_weight_decay
@@ -64,7 +64,7 @@ def sgd(learning_rate, momentum=None, nesterov=False, accumulator_dtype=None) ->
         nesterov=nesterov,
         accumulator_dtype=accumulator_dtype,
     )
-    return named_chain("sgd", config, *parts)
+    return optimizer_chain("sgd", config, *parts)
 
 
 def adam(
@@ -94,7 +94,7 @@ def adam(
         nesterov=nesterov,
         nu_dtype=nu_dtype,
     )
-    return named_chain(
+    return optimizer_chain(
         "adam",
         config,
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov),
@@ -140,7 +140,7 @@ def adamw(
         nesterov=nesterov,
         nu_dtype=nu_dtype,
     )
-    return named_chain(
+    return optimizer_chain(
         "adamw",
         config,
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov),
@@ -204,7 +204,7 @@ def rmsprop(
         nesterov=nesterov,
         bias_correction=bias_correction,
     )
-    return named_chain("rmsprop", config, *parts)
+    return optimizer_chain("rmsprop", config, *parts)
 
 
 def adafactor(
@@ -306,4 +306,4 @@ def adafactor(
         weight_decay_mask=weight_decay_mask,
         factored_axes=factored_axes,
     )
-    return named_chain("adafactor", config, *parts)
+    return optimizer_chain("adafactor", config, *parts)

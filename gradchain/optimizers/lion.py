@@ -14,7 +14,7 @@ from gradchain.core.base import (
     check_floating,
     check_number,
     check_tree_match,
-    named_chain,
+    optimizer_chain,
     state_class,
     transformation,
     tree_map_multi,
@@ -135,7 +135,7 @@ def lion(learning_rate, b1=0.9, b2=0.99, mu_dtype=None, weight_decay=1e-3, mask=
         weight_decay=weight_decay,
         mask=mask,
     )
-    return named_chain(
+    return optimizer_chain(
         "lion",
         config,
         scale_by_lion(b1, b2, mu_dtype),

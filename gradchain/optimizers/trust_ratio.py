@@ -12,7 +12,7 @@ from gradchain.core.base import (
     GradientTransformation,
     check_number,
     check_params_match,
-    named_chain,
+    optimizer_chain,
     require_params,
     state_class,
     transformation,
@@ -131,7 +131,7 @@ def lamb(
         weight_decay=weight_decay,
         mask=mask,
     )
-    return named_chain(
+    return optimizer_chain(
         "lamb",
         config,
         scale_by_adam(b1, b2, eps, eps_root),
@@ -183,7 +183,7 @@ def lars(
     )
     with _argument_names(decay="momentum"):
         momentum_part = trace(decay=momentum, nesterov=nesterov)
-    return named_chain(
+    return optimizer_chain(
         "lars",
         config,
         add_decoupled_weight_decay(weight_decay, _mask_or_none(weight_decay_mask)),

@@ -40,7 +40,7 @@ from gradchain.core.base import (
     check_bool,
     check_int,
     check_number,
-    named_chain,
+    optimizer_chain,
     require_params,
     state_class,
     transformation,
@@ -725,7 +725,7 @@ def adam_8bit(
         keep_float32=keep_float32,
     )
     inner = scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov)
-    return named_chain(
+    return optimizer_chain(
         "adam_8bit",
         config,
         _quantized(inner, block_size, min_8bit_size, keep_float32),
@@ -801,7 +801,7 @@ def adamw_8bit(
             add_decoupled_weight_decay(weight_decay, mask),
             scale_by_learning_rate(learning_rate),
         )
-    return named_chain("adamw_8bit", config, *parts)
+    return optimizer_chain("adamw_8bit", config, *parts)
 
 
 def lion_8bit(
@@ -839,7 +839,7 @@ def lion_8bit(
         min_8bit_size=min_8bit_size,
         keep_float32=keep_float32,
     )
-    return named_chain(
+    return optimizer_chain(
         "lion_8bit",
         config,
         _quantized(
@@ -882,4 +882,4 @@ def sgd_8bit(
             inner = trace(decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype)
         parts.append(_quantized(inner, block_size, min_8bit_size, keep_float32))
     parts.append(scale_by_learning_rate(learning_rate))
-    return named_chain("sgd_8bit", config, *parts)
+    return optimizer_chain("sgd_8bit", config, *parts)

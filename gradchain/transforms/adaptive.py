@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -82,6 +84,7 @@ class ScaleByAdam(GradientTransformation):
     eps: float = 1e-8
     eps_root: float = 0.0
     mu_dtype: object = None
+    _: dataclasses.KW_ONLY
     nu_dtype: object = None
     nesterov: bool = False
 

@@ -5,19 +5,32 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from gradchain.core.base import GradientTransformation, check_number, state_class, transformation
+from gradchain.core.base import (
+    GradientTransformation,
+    PyTree,
+    check_number,
+    state_class,
+    transformation,
+)
 from gradchain.core.numerics import compute_dtype, init_count, safe_increment
 
 __all__ = ["clip", "clip_by_block_rms", "clip_by_global_norm", "global_norm"]
 
 
-def global_norm(tree) -> jax.Array:
-    """``sqrt(sum over leaves of sum(x^2))``, accumulated in float32 or better."""
-    leaves = [x for x in jax.tree.leaves(tree) if x is not None]
+def _abs_sq(x: jax.Array) -> jax.Array:
+    """``|x|^2`` elementwise, real for complex ``x``."""
+    if jnp.iscomplexobj(x):
+        return jnp.square(x.real) + jnp.square(x.imag)
+    return jnp.square(x)
+
+
+def global_norm(updates: PyTree) -> jax.Array:
+    """``sqrt(sum over leaves of sum(|x|^2))``, accumulated in float32 or better."""
+    leaves = [x for x in jax.tree.leaves(updates) if x is not None]
     if not leaves:
         return jnp.zeros((), jnp.float32)
     dt = jnp.result_type(*[jnp.promote_types(x.dtype, jnp.float32) for x in leaves])
-    sq = [jnp.sum(jnp.square(x.astype(dt))) for x in leaves]
+    sq = [jnp.sum(_abs_sq(x.astype(dt))) for x in leaves]
     return jnp.sqrt(sum(sq[1:], sq[0]))
 
 

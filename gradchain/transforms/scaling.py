@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -73,6 +75,7 @@ class ScaleByLearningRate(GradientTransformation):
     """
 
     learning_rate: float
+    _: dataclasses.KW_ONLY
     flip_sign: bool = True
 
     def __post_init__(self):

@@ -3,7 +3,9 @@
 Load it with ``-p optax_suite.plugin``. With ``GRADCHAIN_OPTAX_REROUTE=1`` it reroutes
 optax's public names to gradchain's objects (see :mod:`optax_suite.reroute`) before any
 test module is imported. With ``GRADCHAIN_OPTAX_REPORT=path`` it writes ``{test: outcome}`` as
-JSON, keyed by the test's path inside optax's package.
+JSON, keyed by the test's path inside optax's package. With ``GRADCHAIN_OPTAX_BREAK=name`` the
+body of ``gradchain.<name>`` is replaced by one that raises, to show that the rerouted tests run
+gradchain's code (the object keeps its identity, so rerouting still finds it).
 """
 
 from __future__ import annotations
@@ -16,7 +18,16 @@ from optax_suite.reroute import reroute, test_key
 _outcomes: dict[str, str] = {}
 
 
+def _sabotaged(*args, **kwargs):
+    raise RuntimeError("gradchain code ran under optax's tests")
+
+
 def pytest_configure(config) -> None:
+    broken = os.environ.get("GRADCHAIN_OPTAX_BREAK")
+    if broken:
+        import gradchain
+
+        getattr(gradchain, broken).__code__ = _sabotaged.__code__
     if os.environ.get("GRADCHAIN_OPTAX_REROUTE") == "1":
         config._gradchain_rerouted = reroute()
 

@@ -98,12 +98,10 @@ def reroute() -> list[str]:
     by_id: dict[int, tuple[str, object]] = {}
     for qualified, (obj, target) in public_map().items():
         name = qualified.rsplit(".", 1)[-1]
-        previous = by_id.get(id(obj))
-        if previous is not None and previous[1] is not target:
-            # The same optax object under two namespaces with two gradchain counterparts: the
-            # top-level one is what optax users reach first.
-            if not qualified.startswith("optax.") or qualified.count(".") > 1:
-                continue
+        # The same optax object can be public in several namespaces; NAMESPACES lists the top
+        # level first, which is where optax users reach it.
+        if id(obj) in by_id:
+            continue
         by_id[id(obj)] = (name, target)
     replaced = []
     for module in modules:

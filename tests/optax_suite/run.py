@@ -24,10 +24,21 @@ from optax_suite.reroute import optax_dir
 
 TESTS_DIR = Path(__file__).resolve().parent.parent
 REPO = TESTS_DIR.parent
+BASELINE = Path(__file__).resolve().parent / "baseline.json"
+
+
+def load_baseline() -> dict:
+    """The recorded outcomes of every file on plain optax: ``{"optax": version, "files": ...}``."""
+    return json.loads(BASELINE.read_text())
 
 
 def run_file(
-    path: str, mode: str, out_dir: Path, timeout: float = 1800, extra: tuple[str, ...] = ()
+    path: str,
+    mode: str,
+    out_dir: Path,
+    timeout: float = 3600,
+    extra: tuple[str, ...] = (),
+    env_extra: dict[str, str] | None = None,
 ) -> tuple[dict[str, str], float]:
     """Runs one optax test file in ``mode`` ("optax" or "gradchain"); ``({test: outcome}, s)``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -36,6 +47,7 @@ def run_file(
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), str(REPO), env.get("PYTHONPATH", "")])
     env["GRADCHAIN_OPTAX_REPORT"] = str(report)
     env["GRADCHAIN_OPTAX_REROUTE"] = "1" if mode == "gradchain" else "0"
+    env.update(env_extra or {})
     cmd = [
         sys.executable,
         "-m",
@@ -69,6 +81,9 @@ def main(argv=None) -> int:
     parser.add_argument("files", nargs="*", default=list(FILES))
     parser.add_argument("--mode", choices=["both", "optax", "gradchain"], default="both")
     parser.add_argument("--out", type=Path, default=Path("optax-suite-results"))
+    parser.add_argument(
+        "--record", action="store_true", help="store the optax outcomes as the baseline file"
+    )
     args = parser.parse_args(argv)
     modes = ["optax", "gradchain"] if args.mode == "both" else [args.mode]
     rows = []
@@ -88,6 +103,14 @@ def main(argv=None) -> int:
                     print(f"  FAILS THROUGH GRADCHAIN: {k}", flush=True)
         rows.append(row)
         print(" | ".join(str(c) for c in row), flush=True)
+        if args.record and "optax" in results:
+            import optax
+
+            recorded = load_baseline() if BASELINE.exists() else {"files": {}}
+            recorded["optax"] = optax.__version__
+            recorded["files"][path] = results["optax"][0]
+            recorded["files"] = dict(sorted(recorded["files"].items()))
+            BASELINE.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
     header = ["file"]
     for m in modes:
         header += [f"{m} pass", f"{m} s"]
