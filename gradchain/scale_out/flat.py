@@ -375,6 +375,7 @@ class Flatten(GradientTransformation):
     """
 
     inner: object
+    _: dataclasses.KW_ONLY
     min_size: int | None = 65536
 
     def __post_init__(self):
