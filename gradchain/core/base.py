@@ -30,7 +30,7 @@ import dataclasses
 import inspect
 import math
 import numbers
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, NamedTuple
 
 import jax
@@ -95,16 +95,25 @@ def _is_state(x) -> bool:
 
 
 @jax.tree_util.register_pytree_node_class
-class ChainState:
+class ChainState(tuple):
     """The state of a chain: one state per transformation, readable by position or by name.
 
-    ``state[0]`` is the first transformation's state, ``state.scale_by_adam`` the state of the
+    A tuple, as optax's chain state: ``state[0]`` is the first transformation's state and
+    ``isinstance(state, tuple)`` holds. ``state.scale_by_adam`` is the state of the
     transformation named ``scale_by_adam`` (when exactly one in this chain has that name).
     """
 
-    def __init__(self, states: tuple, names: tuple[str, ...]):
-        self.states = tuple(states)
+    def __new__(cls, states: tuple, names: tuple[str, ...]):
+        self = super().__new__(cls, states)
         self.names = tuple(names)
+        return self
+
+    @property
+    def states(self) -> tuple:
+        return tuple(self)
+
+    def __reduce__(self):
+        return ChainState, (tuple(self), self.names)
 
     def tree_flatten(self):
         return self.states, self.names
@@ -122,7 +131,7 @@ class ChainState:
                     f"(names: {list(self.names)}); index by position instead"
                 )
             return hits[0]
-        return self.states[key]
+        return tuple.__getitem__(self, key)
 
     def __getattr__(self, name):
         if name.startswith("__") or name in ("states", "names"):
@@ -132,13 +141,9 @@ class ChainState:
         except KeyError as e:
             raise AttributeError(str(e)) from None
 
-    def __len__(self) -> int:
-        return len(self.states)
-
-    def __iter__(self) -> Iterator:
-        return iter(self.states)
-
     def __eq__(self, other):
+        if not isinstance(other, ChainState):
+            return tuple(self) == other if isinstance(other, tuple) else NotImplemented
         return (
             isinstance(other, ChainState)
             and self.names == other.names
@@ -148,6 +153,10 @@ class ChainState:
                 for a, b in zip(jax.tree.leaves(self.states), jax.tree.leaves(other.states))
             )
         )
+
+    def __ne__(self, other):
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
 
     __hash__ = None
 
@@ -516,6 +525,16 @@ class _FunctionSignature:
         return None
 
 
+def stateless_call(state) -> bool:
+    """Whether ``update`` got no gradchain state (``None``, ``{}``, an ``EmptyState``).
+
+    optax keeps no state for some transformations (``scale``, ``clip``, ``add_decayed_weights``,
+    ...) and its users call them as ``update(updates, None)``. The gradchain counterparts then use
+    their constructor's hyperparameters (schedules at step 0) and hand the state back as given.
+    """
+    return not hasattr(state, "hyperparams")
+
+
 class GradientTransformation:
     """Base class of every gradchain transformation.
 
@@ -577,6 +596,8 @@ class GradientTransformation:
         optax's, hands in the values it keeps in its own state: it rebuilds the transformation
         with them at every step, so they must win over the copy made at ``init``.
         """
+        if stateless_call(state):
+            return self.init_hyperparams()
         out = {}
         for n in self.hyperparams:
             v = getattr(self, n)
@@ -634,6 +655,13 @@ class GradientTransformation:
 
     def __len__(self) -> int:
         return 2
+
+    def _replace(self, **functions) -> GradientTransformation:
+        """optax's ``tx._replace(init=..., update=...)``: a transformation of two functions."""
+        parts = {"init": self.init, "update": self.update, **functions}
+        if self.accepts_extra_args or _accepts_extra_args(parts["update"]):
+            return GradientTransformationExtraArgs(**parts)
+        return GradientTransformation(**parts)
 
 
 def _short_repr(v) -> str:

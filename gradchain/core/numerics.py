@@ -255,7 +255,8 @@ def bias_correction(moment: jax.Array, decay, count: jax.Array) -> jax.Array:
     """
     decay = jnp.asarray(decay, dtype=jnp.promote_types(jnp.asarray(decay).dtype, jnp.float32))
     correction = 1 - decay ** jnp.asarray(count)
-    return moment / correction.astype(moment.dtype)
+    # A tree of moments too, as optax's ``bias_correction`` takes.
+    return jax.tree.map(lambda m: m / correction.astype(m.dtype), moment)
 
 
 def nesterov_bias_corrected(m: jax.Array, g: jax.Array, decay, one_minus_decay, count) -> jax.Array:

@@ -15,6 +15,7 @@ from gradchain.core.base import (
     optimizer_chain,
     require_params,
     state_class,
+    stateless_call,
     transformation,
 )
 from gradchain.core.numerics import compute_dtype, init_count, safe_increment
@@ -101,6 +102,8 @@ class ScaleByTrustRatio(GradientTransformation):
 
         ratios = jax.tree.map(ratio, updates, params, selected)
         out = jax.tree.map(lambda u, r: (u * r).astype(u.dtype), updates, ratios)
+        if stateless_call(state):
+            return out, state
         return out, ScaleByTrustRatioState(safe_increment(state.count), ratios, hp)
 
 

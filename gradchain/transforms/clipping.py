@@ -10,6 +10,7 @@ from gradchain.core.base import (
     PyTree,
     check_number,
     state_class,
+    stateless_call,
     transformation,
 )
 from gradchain.core.numerics import compute_dtype, init_count, safe_increment
@@ -94,6 +95,8 @@ class ClipByGlobalNorm(GradientTransformation):
             return (g.astype(dt) * factor.astype(dt)).astype(g.dtype)
 
         out = jax.tree.map(clip, updates)
+        if stateless_call(state):
+            return out, state
         return out, ClipByGlobalNormState(safe_increment(state.count), norm.astype(jnp.float32), hp)
 
 
@@ -136,7 +139,10 @@ class Clip(GradientTransformation):
             d = delta.astype(g.dtype)
             return jnp.clip(g, -d, d)
 
-        return jax.tree.map(clip_leaf, updates), ClipState(safe_increment(state.count), hp)
+        out = jax.tree.map(clip_leaf, updates)
+        if stateless_call(state):
+            return out, state
+        return out, ClipState(safe_increment(state.count), hp)
 
 
 clip = Clip
@@ -172,7 +178,10 @@ class ClipByBlockRms(GradientTransformation):
         threshold = hp["threshold"]
 
         clip_leaf = lambda g: block_rms_clip(g, threshold)
-        return jax.tree.map(clip_leaf, updates), ClipState(safe_increment(state.count), hp)
+        out = jax.tree.map(clip_leaf, updates)
+        if stateless_call(state):
+            return out, state
+        return out, ClipState(safe_increment(state.count), hp)
 
 
 clip_by_block_rms = ClipByBlockRms

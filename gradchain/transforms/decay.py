@@ -13,6 +13,7 @@ from gradchain.core.base import (
     check_params_match,
     require_params,
     state_class,
+    stateless_call,
     transformation,
 )
 from gradchain.core.masks import resolve_mask
@@ -74,6 +75,8 @@ class AddDecoupledWeightDecay(GradientTransformation):
             return (g.astype(dt) + wd.astype(dt) * p.astype(dt)).astype(g.dtype)
 
         out = jax.tree.map(decay, updates, params, selected, is_leaf=lambda x: x is None)
+        if stateless_call(state):
+            return out, state
         return out, WeightDecayState(safe_increment(state.count), hp)
 
 

@@ -23,6 +23,7 @@ from gradchain.core.base import (
     check_tree_match,
     require_params,
     state_class,
+    stateless_call,
     transformation,
     tree_map_multi,
 )
@@ -374,6 +375,8 @@ class ScaleByParamBlockRms(GradientTransformation):
             return (u.astype(dt) * jnp.maximum(rms, floor)).astype(u.dtype)
 
         out = jax.tree.map(scale_leaf, updates, params)
+        if stateless_call(state):
+            return out, state
         return out, ScaleState(safe_increment(state.count), hp)
 
 

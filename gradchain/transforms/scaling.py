@@ -13,6 +13,7 @@ from gradchain.core.base import (
     check_number,
     hyperparam_value,
     state_class,
+    stateless_call,
     transformation,
 )
 from gradchain.core.numerics import init_count, safe_increment
@@ -52,7 +53,10 @@ class Scale(GradientTransformation):
 
     def update(self, updates, state, params=None, **extra_args):
         hp = self.current_hyperparams(state)
-        return _scaled(updates, hp["step_size"]), ScaleState(safe_increment(state.count), hp)
+        out = _scaled(updates, hp["step_size"])
+        if stateless_call(state):
+            return out, state
+        return out, ScaleState(safe_increment(state.count), hp)
 
 
 scale = Scale
@@ -88,9 +92,10 @@ class ScaleByLearningRate(GradientTransformation):
     def update(self, updates, state, params=None, **extra_args):
         hp = self.current_hyperparams(state)
         sign = -1 if self.flip_sign else 1
-        return _scaled(updates, sign * hp["learning_rate"]), ScaleState(
-            safe_increment(state.count), hp
-        )
+        out = _scaled(updates, sign * hp["learning_rate"])
+        if stateless_call(state):
+            return out, state
+        return out, ScaleState(safe_increment(state.count), hp)
 
 
 scale_by_learning_rate = ScaleByLearningRate
