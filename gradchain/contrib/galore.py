@@ -49,7 +49,12 @@ from gradchain.transforms.adaptive import scale_by_adam
 from gradchain.transforms.decay import add_decoupled_weight_decay
 from gradchain.transforms.scaling import scale_by_learning_rate
 
-__all__ = ["GaLoreDimensionNumbers", "galore", "scale_by_galore"]
+__all__ = [
+    "GaLoreDimensionNumbers",
+    "GaLoreState",
+    "galore",
+    "scale_by_galore",
+]
 
 _SIDES = ("larger", "smaller")
 
@@ -489,3 +494,7 @@ def galore(
         add_decoupled_weight_decay(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
+
+
+# optax names of the same states.
+GaLoreState = ScaleByGaloreState

@@ -38,7 +38,12 @@ from gradchain.core.numerics import (
     safe_increment,
 )
 
-__all__ = ["dadapt_adamw", "prodigy", "scale_by_dadapt_adamw", "scale_by_prodigy"]
+__all__ = [
+    "dadapt_adamw",
+    "prodigy",
+    "scale_by_dadapt_adamw",
+    "scale_by_prodigy",
+]
 
 
 def _tree_sum(fn, *trees):

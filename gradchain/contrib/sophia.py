@@ -51,6 +51,7 @@ from gradchain.transforms.decay import add_decoupled_weight_decay
 from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = [
+    "SophiaState",
     "gauss_newton_bartlett_estimator_diag_hessian",
     "hutchinson_estimator_diag_hessian",
     "scale_by_sophia",

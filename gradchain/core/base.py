@@ -550,6 +550,8 @@ class GradientTransformation:
     # transformation does; one built from optax-style functions may not.
     accepts_extra_args: ClassVar[bool] = True
     __signature__ = _FunctionSignature()
+    # The field names of optax's NamedTuple, which code written for optax reads.
+    _fields: ClassVar[tuple[str, ...]] = ("init", "update")
 
     def __new__(cls, *args, **kwargs):
         # ``GradientTransformation(init_fn, update_fn)`` is optax's way of building a

@@ -1,10 +1,12 @@
 """Named optimizers: thin chains of atomic transformations, one module per family."""
 
 from gradchain.optimizers.adagrad import (
+    ScaleByRssState,
     adagrad,
     scale_by_rss,
 )
 from gradchain.optimizers.adam_variants import (
+    ScaleByAmsgradState,
     adamax,
     adamaxw,
     amsgrad,
@@ -24,16 +26,22 @@ from gradchain.optimizers.alias import (
     sgd,
 )
 from gradchain.optimizers.lion import (
+    ScaleByLionState,
     lion,
     scale_by_lion,
 )
 from gradchain.optimizers.trust_ratio import (
+    ScaleByTrustRatioState,
     lamb,
     lars,
     scale_by_trust_ratio,
 )
 
 __all__ = [
+    "ScaleByAmsgradState",
+    "ScaleByLionState",
+    "ScaleByRssState",
+    "ScaleByTrustRatioState",
     "adafactor",
     "adagrad",
     "adam",

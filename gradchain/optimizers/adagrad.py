@@ -29,7 +29,11 @@ from gradchain.core.numerics import (
 )
 from gradchain.transforms.scaling import scale_by_learning_rate
 
-__all__ = ["adagrad", "scale_by_rss"]
+__all__ = [
+    "ScaleByRssState",
+    "adagrad",
+    "scale_by_rss",
+]
 
 
 @state_class

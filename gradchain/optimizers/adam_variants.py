@@ -41,6 +41,7 @@ from gradchain.transforms.decay import add_decoupled_weight_decay
 from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = [
+    "ScaleByAmsgradState",
     "adamax",
     "adamaxw",
     "amsgrad",

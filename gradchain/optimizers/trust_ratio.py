@@ -25,7 +25,12 @@ from gradchain.transforms.decay import add_decoupled_weight_decay, resolve_mask
 from gradchain.transforms.momentum import trace
 from gradchain.transforms.scaling import scale_by_learning_rate
 
-__all__ = ["lamb", "lars", "scale_by_trust_ratio"]
+__all__ = [
+    "ScaleByTrustRatioState",
+    "lamb",
+    "lars",
+    "scale_by_trust_ratio",
+]
 
 
 def _safe_norm(x, min_norm):

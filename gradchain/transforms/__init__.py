@@ -3,24 +3,36 @@ clipping, decay, factored statistics, combinators, averaging).
 """
 
 from gradchain.transforms.adaptive import (
+    ScaleByAdamState,
+    ScaleByRmsState,
+    ScaleByRStdDevState,
     scale_by_adam,
     scale_by_rms,
     scale_by_stddev,
 )
 from gradchain.transforms.averaging import (
     LookaheadParams,
+    LookaheadState,
     lookahead,
     params_ema,
 )
 from gradchain.transforms.clipping import (
+    ClipByGlobalNormState,
+    ClipState,
     clip,
     clip_by_block_rms,
     clip_by_global_norm,
     global_norm,
 )
 from gradchain.transforms.combinators import (
+    ApplyIfFiniteState,
     MaskedNode,
+    MaskedState,
     MultiSteps,
+    MultiStepsState,
+    MultiTransformState,
+    PartitionState,
+    ZeroNansState,
     apply_if_finite,
     freeze,
     masked,
@@ -33,11 +45,13 @@ from gradchain.transforms.combinators import (
     zero_nans,
 )
 from gradchain.transforms.decay import (
+    AddDecayedWeightsState,
     add_decayed_weights,
     add_decoupled_weight_decay,
     add_l2_penalty,
 )
 from gradchain.transforms.factored import (
+    FactoredState,
     adafactor_decay_rate,
     factored_axes,
     factored_second_moment,
@@ -45,19 +59,39 @@ from gradchain.transforms.factored import (
     scale_by_param_block_rms,
 )
 from gradchain.transforms.momentum import (
+    EmaState,
+    TraceState,
     ema,
     trace,
 )
 from gradchain.transforms.scaling import (
+    ScaleState,
     scale,
     scale_by_learning_rate,
     scale_by_schedule,
 )
 
 __all__ = [
+    "AddDecayedWeightsState",
+    "ApplyIfFiniteState",
+    "ClipByGlobalNormState",
+    "ClipState",
+    "EmaState",
+    "FactoredState",
     "LookaheadParams",
+    "LookaheadState",
     "MaskedNode",
+    "MaskedState",
     "MultiSteps",
+    "MultiStepsState",
+    "MultiTransformState",
+    "PartitionState",
+    "ScaleByAdamState",
+    "ScaleByRStdDevState",
+    "ScaleByRmsState",
+    "ScaleState",
+    "TraceState",
+    "ZeroNansState",
     "adafactor_decay_rate",
     "add_decayed_weights",
     "add_decoupled_weight_decay",

@@ -34,7 +34,14 @@ from gradchain.core.numerics import (
     zeros_like_param,
 )
 
-__all__ = ["scale_by_adam", "scale_by_rms", "scale_by_stddev"]
+__all__ = [
+    "ScaleByAdamState",
+    "ScaleByRStdDevState",
+    "ScaleByRmsState",
+    "scale_by_adam",
+    "scale_by_rms",
+    "scale_by_stddev",
+]
 
 
 @state_class
@@ -304,3 +311,6 @@ class ScaleByStddev(GradientTransformation):
 
 
 scale_by_stddev = ScaleByStddev
+
+# optax names of the same states.
+ScaleByRStdDevState = ScaleByStddevState

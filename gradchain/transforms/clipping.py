@@ -15,7 +15,14 @@ from gradchain.core.base import (
 )
 from gradchain.core.numerics import compute_dtype, init_count, safe_increment
 
-__all__ = ["clip", "clip_by_block_rms", "clip_by_global_norm", "global_norm"]
+__all__ = [
+    "ClipByGlobalNormState",
+    "ClipState",
+    "clip",
+    "clip_by_block_rms",
+    "clip_by_global_norm",
+    "global_norm",
+]
 
 
 def _abs_sq(x: jax.Array) -> jax.Array:

@@ -33,8 +33,14 @@ from gradchain.core.masks import resolve_labels, resolve_mask
 from gradchain.core.numerics import safe_increment, zeros_like_param
 
 __all__ = [
+    "ApplyIfFiniteState",
     "MaskedNode",
+    "MaskedState",
     "MultiSteps",
+    "MultiStepsState",
+    "MultiTransformState",
+    "PartitionState",
+    "ZeroNansState",
     "apply_if_finite",
     "freeze",
     "masked",
@@ -648,3 +654,7 @@ class MultiSteps(GradientTransformation):
             acc_grads=acc_grads,
             skip_state=skip_state,
         )
+
+
+# optax names of the same states.
+MultiTransformState = PartitionState

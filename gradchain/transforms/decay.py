@@ -19,7 +19,12 @@ from gradchain.core.base import (
 from gradchain.core.masks import resolve_mask
 from gradchain.core.numerics import compute_dtype, init_count, safe_increment
 
-__all__ = ["add_decayed_weights", "add_decoupled_weight_decay", "add_l2_penalty"]
+__all__ = [
+    "AddDecayedWeightsState",
+    "add_decayed_weights",
+    "add_decoupled_weight_decay",
+    "add_l2_penalty",
+]
 
 
 @state_class
@@ -114,3 +119,6 @@ class AddL2Penalty(AddDecoupledWeightDecay):
 
 
 add_l2_penalty = AddL2Penalty
+
+# optax names of the same states.
+AddDecayedWeightsState = WeightDecayState

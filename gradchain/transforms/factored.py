@@ -39,6 +39,7 @@ from gradchain.transforms.clipping import ClipByBlockRms, ClipState, block_rms_c
 from gradchain.transforms.scaling import ScaleState
 
 __all__ = [
+    "FactoredState",
     "adafactor_decay_rate",
     "factored_axes",
     "factored_second_moment",

@@ -25,7 +25,12 @@ from gradchain.core.numerics import (
     zeros_like_param,
 )
 
-__all__ = ["ema", "trace"]
+__all__ = [
+    "EmaState",
+    "TraceState",
+    "ema",
+    "trace",
+]
 
 
 @state_class

@@ -18,7 +18,12 @@ from gradchain.core.base import (
 )
 from gradchain.core.numerics import init_count, safe_increment
 
-__all__ = ["scale", "scale_by_learning_rate", "scale_by_schedule"]
+__all__ = [
+    "ScaleState",
+    "scale",
+    "scale_by_learning_rate",
+    "scale_by_schedule",
+]
 
 
 @state_class

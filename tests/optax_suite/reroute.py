@@ -95,20 +95,18 @@ def reroute() -> list[str]:
     """Replaces optax's objects by gradchain's in every loaded optax module; returns what was
     replaced, as ``module.name`` strings."""
     modules = import_optax_modules()
-    by_id: dict[int, tuple[str, object]] = {}
+    # Keyed by object and name: optax binds one object to several names (``ClipState`` is
+    # ``EmptyState``), and each name goes to gradchain's object of that name.
+    by_key: dict[tuple[int, str], object] = {}
     for qualified, (obj, target) in public_map().items():
-        name = qualified.rsplit(".", 1)[-1]
-        # The same optax object can be public in several namespaces; NAMESPACES lists the top
-        # level first, which is where optax users reach it.
-        if id(obj) in by_id:
-            continue
-        by_id[id(obj)] = (name, target)
+        # NAMESPACES lists the top level first, which is where optax users reach a name.
+        by_key.setdefault((id(obj), qualified.rsplit(".", 1)[-1]), target)
     replaced = []
     for module in modules:
         for attr, value in list(vars(module).items()):
-            hit = by_id.get(id(value))
-            if hit is not None:
-                setattr(module, attr, hit[1])
+            target = by_key.get((id(value), attr))
+            if target is not None:
+                setattr(module, attr, target)
                 replaced.append(f"{module.__name__}.{attr}")
     return sorted(replaced)
 

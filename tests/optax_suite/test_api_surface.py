@@ -8,6 +8,7 @@ transformations match when both are (gradchain's are its own objects).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 
@@ -92,7 +93,18 @@ def _same_default(a, b) -> bool:
 
 
 def signature_mismatch(optax_obj, gradchain_obj) -> str | None:
-    """Why ``gradchain_obj``'s signature does not extend ``optax_obj``'s, or None."""
+    """Why ``gradchain_obj``'s signature does not extend ``optax_obj``'s, or None.
+
+    A state class matches when it has every field of optax's: gradchain's states add ``count``
+    and the live ``hyperparams`` (see README, "State layout").
+    """
+    if isinstance(optax_obj, type) and hasattr(optax_obj, "_fields"):
+        if dataclasses.is_dataclass(gradchain_obj):
+            fields = {f.name for f in dataclasses.fields(gradchain_obj)}
+        else:
+            fields = set(getattr(gradchain_obj, "_fields", ()))
+        missing = [f for f in optax_obj._fields if f not in fields]
+        return f"state fields {missing} missing" if missing else None
     try:
         o_sig, g_sig = inspect.signature(optax_obj), inspect.signature(gradchain_obj)
     except (TypeError, ValueError):
