@@ -549,6 +549,9 @@ class GradientTransformation:
     # Whether ``update`` takes extra keyword arguments (a loss value, ...): every gradchain
     # transformation does; one built from optax-style functions may not.
     accepts_extra_args: ClassVar[bool] = True
+    # Whether complex parameters are supported, with optax's convention (second moments of
+    # ``|g|^2``, so that a complex parameter behaves as its real and imaginary parts would).
+    complex_params: ClassVar[bool] = False
     __signature__ = _FunctionSignature()
     # The field names of optax's NamedTuple, which code written for optax reads.
     _fields: ClassVar[tuple[str, ...]] = ("init", "update")
@@ -919,6 +922,10 @@ class Chain(GradientTransformation):
             i += 1
         return updates, ChainState(tuple(new_states), state.names)
 
+    @property
+    def complex_params(self) -> bool:
+        return all(getattr(t, "complex_params", False) for t in self.transforms)
+
     def __getattr__(self, key):
         if key.startswith("__") or key in ("transforms", "config"):
             raise AttributeError(key)
@@ -1018,6 +1025,8 @@ def named_chain(*args: tuple[str, GradientTransformation]) -> NamedChain:
 class Identity(GradientTransformation):
     """Returns the updates unchanged: ``u = g``. State: :class:`EmptyState`."""
 
+    complex_params = True
+
     def init(self, params):
         return EmptyState()
 
@@ -1058,22 +1067,26 @@ def to_optax(tx: GradientTransformation):
     return optax.GradientTransformationExtraArgs(tx.init, tx.update)
 
 
-def check_floating(tree, transform_name: str) -> None:
-    """Raises a ``TypeError`` naming the first leaf of ``tree`` that is not a real float array.
+def check_floating(tree, transform_name: str, *, complex_ok: bool = False) -> None:
+    """Raises a ``TypeError`` naming the first leaf of ``tree`` that is not a float array (a
+    real one unless ``complex_ok``).
 
     Transformations that keep moments call this in ``init``: an integer leaf would silently
-    truncate every update, and complex leaves are not supported by gradchain's moment algebra.
+    truncate every update. Those whose moment algebra follows optax's for complex parameters
+    (second moments of ``|g|^2``) pass ``complex_ok=self.complex_params``.
     """
+    allowed = jnp.inexact if complex_ok else jnp.floating
     for path, leaf in _path_list(tree):
         if leaf is None:
             continue
         dtype = getattr(leaf, "dtype", None)
         dtype = jnp.dtype(dtype) if dtype is not None else jnp.result_type(np.asarray(leaf))
-        if not jnp.issubdtype(dtype, jnp.floating):
+        if not jnp.issubdtype(dtype, allowed):
+            kinds = "floating-point" if complex_ok else "real floating-point"
             raise TypeError(
-                f"{transform_name}: parameter {path or '<root>'} has dtype {dtype}; only real "
-                f"floating-point parameters are supported (cast integer or complex leaves, or "
-                f"leave them out with gradchain.masked)"
+                f"{transform_name}: parameter {path or '<root>'} has dtype {dtype}; only {kinds} "
+                f"parameters are supported (cast other leaves, or leave them out with "
+                f"gradchain.masked)"
             )
 
 

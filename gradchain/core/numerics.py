@@ -272,6 +272,14 @@ def nesterov_bias_corrected(m: jax.Array, g: jax.Array, decay, one_minus_decay, 
     return decay.astype(dt) * ahead + one_minus_decay.astype(dt) * bias_correction(g, decay, count)
 
 
+def abs_sq(x: jax.Array) -> jax.Array:
+    """``|x|^2`` elementwise in ``x``'s dtype: ``x * x`` for real ``x`` (the same bits as
+    before complex support), ``re^2 + im^2`` for complex ``x``, as optax's second moments."""
+    if jnp.iscomplexobj(x):
+        return (jnp.square(x.real) + jnp.square(x.imag)).astype(x.dtype)
+    return x * x
+
+
 def ema(old: jax.Array, new: jax.Array, decay, one_minus_decay=None) -> jax.Array:
     """``decay * old + (1 - decay) * new``: the moment update every EMA in gradchain uses.
 

@@ -27,6 +27,7 @@ from gradchain.core.base import (
     tree_map_multi,
 )
 from gradchain.core.numerics import (
+    abs_sq,
     bias_correction,
     cast_like,
     compute_dtype,
@@ -105,6 +106,8 @@ class ScaleByAmsgrad(GradientTransformation):
     Same as ``optax.scale_by_amsgrad`` by default.
     """
 
+    complex_params = True
+
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
@@ -128,7 +131,7 @@ class ScaleByAmsgrad(GradientTransformation):
             )
 
     def init(self, params):
-        check_floating(params, self.name)
+        check_floating(params, self.name, complex_ok=self.complex_params)
         return ScaleByAmsgradState(
             count=init_count(),
             mu=moments_like(params, self.mu_dtype),
@@ -148,7 +151,7 @@ class ScaleByAmsgrad(GradientTransformation):
             dt = compute_dtype(g.dtype)
             g32 = g.astype(dt)
             m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
-            v = ema(v.astype(dt), g32 * g32, b2.astype(dt), c2.astype(dt))
+            v = ema(v.astype(dt), abs_sq(g32), b2.astype(dt), c2.astype(dt))
             m_hat = bias_correction(m, b1, t) if self.bias_correction_mu else m
             if self.debias_after_max:
                 v_max = jnp.maximum(v_max.astype(dt), v)
@@ -247,6 +250,8 @@ class ScaleByAdamax(GradientTransformation):
     learning rate, ``torch.optim.Adamax`` (ALGORITHMS.md §3.5).
     """
 
+    complex_params = True
+
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
@@ -257,7 +262,7 @@ class ScaleByAdamax(GradientTransformation):
         check_number("eps", self.eps, low=0.0)
 
     def init(self, params):
-        check_floating(params, self.name)
+        check_floating(params, self.name, complex_ok=self.complex_params)
         return ScaleByAdamState(
             count=init_count(),
             mu=moments_like(params),
@@ -361,6 +366,8 @@ class ScaleByRadam(GradientTransformation):
     Same as ``optax.scale_by_radam`` by default.
     """
 
+    complex_params = True
+
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
@@ -377,7 +384,7 @@ class ScaleByRadam(GradientTransformation):
         check_bools(self, "nesterov", "strict_threshold", "eps_before_bias_correction")
 
     def init(self, params):
-        check_floating(params, self.name)
+        check_floating(params, self.name, complex_ok=self.complex_params)
         return ScaleByAdamState(
             count=init_count(),
             mu=moments_like(params),
@@ -410,7 +417,7 @@ class ScaleByRadam(GradientTransformation):
             dt = compute_dtype(g.dtype)
             g32 = g.astype(dt)
             m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
-            v = ema(v.astype(dt), g32 * g32, b2.astype(dt), c2.astype(dt))
+            v = ema(v.astype(dt), abs_sq(g32), b2.astype(dt), c2.astype(dt))
             if self.nesterov:
                 m_hat = nesterov_bias_corrected(m, g32, b1, c1, t)
             else:
@@ -520,6 +527,8 @@ class ScaleByNadam(GradientTransformation):
     also multiplies :math:`\hat v` by :math:`\beta_2`, which optax and PyTorch omit.
     """
 
+    complex_params = True
+
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
@@ -536,7 +545,7 @@ class ScaleByNadam(GradientTransformation):
         check_dtype("nu_dtype", self.nu_dtype)
 
     def init(self, params):
-        check_floating(params, self.name)
+        check_floating(params, self.name, complex_ok=self.complex_params)
         return ScaleByNadamState(
             count=init_count(),
             mu=moments_like(params, self.mu_dtype),
@@ -563,7 +572,7 @@ class ScaleByNadam(GradientTransformation):
             dt = compute_dtype(g.dtype)
             g32 = g.astype(dt)
             m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
-            v = ema(v.astype(dt), g32 * g32, b2.astype(dt), c2.astype(dt))
+            v = ema(v.astype(dt), abs_sq(g32), b2.astype(dt), c2.astype(dt))
             denom = jnp.sqrt(bias_correction(v, b2, t) + eps_root.astype(dt)) + eps.astype(dt)
             u = (coef_g.astype(dt) * g32 + coef_m.astype(dt) * m) / denom
             return u.astype(g.dtype), m, v

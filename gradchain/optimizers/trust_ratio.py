@@ -18,7 +18,7 @@ from gradchain.core.base import (
     stateless_call,
     transformation,
 )
-from gradchain.core.numerics import compute_dtype, init_count, safe_increment
+from gradchain.core.numerics import abs_sq, compute_dtype, init_count, safe_increment
 from gradchain.optimizers.alias import _argument_names
 from gradchain.transforms.adaptive import scale_by_adam
 from gradchain.transforms.decay import add_decoupled_weight_decay, resolve_mask
@@ -35,10 +35,10 @@ __all__ = [
 
 def _safe_norm(x, min_norm):
     """``max(||x||_2, min_norm)`` whose gradient is finite at ``x = 0`` (as optax's)."""
-    norm = jnp.sqrt(jnp.sum(x * x))
+    norm = jnp.sqrt(jnp.sum(abs_sq(x)).real)
     small = norm <= min_norm
     masked = jnp.where(small, jnp.ones_like(x), x)
-    return jnp.where(small, min_norm, jnp.sqrt(jnp.sum(masked * masked)))
+    return jnp.where(small, min_norm, jnp.sqrt(jnp.sum(abs_sq(masked)).real))
 
 
 @state_class
@@ -74,6 +74,8 @@ class ScaleByTrustRatio(GradientTransformation):
     Same as ``optax.scale_by_trust_ratio``. Reference: You et al. (2017, 2020).
     """
 
+    complex_params = True
+
     min_norm: float = 0.0
     trust_coefficient: float = 1.0
     eps: float = 0.0
@@ -99,10 +101,11 @@ class ScaleByTrustRatio(GradientTransformation):
             if not on:
                 return jnp.ones((), jnp.result_type(float))
             dt = compute_dtype(jnp.promote_types(u.dtype, p.dtype))
-            min_norm = hp["min_norm"].astype(dt)
+            real = jnp.finfo(dt).dtype  # norms of complex leaves are real
+            min_norm = hp["min_norm"].astype(real)
             p_norm = _safe_norm(p.astype(dt), min_norm)
             u_norm = _safe_norm(u.astype(dt), min_norm)
-            r = hp["trust_coefficient"].astype(dt) * p_norm / (u_norm + hp["eps"].astype(dt))
+            r = hp["trust_coefficient"].astype(real) * p_norm / (u_norm + hp["eps"].astype(real))
             return jnp.where((p_norm == 0) | (u_norm == 0), 1, r).astype(jnp.result_type(float))
 
         ratios = jax.tree.map(ratio, updates, params, selected)

@@ -21,6 +21,7 @@ from gradchain.core.base import (
     tree_map_multi,
 )
 from gradchain.core.numerics import (
+    abs_sq,
     bias_correction,
     cast_like,
     compute_dtype,
@@ -86,6 +87,8 @@ class ScaleByAdam(GradientTransformation):
     double, a 1e-5 relative difference at step 1 for :math:`\beta_2 = 0.999`.
     """
 
+    complex_params = True
+
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
@@ -105,7 +108,7 @@ class ScaleByAdam(GradientTransformation):
         check_bool("nesterov", self.nesterov)
 
     def init(self, params):
-        check_floating(params, self.name)
+        check_floating(params, self.name, complex_ok=self.complex_params)
         mu = jax.tree.map(
             lambda p: zeros_like_param(p, state_dtype(p.dtype, self.mu_dtype)), params
         )
@@ -127,7 +130,7 @@ class ScaleByAdam(GradientTransformation):
             dt = compute_dtype(g.dtype)
             g32 = g.astype(dt)
             m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
-            v = ema(v.astype(dt), g32 * g32, b2.astype(dt), c2.astype(dt))
+            v = ema(v.astype(dt), abs_sq(g32), b2.astype(dt), c2.astype(dt))
             if self.nesterov:
                 m_hat = nesterov_bias_corrected(m, g32, b1, 1 - b1.astype(dt), t)
             else:
@@ -196,6 +199,8 @@ class ScaleByRms(GradientTransformation):
     of "Neural Networks for Machine Learning" (2012).
     """
 
+    complex_params = True
+
     decay: float = 0.9
     eps: float = 1e-8
     initial_scale: float = 0.0
@@ -206,7 +211,7 @@ class ScaleByRms(GradientTransformation):
         _check_rms_args(self)
 
     def init(self, params):
-        check_floating(params, self.name)
+        check_floating(params, self.name, complex_ok=self.complex_params)
         nu = moments_like(params, fill=self.initial_scale)
         return ScaleByRmsState(count=init_count(), nu=nu, hyperparams=self.init_hyperparams())
 
@@ -220,7 +225,7 @@ class ScaleByRms(GradientTransformation):
         def step(g, v):
             dt = compute_dtype(g.dtype)
             g32 = g.astype(dt)
-            v = ema(v.astype(dt), g32 * g32, decay.astype(dt), one_minus_decay.astype(dt))
+            v = ema(v.astype(dt), abs_sq(g32), decay.astype(dt), one_minus_decay.astype(dt))
             v_hat = numerics.bias_correction(v, decay, t) if self.bias_correction else v
             u = inverse_root(v_hat, eps.astype(dt), self.eps_in_sqrt) * g32
             return u.astype(g.dtype), v
@@ -267,6 +272,8 @@ class ScaleByStddev(GradientTransformation):
     (2013), eq. 38-41.
     """
 
+    complex_params = True
+
     decay: float = 0.9
     eps: float = 1e-8
     initial_scale: float = 0.0
@@ -277,7 +284,7 @@ class ScaleByStddev(GradientTransformation):
         _check_rms_args(self)
 
     def init(self, params):
-        check_floating(params, self.name)
+        check_floating(params, self.name, complex_ok=self.complex_params)
         return ScaleByStddevState(
             count=init_count(),
             mu=moments_like(params),
@@ -295,12 +302,12 @@ class ScaleByStddev(GradientTransformation):
             dt = compute_dtype(g.dtype)
             g32 = g.astype(dt)
             m = ema(m.astype(dt), g32, decay.astype(dt))
-            v = ema(v.astype(dt), g32 * g32, decay.astype(dt))
+            v = ema(v.astype(dt), abs_sq(g32), decay.astype(dt))
             m_hat, v_hat = m, v
             if self.bias_correction:
                 m_hat = numerics.bias_correction(m, decay, t)
                 v_hat = numerics.bias_correction(v, decay, t)
-            variance = jnp.maximum(v_hat - m_hat * m_hat, 0)
+            variance = jnp.maximum(v_hat - abs_sq(m_hat), 0)
             u = inverse_root(variance, eps.astype(dt), self.eps_in_sqrt) * g32
             return u.astype(g.dtype), m, v
 

@@ -13,7 +13,7 @@ from gradchain.core.base import (
     stateless_call,
     transformation,
 )
-from gradchain.core.numerics import compute_dtype, init_count, safe_increment
+from gradchain.core.numerics import abs_sq, compute_dtype, init_count, safe_increment
 
 __all__ = [
     "ClipByGlobalNormState",
@@ -76,6 +76,8 @@ class ClipByGlobalNorm(GradientTransformation):
     Same as ``optax.clip_by_global_norm``. The norm of the latest updates is kept in the state as
     ``global_norm``.
     """
+
+    complex_params = True
 
     max_norm: float
 
@@ -172,6 +174,8 @@ class ClipByBlockRms(GradientTransformation):
     Same as ``optax.clip_by_block_rms``. HF's and PyTorch's Adafactor apply the same rule.
     """
 
+    complex_params = True
+
     threshold: float
 
     def __post_init__(self):
@@ -201,6 +205,6 @@ def block_rms_clip(g, threshold, mean_square=None):
     dt = compute_dtype(g.dtype)
     g32 = g.astype(dt)
     if mean_square is None:
-        mean_square = jnp.mean(g32 * g32)
+        mean_square = jnp.mean(abs_sq(g32))
     denominator = jnp.maximum(1.0, jnp.sqrt(mean_square) / threshold.astype(dt))
     return (g32 / denominator).astype(g.dtype)

@@ -145,6 +145,10 @@ class Masked(GradientTransformation):
         check_bool("mask_compatible_extra_args", self.mask_compatible_extra_args)
 
     def init(self, params):
+        if not jax.tree.leaves(params):
+            # Nothing to mask: also how optax's tree_map_params asks for the state's layout,
+            # with a placeholder node standing for the whole parameter tree.
+            return MaskedState(inner_state=self.inner.init(params))
         selected = resolve_mask(self.mask, params, self.name)
         return MaskedState(inner_state=self.inner.init(_hide(params, selected)))
 

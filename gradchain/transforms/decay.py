@@ -57,6 +57,8 @@ class AddDecoupledWeightDecay(GradientTransformation):
     Same as ``optax.add_decayed_weights``.
     """
 
+    complex_params = True
+
     weight_decay: float = 0.0
     mask: object = None
 

@@ -48,6 +48,8 @@ class Scale(GradientTransformation):
     Same as ``optax.scale``.
     """
 
+    complex_params = True
+
     step_size: float
 
     def __post_init__(self):
@@ -83,6 +85,8 @@ class ScaleByLearningRate(GradientTransformation):
     Same as ``optax.scale_by_learning_rate``. The learning rate is cast to the updates' dtype.
     """
 
+    complex_params = True
+
     learning_rate: float
     _: dataclasses.KW_ONLY
     flip_sign: bool = True
@@ -113,6 +117,8 @@ class ScaleBySchedule(GradientTransformation):
     ``k`` counts the updates done before this one, so the first update uses ``f(0)``. The value
     used is kept in the state as ``hyperparams["step_size"]``. Same as ``optax.scale_by_schedule``.
     """
+
+    complex_params = True
 
     step_size_fn: object
 
