@@ -69,6 +69,9 @@ class AddDecoupledWeightDecay(GradientTransformation):
         return WeightDecayState(count=init_count(), hyperparams=self.init_hyperparams())
 
     def update(self, updates, state, params=None, **extra_args):
+        if updates is None:
+            # optax maps over the updates, and None is a tree without leaves.
+            return updates, state
         require_params(params, self.name)
         check_params_match(updates, params)
         hp = self.current_hyperparams(state)
