@@ -16,6 +16,10 @@ from gradchain import checkpoint, contrib, core, optimizers, scale_out, schedule
 from gradchain.checkpoint import *
 from gradchain.contrib import *
 from gradchain.core import *
+
+# The function takes the package attribute ``gradchain.describe`` (as the optimizers named like
+# their modules do); the module stays importable by its full name.
+from gradchain.describe import describe as describe
 from gradchain.optimizers import *
 from gradchain.scale_out import *
 from gradchain.schedules import *
@@ -66,4 +70,5 @@ __all__ = sorted(
         for package in (checkpoint, contrib, core, optimizers, scale_out, schedules, transforms)
         for name in package.__all__
     }
+    | {"describe"}
 )

@@ -1,6 +1,7 @@
 """The protocol: inspectable transformations, named states, chaining with optax both ways."""
 
 import dataclasses
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -225,3 +226,32 @@ def test_identity_and_apply_updates_keep_dtypes():
 def test_every_public_name_is_exported():
     missing = [n for n in gc.__all__ if not hasattr(gc, n)]
     assert not missing
+
+
+@gc.named_optimizer
+def _clipped_sgd(learning_rate, max_norm=1.0, *, momentum=None):
+    """A test optimizer."""
+    parts = [gc.clip_by_global_norm(max_norm)]
+    if momentum is not None:
+        parts.append(gc.trace(momentum))
+    return [*parts, gc.scale_by_learning_rate(learning_rate)]
+
+
+def test_named_optimizer_records_the_bound_call_once():
+    tx = _clipped_sgd(0.1, momentum=0.9)
+    assert tx.name == "_clipped_sgd"
+    assert tx.config == {"learning_rate": 0.1, "max_norm": 1.0, "momentum": 0.9}
+    assert repr(tx).startswith("_clipped_sgd(learning_rate=0.1, max_norm=1.0, momentum=0.9) = ")
+    assert tx.max_norm == 1.0 and tx.learning_rate == 0.1
+    assert [t.name for t in tx.transforms] == [
+        "clip_by_global_norm",
+        "trace",
+        "scale_by_learning_rate",
+    ]
+    assert _clipped_sgd(0.1) == _clipped_sgd(learning_rate=0.1, max_norm=1.0)
+    assert str(inspect.signature(_clipped_sgd)) == (
+        "(learning_rate, max_norm=1.0, *, momentum=None) -> 'Chain'"
+    )
+    assert _clipped_sgd.__doc__ == "A test optimizer."
+    with pytest.raises(TypeError, match=r"_clipped_sgd\(\): missing a required argument"):
+        _clipped_sgd()

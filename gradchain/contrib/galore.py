@@ -19,14 +19,14 @@ import jax
 import jax.numpy as jnp
 
 from gradchain.core.base import (
-    Chain,
     GradientTransformation,
+    Parts,
     _call_update,
     check_floating,
     check_int,
     check_number,
     check_tree_match,
-    optimizer_chain,
+    named_optimizer,
     transformation,
 )
 from gradchain.core.matrices import (
@@ -444,6 +444,7 @@ class ScaleByGalore(GradientTransformation):
 scale_by_galore = ScaleByGalore
 
 
+@named_optimizer
 def galore(
     learning_rate,
     rank=128,
@@ -455,7 +456,7 @@ def galore(
     weight_dimension_numbers=None,
     *,
     projected_dim="larger",
-) -> Chain:
+) -> Parts:
     r"""GaLore: ``chain(scale_by_galore(...), add_decoupled_weight_decay(weight_decay, mask),
     scale_by_learning_rate(learning_rate))``.
 
@@ -469,20 +470,7 @@ def galore(
     Memory: for an :math:`m\times n` matrix with ``larger`` and the default Adam,
     :math:`2 r \min(m,n)` moment entries plus an :math:`\max(m,n)\times r` projector.
     """
-    config = dict(
-        learning_rate=learning_rate,
-        rank=rank,
-        update_proj_gap=update_proj_gap,
-        scale=scale,
-        base_optimizer=base_optimizer,
-        weight_decay=weight_decay,
-        mask=mask,
-        weight_dimension_numbers=weight_dimension_numbers,
-        projected_dim=projected_dim,
-    )
-    return optimizer_chain(
-        "galore",
-        config,
+    return (
         scale_by_galore(
             rank,
             update_proj_gap,

@@ -15,14 +15,14 @@ import jax
 import jax.numpy as jnp
 
 from gradchain.core.base import (
-    Chain,
     GradientTransformation,
+    Parts,
     check_bools,
     check_floating,
     check_number,
     check_params_match,
     check_tree_match,
-    optimizer_chain,
+    named_optimizer,
     require_params,
     require_values,
     state_class,
@@ -38,12 +38,7 @@ from gradchain.core.numerics import (
     safe_increment,
 )
 
-__all__ = [
-    "dadapt_adamw",
-    "prodigy",
-    "scale_by_dadapt_adamw",
-    "scale_by_prodigy",
-]
+__all__ = ["dadapt_adamw", "prodigy", "scale_by_dadapt_adamw", "scale_by_prodigy"]
 
 
 def _tree_sum(fn, *trees):
@@ -249,6 +244,7 @@ class ScaleByProdigy(GradientTransformation):
 scale_by_prodigy = ScaleByProdigy
 
 
+@named_optimizer
 def prodigy(
     learning_rate=1.0,
     betas=(0.9, 0.999),
@@ -260,26 +256,13 @@ def prodigy(
     safeguard_warmup=False,
     *,
     bias_correction=True,
-) -> Chain:
+) -> Parts:
     """Prodigy: learning-rate-free AdamW; see :func:`scale_by_prodigy` (the whole optimizer).
 
     Same arguments and defaults as ``optax.contrib.prodigy``; ``bias_correction=False`` gives
     ``prodigyopt.Prodigy``'s default. The estimate is ``tree_get(state, "d")``.
     """
-    config = dict(
-        learning_rate=learning_rate,
-        betas=betas,
-        beta3=beta3,
-        eps=eps,
-        estim_lr0=estim_lr0,
-        estim_lr_coef=estim_lr_coef,
-        weight_decay=weight_decay,
-        safeguard_warmup=safeguard_warmup,
-        bias_correction=bias_correction,
-    )
-    return optimizer_chain(
-        "prodigy",
-        config,
+    return (
         scale_by_prodigy(
             learning_rate,
             betas,
@@ -443,6 +426,7 @@ class ScaleByDAdaptAdamW(GradientTransformation):
 scale_by_dadapt_adamw = ScaleByDAdaptAdamW
 
 
+@named_optimizer
 def dadapt_adamw(
     learning_rate=1.0,
     betas=(0.9, 0.999),
@@ -452,25 +436,14 @@ def dadapt_adamw(
     *,
     bias_correction=True,
     decouple=True,
-) -> Chain:
+) -> Parts:
     """D-Adaptation AdamW; see :func:`scale_by_dadapt_adamw` (the whole optimizer).
 
     Same arguments and defaults as ``optax.contrib.dadapt_adamw``; ``bias_correction=False,
     decouple=False`` gives ``dadaptation.DAdaptAdam``'s defaults. The estimate is
     ``tree_get(state, "d")``.
     """
-    config = dict(
-        learning_rate=learning_rate,
-        betas=betas,
-        eps=eps,
-        estim_lr0=estim_lr0,
-        weight_decay=weight_decay,
-        bias_correction=bias_correction,
-        decouple=decouple,
-    )
-    return optimizer_chain(
-        "dadapt_adamw",
-        config,
+    return (
         scale_by_dadapt_adamw(
             learning_rate,
             betas,

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     Chain,
     GradientTransformation,
+    Parts,
     _call_update,
     check_bool,
     check_dtype,
@@ -25,7 +26,7 @@ from gradchain.core.base import (
     check_params_match,
     check_tree_match,
     hyperparam_value,
-    optimizer_chain,
+    named_optimizer,
     require_params,
     require_values,
     state_class,
@@ -286,6 +287,7 @@ def _warmed_up(learning_rate, warmup_steps, optax_off_by_one):
     return _LinearWarmup(learning_rate, warmup_steps, offset=0 if optax_off_by_one else 1)
 
 
+@named_optimizer
 def schedule_free_sgd(
     learning_rate=1.0,
     warmup_steps=None,
@@ -295,7 +297,7 @@ def schedule_free_sgd(
     state_dtype=None,
     *,
     optax_off_by_one=False,
-) -> Chain:
+) -> Parts:
     r"""Schedule-Free SGD: :func:`schedule_free` over ``chain(add_decoupled_weight_decay, sgd)``.
 
     The base step is :math:`z \leftarrow z - \gamma_k (g_k + \lambda y_k)` (decay at ``y``, as
@@ -310,24 +312,14 @@ def schedule_free_sgd(
     base = sgd(lr)
     if weight_decay is not None:
         base = Chain(add_decoupled_weight_decay(weight_decay), base)
-    config = dict(
-        learning_rate=learning_rate,
-        warmup_steps=warmup_steps,
-        b1=b1,
-        weight_decay=weight_decay,
-        weight_lr_power=weight_lr_power,
-        state_dtype=state_dtype,
-        optax_off_by_one=optax_off_by_one,
-    )
-    return optimizer_chain(
-        "schedule_free_sgd",
-        config,
+    return (
         schedule_free(
             base, lr, b1, weight_lr_power, state_dtype, optax_off_by_one=optax_off_by_one
         ),
     )
 
 
+@named_optimizer
 def schedule_free_adamw(
     learning_rate=0.0025,
     warmup_steps=None,
@@ -339,7 +331,7 @@ def schedule_free_adamw(
     state_dtype=None,
     *,
     optax_off_by_one=False,
-) -> Chain:
+) -> Parts:
     r"""Schedule-Free AdamW: :func:`schedule_free` over AdamW without momentum.
 
     The base step (the reference ``AdamWScheduleFree``):
@@ -365,20 +357,7 @@ def schedule_free_adamw(
         add_decoupled_weight_decay(weight_decay),
         scale_by_learning_rate(lr),
     )
-    config = dict(
-        learning_rate=learning_rate,
-        warmup_steps=warmup_steps,
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        weight_decay=weight_decay,
-        weight_lr_power=weight_lr_power,
-        state_dtype=state_dtype,
-        optax_off_by_one=optax_off_by_one,
-    )
-    return optimizer_chain(
-        "schedule_free_adamw",
-        config,
+    return (
         schedule_free(
             base, lr, b1, weight_lr_power, state_dtype, optax_off_by_one=optax_off_by_one
         ),

@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from gradchain.core.base import (
-    Chain,
     GradientTransformation,
+    Parts,
     _call_update,
     check_bools,
     check_dtype,
@@ -32,7 +32,7 @@ from gradchain.core.base import (
     check_number,
     check_params_match,
     check_tree_match,
-    optimizer_chain,
+    named_optimizer,
     require_params,
     state_class,
     transformation,
@@ -420,6 +420,7 @@ class ScaleBySophia(GradientTransformation):
 scale_by_sophia = ScaleBySophia
 
 
+@named_optimizer
 def sophia(
     learning_rate,
     b1=0.965,
@@ -437,7 +438,7 @@ def sophia(
     *,
     mu_bias_correction=True,
     estimate_before_step=False,
-) -> Chain:
+) -> Parts:
     r"""Sophia with decoupled weight decay.
 
     ``chain(scale_by_sophia(...), add_decoupled_weight_decay(weight_decay, weight_decay_mask),
@@ -451,26 +452,7 @@ def sophia(
     ``hessian_diagonal_fn=gauss_newton_bartlett_estimator_diag_hessian(1)``,
     ``gamma = rho * tokens_per_step`` and ``eps = 1e-15``.
     """
-    config = dict(
-        learning_rate=learning_rate,
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
-        gamma=gamma,
-        clip_threshold=clip_threshold,
-        update_interval=update_interval,
-        hessian_diagonal_fn=hessian_diagonal_fn,
-        mu_dtype=mu_dtype,
-        verbose=verbose,
-        print_win_rate_every_n_steps=print_win_rate_every_n_steps,
-        mu_bias_correction=mu_bias_correction,
-        estimate_before_step=estimate_before_step,
-    )
-    return optimizer_chain(
-        "sophia",
-        config,
+    return (
         scale_by_sophia(
             b1,
             b2,

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 import math
 import numbers
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple, ParamSpec
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +55,7 @@ __all__ = [
     "identity",
     "init_empty_state",
     "named_chain",
+    "named_optimizer",
     "state_class",
     "stateless",
     "stateless_with_tree_map",
@@ -1019,6 +1021,44 @@ class NamedChain(GradientTransformation):
 def named_chain(*args: tuple[str, GradientTransformation]) -> NamedChain:
     """Applies ``(name, transformation)`` pairs in order, keeping each state under its name."""
     return NamedChain(args)
+
+
+_Args = ParamSpec("_Args")
+Parts = Sequence[Any]  # the transformations a named optimizer chains, in order
+
+
+def named_optimizer(build: Callable[_Args, Parts]) -> Callable[_Args, Chain]:
+    """Makes ``build``, a function returning an optimizer's parts, the named optimizer itself.
+
+    The call's arguments are bound to ``build``'s signature, defaults filled in, and that binding
+    is the chain's ``config`` (what ``repr`` prints and ``tx.b1`` reads back), so an optimizer
+    writes each argument once, in its signature::
+
+        @named_optimizer
+        def adamw(learning_rate, b1=0.9, ..., weight_decay=1e-4, mask=None):
+            return (
+                scale_by_adam(b1, ...),
+                add_decoupled_weight_decay(weight_decay, mask),
+                scale_by_learning_rate(learning_rate),
+            )
+
+    The chain is named after the function; its signature and docstring are ``build``'s.
+    """
+    signature = inspect.signature(build)
+
+    @functools.wraps(build)
+    def make(*args: _Args.args, **kwargs: _Args.kwargs) -> Chain:
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{build.__name__}(): {e}") from None
+        bound.apply_defaults()
+        parts = build(*bound.args, **bound.kwargs)
+        return Chain(*parts, name=build.__name__, config=bound.arguments)
+
+    make.__signature__ = signature.replace(return_annotation="Chain")
+    make.__annotations__ = {**build.__annotations__, "return": "Chain"}
+    return make
 
 
 @transformation("identity")

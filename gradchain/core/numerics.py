@@ -290,6 +290,20 @@ def ema(old: jax.Array, new: jax.Array, decay, one_minus_decay=None) -> jax.Arra
     return one_minus_decay * new + decay * old
 
 
+def adam_moments(g: jax.Array, m: jax.Array, v: jax.Array, b1, c1, b2, c2):
+    r"""Adam's two moment updates of one leaf, ``(g, m_t, v_t)`` in the leaf's compute dtype.
+
+    ``c1``, ``c2`` are :math:`1-\beta_1`, :math:`1-\beta_2` as
+    ``GradientTransformation.complement`` forms them. Shared by every Adam relative, so their
+    moments agree bit for bit.
+    """
+    dt = compute_dtype(g.dtype)
+    g = g.astype(dt)
+    m = ema(m.astype(dt), g, b1.astype(dt), c1.astype(dt))
+    v = ema(v.astype(dt), abs_sq(g), b2.astype(dt), c2.astype(dt))
+    return g, m, v
+
+
 def inverse_sqrt(x: jax.Array) -> jax.Array:
     """``1 / sqrt(x)`` per coordinate, formed as ``sqrt(1 / x)``.
 

@@ -8,13 +8,13 @@ import jax
 import jax.numpy as jnp
 
 from gradchain.core.base import (
-    Chain,
     GradientTransformation,
+    Parts,
     check_bools,
     check_floating,
     check_number,
     check_tree_match,
-    optimizer_chain,
+    named_optimizer,
     state_class,
     transformation,
     tree_map_multi,
@@ -118,22 +118,15 @@ class ScaleByRss(GradientTransformation):
 scale_by_rss = ScaleByRss
 
 
-def adagrad(learning_rate, initial_accumulator_value=0.1, eps=1e-7, *, eps_in_sqrt=True) -> Chain:
+@named_optimizer
+def adagrad(learning_rate, initial_accumulator_value=0.1, eps=1e-7, *, eps_in_sqrt=True) -> Parts:
     r"""Adagrad: ``chain(scale_by_rss(...), scale_by_learning_rate(learning_rate))``.
 
     :math:`p_t = p_{t-1} - \eta_{t-1}\, g_t/\sqrt{s_t + \epsilon}`; see :func:`scale_by_rss`.
     Same as ``optax.adagrad``; ``adagrad(lr, 0.0, 1e-10, eps_in_sqrt=False)`` is
     ``torch.optim.Adagrad(lr)``.
     """
-    config = dict(
-        learning_rate=learning_rate,
-        initial_accumulator_value=initial_accumulator_value,
-        eps=eps,
-        eps_in_sqrt=eps_in_sqrt,
-    )
-    return optimizer_chain(
-        "adagrad",
-        config,
+    return (
         scale_by_rss(initial_accumulator_value, eps, eps_in_sqrt=eps_in_sqrt),
         scale_by_learning_rate(learning_rate),
     )

@@ -14,20 +14,19 @@ import jax
 import jax.numpy as jnp
 
 from gradchain.core.base import (
-    Chain,
     GradientTransformation,
+    Parts,
     check_bools,
     check_dtype,
     check_floating,
     check_number,
-    check_tree_match,
-    optimizer_chain,
+    named_optimizer,
     state_class,
     transformation,
     tree_map_multi,
 )
 from gradchain.core.numerics import (
-    abs_sq,
+    adam_moments,
     bias_correction,
     cast_like,
     compute_dtype,
@@ -35,9 +34,13 @@ from gradchain.core.numerics import (
     init_count,
     moments_like,
     nesterov_bias_corrected,
-    safe_increment,
 )
-from gradchain.transforms.adaptive import ScaleByAdamState, scale_by_adam
+from gradchain.transforms.adaptive import (
+    ScaleByAdamState,
+    adam_step_inputs,
+    init_adam_state,
+    scale_by_adam,
+)
 from gradchain.transforms.decay import add_decoupled_weight_decay
 from gradchain.transforms.scaling import scale_by_learning_rate
 
@@ -141,17 +144,12 @@ class ScaleByAmsgrad(GradientTransformation):
         )
 
     def update(self, updates, state, params=None, **extra_args):
-        check_tree_match(updates, state.mu, "updates", "state.mu")
-        hp = self.current_hyperparams(state)
+        hp, c1, c2, t = adam_step_inputs(self, updates, state)
         b1, b2, eps, eps_root = hp["b1"], hp["b2"], hp["eps"], hp["eps_root"]
-        c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
-        t = safe_increment(state.count)
 
         def step(g, m, v, v_max):
-            dt = compute_dtype(g.dtype)
-            g32 = g.astype(dt)
-            m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
-            v = ema(v.astype(dt), abs_sq(g32), b2.astype(dt), c2.astype(dt))
+            _, m, v = adam_moments(g, m, v, b1, c1, b2, c2)
+            dt = m.dtype
             m_hat = bias_correction(m, b1, t) if self.bias_correction_mu else m
             if self.debias_after_max:
                 v_max = jnp.maximum(v_max.astype(dt), v)
@@ -176,6 +174,7 @@ class ScaleByAmsgrad(GradientTransformation):
 scale_by_amsgrad = ScaleByAmsgrad
 
 
+@named_optimizer
 def amsgrad(
     learning_rate,
     b1=0.9,
@@ -188,28 +187,14 @@ def amsgrad(
     *,
     debias_after_max=False,
     nu_dtype=None,
-) -> Chain:
+) -> Parts:
     r"""AMSGrad: ``chain(scale_by_amsgrad(...), scale_by_learning_rate(learning_rate))``.
 
     :math:`p_t = p_{t-1} - \eta_{t-1}\,\hat m_t/(\sqrt{\nu^{max}_t + \epsilon_{root}} + \epsilon)`;
     see :func:`scale_by_amsgrad`. Same as ``optax.amsgrad``; ``debias_after_max=True`` gives
     ``torch.optim.Adam(amsgrad=True)``.
     """
-    config = dict(
-        learning_rate=learning_rate,
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        eps_root=eps_root,
-        mu_dtype=mu_dtype,
-        bias_correction_mu=bias_correction_mu,
-        bias_correction_nu=bias_correction_nu,
-        debias_after_max=debias_after_max,
-        nu_dtype=nu_dtype,
-    )
-    return optimizer_chain(
-        "amsgrad",
-        config,
+    return (
         scale_by_amsgrad(
             b1,
             b2,
@@ -262,20 +247,11 @@ class ScaleByAdamax(GradientTransformation):
         check_number("eps", self.eps, low=0.0)
 
     def init(self, params):
-        check_floating(params, self.name, complex_ok=self.complex_params)
-        return ScaleByAdamState(
-            count=init_count(),
-            mu=moments_like(params),
-            nu=moments_like(params),
-            hyperparams=self.init_hyperparams(),
-        )
+        return init_adam_state(self, params)
 
     def update(self, updates, state, params=None, **extra_args):
-        check_tree_match(updates, state.mu, "updates", "state.mu")
-        hp = self.current_hyperparams(state)
+        hp, c1, _, t = adam_step_inputs(self, updates, state)
         b1, b2, eps = hp["b1"], hp["b2"], hp["eps"]
-        c1 = self.complement("b1", hp)
-        t = safe_increment(state.count)
 
         def step(g, m, v):
             dt = compute_dtype(g.dtype)
@@ -293,19 +269,18 @@ class ScaleByAdamax(GradientTransformation):
 scale_by_adamax = ScaleByAdamax
 
 
-def adamax(learning_rate, b1=0.9, b2=0.999, eps=1e-8) -> Chain:
+@named_optimizer
+def adamax(learning_rate, b1=0.9, b2=0.999, eps=1e-8) -> Parts:
     r"""Adamax: ``chain(scale_by_adamax(b1, b2, eps), scale_by_learning_rate(learning_rate))``.
 
     :math:`p_t = p_{t-1} - \eta_{t-1}\,(m_t/(1-\beta_1^t))/\nu_t`. Same as ``optax.adamax`` and
     ``torch.optim.Adamax`` (whose ``weight_decay`` is a coupled L2 penalty).
     """
-    config = dict(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps)
-    return optimizer_chain(
-        "adamax", config, scale_by_adamax(b1, b2, eps), scale_by_learning_rate(learning_rate)
-    )
+    return scale_by_adamax(b1, b2, eps), scale_by_learning_rate(learning_rate)
 
 
-def adamaxw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4, mask=None) -> Chain:
+@named_optimizer
+def adamaxw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4, mask=None) -> Parts:
     r"""Adamax with decoupled weight decay.
 
     ``chain(scale_by_adamax(...), add_decoupled_weight_decay(weight_decay, mask),
@@ -313,12 +288,7 @@ def adamaxw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4, mask=N
     :math:`p_t = p_{t-1} - \eta_{t-1}\big((m_t/(1-\beta_1^t))/\nu_t + \lambda p_{t-1}\big)`.
     Same as ``optax.adamaxw`` (default :math:`\lambda = 10^{-4}`).
     """
-    config = dict(
-        learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask
-    )
-    return optimizer_chain(
-        "adamaxw",
-        config,
+    return (
         scale_by_adamax(b1, b2, eps),
         add_decoupled_weight_decay(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
@@ -384,20 +354,11 @@ class ScaleByRadam(GradientTransformation):
         check_bools(self, "nesterov", "strict_threshold", "eps_before_bias_correction")
 
     def init(self, params):
-        check_floating(params, self.name, complex_ok=self.complex_params)
-        return ScaleByAdamState(
-            count=init_count(),
-            mu=moments_like(params),
-            nu=moments_like(params),
-            hyperparams=self.init_hyperparams(),
-        )
+        return init_adam_state(self, params)
 
     def update(self, updates, state, params=None, **extra_args):
-        check_tree_match(updates, state.mu, "updates", "state.mu")
-        hp = self.current_hyperparams(state)
+        hp, c1, c2, t = adam_step_inputs(self, updates, state)
         b1, b2, eps, eps_root = hp["b1"], hp["b2"], hp["eps"], hp["eps_root"]
-        c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
-        t = safe_increment(state.count)
         b2t = b2**t
         rho_inf = 2.0 / c2 - 1.0
         rho = rho_inf - 2.0 * t * b2t / (1.0 - b2t)
@@ -414,10 +375,8 @@ class ScaleByRadam(GradientTransformation):
             eps = eps / jnp.sqrt(1.0 - b2t)
 
         def step(g, m, v):
-            dt = compute_dtype(g.dtype)
-            g32 = g.astype(dt)
-            m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
-            v = ema(v.astype(dt), abs_sq(g32), b2.astype(dt), c2.astype(dt))
+            g32, m, v = adam_moments(g, m, v, b1, c1, b2, c2)
+            dt = g32.dtype
             if self.nesterov:
                 m_hat = nesterov_bias_corrected(m, g32, b1, c1, t)
             else:
@@ -437,6 +396,7 @@ class ScaleByRadam(GradientTransformation):
 scale_by_radam = ScaleByRadam
 
 
+@named_optimizer
 def radam(
     learning_rate,
     b1=0.9,
@@ -448,27 +408,14 @@ def radam(
     nesterov=False,
     strict_threshold=False,
     eps_before_bias_correction=False,
-) -> Chain:
+) -> Parts:
     r"""RAdam: ``chain(scale_by_radam(...), scale_by_learning_rate(learning_rate))``.
 
     See :func:`scale_by_radam`. Same as ``optax.radam``; ``strict_threshold=True,
     eps_before_bias_correction=True`` gives ``torch.optim.RAdam``. RAdam's first step is
     :math:`-\eta g_1` (un-normalised).
     """
-    config = dict(
-        learning_rate=learning_rate,
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        eps_root=eps_root,
-        threshold=threshold,
-        nesterov=nesterov,
-        strict_threshold=strict_threshold,
-        eps_before_bias_correction=eps_before_bias_correction,
-    )
-    return optimizer_chain(
-        "radam",
-        config,
+    return (
         scale_by_radam(
             b1,
             b2,
@@ -555,12 +502,9 @@ class ScaleByNadam(GradientTransformation):
         )
 
     def update(self, updates, state, params=None, **extra_args):
-        check_tree_match(updates, state.mu, "updates", "state.mu")
-        hp = self.current_hyperparams(state)
+        hp, c1, c2, t = adam_step_inputs(self, updates, state)
         b1, b2, eps, eps_root = hp["b1"], hp["b2"], hp["eps"], hp["eps_root"]
-        c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
         psi = hp["momentum_decay"]
-        t = safe_increment(state.count)
         mu_t = b1 * (1.0 - 0.5 * 0.96 ** (t * psi))
         # t + 1 in float: the int32 step saturates at 2^31 - 1, where t + 1 would wrap.
         mu_next = b1 * (1.0 - 0.5 * 0.96 ** ((t.astype(psi.dtype) + 1) * psi))
@@ -569,10 +513,8 @@ class ScaleByNadam(GradientTransformation):
         coef_m = mu_next / (1.0 - mu_product * mu_next)
 
         def step(g, m, v):
-            dt = compute_dtype(g.dtype)
-            g32 = g.astype(dt)
-            m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
-            v = ema(v.astype(dt), abs_sq(g32), b2.astype(dt), c2.astype(dt))
+            g32, m, v = adam_moments(g, m, v, b1, c1, b2, c2)
+            dt = g32.dtype
             denom = jnp.sqrt(bias_correction(v, b2, t) + eps_root.astype(dt)) + eps.astype(dt)
             u = (coef_g.astype(dt) * g32 + coef_m.astype(dt) * m) / denom
             return u.astype(g.dtype), m, v
@@ -598,6 +540,7 @@ def _nadam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, momentum_decay, ne
     )
 
 
+@named_optimizer
 def nadam(
     learning_rate,
     b1=0.9,
@@ -609,7 +552,7 @@ def nadam(
     nesterov=True,
     nu_dtype=None,
     momentum_decay=None,
-) -> Chain:
+) -> Parts:
     r"""NAdam: Adam with Nesterov momentum.
 
     By default ``chain(scale_by_adam(..., nesterov=True), scale_by_learning_rate(lr))``, as
@@ -621,25 +564,13 @@ def nadam(
     ``torch.optim.NAdam`` with its warming momentum schedule (ALGORITHMS.md §15 row 9).
     ``nesterov=False`` (optax's switch) gives plain Adam.
     """
-    config = dict(
-        learning_rate=learning_rate,
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        eps_root=eps_root,
-        mu_dtype=mu_dtype,
-        nesterov=nesterov,
-        nu_dtype=nu_dtype,
-        momentum_decay=momentum_decay,
-    )
-    return optimizer_chain(
-        "nadam",
-        config,
+    return (
         _nadam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, momentum_decay, nesterov),
         scale_by_learning_rate(learning_rate),
     )
 
 
+@named_optimizer
 def nadamw(
     learning_rate,
     b1=0.9,
@@ -653,7 +584,7 @@ def nadamw(
     nesterov=True,
     nu_dtype=None,
     momentum_decay=None,
-) -> Chain:
+) -> Parts:
     r"""NAdamW: NAdam with decoupled weight decay.
 
     ``chain(<nadam scaling>, add_decoupled_weight_decay(weight_decay, mask),
@@ -661,22 +592,7 @@ def nadamw(
     ``momentum_decay`` switch. Same as ``optax.nadamw``; with ``momentum_decay`` it is
     ``torch.optim.NAdam(decoupled_weight_decay=True)``.
     """
-    config = dict(
-        learning_rate=learning_rate,
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        eps_root=eps_root,
-        mu_dtype=mu_dtype,
-        weight_decay=weight_decay,
-        mask=mask,
-        nesterov=nesterov,
-        nu_dtype=nu_dtype,
-        momentum_decay=momentum_decay,
-    )
-    return optimizer_chain(
-        "nadamw",
-        config,
+    return (
         _nadam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, momentum_decay, nesterov),
         add_decoupled_weight_decay(weight_decay, mask),
         scale_by_learning_rate(learning_rate),

@@ -6,7 +6,7 @@ import contextlib
 
 import jax.numpy as jnp
 
-from gradchain.core.base import Chain, check_bool, optimizer_chain
+from gradchain.core.base import Parts, check_bool, named_optimizer
 from gradchain.transforms.adaptive import scale_by_adam, scale_by_rms, scale_by_stddev
 from gradchain.transforms.clipping import clip_by_block_rms
 from gradchain.transforms.decay import add_decoupled_weight_decay
@@ -33,7 +33,8 @@ def _argument_names(**outer_names):
         raise
 
 
-def sgd(learning_rate, momentum=None, nesterov=False, accumulator_dtype=None) -> Chain:
+@named_optimizer
+def sgd(learning_rate, momentum=None, nesterov=False, accumulator_dtype=None) -> Parts:
     r"""Stochastic gradient descent, optionally with heavy-ball or Nesterov momentum.
 
     ``chain(trace(momentum, nesterov), scale_by_learning_rate(learning_rate))``:
@@ -58,15 +59,10 @@ def sgd(learning_rate, momentum=None, nesterov=False, accumulator_dtype=None) ->
                 trace(decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype)
             )
     parts.append(scale_by_learning_rate(learning_rate))
-    config = dict(
-        learning_rate=learning_rate,
-        momentum=momentum,
-        nesterov=nesterov,
-        accumulator_dtype=accumulator_dtype,
-    )
-    return optimizer_chain("sgd", config, *parts)
+    return parts
 
 
+@named_optimizer
 def adam(
     learning_rate,
     b1=0.9,
@@ -77,31 +73,20 @@ def adam(
     *,
     nesterov=False,
     nu_dtype=None,
-) -> Chain:
+) -> Parts:
     r"""Adam: ``chain(scale_by_adam(...), scale_by_learning_rate(learning_rate))``.
 
     :math:`p_t = p_{t-1} - \eta_{t-1}\, \hat m_t / (\sqrt{\hat v_t + \epsilon_{root}} + \epsilon)`;
     see :func:`scale_by_adam` for the moments. Same as ``optax.adam`` and ``torch.optim.Adam``
     (whose ``weight_decay`` is the coupled L2 penalty: ``chain(add_l2_penalty(wd), adam(...))``).
     """
-    config = dict(
-        learning_rate=learning_rate,
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        eps_root=eps_root,
-        mu_dtype=mu_dtype,
-        nesterov=nesterov,
-        nu_dtype=nu_dtype,
-    )
-    return optimizer_chain(
-        "adam",
-        config,
+    return (
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov),
         scale_by_learning_rate(learning_rate),
     )
 
 
+@named_optimizer
 def adamw(
     learning_rate,
     b1=0.9,
@@ -114,7 +99,7 @@ def adamw(
     *,
     nesterov=False,
     nu_dtype=None,
-) -> Chain:
+) -> Parts:
     r"""AdamW: Adam with decoupled weight decay.
 
     ``chain(scale_by_adam(...), add_decoupled_weight_decay(weight_decay, mask),
@@ -128,27 +113,14 @@ def adamw(
     is multiplied by the full learning rate; the paper's convention multiplies it by the schedule
     multiplier only. Reference: Loshchilov & Hutter, "Decoupled Weight Decay Regularization" (2019).
     """
-    config = dict(
-        learning_rate=learning_rate,
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        eps_root=eps_root,
-        mu_dtype=mu_dtype,
-        weight_decay=weight_decay,
-        mask=mask,
-        nesterov=nesterov,
-        nu_dtype=nu_dtype,
-    )
-    return optimizer_chain(
-        "adamw",
-        config,
+    return (
         scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov),
         add_decoupled_weight_decay(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
 
 
+@named_optimizer
 def rmsprop(
     learning_rate,
     decay=0.9,
@@ -159,7 +131,7 @@ def rmsprop(
     momentum=None,
     nesterov=False,
     bias_correction=False,
-) -> Chain:
+) -> Parts:
     r"""RMSProp, plain or centered, with optional momentum.
 
     ``chain(scale_by_rms(...) or scale_by_stddev(...) if centered,
@@ -193,20 +165,10 @@ def rmsprop(
     if momentum is not None:
         with _argument_names(decay="momentum"):
             parts.append(trace(decay=momentum, nesterov=nesterov))
-    config = dict(
-        learning_rate=learning_rate,
-        decay=decay,
-        eps=eps,
-        initial_scale=initial_scale,
-        eps_in_sqrt=eps_in_sqrt,
-        centered=centered,
-        momentum=momentum,
-        nesterov=nesterov,
-        bias_correction=bias_correction,
-    )
-    return optimizer_chain("rmsprop", config, *parts)
+    return parts
 
 
+@named_optimizer
 def adafactor(
     learning_rate=None,
     min_dim_size_to_factor=128,
@@ -222,7 +184,7 @@ def adafactor(
     weight_decay_mask=None,
     *,
     factored_axes="largest",
-) -> Chain:
+) -> Parts:
     r"""Adafactor: a factored second moment, update clipping and a relative step size.
 
     A chain of, in this order (each part only where its argument is not None/False), exactly as
@@ -291,19 +253,4 @@ def adafactor(
         with _argument_names(weight_decay="weight_decay_rate"):
             parts.append(add_decoupled_weight_decay(weight_decay_rate, weight_decay_mask))
     parts.append(scale(-1))
-    config = dict(
-        learning_rate=learning_rate,
-        min_dim_size_to_factor=min_dim_size_to_factor,
-        decay_rate=decay_rate,
-        decay_offset=decay_offset,
-        multiply_by_parameter_scale=multiply_by_parameter_scale,
-        clipping_threshold=clipping_threshold,
-        momentum=momentum,
-        dtype_momentum=dtype_momentum,
-        weight_decay_rate=weight_decay_rate,
-        eps=eps,
-        factored=factored,
-        weight_decay_mask=weight_decay_mask,
-        factored_axes=factored_axes,
-    )
-    return optimizer_chain("adafactor", config, *parts)
+    return parts

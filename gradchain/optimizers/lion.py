@@ -8,13 +8,13 @@ import jax
 import jax.numpy as jnp
 
 from gradchain.core.base import (
-    Chain,
     GradientTransformation,
+    Parts,
     check_dtype,
     check_floating,
     check_number,
     check_tree_match,
-    optimizer_chain,
+    named_optimizer,
     state_class,
     transformation,
     tree_map_multi,
@@ -122,7 +122,8 @@ class ScaleByLion(GradientTransformation):
 scale_by_lion = ScaleByLion
 
 
-def lion(learning_rate, b1=0.9, b2=0.99, mu_dtype=None, weight_decay=1e-3, mask=None) -> Chain:
+@named_optimizer
+def lion(learning_rate, b1=0.9, b2=0.99, mu_dtype=None, weight_decay=1e-3, mask=None) -> Parts:
     r"""Lion with decoupled weight decay.
 
     ``chain(scale_by_lion(b1, b2, mu_dtype), add_decoupled_weight_decay(weight_decay, mask),
@@ -131,17 +132,7 @@ def lion(learning_rate, b1=0.9, b2=0.99, mu_dtype=None, weight_decay=1e-3, mask=
     ``optax.lion`` (default :math:`\lambda = 10^{-3}`; use a learning rate 3-10x smaller than
     AdamW's and a weight decay correspondingly larger).
     """
-    config = dict(
-        learning_rate=learning_rate,
-        b1=b1,
-        b2=b2,
-        mu_dtype=mu_dtype,
-        weight_decay=weight_decay,
-        mask=mask,
-    )
-    return optimizer_chain(
-        "lion",
-        config,
+    return (
         scale_by_lion(b1, b2, mu_dtype),
         add_decoupled_weight_decay(weight_decay, mask),
         scale_by_learning_rate(learning_rate),

@@ -8,11 +8,11 @@ import jax
 import jax.numpy as jnp
 
 from gradchain.core.base import (
-    Chain,
     GradientTransformation,
+    Parts,
     check_number,
     check_params_match,
-    optimizer_chain,
+    named_optimizer,
     require_params,
     state_class,
     stateless_call,
@@ -118,9 +118,10 @@ class ScaleByTrustRatio(GradientTransformation):
 scale_by_trust_ratio = ScaleByTrustRatio
 
 
+@named_optimizer
 def lamb(
     learning_rate, b1=0.9, b2=0.999, eps=1e-6, eps_root=0.0, weight_decay=0.0, mask=None
-) -> Chain:
+) -> Parts:
     r"""LAMB: Adam's direction plus decoupled decay, rescaled per layer by the trust ratio.
 
     ``chain(scale_by_adam(b1, b2, eps, eps_root), add_decoupled_weight_decay(weight_decay,
@@ -133,18 +134,7 @@ def lamb(
     :math:`\|p\|` is the identity here. Reference: You et al., "Large Batch Optimization for
     Deep Learning: Training BERT in 76 minutes" (2020).
     """
-    config = dict(
-        learning_rate=learning_rate,
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        eps_root=eps_root,
-        weight_decay=weight_decay,
-        mask=mask,
-    )
-    return optimizer_chain(
-        "lamb",
-        config,
+    return (
         scale_by_adam(b1, b2, eps, eps_root),
         add_decoupled_weight_decay(weight_decay, mask),
         scale_by_trust_ratio(),
@@ -157,6 +147,7 @@ def _mask_or_none(mask):
     return None if mask is True else mask
 
 
+@named_optimizer
 def lars(
     learning_rate,
     weight_decay=0.0,
@@ -166,7 +157,7 @@ def lars(
     trust_ratio_mask=True,
     momentum=0.9,
     nesterov=False,
-) -> Chain:
+) -> Parts:
     r"""LARS: SGD with momentum whose per-layer step is scaled by a trust ratio.
 
     ``chain(add_decoupled_weight_decay(weight_decay, weight_decay_mask),
@@ -182,21 +173,9 @@ def lars(
     :math:`\|g + \lambda p\|`. Reference: You, Gitman & Ginsburg, "Large Batch Training of
     Convolutional Networks" (2017).
     """
-    config = dict(
-        learning_rate=learning_rate,
-        weight_decay=weight_decay,
-        weight_decay_mask=weight_decay_mask,
-        trust_coefficient=trust_coefficient,
-        eps=eps,
-        trust_ratio_mask=trust_ratio_mask,
-        momentum=momentum,
-        nesterov=nesterov,
-    )
     with _argument_names(decay="momentum"):
         momentum_part = trace(decay=momentum, nesterov=nesterov)
-    return optimizer_chain(
-        "lars",
-        config,
+    return (
         add_decoupled_weight_decay(weight_decay, _mask_or_none(weight_decay_mask)),
         scale_by_trust_ratio(
             trust_coefficient=trust_coefficient, eps=eps, mask=_mask_or_none(trust_ratio_mask)

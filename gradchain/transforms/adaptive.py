@@ -22,6 +22,7 @@ from gradchain.core.base import (
 )
 from gradchain.core.numerics import (
     abs_sq,
+    adam_moments,
     bias_correction,
     cast_like,
     compute_dtype,
@@ -31,8 +32,6 @@ from gradchain.core.numerics import (
     moments_like,
     nesterov_bias_corrected,
     safe_increment,
-    state_dtype,
-    zeros_like_param,
 )
 
 __all__ = [
@@ -54,6 +53,29 @@ class ScaleByAdamState:
     mu: object
     nu: object
     hyperparams: dict
+
+
+def init_adam_state(tx: GradientTransformation, params, mu_dtype=None, nu_dtype=None):
+    """The zero :class:`ScaleByAdamState` of ``tx`` (an Adam relative) for ``params``."""
+    check_floating(params, tx.name, complex_ok=tx.complex_params)
+    return ScaleByAdamState(
+        count=init_count(),
+        mu=moments_like(params, mu_dtype),
+        nu=moments_like(params, nu_dtype),
+        hyperparams=tx.init_hyperparams(),
+    )
+
+
+def adam_step_inputs(tx: GradientTransformation, updates, state):
+    r"""What every Adam relative's ``update`` starts from: ``(hp, c1, c2, t)``.
+
+    Checks the updates against ``state.mu``; ``hp`` are the live hyperparameters, ``c1``, ``c2``
+    the complements :math:`1-\beta_1`, :math:`1-\beta_2` and ``t`` the 1-based step.
+    """
+    check_tree_match(updates, state.mu, "updates", "state.mu")
+    hp = tx.current_hyperparams(state)
+    c1, c2 = tx.complement("b1", hp), tx.complement("b2", hp)
+    return hp, c1, c2, safe_increment(state.count)
 
 
 @transformation("scale_by_adam", hyperparams=("b1", "b2", "eps", "eps_root"))
@@ -108,29 +130,15 @@ class ScaleByAdam(GradientTransformation):
         check_bool("nesterov", self.nesterov)
 
     def init(self, params):
-        check_floating(params, self.name, complex_ok=self.complex_params)
-        mu = jax.tree.map(
-            lambda p: zeros_like_param(p, state_dtype(p.dtype, self.mu_dtype)), params
-        )
-        nu = jax.tree.map(
-            lambda p: zeros_like_param(p, state_dtype(p.dtype, self.nu_dtype)), params
-        )
-        return ScaleByAdamState(
-            count=init_count(), mu=mu, nu=nu, hyperparams=self.init_hyperparams()
-        )
+        return init_adam_state(self, params, self.mu_dtype, self.nu_dtype)
 
     def update(self, updates, state, params=None, **extra_args):
-        check_tree_match(updates, state.mu, "updates", "state.mu")
-        hp = self.current_hyperparams(state)
+        hp, c1, c2, t = adam_step_inputs(self, updates, state)
         b1, b2, eps, eps_root = hp["b1"], hp["b2"], hp["eps"], hp["eps_root"]
-        c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
-        t = safe_increment(state.count)
 
         def step(g, m, v):
-            dt = compute_dtype(g.dtype)
-            g32 = g.astype(dt)
-            m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
-            v = ema(v.astype(dt), abs_sq(g32), b2.astype(dt), c2.astype(dt))
+            g32, m, v = adam_moments(g, m, v, b1, c1, b2, c2)
+            dt = g32.dtype
             if self.nesterov:
                 m_hat = nesterov_bias_corrected(m, g32, b1, 1 - b1.astype(dt), t)
             else:
@@ -140,9 +148,9 @@ class ScaleByAdam(GradientTransformation):
             return u.astype(g.dtype), m, v
 
         out, mu, nu = tree_map_multi(step, 3, updates, state.mu, state.nu)
-        mu = jax.tree.map(lambda new, old: new.astype(old.dtype), mu, state.mu)
-        nu = jax.tree.map(lambda new, old: new.astype(old.dtype), nu, state.nu)
-        return out, ScaleByAdamState(count=t, mu=mu, nu=nu, hyperparams=hp)
+        return out, ScaleByAdamState(
+            count=t, mu=cast_like(mu, state.mu), nu=cast_like(nu, state.nu), hyperparams=hp
+        )
 
 
 scale_by_adam = ScaleByAdam
