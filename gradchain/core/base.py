@@ -985,42 +985,51 @@ def optimizer_chain(name: str, config: Mapping, *transforms) -> Chain:
 
 @transformation("named_chain")
 class NamedChain(GradientTransformation):
-    """Applies ``(name, transformation)`` pairs in order; the state is ``{name: state}``.
+    """Applies ``transforms`` in order, keeping the state of each under its name in ``names``.
 
-    Same as ``optax.named_chain``: the state is a dict in the order of the pairs, so the state of
+    Same as ``optax.named_chain``: the state is a dict in the order of the pieces, so the state of
     the piece named ``"adam"`` is ``state["adam"]``; extra ``update`` arguments reach every piece
     that takes them.
     """
 
-    transforms: tuple[tuple[str, GradientTransformation], ...]
+    names: tuple[str, ...]
+    transforms: tuple[GradientTransformation, ...]
 
     def __post_init__(self):
-        pairs = tuple(tuple(p) for p in self.transforms)
-        for i, pair in enumerate(pairs):
-            if len(pair) != 2 or not isinstance(pair[0], str):
-                raise TypeError(f"named_chain: argument {i} must be a (name, transformation) pair")
-            if not (hasattr(pair[1], "init") and hasattr(pair[1], "update")):
-                raise TypeError(
-                    f"named_chain: {pair[0]!r} is not a gradient transformation: {pair[1]!r}"
-                )
-        names = [n for n, _ in pairs]
-        if len(names) != len(set(names)):
-            raise ValueError(f"Named transformations must have unique names, but got {names}")
-        object.__setattr__(self, "transforms", pairs)
+        object.__setattr__(self, "names", tuple(self.names))
+        object.__setattr__(self, "transforms", tuple(self.transforms))
+        if len(self.names) != len(self.transforms):
+            raise ValueError("named_chain: one name per transformation")
+        for n, t in zip(self.names, self.transforms):
+            if not isinstance(n, str):
+                raise TypeError(f"named_chain: names must be strings, got {n!r}")
+            if not (hasattr(t, "init") and hasattr(t, "update")):
+                raise TypeError(f"named_chain: {n!r} is not a gradient transformation: {t!r}")
+        if len(self.names) != len(set(self.names)):
+            raise ValueError(
+                f"Named transformations must have unique names, but got {list(self.names)}"
+            )
 
     def init(self, params):
-        return {n: t.init(params) for n, t in self.transforms}
+        return {n: t.init(params) for n, t in zip(self.names, self.transforms)}
 
     def update(self, updates, state, params=None, **extra_args):
         new_state = {}
-        for n, t in self.transforms:
+        for n, t in zip(self.names, self.transforms):
             updates, new_state[n] = _call_update(t, updates, state[n], params, extra_args)
         return updates, new_state
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"({n!r}, {t!r})" for n, t in zip(self.names, self.transforms))
+        return f"named_chain({inner})"
 
 
 def named_chain(*args: tuple[str, GradientTransformation]) -> NamedChain:
     """Applies ``(name, transformation)`` pairs in order, keeping each state under its name."""
-    return NamedChain(args)
+    for i, pair in enumerate(args):
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            raise TypeError(f"named_chain: argument {i} must be a (name, transformation) pair")
+    return NamedChain(tuple(n for n, _ in args), tuple(t for _, t in args))
 
 
 _Args = ParamSpec("_Args")
