@@ -335,6 +335,8 @@ class ScaleByGalore(GradientTransformation):
     ``optax.contrib.scale_by_galore`` with the default ``projected_dim``.
     """
 
+    complex_params = False
+
     rank: int = 128
     update_proj_gap: int = 200
     scale: float = 1.0

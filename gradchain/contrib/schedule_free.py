@@ -127,6 +127,8 @@ class ScheduleFree(GradientTransformation):
     False) and in keeping ``weight_sum``/``max_lr`` in float32 (optax: the lowest parameter dtype).
     """
 
+    complex_params = False
+
     base_optimizer: object
     learning_rate: float
     b1: float = 0.9

@@ -551,9 +551,6 @@ class GradientTransformation:
     # Whether ``update`` takes extra keyword arguments (a loss value, ...): every gradchain
     # transformation does; one built from optax-style functions may not.
     accepts_extra_args: ClassVar[bool] = True
-    # Whether complex parameters are supported, with optax's convention (second moments of
-    # ``|g|^2``, so that a complex parameter behaves as its real and imaginary parts would).
-    complex_params: ClassVar[bool] = False
     __signature__ = _FunctionSignature()
     # The field names of optax's NamedTuple, which code written for optax reads.
     _fields: ClassVar[tuple[str, ...]] = ("init", "update")
@@ -586,6 +583,24 @@ class GradientTransformation:
         default fuses nothing.
         """
         return None
+
+    @property
+    def complex_params(self) -> bool:
+        """Whether complex parameters are supported, with optax's convention (second moments of
+        ``|g|^2``, so that a complex parameter behaves as its real and imaginary parts would).
+
+        Transformations that support them say so with ``complex_params = True``; a wrapper
+        supports them when every transformation it wraps does.
+        """
+        inner = []
+        for f in dataclasses.fields(self) if dataclasses.is_dataclass(self) else ():
+            value = getattr(self, f.name)
+            values = value.values() if isinstance(value, Mapping) else value
+            if isinstance(values, (tuple, list)) or isinstance(value, Mapping):
+                inner += [v for v in values if isinstance(v, GradientTransformation)]
+            elif isinstance(value, GradientTransformation):
+                inner.append(value)
+        return bool(inner) and all(t.complex_params for t in inner)
 
     # -- live hyperparameters ---------------------------------------------------------------
 

@@ -374,6 +374,8 @@ class Flatten(GradientTransformation):
     and fused optimizers, and FSDP's ``FlatParameter``; optax has none.
     """
 
+    complex_params = False
+
     inner: object
     _: dataclasses.KW_ONLY
     min_size: int | None = 65536

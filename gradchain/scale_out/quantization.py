@@ -38,6 +38,7 @@ from gradchain.core.base import (
     GradientTransformation,
     _call_update,  # how a chain passes extra arguments to its parts
     check_bool,
+    check_floating,
     check_int,
     check_number,
     optimizer_chain,
@@ -433,6 +434,8 @@ class QuantizeMoments(GradientTransformation):
     such an element instead). Skip such steps before this transformation.
     """
 
+    complex_params = False
+
     inner: object
     block_size: int = 256
     min_8bit_size: int = 4096
@@ -469,6 +472,7 @@ class QuantizeMoments(GradientTransformation):
         return _DEFAULT_MOMENTS if self.moments is None else self.moments
 
     def init(self, params):
+        check_floating(params, self.name)  # 8-bit blocks quantize real numbers
         treedef = jax.tree.structure(params)
         keep = self._keep_leaves(params, treedef)
         found = []

@@ -177,6 +177,8 @@ class SetToZero(GradientTransformation):
     With ``masked`` or ``partition`` it freezes parameters. Same as ``optax.set_to_zero``.
     """
 
+    complex_params = True
+
     def init(self, params):
         return EmptyState()
 
