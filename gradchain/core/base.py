@@ -1108,6 +1108,9 @@ def apply_updates(params: Params, updates: Updates) -> Params:
 
     ``None`` leaves in ``updates`` (masked-out parameters) leave the parameter unchanged.
     """
+    if params is None:
+        # optax's convention: no parameters, nothing to update.
+        return None
     check_tree_match(updates, params, "updates", "params")
 
     def add(p, u):
