@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     GradientTransformation,
     Parts,
+    ScalarOrSchedule,
     _call_update,
     check_floating,
     check_int,
@@ -448,7 +449,7 @@ scale_by_galore = ScaleByGalore
 
 @named_optimizer
 def galore(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     rank=128,
     update_proj_gap=200,
     scale=1.0,

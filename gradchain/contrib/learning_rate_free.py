@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     GradientTransformation,
     Parts,
+    ScalarOrSchedule,
     check_bools,
     check_floating,
     check_number,
@@ -246,7 +247,7 @@ scale_by_prodigy = ScaleByProdigy
 
 @named_optimizer
 def prodigy(
-    learning_rate=1.0,
+    learning_rate: ScalarOrSchedule = 1.0,
     betas=(0.9, 0.999),
     beta3=None,
     eps=1e-8,
@@ -428,7 +429,7 @@ scale_by_dadapt_adamw = ScaleByDAdaptAdamW
 
 @named_optimizer
 def dadapt_adamw(
-    learning_rate=1.0,
+    learning_rate: ScalarOrSchedule = 1.0,
     betas=(0.9, 0.999),
     eps=1e-8,
     estim_lr0=1e-6,

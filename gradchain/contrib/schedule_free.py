@@ -17,6 +17,7 @@ from gradchain.core.base import (
     Chain,
     GradientTransformation,
     Parts,
+    ScalarOrSchedule,
     _call_update,
     check_bool,
     check_dtype,
@@ -291,7 +292,7 @@ def _warmed_up(learning_rate, warmup_steps, optax_off_by_one):
 
 @named_optimizer
 def schedule_free_sgd(
-    learning_rate=1.0,
+    learning_rate: ScalarOrSchedule = 1.0,
     warmup_steps=None,
     b1=0.9,
     weight_decay=None,
@@ -323,7 +324,7 @@ def schedule_free_sgd(
 
 @named_optimizer
 def schedule_free_adamw(
-    learning_rate=0.0025,
+    learning_rate: ScalarOrSchedule = 0.0025,
     warmup_steps=None,
     b1=0.9,
     b2=0.999,

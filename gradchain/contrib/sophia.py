@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     GradientTransformation,
     Parts,
+    ScalarOrSchedule,
     _call_update,
     check_bools,
     check_dtype,
@@ -422,7 +423,7 @@ scale_by_sophia = ScaleBySophia
 
 @named_optimizer
 def sophia(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     b1=0.965,
     b2=0.99,
     eps=1e-8,

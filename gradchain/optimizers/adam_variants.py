@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     GradientTransformation,
     Parts,
+    ScalarOrSchedule,
     check_bools,
     check_dtype,
     check_floating,
@@ -176,7 +177,7 @@ scale_by_amsgrad = ScaleByAmsgrad
 
 @named_optimizer
 def amsgrad(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     b1=0.9,
     b2=0.999,
     eps=1e-8,
@@ -398,7 +399,7 @@ scale_by_radam = ScaleByRadam
 
 @named_optimizer
 def radam(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     b1=0.9,
     b2=0.999,
     eps=1e-8,
@@ -542,7 +543,7 @@ def _nadam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, momentum_decay, ne
 
 @named_optimizer
 def nadam(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     b1=0.9,
     b2=0.999,
     eps=1e-8,
@@ -572,7 +573,7 @@ def nadam(
 
 @named_optimizer
 def nadamw(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     b1=0.9,
     b2=0.999,
     eps=1e-8,

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     GradientTransformation,
     Parts,
+    ScalarOrSchedule,
     check_number,
     check_params_match,
     named_optimizer,
@@ -149,7 +150,7 @@ def _mask_or_none(mask):
 
 @named_optimizer
 def lars(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     weight_decay=0.0,
     weight_decay_mask=True,
     trust_coefficient=0.001,

@@ -36,6 +36,7 @@ from gradchain.core.base import (
     Chain,
     ChainState,
     GradientTransformation,
+    ScalarOrSchedule,
     _call_update,  # how a chain passes extra arguments to its parts
     check_bool,
     check_floating,
@@ -692,7 +693,7 @@ def _quantized(inner, block_size, min_8bit_size, keep_float32):
 
 
 def adam_8bit(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     b1=0.9,
     b2=0.999,
     eps=1e-8,
@@ -738,7 +739,7 @@ def adam_8bit(
 
 
 def adamw_8bit(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     b1=0.9,
     b2=0.999,
     eps=1e-8,
@@ -809,7 +810,7 @@ def adamw_8bit(
 
 
 def lion_8bit(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     b1=0.9,
     b2=0.99,
     mu_dtype=None,
@@ -855,7 +856,7 @@ def lion_8bit(
 
 
 def sgd_8bit(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     momentum=None,
     nesterov=False,
     accumulator_dtype=None,
