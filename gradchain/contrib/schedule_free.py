@@ -164,14 +164,16 @@ class ScheduleFree(GradientTransformation):
         z = jax.tree.map(
             lambda p: jnp.array(p, dtype=state_dtype(p.dtype, self.state_dtype), copy=True), params
         )
-        zero = jnp.zeros((), jnp.result_type(float))
+        # Distinct arrays for every leaf: a jitted step may donate the whole state, and XLA
+        # refuses to donate one buffer twice.
+        zero = lambda: jnp.zeros((), jnp.result_type(float))
         hyperparams = self.init_hyperparams()
         return ScheduleFreeState(
             count=init_count(),
             z=z,
-            y_b1=hyperparams["b1"],
-            weight_sum=zero,
-            max_lr=zero,
+            y_b1=jnp.array(hyperparams["b1"], copy=True),
+            weight_sum=zero(),
+            max_lr=zero(),
             base_optimizer_state=self.base_optimizer.init(params),
             hyperparams=hyperparams,
         )
