@@ -32,4 +32,14 @@ FILES = (
     "contrib/_complex_valued_test.py",
 )
 
-__all__ = ["FILES"]
+# Files that test every optimizer of a family, run for gradchain's optimizers only: a regex over
+# the parameters absl records for each case. contrib/_common_test.py runs optax's 30 research
+# optimizers; the others are not gradchain's (see todo_names.py) and take most of its 30 minutes.
+SELECT = {
+    "contrib/_common_test.py": (
+        r"opt_name='(muon|galore|prodigy|dadapt_adamw|sophia|schedule_free_sgd|"
+        r"schedule_free_adamw)'"
+    ),
+}
+
+__all__ = ["FILES", "SELECT"]

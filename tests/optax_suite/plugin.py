@@ -5,13 +5,16 @@ optax's public names to gradchain's objects (see :mod:`optax_suite.reroute`) bef
 test module is imported. With ``GRADCHAIN_OPTAX_REPORT=path`` it writes ``{test: outcome}`` as
 JSON, keyed by the test's path inside optax's package. With ``GRADCHAIN_OPTAX_BREAK=name`` the
 body of ``gradchain.<name>`` is replaced by one that raises, to show that the rerouted tests run
-gradchain's code (the object keeps its identity, so rerouting still finds it).
+gradchain's code (the object keeps its identity, so rerouting still finds it). With
+``GRADCHAIN_OPTAX_SELECT=regex`` only the parameterized cases whose parameters (absl writes them
+in the test's docstring) match the regex run; the others are reported as "deselected".
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 
 from optax_suite.reroute import reroute, test_key
 
@@ -30,6 +33,20 @@ def pytest_configure(config) -> None:
         getattr(gradchain, broken).__code__ = _sabotaged.__code__
     if os.environ.get("GRADCHAIN_OPTAX_REROUTE") == "1":
         config._gradchain_rerouted = reroute()
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    pattern = os.environ.get("GRADCHAIN_OPTAX_SELECT")
+    if not pattern:
+        return
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "obj", None), "__doc__", None) or ""
+        (keep if re.search(pattern, params) else drop).append(item)
+    for item in drop:
+        _outcomes[test_key(item.nodeid)] = "deselected"
+    config.hook.pytest_deselected(items=drop)
+    items[:] = keep
 
 
 def pytest_report_header(config) -> str:
