@@ -706,8 +706,15 @@ def _zero1(tx, u, ctx):
 @register_renderer(QuantizeMoments)
 def _quantize_moments(tx, u, ctx):
     ctx.note(
-        f"quantize_moments: the inner rule's moments are stored in 8 bits, in blocks of "
+        f"quantize_moments: the inner rule's moments are stored in {tx.bits} bits, in blocks of "
         f"{tx.block_size} with one scale each (moments={_short_repr(tx.moments)})"
+        + (
+            "; at 4 bits an unsigned moment of 2+ axes has one scale per row and column "
+            "(rank-1 normalization)"
+            if tx.bits == 4
+            else ""
+        )
+        + ("; codes rounded stochastically" if tx.stochastic_rounding else "")
     )
     return _render(tx.inner, u, ctx)
 

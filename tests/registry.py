@@ -9,8 +9,8 @@ so a new optimizer cannot be forgotten. Adding one is one line::
     Entry("lion", lambda: gc.lion(1e-3), optimizer=True, nonfinite="coordinate"),
 
 ``Entry`` fields say what a transformation needs to run (extra ``update`` arguments, params,
-matrix-shaped leaves, a parameter container) and how it treats a non-finite gradient, which the
-README's table is generated from and ``test_nonfinite`` checks.
+matrix-shaped leaves, a parameter container) and how it treats a non-finite gradient, which
+docs/guarantees.md and each transformation's API page show and ``test_nonfinite`` checks.
 """
 
 from __future__ import annotations
@@ -65,11 +65,13 @@ def _one_device_mesh():
 # How a NaN in one coordinate of one leaf of the gradient shows in the updates of that step:
 NONFINITE = {
     "coordinate": "only the coordinates that were NaN (elementwise algebra)",
+    "slice": "every coordinate of the row or column that held it (a per-row or per-unit statistic)",
     "leaf": "every coordinate of the leaf that held it (a per-leaf norm or factorisation)",
     "tree": "every leaf (a global norm or a shared statistic)",
     "none": "nowhere: the transformation does not look at gradient values",
     "zeroed": "nowhere: the NaN is replaced by 0 (zero_nans) or the step is skipped",
-    "held": "nowhere this step: accumulated, applied at the k-th micro-batch (MultiSteps)",
+    "held": "nowhere this step: accumulated, applied at the k-th micro-batch (MultiSteps), or a"
+    " step emitted one update late (scale_by_rprop's optax default)",
 }
 
 
@@ -357,6 +359,94 @@ TRANSFORMS: tuple[Entry, ...] = (
         needs_params=True,
         nonfinite="leaf",
     ),
+    # issue #18: sign descent, noise, accumulation, reshaping, constraints
+    E("scale_by_sign", gc.scale_by_sign, keeps_nan=False),
+    E("sign_sgd", lambda: gc.sign_sgd(0.1), optimizer=True, keeps_nan=False),
+    E("signum", lambda: gc.signum(0.1), optimizer=True),
+    E("centralize", gc.centralize, nonfinite="slice", keeps_nan=False),
+    E(
+        "normalize_by_update_norm",
+        gc.normalize_by_update_norm,
+        nonfinite="tree",
+        keeps_nan=False,
+    ),
+    E(
+        "scale_by_param_block_norm",
+        gc.scale_by_param_block_norm,
+        needs_params=True,
+        keeps_nan=False,
+    ),
+    E(
+        "keep_params_nonnegative",
+        gc.keep_params_nonnegative,
+        needs_params=True,
+        keeps_nan=False,
+    ),
+    E("add_noise", lambda: gc.add_noise(0.01, 0.55, 0), keeps_nan=False),
+    E("noisy_sgd", lambda: gc.noisy_sgd(0.1, key=0), optimizer=True, keeps_nan=False),
+    E("apply_every", lambda: gc.apply_every(2), nonfinite="held"),
+    # issue #18: optax's remaining optimizers
+    E("scale_by_belief", gc.scale_by_belief),
+    E("adabelief", lambda: gc.adabelief(0.1), optimizer=True),
+    E("scale_by_yogi", gc.scale_by_yogi),
+    E("yogi", lambda: gc.yogi(0.1), optimizer=True),
+    E("scale_by_adadelta", gc.scale_by_adadelta),
+    E("adadelta", lambda: gc.adadelta(weight_decay=0.01), optimizer=True, needs_params=True),
+    E("scale_by_adan", gc.scale_by_adan),
+    E("adan", lambda: gc.adan(0.1, weight_decay=0.01), optimizer=True, needs_params=True),
+    E(
+        "adan",
+        lambda: gc.adan(0.1, weight_decay=0.01, proximal=True),
+        optimizer=True,
+        needs_params=True,
+        variant="proximal",
+    ),
+    E("scale_by_novograd", gc.scale_by_novograd, needs_params=True, nonfinite="leaf"),
+    E(
+        "novograd",
+        lambda: gc.novograd(0.1, weight_decay=0.01),
+        optimizer=True,
+        needs_params=True,
+        nonfinite="leaf",
+    ),
+    E(
+        "fromage",
+        lambda: gc.fromage(0.1),
+        optimizer=True,
+        needs_params=True,
+        nonfinite="leaf",
+        keeps_nan=False,
+    ),
+    E("scale_by_rprop", lambda: gc.scale_by_rprop(0.1), nonfinite="held"),  # optax's late step
+    E("rprop", lambda: gc.rprop(0.1, delay_step=False), optimizer=True, keeps_nan=False),
+    E("scale_by_sm3", gc.scale_by_sm3),
+    E("sm3", lambda: gc.sm3(0.1), optimizer=True),
+    E("scale_by_optimistic_gradient", gc.scale_by_optimistic_gradient),
+    E("optimistic_gradient_descent", lambda: gc.optimistic_gradient_descent(0.1), optimizer=True),
+    E("optimistic_adam", lambda: gc.optimistic_adam(0.1), optimizer=True),
+    E("optimistic_adam_v2", lambda: gc.optimistic_adam_v2(0.1), optimizer=True),
+    E(
+        "scale_by_polyak",
+        gc.scale_by_polyak,
+        extra={"value": 1.0},
+        nonfinite="tree",
+        keeps_nan=False,
+    ),
+    E(
+        "polyak_sgd",
+        lambda: gc.polyak_sgd(0.1),
+        extra={"value": 1.0},
+        optimizer=True,
+        nonfinite="tree",
+        keeps_nan=False,
+    ),
+    E(
+        "adaptive_grad_clip",
+        lambda: gc.adaptive_grad_clip(0.1),
+        needs_params=True,
+        nonfinite="slice",
+        keeps_nan=False,
+    ),
     # learning-rate free
     E(
         "scale_by_prodigy",
@@ -422,6 +512,13 @@ TRANSFORMS: tuple[Entry, ...] = (
         needs_params=True,
         floats_only=True,
     ),
+    E(
+        "adamw_4bit",
+        lambda: gc.adamw_4bit(0.1, block_size=4, min_4bit_size=1),
+        optimizer=True,
+        needs_params=True,
+        floats_only=True,
+    ),
     E("sgd_8bit", lambda: gc.sgd_8bit(0.1, momentum=0.9, **Q8), optimizer=True, floats_only=True),
     E(
         "lion_8bit",
@@ -471,6 +568,9 @@ NOT_TRANSFORMS: dict[str, str] = {
     "flat_layout": "helper: keep the parameters themselves flat (tests/test_flat.py)",
     "register_flat_safe": "helper: admit a coordinate-wise transformation into flatten",
     "QuantizedArray": "data type (an 8-bit array and its scales)",
+    "Rank1QuantizedArray": "data type (a 4-bit array and its row and column maxima)",
+    "quantize_rank1": "helper: float to 4-bit with rank-1 normalization",
+    "dequantize_rank1": "helper: 4-bit rank-1 to float",
     "block_axis_sharding": "helper: the layout of 8-bit blocks",
     "dequantize_blockwise": "helper: 8-bit to float",
     "describe": "helper: the update rule as math (tests/test_describe.py)",
@@ -497,7 +597,10 @@ NOT_TRANSFORMS: dict[str, str] = {
     "path_mask": "helper: masks by path",
     "per_device_bytes": "helper: memory per device",
     "restore_state": "checkpoint helper",
+    "per_example_global_norm_clip": "helper: clips a batch of per-example gradients (test_newopt)",
+    "per_example_layer_norm_clip": "helper: clips a batch of per-example gradients (test_newopt)",
     "safe_increment": "numerics helper",
+    "scale_gradient": "helper: scales the gradient in the backward pass (tests/test_newopt.py)",
     "save_state": "checkpoint helper",
     "schedule_free_eval_params": "helper: the evaluation params of schedule-free",
     "skip_large_updates": "MultiSteps predicate",

@@ -736,14 +736,13 @@ def _():
     assert {s.data.shape for s in codes.addressable_shards} == {(2, 8)}
 
 
-@check("readme_example_runs")
+@check("sharding_page_example_runs")
 def _():
-    text = (ROOT / "README.md").read_text()
-    section = text.split("\n## Sharding", 1)[1].split("\n## ", 1)[0]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    namespace = {"__name__": "readme_example"}
+    text = (ROOT / "docs" / "sharding.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    namespace = {"__name__": "sharding_page_example"}
     with jax.numpy_rank_promotion("allow"):  # the example runs with JAX's default settings
-        exec(compile(code, "README.md#sharding", "exec"), namespace)
+        exec(compile(code, "docs/sharding.md", "exec"), namespace)
     assert np.isfinite(namespace["loss_value"]), namespace["loss_value"]
     assert namespace["losses"][-1] < namespace["losses"][0], namespace["losses"]
 

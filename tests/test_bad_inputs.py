@@ -226,7 +226,7 @@ def _is_float(v) -> bool:
 
 
 def _bad_values(name, value):
-    if name.endswith("mask") or name == "random_seed":
+    if name.endswith("mask") or name in ("random_seed", "key"):
         return []  # a mask may be a bool, a string (a path pattern); any int is a seed
     if isinstance(value, bool):
         return [("yes", ValueError, rf"\b{name}\b.*bool")]

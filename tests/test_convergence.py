@@ -86,6 +86,21 @@ OPTIMIZERS = {
     "schedule_free_adamw": lambda lr: gc.schedule_free_adamw(lr),
     "schedule_free_sgd": lambda lr: gc.schedule_free_sgd(lr),
     "muon": lambda lr: gc.muon(lr, param_labels=gc.muon_labels),
+    "sign_sgd": lambda lr: gc.sign_sgd(lr),
+    "signum": lambda lr: gc.signum(lr),
+    "noisy_sgd": lambda lr: gc.noisy_sgd(lr, key=0),
+    "adabelief": lambda lr: gc.adabelief(lr),
+    "yogi": lambda lr: gc.yogi(lr),
+    "adadelta": lambda lr: gc.adadelta(lr),
+    "adan": lambda lr: gc.adan(lr),
+    "novograd": lambda lr: gc.novograd(lr),
+    "fromage": lambda lr: gc.fromage(lr),
+    "rprop": lambda lr: gc.rprop(lr),
+    "sm3": lambda lr: gc.sm3(lr),
+    "optimistic_gradient_descent": lambda lr: gc.optimistic_gradient_descent(lr),
+    "optimistic_adam": lambda lr: gc.optimistic_adam(lr),
+    "optimistic_adam_v2": lambda lr: gc.optimistic_adam_v2(lr),
+    "polyak_sgd": lambda lr: gc.polyak_sgd(max_learning_rate=lr),
 }
 
 # Learning rates: per optimizer family and problem.
@@ -116,6 +131,22 @@ LEARNING_RATES = {
     "schedule_free_adamw": {"quadratic": 0.05, "rosenbrock": 0.05, "mlp": 0.02},
     "schedule_free_sgd": {"quadratic": 1e-3, "rosenbrock": 2e-4, "mlp": 0.3},
     "muon": {"quadratic": 0.05, "rosenbrock": 0.05, "mlp": 0.02},
+    "sign_sgd": {"quadratic": 0.01, "rosenbrock": 0.01, "mlp": 3e-3},
+    "signum": {"quadratic": 0.01, "rosenbrock": 0.01, "mlp": 3e-3},
+    "noisy_sgd": SGD_LR,
+    "adabelief": ADAM_LR,
+    "yogi": ADAM_LR,
+    "adadelta": {"quadratic": 1.0, "rosenbrock": 1.0, "mlp": 1.0},
+    "adan": ADAM_LR,
+    "novograd": ADAM_LR,
+    "fromage": {"quadratic": 0.05, "rosenbrock": 0.05, "mlp": 0.02},
+    "rprop": {"quadratic": 0.01, "rosenbrock": 0.01, "mlp": 0.01},
+    "sm3": {"quadratic": 0.1, "rosenbrock": 0.1, "mlp": 0.1},
+    # The optimistic step is up to 3x the plain one ((1 + beta) g - beta g_prev).
+    "optimistic_gradient_descent": {"quadratic": 5e-4, "rosenbrock": 5e-4, "mlp": 0.1},
+    "optimistic_adam": ADAM_LR,
+    "optimistic_adam_v2": ADAM_LR,
+    "polyak_sgd": {"quadratic": 1.0, "rosenbrock": 1.0, "mlp": 1.0},
 }
 
 

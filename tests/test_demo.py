@@ -75,3 +75,36 @@ def test_module_and_console_script_answer_help():
     script = pathlib.Path(sys.executable).parent / "gradchain"  # installed by `pip install`
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
     assert "usage: gradchain" in result.stdout
+
+
+NEW_OPTIMIZERS = [
+    "sign_sgd",
+    "signum",
+    "noisy_sgd",
+    "adabelief",
+    "yogi",
+    "adadelta",
+    "adan",
+    "novograd",
+    "fromage",
+    "rprop",
+    "sm3",
+    "optimistic_gradient_descent",
+    "optimistic_adam_v2",
+    "polyak_sgd",
+]
+
+
+def test_the_optimizers_of_issue_18_are_offered_outside_the_default_race():
+    from gradchain.demo import _choose
+
+    assert set(NEW_OPTIMIZERS) <= set(available())
+    default = {e.name for e in _choose(None, 10, 4)}
+    assert default and not default & set(NEW_OPTIMIZERS)
+
+
+def test_polyak_sgd_gets_the_loss_and_trains(tmp_path):
+    args = ["--steps", "8", "--model", "tiny", "--no-parity", "--optimizers", "polyak_sgd"]
+    assert main(args + ["--out", str(tmp_path)]) == 0
+    (row,) = json.loads((tmp_path / "summary.json").read_text())["results"]
+    assert row["final_held_out_loss"] < row["initial_held_out_loss"]

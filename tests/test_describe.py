@@ -44,7 +44,8 @@ FULLY_RENDERED = {
     "named_chain", "to_optax", "partition", "multi_transform", "selective_transform",
     "sgd", "adam", "adamw", "rmsprop", "adafactor", "adagrad", "adamax", "adamaxw", "amsgrad",
     "nadam", "nadamw", "radam", "lion", "lamb", "lars", "sophia", "flatten", "zero1",
-    "quantize_moments", "adam_8bit", "adamw_8bit", "sgd_8bit", "lion_8bit", "galore", "muon",
+    "quantize_moments", "adam_8bit", "adamw_8bit", "adamw_4bit", "sgd_8bit", "lion_8bit", "galore",
+    "muon",
     "apply_if_finite", "MultiSteps", "schedule_free", "schedule_free_sgd", "schedule_free_adamw",
     "prodigy", "dadapt_adamw",
 }  # fmt: skip

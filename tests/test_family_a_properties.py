@@ -72,7 +72,7 @@ def test_abstract_init_matches_concrete_init(name):
         assert (a.shape, a.dtype) == (c.shape, c.dtype)
 
 
-# State bytes per parameter for float32 and for bfloat16 parameters (the README table). Moments
+# State bytes per parameter for float32 and for bfloat16 parameters (the table in docs/optimizers.md). Moments
 # of bfloat16 parameters are float32 by default (ALGORITHMS.md §14); Prodigy's copy of the
 # initial parameters keeps their dtype. Sophia's estimator adds 8 bytes in all (its PRNG key).
 STATE_BYTES_PER_PARAM = {

@@ -41,6 +41,17 @@ CHAINS = {
     "radam": lambda: gc.radam(1e-2),
     "nadam": lambda: gc.nadam(1e-2),
     "adagrad": lambda: gc.adagrad(1e-2),
+    "signum": lambda: gc.signum(1e-3),
+    "sign_sgd": lambda: gc.sign_sgd(1e-3),
+    "adabelief": lambda: gc.adabelief(1e-2, nesterov=True),
+    "yogi": lambda: gc.yogi(1e-2),
+    "adadelta": lambda: gc.chain(gc.scale_by_adadelta(), gc.scale_by_learning_rate(0.5)),
+    "adan": lambda: gc.adan(1e-2),
+    "rprop": lambda: gc.rprop(1e-3, delay_step=False),
+    "optimistic_adam_v2": lambda: gc.optimistic_adam_v2(1e-2),
+    "normalize+sgd+apply_every": lambda: gc.chain(
+        gc.normalize_by_update_norm(), gc.sgd(0.05, momentum=0.9), gc.apply_every(2)
+    ),
 }
 
 

@@ -3,7 +3,8 @@
 A NaN is put in one coordinate of one leaf of the first gradient. The registry records where it
 shows in that step's updates (``Entry.nonfinite``: coordinate, leaf, tree or none) and whether it
 stays in the state so that later, finite steps are non-finite too (``Entry.keeps_nan``); the
-README's table "Non-finite gradients" lists the same values and is checked against them here.
+table "Non-finite gradients" of docs/guarantees.md lists the same values and is checked against them
+here.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from registry import NONFINITE, OPTIMIZERS, TRANSFORMS
 
 import gradchain as gc
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+GUARANTEES = Path(__file__).resolve().parent.parent / "docs" / "guarantees.md"
 
 
 def _params(entry):
@@ -56,6 +57,10 @@ def observed(entry):
         where = "tree"
     elif bool(bad["a"].all()):
         where = "leaf"
+    elif int(bad["a"].sum()) in (bad["a"].shape[0], bad["a"].shape[1]) and (
+        bool(bad["a"][0].all()) or bool(bad["a"][:, 0].all())
+    ):
+        where = "slice"
     else:
         assert int(bad["a"].sum()) == 1 and bool(bad["a"][0, 0])
         where = "coordinate"
@@ -79,10 +84,10 @@ def test_a_nan_gradient_shows_where_the_registry_says(entry):
     assert observed(entry) == (_expected_where(entry), entry.keeps_nan)
 
 
-def readme_table():
-    """``{entry id: (nonfinite, keeps_nan)}`` read from the README's table."""
-    text = README.read_text()
-    section = text.split("### Non-finite gradients", 1)[1].split("\n## ", 1)[0]
+def documented_table():
+    """``{entry id: (nonfinite, keeps_nan)}`` read from the table in docs/guarantees.md."""
+    text = GUARANTEES.read_text()
+    section = text.split("## Non-finite gradients", 1)[1].split("\n## ", 1)[0]
     rows = {}
     for line in section.splitlines():
         m = re.match(r"\|\s*`([^`]+)`\s*\|\s*(\w+)\s*\|\s*(yes|no)\s*\|", line)
@@ -92,7 +97,7 @@ def readme_table():
 
 
 def markdown_table() -> str:
-    """The README table, generated from the registry (``python -c 'import
+    """The docs table, generated from the registry (``python -c 'import
     test_nonfinite as t; print(t.markdown_table())'`` from tests/)."""
     lines = [
         "| transformation | a NaN in this step shows in | later finite steps non-finite |",
@@ -103,9 +108,9 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
-def test_readme_documents_every_transformation_as_the_registry_does():
+def test_the_docs_table_documents_every_transformation_as_the_registry_does():
     expected = {e.id: (e.nonfinite, e.keeps_nan) for e in TRANSFORMS}
-    assert readme_table() == expected
+    assert documented_table() == expected
 
 
 # apply_if_finite -------------------------------------------------------------------------------

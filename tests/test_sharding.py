@@ -42,7 +42,7 @@ SHARDED_CHECKS = [
     "factored_statistics_follow_kept_axes",
     "global_norm_is_global",
     "zero1_state_bytes_are_an_eighth",
-    "readme_example_runs",
+    "sharding_page_example_runs",
     *(
         f"8bit_{what}[{kind}]"
         for what in ("update_matches_single_device", "state_split_by_blocks")

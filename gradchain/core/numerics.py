@@ -239,6 +239,18 @@ def cast_like(new, old):
     return jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)
 
 
+def safe_norm(x: jax.Array, min_norm, axis=None, keepdims: bool = False) -> jax.Array:
+    """``max(||x||_2, min_norm)`` over ``axis`` (all axes by default), whose gradient is 0, not
+    NaN, where ``||x|| <= min_norm``: both branches of a ``maximum`` are differentiated, and the
+    norm's gradient at 0 is 0/0. Same as optax's ``safe_norm`` for the Euclidean norm."""
+    norm = jnp.sqrt(jnp.sum(abs_sq(x), axis=axis, keepdims=True).real)
+    small = norm <= min_norm
+    masked = jnp.where(small, jnp.ones_like(x), x)
+    safe = jnp.sqrt(jnp.sum(abs_sq(masked), axis=axis, keepdims=True).real)
+    out = jnp.where(small, jnp.asarray(min_norm, safe.dtype), safe)
+    return out if keepdims else jnp.squeeze(out, axis=axis)
+
+
 def inverse_root(second_moment, eps, eps_in_sqrt: bool):
     """``1/sqrt(s + eps)`` (eps inside the root) or ``1/(sqrt(s) + eps)`` (outside)."""
     if eps_in_sqrt:

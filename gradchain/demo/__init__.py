@@ -29,10 +29,13 @@ def _parse(argv):
     p = argparse.ArgumentParser(
         prog="gradchain",
         description="Race gradchain optimizers on a small transformer language model.",
-        epilog=f"optimizers: {names} (those this installation provides; default: all of them)",
+        epilog=f"optimizers: {names} (those this installation provides; default: the first "
+        f"{sum(e.in_default_race for e in ENTRIES)})",
     )
     p.add_argument("--steps", type=int, default=250, help="training steps per optimizer (250)")
-    p.add_argument("--optimizers", default=None, help="comma-separated names (default: all)")
+    p.add_argument(
+        "--optimizers", default=None, help="comma-separated names (default: the main race)"
+    )
     p.add_argument("--model", default="small", choices=sorted(MODEL_SIZES), help="model size")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per batch (16)")
     p.add_argument("--seed", type=int, default=0, help="initialisation and data seed (0)")
@@ -53,7 +56,7 @@ def _choose(spec, steps, batch_size):
     if spec is None:
         if not offered:
             raise DemoError("no optimizer of the race is available in this installation")
-        return list(offered.values())
+        return [e for e in offered.values() if e.in_default_race]
     chosen = []
     known = {e.name for e in ENTRIES}
     for name in (s.strip() for s in spec.split(",")):
@@ -130,6 +133,8 @@ def _train(
         extra = {}
         if entry.extra == "obj_fn":
             extra["obj_fn"] = lambda p: loss_fn(p, batch, n_heads)
+        if entry.extra == "value":
+            extra["value"] = loss
         updates, state = tx.update(grads, state, params, **extra)
         new_params = gc.apply_updates(params, updates)
         gap = jnp.zeros(())

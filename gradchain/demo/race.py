@@ -42,11 +42,28 @@ class Entry:
     summary: str
     build: Callable  # (steps, params) -> GradientTransformation
     requires: tuple[str, ...] = ()
-    extra: str | None = None  # "obj_fn" (Hutchinson) or None
+    extra: str | None = None  # "obj_fn" (Hutchinson), "value" (the loss: Polyak) or None
     eval_params: Callable | None = None  # (state, params) -> params to evaluate
+    in_default_race: bool = True  # raced without --optimizers (the default stays short)
 
     def available(self) -> bool:
         return all(hasattr(gc, r) for r in self.requires)
+
+
+def _clipped(tx):
+    return gc.chain(gc.clip_by_global_norm(1.0), tx)
+
+
+def _fromage(steps, params):
+    """Fromage's step is relative to the parameter's norm, so a parameter that starts at zero
+    (the head, the biases) would stay there: those go to AdamW."""
+    labels = gc.path_labels({r"head|bias": "adam"}, default="fromage")(params)
+    return _clipped(
+        gc.partition(
+            {"fromage": gc.fromage(lr_schedule(steps, 1e-2)), "adam": gc.adamw(lr_schedule(steps))},
+            labels,
+        )
+    )
 
 
 def _recipe(steps, params):
@@ -163,6 +180,101 @@ ENTRIES = (
         "Prodigy (learning-rate free), cosine multiplier",
         lambda steps, params: gc.prodigy(lr_schedule(steps, 1.0)),
         requires=("prodigy", "warmup_cosine_decay_schedule"),
+    ),
+    *(
+        Entry(
+            name,
+            summary,
+            build,
+            requires=(name, "warmup_cosine_decay_schedule"),
+            extra=extra,
+            in_default_race=False,
+        )
+        for name, summary, build, extra in (
+            (
+                "sign_sgd",
+                "signSGD, lr / 3",
+                lambda steps, params: _clipped(gc.sign_sgd(lr_schedule(steps, PEAK_LR / 3))),
+                None,
+            ),
+            (
+                "signum",
+                "Signum (sign of momentum), lr / 3",
+                lambda steps, params: _clipped(gc.signum(lr_schedule(steps, PEAK_LR / 3))),
+                None,
+            ),
+            (
+                "noisy_sgd",
+                "SGD with annealed gradient noise",
+                lambda steps, params: _clipped(gc.noisy_sgd(lr_schedule(steps, 0.3), key=0)),
+                None,
+            ),
+            (
+                "adabelief",
+                "AdaBelief",
+                lambda steps, params: _clipped(gc.adabelief(lr_schedule(steps))),
+                None,
+            ),
+            ("yogi", "Yogi", lambda steps, params: _clipped(gc.yogi(lr_schedule(steps))), None),
+            (
+                "adadelta",
+                "Adadelta, lr 1",
+                lambda steps, params: _clipped(gc.adadelta(lr_schedule(steps, 1.0))),
+                None,
+            ),
+            (
+                "adan",
+                "Adan with decoupled weight decay",
+                lambda steps, params: _clipped(
+                    gc.adan(lr_schedule(steps), weight_decay=WEIGHT_DECAY, mask=decay_mask(params))
+                ),
+                None,
+            ),
+            (
+                "novograd",
+                "NovoGrad (layer-wise second moment)",
+                lambda steps, params: _clipped(gc.novograd(lr_schedule(steps))),
+                None,
+            ),
+            (
+                "fromage",
+                "Fromage (relative steps), lr 1e-2; AdamW on the zero-initialised head and biases",
+                _fromage,
+                None,
+            ),
+            (
+                "rprop",
+                "Rprop (PyTorch's immediate step)",
+                lambda steps, params: _clipped(gc.rprop(1e-3, delay_step=False)),
+                None,
+            ),
+            (
+                "sm3",
+                "SM3 (one accumulator per row and column), lr 0.1",
+                lambda steps, params: _clipped(gc.sm3(lr_schedule(steps, 0.1))),
+                None,
+            ),
+            (
+                "optimistic_gradient_descent",
+                "optimistic gradient descent",
+                lambda steps, params: _clipped(
+                    gc.optimistic_gradient_descent(lr_schedule(steps, 0.1))
+                ),
+                None,
+            ),
+            (
+                "optimistic_adam_v2",
+                "optimistic Adam",
+                lambda steps, params: _clipped(gc.optimistic_adam_v2(lr_schedule(steps))),
+                None,
+            ),
+            (
+                "polyak_sgd",
+                "SGD with the Polyak step size (f* = 0)",
+                lambda steps, params: _clipped(gc.polyak_sgd(max_learning_rate=1.0)),
+                "value",
+            ),
+        )
     ),
 )
 

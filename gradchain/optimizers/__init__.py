@@ -1,5 +1,13 @@
 """Named optimizers: thin chains of atomic transformations, one module per family."""
 
+from gradchain.optimizers.adabelief import (
+    adabelief,
+    scale_by_belief,
+)
+from gradchain.optimizers.adadelta import (
+    adadelta,
+    scale_by_adadelta,
+)
 from gradchain.optimizers.adagrad import (
     ScaleByRssState,
     adagrad,
@@ -18,6 +26,10 @@ from gradchain.optimizers.adam_variants import (
     scale_by_nadam,
     scale_by_radam,
 )
+from gradchain.optimizers.adan import (
+    adan,
+    scale_by_adan,
+)
 from gradchain.optimizers.alias import (
     adafactor,
     adam,
@@ -30,11 +42,43 @@ from gradchain.optimizers.lion import (
     lion,
     scale_by_lion,
 )
+from gradchain.optimizers.novograd import (
+    novograd,
+    scale_by_novograd,
+)
+from gradchain.optimizers.optimistic import (
+    optimistic_adam,
+    optimistic_adam_v2,
+    optimistic_gradient_descent,
+    scale_by_optimistic_gradient,
+)
+from gradchain.optimizers.polyak import (
+    polyak_sgd,
+    scale_by_polyak,
+)
+from gradchain.optimizers.rprop import (
+    rprop,
+    scale_by_rprop,
+)
+from gradchain.optimizers.sgd_variants import (
+    noisy_sgd,
+    sign_sgd,
+    signum,
+)
+from gradchain.optimizers.sm3 import (
+    scale_by_sm3,
+    sm3,
+)
 from gradchain.optimizers.trust_ratio import (
     ScaleByTrustRatioState,
+    fromage,
     lamb,
     lars,
     scale_by_trust_ratio,
+)
+from gradchain.optimizers.yogi import (
+    scale_by_yogi,
+    yogi,
 )
 
 __all__ = [
@@ -42,26 +86,50 @@ __all__ = [
     "ScaleByLionState",
     "ScaleByRssState",
     "ScaleByTrustRatioState",
+    "adabelief",
+    "adadelta",
     "adafactor",
     "adagrad",
     "adam",
     "adamax",
     "adamaxw",
     "adamw",
+    "adan",
     "amsgrad",
+    "fromage",
     "lamb",
     "lars",
     "lion",
     "nadam",
     "nadamw",
+    "noisy_sgd",
+    "novograd",
+    "optimistic_adam",
+    "optimistic_adam_v2",
+    "optimistic_gradient_descent",
+    "polyak_sgd",
     "radam",
     "rmsprop",
+    "rprop",
+    "scale_by_adadelta",
     "scale_by_adamax",
+    "scale_by_adan",
     "scale_by_amsgrad",
+    "scale_by_belief",
     "scale_by_lion",
     "scale_by_nadam",
+    "scale_by_novograd",
+    "scale_by_optimistic_gradient",
+    "scale_by_polyak",
     "scale_by_radam",
+    "scale_by_rprop",
     "scale_by_rss",
+    "scale_by_sm3",
     "scale_by_trust_ratio",
+    "scale_by_yogi",
     "sgd",
+    "sign_sgd",
+    "signum",
+    "sm3",
+    "yogi",
 ]

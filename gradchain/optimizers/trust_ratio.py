@@ -1,4 +1,4 @@
-"""Layer-wise trust ratios, and the two optimizers built on them: LAMB and LARS."""
+"""Layer-wise trust ratios, and the optimizers built on them: LAMB, LARS and Fromage."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from gradchain.core.base import (
     stateless_call,
     transformation,
 )
-from gradchain.core.numerics import abs_sq, compute_dtype, init_count, safe_increment
+from gradchain.core.numerics import compute_dtype, init_count, safe_increment, safe_norm
 from gradchain.optimizers.alias import _argument_names
 from gradchain.transforms.adaptive import scale_by_adam
 from gradchain.transforms.decay import add_decoupled_weight_decay, resolve_mask
@@ -28,18 +28,11 @@ from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = [
     "ScaleByTrustRatioState",
+    "fromage",
     "lamb",
     "lars",
     "scale_by_trust_ratio",
 ]
-
-
-def _safe_norm(x, min_norm):
-    """``max(||x||_2, min_norm)`` whose gradient is finite at ``x = 0`` (as optax's)."""
-    norm = jnp.sqrt(jnp.sum(abs_sq(x)).real)
-    small = norm <= min_norm
-    masked = jnp.where(small, jnp.ones_like(x), x)
-    return jnp.where(small, min_norm, jnp.sqrt(jnp.sum(abs_sq(masked)).real))
 
 
 @state_class
@@ -104,8 +97,8 @@ class ScaleByTrustRatio(GradientTransformation):
             dt = compute_dtype(jnp.promote_types(u.dtype, p.dtype))
             real = jnp.finfo(dt).dtype  # norms of complex leaves are real
             min_norm = hp["min_norm"].astype(real)
-            p_norm = _safe_norm(p.astype(dt), min_norm)
-            u_norm = _safe_norm(u.astype(dt), min_norm)
+            p_norm = safe_norm(p.astype(dt), min_norm)
+            u_norm = safe_norm(u.astype(dt), min_norm)
             r = hp["trust_coefficient"].astype(real) * p_norm / (u_norm + hp["eps"].astype(real))
             return jnp.where((p_norm == 0) | (u_norm == 0), 1, r).astype(jnp.result_type(float))
 
@@ -183,4 +176,63 @@ def lars(
         ),
         scale_by_learning_rate(learning_rate),
         momentum_part,
+    )
+
+
+@state_class
+class FromageStepState:
+    """``count``: updates done; ``hyperparams``: the learning rate the latest update used."""
+
+    count: jax.Array
+    hyperparams: dict
+
+
+@transformation("fromage_step", hyperparams=("learning_rate",))
+class FromageStep(GradientTransformation):
+    r"""Fromage's step from a trust-scaled direction :math:`d`:
+    :math:`u = (p - \eta\, d)/\sqrt{1+\eta^2} - p`. Needs ``params``."""
+
+    learning_rate: float
+
+    def __post_init__(self):
+        check_number("learning_rate", self.learning_rate, low=0.0)
+
+    def init(self, params):
+        return FromageStepState(count=init_count(), hyperparams=self.init_hyperparams())
+
+    def update(self, updates, state, params=None, **extra_args):
+        require_params(params, self.name)
+        check_params_match(updates, params)
+        hp = self.current_hyperparams(state)
+        lr = hp["learning_rate"]
+        shrink = 1 / jnp.sqrt(1 + lr * lr)
+
+        def step(d, p):
+            dt = compute_dtype(jnp.promote_types(d.dtype, p.dtype))
+            s = shrink.astype(dt)
+            return (-(lr.astype(dt) * s) * d.astype(dt) + (s - 1) * p.astype(dt)).astype(d.dtype)
+
+        out = jax.tree.map(step, updates, params)
+        return out, FromageStepState(safe_increment(state.count), hp)
+
+
+@named_optimizer
+def fromage(learning_rate, min_norm=1e-6) -> Parts:
+    r"""Fromage: a step of relative size :math:`\eta` per layer, then a shrink that keeps the
+    parameters' norm from growing.
+
+    .. math:: p_t = \frac{p_{t-1} - \eta\, \frac{\lVert p_{t-1}\rVert}{\lVert g_t\rVert}
+              g_t}{\sqrt{1+\eta^2}}
+
+    per leaf (norms floored at ``min_norm``). ``chain(scale_by_trust_ratio(min_norm),
+    fromage_step(learning_rate))``, where the last transform forms
+    :math:`-\eta d/\sqrt{1+\eta^2} + (1/\sqrt{1+\eta^2} - 1)\, p`; optax builds the same
+    from ``scale_by_learning_rate`` and ``add_decayed_weights`` with a negative decay. The
+    learning rate may be a schedule. Needs ``params``. Reference: Bernstein et al., "On the
+    distance between two neural networks and the stability of learning" (2020). Same as
+    ``optax.fromage``.
+    """
+    return (
+        scale_by_trust_ratio(min_norm),
+        FromageStep(learning_rate),
     )

@@ -57,6 +57,8 @@ from gradchain.core.base import (
     transformation,
 )
 from gradchain.core.masks import path_string, resolve_labels, resolve_mask
+from gradchain.optimizers.adabelief import ScaleByBelief
+from gradchain.optimizers.adadelta import ScaleByAdaDelta
 from gradchain.optimizers.adagrad import ScaleByRss
 from gradchain.optimizers.adam_variants import (
     ScaleByAdamax,
@@ -64,12 +66,19 @@ from gradchain.optimizers.adam_variants import (
     ScaleByNadam,
     ScaleByRadam,
 )
+from gradchain.optimizers.adan import ScaleByAdan
 from gradchain.optimizers.lion import ScaleByLion
+from gradchain.optimizers.optimistic import ScaleByOptimisticGradient
+from gradchain.optimizers.rprop import ScaleByRprop
+from gradchain.optimizers.yogi import ScaleByYogi
+from gradchain.transforms.accumulation import ApplyEvery
 from gradchain.transforms.adaptive import ScaleByAdam, ScaleByRms, ScaleByStddev
 from gradchain.transforms.clipping import Clip, ClipByGlobalNorm
 from gradchain.transforms.decay import AddDecoupledWeightDecay, AddL2Penalty
 from gradchain.transforms.momentum import Ema, Trace
+from gradchain.transforms.normalization import NormalizeByUpdateNorm
 from gradchain.transforms.scaling import Scale, ScaleByLearningRate, ScaleBySchedule
+from gradchain.transforms.sign import ScaleBySign
 
 __all__ = ["FlatLayout", "FlatState", "flat_layout", "flatten", "register_flat_safe"]
 
@@ -83,6 +92,7 @@ _PER_LEAF: set[type] = {
     Scale,
     ScaleByLearningRate,
     ScaleBySchedule,
+    ScaleBySign,
 }
 # Transformations that give the same numbers on a flat buffer as on a tree: they act on each
 # coordinate alone or through reductions over all leaves together.
@@ -99,6 +109,14 @@ _FLAT_SAFE: set[type] = _PER_LEAF | {
     ScaleByNadam,
     ScaleByRadam,
     ScaleByRss,
+    ApplyEvery,
+    NormalizeByUpdateNorm,
+    ScaleByAdaDelta,
+    ScaleByAdan,
+    ScaleByBelief,
+    ScaleByOptimisticGradient,
+    ScaleByRprop,
+    ScaleByYogi,
 }
 
 

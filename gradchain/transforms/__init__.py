@@ -2,6 +2,9 @@
 clipping, decay, factored statistics, combinators, averaging).
 """
 
+from gradchain.transforms.accumulation import (
+    apply_every,
+)
 from gradchain.transforms.adaptive import (
     ScaleByAdamState,
     ScaleByRmsState,
@@ -19,10 +22,13 @@ from gradchain.transforms.averaging import (
 from gradchain.transforms.clipping import (
     ClipByGlobalNormState,
     ClipState,
+    adaptive_grad_clip,
     clip,
     clip_by_block_rms,
     clip_by_global_norm,
     global_norm,
+    per_example_global_norm_clip,
+    per_example_layer_norm_clip,
 )
 from gradchain.transforms.combinators import (
     ApplyIfFiniteState,
@@ -44,6 +50,9 @@ from gradchain.transforms.combinators import (
     skip_not_finite,
     zero_nans,
 )
+from gradchain.transforms.constraining import (
+    keep_params_nonnegative,
+)
 from gradchain.transforms.decay import (
     AddDecayedWeightsState,
     add_decayed_weights,
@@ -64,11 +73,23 @@ from gradchain.transforms.momentum import (
     ema,
     trace,
 )
+from gradchain.transforms.noise import (
+    add_noise,
+)
+from gradchain.transforms.normalization import (
+    centralize,
+    normalize_by_update_norm,
+    scale_by_param_block_norm,
+)
 from gradchain.transforms.scaling import (
     ScaleState,
     scale,
     scale_by_learning_rate,
     scale_by_schedule,
+    scale_gradient,
+)
+from gradchain.transforms.sign import (
+    scale_by_sign,
 )
 
 __all__ = [
@@ -93,10 +114,14 @@ __all__ = [
     "TraceState",
     "ZeroNansState",
     "adafactor_decay_rate",
+    "adaptive_grad_clip",
     "add_decayed_weights",
     "add_decoupled_weight_decay",
     "add_l2_penalty",
+    "add_noise",
+    "apply_every",
     "apply_if_finite",
+    "centralize",
     "clip",
     "clip_by_block_rms",
     "clip_by_global_norm",
@@ -105,19 +130,26 @@ __all__ = [
     "factored_second_moment",
     "freeze",
     "global_norm",
+    "keep_params_nonnegative",
     "lookahead",
     "masked",
     "multi_transform",
+    "normalize_by_update_norm",
     "params_ema",
     "partition",
+    "per_example_global_norm_clip",
+    "per_example_layer_norm_clip",
     "scale",
     "scale_by_adam",
     "scale_by_factored_rms",
     "scale_by_learning_rate",
+    "scale_by_param_block_norm",
     "scale_by_param_block_rms",
     "scale_by_rms",
     "scale_by_schedule",
+    "scale_by_sign",
     "scale_by_stddev",
+    "scale_gradient",
     "selective_transform",
     "set_to_zero",
     "skip_large_updates",

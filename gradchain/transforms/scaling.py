@@ -23,6 +23,7 @@ __all__ = [
     "scale",
     "scale_by_learning_rate",
     "scale_by_schedule",
+    "scale_gradient",
 ]
 
 
@@ -138,3 +139,36 @@ class ScaleBySchedule(GradientTransformation):
 
 
 scale_by_schedule = ScaleBySchedule
+
+
+@jax.custom_vjp
+def _scaled_gradient(inputs, scale):
+    del scale  # read by the backward pass only
+    return inputs
+
+
+def _scaled_gradient_fwd(inputs, scale):
+    return inputs, scale
+
+
+def _scaled_gradient_bwd(scale, cotangents):
+    return jax.tree.map(lambda c: c * scale, cotangents), None
+
+
+_scaled_gradient.defvjp(_scaled_gradient_fwd, _scaled_gradient_bwd)
+
+
+def scale_gradient(inputs, scale: float):
+    """``inputs`` unchanged in the forward pass; their gradient multiplied by ``scale`` in the
+    backward pass (a pytree of arrays in, the same out).
+
+    ``scale == 1`` returns ``inputs`` and ``scale == 0`` stops the gradient
+    (``jax.lax.stop_gradient``), without a custom rule. Not a gradient transformation: it goes
+    inside the loss, as optax's ``scale_gradient``, which it matches.
+    """
+    if not callable(scale) and not isinstance(scale, jax.core.Tracer):
+        if scale == 1.0:
+            return inputs
+        if scale == 0.0:
+            return jax.lax.stop_gradient(inputs)
+    return _scaled_gradient(inputs, scale)

@@ -1,0 +1,138 @@
+"""AdaBelief: Adam whose second moment tracks the gradient's deviation from its own average."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from gradchain.core.base import (
+    GradientTransformation,
+    Parts,
+    check_bool,
+    check_floating,
+    check_number,
+    check_tree_match,
+    named_optimizer,
+    state_class,
+    transformation,
+    tree_map_multi,
+)
+from gradchain.core.numerics import (
+    bias_correction,
+    cast_like,
+    compute_dtype,
+    ema,
+    init_count,
+    moments_like,
+    nesterov_bias_corrected,
+    safe_increment,
+)
+from gradchain.transforms.scaling import scale_by_learning_rate
+
+__all__ = ["adabelief", "scale_by_belief"]
+
+
+@state_class
+class ScaleByBeliefState:
+    """``count``: updates done; ``mu``: the first moment; ``nu``: the second *central* moment
+    (the "belief"); ``hyperparams``: as used last."""
+
+    count: jax.Array
+    mu: object
+    nu: object
+    hyperparams: dict
+
+
+@transformation("scale_by_belief", hyperparams=("b1", "b2", "eps", "eps_root"))
+class ScaleByBelief(GradientTransformation):
+    r"""Rescales updates by AdaBelief's moments: the second moment of :math:`g_t - m_t`.
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1-\beta_1) g_t, \qquad
+        s_t = \beta_2 s_{t-1} + (1-\beta_2)(g_t - m_t)^2 + \epsilon_{root}, \\
+        u_t = \frac{m_t/(1-\beta_1^t)}{\sqrt{s_t/(1-\beta_2^t)} + \epsilon}
+
+    with :math:`t` the 1-based step; ``nesterov=True`` replaces :math:`m_t/(1-\beta_1^t)` by
+    :math:`\beta_1 m_t/(1-\beta_1^{t+1}) + (1-\beta_1) g_t/(1-\beta_1^t)`.
+
+    Args:
+      b1: :math:`\beta_1 \in [0, 1)`, default 0.9.
+      b2: :math:`\beta_2 \in [0, 1)`, default 0.999.
+      eps: :math:`\epsilon \ge 0`, default 1e-16.
+      eps_root: :math:`\epsilon_{root} \ge 0`, added to :math:`s_t` before it is stored,
+        default 1e-16.
+      nesterov: the Nesterov form above (keyword-only).
+
+    Moments of bfloat16/float16 parameters are float32. Reference: Zhuang et al., "AdaBelief
+    Optimizer: Adapting Stepsizes by the Belief in Observed Gradients" (2020), Algorithm 2, whose
+    :math:`\epsilon` inside :math:`s_t` is ``eps_root`` here; ``adabelief-pytorch`` adds it the
+    same way. Same as ``optax.scale_by_belief``.
+    """
+
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-16
+    eps_root: float = 1e-16
+    _: dataclasses.KW_ONLY
+    nesterov: bool = False
+
+    def __post_init__(self):
+        check_number("b1", self.b1, low=0.0, high=1.0, high_open=True)
+        check_number("b2", self.b2, low=0.0, high=1.0, high_open=True)
+        check_number("eps", self.eps, low=0.0)
+        check_number("eps_root", self.eps_root, low=0.0)
+        check_bool("nesterov", self.nesterov)
+
+    def init(self, params):
+        check_floating(params, self.name)
+        return ScaleByBeliefState(
+            count=init_count(),
+            mu=moments_like(params),
+            nu=moments_like(params),
+            hyperparams=self.init_hyperparams(),
+        )
+
+    def update(self, updates, state, params=None, **extra_args):
+        check_tree_match(updates, state.mu, "updates", "state.mu")
+        hp = self.current_hyperparams(state)
+        b1, b2, eps, eps_root = hp["b1"], hp["b2"], hp["eps"], hp["eps_root"]
+        c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
+        t = safe_increment(state.count)
+
+        def step(g, m, s):
+            dt = compute_dtype(g.dtype)
+            g32 = g.astype(dt)
+            m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
+            e = g32 - m
+            s = ema(s.astype(dt), e * e, b2.astype(dt), c2.astype(dt)) + eps_root.astype(dt)
+            if self.nesterov:
+                m_hat = nesterov_bias_corrected(m, g32, b1, c1, t)
+            else:
+                m_hat = bias_correction(m, b1, t)
+            u = m_hat / (jnp.sqrt(bias_correction(s, b2, t)) + eps.astype(dt))
+            return u.astype(g.dtype), m, s
+
+        out, mu, nu = tree_map_multi(step, 3, updates, state.mu, state.nu)
+        return out, ScaleByBeliefState(
+            count=t, mu=cast_like(mu, state.mu), nu=cast_like(nu, state.nu), hyperparams=hp
+        )
+
+
+scale_by_belief = ScaleByBelief
+
+
+@named_optimizer
+def adabelief(
+    learning_rate, b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16, *, nesterov=False
+) -> Parts:
+    r"""AdaBelief: ``chain(scale_by_belief(b1, b2, eps, eps_root, nesterov=nesterov),
+    scale_by_learning_rate(learning_rate))``, see :func:`scale_by_belief`. Same as
+    ``optax.adabelief``; ``adabelief-pytorch``'s defaults differ (``eps=1e-16`` there too, but
+    decoupled weight decay and rectification on by default in its later versions).
+    """
+    return (
+        scale_by_belief(b1, b2, eps, eps_root, nesterov=nesterov),
+        scale_by_learning_rate(learning_rate),
+    )
