@@ -50,6 +50,10 @@ __all__ = [
     "EmptyState",
     "GradientTransformation",
     "GradientTransformationExtraArgs",
+    "OptState",
+    "Params",
+    "ScalarOrSchedule",
+    "Updates",
     "apply_updates",
     "chain",
     "identity",
@@ -1068,7 +1072,19 @@ def named_optimizer(build: Callable[_Args, Parts]) -> Callable[_Args, Chain]:
 
     The chain is named after the function; its signature and docstring are ``build``'s.
     """
-    signature = inspect.signature(build)
+    # Annotations evaluated, so that code checking ``learning_rate``'s annotation against
+    # ``ScalarOrSchedule`` (as optax's tests do) finds the object, not its name.
+    signature = inspect.signature(build, eval_str=True)
+    lr = signature.parameters.get("learning_rate")
+    if lr is not None and lr.annotation is inspect.Parameter.empty:
+        # Every optimizer takes a schedule for its learning rate: say so as optax does.
+        annotation = ScalarOrSchedule if lr.default is not None else ScalarOrSchedule | None
+        signature = signature.replace(
+            parameters=[
+                p.replace(annotation=annotation) if p.name == "learning_rate" else p
+                for p in signature.parameters.values()
+            ]
+        )
 
     @functools.wraps(build)
     def make(*args: _Args.args, **kwargs: _Args.kwargs) -> Chain:

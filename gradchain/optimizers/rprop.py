@@ -139,7 +139,7 @@ scale_by_rprop = ScaleByRprop
 
 @named_optimizer
 def rprop(
-    learning_rate,
+    learning_rate: float,
     eta_minus=0.5,
     eta_plus=1.2,
     min_step_size=1e-6,
