@@ -12,7 +12,22 @@ those modules' ``__all__``.
 import importlib as _importlib
 import sys as _sys
 
-from gradchain import checkpoint, contrib, core, optimizers, scale_out, schedules, transforms
+from gradchain import (
+    checkpoint,
+    contrib,
+    core,
+    losses,
+    optimizers,
+    scale_out,
+    schedules,
+    transforms,
+)
+
+# Namespaces optax has (``optax.projections``, ``optax.tree``, ``optax.tree_utils``) whose
+# names stay out of the root: the root's tree_get and tree_set are gradchain's state readers.
+from gradchain import projections as projections
+from gradchain import tree as tree
+from gradchain import tree_utils as tree_utils
 from gradchain.checkpoint import *
 from gradchain.contrib import *
 from gradchain.core import *
@@ -20,10 +35,14 @@ from gradchain.core import *
 # The function takes the package attribute ``gradchain.describe`` (as the optimizers named like
 # their modules do); the module stays importable by its full name.
 from gradchain.describe import describe as describe
+from gradchain.losses import *
 from gradchain.optimizers import *
 from gradchain.scale_out import *
 from gradchain.schedules import *
 from gradchain.transforms import *
+
+# optax has this one tree utility at its root as well.
+from gradchain.tree_utils import tree_map_params as tree_map_params
 
 __version__ = "0.1.0"
 
@@ -67,8 +86,17 @@ for _old, _new in _OLD_MODULES.items():
 __all__ = sorted(
     {
         name
-        for package in (checkpoint, contrib, core, optimizers, scale_out, schedules, transforms)
+        for package in (
+            checkpoint,
+            contrib,
+            core,
+            losses,
+            optimizers,
+            scale_out,
+            schedules,
+            transforms,
+        )
         for name in package.__all__
     }
-    | {"describe"}
+    | {"describe", "tree_map_params"}
 )

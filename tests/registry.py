@@ -590,12 +590,14 @@ NOT_TRANSFORMS: dict[str, str] = {
     "bias_correction": "numerics helper",
     "factored_axes": "helper: which axes a moment is factored along",
     "global_norm": "helper: the global norm of a tree",
+    "init_sharded": "helper: init laid out as state_shardings (tested in test_sharding, test_multihost)",
     "muon_labels": "helper: Muon's parameter groups (used by the muon[muon_labels] entry)",
     "named_optimizer": "decorator for named optimizers (every named optimizer entry uses it)",
     "orthogonalize_via_newton_schulz": "helper: the Newton-Schulz iteration",
     "path_labels": "helper: labels by path",
     "path_mask": "helper: masks by path",
     "per_device_bytes": "helper: memory per device",
+    "per_process_bytes": "helper: memory per process (tested in test_sharding, test_multihost)",
     "restore_state": "checkpoint helper",
     "per_example_global_norm_clip": "helper: clips a batch of per-example gradients (test_newopt)",
     "per_example_layer_norm_clip": "helper: clips a batch of per-example gradients (test_newopt)",
@@ -611,6 +613,9 @@ NOT_TRANSFORMS: dict[str, str] = {
     "tree_get_all_with_path": "helper: read state fields by name",
     "tree_paths": "helper: path strings of a tree",
     "tree_set": "helper: replace a state field by name",
+    "tree_map_params": "helper: map over the parameter-shaped parts of a state (test_tree_utils)",
+    "ReduceLROnPlateauState": "state container of reduce_on_plateau",
+    **dict.fromkeys(gc.losses.__all__, "loss function (tests/test_losses.py)"),
 }
 
 

@@ -196,3 +196,23 @@ def test_resuming_in_a_fresh_process_is_bit_identical_to_uninterrupted_training(
         assert bits_equal(resumed_run["params"], full_p), how
         assert bits_equal(resumed_run["state"], full_s), how
     assert not bits_equal(half_p, full_p)  # the second half did train
+
+
+def test_save_state_writes_orbax_when_asked_and_restores_it(tmp_path):
+    tx = gc.adamw(1e-2)
+    state = tx.init({"w": jnp.ones((3, 2))})
+    gc.save_state(tmp_path / "ckpt", state, format="orbax")
+    assert (tmp_path / "ckpt").is_dir()
+    restored = gc.restore_state(tmp_path / "ckpt", jax.eval_shape(tx.init, {"w": jnp.ones((3, 2))}))
+    assert bits_equal(restored, state)
+
+
+def test_save_state_without_orbax_names_it_and_shows_the_call(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "orbax.checkpoint", None)
+    with pytest.raises(ImportError, match=r"orbax-checkpoint(.|\n)*StandardCheckpointer\(\)\.save"):
+        gc.save_state(tmp_path / "ckpt", {"a": jnp.ones(2)}, format="orbax")
+
+
+def test_save_state_names_a_wrong_format(tmp_path):
+    with pytest.raises(ValueError, match="format must be"):
+        gc.save_state(tmp_path / "x", {"a": jnp.ones(2)}, format="pickle")

@@ -848,9 +848,9 @@ def test_reduce_on_plateau_matches_optax(kwargs):
         u_ours, s_ours = step_ours(g, s_ours, loss)
         u_theirs, s_theirs = step_theirs(g, s_theirs, loss)
         assert_trees_close(u_ours, u_theirs)
-        for field in ("scale", "best_value", "plateau_count", "cooldown_count", "avg_value"):
+        assert type(s_ours).__name__ == type(s_theirs).__name__
+        for field in s_theirs._fields:
             assert float(getattr(s_ours, field)) == float(getattr(s_theirs, field)), field
-        assert int(s_ours.accumulation_count) == int(s_theirs.count)
         scales.append(float(gc.tree_get(s_ours, "scale")))
     assert min(scales) < 1.0
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import AbstractMesh, NamedSharding
+from jax.sharding import AbstractMesh, AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import gradchain as gc
@@ -136,7 +136,8 @@ def test_every_check_on_eight_devices_is_reported_here(sharded):
 
 # On a 1 x 1 mesh every spec is as valid as on a large one, so the rules are checked here by
 # comparing specs.
-MESH11 = jax.make_mesh((1, 1), ("data", "model"))
+# Auto axes: specs come without trailing Nones (on Explicit axes, one entry per array axis).
+MESH11 = jax.make_mesh((1, 1), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
 
 
 @pytest.mark.parametrize(
@@ -145,7 +146,7 @@ MESH11 = jax.make_mesh((1, 1), ("data", "model"))
         ("mu", (16, 8), P("data", "model")),  # a moment: the parameter's own sharding
         ("v_row", (16,), P("data")),  # one axis reduced: the kept axis's sharding
         ("v_col", (8,), P("model")),
-        ("stat", (16, 1), P("data", None)),  # keepdims: the reduced axis is replicated
+        ("stat", (16, 1), P("data")),  # keepdims: the reduced axis is replicated
         ("stat", (1, 8), P(None, "model")),
         ("v", (1,), P()),  # a placeholder
         ("count", (), P()),
@@ -163,7 +164,7 @@ def test_state_leaf_follows_its_param(field, shape, expected):
 
 @pytest.mark.parametrize(
     "field, expected",
-    [("v_row", P("data")), ("exp_avg_sq_row", P("data")), ("v_col", P("model")), ("stat", P(None))],
+    [("v_row", P("data")), ("exp_avg_sq_row", P("data")), ("v_col", P("model")), ("stat", P())],
 )
 def test_square_matrix_statistic_is_told_by_its_field_name(field, expected):
     # (8, 8) -> (8,) could have reduced either axis; a row statistic keeps the rows
@@ -256,7 +257,7 @@ def test_state_shardings_asks_for_a_mesh_when_the_params_carry_none():
         gc.state_shardings(gc.adamw(1e-3), params)
     mesh = jax.make_mesh((1,), ("data",))
     shardings = gc.state_shardings(gc.adamw(1e-3), params, mesh=mesh)
-    assert all(s == NamedSharding(mesh, P()) for s in jax.tree.leaves(shardings))
+    assert all(s.mesh == mesh and s.is_fully_replicated for s in jax.tree.leaves(shardings))
 
 
 def test_abstract_state_is_shaped_like_the_state():
@@ -368,3 +369,138 @@ def test_zeros_like_reduced_drops_the_axis():
     assert zeros_like_reduced(p, -1, jnp.float32, keepdims=True).shape == (4, 3, 1)
     assert zeros_like_reduced(p, 0).dtype == jnp.bfloat16
     np.testing.assert_array_equal(jax.jit(lambda x: zeros_like_reduced(x, 0))(jnp.ones((4, 3))), 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Placement on one process (tests/test_multihost.py runs the same across processes)
+
+
+def test_init_commits_scalars_to_the_params_device():
+    params = jax.device_put({"w": jnp.ones((3, 2))}, jax.devices()[0])
+    state = gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(1e-3)).init(params)
+    assert all(x.committed for x in jax.tree.leaves(state))
+    assert {x.sharding for x in jax.tree.leaves(state)} == {params["w"].sharding}
+
+
+def test_init_leaves_the_state_of_uncommitted_params_uncommitted():
+    state = gc.adamw(1e-3).init({"w": jnp.ones((3, 2))})
+    assert not any(x.committed for x in jax.tree.leaves(state))
+
+
+def test_init_commits_scalars_to_the_params_mesh():
+    mesh = jax.make_mesh((1,), ("data",))
+    params = {"w": jax.device_put(jnp.ones((4, 2)), NamedSharding(mesh, P("data")))}
+    state = gc.adamw(1e-3).init(params)
+    for x in (gc.tree_get(state, "learning_rate"), gc.tree_get(state.scale_by_adam, "count")):
+        assert x.committed and x.sharding == NamedSharding(mesh, P())
+
+
+def _placed(params, placed):
+    """``params`` uncommitted, on one device, or on a 1-device mesh of Auto or Explicit axes,
+    in the spec form jit returns there (``P("data", None)`` on Explicit axes)."""
+    if placed == "device":
+        return jax.device_put(params, jax.devices()[0])
+    if placed.startswith("mesh"):
+        kind = AxisType.Explicit if placed == "mesh-explicit" else AxisType.Auto
+        mesh = jax.make_mesh((1,), ("data",), axis_types=(kind,))
+        spec = P("data", None) if kind == AxisType.Explicit else P("data")
+        return jax.device_put(params, NamedSharding(mesh, spec))
+    return params
+
+
+PLACED = ["uncommitted", "device", "mesh-auto", "mesh-explicit"]
+
+
+@pytest.mark.parametrize("placed", PLACED)
+def test_tree_set_keeps_dtype_and_sharding_and_never_recompiles(placed):
+    params = _placed({"w": jnp.ones((4, 2))}, placed)
+    tx = gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(1e-2))
+
+    @jax.jit
+    def step(params, state):
+        updates, state = tx.update(params, state, params)
+        return gc.apply_updates(params, updates), state
+
+    params, state = step(params, tx.init(params))
+    old = gc.tree_get(state, "learning_rate")
+    state = gc.tree_set(state, learning_rate=1e-4)
+    new = gc.tree_get(state, "learning_rate")
+    assert (new.dtype, new.sharding, new.committed) == (old.dtype, old.sharding, old.committed)
+    assert float(new) == np.float32(1e-4)
+    step(params, state)
+    assert step._cache_size() == 1
+
+
+def test_tree_set_of_a_state_field_keeps_its_dtype():
+    state = gc.tree_set(gc.adamw(1e-2).init({"w": jnp.ones(3)}), count=7)
+    assert gc.tree_get(state.scale_by_adam, "count").dtype == jnp.int32
+
+
+@pytest.mark.parametrize("kind", [AxisType.Auto, AxisType.Explicit])
+def test_specs_take_the_form_jit_returns(kind):
+    # P("data", None) and P("data") are different jit cache keys: jit returns the short form on
+    # Auto axes, one entry per array axis on Explicit ones
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(kind,))
+    params = {"w": jax.ShapeDtypeStruct((4, 2), jnp.float32, sharding=NamedSharding(mesh, P()))}
+    for tx in (gc.zero1(gc.adamw(1e-3), mesh), gc.adafactor(1e-3, min_dim_size_to_factor=1)):
+        state = jax.eval_shape(tx.init, params)
+        for s, x in zip(jax.tree.leaves(gc.state_shardings(tx, params)), jax.tree.leaves(state)):
+            if kind == AxisType.Auto:
+                assert not s.spec or s.spec[-1] is not None, (tx.name, s)
+            else:
+                assert len(s.spec) == x.ndim, (tx.name, s, x.shape)
+
+
+@pytest.mark.parametrize("how", ["eager", "init_sharded"])
+def test_init_lays_the_state_out_as_the_step_returns_it(how):
+    # Explicit axes: on a one-device mesh of Auto axes XLA returns every output replicated,
+    # whatever the constraints; tests/test_multihost.py checks Auto axes on real meshes.
+    mesh_params = _placed({"w": jnp.ones((4, 4))}, "mesh-explicit")
+    tx = gc.zero1(
+        gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(1e-2)), mesh_params["w"].sharding.mesh
+    )
+    params = jax.device_put(mesh_params, NamedSharding(mesh_params["w"].sharding.mesh, P()))
+    state = tx.init(params) if how == "eager" else gc.init_sharded(tx, params)
+    assert jax.tree.map(lambda x: x.sharding, state) == gc.state_shardings(tx, params)
+
+    @jax.jit
+    def step(params, state):
+        updates, state = tx.update(params, state, params)
+        return gc.apply_updates(params, updates), state
+
+    _, stepped = step(params, state)
+    assert jax.tree.map(lambda x: x.sharding, stepped) == gc.state_shardings(tx, params)
+
+
+def test_state_shardings_puts_the_state_in_the_memory_asked():
+    mesh = jax.make_mesh((1,), ("data",))
+    params = {"w": jax.device_put(jnp.ones((4, 2)), NamedSharding(mesh, P()))}
+    for tx, kind in ((gc.adamw(1e-3), "pinned_host"), (gc.zero1(gc.adamw(1e-3), mesh), None)):
+        shardings = gc.state_shardings(tx, params, memory_kind=kind)
+        want = kind or "device"
+        assert {s.memory_kind for s in jax.tree.leaves(shardings)} == {want}
+    offloaded = gc.zero1(gc.adamw(1e-3), mesh, offload=True)
+    kinds = {s.memory_kind for s in jax.tree.leaves(gc.state_shardings(offloaded, params))}
+    assert kinds == {"pinned_host"}
+
+
+def test_zero1_offload_must_be_a_bool_and_keyword():
+    mesh = jax.make_mesh((1,), ("data",))
+    with pytest.raises(ValueError, match="offload must be a bool"):
+        gc.zero1(gc.adamw(1e-3), mesh, offload=1)
+    assert "offload=True" in repr(gc.zero1(gc.adamw(1e-3), mesh, offload=True))
+
+
+def test_per_process_bytes_sums_the_devices_of_each_process():
+    tree = {"a": jnp.ones((3, 2), jnp.float32), "b": jnp.ones(5, jnp.bfloat16)}
+    assert gc.per_process_bytes(tree) == {jax.process_index(): 3 * 2 * 4 + 5 * 2}
+    assert gc.per_device_bytes(tree, memory_kind="pinned_host") == {}
+
+
+def test_per_device_bytes_reads_abstract_state_too():
+    mesh = jax.make_mesh((1,), ("data",))
+    params = {"w": jax.ShapeDtypeStruct((4, 2), jnp.float32, sharding=NamedSharding(mesh, P()))}
+    tx = gc.adamw(1e-3)
+    abstract = gc.per_device_bytes(gc.abstract_state(tx, params))
+    concrete = gc.per_device_bytes(gc.init_sharded(tx, jax.tree.map(jnp.ones_like, params)))
+    assert abstract == concrete

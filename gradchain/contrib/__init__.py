@@ -20,6 +20,10 @@ from gradchain.contrib.muon import (
     scale_by_muon,
     scale_by_shape,
 )
+from gradchain.contrib.reduce_on_plateau import (
+    ReduceLROnPlateauState,
+    reduce_on_plateau,
+)
 from gradchain.contrib.schedule_free import (
     schedule_free,
     schedule_free_adamw,
@@ -38,6 +42,7 @@ __all__ = [
     "GaLoreDimensionNumbers",
     "GaLoreState",
     "MuonDimensionNumbers",
+    "ReduceLROnPlateauState",
     "SophiaState",
     "dadapt_adamw",
     "galore",
@@ -47,6 +52,7 @@ __all__ = [
     "muon_labels",
     "orthogonalize_via_newton_schulz",
     "prodigy",
+    "reduce_on_plateau",
     "scale_by_dadapt_adamw",
     "scale_by_galore",
     "scale_by_muon",

@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradchain.core.numerics import commit_to_params, put
+
 PyTree = Any
 Params = PyTree
 Updates = PyTree
@@ -241,6 +243,29 @@ def tree_get(state: OptState, key: str, default: Any = _MISSING) -> Any:
     raise KeyError(f"{key!r} is ambiguous, found at {paths}; narrow the state first")
 
 
+def _like(value, old):
+    """``value`` as a leaf in place of ``old``: its dtype and, outside a trace, its sharding
+    (a new jit signature would recompile the step; a host-local scalar in a state on a mesh
+    would stop a checkpointer across processes)."""
+    if not hasattr(old, "dtype"):
+        return value
+    if np.shape(value) != np.shape(old) or isinstance(old, jax.core.Tracer):
+        return jnp.asarray(value, dtype=old.dtype)
+    if isinstance(value, jax.core.Tracer):
+        return jnp.asarray(value, dtype=old.dtype)
+    new = np.asarray(value, dtype=old.dtype)
+    if isinstance(old, jax.Array) and old.committed:
+        return put(new, old.sharding)
+    return jnp.asarray(new)
+
+
+def _leaves_like(value, old):
+    """:func:`_like` leaf by leaf where ``value`` has ``old``'s structure, else ``value``."""
+    if jax.tree.structure(value) != jax.tree.structure(old):
+        return value
+    return jax.tree.map(_like, value, old)
+
+
 def _replace_in(x, key, value):
     if isinstance(x, ChainState):
         return ChainState(tuple(_replace_in(s, key, value) for s in x.states), x.names)
@@ -250,11 +275,9 @@ def _replace_in(x, key, value):
             child = getattr(x, f.name)
             if f.name == "hyperparams" and isinstance(child, Mapping):
                 if key in child:
-                    old = child[key]
-                    new = jnp.asarray(value, dtype=jnp.asarray(old).dtype)
-                    changes[f.name] = {**child, key: new}
+                    changes[f.name] = {**child, key: _like(value, jnp.asarray(child[key]))}
             elif f.name == key:
-                changes[f.name] = value
+                changes[f.name] = _leaves_like(value, child)
             elif isinstance(child, (tuple, list, Mapping, ChainState)) or _is_state(child):
                 changes[f.name] = _replace_in(child, key, value)
         return dataclasses.replace(x, **changes) if changes else x
@@ -278,6 +301,9 @@ def tree_set(state: OptState, **values) -> OptState:
     This is how a hyperparameter is changed between steps without recompiling::
 
         state = gradchain.tree_set(state, learning_rate=1e-4)
+
+    A new value takes the dtype and the sharding of the leaf it replaces (on one device, on a
+    mesh, across processes), so the step's jit signature does not change.
 
     A hyperparameter that was given as a schedule is recomputed from the schedule at the next
     step, so setting it has no lasting effect.
@@ -708,12 +734,32 @@ def _short_repr(v) -> str:
     return repr(v)
 
 
+def committed_init(init: Callable) -> Callable:
+    """``init`` whose state has no host-local leaf where the parameters are placed.
+
+    Counts and live hyperparameters are made with ``jnp.asarray``, which leaves them on one
+    device of this process, uncommitted; next to parameters on a mesh they are placed
+    replicated over it (``numerics.commit_to_params``), so that the state is one global pytree
+    across processes (a checkpointer saves it before the first step) and its jit signature is
+    the one the step returns.
+    """
+
+    @functools.wraps(init)
+    def wrapped(self, params):
+        return commit_to_params(init(self, params), params)
+
+    return wrapped
+
+
 def transformation(name: str, hyperparams: tuple[str, ...] = ()):
-    """Class decorator: a frozen, comparable dataclass transformation called ``name``."""
+    """Class decorator: a frozen, comparable dataclass transformation called ``name``, whose
+    ``init`` is multi-host safe (:func:`committed_init`)."""
 
     def wrap(cls):
         cls.name = name
         cls.hyperparams = tuple(hyperparams)
+        if "init" in cls.__dict__:
+            cls.init = committed_init(cls.__dict__["init"])
         return dataclasses.dataclass(frozen=True, eq=False, repr=False)(cls)
 
     return wrap
@@ -907,6 +953,7 @@ class Chain(GradientTransformation):
     def __setattr__(self, key, value):
         raise dataclasses.FrozenInstanceError(f"cannot assign to field {key!r}")
 
+    @committed_init
     def init(self, params):
         return ChainState(
             tuple(t.init(params) for t in self.transforms),

@@ -80,6 +80,94 @@ def _sharding_of(p):
     return sharding
 
 
+def _has_explicit_axes(mesh) -> bool:
+    explicit = getattr(getattr(jax.sharding, "AxisType", None), "Explicit", None)
+    return explicit is not None and explicit in (getattr(mesh, "axis_types", None) or ())
+
+
+def named_sharding(mesh, *entries, ndim: int | None = None, memory_kind: str | None = None):
+    """``NamedSharding(mesh, PartitionSpec(*entries))`` in the form a jitted step returns.
+
+    ``P("data", None)`` and ``P("data")`` lay an array out alike but are different jit cache
+    keys, so a state placed in the other form would compile the step once more after ``init``
+    or a restore. On Auto mesh axes jit returns specs without trailing ``None`` s; on Explicit
+    axes (sharding in types) one entry per axis of the array, ``ndim`` of them when given.
+    """
+    entries = list(entries)
+    if ndim is not None and _has_explicit_axes(mesh):
+        entries += [None] * (ndim - len(entries))
+    else:
+        while entries and entries[-1] is None:
+            entries.pop()
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*entries))
+    return sharding if memory_kind is None else sharding.with_memory_kind(memory_kind)
+
+
+def normalized(sharding, ndim: int | None = None):
+    """``sharding`` (of an array of ``ndim`` axes) in the form of :func:`named_sharding`; a
+    sharding that is not a ``NamedSharding`` as it is."""
+    if not isinstance(sharding, jax.sharding.NamedSharding):
+        return sharding
+    return named_sharding(
+        sharding.mesh, *sharding.spec, ndim=ndim, memory_kind=sharding.memory_kind
+    )
+
+
+def put(x, sharding):
+    """``jax.device_put(x, sharding)`` that also works when ``sharding`` spans processes.
+
+    A host-local array (uncommitted, or on one device of this process) cannot be moved onto
+    devices of other processes (``jax.distributed``): every process then places its own copy
+    of the value on its own devices, which is what a replicated scalar or a state made alike
+    in every process needs.
+    """
+    if (
+        isinstance(x, jax.Array)
+        and x.is_fully_addressable
+        and not sharding.is_fully_addressable
+        and x.sharding != sharding
+    ):
+        x = np.asarray(x)
+    return jax.device_put(x, sharding)
+
+
+def home_sharding(params):
+    """Where the scalars of a state of ``params`` belong: replicated over the mesh of the first
+    parameter placed on one, else on the one device every committed parameter is on; None for
+    uncommitted or traced parameters (jax then places the scalars as it places the rest)."""
+    single = set()
+    for p in jax.tree.leaves(params):
+        sharding = _sharding_of(p)
+        if isinstance(sharding, jax.sharding.NamedSharding):
+            return named_sharding(sharding.mesh)
+        if isinstance(sharding, jax.sharding.SingleDeviceSharding):
+            single.add(sharding)
+        elif sharding is not None:
+            return None
+    return next(iter(single)) if len(single) == 1 else None
+
+
+def commit_to_params(state, params):
+    """``state`` with every host-local leaf (a count or live hyperparameter that ``init`` made
+    with ``jnp.asarray``) placed on :func:`home_sharding` of ``params``; leaves already
+    committed, and everything inside a trace, are left as they are.
+
+    Without it a state on a mesh mixes global moments with host-local scalars: ``jax.jit``
+    copes, but a checkpointer refuses the state across processes and the first step's
+    signature differs from the second's on a multi-device mesh.
+    """
+    home = home_sharding(params)
+    if home is None:
+        return state
+
+    def commit(x):
+        if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and not x.committed:
+            return put(x, normalized(home, x.ndim))
+        return x
+
+    return jax.tree.map(commit, state)
+
+
 def explicit_sharding(x):
     """``x``'s sharding when its type carries Explicit mesh axes (sharding in types), else None.
 
@@ -125,7 +213,7 @@ def reduced_sharding(sharding, ndim: int, axis: int, keepdims: bool = False):
     if isinstance(sharding, jax.sharding.NamedSharding):
         spec = tuple(sharding.spec) + (None,) * (ndim - len(sharding.spec))
         kept = spec[:axis] + ((None,) if keepdims else ()) + spec[axis + 1 :]
-        return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*kept))
+        return named_sharding(sharding.mesh, *kept, ndim=len(kept))
     if sharding is not None and sharding.is_fully_replicated:
         return sharding
     return None
@@ -148,7 +236,7 @@ def grouped_sharding(sharding, ndim: int, groups):
     for group in groups:
         first = spec[group[0]] if group else None
         entries.append(first if all(spec[a] is None for a in group[1:]) else None)
-    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*entries))
+    return named_sharding(sharding.mesh, *entries, ndim=len(entries))
 
 
 def zeros_along(p, groups, shape, dtype=None) -> jax.Array:

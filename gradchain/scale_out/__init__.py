@@ -25,7 +25,9 @@ from gradchain.scale_out.quantization import (
 )
 from gradchain.scale_out.sharding import (
     abstract_state,
+    init_sharded,
     per_device_bytes,
+    per_process_bytes,
     state_shardings,
     zero1,
 )
@@ -45,8 +47,10 @@ __all__ = [
     "dynamic_map",
     "flat_layout",
     "flatten",
+    "init_sharded",
     "lion_8bit",
     "per_device_bytes",
+    "per_process_bytes",
     "quantize_blockwise",
     "quantize_moments",
     "quantize_rank1",

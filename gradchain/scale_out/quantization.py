@@ -52,6 +52,7 @@ from gradchain.core.numerics import (
     compute_dtype,
     explicit_sharding,
     init_count,
+    named_sharding,
     safe_increment,
 )
 from gradchain.optimizers.alias import _argument_names
@@ -612,10 +613,8 @@ def block_layout(shape, block_size: int, sharding):
     """``(codes, absmax)`` shardings of the 8-bit form of a tensor laid out as ``sharding`` (a
     ``NamedSharding``): split by :func:`block_axis_sharding`, else replicated on its mesh."""
     entry = block_axis_sharding(shape, sharding.spec, dict(sharding.mesh.shape), block_size)
-    P = jax.sharding.PartitionSpec
-    return (
-        jax.sharding.NamedSharding(sharding.mesh, P(entry, None)),
-        jax.sharding.NamedSharding(sharding.mesh, P(entry)),
+    return named_sharding(sharding.mesh, entry, ndim=2), named_sharding(
+        sharding.mesh, entry, ndim=1
     )
 
 

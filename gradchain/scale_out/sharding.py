@@ -51,20 +51,29 @@ import dataclasses
 import math
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gradchain.core.base import (
     GradientTransformation,
     _call_update,
     _is_state,
+    check_bool,
     check_params_match,
     transformation,
 )
-from gradchain.core.numerics import reduced_sharding
+from gradchain.core.numerics import named_sharding, normalized, put, reduced_sharding
 from gradchain.scale_out.flat import FlatState, Flatten
 from gradchain.scale_out.quantization import QuantizedArray, block_layout
 
-__all__ = ["abstract_state", "per_device_bytes", "state_shardings", "zero1"]
+__all__ = [
+    "abstract_state",
+    "init_sharded",
+    "per_device_bytes",
+    "per_process_bytes",
+    "state_shardings",
+    "zero1",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,7 +104,7 @@ def _follow(shape, param_shape, param_sharding, replicated, field=""):
             return replicated
         spec = _padded_spec(param_sharding, len(param_shape))
         entries = [e if s == n else None for e, s, n in zip(spec, shape, param_shape)]
-        return NamedSharding(param_sharding.mesh, PartitionSpec(*entries))
+        return named_sharding(param_sharding.mesh, *entries, ndim=len(shape))
     if len(shape) == len(param_shape) - 1:
         axes = [
             k for k in range(len(param_shape)) if param_shape[:k] + param_shape[k + 1 :] == shape
@@ -118,7 +127,7 @@ def _reduced_axis(param_sharding, ndim, axes, field):
         axes = [max(axes)] if "row" in name else [min(axes)]
     specs = [tuple(reduced_sharding(param_sharding, ndim, k).spec) for k in axes]
     entries = [c[0] if all(x == c[0] for x in c) else None for c in zip(*specs)]
-    return NamedSharding(param_sharding.mesh, PartitionSpec(*entries))
+    return named_sharding(param_sharding.mesh, *entries, ndim=ndim - 1)
 
 
 def _blocks(q: QuantizedArray, param_sharding, replicated) -> QuantizedArray:
@@ -157,7 +166,8 @@ def derive_shardings(state, param_treedef, param_infos, replicated):
     """The sharding of every leaf of ``state`` by the rules in the module docstring.
 
     ``param_infos`` lists ``(shape, sharding)`` per parameter leaf, in ``param_treedef`` order;
-    ``state``'s leaves need only a ``shape`` (arrays, tracers or ``ShapeDtypeStruct`` s).
+    ``state``'s leaves need only a ``shape`` (arrays, tracers or ``ShapeDtypeStruct`` s). Specs
+    come in the form a jitted step returns them (``numerics.named_sharding``).
     """
 
     def one_param(sub, field, shape, sharding):
@@ -194,7 +204,7 @@ def derive_shardings(state, param_treedef, param_infos, replicated):
         )
         return treedef.unflatten([visit(c, _key_name(path[-1], field)) for path, c in children])
 
-    return visit(state, "")
+    return jax.tree.map(lambda s, x: normalized(s, len(x.shape)), visit(state, ""), state)
 
 
 def _placement(p):
@@ -231,9 +241,11 @@ def _param_infos(params):
     return treedef, [(tuple(p.shape), _placement(p)) for p in leaves]
 
 
-def _layout(tx, params, mesh):
-    """``(jax.eval_shape(tx.init, params), the shardings of its leaves)``."""
+def _layout(tx, params, mesh, memory_kind=None):
+    """``(jax.eval_shape(tx.init, params), the shardings of its leaves)``, the shardings in
+    ``memory_kind`` (default: device memory, or host memory for an offloading ``zero1``)."""
     if isinstance(tx, Zero1):
+        memory_kind = memory_kind or tx.memory_kind
         params = tx.sharded_params(params)
     shapes = jax.eval_shape(tx.init, params)
     treedef, infos = _param_infos(params)
@@ -243,11 +255,19 @@ def _layout(tx, params, mesh):
         # sharding, concatenated) is replicated, a leaf kept whole keeps its own sharding.
         flat_treedef, flat_infos = _param_infos(tx.layout(params).abstract(params))
         inner = derive_shardings(shapes.inner, flat_treedef, flat_infos, replicated)
-        return shapes, FlatState(inner=inner)
-    return shapes, derive_shardings(shapes, treedef, infos, replicated)
+        shardings = FlatState(inner=inner)
+    else:
+        shardings = derive_shardings(shapes, treedef, infos, replicated)
+    return shapes, _in_memory(shardings, memory_kind)
 
 
-def state_shardings(tx, params, mesh: Mesh | None = None):
+def _in_memory(shardings, memory_kind: str | None):
+    if memory_kind is None:
+        return shardings
+    return jax.tree.map(lambda s: s.with_memory_kind(memory_kind), shardings)
+
+
+def state_shardings(tx, params, mesh: Mesh | None = None, *, memory_kind: str | None = None):
     """The sharding of every leaf of ``tx.init(params)``, derived from the parameters' shardings.
 
     Args:
@@ -257,6 +277,10 @@ def state_shardings(tx, params, mesh: Mesh | None = None):
         (nothing is computed or allocated). A leaf without a sharding counts as replicated.
       mesh: the mesh that replicated leaves (counts, hyperparameters) live on. Default: the mesh
         of the parameters' ``NamedSharding`` s.
+      memory_kind: where the state lives, one of ``jax.devices()[0].addressable_memories()``
+        kinds: ``"pinned_host"`` keeps it in host memory (ZeRO-Offload; a step then moves it
+        through the device, as ``zero1(..., offload=True)`` does). Default: each sharding's
+        own (device memory).
 
     Returns:
       A pytree of ``jax.sharding.Sharding`` with the structure of the state, for
@@ -266,31 +290,87 @@ def state_shardings(tx, params, mesh: Mesh | None = None):
           state = jax.jit(tx.init, out_shardings=shardings)(params)
 
     The rules are in the module docstring: moments follow their parameter, reduced statistics
-    follow the axes they kept, the rest is replicated. Call it outside ``jax.jit``: inside a
-    trace the parameters' shardings are not known.
+    follow the axes they kept, the rest is replicated. Specs come in the form a jitted step
+    returns (without trailing ``None`` s on Auto mesh axes, one entry per array axis on
+    Explicit ones), so the shardings equal, as jit cache keys, the step's. Call it outside
+    ``jax.jit``: inside a trace the parameters' shardings are not known.
     """
-    return _layout(tx, params, mesh)[1]
+    return _layout(tx, params, mesh, memory_kind)[1]
 
 
-def abstract_state(tx, params, mesh: Mesh | None = None):
+def init_sharded(tx, params, mesh: Mesh | None = None, *, memory_kind: str | None = None):
+    """``tx.init(params)`` computed by ``jax.jit`` straight into :func:`state_shardings`.
+
+    The one line it stands for::
+
+        jax.jit(tx.init, out_shardings=gc.state_shardings(tx, params))(params)
+
+    Every leaf comes out exactly as asked, also where ``jax.jit(tx.init)`` alone lets XLA
+    choose: two parameters of one shape but different shardings get moments laid out like
+    each (XLA would merge their equal zeros into one array of one layout). Nothing is built
+    on one device first, so this is the way to initialize a state too large for one device,
+    and, on every process of a ``jax.distributed`` run, a state spread across processes.
+    Arguments as :func:`state_shardings`.
+    """
+    shardings = state_shardings(tx, params, mesh, memory_kind=memory_kind)
+    return jax.jit(tx.init, out_shardings=shardings)(params)
+
+
+def abstract_state(tx, params, mesh: Mesh | None = None, *, memory_kind: str | None = None):
     """``tx.init(params)`` as ``jax.ShapeDtypeStruct`` s carrying the state's shardings.
 
     The restore target of a sharded checkpoint: for example with orbax,
     ``checkpointer.restore(path, gc.abstract_state(tx, abstract_params))`` reads every leaf
     directly into its shards. Arguments as :func:`state_shardings`.
     """
-    shapes, shardings = _layout(tx, params, mesh)
+    shapes, shardings = _layout(tx, params, mesh, memory_kind)
     return jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
     )
 
 
-def per_device_bytes(tree) -> dict:
-    """Bytes of ``tree``'s arrays held by each local device, summed over addressable shards."""
+def _shard_bytes(leaf, memory_kind):
+    """``{device: bytes}`` of one array: measured on this process's shards, read from the
+    sharding's index map for the devices of other processes (and for a ``ShapeDtypeStruct``)."""
+    sharding = leaf.sharding
+    if memory_kind is not None and sharding.memory_kind != memory_kind:
+        return {}
+    itemsize = jnp.dtype(leaf.dtype).itemsize
+    out = {}
+    for device, index in sharding.devices_indices_map(tuple(leaf.shape)).items():
+        shape = [len(range(*i.indices(n))) for i, n in zip(index, leaf.shape)]
+        out[device] = math.prod(shape) * itemsize
+    for shard in getattr(leaf, "addressable_shards", ()):
+        out[shard.device] = shard.data.nbytes
+    return out
+
+
+def per_device_bytes(tree, *, memory_kind: str | None = None) -> dict:
+    """Bytes of ``tree``'s arrays held by each device, for every device they span.
+
+    The devices of this process are measured on their shards; under ``jax.distributed`` the
+    devices of the other processes are included, read from the arrays' shardings (every
+    process sees the same global picture). Leaves may also be ``ShapeDtypeStruct`` s with a
+    sharding (:func:`abstract_state`): the bytes a state would take, before allocating it.
+
+    Args:
+      tree: a pytree of ``jax.Array`` s or sharded ``ShapeDtypeStruct`` s.
+      memory_kind: count only the leaves in this memory (``"device"``, ``"pinned_host"``);
+        default every leaf.
+    """
     out: dict = {}
     for leaf in jax.tree.leaves(tree):
-        for shard in leaf.addressable_shards:
-            out[shard.device] = out.get(shard.device, 0) + shard.data.nbytes
+        for device, n in _shard_bytes(leaf, memory_kind).items():
+            out[device] = out.get(device, 0) + n
+    return out
+
+
+def per_process_bytes(tree, *, memory_kind: str | None = None) -> dict:
+    """Bytes of ``tree``'s arrays held by each process (``jax.process_index``), summed over its
+    devices: :func:`per_device_bytes` grouped by ``device.process_index``."""
+    out: dict = {}
+    for device, n in per_device_bytes(tree, memory_kind=memory_kind).items():
+        out[device.process_index] = out.get(device.process_index, 0) + n
     return out
 
 
@@ -312,7 +392,7 @@ def _zero1_spec(spec: tuple, shape: tuple, mesh: Mesh, axes: tuple) -> Partition
     """
     spec = tuple(spec) + (None,) * (len(shape) - len(tuple(spec)))
     if any(a in _axis_names(e) for e in spec for a in axes):
-        return PartitionSpec(*spec)
+        return normalized(NamedSharding(mesh, PartitionSpec(*spec)), len(shape)).spec
     n = math.prod(mesh.shape[a] for a in axes)
     best, best_local = None, 0
     for d, size in enumerate(shape):
@@ -320,10 +400,10 @@ def _zero1_spec(spec: tuple, shape: tuple, mesh: Mesh, axes: tuple) -> Partition
         if size % (have * n) == 0 and size // have > best_local:
             best, best_local = d, size // have
     if best is None:
-        return PartitionSpec(*spec)
+        return normalized(NamedSharding(mesh, PartitionSpec(*spec)), len(shape)).spec
     names = _axis_names(spec[best]) + axes
     spec = spec[:best] + (names[0] if len(names) == 1 else names,) + spec[best + 1 :]
-    return PartitionSpec(*spec)
+    return normalized(NamedSharding(mesh, PartitionSpec(*spec)), len(shape)).spec
 
 
 def _explicit_axes(mesh: Mesh) -> set:
@@ -357,20 +437,22 @@ def _typed_spec(x, mesh: Mesh) -> tuple:
 def _place(tree, shardings):
     """``tree`` laid out as ``shardings``: a constraint in a trace, a transfer outside it."""
 
-    def put(x, sharding):
+    def one(x, sharding):
         if x is None:
             return None
         if isinstance(x, jax.ShapeDtypeStruct):
             return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
         if not isinstance(x, jax.core.Tracer):
-            return jax.device_put(x, sharding)
+            return put(x, sharding)
+        if sharding.memory_kind not in (None, "device"):
+            return jax.device_put(x, sharding)  # to host memory: a move, not a constraint
         used = {a for e in sharding.spec for a in _axis_names(e)}
         explicit = _explicit_axes(sharding.mesh)
         if explicit and used <= explicit:
             return jax.sharding.reshard(x, sharding)
         return jax.lax.with_sharding_constraint(x, sharding)
 
-    return jax.tree.map(put, tree, shardings, is_leaf=lambda x: x is None)
+    return jax.tree.map(one, tree, shardings, is_leaf=lambda x: x is None)
 
 
 @transformation("zero1")
@@ -401,6 +483,13 @@ class Zero1(GradientTransformation):
         is a prefix of the parameters) when they are sharded along other axes (tensor
         parallelism); the data axis is added to it. Default: read from the parameters' types
         on Explicit mesh axes, replicated on Auto axes.
+      offload: keyword-only. Keep the state in pinned host memory between steps and stream it
+        through the device inside the jitted step (ZeRO-Offload's placement of the optimizer
+        state, with the update itself computed on the device): the moments take no device
+        memory outside the step, at the price of a host-device copy of each device's slice
+        per step. The arithmetic is unchanged, so the result equals ``offload=False`` bit for
+        bit. Needs a backend with a ``"pinned_host"`` memory
+        (``jax.devices()[0].addressable_memories()``: GPU, TPU and CPU have one).
 
     The state is ``inner``'s state, leaf for leaf, only placed differently:
     ``gc.state_shardings(zero1(...), params)`` gives its layout. Leaves with no evenly
@@ -416,16 +505,27 @@ class Zero1(GradientTransformation):
             updates, state = tx.update(grads, state, params)
             return gc.apply_updates(params, updates), state
 
+    On mesh axes of type Auto, XLA chooses the layout of the step's outputs and may return the
+    parameters sharded along ``axis`` (moving the all-gather into the next step, which then
+    compiles again): ``jax.jit(step, out_shardings=(param_shardings,
+    gc.state_shardings(tx, params)))`` keeps them replicated. On Explicit axes (the default of
+    ``jax.make_mesh``) their types keep them so.
+
     Reference: Rajbhandari et al., "ZeRO: Memory Optimizations Toward Training Trillion
-    Parameter Models" (2020), stage 1 (:math:`P_{os}`).
+    Parameter Models" (2020), stage 1 (:math:`P_{os}`); Ren et al., "ZeRO-Offload:
+    Democratizing Billion-Scale Model Training" (2021) for ``offload``, which there also moves
+    the update's arithmetic to the CPU; here it stays on the device.
     """
 
     inner: object
     mesh: Mesh
     axis: object = "data"
     param_specs: object = None
+    _: dataclasses.KW_ONLY
+    offload: bool = False
 
     def __post_init__(self):
+        check_bool("offload", self.offload)
         if not (hasattr(self.inner, "init") and hasattr(self.inner, "update")):
             raise TypeError(f"zero1: inner must be a gradient transformation, got {self.inner!r}")
         if not isinstance(self.mesh, Mesh):
@@ -437,12 +537,18 @@ class Zero1(GradientTransformation):
                 )
 
     @property
+    def memory_kind(self) -> str | None:
+        """Where the state lives between steps: ``"pinned_host"`` when offloaded, else None
+        (each array's default, device memory)."""
+        return "pinned_host" if self.offload else None
+
+    @property
     def _axes(self) -> tuple:
         return self.axis if isinstance(self.axis, tuple) else (self.axis,)
 
     def __getattr__(self, key):
         # hyperparameters of the wrapped optimizer read through: zero1(adamw(1e-3)).b1
-        if key.startswith("__") or key == "inner":
+        if key.startswith("__") or key in ("inner", "offload"):
             raise AttributeError(key)
         return getattr(self.inner, key)
 
@@ -494,7 +600,7 @@ class Zero1(GradientTransformation):
     def init(self, params):
         shards = self.shard_shardings(params)
         state = self.inner.init(_place(params, shards))
-        return _place(state, self._state_layout(state, params, shards))
+        return _place(state, self._state_layout(state, params, shards, self.memory_kind))
 
     def update(self, updates, state, params=None, **extra_args):
         check_params_match(updates, params)
@@ -503,14 +609,17 @@ class Zero1(GradientTransformation):
         updates = _place(updates, shards)
         if params is not None:
             params = _place(params, shards)
+        if self.offload:  # the state streams from host memory through the device
+            state = jax.device_put(state, self._state_layout(state, reference, shards, "device"))
         updates, state = _call_update(self.inner, updates, state, params, extra_args)
-        state = _place(state, self._state_layout(state, reference, shards))
+        state = _place(state, self._state_layout(state, reference, shards, self.memory_kind))
         return _place(updates, self.param_shardings(reference)), state
 
-    def _state_layout(self, state, params, shards):
+    def _state_layout(self, state, params, shards, memory_kind=None):
         leaves, treedef = jax.tree.flatten(params)
         infos = [(tuple(p.shape), s) for p, s in zip(leaves, treedef.flatten_up_to(shards))]
-        return derive_shardings(state, treedef, infos, NamedSharding(self.mesh, PartitionSpec()))
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        return _in_memory(derive_shardings(state, treedef, infos, replicated), memory_kind)
 
 
 zero1 = Zero1

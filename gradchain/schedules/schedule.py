@@ -23,8 +23,9 @@ Where PyTorch's schedulers give other values (a cosine that keeps oscillating af
 one-cycle knots one step earlier; ALGORITHMS.md §13.2, §15 rows 23-24), the optax value is the
 default and ``convention="pytorch"`` gives PyTorch's.
 
-Also here: :func:`reduce_on_plateau`, a transformation that scales the updates down when the loss
-passed to ``update(..., value=loss)`` stops improving.
+Also here: :class:`ReduceOnPlateau`, gradchain's variant of reduce-on-plateau with live
+hyperparameters; ``gradchain.reduce_on_plateau`` (optax's rule, in :mod:`gradchain.contrib`)
+returns it for ``rule="gradchain"``.
 """
 
 from __future__ import annotations
@@ -65,7 +66,6 @@ __all__ = [
     "piecewise_constant_schedule",
     "piecewise_interpolate_schedule",
     "polynomial_schedule",
-    "reduce_on_plateau",
     "sgdr_schedule",
     "warmup_constant_schedule",
     "warmup_cosine_decay_schedule",
@@ -1288,7 +1288,10 @@ class ReduceOnPlateauState:
 
 @transformation("reduce_on_plateau", hyperparams=("factor", "rtol", "atol", "min_scale"))
 class ReduceOnPlateau(GradientTransformation):
-    r"""Scales the updates down by ``factor`` when the loss stops improving.
+    r"""Scales the updates down by ``factor`` when the loss stops improving (gradchain's rule).
+
+    Built by ``reduce_on_plateau(..., rule="gradchain")``; the default rule is optax's
+    (:class:`gradchain.contrib.reduce_on_plateau.ReduceLROnPlateau`).
 
     ``update(updates, state, params, value=loss)`` takes the loss. Every ``accumulation_size``
     updates, the mean :math:`\bar L` of the losses passed is compared with the best mean so far
@@ -1394,6 +1397,3 @@ class ReduceOnPlateau(GradientTransformation):
         )
         out = jax.tree.map(lambda g: g * new_state.scale.astype(g.dtype), updates)
         return out, new_state
-
-
-reduce_on_plateau = ReduceOnPlateau
