@@ -39,7 +39,14 @@ from gradchain.contrib.learning_rate_free import ScaleByDAdaptAdamW, ScaleByProd
 from gradchain.contrib.muon import ScaleByMuon, ScaleByShape, _LabelledGroups
 from gradchain.contrib.schedule_free import ScheduleFree
 from gradchain.contrib.sophia import ScaleBySophia
-from gradchain.core.base import Chain, GradientTransformation, Identity, _foreign_name, _short_repr
+from gradchain.core.base import (
+    Chain,
+    GradientTransformation,
+    Identity,
+    NamedChain,
+    _foreign_name,
+    _short_repr,
+)
 from gradchain.optimizers.adagrad import ScaleByRss
 from gradchain.optimizers.adam_variants import (
     ScaleByAdamax,
@@ -667,6 +674,13 @@ def _title(tx) -> str:
 def _chain(tx: Chain, u: Expr, ctx: Context) -> Expr:
     if tx.name != "chain":
         ctx.settings.append(_title(tx))
+    for piece in tx.transforms:
+        u = _render(piece, u, ctx)
+    return u
+
+
+@register_renderer(NamedChain)
+def _named_chain(tx, u, ctx):
     for piece in tx.transforms:
         u = _render(piece, u, ctx)
     return u

@@ -133,7 +133,7 @@ TRANSFORMS: tuple[Entry, ...] = (
     E("chain", lambda: gc.chain(gc.clip(1.0), gc.scale(0.5)), keeps_nan=False),
     E(
         "named_chain",
-        lambda: gc.named_chain("clipped_sgd", {}, gc.clip(1.0), gc.sgd(0.1)),
+        lambda: gc.named_chain(("clip", gc.clip(1.0)), ("sgd", gc.sgd(0.1))),
         optimizer=True,
         keeps_nan=False,
     ),

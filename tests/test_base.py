@@ -249,9 +249,14 @@ def test_named_optimizer_records_the_bound_call_once():
         "scale_by_learning_rate",
     ]
     assert _clipped_sgd(0.1) == _clipped_sgd(learning_rate=0.1, max_norm=1.0)
-    assert str(inspect.signature(_clipped_sgd)) == (
-        "(learning_rate, max_norm=1.0, *, momentum=None) -> 'Chain'"
-    )
+    signature = inspect.signature(_clipped_sgd)
+    assert str(
+        signature.replace(
+            parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()]
+        )
+    ) == ("(learning_rate, max_norm=1.0, *, momentum=None) -> 'Chain'")
+    # An unannotated learning rate is annotated as optax annotates it: a schedule is accepted.
+    assert signature.parameters["learning_rate"].annotation == gc.ScalarOrSchedule
     assert _clipped_sgd.__doc__ == "A test optimizer."
     with pytest.raises(TypeError, match=r"_clipped_sgd\(\): missing a required argument"):
         _clipped_sgd()

@@ -2,6 +2,7 @@
 
 from gradchain.contrib.galore import (
     GaLoreDimensionNumbers,
+    GaLoreState,
     galore,
     scale_by_galore,
 )
@@ -30,6 +31,7 @@ from gradchain.contrib.schedule_free import (
     schedule_free_sgd,
 )
 from gradchain.contrib.sophia import (
+    SophiaState,
     gauss_newton_bartlett_estimator_diag_hessian,
     hutchinson_estimator_diag_hessian,
     scale_by_sophia,
@@ -38,8 +40,10 @@ from gradchain.contrib.sophia import (
 
 __all__ = [
     "GaLoreDimensionNumbers",
+    "GaLoreState",
     "MuonDimensionNumbers",
     "ReduceLROnPlateauState",
+    "SophiaState",
     "dadapt_adamw",
     "galore",
     "gauss_newton_bartlett_estimator_diag_hessian",

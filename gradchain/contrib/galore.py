@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     GradientTransformation,
     Parts,
+    ScalarOrSchedule,
     _call_update,
     check_floating,
     check_int,
@@ -50,7 +51,12 @@ from gradchain.transforms.adaptive import scale_by_adam
 from gradchain.transforms.decay import add_decoupled_weight_decay
 from gradchain.transforms.scaling import scale_by_learning_rate
 
-__all__ = ["GaLoreDimensionNumbers", "galore", "scale_by_galore"]
+__all__ = [
+    "GaLoreDimensionNumbers",
+    "GaLoreState",
+    "galore",
+    "scale_by_galore",
+]
 
 _SIDES = ("larger", "smaller")
 
@@ -331,6 +337,8 @@ class ScaleByGalore(GradientTransformation):
     ``optax.contrib.scale_by_galore`` with the default ``projected_dim``.
     """
 
+    complex_params = False
+
     rank: int = 128
     update_proj_gap: int = 200
     scale: float = 1.0
@@ -442,7 +450,7 @@ scale_by_galore = ScaleByGalore
 
 @named_optimizer
 def galore(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     rank=128,
     update_proj_gap=200,
     scale=1.0,
@@ -478,3 +486,7 @@ def galore(
         add_decoupled_weight_decay(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )
+
+
+# optax names of the same states.
+GaLoreState = ScaleByGaloreState

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     GradientTransformation,
     Parts,
+    ScalarOrSchedule,
     check_bools,
     check_floating,
     check_number,
@@ -145,7 +146,7 @@ class ScaleByProdigy(GradientTransformation):
     Learner" (2024). Same as ``optax.contrib.prodigy`` by default.
     """
 
-    learning_rate: float = 1.0
+    learning_rate: ScalarOrSchedule = 1.0
     betas: tuple = (0.9, 0.999)
     beta3: float | None = None
     eps: float = 1e-8
@@ -264,7 +265,7 @@ def _prodigy_step(g, m, v, p, dlr, eps, lam):
 
 @named_optimizer
 def prodigy(
-    learning_rate=1.0,
+    learning_rate: ScalarOrSchedule = 1.0,
     betas=(0.9, 0.999),
     beta3=None,
     eps=1e-8,
@@ -354,7 +355,7 @@ class ScaleByDAdaptAdamW(GradientTransformation):
     Same as ``optax.contrib.dadapt_adamw`` by default.
     """
 
-    learning_rate: float = 1.0
+    learning_rate: ScalarOrSchedule = 1.0
     betas: tuple = (0.9, 0.999)
     eps: float = 1e-8
     estim_lr0: float = 1e-6
@@ -461,7 +462,7 @@ def _dadapt_step(g, m, v, p, eps, decay):
 
 @named_optimizer
 def dadapt_adamw(
-    learning_rate=1.0,
+    learning_rate: ScalarOrSchedule = 1.0,
     betas=(0.9, 0.999),
     eps=1e-8,
     estim_lr0=1e-6,

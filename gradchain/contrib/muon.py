@@ -22,6 +22,7 @@ from gradchain.core.base import (
     ChainState,
     EmptyState,
     GradientTransformation,
+    ScalarOrSchedule,
     _call_update,
     _field_equal,
     _short_repr,
@@ -582,7 +583,7 @@ class _LabelledGroups(Chain):
 
 
 def muon(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     ns_coeffs=_QUINTIC,
     ns_steps=5,
     beta=0.95,

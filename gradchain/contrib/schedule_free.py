@@ -18,6 +18,7 @@ from gradchain.core.base import (
     Chain,
     GradientTransformation,
     Parts,
+    ScalarOrSchedule,
     _call_update,
     check_bool,
     check_dtype,
@@ -134,8 +135,10 @@ class ScheduleFree(GradientTransformation):
     False) and in keeping ``weight_sum``/``max_lr`` in float32 (optax: the lowest parameter dtype).
     """
 
+    complex_params = False
+
     base_optimizer: Any
-    learning_rate: float
+    learning_rate: ScalarOrSchedule
     b1: float = 0.9
     weight_lr_power: float = 2.0
     state_dtype: Any = None
@@ -168,14 +171,16 @@ class ScheduleFree(GradientTransformation):
         z = jax.tree.map(
             lambda p: jnp.array(p, dtype=state_dtype(p.dtype, self.state_dtype), copy=True), params
         )
-        zero = jnp.zeros((), jnp.result_type(float))
+        # Distinct arrays for every leaf: a jitted step may donate the whole state, and XLA
+        # refuses to donate one buffer twice.
+        zero = lambda: jnp.zeros((), jnp.result_type(float))
         hyperparams = self.init_hyperparams()
         return ScheduleFreeState(
             count=init_count(),
             z=z,
-            y_b1=hyperparams["b1"],
-            weight_sum=zero,
-            max_lr=zero,
+            y_b1=jnp.array(hyperparams["b1"], copy=True),
+            weight_sum=zero(),
+            max_lr=zero(),
             base_optimizer_state=self.base_optimizer.init(params),
             hyperparams=hyperparams,
         )
@@ -313,7 +318,7 @@ def _warmed_up(learning_rate, warmup_steps, optax_off_by_one):
 
 @named_optimizer
 def schedule_free_sgd(
-    learning_rate=1.0,
+    learning_rate: ScalarOrSchedule = 1.0,
     warmup_steps=None,
     b1=0.9,
     weight_decay=None,
@@ -345,7 +350,7 @@ def schedule_free_sgd(
 
 @named_optimizer
 def schedule_free_adamw(
-    learning_rate=0.0025,
+    learning_rate: ScalarOrSchedule = 0.0025,
     warmup_steps=None,
     b1=0.9,
     b2=0.999,

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     GradientTransformation,
     Parts,
+    ScalarOrSchedule,
     _call_update,
     check_bools,
     check_dtype,
@@ -53,6 +54,7 @@ from gradchain.transforms.decay import add_decoupled_weight_decay
 from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = [
+    "SophiaState",
     "gauss_newton_bartlett_estimator_diag_hessian",
     "hutchinson_estimator_diag_hessian",
     "scale_by_sophia",
@@ -423,7 +425,7 @@ scale_by_sophia = ScaleBySophia
 
 @named_optimizer
 def sophia(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     b1=0.965,
     b2=0.99,
     eps=1e-8,

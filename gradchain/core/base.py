@@ -31,8 +31,8 @@ import functools
 import inspect
 import math
 import numbers
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, ClassVar, ParamSpec, TypeVar, dataclass_transform
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple, ParamSpec, TypeVar, dataclass_transform
 
 import jax
 import jax.numpy as jnp
@@ -53,16 +53,25 @@ __all__ = [
     "ChainState",
     "EmptyState",
     "GradientTransformation",
+    "GradientTransformationExtraArgs",
+    "OptState",
+    "Params",
+    "ScalarOrSchedule",
+    "Updates",
     "apply_updates",
     "chain",
     "identity",
+    "init_empty_state",
     "named_chain",
     "named_optimizer",
     "state_class",
+    "stateless",
+    "stateless_with_tree_map",
     "to_optax",
     "tree_get",
     "tree_get_all_with_path",
     "tree_set",
+    "with_extra_args_support",
 ]
 
 
@@ -84,9 +93,12 @@ def state_class(cls: type[_T]) -> type[_T]:
     return cls
 
 
-@state_class
-class EmptyState:
-    """The state of a transformation that keeps nothing between steps."""
+class EmptyState(NamedTuple):
+    """The state of a transformation that keeps nothing between steps.
+
+    optax's class of the same name, field for field (a NamedTuple without fields), so that
+    states of stateless transformations are interchangeable with optax's.
+    """
 
 
 def _is_state(x) -> bool:
@@ -94,16 +106,27 @@ def _is_state(x) -> bool:
 
 
 @jax.tree_util.register_pytree_node_class
-class ChainState:
+class ChainState(tuple):
     """The state of a chain: one state per transformation, readable by position or by name.
 
-    ``state[0]`` is the first transformation's state, ``state.scale_by_adam`` the state of the
+    A tuple, as optax's chain state: ``state[0]`` is the first transformation's state and
+    ``isinstance(state, tuple)`` holds. ``state.scale_by_adam`` is the state of the
     transformation named ``scale_by_adam`` (when exactly one in this chain has that name).
     """
 
-    def __init__(self, states: tuple, names: tuple[str, ...]):
-        self.states = tuple(states)
+    names: tuple[str, ...]
+
+    def __new__(cls, states: tuple, names: tuple[str, ...]):
+        self = super().__new__(cls, states)
         self.names = tuple(names)
+        return self
+
+    @property
+    def states(self) -> tuple:
+        return tuple(self)
+
+    def __reduce__(self):
+        return ChainState, (tuple(self), self.names)
 
     def tree_flatten(self):
         return self.states, self.names
@@ -121,7 +144,7 @@ class ChainState:
                     f"(names: {list(self.names)}); index by position instead"
                 )
             return hits[0]
-        return self.states[key]
+        return tuple.__getitem__(self, key)
 
     def __getattr__(self, name):
         if name.startswith("__") or name in ("states", "names"):
@@ -131,13 +154,9 @@ class ChainState:
         except KeyError as e:
             raise AttributeError(str(e)) from None
 
-    def __len__(self) -> int:
-        return len(self.states)
-
-    def __iter__(self) -> Iterator:
-        return iter(self.states)
-
     def __eq__(self, other):
+        if not isinstance(other, ChainState):
+            return tuple(self) == other if isinstance(other, tuple) else NotImplemented
         return (
             isinstance(other, ChainState)
             and self.names == other.names
@@ -147,6 +166,10 @@ class ChainState:
                 for a, b in zip(jax.tree.leaves(self.states), jax.tree.leaves(other.states))
             )
         )
+
+    def __ne__(self, other):
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -543,6 +566,29 @@ def _complement_of(value: float, live: jax.Array) -> jax.Array:
     return jnp.asarray(1 - value, live.dtype) + drift
 
 
+class _FunctionSignature:
+    """``inspect.signature`` of the two classes callable as ``(init, update)``, as optax's
+    NamedTuples; subclasses built from hyperparameters keep their own signature."""
+
+    def __get__(self, instance, owner):
+        if instance is None and owner in (GradientTransformation, GradientTransformationExtraArgs):
+            kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+            return inspect.Signature(
+                [inspect.Parameter("init", kind), inspect.Parameter("update", kind)]
+            )
+        return None
+
+
+def stateless_call(state) -> bool:
+    """Whether ``update`` got no gradchain state (``None``, ``{}``, an ``EmptyState``).
+
+    optax keeps no state for some transformations (``scale``, ``clip``, ``add_decayed_weights``,
+    ...) and its users call them as ``update(updates, None)``. The gradchain counterparts then use
+    their constructor's hyperparameters (schedules at step 0) and hand the state back as given.
+    """
+    return not hasattr(state, "hyperparams")
+
+
 class GradientTransformation:
     """Base class of every gradchain transformation.
 
@@ -554,6 +600,21 @@ class GradientTransformation:
 
     name: ClassVar[str] = "transformation"
     hyperparams: ClassVar[tuple[str, ...]] = ()
+    # Whether ``update`` takes extra keyword arguments (a loss value, ...): every gradchain
+    # transformation does; one built from optax-style functions may not.
+    accepts_extra_args: ClassVar[bool] = True
+    __signature__ = _FunctionSignature()
+    # The field names of optax's NamedTuple, which code written for optax reads.
+    _fields: ClassVar[tuple[str, ...]] = ("init", "update")
+
+    def __new__(cls, *args, **kwargs):
+        # ``GradientTransformation(init_fn, update_fn)`` is optax's way of building a
+        # transformation from two functions; the subclasses are built from hyperparameters.
+        if cls is GradientTransformation:
+            return object.__new__(FunctionTransformation)
+        if cls is GradientTransformationExtraArgs:
+            return object.__new__(FunctionTransformationExtraArgs)
+        return object.__new__(cls)
 
     def init(self, params: Params) -> OptState:
         raise NotImplementedError
@@ -575,6 +636,27 @@ class GradientTransformation:
         """
         return None
 
+    @property
+    def complex_params(self) -> bool:
+        """Whether complex parameters are supported, with optax's convention (second moments of
+        ``|g|^2``, so that a complex parameter behaves as its real and imaginary parts would).
+
+        Transformations that support them say so with ``complex_params = True``; a wrapper
+        supports them when every transformation it wraps does.
+        """
+        inner = []
+        fields: tuple[dataclasses.Field, ...] = (
+            dataclasses.fields(self) if dataclasses.is_dataclass(self) else ()
+        )
+        for f in fields:
+            value = getattr(self, f.name)
+            values = value.values() if isinstance(value, Mapping) else value
+            if isinstance(values, (tuple, list)) or isinstance(value, Mapping):
+                inner += [v for v in values if isinstance(v, GradientTransformation)]
+            elif isinstance(value, GradientTransformation):
+                inner.append(value)
+        return bool(inner) and all(t.complex_params for t in inner)
+
     # -- live hyperparameters ---------------------------------------------------------------
 
     def init_hyperparams(self) -> dict[str, jax.Array]:
@@ -583,12 +665,25 @@ class GradientTransformation:
         return {n: hyperparam_value(getattr(self, n), zero) for n in self.hyperparams}
 
     def current_hyperparams(self, state) -> dict[str, jax.Array]:
-        """The live hyperparameters this update uses: schedules at ``state.count``, else the
-        value held in ``state.hyperparams`` (which :func:`tree_set` may have changed)."""
+        """The live hyperparameters this update uses: schedules at ``state.count``; a JAX array
+        given to the constructor as it is; else the value held in ``state.hyperparams`` (which
+        :func:`tree_set` may have changed).
+
+        A JAX array (or tracer) in the constructor is how ``inject_hyperparams``, gradchain's or
+        optax's, hands in the values it keeps in its own state: it rebuilds the transformation
+        with them at every step, so they must win over the copy made at ``init``.
+        """
+        if stateless_call(state):
+            return self.init_hyperparams()
         out = {}
         for n in self.hyperparams:
             v = getattr(self, n)
-            out[n] = hyperparam_value(v, state.count) if callable(v) else state.hyperparams[n]
+            if callable(v):
+                out[n] = hyperparam_value(v, state.count)
+            elif isinstance(v, jax.Array):
+                out[n] = hyperparam_value(v, None)
+            else:
+                out[n] = state.hyperparams[n]
         return out
 
     def complement(self, name: str, hp: Mapping[str, jax.Array]) -> jax.Array:
@@ -625,9 +720,23 @@ class GradientTransformation:
     def __hash__(self) -> int:
         return hash((type(self), tuple(_hashable(v) for _, v in self._field_items())))
 
+    # optax's transformations are NamedTuples ``(init, update)``: unpacking, indexing and
+    # ``len`` behave the same here.
     def __iter__(self):
-        # Lets ``init, update = tx`` work as with optax's NamedTuple transformations.
         return iter((self.init, self.update))
+
+    def __getitem__(self, index):
+        return (self.init, self.update)[index]
+
+    def __len__(self) -> int:
+        return 2
+
+    def _replace(self, **functions) -> GradientTransformation:
+        """optax's ``tx._replace(init=..., update=...)``: a transformation of two functions."""
+        parts = {"init": self.init, "update": self.update, **functions}
+        if self.accepts_extra_args or _accepts_extra_args(parts["update"]):
+            return GradientTransformationExtraArgs(**parts)
+        return GradientTransformation(**parts)
 
 
 def _short_repr(v) -> str:
@@ -681,6 +790,135 @@ def transformation(name: str, hyperparams: tuple[str, ...] = ()) -> Callable[[ty
 
 
 # ---------------------------------------------------------------------------------------------
+# Transformations built from functions, as optax builds them
+
+
+class _ExtraArgsType(type):
+    def __instancecheck__(cls, obj) -> bool:
+        if type.__instancecheck__(cls, obj):
+            return True
+        return (
+            cls is GradientTransformationExtraArgs
+            and isinstance(obj, GradientTransformation)
+            and obj.accepts_extra_args
+        )
+
+
+class GradientTransformationExtraArgs(GradientTransformation, metaclass=_ExtraArgsType):
+    """A transformation whose ``update`` takes extra keyword arguments, as in optax.
+
+    ``GradientTransformationExtraArgs(init_fn, update_fn)`` builds one from two functions.
+    ``isinstance(tx, GradientTransformationExtraArgs)`` holds for every gradchain
+    transformation, since each forwards or ignores extra arguments, so optax code that checks it
+    before wrapping (:func:`with_extra_args_support`) leaves gradchain pieces alone.
+    """
+
+
+def _function_repr(tx) -> str:
+    return f"{tx.name}(init={_short_repr(tx.init)}, update={_short_repr(tx.update)})"
+
+
+# Not built with @transformation, which would fix the name: the name is read from the functions.
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class FunctionTransformation(GradientTransformation):
+    """A transformation made of an ``init`` and an ``update`` function, as optax's NamedTuple.
+
+    What ``GradientTransformation(init_fn, update_fn)`` returns. Its name is the optax-style
+    factory that made the functions (read from their qualified names), so a chain of such
+    pieces prints and indexes by name like any other.
+    """
+
+    init: Callable
+    update: Callable
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return _foreign_name(self)
+
+    @property
+    def accepts_extra_args(self) -> bool:  # type: ignore[override]
+        return _accepts_extra_args(self.update)
+
+    __repr__ = _function_repr
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class FunctionTransformationExtraArgs(FunctionTransformation, GradientTransformationExtraArgs):
+    """What ``GradientTransformationExtraArgs(init_fn, update_fn)`` returns."""
+
+    accepts_extra_args = True
+    __repr__ = _function_repr
+
+
+def init_empty_state(params: Params) -> EmptyState:
+    """The ``init`` of a transformation that keeps no state: returns :class:`EmptyState`."""
+    del params
+    return EmptyState()
+
+
+def with_extra_args_support(tx: GradientTransformation) -> GradientTransformationExtraArgs:
+    """``tx`` itself when its ``update`` takes extra keyword arguments, else a wrapper whose
+    ``update`` accepts and ignores them (as optax's)."""
+    if isinstance(tx, GradientTransformationExtraArgs):
+        return tx
+
+    def update(updates, state, params=None, **extra_args):
+        del extra_args
+        return tx.update(updates, state, params)
+
+    return GradientTransformationExtraArgs(tx.init, update)
+
+
+@transformation("stateless")
+class Stateless(GradientTransformation):
+    """A transformation without state from a function ``f(updates, params) -> updates``.
+
+    ``params`` is None when ``update`` is called without them. State: :class:`EmptyState`.
+    Same as ``optax.stateless``.
+    """
+
+    f: Callable
+
+    def init(self, params):
+        return EmptyState()
+
+    def update(self, updates, state, params=None, **extra_args):
+        return self.f(updates, params), EmptyState()
+
+
+def stateless(f: Callable[[Updates, Params | None], Updates]) -> Stateless:
+    """A transformation without state that maps ``(updates, params)`` to ``f(updates, params)``."""
+    return Stateless(f)
+
+
+@transformation("stateless_with_tree_map")
+class StatelessWithTreeMap(GradientTransformation):
+    """A transformation without state that applies ``f(update, param)`` leaf by leaf.
+
+    ``param`` is None when ``update`` is called without params. State: :class:`EmptyState`.
+    Same as ``optax.stateless_with_tree_map``.
+    """
+
+    f: Callable
+
+    def init(self, params):
+        return EmptyState()
+
+    def update(self, updates, state, params=None, **extra_args):
+        if params is None:
+            return jax.tree.map(lambda u: self.f(u, None), updates), EmptyState()
+        return jax.tree.map(self.f, updates, params), EmptyState()
+
+
+def stateless_with_tree_map(
+    f: Callable[[jax.typing.ArrayLike, jax.typing.ArrayLike | None], jax.typing.ArrayLike],
+) -> StatelessWithTreeMap:
+    """A transformation without state that maps each update leaf ``u`` (and its parameter ``p``,
+    or None) to ``f(u, p)``."""
+    return StatelessWithTreeMap(f)
+
+
+# ---------------------------------------------------------------------------------------------
 # Foreign (optax) transformations inside gradchain chains
 
 
@@ -706,7 +944,7 @@ def _child_name(tx) -> str:
 
 
 def _call_update(tx, updates, state, params, extra_args):
-    if isinstance(tx, GradientTransformation) or _accepts_extra_args(tx.update):
+    if getattr(tx, "accepts_extra_args", False) or _accepts_extra_args(tx.update):
         return tx.update(updates, state, params, **extra_args)
     return tx.update(updates, state, params)
 
@@ -776,6 +1014,10 @@ class Chain(GradientTransformation):
             i += 1
         return updates, ChainState(tuple(new_states), state.names)
 
+    @property
+    def complex_params(self) -> bool:
+        return all(getattr(t, "complex_params", False) for t in self.transforms)
+
     def __getattr__(self, key):
         if key.startswith("__") or key in ("transforms", "config"):
             raise AttributeError(key)
@@ -816,18 +1058,68 @@ class Chain(GradientTransformation):
         return hash((self.name, tuple(_hashable(t) for t in self.transforms)))
 
 
-def chain(*transforms) -> Chain:
-    """Applies ``transforms`` in order: the updates of one are the input of the next.
+def chain(*args: GradientTransformation) -> Chain:
+    """Applies the transformations ``args`` in order: the updates of one are the input of the
+    next.
 
     Accepts gradchain and optax transformations alike; extra keyword arguments of ``update`` are
     passed to every transformation that accepts them.
     """
-    return Chain(*transforms)
+    return Chain(*args)
 
 
-def named_chain(name: str, config: Mapping, *transforms) -> Chain:
+def optimizer_chain(name: str, config: Mapping, *transforms) -> Chain:
     """A chain that prints as ``name(**config)``: how named optimizers are built."""
     return Chain(*transforms, name=name, config=config)
+
+
+@transformation("named_chain")
+class NamedChain(GradientTransformation):
+    """Applies ``transforms`` in order, keeping the state of each under its name in ``names``.
+
+    Same as ``optax.named_chain``: the state is a dict in the order of the pieces, so the state of
+    the piece named ``"adam"`` is ``state["adam"]``; extra ``update`` arguments reach every piece
+    that takes them.
+    """
+
+    names: tuple[str, ...]
+    transforms: tuple[GradientTransformation, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "names", tuple(self.names))
+        object.__setattr__(self, "transforms", tuple(self.transforms))
+        if len(self.names) != len(self.transforms):
+            raise ValueError("named_chain: one name per transformation")
+        for n, t in zip(self.names, self.transforms):
+            if not isinstance(n, str):
+                raise TypeError(f"named_chain: names must be strings, got {n!r}")
+            if not (hasattr(t, "init") and hasattr(t, "update")):
+                raise TypeError(f"named_chain: {n!r} is not a gradient transformation: {t!r}")
+        if len(self.names) != len(set(self.names)):
+            raise ValueError(
+                f"Named transformations must have unique names, but got {list(self.names)}"
+            )
+
+    def init(self, params):
+        return {n: t.init(params) for n, t in zip(self.names, self.transforms)}
+
+    def update(self, updates, state, params=None, **extra_args):
+        new_state = {}
+        for n, t in zip(self.names, self.transforms):
+            updates, new_state[n] = _call_update(t, updates, state[n], params, extra_args)
+        return updates, new_state
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"({n!r}, {t!r})" for n, t in zip(self.names, self.transforms))
+        return f"named_chain({inner})"
+
+
+def named_chain(*args: tuple[str, GradientTransformation]) -> NamedChain:
+    """Applies ``(name, transformation)`` pairs in order, keeping each state under its name."""
+    for i, pair in enumerate(args):
+        if not (isinstance(pair, tuple) and len(pair) == 2):
+            raise TypeError(f"named_chain: argument {i} must be a (name, transformation) pair")
+    return NamedChain(tuple(n for n, _ in args), tuple(t for _, t in args))
 
 
 _Args = ParamSpec("_Args")
@@ -851,7 +1143,19 @@ def named_optimizer(build: Callable[_Args, Parts]) -> Callable[_Args, Chain]:
 
     The chain is named after the function; its signature and docstring are ``build``'s.
     """
-    signature = inspect.signature(build)
+    # Annotations evaluated, so that code checking ``learning_rate``'s annotation against
+    # ``ScalarOrSchedule`` (as optax's tests do) finds the object, not its name.
+    signature = inspect.signature(build, eval_str=True)
+    lr = signature.parameters.get("learning_rate")
+    if lr is not None and lr.annotation is inspect.Parameter.empty:
+        # Every optimizer takes a schedule for its learning rate: say so as optax does.
+        annotation = ScalarOrSchedule if lr.default is not None else ScalarOrSchedule | None
+        signature = signature.replace(
+            parameters=[
+                p.replace(annotation=annotation) if p.name == "learning_rate" else p
+                for p in signature.parameters.values()
+            ]
+        )
 
     @functools.wraps(build)
     def make(*args: _Args.args, **kwargs: _Args.kwargs) -> Chain:
@@ -872,6 +1176,8 @@ def named_optimizer(build: Callable[_Args, Parts]) -> Callable[_Args, Chain]:
 class Identity(GradientTransformation):
     """Returns the updates unchanged: ``u = g``. State: :class:`EmptyState`."""
 
+    complex_params = True
+
     def init(self, params):
         return EmptyState()
 
@@ -889,6 +1195,9 @@ def apply_updates(params: Params, updates: Updates) -> Params:
 
     ``None`` leaves in ``updates`` (masked-out parameters) leave the parameter unchanged.
     """
+    if params is None:
+        # optax's convention: no parameters, nothing to update.
+        return None
     check_tree_match(updates, params, "updates", "params")
     return jax.tree.map(
         lambda p, u: p if u is None else _add_leaf(p, u),
@@ -916,22 +1225,26 @@ def to_optax(tx: GradientTransformation):
     return optax.GradientTransformationExtraArgs(tx.init, tx.update)
 
 
-def check_floating(tree, transform_name: str) -> None:
-    """Raises a ``TypeError`` naming the first leaf of ``tree`` that is not a real float array.
+def check_floating(tree, transform_name: str, *, complex_ok: bool = False) -> None:
+    """Raises a ``TypeError`` naming the first leaf of ``tree`` that is not a float array (a
+    real one unless ``complex_ok``).
 
     Transformations that keep moments call this in ``init``: an integer leaf would silently
-    truncate every update, and complex leaves are not supported by gradchain's moment algebra.
+    truncate every update. Those whose moment algebra follows optax's for complex parameters
+    (second moments of ``|g|^2``) pass ``complex_ok=self.complex_params``.
     """
+    allowed = jnp.inexact if complex_ok else jnp.floating
     for path, leaf in _path_list(tree):
         if leaf is None:
             continue
         dtype = getattr(leaf, "dtype", None)
         dtype = jnp.dtype(dtype) if dtype is not None else jnp.result_type(np.asarray(leaf))
-        if not jnp.issubdtype(dtype, jnp.floating):
+        if not jnp.issubdtype(dtype, allowed):
+            kinds = "floating-point" if complex_ok else "real floating-point"
             raise TypeError(
-                f"{transform_name}: parameter {path or '<root>'} has dtype {dtype}; only real "
-                f"floating-point parameters are supported (cast integer or complex leaves, or "
-                f"leave them out with gradchain.masked)"
+                f"{transform_name}: parameter {path or '<root>'} has dtype {dtype}; only {kinds} "
+                f"parameters are supported (cast other leaves, or leave them out with "
+                f"gradchain.masked)"
             )
 
 

@@ -351,10 +351,10 @@ def safe_norm(x: jax.Array, min_norm, axis=None, keepdims: bool = False) -> jax.
     """``max(||x||_2, min_norm)`` over ``axis`` (all axes by default), whose gradient is 0, not
     NaN, where ``||x|| <= min_norm``: both branches of a ``maximum`` are differentiated, and the
     norm's gradient at 0 is 0/0. Same as optax's ``safe_norm`` for the Euclidean norm."""
-    norm = jnp.sqrt(jnp.sum(x * x, axis=axis, keepdims=True))
+    norm = jnp.sqrt(jnp.sum(abs_sq(x), axis=axis, keepdims=True).real)
     small = norm <= min_norm
     masked = jnp.where(small, jnp.ones_like(x), x)
-    safe = jnp.sqrt(jnp.sum(masked * masked, axis=axis, keepdims=True))
+    safe = jnp.sqrt(jnp.sum(abs_sq(masked), axis=axis, keepdims=True).real)
     out = jnp.where(small, jnp.asarray(min_norm, safe.dtype), safe)
     return out if keepdims else jnp.squeeze(out, axis=axis)
 
@@ -377,7 +377,8 @@ def bias_correction(moment: jax.Array, decay, count: jax.Array) -> jax.Array:
     """
     decay = jnp.asarray(decay, dtype=jnp.promote_types(jnp.asarray(decay).dtype, jnp.float32))
     correction = 1 - count_power(decay, count)
-    return moment / correction.astype(moment.dtype)
+    # A tree of moments too, as optax's ``bias_correction`` takes.
+    return jax.tree.map(lambda m: m / correction.astype(m.dtype), moment)
 
 
 def count_power(base, count) -> jax.Array:
@@ -408,6 +409,14 @@ def nesterov_bias_corrected(m: jax.Array, g: jax.Array, decay, one_minus_decay, 
     return decay.astype(dt) * ahead + one_minus_decay.astype(dt) * bias_correction(g, decay, count)
 
 
+def abs_sq(x: jax.Array) -> jax.Array:
+    """``|x|^2`` elementwise in ``x``'s dtype: ``x * x`` for real ``x`` (the same bits as
+    before complex support), ``re^2 + im^2`` for complex ``x``, as optax's second moments."""
+    if jnp.iscomplexobj(x):
+        return (jnp.square(x.real) + jnp.square(x.imag)).astype(x.dtype)
+    return x * x
+
+
 @_inline_jit
 def ema(old: jax.Array, new: jax.Array, decay, one_minus_decay=None) -> jax.Array:
     """``decay * old + (1 - decay) * new``: the moment update every EMA in gradchain uses.
@@ -430,7 +439,7 @@ def adam_moments(g: jax.Array, m: jax.Array, v: jax.Array, b1, c1, b2, c2):
     dt = compute_dtype(g.dtype)
     g = g.astype(dt)
     m = ema(m.astype(dt), g, b1.astype(dt), c1.astype(dt))
-    v = ema(v.astype(dt), g * g, b2.astype(dt), c2.astype(dt))
+    v = ema(v.astype(dt), abs_sq(g), b2.astype(dt), c2.astype(dt))
     return g, m, v
 
 

@@ -9,10 +9,12 @@ from gradchain.optimizers.adadelta import (
     scale_by_adadelta,
 )
 from gradchain.optimizers.adagrad import (
+    ScaleByRssState,
     adagrad,
     scale_by_rss,
 )
 from gradchain.optimizers.adam_variants import (
+    ScaleByAmsgradState,
     adamax,
     adamaxw,
     amsgrad,
@@ -36,6 +38,7 @@ from gradchain.optimizers.alias import (
     sgd,
 )
 from gradchain.optimizers.lion import (
+    ScaleByLionState,
     lion,
     scale_by_lion,
 )
@@ -67,6 +70,7 @@ from gradchain.optimizers.sm3 import (
     sm3,
 )
 from gradchain.optimizers.trust_ratio import (
+    ScaleByTrustRatioState,
     fromage,
     lamb,
     lars,
@@ -78,6 +82,10 @@ from gradchain.optimizers.yogi import (
 )
 
 __all__ = [
+    "ScaleByAmsgradState",
+    "ScaleByLionState",
+    "ScaleByRssState",
+    "ScaleByTrustRatioState",
     "adabelief",
     "adadelta",
     "adafactor",

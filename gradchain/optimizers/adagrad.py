@@ -21,6 +21,7 @@ from gradchain.core.base import (
     tree_map_multi,
 )
 from gradchain.core.numerics import (
+    abs_sq,
     cast_like,
     compute_dtype,
     init_count,
@@ -30,7 +31,11 @@ from gradchain.core.numerics import (
 )
 from gradchain.transforms.scaling import scale_by_learning_rate
 
-__all__ = ["adagrad", "scale_by_rss"]
+__all__ = [
+    "ScaleByRssState",
+    "adagrad",
+    "scale_by_rss",
+]
 
 
 @state_class
@@ -64,6 +69,8 @@ class ScaleByRss(GradientTransformation):
     Same as ``optax.scale_by_rss`` by default.
     """
 
+    complex_params = True
+
     initial_accumulator_value: float = 0.1
     eps: float = 1e-7
     _: dataclasses.KW_ONLY
@@ -80,7 +87,7 @@ class ScaleByRss(GradientTransformation):
         check_bools(self, "eps_in_sqrt")
 
     def init(self, params):
-        check_floating(params, self.name)
+        check_floating(params, self.name, complex_ok=self.complex_params)
         return ScaleByRssState(
             count=init_count(),
             sum_of_squares=moments_like(params, fill=float(self.initial_accumulator_value)),
@@ -95,7 +102,7 @@ class ScaleByRss(GradientTransformation):
             dt = compute_dtype(g.dtype)
             g32 = g.astype(dt)
             eps = hp["eps"].astype(dt)
-            s = s.astype(dt) + g32 * g32
+            s = s.astype(dt) + abs_sq(g32)
             # s = 0 only where every gradient so far was 0: the update is 0 there, not 0 * inf.
             # (Not ``s > 0``, which would turn a NaN sum into silent zero updates forever.)
             u = jnp.where(s == 0, 0, inverse_root(s, eps, self.eps_in_sqrt) * g32)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     GradientTransformation,
     Parts,
+    ScalarOrSchedule,
     check_bools,
     check_dtype,
     check_floating,
@@ -47,6 +48,7 @@ from gradchain.transforms.decay import add_decoupled_weight_decay
 from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = [
+    "ScaleByAmsgradState",
     "adamax",
     "adamaxw",
     "amsgrad",
@@ -110,6 +112,8 @@ class ScaleByAmsgrad(GradientTransformation):
     Same as ``optax.scale_by_amsgrad`` by default.
     """
 
+    complex_params = True
+
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
@@ -133,7 +137,7 @@ class ScaleByAmsgrad(GradientTransformation):
             )
 
     def init(self, params):
-        check_floating(params, self.name)
+        check_floating(params, self.name, complex_ok=self.complex_params)
         return ScaleByAmsgradState(
             count=init_count(),
             mu=moments_like(params, self.mu_dtype),
@@ -175,7 +179,7 @@ scale_by_amsgrad = ScaleByAmsgrad
 
 @named_optimizer
 def amsgrad(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     b1=0.9,
     b2=0.999,
     eps=1e-8,
@@ -233,6 +237,8 @@ class ScaleByAdamax(GradientTransformation):
     Reference: Kingma & Ba (2015), §7.1. Same as ``optax.scale_by_adamax`` and, with the
     learning rate, ``torch.optim.Adamax`` (ALGORITHMS.md §3.5).
     """
+
+    complex_params = True
 
     b1: float = 0.9
     b2: float = 0.999
@@ -333,6 +339,8 @@ class ScaleByRadam(GradientTransformation):
     Same as ``optax.scale_by_radam`` by default.
     """
 
+    complex_params = True
+
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
@@ -393,7 +401,7 @@ scale_by_radam = ScaleByRadam
 
 @named_optimizer
 def radam(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     b1=0.9,
     b2=0.999,
     eps=1e-8,
@@ -469,6 +477,8 @@ class ScaleByNadam(GradientTransformation):
     also multiplies :math:`\hat v` by :math:`\beta_2`, which optax and PyTorch omit.
     """
 
+    complex_params = True
+
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
@@ -485,7 +495,7 @@ class ScaleByNadam(GradientTransformation):
         check_dtype("nu_dtype", self.nu_dtype)
 
     def init(self, params):
-        check_floating(params, self.name)
+        check_floating(params, self.name, complex_ok=self.complex_params)
         return ScaleByNadamState(
             count=init_count(),
             mu=moments_like(params, self.mu_dtype),
@@ -525,9 +535,9 @@ class ScaleByNadam(GradientTransformation):
 scale_by_nadam = ScaleByNadam
 
 
-def _nadam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, momentum_decay):
+def _nadam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, momentum_decay, nesterov):
     if momentum_decay is None:
-        return scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, nesterov=True)
+        return scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov)
     return scale_by_nadam(
         b1, b2, eps, eps_root, mu_dtype, momentum_decay=momentum_decay, nu_dtype=nu_dtype
     )
@@ -535,13 +545,14 @@ def _nadam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, momentum_decay):
 
 @named_optimizer
 def nadam(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     b1=0.9,
     b2=0.999,
     eps=1e-8,
     eps_root=0.0,
     mu_dtype=None,
     *,
+    nesterov=True,
     nu_dtype=None,
     momentum_decay=None,
 ) -> Parts:
@@ -554,16 +565,17 @@ def nadam(
 
     ``momentum_decay=psi`` (PyTorch's default is 4e-3) uses :func:`scale_by_nadam` instead:
     ``torch.optim.NAdam`` with its warming momentum schedule (ALGORITHMS.md §15 row 9).
+    ``nesterov=False`` (optax's switch) gives plain Adam.
     """
     return (
-        _nadam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, momentum_decay),
+        _nadam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, momentum_decay, nesterov),
         scale_by_learning_rate(learning_rate),
     )
 
 
 @named_optimizer
 def nadamw(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     b1=0.9,
     b2=0.999,
     eps=1e-8,
@@ -572,6 +584,7 @@ def nadamw(
     weight_decay=1e-4,
     mask=None,
     *,
+    nesterov=True,
     nu_dtype=None,
     momentum_decay=None,
 ) -> Parts:
@@ -583,7 +596,7 @@ def nadamw(
     ``torch.optim.NAdam(decoupled_weight_decay=True)``.
     """
     return (
-        _nadam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, momentum_decay),
+        _nadam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, momentum_decay, nesterov),
         add_decoupled_weight_decay(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )

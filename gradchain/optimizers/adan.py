@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     GradientTransformation,
     Parts,
+    ScalarOrSchedule,
     check_bool,
     check_floating,
     check_number,
@@ -154,7 +155,7 @@ class ProximalWeightDecay(GradientTransformation):
     \eta\lambda)`. Leaves the mask leaves out pass :math:`d` through. Needs ``params``."""
 
     weight_decay: float
-    learning_rate: float
+    learning_rate: ScalarOrSchedule
     mask: Any = None
 
     def __post_init__(self):

@@ -6,7 +6,13 @@ import contextlib
 
 import jax.numpy as jnp
 
-from gradchain.core.base import GradientTransformation, Parts, check_bool, named_optimizer
+from gradchain.core.base import (
+    GradientTransformation,
+    Parts,
+    ScalarOrSchedule,
+    check_bool,
+    named_optimizer,
+)
 from gradchain.transforms.adaptive import scale_by_adam, scale_by_rms, scale_by_stddev
 from gradchain.transforms.clipping import clip_by_block_rms
 from gradchain.transforms.decay import add_decoupled_weight_decay
@@ -64,7 +70,7 @@ def sgd(learning_rate, momentum=None, nesterov=False, accumulator_dtype=None) ->
 
 @named_optimizer
 def adam(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     b1=0.9,
     b2=0.999,
     eps=1e-8,
@@ -88,7 +94,7 @@ def adam(
 
 @named_optimizer
 def adamw(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     b1=0.9,
     b2=0.999,
     eps=1e-8,
@@ -122,7 +128,7 @@ def adamw(
 
 @named_optimizer
 def rmsprop(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     decay=0.9,
     eps=1e-8,
     initial_scale=0.0,
@@ -170,7 +176,7 @@ def rmsprop(
 
 @named_optimizer
 def adafactor(
-    learning_rate=None,
+    learning_rate: ScalarOrSchedule | None = None,
     min_dim_size_to_factor=128,
     decay_rate=0.8,
     decay_offset=0,

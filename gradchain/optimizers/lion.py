@@ -31,7 +31,11 @@ from gradchain.core.numerics import (
 from gradchain.transforms.decay import add_decoupled_weight_decay
 from gradchain.transforms.scaling import scale_by_learning_rate
 
-__all__ = ["lion", "scale_by_lion"]
+__all__ = [
+    "ScaleByLionState",
+    "lion",
+    "scale_by_lion",
+]
 
 _MODES = ("hard", "smooth", "refined")
 

@@ -122,7 +122,7 @@ def optimistic_gradient_descent(learning_rate, alpha=1.0, beta=1.0) -> Parts:
 
 @named_optimizer
 def optimistic_adam(
-    learning_rate,
+    learning_rate: float,
     optimism=None,
     b1=0.9,
     b2=0.999,

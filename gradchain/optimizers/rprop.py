@@ -84,7 +84,7 @@ class ScaleByRprop(GradientTransformation):
     parameters are float32.
     """
 
-    learning_rate: float
+    learning_rate: float  # the initial step size; not a schedule
     eta_minus: float = 0.5
     eta_plus: float = 1.2
     min_step_size: float = 1e-6
@@ -140,7 +140,7 @@ scale_by_rprop = ScaleByRprop
 
 @named_optimizer
 def rprop(
-    learning_rate,
+    learning_rate: float,
     eta_minus=0.5,
     eta_plus=1.2,
     min_step_size=1e-6,

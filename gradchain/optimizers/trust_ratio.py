@@ -11,11 +11,13 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     GradientTransformation,
     Parts,
+    ScalarOrSchedule,
     check_number,
     check_params_match,
     named_optimizer,
     require_params,
     state_class,
+    stateless_call,
     transformation,
     tree_map_multi,
 )
@@ -32,7 +34,13 @@ from gradchain.transforms.decay import add_decoupled_weight_decay, resolve_mask
 from gradchain.transforms.momentum import trace
 from gradchain.transforms.scaling import scale_by_learning_rate
 
-__all__ = ["fromage", "lamb", "lars", "scale_by_trust_ratio"]
+__all__ = [
+    "ScaleByTrustRatioState",
+    "fromage",
+    "lamb",
+    "lars",
+    "scale_by_trust_ratio",
+]
 
 
 @state_class
@@ -68,6 +76,8 @@ class ScaleByTrustRatio(GradientTransformation):
     Same as ``optax.scale_by_trust_ratio``. Reference: You et al. (2017, 2020).
     """
 
+    complex_params = True
+
     min_norm: float = 0.0
     trust_coefficient: float = 1.0
     eps: float = 0.0
@@ -97,6 +107,8 @@ class ScaleByTrustRatio(GradientTransformation):
             return _trust_ratio_leaf(u, p, *scalars)
 
         out, ratios = tree_map_multi(scaled, 2, updates, params, selected)
+        if stateless_call(state):
+            return out, state
         return out, ScaleByTrustRatioState(safe_increment(state.count), ratios, hp)
 
 
@@ -107,10 +119,11 @@ scale_by_trust_ratio = ScaleByTrustRatio
 def _trust_ratio_leaf(u, p, min_norm, trust_coefficient, eps):
     """One leaf's update scaled by its trust ratio, and the ratio."""
     dt = compute_dtype(jnp.promote_types(u.dtype, p.dtype))
-    min_norm = min_norm.astype(dt)
+    real = jnp.finfo(dt).dtype  # norms of complex leaves are real
+    min_norm = min_norm.astype(real)
     p_norm = safe_norm(p.astype(dt), min_norm)
     u_norm = safe_norm(u.astype(dt), min_norm)
-    r = trust_coefficient.astype(dt) * p_norm / (u_norm + eps.astype(dt))
+    r = trust_coefficient.astype(real) * p_norm / (u_norm + eps.astype(real))
     r = jnp.where((p_norm == 0) | (u_norm == 0), 1, r).astype(jnp.result_type(float))
     return (u * r).astype(u.dtype), r
 
@@ -146,7 +159,7 @@ def _mask_or_none(mask):
 
 @named_optimizer
 def lars(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     weight_decay=0.0,
     weight_decay_mask=True,
     trust_coefficient=0.001,
@@ -195,7 +208,7 @@ class FromageStep(GradientTransformation):
     r"""Fromage's step from a trust-scaled direction :math:`d`:
     :math:`u = (p - \eta\, d)/\sqrt{1+\eta^2} - p`. Needs ``params``."""
 
-    learning_rate: float
+    learning_rate: ScalarOrSchedule
 
     def __post_init__(self):
         check_number("learning_rate", self.learning_rate, low=0.0)

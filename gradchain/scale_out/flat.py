@@ -394,7 +394,10 @@ class Flatten(GradientTransformation):
     and fused optimizers, and FSDP's ``FlatParameter``; optax has none.
     """
 
+    complex_params = False
+
     inner: Any
+    _: dataclasses.KW_ONLY
     min_size: int | None = 65536
 
     def __post_init__(self):

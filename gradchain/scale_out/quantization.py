@@ -37,11 +37,13 @@ from gradchain.core.base import (
     Chain,
     ChainState,
     GradientTransformation,
+    ScalarOrSchedule,
     _call_update,  # how a chain passes extra arguments to its parts
     check_bool,
+    check_floating,
     check_int,
     check_number,
-    named_chain,
+    optimizer_chain,
     require_params,
     state_class,
     transformation,
@@ -835,6 +837,8 @@ class QuantizeMoments(GradientTransformation):
     such an element instead). Skip such steps before this transformation.
     """
 
+    complex_params = False
+
     inner: Any
     block_size: int | None = None
     min_8bit_size: int = 4096
@@ -878,6 +882,7 @@ class QuantizeMoments(GradientTransformation):
         return _DEFAULT_MOMENTS if self.moments is None else self.moments
 
     def init(self, params):
+        check_floating(params, self.name)  # 8-bit blocks quantize real numbers
         treedef = jax.tree.structure(params)
         keep = self._keep_leaves(params, treedef)
         found: list[Any] = []
@@ -1072,7 +1077,7 @@ class _DecayAfterStep(GradientTransformation):
     :math:`\eta^2\lambda\, \hat m/(\sqrt{\hat v}+\epsilon)` per step.
     """
 
-    learning_rate: float
+    learning_rate: ScalarOrSchedule
     weight_decay: float
     mask: Any = None
 
@@ -1161,7 +1166,7 @@ class _StochasticParamRounding(GradientTransformation):
 
 
 def adam_8bit(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     b1=0.9,
     b2=0.999,
     eps=1e-8,
@@ -1198,7 +1203,7 @@ def adam_8bit(
         keep_float32=keep_float32,
     )
     inner = scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov)
-    return named_chain(
+    return optimizer_chain(
         "adam_8bit",
         config,
         _quantized(inner, block_size, min_8bit_size, keep_float32),
@@ -1207,7 +1212,7 @@ def adam_8bit(
 
 
 def adamw_8bit(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     b1=0.9,
     b2=0.999,
     eps=1e-8,
@@ -1283,7 +1288,7 @@ def adamw_8bit(
         )
     if stochastic_rounding:
         parts = (*parts, _StochasticParamRounding())
-    return named_chain("adamw_8bit", config, *parts)
+    return optimizer_chain("adamw_8bit", config, *parts)
 
 
 def adamw_4bit(
@@ -1354,11 +1359,11 @@ def adamw_4bit(
     )
     if stochastic_rounding:
         parts = (*parts, _StochasticParamRounding())
-    return named_chain("adamw_4bit", config, *parts)
+    return optimizer_chain("adamw_4bit", config, *parts)
 
 
 def lion_8bit(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     b1=0.9,
     b2=0.99,
     mu_dtype=None,
@@ -1392,7 +1397,7 @@ def lion_8bit(
         min_8bit_size=min_8bit_size,
         keep_float32=keep_float32,
     )
-    return named_chain(
+    return optimizer_chain(
         "lion_8bit",
         config,
         _quantized(
@@ -1404,7 +1409,7 @@ def lion_8bit(
 
 
 def sgd_8bit(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     momentum=None,
     nesterov=False,
     accumulator_dtype=None,
@@ -1435,4 +1440,4 @@ def sgd_8bit(
             inner = trace(decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype)
         parts.append(_quantized(inner, block_size, min_8bit_size, keep_float32))
     parts.append(scale_by_learning_rate(learning_rate))
-    return named_chain("sgd_8bit", config, *parts)
+    return optimizer_chain("sgd_8bit", config, *parts)

@@ -1,5 +1,14 @@
 """Learning-rate and hyperparameter schedules: functions of the integer step count."""
 
+from gradchain.schedules.inject import (
+    InjectHyperparamsState,
+    InjectStatefulHyperparamsState,
+    StatefulSchedule,
+    WrappedSchedule,
+    WrappedScheduleState,
+    inject_hyperparams,
+    inject_stateful_hyperparams,
+)
 from gradchain.schedules.schedule import (
     Schedule,
     constant_schedule,
@@ -23,12 +32,19 @@ from gradchain.schedules.schedule import (
 )
 
 __all__ = [
+    "InjectHyperparamsState",
+    "InjectStatefulHyperparamsState",
     "Schedule",
+    "StatefulSchedule",
+    "WrappedSchedule",
+    "WrappedScheduleState",
     "constant_schedule",
     "cosine_decay_schedule",
     "cosine_onecycle_schedule",
     "cosine_warm_restarts_schedule",
     "exponential_decay",
+    "inject_hyperparams",
+    "inject_stateful_hyperparams",
     "join_schedules",
     "linear_onecycle_schedule",
     "linear_schedule",

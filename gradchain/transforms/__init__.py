@@ -6,16 +6,22 @@ from gradchain.transforms.accumulation import (
     apply_every,
 )
 from gradchain.transforms.adaptive import (
+    ScaleByAdamState,
+    ScaleByRmsState,
+    ScaleByRStdDevState,
     scale_by_adam,
     scale_by_rms,
     scale_by_stddev,
 )
 from gradchain.transforms.averaging import (
     LookaheadParams,
+    LookaheadState,
     lookahead,
     params_ema,
 )
 from gradchain.transforms.clipping import (
+    ClipByGlobalNormState,
+    ClipState,
     adaptive_grad_clip,
     clip,
     clip_by_block_rms,
@@ -25,8 +31,14 @@ from gradchain.transforms.clipping import (
     per_example_layer_norm_clip,
 )
 from gradchain.transforms.combinators import (
+    ApplyIfFiniteState,
     MaskedNode,
+    MaskedState,
     MultiSteps,
+    MultiStepsState,
+    MultiTransformState,
+    PartitionState,
+    ZeroNansState,
     apply_if_finite,
     freeze,
     masked,
@@ -42,11 +54,13 @@ from gradchain.transforms.constraining import (
     keep_params_nonnegative,
 )
 from gradchain.transforms.decay import (
+    AddDecayedWeightsState,
     add_decayed_weights,
     add_decoupled_weight_decay,
     add_l2_penalty,
 )
 from gradchain.transforms.factored import (
+    FactoredState,
     adafactor_decay_rate,
     factored_axes,
     factored_second_moment,
@@ -54,6 +68,8 @@ from gradchain.transforms.factored import (
     scale_by_param_block_rms,
 )
 from gradchain.transforms.momentum import (
+    EmaState,
+    TraceState,
     ema,
     trace,
 )
@@ -66,6 +82,7 @@ from gradchain.transforms.normalization import (
     scale_by_param_block_norm,
 )
 from gradchain.transforms.scaling import (
+    ScaleState,
     scale,
     scale_by_learning_rate,
     scale_by_schedule,
@@ -76,9 +93,26 @@ from gradchain.transforms.sign import (
 )
 
 __all__ = [
+    "AddDecayedWeightsState",
+    "ApplyIfFiniteState",
+    "ClipByGlobalNormState",
+    "ClipState",
+    "EmaState",
+    "FactoredState",
     "LookaheadParams",
+    "LookaheadState",
     "MaskedNode",
+    "MaskedState",
     "MultiSteps",
+    "MultiStepsState",
+    "MultiTransformState",
+    "PartitionState",
+    "ScaleByAdamState",
+    "ScaleByRStdDevState",
+    "ScaleByRmsState",
+    "ScaleState",
+    "TraceState",
+    "ZeroNansState",
     "adafactor_decay_rate",
     "adaptive_grad_clip",
     "add_decayed_weights",

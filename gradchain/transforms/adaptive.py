@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -21,6 +22,7 @@ from gradchain.core.base import (
     tree_map_multi,
 )
 from gradchain.core.numerics import (
+    abs_sq,
     adam_moments,
     bias_correction,
     cast_like,
@@ -33,7 +35,14 @@ from gradchain.core.numerics import (
     safe_increment,
 )
 
-__all__ = ["scale_by_adam", "scale_by_rms", "scale_by_stddev"]
+__all__ = [
+    "ScaleByAdamState",
+    "ScaleByRStdDevState",
+    "ScaleByRmsState",
+    "scale_by_adam",
+    "scale_by_rms",
+    "scale_by_stddev",
+]
 
 
 @state_class
@@ -49,7 +58,7 @@ class ScaleByAdamState:
 
 def init_adam_state(tx: GradientTransformation, params, mu_dtype=None, nu_dtype=None):
     """The zero :class:`ScaleByAdamState` of ``tx`` (an Adam relative) for ``params``."""
-    check_floating(params, tx.name)
+    check_floating(params, tx.name, complex_ok=tx.complex_params)
     return ScaleByAdamState(
         count=init_count(),
         mu=moments_like(params, mu_dtype),
@@ -101,11 +110,14 @@ class ScaleByAdam(GradientTransformation):
     double, a 1e-5 relative difference at step 1 for :math:`\beta_2 = 0.999`.
     """
 
+    complex_params = True
+
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
     eps_root: float = 0.0
     mu_dtype: Any = None
+    _: dataclasses.KW_ONLY
     nu_dtype: Any = None
     nesterov: bool = False
 
@@ -203,6 +215,8 @@ class ScaleByRms(GradientTransformation):
     of "Neural Networks for Machine Learning" (2012).
     """
 
+    complex_params = True
+
     decay: float = 0.9
     eps: float = 1e-8
     initial_scale: float = 0.0
@@ -213,7 +227,7 @@ class ScaleByRms(GradientTransformation):
         _check_rms_args(self)
 
     def init(self, params):
-        check_floating(params, self.name)
+        check_floating(params, self.name, complex_ok=self.complex_params)
         nu = moments_like(params, fill=self.initial_scale)
         return ScaleByRmsState(count=init_count(), nu=nu, hyperparams=self.init_hyperparams())
 
@@ -227,7 +241,7 @@ class ScaleByRms(GradientTransformation):
         def step(g, v):
             dt = compute_dtype(g.dtype)
             g32 = g.astype(dt)
-            v = ema(v.astype(dt), g32 * g32, decay.astype(dt), one_minus_decay.astype(dt))
+            v = ema(v.astype(dt), abs_sq(g32), decay.astype(dt), one_minus_decay.astype(dt))
             v_hat = numerics.bias_correction(v, decay, t) if self.bias_correction else v
             u = inverse_root(v_hat, eps.astype(dt), self.eps_in_sqrt) * g32
             return u.astype(g.dtype), v
@@ -274,6 +288,8 @@ class ScaleByStddev(GradientTransformation):
     (2013), eq. 38-41.
     """
 
+    complex_params = True
+
     decay: float = 0.9
     eps: float = 1e-8
     initial_scale: float = 0.0
@@ -284,7 +300,7 @@ class ScaleByStddev(GradientTransformation):
         _check_rms_args(self)
 
     def init(self, params):
-        check_floating(params, self.name)
+        check_floating(params, self.name, complex_ok=self.complex_params)
         return ScaleByStddevState(
             count=init_count(),
             mu=moments_like(params),
@@ -302,12 +318,12 @@ class ScaleByStddev(GradientTransformation):
             dt = compute_dtype(g.dtype)
             g32 = g.astype(dt)
             m = ema(m.astype(dt), g32, decay.astype(dt))
-            v = ema(v.astype(dt), g32 * g32, decay.astype(dt))
+            v = ema(v.astype(dt), abs_sq(g32), decay.astype(dt))
             m_hat, v_hat = m, v
             if self.bias_correction:
                 m_hat = numerics.bias_correction(m, decay, t)
                 v_hat = numerics.bias_correction(v, decay, t)
-            variance = jnp.maximum(v_hat - m_hat * m_hat, 0)
+            variance = jnp.maximum(v_hat - abs_sq(m_hat), 0)
             u = inverse_root(variance, eps.astype(dt), self.eps_in_sqrt) * g32
             return u.astype(g.dtype), m, v
 
@@ -318,3 +334,6 @@ class ScaleByStddev(GradientTransformation):
 
 
 scale_by_stddev = ScaleByStddev
+
+# optax names of the same states.
+ScaleByRStdDevState = ScaleByStddevState

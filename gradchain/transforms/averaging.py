@@ -30,7 +30,12 @@ from gradchain.core.base import (
 )
 from gradchain.core.numerics import compute_dtype, ema, init_count, safe_increment, state_dtype
 
-__all__ = ["LookaheadParams", "lookahead", "params_ema"]
+__all__ = [
+    "LookaheadParams",
+    "LookaheadState",
+    "lookahead",
+    "params_ema",
+]
 
 
 # ---------------------------------------------------------------------------------------------

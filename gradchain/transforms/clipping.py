@@ -9,16 +9,20 @@ import jax.numpy as jnp
 
 from gradchain.core.base import (
     GradientTransformation,
+    PyTree,
     check_bool,
     check_number,
     check_params_match,
     require_params,
     state_class,
+    stateless_call,
     transformation,
 )
-from gradchain.core.numerics import compute_dtype, init_count, safe_increment
+from gradchain.core.numerics import abs_sq, compute_dtype, init_count, safe_increment
 
 __all__ = [
+    "ClipByGlobalNormState",
+    "ClipState",
     "adaptive_grad_clip",
     "clip",
     "clip_by_block_rms",
@@ -29,13 +33,20 @@ __all__ = [
 ]
 
 
-def global_norm(tree) -> jax.Array:
-    """``sqrt(sum over leaves of sum(x^2))``, accumulated in float32 or better."""
-    leaves = [x for x in jax.tree.leaves(tree) if x is not None]
+def _abs_sq(x: jax.Array) -> jax.Array:
+    """``|x|^2`` elementwise, real for complex ``x``."""
+    if jnp.iscomplexobj(x):
+        return jnp.square(x.real) + jnp.square(x.imag)
+    return jnp.square(x)
+
+
+def global_norm(updates: PyTree) -> jax.Array:
+    """``sqrt(sum over leaves of sum(|x|^2))``, accumulated in float32 or better."""
+    leaves = [x for x in jax.tree.leaves(updates) if x is not None]
     if not leaves:
         return jnp.zeros((), jnp.float32)
     dt = jnp.result_type(*[jnp.promote_types(x.dtype, jnp.float32) for x in leaves])
-    sq = [jnp.sum(jnp.square(x.astype(dt))) for x in leaves]
+    sq = [jnp.sum(_abs_sq(x.astype(dt))) for x in leaves]
     return jnp.sqrt(sum(sq[1:], sq[0]))
 
 
@@ -74,6 +85,8 @@ class ClipByGlobalNorm(GradientTransformation):
     ``global_norm``.
     """
 
+    complex_params = True
+
     max_norm: float
 
     def __post_init__(self):
@@ -99,6 +112,8 @@ class ClipByGlobalNorm(GradientTransformation):
             return (g.astype(dt) * factor.astype(dt)).astype(g.dtype)
 
         out = jax.tree.map(clip, updates)
+        if stateless_call(state):
+            return out, state
         return out, ClipByGlobalNormState(safe_increment(state.count), norm.astype(jnp.float32), hp)
 
 
@@ -141,7 +156,10 @@ class Clip(GradientTransformation):
             d = delta.astype(g.dtype)
             return jnp.clip(g, -d, d)
 
-        return jax.tree.map(clip_leaf, updates), ClipState(safe_increment(state.count), hp)
+        out = jax.tree.map(clip_leaf, updates)
+        if stateless_call(state):
+            return out, state
+        return out, ClipState(safe_increment(state.count), hp)
 
 
 clip = Clip
@@ -164,6 +182,8 @@ class ClipByBlockRms(GradientTransformation):
     Same as ``optax.clip_by_block_rms``. HF's and PyTorch's Adafactor apply the same rule.
     """
 
+    complex_params = True
+
     threshold: float
 
     def __post_init__(self):
@@ -177,7 +197,10 @@ class ClipByBlockRms(GradientTransformation):
         threshold = hp["threshold"]
 
         clip_leaf = lambda g: block_rms_clip(g, threshold)
-        return jax.tree.map(clip_leaf, updates), ClipState(safe_increment(state.count), hp)
+        out = jax.tree.map(clip_leaf, updates)
+        if stateless_call(state):
+            return out, state
+        return out, ClipState(safe_increment(state.count), hp)
 
 
 clip_by_block_rms = ClipByBlockRms
@@ -190,7 +213,7 @@ def block_rms_clip(g, threshold, mean_square=None):
     dt = compute_dtype(g.dtype)
     g32 = g.astype(dt)
     if mean_square is None:
-        mean_square = jnp.mean(g32 * g32)
+        mean_square = jnp.mean(abs_sq(g32))
     denominator = jnp.maximum(1.0, jnp.sqrt(mean_square) / threshold.astype(dt))
     return (g32 / denominator).astype(g.dtype)
 

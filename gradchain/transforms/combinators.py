@@ -9,6 +9,7 @@ take every form described in :mod:`gradchain.masks`: trees of bools, callables, 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -33,8 +34,14 @@ from gradchain.core.masks import resolve_labels, resolve_mask
 from gradchain.core.numerics import safe_increment, zeros_like_param
 
 __all__ = [
+    "ApplyIfFiniteState",
     "MaskedNode",
+    "MaskedState",
     "MultiSteps",
+    "MultiStepsState",
+    "MultiTransformState",
+    "PartitionState",
+    "ZeroNansState",
     "apply_if_finite",
     "freeze",
     "masked",
@@ -68,8 +75,21 @@ class MaskedNode(NamedTuple):
 
 
 def _hide(tree, selected):
-    """``tree`` with every leaf that is not selected replaced by a :class:`MaskedNode`."""
-    return jax.tree.map(lambda x, on: x if on else MaskedNode(), tree, selected)
+    """``tree`` with every part that is not selected replaced by a :class:`MaskedNode`.
+
+    ``selected`` may be a prefix of ``tree``: a whole subtree left out becomes one MaskedNode,
+    as optax lays out the state of ``masked`` with a prefix mask.
+    """
+    return jax.tree.map(lambda on, x: x if on else MaskedNode(), selected, tree)
+
+
+def _mask_prefix(mask, tree, transform_name: str):
+    """The mask as bools in the structure it was given in (a prefix of ``tree``, or the whole
+    tree for a callable, a pattern or None), after :func:`resolve_mask` checked it."""
+    full = resolve_mask(mask, tree, transform_name)
+    if mask is None or callable(mask) or isinstance(mask, (str, re.Pattern)):
+        return full
+    return jax.tree.map(bool, mask)
 
 
 def _masked_extra_args(extra_args, updates, selected, enabled: bool):
@@ -139,12 +159,16 @@ class Masked(GradientTransformation):
         check_bool("mask_compatible_extra_args", self.mask_compatible_extra_args)
 
     def init(self, params):
-        selected = resolve_mask(self.mask, params, self.name)
+        if not jax.tree.leaves(params):
+            # Nothing to mask: also how optax's tree_map_params asks for the state's layout,
+            # with a placeholder node standing for the whole parameter tree.
+            return MaskedState(inner_state=self.inner.init(params))
+        selected = _mask_prefix(self.mask, params, self.name)
         return MaskedState(inner_state=self.inner.init(_hide(params, selected)))
 
     def update(self, updates, state, params=None, **extra_args):
         check_params_match(updates, params)
-        selected = resolve_mask(self.mask, updates, self.name)
+        selected = _mask_prefix(self.mask, updates, self.name)
         inner_updates, inner_state = _update_selected(
             self.inner,
             selected,
@@ -166,6 +190,8 @@ class SetToZero(GradientTransformation):
 
     With ``masked`` or ``partition`` it freezes parameters. Same as ``optax.set_to_zero``.
     """
+
+    complex_params = True
 
     def init(self, params):
         return EmptyState()
@@ -648,3 +674,7 @@ class MultiSteps(GradientTransformation):
             acc_grads=acc_grads,
             skip_state=skip_state,
         )
+
+
+# optax names of the same states.
+MultiTransformState = PartitionState

@@ -14,12 +14,18 @@ from gradchain.core.base import (
     check_params_match,
     require_params,
     state_class,
+    stateless_call,
     transformation,
 )
 from gradchain.core.masks import resolve_mask
 from gradchain.core.numerics import compute_dtype, init_count, leaf_kernel, safe_increment
 
-__all__ = ["add_decayed_weights", "add_decoupled_weight_decay", "add_l2_penalty"]
+__all__ = [
+    "AddDecayedWeightsState",
+    "add_decayed_weights",
+    "add_decoupled_weight_decay",
+    "add_l2_penalty",
+]
 
 
 @state_class
@@ -52,6 +58,8 @@ class AddDecoupledWeightDecay(GradientTransformation):
     Same as ``optax.add_decayed_weights``.
     """
 
+    complex_params = True
+
     weight_decay: float = 0.0
     mask: Any = None
 
@@ -62,6 +70,9 @@ class AddDecoupledWeightDecay(GradientTransformation):
         return WeightDecayState(count=init_count(), hyperparams=self.init_hyperparams())
 
     def update(self, updates, state, params=None, **extra_args):
+        if updates is None:
+            # optax maps over the updates, and None is a tree without leaves.
+            return updates, state
         require_params(params, self.name)
         check_params_match(updates, params)
         hp = self.current_hyperparams(state)
@@ -72,6 +83,8 @@ class AddDecoupledWeightDecay(GradientTransformation):
             return g if g is None or not on else _decay_leaf(g, p, wd)
 
         out = jax.tree.map(decay, updates, params, selected, is_leaf=lambda x: x is None)
+        if stateless_call(state):
+            return out, state
         return out, WeightDecayState(safe_increment(state.count), hp)
 
 
@@ -115,3 +128,6 @@ class AddL2Penalty(AddDecoupledWeightDecay):
 
 
 add_l2_penalty = AddL2Penalty
+
+# optax names of the same states.
+AddDecayedWeightsState = WeightDecayState

@@ -24,10 +24,12 @@ from gradchain.core.base import (
     check_tree_match,
     require_params,
     state_class,
+    stateless_call,
     transformation,
     tree_map_multi,
 )
 from gradchain.core.numerics import (
+    abs_sq,
     compute_dtype,
     init_count,
     safe_increment,
@@ -39,6 +41,7 @@ from gradchain.transforms.clipping import ClipByBlockRms, ClipState, block_rms_c
 from gradchain.transforms.scaling import ScaleState
 
 __all__ = [
+    "FactoredState",
     "adafactor_decay_rate",
     "factored_axes",
     "factored_second_moment",
@@ -160,6 +163,8 @@ class FactoredSecondMoment(GradientTransformation):
     provided.
     """
 
+    complex_params = True
+
     factored: bool = True
     decay_rate: float = 0.8
     step_offset: int = 0
@@ -201,7 +206,7 @@ class FactoredSecondMoment(GradientTransformation):
         return one(d0), one(d1), None
 
     def init(self, params):
-        check_floating(params, self.name)
+        check_floating(params, self.name, complex_ok=self.complex_params)
 
         def init_leaf(p):
             dtype = state_dtype(p.dtype)
@@ -286,7 +291,7 @@ class FactoredSecondMoment(GradientTransformation):
             b = jnp.asarray(beta).astype(dt)
             axes = self.axes(g.shape)
             if axes is None:
-                v = numerics.ema(v.astype(dt), g32 * g32 + eps.astype(dt), b)
+                v = numerics.ema(v.astype(dt), abs_sq(g32) + eps.astype(dt), b)
                 return clip((g32 * numerics.inverse_sqrt(v)).astype(g.dtype)), None, None, v
             d1, d0 = axes
             # mean(g^2) + eps is mean(g^2 + eps) up to rounding, and lets each reduction square
@@ -295,11 +300,11 @@ class FactoredSecondMoment(GradientTransformation):
             # reduction squares g under another name so that XLA does not merge the squares.
             g_again, g_third = jax.lax.optimization_barrier((g32, g32))
             r = numerics.ema(
-                r.astype(dt), jnp.mean(g32 * g32, axis=d0, keepdims=True) + eps.astype(dt), b
+                r.astype(dt), jnp.mean(abs_sq(g32), axis=d0, keepdims=True) + eps.astype(dt), b
             )
             c = numerics.ema(
                 c.astype(dt),
-                jnp.mean(g_again * g_again, axis=d1, keepdims=True) + eps.astype(dt),
+                jnp.mean(abs_sq(g_again), axis=d1, keepdims=True) + eps.astype(dt),
                 b,
             )
             row_factor = (r / jnp.mean(r, axis=d1, keepdims=True)) ** -0.5
@@ -313,7 +318,7 @@ class FactoredSecondMoment(GradientTransformation):
             row_sq = jnp.mean(r, axis=d1, keepdims=True) / r
             inner = max(d0, d1)
             along, across = (1 / c, row_sq) if inner == d0 else (row_sq, 1 / c)
-            partial = jnp.sum(g_third * g_third * along, axis=inner, keepdims=True)
+            partial = jnp.sum(abs_sq(g_third) * along, axis=inner, keepdims=True)
             mean_square = jnp.sum(partial * across) / g.size
             return clip(u, mean_square), r, c, None
 
@@ -353,6 +358,8 @@ class ScaleByParamBlockRms(GradientTransformation):
     \rho_t`.
     """
 
+    complex_params = True
+
     min_scale: float = 1e-3
 
     def __post_init__(self):
@@ -371,10 +378,12 @@ class ScaleByParamBlockRms(GradientTransformation):
             dt = compute_dtype(jnp.promote_types(u.dtype, p.dtype))
             p32 = jnp.asarray(p).astype(dt)
             floor = min_scale.astype(dt)
-            rms = jnp.sqrt(jnp.mean(p32 * p32))
+            rms = jnp.sqrt(jnp.mean(abs_sq(p32)).real)
             return (u.astype(dt) * jnp.maximum(rms, floor)).astype(u.dtype)
 
         out = jax.tree.map(scale_leaf, updates, params)
+        if stateless_call(state):
+            return out, state
         return out, ScaleState(safe_increment(state.count), hp)
 
 

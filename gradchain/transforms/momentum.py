@@ -27,7 +27,12 @@ from gradchain.core.numerics import (
     zeros_like_param,
 )
 
-__all__ = ["ema", "trace"]
+__all__ = [
+    "EmaState",
+    "TraceState",
+    "ema",
+    "trace",
+]
 
 
 @state_class
@@ -60,6 +65,8 @@ class Trace(GradientTransformation):
     zero dampening the two agree exactly. Reference: Polyak (1964); Sutskever et al. (2013).
     """
 
+    complex_params = True
+
     decay: float
     nesterov: bool = False
     accumulator_dtype: Any = None
@@ -70,7 +77,7 @@ class Trace(GradientTransformation):
         check_dtype("accumulator_dtype", self.accumulator_dtype)
 
     def init(self, params):
-        check_floating(params, self.name)
+        check_floating(params, self.name, complex_ok=self.complex_params)
         buf = jax.tree.map(
             lambda p: zeros_like_param(p, state_dtype(p.dtype, self.accumulator_dtype)), params
         )
@@ -131,6 +138,8 @@ class Ema(GradientTransformation):
     :math:`g_1` into the buffer on the first step (ALGORITHMS.md §1, §15 row 1).
     """
 
+    complex_params = True
+
     decay: float
     debias: bool = True
     accumulator_dtype: Any = None
@@ -141,7 +150,7 @@ class Ema(GradientTransformation):
         check_dtype("accumulator_dtype", self.accumulator_dtype)
 
     def init(self, params):
-        check_floating(params, self.name)
+        check_floating(params, self.name, complex_ok=self.complex_params)
         acc = jax.tree.map(
             lambda p: zeros_like_param(p, state_dtype(p.dtype, self.accumulator_dtype)), params
         )

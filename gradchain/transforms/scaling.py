@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -9,15 +10,23 @@ import jax.numpy as jnp
 
 from gradchain.core.base import (
     GradientTransformation,
+    ScalarOrSchedule,
     check_bool,
     check_number,
     hyperparam_value,
     state_class,
+    stateless_call,
     transformation,
 )
 from gradchain.core.numerics import init_count, leaf_kernel, safe_increment
 
-__all__ = ["scale", "scale_by_learning_rate", "scale_by_schedule", "scale_gradient"]
+__all__ = [
+    "ScaleState",
+    "scale",
+    "scale_by_learning_rate",
+    "scale_by_schedule",
+    "scale_gradient",
+]
 
 
 @state_class
@@ -47,6 +56,8 @@ class Scale(GradientTransformation):
     Same as ``optax.scale``.
     """
 
+    complex_params = True
+
     step_size: float
 
     def __post_init__(self):
@@ -57,7 +68,10 @@ class Scale(GradientTransformation):
 
     def update(self, updates, state, params=None, **extra_args):
         hp = self.current_hyperparams(state)
-        return _scaled(updates, hp["step_size"]), ScaleState(safe_increment(state.count), hp)
+        out = _scaled(updates, hp["step_size"])
+        if stateless_call(state):
+            return out, state
+        return out, ScaleState(safe_increment(state.count), hp)
 
 
 scale = Scale
@@ -79,7 +93,10 @@ class ScaleByLearningRate(GradientTransformation):
     Same as ``optax.scale_by_learning_rate``. The learning rate is cast to the updates' dtype.
     """
 
-    learning_rate: float
+    complex_params = True
+
+    learning_rate: ScalarOrSchedule
+    _: dataclasses.KW_ONLY
     flip_sign: bool = True
 
     def __post_init__(self):
@@ -92,9 +109,10 @@ class ScaleByLearningRate(GradientTransformation):
     def update(self, updates, state, params=None, **extra_args):
         hp = self.current_hyperparams(state)
         sign = -1 if self.flip_sign else 1
-        return _scaled(updates, sign * hp["learning_rate"]), ScaleState(
-            safe_increment(state.count), hp
-        )
+        out = _scaled(updates, sign * hp["learning_rate"])
+        if stateless_call(state):
+            return out, state
+        return out, ScaleState(safe_increment(state.count), hp)
 
 
 scale_by_learning_rate = ScaleByLearningRate
@@ -107,6 +125,8 @@ class ScaleBySchedule(GradientTransformation):
     ``k`` counts the updates done before this one, so the first update uses ``f(0)``. The value
     used is kept in the state as ``hyperparams["step_size"]``. Same as ``optax.scale_by_schedule``.
     """
+
+    complex_params = True
 
     step_size_fn: Any
 

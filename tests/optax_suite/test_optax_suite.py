@@ -1,0 +1,58 @@
+"""optax's own test files, rerouted to gradchain, pass wherever they pass on optax.
+
+Each file runs in a separate pytest process (rerouting patches optax for the whole process). The
+baseline, the outcome of every test on plain optax, is recorded in ``baseline.json`` by
+``python -m optax_suite.run --mode optax --record``; it is recomputed here when the installed
+optax is not the recorded version.
+"""
+
+from __future__ import annotations
+
+import optax
+import pytest
+
+from optax_suite.divergences import DIVERGENCES
+from optax_suite.files import FILES
+from optax_suite.known_failures import KNOWN_FAILURES
+from optax_suite.run import broken_tests, load_baseline, run_file
+
+
+def _baseline(path: str, tmp_path) -> dict[str, str]:
+    recorded = load_baseline()
+    if recorded["optax"] == optax.__version__ and path in recorded["files"]:
+        return recorded["files"][path]
+    return run_file(path, "optax", tmp_path)[0]
+
+
+@pytest.mark.parametrize("path", FILES)
+def test_optax_tests_pass_through_gradchain(path, tmp_path):
+    outcomes, _ = run_file(path, "gradchain", tmp_path)
+    broken = [k for k in broken_tests(_baseline(path, tmp_path), outcomes) if k not in DIVERGENCES]
+    new = [k for k in broken if k not in KNOWN_FAILURES]
+    assert not new, f"{len(new)} fail through gradchain:\n" + "\n".join(new)
+    fixed = [k for k in KNOWN_FAILURES if k.startswith(path + "::") and k not in broken]
+    assert not fixed, "these pass now; remove them from known_failures.py:\n" + "\n".join(fixed)
+
+
+def test_rerouted_tests_run_gradchain_code(tmp_path):
+    # update_test checks apply_updates; with gradchain's apply_updates made to raise, the same
+    # tests that pass through gradchain must fail, so the rerouted run is not optax's code.
+    selection = ("-k", "apply_updates")
+    passing, _ = run_file("_src/update_test.py", "gradchain", tmp_path / "a", extra=selection)
+    broken, _ = run_file(
+        "_src/update_test.py",
+        "gradchain",
+        tmp_path / "b",
+        extra=selection,
+        env_extra={"GRADCHAIN_OPTAX_BREAK": "apply_updates"},
+    )
+    ran = [k for k, v in passing.items() if v == "passed"]
+    assert ran
+    assert all(broken[k] == "failed" for k in ran)
+
+
+def test_divergences_name_real_tests():
+    files = load_baseline()["files"]
+    for key in DIVERGENCES:
+        path = key.split("::", 1)[0]
+        assert files.get(path, {}).get(key) == "passed", f"{key} does not pass on optax"
