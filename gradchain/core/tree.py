@@ -256,7 +256,7 @@ def tree_allclose(
     rtol: jax.typing.ArrayLike = 1e-05,
     atol: jax.typing.ArrayLike = 1e-08,
     equal_nan: bool = False,
-):
+) -> bool | jax.Array:
     """Whether every pair of leaves is ``jnp.allclose``; ``True`` for empty trees."""
     close = jax.tree.map(
         lambda x, y: jnp.allclose(x, y, rtol=rtol, atol=atol, equal_nan=equal_nan), a, b

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -169,7 +170,12 @@ def _field_name(path, parent: str) -> str:
     return parent
 
 
-def derive_shardings(state, param_treedef, param_infos, replicated):
+def derive_shardings(
+    state: OptState,
+    param_treedef: jax.tree_util.PyTreeDef,
+    param_infos: Sequence[tuple[tuple[int, ...], jax.sharding.Sharding | None]],
+    replicated: jax.sharding.Sharding,
+) -> PyTree:
     """The sharding of every leaf of ``state`` by the rules in the module docstring.
 
     ``param_infos`` lists ``(shape, sharding)`` per parameter leaf, in ``param_treedef`` order;
