@@ -625,7 +625,7 @@ def _render_opaque(tx, u: Expr, ctx: Context) -> Expr:
 # describe
 
 
-def describe(tx) -> Description:
+def describe(tx: Any) -> Description:
     """The update rule of ``tx`` (a transformation, a chain or a named optimizer) as math.
 
     Returns a :class:`Description`: print it for text, ``.latex`` for LaTeX; notebooks render it

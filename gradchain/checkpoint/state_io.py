@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gradchain.core.base import PyTree
+
 __all__ = ["restore_state", "save_state"]
 
 _PATHS = "__paths__"
@@ -80,7 +82,9 @@ def _orbax_target(like):
     return jax.tree.map(target, like)
 
 
-def save_state(path, state, *, format: Literal["npz", "orbax"] | None = None) -> None:
+def save_state(
+    path: str | os.PathLike[str], state: PyTree, *, format: Literal["npz", "orbax"] | None = None
+) -> None:
     """Writes ``state`` (any pytree of arrays) to ``path`` with ``numpy.savez``, or with orbax.
 
     Args:
@@ -123,7 +127,7 @@ def _placed(array: np.ndarray, template):
     return jnp.asarray(array)
 
 
-def restore_state(path, like):
+def restore_state(path: str | os.PathLike[str], like: PyTree) -> PyTree:
     """Reads a state written by :func:`save_state`, with the structure of ``like``.
 
     Args:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 from typing import Any, NamedTuple, cast
 
 import jax
@@ -22,6 +23,8 @@ from gradchain.core.base import (
     ChainState,
     EmptyState,
     GradientTransformation,
+    Params,
+    PyTree,
     ScalarOrSchedule,
     _call_update,
     _field_equal,
@@ -160,13 +163,13 @@ def _orthogonalize(x, view, rows, eps, preconditioning, dtype):
 
 
 def orthogonalize_via_newton_schulz(
-    x,
-    ns_coeffs=_QUINTIC,
+    x: jax.typing.ArrayLike,
+    ns_coeffs: str | Sequence[float] | Sequence[Sequence[float]] | jax.typing.ArrayLike = _QUINTIC,
     ns_steps: int = 5,
     preconditioning: str = "frobenius",
     eps: float = 1e-8,
     dimension_numbers: MuonDimensionNumbers | None = None,
-):
+) -> jax.Array:
     r"""Approximately orthogonalises ``x``: :math:`U S V^\top \mapsto U S' V^\top` with
     :math:`S' \approx I`.
 
@@ -452,7 +455,7 @@ def _path_string(path) -> str:
     return "/".join(parts)
 
 
-def muon_labels(params, exclude: str = _REFERENCE_EXCLUDE):
+def muon_labels(params: Params, exclude: str = _REFERENCE_EXCLUDE) -> PyTree:
     r"""The reference's parameter groups: ``"muon"`` for hidden matrices, ``"adam"`` for the rest.
 
     A leaf is ``"muon"`` when it has at least two axes and its path, written ``"a/b/c"``, does not

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     Chain,
     GradientTransformation,
+    OptState,
+    Params,
     Parts,
     ScalarOrSchedule,
     _call_update,
@@ -259,7 +261,7 @@ def _find_schedule_free_states(state) -> list:
     ]
 
 
-def schedule_free_eval_params(state, params):
+def schedule_free_eval_params(state: OptState, params: Params) -> Params:
     r"""The parameters to evaluate a schedule-free model at: :math:`x = (y - (1-\beta) z)/\beta`.
 
     ``state`` is the state of a :func:`schedule_free` transformation, or of a chain holding

@@ -162,7 +162,9 @@ class HutchinsonEstimator(GradientTransformation):
         return estimate, EstimatorState(key=key)
 
 
-def hutchinson_estimator_diag_hessian(random_seed=None, *, noise="rademacher"):
+def hutchinson_estimator_diag_hessian(
+    random_seed: jax.Array | int | None = None, *, noise: str = "rademacher"
+) -> HutchinsonEstimator:
     """The Hutchinson estimator of the Hessian diagonal; see :class:`HutchinsonEstimator`."""
     return HutchinsonEstimator(random_seed, noise=noise)
 

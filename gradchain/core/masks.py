@@ -26,15 +26,18 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import jax
 import numpy as np
 
-from gradchain.core.base import check_int
+from gradchain.core.base import PyTree, check_int
 
 __all__ = ["path_labels", "path_mask", "tree_paths"]
+
+# A path pattern: a regular expression (string or compiled) or a list of them, any may match.
+Pattern = str | re.Pattern[str] | Sequence[str]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -48,7 +51,7 @@ def _key_name(key) -> str:
     return str(key)
 
 
-def path_string(keypath) -> str:
+def path_string(keypath: Iterable[Any]) -> str:
     """The ``/``-joined path string of a JAX key path (see the module docstring)."""
     keys = list(keypath)
     if keys and isinstance(keys[-1], jax.tree_util.GetAttrKey) and keys[-1].name == "value":
@@ -56,7 +59,7 @@ def path_string(keypath) -> str:
     return "/".join(_key_name(k) for k in keys)
 
 
-def tree_paths(tree):
+def tree_paths(tree: PyTree) -> PyTree:
     """A tree like ``tree`` whose leaves are the path strings masks and labels are matched on.
 
     ``jax.tree.leaves(gc.tree_paths(params))`` lists them, for writing a pattern.
@@ -158,7 +161,13 @@ class PathMask:
         return f"path_mask({args})"
 
 
-def path_mask(include=None, exclude=None, *, min_ndim=None, stacked=None) -> PathMask:
+def path_mask(
+    include: Pattern | None = None,
+    exclude: Pattern | None = None,
+    *,
+    min_ndim: int | None = None,
+    stacked: Pattern | Mapping[str | re.Pattern[str], int] | None = None,
+) -> PathMask:
     r"""A mask over the leaves whose path string matches ``include`` and not ``exclude``.
 
     The usual weight-decay mask, "decay the weight matrices, not biases, norms or embeddings"::
@@ -259,7 +268,7 @@ def _is_function(x) -> bool:
     return callable(x) and all(callable(leaf) for leaf in jax.tree.leaves(x))
 
 
-def resolve_mask(mask, tree, transform_name: str):
+def resolve_mask(mask: Any, tree: PyTree, transform_name: str) -> PyTree:
     """The mask as a tree of Python bools with ``tree``'s structure.
 
     ``mask`` is None (everything selected), a pytree of bools or a prefix of one, a callable
@@ -287,7 +296,7 @@ def resolve_mask(mask, tree, transform_name: str):
     return _broadcast(selected, tree, as_bool, "mask", transform_name)
 
 
-def resolve_labels(labels, tree, transform_name: str):
+def resolve_labels(labels: Any, tree: PyTree, transform_name: str) -> PyTree:
     """The labels as a tree with ``tree``'s structure (a prefix is broadcast, a callable called)."""
     chosen = labels(tree) if _is_function(labels) else labels
     return _broadcast(chosen, tree, lambda label: label, "labels", transform_name)

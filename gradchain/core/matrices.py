@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
+
+from gradchain.core.base import PyTree
 
 __all__: list[str] = []
 
@@ -62,7 +65,12 @@ class MatrixView:
         return y.reshape(permuted_shape).transpose(inverse)
 
 
-def matrix_view(shape: Sequence[int], reduction_axis, output_axis, where: str) -> MatrixView:
+def matrix_view(
+    shape: Sequence[int],
+    reduction_axis: int | Sequence[int],
+    output_axis: int | Sequence[int],
+    where: str,
+) -> MatrixView:
     """The :class:`MatrixView` of a tensor of ``shape`` under the given dimension numbers.
 
     Raises a ``ValueError`` that starts with ``where`` (the transformation and parameter path)
@@ -93,7 +101,9 @@ def matrix_view(shape: Sequence[int], reduction_axis, output_axis, where: str) -
     )
 
 
-def entries_per_leaf(prefix, tree, is_prefix_leaf) -> list:
+def entries_per_leaf(
+    prefix: PyTree, tree: PyTree, is_prefix_leaf: Callable[[Any], bool] | None
+) -> list[Any]:
     """The entry of ``prefix`` (a pytree whose structure is a prefix of ``tree``'s) that covers
     each leaf of ``tree``, in ``tree``'s flattening order; None leaves of ``tree`` count as leaves.
 
@@ -115,7 +125,7 @@ def entries_per_leaf(prefix, tree, is_prefix_leaf) -> list:
         ) from None
 
 
-def check_dimension_numbers(value, dims_cls) -> None:
+def check_dimension_numbers(value: Any, dims_cls: type) -> None:
     """Validates a ``weight_dimension_numbers`` argument at construction: None, one ``dims_cls``,
     a pytree of them (checked leaf by leaf at ``init``) or a callable ``params -> pytree``."""
     if value is None or callable(value) or isinstance(value, (dims_cls, dict, list, tuple)):

@@ -245,7 +245,7 @@ def tree_clip(
     return jax.tree.map(lambda x: jnp.clip(x, min_value, max_value), tree)
 
 
-def tree_where(condition, tree_x: PyTree, tree_y: PyTree) -> PyTree:
+def tree_where(condition: jax.typing.ArrayLike, tree_x: PyTree, tree_y: PyTree) -> PyTree:
     """``jnp.where(condition, x, y)`` leafwise, with one condition broadcast to every leaf."""
     return jax.tree.map(lambda x, y: jnp.where(condition, x, y), tree_x, tree_y)
 
@@ -256,7 +256,7 @@ def tree_allclose(
     rtol: jax.typing.ArrayLike = 1e-05,
     atol: jax.typing.ArrayLike = 1e-08,
     equal_nan: bool = False,
-):
+) -> bool | jax.Array:
     """Whether every pair of leaves is ``jnp.allclose``; ``True`` for empty trees."""
     close = jax.tree.map(
         lambda x, y: jnp.allclose(x, y, rtol=rtol, atol=atol, equal_nan=equal_nan), a, b
@@ -278,19 +278,25 @@ def _map_skipping_none(fn, updates, moments):
     )
 
 
-def tree_update_moment(updates: PyTree, moments: PyTree, decay, order) -> PyTree:
+def tree_update_moment(
+    updates: PyTree, moments: PyTree, decay: jax.typing.ArrayLike, order: float
+) -> PyTree:
     """The EMA ``(1 - decay) * g**order + decay * m`` of every leaf."""
     return _map_skipping_none(lambda g, t: (1 - decay) * g**order + decay * t, updates, moments)
 
 
-def tree_update_infinity_moment(updates: PyTree, moments: PyTree, decay, eps) -> PyTree:
+def tree_update_infinity_moment(
+    updates: PyTree, moments: PyTree, decay: jax.typing.ArrayLike, eps: jax.typing.ArrayLike
+) -> PyTree:
     """The infinity-norm moment ``max(|g| + eps, decay * m)`` of every leaf."""
     return _map_skipping_none(
         lambda g, t: jnp.maximum(jnp.abs(g) + eps, decay * t), updates, moments
     )
 
 
-def tree_update_moment_per_elem_norm(updates: PyTree, moments: PyTree, decay, order) -> PyTree:
+def tree_update_moment_per_elem_norm(
+    updates: PyTree, moments: PyTree, decay: jax.typing.ArrayLike, order: float
+) -> PyTree:
     """The EMA of ``|g|**order`` per entry; for complex leaves ``|g|^2`` is ``re^2 + im^2``."""
 
     def power(g):
@@ -303,7 +309,7 @@ def tree_update_moment_per_elem_norm(updates: PyTree, moments: PyTree, decay, or
 
 
 @functools.partial(jax.jit, inline=True)
-def tree_bias_correction(moment: PyTree, decay, count) -> PyTree:
+def tree_bias_correction(moment: PyTree, decay: jax.typing.ArrayLike, count: jax.Array) -> PyTree:
     """Every leaf divided by ``1 - decay**count`` (computed in the leaf's dtype)."""
     correction = 1 - decay**count
     return jax.tree.map(lambda t: t / correction.astype(t.dtype), moment)

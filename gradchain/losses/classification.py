@@ -6,6 +6,7 @@ axis; the caller averages. Names, signatures, defaults and results are optax's.
 
 import operator
 import warnings
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +36,7 @@ __all__ = [
 Axis = int | tuple[int, ...] | None
 
 
-def sigmoid_binary_cross_entropy(logits, labels) -> jax.Array:
+def sigmoid_binary_cross_entropy(logits: jax.Array, labels: jax.typing.ArrayLike) -> jax.Array:
     """Binary cross-entropy of a sigmoid output, per element.
 
     ``-y log sigmoid(z) - (1 - y) log(1 - sigmoid(z))`` for logits ``z`` and labels ``y`` in
@@ -48,7 +49,11 @@ def sigmoid_binary_cross_entropy(logits, labels) -> jax.Array:
 
 
 def sigmoid_focal_loss(
-    logits, labels, *, alpha: jax.typing.ArrayLike | None = None, gamma: jax.typing.ArrayLike = 2.0
+    logits: jax.Array,
+    labels: jax.Array,
+    *,
+    alpha: jax.typing.ArrayLike | None = None,
+    gamma: jax.typing.ArrayLike = 2.0,
 ) -> jax.Array:
     """Focal loss (Lin et al., 2017): the binary cross-entropy weighted by ``(1 - p_t)**gamma``.
 
@@ -68,21 +73,22 @@ def sigmoid_focal_loss(
     loss = ce * jnp.exp(gamma * log_one_minus_pt)
     if alpha is None:
         return loss
-    return (alpha * labels + (1.0 - alpha) * (1.0 - labels)) * loss
+    # jax.Array's operators win over numpy's, so this is a jax.Array even for a numpy alpha.
+    return cast(jax.Array, (alpha * labels + (1.0 - alpha) * (1.0 - labels)) * loss)
 
 
-def hinge_loss(predictor_outputs, targets) -> jax.Array:
+def hinge_loss(predictor_outputs: jax.Array, targets: jax.typing.ArrayLike) -> jax.Array:
     """Hinge loss ``max(0, 1 - y f)`` for outputs ``f`` and targets ``y`` in {-1, 1}."""
     return jnp.maximum(0, 1 - predictor_outputs * targets)
 
 
-def perceptron_loss(predictor_outputs, targets) -> jax.Array:
+def perceptron_loss(predictor_outputs: jax.Array, targets: jax.typing.ArrayLike) -> jax.Array:
     """Perceptron loss ``max(0, -y f)`` for outputs ``f`` and targets ``y`` in {-1, 1}."""
     check_shapes_equal(predictor_outputs, targets)
     return jnp.maximum(0, -predictor_outputs * targets)
 
 
-def sparsemax_loss(logits, labels) -> jax.Array:
+def sparsemax_loss(logits: jax.Array, labels: jax.typing.ArrayLike) -> jax.Array:
     """Binary sparsemax loss (Martins & Astudillo, 2016): ``sparse_plus(z)`` for label 0 and
     ``sparse_plus(-z)`` for label 1."""
     return jax.nn.sparse_plus(jnp.where(labels, -logits, logits))
@@ -105,7 +111,7 @@ def _weighted_log_softmax_jvp(primals, tangents):
     return out, weights * x_dot - weights * mean_dot + weights_dot * log_p
 
 
-def safe_softmax_cross_entropy(logits, labels) -> jax.Array:
+def safe_softmax_cross_entropy(logits: jax.Array, labels: jax.typing.ArrayLike) -> jax.Array:
     """Softmax cross-entropy ``-sum_k y_k log softmax(z)_k`` that stays finite when a logit is
     ``-inf`` under a zero label (masked classes), and has finite gradients there."""
     check_subdtype(logits, jnp.floating)
@@ -118,7 +124,9 @@ def _expand_where(where, logits, axis):
     return where
 
 
-def softmax_cross_entropy(logits, labels, axis: Axis = -1, where=None) -> jax.Array:
+def softmax_cross_entropy(
+    logits: jax.Array, labels: jax.typing.ArrayLike, axis: Axis = -1, where: jax.Array | None = None
+) -> jax.Array:
     """Softmax cross-entropy ``-sum_k y_k log softmax(z)_k`` over ``axis``.
 
     ``labels`` are probabilities over the classes (one-hot or soft). ``where`` masks classes out
@@ -138,7 +146,10 @@ def _canonical_axis(axis, ndim: int) -> int:
 
 
 def softmax_cross_entropy_with_integer_labels(
-    logits, labels, axis: int | tuple[int, ...] = -1, where=None
+    logits: jax.Array,
+    labels: jax.Array,
+    axis: int | tuple[int, ...] = -1,
+    where: jax.Array | None = None,
 ) -> jax.Array:
     """Softmax cross-entropy with the true class given by integer ``labels``.
 
@@ -175,13 +186,13 @@ def _dot_last(a, b):
     return jnp.einsum("...k,...k->...", a, b)
 
 
-def multiclass_hinge_loss(scores, labels) -> jax.Array:
+def multiclass_hinge_loss(scores: jax.Array, labels: jax.typing.ArrayLike) -> jax.Array:
     """Multiclass hinge loss (Crammer & Singer): ``max_k (s_k + [k != y]) - s_y``."""
     one_hot = jax.nn.one_hot(labels, scores.shape[-1])
     return jnp.max(scores + 1.0 - one_hot, axis=-1) - _dot_last(scores, one_hot)
 
 
-def multiclass_perceptron_loss(scores, labels) -> jax.Array:
+def multiclass_perceptron_loss(scores: jax.Array, labels: jax.typing.ArrayLike) -> jax.Array:
     """Multiclass perceptron loss ``max_k s_k - s_y``."""
     one_hot = jax.nn.one_hot(labels, scores.shape[-1])
     return jnp.max(scores, axis=-1) - _dot_last(scores, one_hot)
@@ -196,13 +207,20 @@ def _sparsemax_loss_one(scores, label):
     return jnp.dot(p, jnp.where(p, shifted, 0.0)) + 0.5 * (1.0 - jnp.dot(p, p))
 
 
-def multiclass_sparsemax_loss(scores, labels) -> jax.Array:
+def multiclass_sparsemax_loss(
+    scores: jax.typing.ArrayLike, labels: jax.typing.ArrayLike
+) -> jax.Array:
     """Multiclass sparsemax loss (Martins & Astudillo, 2016) for a batch of score vectors."""
     return jax.vmap(_sparsemax_loss_one)(scores, labels)
 
 
 def poly_loss_cross_entropy(
-    logits, labels, *, epsilon: jax.typing.ArrayLike = 2.0, axis: Axis = -1, where=None
+    logits: jax.Array,
+    labels: jax.Array,
+    *,
+    epsilon: jax.typing.ArrayLike = 2.0,
+    axis: Axis = -1,
+    where: jax.Array | None = None,
 ) -> jax.Array:
     """Poly-1 loss (Leng et al., 2022): ``CE + epsilon * sum_k y_k (1 - p_k)``."""
     check_subdtype(logits, jnp.floating)
@@ -212,7 +230,9 @@ def poly_loss_cross_entropy(
     return softmax_cross_entropy(logits, labels, axis=axis, where=where) + epsilon * one_minus_pt
 
 
-def kl_divergence(log_predictions, targets, axis: Axis = -1, where=None) -> jax.Array:
+def kl_divergence(
+    log_predictions: jax.Array, targets: jax.Array, axis: Axis = -1, where: jax.Array | None = None
+) -> jax.Array:
     """``KL(targets || predictions) = sum_k t_k (log t_k - log p_k)``, with ``0 log 0 = 0``.
 
     The first argument is the log of the predicted distribution (as in PyTorch's ``kl_div``).
@@ -224,7 +244,10 @@ def kl_divergence(log_predictions, targets, axis: Axis = -1, where=None) -> jax.
 
 
 def kl_divergence_with_log_targets(
-    log_predictions, log_targets, axis: Axis = -1, where=None
+    log_predictions: jax.Array,
+    log_targets: jax.Array,
+    axis: Axis = -1,
+    where: jax.Array | None = None,
 ) -> jax.Array:
     """``KL(targets || predictions)`` with both distributions given as logs."""
     check_subdtype(log_predictions, jnp.floating)
@@ -233,14 +256,18 @@ def kl_divergence_with_log_targets(
     return jnp.sum(loss, axis=axis, where=where)
 
 
-def generalized_kl_divergence(log_predictions, targets, axis: Axis = -1, where=None) -> jax.Array:
+def generalized_kl_divergence(
+    log_predictions: jax.Array, targets: jax.Array, axis: Axis = -1, where: jax.Array | None = None
+) -> jax.Array:
     """The generalized KL divergence ``sum_k t_k log(t_k / p_k) + p_k - t_k`` of unnormalized
     non-negative measures, convex in the predictions."""
     kl = kl_divergence(log_predictions, targets, axis=axis, where=where)
     return kl + jnp.sum(jnp.exp(log_predictions) - targets, axis=axis, where=where)
 
 
-def convex_kl_divergence(log_predictions, targets, axis: Axis = -1, where=None) -> jax.Array:
+def convex_kl_divergence(
+    log_predictions: jax.Array, targets: jax.Array, axis: Axis = -1, where: jax.Array | None = None
+) -> jax.Array:
     """optax's deprecated name of :func:`generalized_kl_divergence` (warns as optax does)."""
     warnings.warn(
         "The function convex_kl_divergence is deprecated. Please use generalized_kl_divergence "

@@ -9,10 +9,10 @@ __all__ = ["ctc_loss", "ctc_loss_with_forward_probs"]
 
 
 def ctc_loss_with_forward_probs(
-    logits,
-    logit_paddings,
-    labels,
-    label_paddings,
+    logits: jax.Array,
+    logit_paddings: jax.Array,
+    labels: jax.Array,
+    label_paddings: jax.Array,
     *,
     blank_id: int = 0,
     log_epsilon: jax.typing.ArrayLike = -1e5,
@@ -81,10 +81,10 @@ def ctc_loss_with_forward_probs(
 
 
 def ctc_loss(
-    logits,
-    logit_paddings,
-    labels,
-    label_paddings,
+    logits: jax.Array,
+    logit_paddings: jax.Array,
+    labels: jax.Array,
+    label_paddings: jax.Array,
     *,
     blank_id: int = 0,
     log_epsilon: jax.typing.ArrayLike = -1e5,

@@ -11,12 +11,12 @@ __all__ = ["ranking_softmax_loss"]
 
 
 def ranking_softmax_loss(
-    logits,
-    labels,
+    logits: jax.Array,
+    labels: jax.Array,
     *,
-    where=None,
-    weights=None,
-    reduce_fn: Callable | None = jnp.mean,
+    where: jax.Array | None = None,
+    weights: jax.Array | None = None,
+    reduce_fn: Callable[..., jax.Array] | None = jnp.mean,
 ) -> jax.Array:
     """ListNet's softmax loss (Cao et al., 2007): ``-sum_i y_i log softmax(s)_i`` per list.
 

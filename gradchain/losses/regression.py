@@ -22,7 +22,7 @@ def _errors(predictions, targets):
     return predictions if targets is None else predictions - targets
 
 
-def squared_error(predictions, targets=None) -> jax.Array:
+def squared_error(predictions: jax.Array, targets: jax.Array | None = None) -> jax.Array:
     """``(predictions - targets)**2`` elementwise (``predictions**2`` without targets).
 
     Unlike PyTorch's ``MSELoss`` there is no 1/2 and no mean; shapes must match exactly.
@@ -33,12 +33,14 @@ def squared_error(predictions, targets=None) -> jax.Array:
     return _errors(predictions, targets) ** 2
 
 
-def l2_loss(predictions, targets=None) -> jax.Array:
+def l2_loss(predictions: jax.Array, targets: jax.Array | None = None) -> jax.Array:
     """Half the squared error, ``0.5 * (predictions - targets)**2``."""
     return 0.5 * squared_error(jnp.asarray(predictions), targets)
 
 
-def huber_loss(predictions, targets=None, *, delta: jax.typing.ArrayLike = 1.0) -> jax.Array:
+def huber_loss(
+    predictions: jax.Array, targets: jax.Array | None = None, *, delta: jax.typing.ArrayLike = 1.0
+) -> jax.Array:
     """Huber loss: ``e**2 / 2`` for ``|e| <= delta``, ``delta * (|e| - delta / 2)`` beyond."""
     check_subdtype(predictions, jnp.floating)
     abs_errors = jnp.abs(_errors(predictions, targets))
@@ -46,7 +48,7 @@ def huber_loss(predictions, targets=None, *, delta: jax.typing.ArrayLike = 1.0) 
     return 0.5 * quadratic**2 + delta * (abs_errors - quadratic)
 
 
-def log_cosh(predictions, targets=None) -> jax.Array:
+def log_cosh(predictions: jax.Array, targets: jax.Array | None = None) -> jax.Array:
     """``log(cosh(e))``, computed as ``logaddexp(e, -e) - log 2`` so it never overflows."""
     check_subdtype(predictions, jnp.floating)
     errors = _errors(predictions, targets)
@@ -54,7 +56,12 @@ def log_cosh(predictions, targets=None) -> jax.Array:
 
 
 def cosine_similarity(
-    predictions, targets, *, epsilon: jax.typing.ArrayLike = 0.0, axis: Axis = -1, where=None
+    predictions: jax.Array,
+    targets: jax.Array,
+    *,
+    epsilon: jax.typing.ArrayLike = 0.0,
+    axis: Axis = -1,
+    where: jax.Array | None = None,
 ) -> jax.Array:
     """``<a, b> / (||a|| ||b||)`` over ``axis``, each squared norm clipped below at ``epsilon``."""
     check_subdtype(predictions, jnp.floating)
@@ -68,7 +75,12 @@ def cosine_similarity(
 
 
 def cosine_distance(
-    predictions, targets, *, epsilon: jax.typing.ArrayLike = 0.0, axis: Axis = -1, where=None
+    predictions: jax.Array,
+    targets: jax.Array,
+    *,
+    epsilon: jax.typing.ArrayLike = 0.0,
+    axis: Axis = -1,
+    where: jax.Array | None = None,
 ) -> jax.Array:
     """``1 - cosine_similarity``."""
     check_subdtype(predictions, jnp.floating)

@@ -19,17 +19,17 @@ _REDUCTIONS = {
 
 
 def dice_loss(
-    predictions,
-    targets,
+    predictions: jax.Array,
+    targets: jax.Array,
     *,
-    class_weights=None,
+    class_weights: jax.typing.ArrayLike | None = None,
     smooth: jax.typing.ArrayLike = 1.0,
     alpha: jax.typing.ArrayLike = 0.5,
     beta: jax.typing.ArrayLike = 0.5,
     apply_softmax: bool = True,
     reduction: str = "mean",
     ignore_background: bool = False,
-    axis=None,
+    axis: int | tuple[int, ...] | None = None,
 ) -> jax.Array:
     """Dice / Tversky loss per example: ``1 - (I + smooth) / (I + alpha FP + beta FN + smooth)``.
 
@@ -80,8 +80,8 @@ def dice_loss(
 
 
 def multiclass_generalized_dice_loss(
-    predictions,
-    targets,
+    predictions: jax.Array,
+    targets: jax.Array,
     *,
     smooth: jax.typing.ArrayLike = 1.0,
     apply_softmax: bool = True,
@@ -106,7 +106,11 @@ def multiclass_generalized_dice_loss(
 
 
 def binary_dice_loss(
-    predictions, targets, *, smooth: jax.typing.ArrayLike = 1.0, apply_sigmoid: bool = True
+    predictions: jax.Array,
+    targets: jax.Array,
+    *,
+    smooth: jax.typing.ArrayLike = 1.0,
+    apply_sigmoid: bool = True,
 ) -> jax.Array:
     """Dice loss of a single foreground channel (a trailing channel axis is added if absent)."""
     if predictions.ndim == targets.ndim and predictions.shape[-1] != 1:

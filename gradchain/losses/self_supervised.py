@@ -9,7 +9,9 @@ from gradchain.losses.regression import cosine_similarity
 __all__ = ["ntxent", "triplet_margin_loss"]
 
 
-def ntxent(embeddings, labels, temperature: jax.typing.ArrayLike = 0.07) -> jax.Array:
+def ntxent(
+    embeddings: jax.Array, labels: jax.Array, temperature: jax.typing.ArrayLike = 0.07
+) -> jax.Array:
     """Normalized temperature-scaled cross-entropy (SimCLR, Chen et al., 2020).
 
     For every ordered pair ``(i, j)`` of distinct embeddings with the same label, the
@@ -48,9 +50,9 @@ def ntxent(embeddings, labels, temperature: jax.typing.ArrayLike = 0.07) -> jax.
 
 
 def triplet_margin_loss(
-    anchors,
-    positives,
-    negatives,
+    anchors: jax.Array,
+    positives: jax.Array,
+    negatives: jax.Array,
     axis: int = -1,
     norm_degree: jax.typing.ArrayLike = 2,
     margin: jax.typing.ArrayLike = 1.0,

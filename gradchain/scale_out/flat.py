@@ -37,6 +37,7 @@ moment>}``, and ``layout.view(state)`` shows it with the parameters' structure (
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -48,6 +49,8 @@ from gradchain.core.base import (
     ChainState,
     GradientTransformation,
     Identity,
+    Params,
+    PyTree,
     _call_update,
     _child_name,
     check_floating,
@@ -252,7 +255,11 @@ class FlatLayout:
         return out
 
 
-def flat_layout(params, labels=None, min_size: int | None = None) -> FlatLayout:
+def flat_layout(
+    params: Params,
+    labels: PyTree | Callable[[Params], PyTree] | None = None,
+    min_size: int | None = None,
+) -> FlatLayout:
     """The layout of ``params`` in flat buffers: one per dtype, or per (label, dtype).
 
     Keeping parameters flat is the fastest way to train a model of many small arrays: the

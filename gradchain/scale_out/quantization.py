@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import jax
@@ -583,7 +583,12 @@ def _check_bits(bits) -> None:
         raise ValueError(f"bits must be 8 or 4, got {bits!r}")
 
 
-def block_axis_sharding(shape, spec, axis_sizes: Mapping[str, int], block_size: int):
+def block_axis_sharding(
+    shape: Sequence[int],
+    spec: jax.sharding.PartitionSpec | tuple[Any, ...],
+    axis_sizes: Mapping[str, int],
+    block_size: int,
+) -> str | tuple[str, ...] | None:
     """The mesh axes the blocks of a tensor laid out as ``spec`` are split over, or None.
 
     Blocks follow the flattened tensor, so they can stay where the tensor's leading-axis shards
@@ -610,7 +615,9 @@ def block_axis_sharding(shape, spec, axis_sizes: Mapping[str, int], block_size: 
     return lead
 
 
-def block_layout(shape, block_size: int, sharding):
+def block_layout(
+    shape: Sequence[int], block_size: int, sharding: jax.sharding.NamedSharding
+) -> tuple[jax.sharding.NamedSharding, jax.sharding.NamedSharding]:
     """``(codes, absmax)`` shardings of the 8-bit form of a tensor laid out as ``sharding`` (a
     ``NamedSharding``): split by :func:`block_axis_sharding`, else replicated on its mesh."""
     entry = block_axis_sharding(shape, sharding.spec, dict(sharding.mesh.shape), block_size)
@@ -635,7 +642,12 @@ def _reshape(x, shape, layout):
 
 
 def quantize_blockwise(
-    x, signed: bool = True, block_size: int = 256, *, bits: int = 8, stochastic: bool = False
+    x: jax.typing.ArrayLike,
+    signed: bool = True,
+    block_size: int = 256,
+    *,
+    bits: int = 8,
+    stochastic: bool = False,
 ) -> QuantizedArray:
     r"""Quantizes ``x`` to uint8 codes of the dynamic map with one float32 scale per block.
 
@@ -714,7 +726,7 @@ def _rank1_scale(maxima, shape) -> jax.Array:
     return jnp.broadcast_to(scale, shape)
 
 
-def quantize_rank1(x, *, stochastic: bool = False) -> Rank1QuantizedArray:
+def quantize_rank1(x: jax.typing.ArrayLike, *, stochastic: bool = False) -> Rank1QuantizedArray:
     r"""Quantizes a non-negative ``x`` (at least 2-D) to 4-bit codes of the zero-point-free
     linear map with rank-1 normalization (Li et al., "Memory Efficient Optimizers with 4-bit
     States", NeurIPS 2023, §4.2 and §4.3):

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -57,6 +58,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gradchain.core.base import (
     GradientTransformation,
+    OptState,
+    Params,
+    PyTree,
     _call_update,
     _is_state,
     check_bool,
@@ -135,6 +139,9 @@ def _blocks(q: QuantizedArray, param_sharding, replicated) -> QuantizedArray:
     """An 8-bit moment's codes and scales, split by blocks (``quantization.block_layout``)."""
     if not isinstance(param_sharding, NamedSharding):
         return dataclasses.replace(q, codes=replicated, absmax=replicated)
+    # A tree of shardings shaped like the moment: its array fields hold shardings here.
+    codes: Any
+    absmax: Any
     codes, absmax = block_layout(q.shape, q.block_size, param_sharding)
     return dataclasses.replace(q, codes=codes, absmax=absmax)
 
@@ -163,7 +170,12 @@ def _field_name(path, parent: str) -> str:
     return parent
 
 
-def derive_shardings(state, param_treedef, param_infos, replicated):
+def derive_shardings(
+    state: OptState,
+    param_treedef: jax.tree_util.PyTreeDef,
+    param_infos: Sequence[tuple[tuple[int, ...], jax.sharding.Sharding | None]],
+    replicated: jax.sharding.Sharding,
+) -> PyTree:
     """The sharding of every leaf of ``state`` by the rules in the module docstring.
 
     ``param_infos`` lists ``(shape, sharding)`` per parameter leaf, in ``param_treedef`` order;
@@ -268,7 +280,13 @@ def _in_memory(shardings, memory_kind: str | None):
     return jax.tree.map(lambda s: s.with_memory_kind(memory_kind), shardings)
 
 
-def state_shardings(tx, params, mesh: Mesh | None = None, *, memory_kind: str | None = None):
+def state_shardings(
+    tx: GradientTransformation,
+    params: Params,
+    mesh: Mesh | None = None,
+    *,
+    memory_kind: str | None = None,
+) -> PyTree:
     """The sharding of every leaf of ``tx.init(params)``, derived from the parameters' shardings.
 
     Args:
@@ -299,7 +317,13 @@ def state_shardings(tx, params, mesh: Mesh | None = None, *, memory_kind: str | 
     return _layout(tx, params, mesh, memory_kind)[1]
 
 
-def init_sharded(tx, params, mesh: Mesh | None = None, *, memory_kind: str | None = None):
+def init_sharded(
+    tx: GradientTransformation,
+    params: Params,
+    mesh: Mesh | None = None,
+    *,
+    memory_kind: str | None = None,
+) -> OptState:
     """``tx.init(params)`` computed by ``jax.jit`` straight into :func:`state_shardings`.
 
     The one line it stands for::
@@ -317,7 +341,13 @@ def init_sharded(tx, params, mesh: Mesh | None = None, *, memory_kind: str | Non
     return jax.jit(tx.init, out_shardings=shardings)(params)
 
 
-def abstract_state(tx, params, mesh: Mesh | None = None, *, memory_kind: str | None = None):
+def abstract_state(
+    tx: GradientTransformation,
+    params: Params,
+    mesh: Mesh | None = None,
+    *,
+    memory_kind: str | None = None,
+) -> PyTree:
     """``tx.init(params)`` as ``jax.ShapeDtypeStruct`` s carrying the state's shardings.
 
     The restore target of a sharded checkpoint: for example with orbax,
@@ -346,7 +376,7 @@ def _shard_bytes(leaf, memory_kind):
     return out
 
 
-def per_device_bytes(tree, *, memory_kind: str | None = None) -> dict:
+def per_device_bytes(tree: PyTree, *, memory_kind: str | None = None) -> dict[jax.Device, int]:
     """Bytes of ``tree``'s arrays held by each device, for every device they span.
 
     The devices of this process are measured on their shards; under ``jax.distributed`` the
@@ -366,7 +396,7 @@ def per_device_bytes(tree, *, memory_kind: str | None = None) -> dict:
     return out
 
 
-def per_process_bytes(tree, *, memory_kind: str | None = None) -> dict:
+def per_process_bytes(tree: PyTree, *, memory_kind: str | None = None) -> dict[int, int]:
     """Bytes of ``tree``'s arrays held by each process (``jax.process_index``), summed over its
     devices: :func:`per_device_bytes` grouped by ``device.process_index``."""
     out: dict = {}
