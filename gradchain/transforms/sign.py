@@ -21,6 +21,8 @@ class ScaleBySign(GradientTransformation):
     (2018). Same as ``optax.scale_by_sign``.
     """
 
+    complex_params = True
+
     def init(self, params):
         return EmptyState()
 
