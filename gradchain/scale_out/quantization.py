@@ -641,6 +641,47 @@ def _reshape(x, shape, layout):
     return jnp.reshape(x, shape, out_sharding=layout)
 
 
+def _max_propagating_nan(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.where((a > b) | jnp.isnan(a), a, b)
+
+
+def _materialized(x: jax.Array) -> jax.Array:
+    """``x``, computed once into memory by the step that reads it.
+
+    XLA:CPU fuses an elementwise computation into each of its consumers, so a decoded 8-bit
+    moment, read by the block maximum, the encode and the update, would be decoded three times;
+    the 8-bit decode costs more arithmetic than writing the float32 result and reading it back
+    (benchmarks/README.md). The 4-bit decode is a short select chain, cheaper to recompute, and
+    is not materialized. An optimization barrier does not stop the duplication (XLA:CPU turns
+    it into a scheduling constraint before fusing), but the result of a reduction is never
+    fused into its consumers: ``x`` is the maximum of itself and ``-inf`` (exact, NaN kept),
+    reduced by a computation other than a plain maximum, which YNNPACK would take instead.
+    """
+    pair = jnp.stack([x, jnp.full_like(x, -np.inf)])
+    return jax.lax.reduce(pair, np.float32(-np.inf), _max_propagating_nan, (0,))
+
+
+def _block_absmax(blocks: jax.Array) -> jax.Array:
+    """``max(|blocks|, axis=1)`` (NaN if a block holds one), shaped so that XLA:CPU fuses it with
+    the computation of ``blocks``.
+
+    A plain row maximum becomes a YNNPACK reduction (or, when its computation is not a plain
+    max, a reduce-window) that takes no elementwise producer: the new moments would be written
+    out in float32 and read back, 8 bytes per element. Reducing a ``(n, b / 64, 64)`` view over
+    its middle axis with a computation that is not a plain max is a loop fusion that computes
+    its producer in 64-wide vectors and writes 64 maxima per block; their maximum is a small
+    second reduction. A maximum is exact in any order, so the result equals the plain one.
+    """
+    a = jnp.abs(blocks)
+    n, size = blocks.shape
+    if size % 64 or size == 64:
+        return jnp.max(a, axis=1)
+    partial = jax.lax.reduce(
+        a.reshape(n, size // 64, 64), np.float32(-np.inf), _max_propagating_nan, (1,)
+    )
+    return jnp.max(partial, axis=1)
+
+
 def quantize_blockwise(
     x: jax.typing.ArrayLike,
     signed: bool = True,
@@ -688,7 +729,7 @@ def quantize_blockwise(
     if n_blocks * block_size > n:  # never when the blocks are sharded: shards hold whole blocks
         flat = jnp.pad(flat, (0, n_blocks * block_size - n))
     blocks = _reshape(flat, (n_blocks, block_size), _laid_out(sharding, entry, None))
-    absmax = jnp.max(jnp.abs(blocks), axis=1)
+    absmax = _block_absmax(blocks)
     scale = jnp.where(absmax > 0, absmax, 1.0)
     noise = _hash_noise(blocks) if stochastic else None
     if bits == 4:
@@ -706,7 +747,7 @@ def dequantize_blockwise(q: QuantizedArray) -> jax.Array:
     if q.bits == 4:
         values = _decode_4bit(_unpack(q.codes), q.signed) * q.absmax[:, None]
     else:
-        values = _decode(q.codes, q.signed) * q.absmax[:, None]
+        values = _materialized(_decode(q.codes, q.signed) * q.absmax[:, None])
     sharding = explicit_sharding(q.codes)
     entry = None if sharding is None else (tuple(sharding.spec) + (None,))[0]
     flat = _reshape(values, (-1,), _laid_out(sharding, entry))
