@@ -455,3 +455,43 @@ def inverse_sqrt(x: jax.Array) -> jax.Array:
     would still be finite; every caller adds an epsilon first.
     """
     return jnp.sqrt(1 / x)
+
+
+def max_propagating_nan(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``max(a, b)``, NaN if either is NaN, written as a select: a reduction by it is not a
+    plain maximum, which XLA:CPU hands to YNNPACK whole instead of fusing its producer."""
+    return jnp.where((a > b) | jnp.isnan(a), a, b)
+
+
+def materialized(x: jax.Array) -> jax.Array:
+    """``x`` (floating), computed once into memory rather than inside each consumer.
+
+    XLA:CPU fuses an elementwise computation into every kernel that reads it, recomputing it
+    in each. An optimization barrier does not prevent that (XLA:CPU turns it into a scheduling
+    constraint before fusing); the result of a reduction with more than one consumer is kept in
+    memory. So ``x`` is reduced with ``-inf`` (``max(x, -inf) = x`` bit for bit, NaN kept) by a
+    computation that is not a plain maximum, which YNNPACK would take over instead.
+    """
+    pair = jnp.stack([x, jnp.full_like(x, -jnp.inf)])
+    return jax.lax.reduce(pair, np.array(-np.inf, x.dtype), max_propagating_nan, (0,))
+
+
+def _bits_dtype(dtype) -> jnp.dtype:
+    return jnp.dtype(f"int{jnp.dtype(dtype).itemsize * 8}")
+
+
+def after(x: jax.Array, y: jax.Array) -> jax.Array:
+    """``x`` (floating) bit for bit, made to depend on every element of ``y`` (floating, same
+    shape), so that the kernel writing ``x`` runs after the one computing ``y``.
+
+    A state array updated in place (its buffer donated) can only be overwritten once every other
+    reader of its old value has run; where XLA cannot order them, it copies the old value first
+    (a full extra pass over the array). Computing the new value after a materialized ``y``
+    that read the old one orders them. The dependency is a bitwise or with
+    ``min(b, 0) & max(b, 0)`` of ``y``'s bits, zero for every ``b`` but not provably so to the
+    compiler.
+    """
+    b = jax.lax.bitcast_convert_type(y, _bits_dtype(y.dtype))
+    zero = (jnp.minimum(b, 0) & jnp.maximum(b, 0)).astype(_bits_dtype(x.dtype))
+    bits = jax.lax.bitcast_convert_type(x, _bits_dtype(x.dtype)) | zero
+    return jax.lax.bitcast_convert_type(bits, x.dtype)

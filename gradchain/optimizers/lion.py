@@ -21,10 +21,12 @@ from gradchain.core.base import (
     tree_map_multi,
 )
 from gradchain.core.numerics import (
+    after,
     compute_dtype,
     ema,
     init_count,
     leaf_kernel,
+    materialized,
     moments_like,
     safe_increment,
 )
@@ -127,7 +129,21 @@ def _lion_leaf(g, m, b1, b2, c1, c2, smooth_beta, mode: str):
         u = jnp.tanh(smooth_beta.astype(dt) * c)
     else:
         u = jnp.where(jnp.abs(c) < 1, c, jnp.sign(c))
-    return u.astype(g.dtype), ema(m32, g32, b2.astype(dt), c2.astype(dt)).astype(m.dtype)
+    u = u.astype(g.dtype)
+    new = ema(m32, g32, b2.astype(dt), c2.astype(dt))
+    if u.size >= _ORDERED_SIZE:
+        # The update reads the old momentum, which the new one overwrites in place when the
+        # state is donated: XLA:CPU cannot order the two kernels and copies the old momentum
+        # first, a slow extra pass. Writing the update to memory and computing the momentum
+        # after it orders them, with no copy, at the price of one more kernel to compile.
+        u = materialized(u)
+        new = after(new, u)
+    return u, new.astype(m.dtype)
+
+
+# Leaves from this size on are stepped without the momentum's copy (``_lion_leaf``); below it the
+# copy stays in cache and costs less than compiling one more kernel.
+_ORDERED_SIZE = 1 << 16
 
 
 @named_optimizer

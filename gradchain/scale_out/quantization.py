@@ -53,6 +53,8 @@ from gradchain.core.numerics import (
     compute_dtype,
     explicit_sharding,
     init_count,
+    materialized,
+    max_propagating_nan,
     named_sharding,
     safe_increment,
 )
@@ -641,26 +643,6 @@ def _reshape(x, shape, layout):
     return jnp.reshape(x, shape, out_sharding=layout)
 
 
-def _max_propagating_nan(a: jax.Array, b: jax.Array) -> jax.Array:
-    return jnp.where((a > b) | jnp.isnan(a), a, b)
-
-
-def _materialized(x: jax.Array) -> jax.Array:
-    """``x``, computed once into memory by the step that reads it.
-
-    XLA:CPU fuses an elementwise computation into each of its consumers, so a decoded 8-bit
-    moment, read by the block maximum, the encode and the update, would be decoded three times;
-    the 8-bit decode costs more arithmetic than writing the float32 result and reading it back
-    (benchmarks/README.md). The 4-bit decode is a short select chain, cheaper to recompute, and
-    is not materialized. An optimization barrier does not stop the duplication (XLA:CPU turns
-    it into a scheduling constraint before fusing), but the result of a reduction is never
-    fused into its consumers: ``x`` is the maximum of itself and ``-inf`` (exact, NaN kept),
-    reduced by a computation other than a plain maximum, which YNNPACK would take instead.
-    """
-    pair = jnp.stack([x, jnp.full_like(x, -np.inf)])
-    return jax.lax.reduce(pair, np.float32(-np.inf), _max_propagating_nan, (0,))
-
-
 def _block_absmax(blocks: jax.Array) -> jax.Array:
     """``max(|blocks|, axis=1)`` (NaN if a block holds one), shaped so that XLA:CPU fuses it with
     the computation of ``blocks``.
@@ -677,7 +659,7 @@ def _block_absmax(blocks: jax.Array) -> jax.Array:
     if size % 64 or size == 64:
         return jnp.max(a, axis=1)
     partial = jax.lax.reduce(
-        a.reshape(n, size // 64, 64), np.float32(-np.inf), _max_propagating_nan, (1,)
+        a.reshape(n, size // 64, 64), np.float32(-np.inf), max_propagating_nan, (1,)
     )
     return jnp.max(partial, axis=1)
 
@@ -747,7 +729,10 @@ def dequantize_blockwise(q: QuantizedArray) -> jax.Array:
     if q.bits == 4:
         values = _decode_4bit(_unpack(q.codes), q.signed) * q.absmax[:, None]
     else:
-        values = _materialized(_decode(q.codes, q.signed) * q.absmax[:, None])
+        # The 8-bit decode costs more than a float32 round trip through memory; XLA:CPU would
+        # redo it in each of its three readers (block maximum, encode, update). The 4-bit
+        # decode is a short select chain, cheaper to recompute.
+        values = materialized(_decode(q.codes, q.signed) * q.absmax[:, None])
     sharding = explicit_sharding(q.codes)
     entry = None if sharding is None else (tuple(sharding.spec) + (None,))[0]
     flat = _reshape(values, (-1,), _laid_out(sharding, entry))
