@@ -168,3 +168,46 @@ def test_low_precision_leaves_keep_their_dtype():
 def test_invalid_hyperparameters_raise_at_construction(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_lion_on_a_large_leaf_steps_without_copying_the_momentum_and_equals_the_small_path(
+    monkeypatch,
+):
+    """From 65,536 elements Lion writes the sign as int8 codes and orders the momentum's in-place
+    write after them: the compiled donated step holds no copy of the momentum, and its updates,
+    parameters and momentum equal the plain path's bit for bit, signed zeros and NaN included."""
+    import importlib
+
+    lion_module = importlib.import_module("gradchain.optimizers.lion")
+
+    rng = np.random.default_rng(0)
+    p = {"w": jnp.asarray(rng.standard_normal((256, 256)), jnp.float32)}
+    special = jnp.array([0.0, -0.0, np.nan, -np.nan, 1e-40, -1e-40, np.inf, -np.inf])
+    grads = [
+        {"w": jnp.asarray(rng.standard_normal((256, 256)), jnp.float32).at[0, :8].set(special)}
+        for _ in range(4)
+    ]
+    tx = gc.lion(1e-2, weight_decay=0.1)
+
+    def step(p, s, g):
+        u, s = tx.update(g, s, p)
+        return gc.apply_updates(p, u), s, u
+
+    def run():
+        params, state, out = p, tx.init(p), []
+        for g in grads:
+            params, state, u = jax.jit(step)(params, state, g)
+            out.append((params, state.scale_by_lion.mu, u))
+        return jax.tree.map(lambda x: np.asarray(x).view(np.uint32), out)
+
+    def train_step(p, s, g):
+        return step(p, s, g)[:2]
+
+    compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(p, tx.init(p), grads[0]).compile()
+    hlo = compiled.as_text()
+    assert "s8[256,256]" in hlo and " copy(" not in hlo
+    large = run()
+    monkeypatch.setattr(lion_module, "_ORDERED_SIZE", 1 << 40)
+    jax.clear_caches()
+    for a, b in zip(jax.tree.leaves(large), jax.tree.leaves(run())):
+        np.testing.assert_array_equal(a, b)

@@ -464,16 +464,27 @@ def max_propagating_nan(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def materialized(x: jax.Array) -> jax.Array:
-    """``x`` (floating), computed once into memory rather than inside each consumer.
+    """``x``, computed once into memory rather than inside each consumer.
 
     XLA:CPU fuses an elementwise computation into every kernel that reads it, recomputing it
     in each. An optimization barrier does not prevent that (XLA:CPU turns it into a scheduling
     constraint before fusing); the result of a reduction with more than one consumer is kept in
-    memory. So ``x`` is reduced with ``-inf`` (``max(x, -inf) = x`` bit for bit, NaN kept) by a
-    computation that is not a plain maximum, which YNNPACK would take over instead.
+    memory. So ``x`` is reduced with the lowest value of its dtype (``max(x, -inf) = x`` bit for
+    bit, NaN kept) by a computation that is not a plain maximum, which YNNPACK would take over
+    instead. On XLA:CPU a temporary above 32 MiB is mapped afresh at every call (glibc's
+    largest mmap threshold), and its first writes fault in every page: keep what is
+    materialized small.
     """
-    pair = jnp.stack([x, jnp.full_like(x, -jnp.inf)])
-    return jax.lax.reduce(pair, np.array(-np.inf, x.dtype), max_propagating_nan, (0,))
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        lowest, select = np.array(-np.inf, x.dtype), max_propagating_nan
+    else:
+        lowest, select = np.array(jnp.iinfo(x.dtype).min, x.dtype), _max_by_select
+    pair = jnp.stack([x, jnp.full_like(x, lowest)])
+    return jax.lax.reduce(pair, lowest, select, (0,))
+
+
+def _max_by_select(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.where(a > b, a, b)
 
 
 def _bits_dtype(dtype) -> jnp.dtype:
@@ -481,8 +492,7 @@ def _bits_dtype(dtype) -> jnp.dtype:
 
 
 def after(x: jax.Array, y: jax.Array) -> jax.Array:
-    """``x`` (floating) bit for bit, made to depend on every element of ``y`` (floating, same
-    shape), so that the kernel writing ``x`` runs after the one computing ``y``.
+    """``x`` (floating) bit for bit, made to depend on every element of ``y`` (same shape), so that the kernel writing ``x`` runs after the one computing ``y``.
 
     A state array updated in place (its buffer donated) can only be overwritten once every other
     reader of its old value has run; where XLA cannot order them, it copies the old value first

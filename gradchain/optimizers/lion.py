@@ -123,27 +123,45 @@ def _lion_leaf(g, m, b1, b2, c1, c2, smooth_beta, mode: str):
     dt = compute_dtype(g.dtype)
     g32, m32 = g.astype(dt), m.astype(dt)
     c = ema(m32, g32, b1.astype(dt), c1.astype(dt))
+    new = ema(m32, g32, b2.astype(dt), c2.astype(dt))
+    if mode == "hard" and c.size >= _ORDERED_SIZE:
+        # The update reads the old momentum, which the new one overwrites in place when the
+        # state is donated: XLA:CPU cannot order the two kernels and copies the old momentum
+        # into a temporary first (an extra pass, and above 32 MiB fresh pages at every step).
+        # Writing the sign to memory as one byte and computing the momentum after it orders
+        # them: no copy, a quarter of the temporary, and 1 byte read back instead of 4.
+        code = materialized(_sign_code(c))
+        return _sign_value(code, g.dtype), after(new, code).astype(m.dtype)
     if mode == "hard":
         u = jnp.sign(c)
     elif mode == "smooth":
         u = jnp.tanh(smooth_beta.astype(dt) * c)
     else:
         u = jnp.where(jnp.abs(c) < 1, c, jnp.sign(c))
-    u = u.astype(g.dtype)
-    new = ema(m32, g32, b2.astype(dt), c2.astype(dt))
-    if u.size >= _ORDERED_SIZE:
-        # The update reads the old momentum, which the new one overwrites in place when the
-        # state is donated: XLA:CPU cannot order the two kernels and copies the old momentum
-        # first, a slow extra pass. Writing the update to memory and computing the momentum
-        # after it orders them, with no copy, at the price of one more kernel to compile.
-        u = materialized(u)
-        new = after(new, u)
-    return u, new.astype(m.dtype)
+    return u.astype(g.dtype), new.astype(m.dtype)
 
 
 # Leaves from this size on are stepped without the momentum's copy (``_lion_leaf``); below it the
 # copy stays in cache and costs less than compiling one more kernel.
 _ORDERED_SIZE = 1 << 16
+
+# int8 codes of sign(c): 1, -1, 0, and the values a float sign has besides (-0.0, NaN, -NaN).
+_NEG_ZERO, _NAN, _NEG_NAN = 2, -128, -127
+
+
+def _sign_code(c: jax.Array) -> jax.Array:
+    negative = jnp.signbit(c)
+    code = jnp.where(negative, _NEG_ZERO, 0)
+    code = jnp.where(jnp.isnan(c), jnp.where(negative, _NEG_NAN, _NAN), code)
+    code = jnp.where(c > 0, 1, jnp.where(c < 0, -1, code))
+    return code.astype(jnp.int8)
+
+
+def _sign_value(code: jax.Array, dtype) -> jax.Array:
+    """``sign(c)`` in ``dtype`` from :func:`_sign_code`, bit for bit."""
+    value = jnp.where(code == _NEG_ZERO, -0.0, code.astype(dtype))
+    value = jnp.where(code == _NEG_NAN, -jnp.nan, value)
+    return jnp.where(code == _NAN, jnp.nan, value).astype(dtype)
 
 
 @named_optimizer
