@@ -24,6 +24,7 @@ from gradchain.core.base import (
     check_bool,
     check_dtype,
     check_number,
+    require_values,
     state_class,
     transformation,
 )
@@ -70,7 +71,8 @@ class Snapshot(GradientTransformation):
       measure: a function of the updates returning a pytree of arrays.
 
     ``init`` stores ``measure(params)``, so the state has the same structure before and after
-    the first update. Same as ``optax.snapshot``.
+    the first update (and needs the parameters' values, not only their shapes). Same as
+    ``optax.snapshot``.
     """
 
     measure_name: str
@@ -82,6 +84,7 @@ class Snapshot(GradientTransformation):
         _check_measure("measure", self.measure)
 
     def init(self, params):
+        require_values(params, self.name)
         return SnapshotState({self.measure_name: self.measure(params)})
 
     def update(self, updates, state, params=None, **extra_args):
@@ -133,7 +136,8 @@ class MeasureWithEma(GradientTransformation):
         check_dtype("accumulator_dtype", self.accumulator_dtype)
 
     def init(self, params):
-        measurement = self.measure(params)
+        # Only the measurement's shape is needed, so shapes alone (ShapeDtypeStruct) will do.
+        measurement = jax.eval_shape(self.measure, params)
         acc = jax.tree.map(
             lambda x: jnp.zeros(jnp.shape(x), state_dtype(x.dtype, self.accumulator_dtype)),
             measurement,
@@ -225,7 +229,7 @@ class Monitor(GradientTransformation):
         measurements, states = {}, []
         for name, tx in self._transforms():
             inner = tx.init(params)
-            shape = jax.eval_shape(lambda inner=inner, tx=tx: tx.update(params, inner, params)[0])
+            shape = jax.eval_shape(lambda p, s, tx=tx: tx.update(p, s, p)[0], params, inner)
             measurements[name] = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
             states.append(inner)
         return MonitorState(measurements, tuple(states))
