@@ -209,7 +209,8 @@ NORM_CASES = {
 
 
 @pytest.mark.parametrize("name", list(NORM_CASES))
-@pytest.mark.parametrize("min_norm", [0.0, 0.5, 100.0])
+# 0 takes the norm everywhere but at zero rows; 100 takes min_norm everywhere.
+@pytest.mark.parametrize("min_norm", [0.0, 100.0])
 def test_safe_norm_and_its_gradient_match_optax(name, min_norm):
     x, kwargs = NORM_CASES[name]
     x = jnp.asarray(x)
@@ -232,7 +233,7 @@ def test_safe_norm_of_zeros_is_min_norm_with_a_zero_gradient_not_nan():
 
 
 @pytest.mark.parametrize("name", ["vector", "matrix", "zeros", "complex", "tensor"])
-@pytest.mark.parametrize("min_rms", [0.0, 0.5, 100.0])
+@pytest.mark.parametrize("min_rms", [0.0, 100.0])
 def test_safe_root_mean_squares_matches_optax(name, min_rms):
     x = jnp.asarray(NORM_CASES[name][0])
     np.testing.assert_allclose(
