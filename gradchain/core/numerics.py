@@ -379,8 +379,8 @@ def safe_norm(
               \text{min\_norm} & \text{otherwise} \end{cases}
 
     ``jnp.maximum(jnp.linalg.norm(x), min_norm)`` differentiates both branches, and the norm's
-    gradient at ``x = 0`` is 0/0; here the norm is taken of ``x`` with the small entries
-    replaced by ones, so the discarded branch has a finite gradient.
+    gradient at ``x = 0`` is 0/0; here the discarded branch is the norm of ones in place of
+    ``x`` wherever the norm is at most ``min_norm``, whose gradient is finite.
 
     Args:
       x: an array (real or complex).
@@ -395,19 +395,16 @@ def safe_norm(
     formed as ``sqrt(sum(|x|^2))`` (what ``jnp.linalg.norm`` computes for one or two axes).
     """
     x = jnp.asarray(x)
-    if ord is None:
-        norm = jnp.sqrt(jnp.sum(abs_sq(x), axis=axis, keepdims=True).real)
-        small = norm <= min_norm
-        masked = jnp.where(small, jnp.ones_like(x), x)
-        safe = jnp.sqrt(jnp.sum(abs_sq(masked), axis=axis, keepdims=True).real)
-        out = jnp.where(small, jnp.asarray(min_norm, safe.dtype), safe)
-        return out if keepdims else jnp.squeeze(out, axis=axis)
-    norm = jnp.linalg.norm(x, ord=ord, axis=axis, keepdims=True)
-    small = norm <= min_norm
-    masked = jnp.where(small, jnp.ones_like(x), x)
-    norm = norm if keepdims else jnp.squeeze(norm, axis=axis)
-    safe = jnp.linalg.norm(masked, ord=ord, axis=axis, keepdims=keepdims)
-    return jnp.where(norm <= min_norm, min_norm, safe)
+
+    def norm_of(v):
+        if ord is None:
+            return jnp.sqrt(jnp.sum(abs_sq(v), axis=axis, keepdims=True).real)
+        return jnp.linalg.norm(v, ord=ord, axis=axis, keepdims=True)
+
+    small = norm_of(x) <= min_norm
+    safe = norm_of(jnp.where(small, jnp.ones_like(x), x))
+    out = jnp.where(small, jnp.asarray(min_norm, safe.dtype), safe)
+    return out if keepdims else jnp.squeeze(out, axis=axis)
 
 
 def safe_root_mean_squares(x: jax.typing.ArrayLike, min_rms: jax.typing.ArrayLike) -> jax.Array:
