@@ -149,10 +149,10 @@ class ScaleByProdigy(GradientTransformation):
     learning_rate: ScalarOrSchedule = 1.0
     betas: tuple = (0.9, 0.999)
     beta3: float | None = None
-    eps: float = 1e-8
-    estim_lr0: float = 1e-6
-    estim_lr_coef: float = 1.0
-    weight_decay: float = 0.0
+    eps: ScalarOrSchedule = 1e-8
+    estim_lr0: ScalarOrSchedule = 1e-6
+    estim_lr_coef: ScalarOrSchedule = 1.0
+    weight_decay: ScalarOrSchedule = 0.0
     safeguard_warmup: bool = False
     _: dataclasses.KW_ONLY
     bias_correction: bool = True
@@ -266,15 +266,15 @@ def _prodigy_step(g, m, v, p, dlr, eps, lam):
 @named_optimizer
 def prodigy(
     learning_rate: ScalarOrSchedule = 1.0,
-    betas=(0.9, 0.999),
-    beta3=None,
-    eps=1e-8,
-    estim_lr0=1e-6,
-    estim_lr_coef=1.0,
-    weight_decay=0.0,
-    safeguard_warmup=False,
+    betas: tuple[ScalarOrSchedule, ScalarOrSchedule] = (0.9, 0.999),
+    beta3: float | None = None,
+    eps: ScalarOrSchedule = 1e-8,
+    estim_lr0: ScalarOrSchedule = 1e-6,
+    estim_lr_coef: ScalarOrSchedule = 1.0,
+    weight_decay: ScalarOrSchedule = 0.0,
+    safeguard_warmup: bool = False,
     *,
-    bias_correction=True,
+    bias_correction: bool = True,
 ) -> Parts:
     """Prodigy: learning-rate-free AdamW; see :func:`scale_by_prodigy` (the whole optimizer).
 
@@ -357,9 +357,9 @@ class ScaleByDAdaptAdamW(GradientTransformation):
 
     learning_rate: ScalarOrSchedule = 1.0
     betas: tuple = (0.9, 0.999)
-    eps: float = 1e-8
-    estim_lr0: float = 1e-6
-    weight_decay: float = 0.0
+    eps: ScalarOrSchedule = 1e-8
+    estim_lr0: ScalarOrSchedule = 1e-6
+    weight_decay: ScalarOrSchedule = 0.0
     _: dataclasses.KW_ONLY
     bias_correction: bool = True
     decouple: bool = True
@@ -463,13 +463,13 @@ def _dadapt_step(g, m, v, p, eps, decay):
 @named_optimizer
 def dadapt_adamw(
     learning_rate: ScalarOrSchedule = 1.0,
-    betas=(0.9, 0.999),
-    eps=1e-8,
-    estim_lr0=1e-6,
-    weight_decay=0.0,
+    betas: tuple[ScalarOrSchedule, ScalarOrSchedule] = (0.9, 0.999),
+    eps: ScalarOrSchedule = 1e-8,
+    estim_lr0: ScalarOrSchedule = 1e-6,
+    weight_decay: ScalarOrSchedule = 0.0,
     *,
-    bias_correction=True,
-    decouple=True,
+    bias_correction: bool = True,
+    decouple: bool = True,
 ) -> Parts:
     """D-Adaptation AdamW; see :func:`scale_by_dadapt_adamw` (the whole optimizer).
 

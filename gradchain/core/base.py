@@ -32,13 +32,24 @@ import inspect
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, NamedTuple, ParamSpec, TypeVar, dataclass_transform
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    NamedTuple,
+    ParamSpec,
+    TypeVar,
+    dataclass_transform,
+)
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gradchain.core.numerics import commit_to_params, put
+
+if TYPE_CHECKING:
+    import optax
 
 _T = TypeVar("_T")
 
@@ -48,12 +59,16 @@ Updates = PyTree
 OptState = PyTree
 Schedule = Callable[[jax.Array], jax.Array]
 ScalarOrSchedule = float | jax.Array | Schedule
+# optax's type of a mask argument: a tree of booleans, a function of the parameters returning
+# one, or None for every leaf.
+MaskOrFn = Any | Callable[[Params], Any] | None
 
 __all__ = [
     "ChainState",
     "EmptyState",
     "GradientTransformation",
     "GradientTransformationExtraArgs",
+    "MaskOrFn",
     "OptState",
     "Params",
     "ScalarOrSchedule",
@@ -300,7 +315,7 @@ def _replace_in(x, key, value):
     return x
 
 
-def tree_set(state: OptState, **values) -> OptState:
+def tree_set(state: OptState, **values: Any) -> OptState:
     """A copy of ``state`` with every field or live hyperparameter named by a keyword replaced.
 
     This is how a hyperparameter is changed between steps without recompiling::
@@ -574,7 +589,12 @@ class _FunctionSignature:
         if instance is None and owner in (GradientTransformation, GradientTransformationExtraArgs):
             kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
             return inspect.Signature(
-                [inspect.Parameter("init", kind), inspect.Parameter("update", kind)]
+                [
+                    inspect.Parameter("init", kind, annotation=Callable[[Params], OptState]),
+                    inspect.Parameter(
+                        "update", kind, annotation=Callable[..., tuple[Updates, OptState]]
+                    ),
+                ]
             )
         return None
 
@@ -1213,7 +1233,7 @@ def _add_leaf(p, u):
     return jnp.asarray(p + u).astype(p.dtype)
 
 
-def to_optax(tx: GradientTransformation):
+def to_optax(tx: GradientTransformation) -> optax.GradientTransformationExtraArgs:
     """Wraps ``tx`` as an ``optax.GradientTransformationExtraArgs``.
 
     Plain gradchain transformations already work inside ``optax.chain``; the wrapper is only

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     GradientTransformation,
     Parts,
+    ScalarOrSchedule,
     check_bool,
     check_floating,
     check_number,
@@ -72,10 +73,10 @@ class ScaleByBelief(GradientTransformation):
     same way. Same as ``optax.scale_by_belief``.
     """
 
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-16
-    eps_root: float = 1e-16
+    b1: ScalarOrSchedule = 0.9
+    b2: ScalarOrSchedule = 0.999
+    eps: ScalarOrSchedule = 1e-16
+    eps_root: ScalarOrSchedule = 1e-16
     _: dataclasses.KW_ONLY
     nesterov: bool = False
 
@@ -126,7 +127,13 @@ scale_by_belief = ScaleByBelief
 
 @named_optimizer
 def adabelief(
-    learning_rate, b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16, *, nesterov=False
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-16,
+    eps_root: ScalarOrSchedule = 1e-16,
+    *,
+    nesterov: bool = False,
 ) -> Parts:
     r"""AdaBelief: ``chain(scale_by_belief(b1, b2, eps, eps_root, nesterov=nesterov),
     scale_by_learning_rate(learning_rate))``, see :func:`scale_by_belief`. Same as

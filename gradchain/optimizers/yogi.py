@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     GradientTransformation,
     Parts,
+    ScalarOrSchedule,
     check_floating,
     check_number,
     check_tree_match,
@@ -56,10 +57,10 @@ class ScaleByYogi(GradientTransformation):
     :math:`10^{-6}\beta_1^t` and vanishes).
     """
 
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-3
-    eps_root: float = 0.0
+    b1: ScalarOrSchedule = 0.9
+    b2: ScalarOrSchedule = 0.999
+    eps: ScalarOrSchedule = 1e-3
+    eps_root: ScalarOrSchedule = 0.0
     initial_accumulator_value: float = 1e-6
 
     def __post_init__(self):
@@ -112,7 +113,12 @@ scale_by_yogi = ScaleByYogi
 
 
 @named_optimizer
-def yogi(learning_rate, b1=0.9, b2=0.999, eps=1e-3) -> Parts:
+def yogi(
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-3,
+) -> Parts:
     r"""Yogi: ``chain(scale_by_yogi(b1, b2, eps), scale_by_learning_rate(learning_rate))``, see
     :func:`scale_by_yogi`. Same as ``optax.yogi``."""
     return (

@@ -37,6 +37,7 @@ from gradchain.core.base import (
     Chain,
     ChainState,
     GradientTransformation,
+    MaskOrFn,
     ScalarOrSchedule,
     _call_update,  # how a chain passes extra arguments to its parts
     check_bool,
@@ -1090,7 +1091,7 @@ class _DecayAfterStep(GradientTransformation):
     """
 
     learning_rate: ScalarOrSchedule
-    weight_decay: float
+    weight_decay: ScalarOrSchedule
     mask: Any = None
 
     def __post_init__(self):
@@ -1179,17 +1180,17 @@ class _StochasticParamRounding(GradientTransformation):
 
 def adam_8bit(
     learning_rate: ScalarOrSchedule,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    eps_root=0.0,
-    mu_dtype=None,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: ScalarOrSchedule = 0.0,
+    mu_dtype: Any | None = None,
     *,
-    nesterov=False,
-    nu_dtype=None,
-    block_size=256,
-    min_8bit_size=4096,
-    keep_float32=None,
+    nesterov: bool = False,
+    nu_dtype: Any | None = None,
+    block_size: int = 256,
+    min_8bit_size: int = 4096,
+    keep_float32: MaskOrFn = None,
 ) -> Chain:
     r"""Adam with 8-bit block-wise quantized moments (bitsandbytes' ``Adam8bit``).
 
@@ -1225,21 +1226,21 @@ def adam_8bit(
 
 def adamw_8bit(
     learning_rate: ScalarOrSchedule,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    eps_root=0.0,
-    mu_dtype=None,
-    weight_decay=1e-4,
-    mask=None,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: ScalarOrSchedule = 0.0,
+    mu_dtype: Any | None = None,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    mask: MaskOrFn = None,
     *,
-    nesterov=False,
-    nu_dtype=None,
-    block_size=256,
-    min_8bit_size=4096,
-    keep_float32=None,
-    decay_after_step=False,
-    stochastic_rounding=False,
+    nesterov: bool = False,
+    nu_dtype: Any | None = None,
+    block_size: int = 256,
+    min_8bit_size: int = 4096,
+    keep_float32: MaskOrFn = None,
+    decay_after_step: bool = False,
+    stochastic_rounding: bool = False,
 ) -> Chain:
     r"""AdamW with 8-bit block-wise quantized moments (bitsandbytes' ``AdamW8bit``).
 
@@ -1304,21 +1305,21 @@ def adamw_8bit(
 
 
 def adamw_4bit(
-    learning_rate,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    eps_root=0.0,
-    mu_dtype=None,
-    weight_decay=1e-4,
-    mask=None,
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: ScalarOrSchedule = 0.0,
+    mu_dtype: Any | None = None,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    mask: MaskOrFn = None,
     *,
-    nesterov=False,
-    nu_dtype=None,
-    block_size=128,
-    min_4bit_size=4096,
-    keep_float32=None,
-    stochastic_rounding=False,
+    nesterov: bool = False,
+    nu_dtype: Any | None = None,
+    block_size: int = 128,
+    min_4bit_size: int = 4096,
+    keep_float32: MaskOrFn = None,
+    stochastic_rounding: bool = False,
 ) -> Chain:
     r"""AdamW with 4-bit moments (Li et al., "Memory Efficient Optimizers with 4-bit States",
     NeurIPS 2023; torchao's ``AdamW4bit``, lpmm).
@@ -1376,15 +1377,15 @@ def adamw_4bit(
 
 def lion_8bit(
     learning_rate: ScalarOrSchedule,
-    b1=0.9,
-    b2=0.99,
-    mu_dtype=None,
-    weight_decay=1e-3,
-    mask=None,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.99,
+    mu_dtype: Any | None = None,
+    weight_decay: ScalarOrSchedule = 1e-3,
+    mask: MaskOrFn = None,
     *,
-    block_size=256,
-    min_8bit_size=4096,
-    keep_float32=None,
+    block_size: int = 256,
+    min_8bit_size: int = 4096,
+    keep_float32: MaskOrFn = None,
 ) -> Chain:
     r"""Lion with its momentum stored in 8 bits (bitsandbytes' ``Lion8bit``).
 
@@ -1422,13 +1423,13 @@ def lion_8bit(
 
 def sgd_8bit(
     learning_rate: ScalarOrSchedule,
-    momentum=None,
-    nesterov=False,
-    accumulator_dtype=None,
+    momentum: ScalarOrSchedule | None = None,
+    nesterov: bool = False,
+    accumulator_dtype: Any | None = None,
     *,
-    block_size=256,
-    min_8bit_size=4096,
-    keep_float32=None,
+    block_size: int = 256,
+    min_8bit_size: int = 4096,
+    keep_float32: MaskOrFn = None,
 ) -> Chain:
     r"""SGD with its momentum buffer stored in 8 bits (bitsandbytes' ``SGD8bit``).
 

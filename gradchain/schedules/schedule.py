@@ -43,6 +43,7 @@ import numpy as np
 
 from gradchain.core.base import (
     GradientTransformation,
+    ScalarOrSchedule,
     _field_equal,
     _hashable,
     _short_repr,
@@ -1323,13 +1324,13 @@ class ReduceOnPlateau(GradientTransformation):
     is ``patience=p + 1`` here, ``threshold`` is ``rtol``.
     """
 
-    factor: float = 0.1
+    factor: ScalarOrSchedule = 0.1
     patience: int = 10
-    rtol: float = 1e-4
-    atol: float = 0.0
+    rtol: ScalarOrSchedule = 1e-4
+    atol: ScalarOrSchedule = 0.0
     cooldown: int = 0
     accumulation_size: int = 1
-    min_scale: float = 0.0
+    min_scale: ScalarOrSchedule = 0.0
 
     def __post_init__(self):
         check_number("factor", self.factor, low=0.0, high=1.0, low_open=True, high_open=True)

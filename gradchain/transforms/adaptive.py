@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from gradchain.core import numerics
 from gradchain.core.base import (
     GradientTransformation,
+    ScalarOrSchedule,
     check_bool,
     check_bools,
     check_dtype,
@@ -112,10 +113,10 @@ class ScaleByAdam(GradientTransformation):
 
     complex_params = True
 
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    eps_root: float = 0.0
+    b1: ScalarOrSchedule = 0.9
+    b2: ScalarOrSchedule = 0.999
+    eps: ScalarOrSchedule = 1e-8
+    eps_root: ScalarOrSchedule = 0.0
     mu_dtype: Any = None
     _: dataclasses.KW_ONLY
     nu_dtype: Any = None
@@ -217,8 +218,8 @@ class ScaleByRms(GradientTransformation):
 
     complex_params = True
 
-    decay: float = 0.9
-    eps: float = 1e-8
+    decay: ScalarOrSchedule = 0.9
+    eps: ScalarOrSchedule = 1e-8
     initial_scale: float = 0.0
     eps_in_sqrt: bool = True
     bias_correction: bool = False
@@ -290,8 +291,8 @@ class ScaleByStddev(GradientTransformation):
 
     complex_params = True
 
-    decay: float = 0.9
-    eps: float = 1e-8
+    decay: ScalarOrSchedule = 0.9
+    eps: ScalarOrSchedule = 1e-8
     initial_scale: float = 0.0
     eps_in_sqrt: bool = True
     bias_correction: bool = False

@@ -15,7 +15,6 @@ TODO: dict[str, tuple[str, ...]] = {
         "ApplyEvery",
         "ConditionallyMaskState",
         "ConditionallyTransformState",
-        "MaskOrFn",
         "MonitorState",
         "NonNegativeParamsState",
         "ScaleByAdaDeltaState",
