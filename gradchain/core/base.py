@@ -1088,11 +1088,6 @@ def chain(*args: GradientTransformation) -> Chain:
     return Chain(*args)
 
 
-def optimizer_chain(name: str, config: Mapping, *transforms) -> Chain:
-    """A chain that prints as ``name(**config)``: how named optimizers are built."""
-    return Chain(*transforms, name=name, config=config)
-
-
 @transformation("named_chain")
 class NamedChain(GradientTransformation):
     """Applies ``transforms`` in order, keeping the state of each under its name in ``names``.
