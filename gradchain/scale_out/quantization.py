@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import jax
@@ -1119,6 +1120,13 @@ class _DecayAfterStep(GradientTransformation):
 # Named 8-bit optimizers
 
 
+def _float_counterpart(optimizer: Callable[..., Chain], arguments: Mapping[str, Any]) -> Chain:
+    """``optimizer`` called with those of a low-bit variant's ``arguments`` that it takes: the
+    variant's arguments are its float counterpart's, by name, plus the quantization's."""
+    taken = inspect.signature(optimizer).parameters
+    return optimizer(**{k: v for k, v in arguments.items() if k in taken})
+
+
 def _with_quantized_moments(
     tx: Chain,
     block_size: int,
@@ -1212,7 +1220,7 @@ def adam_8bit(
     Args: as :func:`gradchain.adam`, plus ``block_size`` (256; 2048 in the paper),
     ``min_8bit_size`` (4096) and ``keep_float32`` (a mask of leaves whose moments stay float).
     """
-    tx = adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype)
+    tx = _float_counterpart(adam, locals())
     return _with_quantized_moments(tx, block_size, min_8bit_size, keep_float32)
 
 
@@ -1258,18 +1266,7 @@ def adamw_8bit(
     """
     check_bool("decay_after_step", decay_after_step)
     check_bool("stochastic_rounding", stochastic_rounding)
-    tx = adamw(
-        learning_rate,
-        b1,
-        b2,
-        eps,
-        eps_root,
-        mu_dtype,
-        weight_decay,
-        mask,
-        nesterov=nesterov,
-        nu_dtype=nu_dtype,
-    )
+    tx = _float_counterpart(adamw, locals())
     quantized, decay, step = _with_quantized_moments(
         tx, block_size, min_8bit_size, keep_float32, stochastic=stochastic_rounding
     )
@@ -1327,18 +1324,7 @@ def adamw_4bit(
     """
     check_bool("stochastic_rounding", stochastic_rounding)
     check_int("min_4bit_size", min_4bit_size, what="an integer >= 0")
-    tx = adamw(
-        learning_rate,
-        b1,
-        b2,
-        eps,
-        eps_root,
-        mu_dtype,
-        weight_decay,
-        mask,
-        nesterov=nesterov,
-        nu_dtype=nu_dtype,
-    )
+    tx = _float_counterpart(adamw, locals())
     parts = _with_quantized_moments(
         tx, block_size, min_4bit_size, keep_float32, bits=4, stochastic=stochastic_rounding
     )
@@ -1372,7 +1358,7 @@ def lion_8bit(
     ``block_size``, ``min_8bit_size`` and ``keep_float32`` (see :func:`quantize_moments`).
     Reference: Chen et al., "Symbolic Discovery of Optimization Algorithms" (2023).
     """
-    tx = lion(learning_rate, b1, b2, mu_dtype, weight_decay, mask)
+    tx = _float_counterpart(lion, locals())
     return _with_quantized_moments(tx, block_size, min_8bit_size, keep_float32)
 
 
@@ -1394,7 +1380,7 @@ def sgd_8bit(
     with :math:`b` in the signed map between steps. Without ``momentum`` there is no state and
     this is plain :func:`gradchain.sgd`.
     """
-    tx = sgd(learning_rate, momentum, nesterov, accumulator_dtype)
+    tx = _float_counterpart(sgd, locals())
     if momentum is None:
         return tx.transforms
     return _with_quantized_moments(tx, block_size, min_8bit_size, keep_float32)
