@@ -14,23 +14,19 @@ from gradchain.core.base import (
     ScalarOrSchedule,
     check_bool,
     check_floating,
-    check_number,
-    check_tree_match,
     named_optimizer,
     state_class,
     transformation,
-    tree_map_multi,
 )
 from gradchain.core.numerics import (
     bias_correction,
-    cast_like,
     compute_dtype,
     ema,
     init_count,
     moments_like,
     nesterov_bias_corrected,
-    safe_increment,
 )
+from gradchain.transforms.adaptive import adam_step_inputs, check_adam_hyperparams, step_moments
 from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = ["adabelief", "scale_by_belief"]
@@ -81,10 +77,7 @@ class ScaleByBelief(GradientTransformation):
     nesterov: bool = False
 
     def __post_init__(self):
-        check_number("b1", self.b1, low=0.0, high=1.0, high_open=True)
-        check_number("b2", self.b2, low=0.0, high=1.0, high_open=True)
-        check_number("eps", self.eps, low=0.0)
-        check_number("eps_root", self.eps_root, low=0.0)
+        check_adam_hyperparams(self)
         check_bool("nesterov", self.nesterov)
 
     def init(self, params):
@@ -97,11 +90,8 @@ class ScaleByBelief(GradientTransformation):
         )
 
     def update(self, updates, state, params=None, **extra_args):
-        check_tree_match(updates, state.mu, "updates", "state.mu")
-        hp = self.current_hyperparams(state)
+        hp, c1, c2, t = adam_step_inputs(self, updates, state)
         b1, b2, eps, eps_root = hp["b1"], hp["b2"], hp["eps"], hp["eps_root"]
-        c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
-        t = safe_increment(state.count)
 
         def step(g, m, s):
             dt = compute_dtype(g.dtype)
@@ -116,10 +106,7 @@ class ScaleByBelief(GradientTransformation):
             u = m_hat / (jnp.sqrt(bias_correction(s, b2, t)) + eps.astype(dt))
             return u.astype(g.dtype), m, s
 
-        out, mu, nu = tree_map_multi(step, 3, updates, state.mu, state.nu)
-        return out, ScaleByBeliefState(
-            count=t, mu=cast_like(mu, state.mu), nu=cast_like(nu, state.nu), hyperparams=hp
-        )
+        return step_moments(step, updates, state, t, hp)
 
 
 scale_by_belief = ScaleByBelief

@@ -40,10 +40,11 @@ from gradchain.core.numerics import (
     nesterov_bias_corrected,
 )
 from gradchain.transforms.adaptive import (
-    ScaleByAdamState,
     adam_step_inputs,
+    check_adam_hyperparams,
     init_adam_state,
     scale_by_adam,
+    step_moments,
 )
 from gradchain.transforms.decay import add_decoupled_weight_decay
 from gradchain.transforms.scaling import scale_by_learning_rate
@@ -61,13 +62,6 @@ __all__ = [
     "scale_by_nadam",
     "scale_by_radam",
 ]
-
-
-def _check_adam_hyperparams(tx):
-    check_number("b1", tx.b1, low=0.0, high=1.0, high_open=True)
-    check_number("b2", tx.b2, low=0.0, high=1.0, high_open=True)
-    check_number("eps", tx.eps, low=0.0)
-    check_number("eps_root", tx.eps_root, low=0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +121,7 @@ class ScaleByAmsgrad(GradientTransformation):
     nu_dtype: Any = None
 
     def __post_init__(self):
-        _check_adam_hyperparams(self)
+        check_adam_hyperparams(self)
         check_dtype("mu_dtype", self.mu_dtype)
         check_dtype("nu_dtype", self.nu_dtype)
         check_bools(self, "bias_correction_mu", "bias_correction_nu", "debias_after_max")
@@ -264,10 +258,7 @@ class ScaleByAdamax(GradientTransformation):
             v = jnp.maximum(jnp.abs(g32) + eps.astype(dt), b2.astype(dt) * v.astype(dt))
             return (bias_correction(m, b1, t) / v).astype(g.dtype), m, v
 
-        out, mu, nu = tree_map_multi(step, 3, updates, state.mu, state.nu)
-        return out, ScaleByAdamState(
-            count=t, mu=cast_like(mu, state.mu), nu=cast_like(nu, state.nu), hyperparams=hp
-        )
+        return step_moments(step, updates, state, t, hp)
 
 
 scale_by_adamax = ScaleByAdamax
@@ -365,7 +356,7 @@ class ScaleByRadam(GradientTransformation):
     eps_before_bias_correction: bool = False
 
     def __post_init__(self):
-        _check_adam_hyperparams(self)
+        check_adam_hyperparams(self)
         check_number("threshold", self.threshold, low=0.0)
         check_bools(self, "nesterov", "strict_threshold", "eps_before_bias_correction")
 
@@ -403,10 +394,7 @@ class ScaleByRadam(GradientTransformation):
             )
             return jnp.where(rectified, adaptive, m_hat).astype(g.dtype), m, v
 
-        out, mu, nu = tree_map_multi(step, 3, updates, state.mu, state.nu)
-        return out, ScaleByAdamState(
-            count=t, mu=cast_like(mu, state.mu), nu=cast_like(nu, state.nu), hyperparams=hp
-        )
+        return step_moments(step, updates, state, t, hp)
 
 
 scale_by_radam = ScaleByRadam
@@ -502,7 +490,7 @@ class ScaleByNadam(GradientTransformation):
     nu_dtype: Any = None
 
     def __post_init__(self):
-        _check_adam_hyperparams(self)
+        check_adam_hyperparams(self)
         check_number("momentum_decay", self.momentum_decay, low=0.0)
         check_dtype("mu_dtype", self.mu_dtype)
         check_dtype("nu_dtype", self.nu_dtype)
@@ -535,13 +523,8 @@ class ScaleByNadam(GradientTransformation):
             u = (coef_g.astype(dt) * g32 + coef_m.astype(dt) * m) / denom
             return u.astype(g.dtype), m, v
 
-        out, mu, nu = tree_map_multi(step, 3, updates, state.mu, state.nu)
-        return out, ScaleByNadamState(
-            count=t,
-            mu=cast_like(mu, state.mu),
-            nu=cast_like(nu, state.nu),
-            mu_product=mu_product.astype(state.mu_product.dtype),
-            hyperparams=hp,
+        return step_moments(
+            step, updates, state, t, hp, mu_product=mu_product.astype(state.mu_product.dtype)
         )
 
 
