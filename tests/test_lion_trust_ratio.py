@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from crosscheck import assert_trees_close, gradient_stream, mixed_params, run
+from crosscheck import assert_trees_close, gradient_stream, mixed_params, run, run_both
 from family_a_support import committed
 
 import gradchain as gc
@@ -71,10 +71,7 @@ OPTAX_CASES = {
 @pytest.mark.parametrize("name", sorted(OPTAX_CASES))
 def test_matches_optax_over_jitted_steps(name):
     ours, ref = OPTAX_CASES[name]
-    params = committed(mixed_params(bf16=False))
-    grads = gradient_stream(params, STEPS)
-    got, _ = run(ours(), params, grads, gc.apply_updates)
-    want, _ = run(ref(), params, grads, optax.apply_updates)
+    got, want = run_both(ours(), ref(), committed(mixed_params(bf16=False)), STEPS)
     assert_trees_close(got[-1], want[-1])
     assert_trees_close(got[STEPS // 2], want[STEPS // 2])
 
