@@ -13,6 +13,15 @@ import gradchain as gc
 STEPS = 20
 MASK = {"scalar": False, "vector": False, "matrix": True, "tensor": True}
 
+LARS_MASKED = dict(
+    weight_decay=0.1,
+    weight_decay_mask=MASK,
+    trust_ratio_mask=MASK,
+    trust_coefficient=0.01,
+    eps=1e-3,
+    nesterov=True,
+)
+
 OPTAX_CASES = {
     "lion": (lambda: gc.lion(0.01), lambda: optax.lion(0.01)),
     "lion_masked_decay": (
@@ -36,24 +45,8 @@ OPTAX_CASES = {
     "lamb": (lambda: gc.lamb(0.01, weight_decay=0.1), lambda: optax.lamb(0.01, weight_decay=0.1)),
     "lars": (lambda: gc.lars(0.1, weight_decay=0.1), lambda: optax.lars(0.1, weight_decay=0.1)),
     "lars_nesterov_masked": (
-        lambda: gc.lars(
-            0.1,
-            weight_decay=0.1,
-            weight_decay_mask=MASK,
-            trust_ratio_mask=MASK,
-            trust_coefficient=0.01,
-            eps=1e-3,
-            nesterov=True,
-        ),
-        lambda: optax.lars(
-            0.1,
-            weight_decay=0.1,
-            weight_decay_mask=MASK,
-            trust_ratio_mask=MASK,
-            trust_coefficient=0.01,
-            eps=1e-3,
-            nesterov=True,
-        ),
+        lambda: gc.lars(0.1, **LARS_MASKED),
+        lambda: optax.lars(0.1, **LARS_MASKED),
     ),
     "trust_ratio_min_norm": (
         lambda: gc.chain(
