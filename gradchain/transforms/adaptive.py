@@ -102,8 +102,8 @@ def step_moments(
     """What every two-moment transformation's ``update`` ends with.
 
     Runs ``step(g, m, v) -> (u, m, v)`` over the leaves of ``updates``, ``state.mu`` and
-    ``state.nu``, and returns the ``u`` and ``state`` with the new moments (cast back to their
-    dtypes), ``count``, ``hyperparams`` and ``other_fields`` replaced.
+    ``state.nu``; returns the tree of ``u`` and a copy of ``state`` holding the new moments (cast
+    back to their dtypes), ``count``, ``hyperparams`` and ``other_fields``.
     """
     out, mu, nu = tree_map_multi(step, 3, updates, state.mu, state.nu)
     new_state = dataclasses.replace(
