@@ -609,7 +609,40 @@ def stateless_call(state) -> bool:
     return not hasattr(state, "hyperparams")
 
 
-class GradientTransformation:
+class FieldData:
+    """``repr``, equality and hashing from the fields of a frozen dataclass whose fields are its
+    hyperparameters: what transformations and schedules share. It prints as
+    ``name(field=value, ...)`` and compares equal to an object of its type with equal fields."""
+
+    name: ClassVar[str]
+
+    def _shows(self, field: dataclasses.Field) -> bool:
+        """Whether ``field`` is part of the printed and compared data."""
+        return field.repr
+
+    def _value_repr(self, value: Any) -> str:
+        return _short_repr(value)
+
+    def _field_items(self) -> list[tuple[str, Any]]:
+        fields = dataclasses.fields(self)  # type: ignore[arg-type]
+        return [(f.name, getattr(self, f.name)) for f in fields if self._shows(f)]
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={self._value_repr(v)}" for k, v in self._field_items())
+        return f"{self.name}({args})"
+
+    def __eq__(self, other) -> bool:
+        if type(self) is not type(other):
+            return NotImplemented
+        return all(
+            _field_equal(a, b) for (_, a), (_, b) in zip(self._field_items(), other._field_items())
+        )
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(_hashable(v) for _, v in self._field_items())))
+
+
+class GradientTransformation(FieldData):
     """Base class of every gradchain transformation.
 
     Subclasses are frozen dataclasses whose fields are the hyperparameters. They set ``name``
@@ -719,26 +752,6 @@ class GradientTransformation:
         if callable(value) or not _is_concrete_number(value):
             return 1 - live
         return _complement_of(float(value), live)
-
-    # -- inspectable data -------------------------------------------------------------------
-
-    def _field_items(self):
-        fields = dataclasses.fields(self)  # type: ignore[arg-type]
-        return [(f.name, getattr(self, f.name)) for f in fields if f.repr]
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={_short_repr(v)}" for k, v in self._field_items())
-        return f"{self.name}({args})"
-
-    def __eq__(self, other) -> bool:
-        if type(self) is not type(other):
-            return NotImplemented
-        return all(
-            _field_equal(a, b) for (_, a), (_, b) in zip(self._field_items(), other._field_items())
-        )
-
-    def __hash__(self) -> int:
-        return hash((type(self), tuple(_hashable(v) for _, v in self._field_items())))
 
     # optax's transformations are NamedTuples ``(init, update)``: unpacking, indexing and
     # ``len`` behave the same here.
