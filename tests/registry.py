@@ -651,6 +651,7 @@ NOT_TRANSFORMS: dict[str, str] = {
     "Params": "type alias, as optax's",
     "Updates": "type alias, as optax's",
     "ScalarOrSchedule": "type alias, as optax's",
+    "MaskOrFn": "type alias, as optax's",
     "GradientTransformationExtraArgs": "optax's protocol class (tests/test_optax_protocol.py)",
     "StatefulSchedule": "optax's protocol class for stateful schedules (schedules/_inject_test)",
     "WrappedSchedule": "optax's wrapper of a schedule for inject_stateful_hyperparams",

@@ -33,6 +33,7 @@ import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import (
+    TYPE_CHECKING,
     Any,
     ClassVar,
     NamedTuple,
@@ -47,6 +48,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradchain.core.numerics import commit_to_params, put
+
+if TYPE_CHECKING:
+    import optax
 
 _T = TypeVar("_T")
 
@@ -354,7 +358,7 @@ def _replace_in(x, key, value):
     return x
 
 
-def tree_set(state: OptState, **values) -> OptState:
+def tree_set(state: OptState, **values: Any) -> OptState:
     """A copy of ``state`` with every field or live hyperparameter named by a keyword replaced.
 
     This is how a hyperparameter is changed between steps without recompiling::
@@ -628,7 +632,12 @@ class _FunctionSignature:
         if instance is None and owner in (GradientTransformation, GradientTransformationExtraArgs):
             kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
             return inspect.Signature(
-                [inspect.Parameter("init", kind), inspect.Parameter("update", kind)]
+                [
+                    inspect.Parameter("init", kind, annotation=Callable[[Params], OptState]),
+                    inspect.Parameter(
+                        "update", kind, annotation=Callable[..., tuple[Updates, OptState]]
+                    ),
+                ]
             )
         return None
 
@@ -643,7 +652,40 @@ def stateless_call(state) -> bool:
     return not hasattr(state, "hyperparams")
 
 
-class GradientTransformation:
+class FieldData:
+    """``repr``, equality and hashing from the fields of a frozen dataclass whose fields are its
+    hyperparameters: what transformations and schedules share. It prints as
+    ``name(field=value, ...)`` and compares equal to an object of its type with equal fields."""
+
+    name: ClassVar[str]
+
+    def _shows(self, field: dataclasses.Field) -> bool:
+        """Whether ``field`` is part of the printed and compared data."""
+        return field.repr
+
+    def _value_repr(self, value: Any) -> str:
+        return _short_repr(value)
+
+    def _field_items(self) -> list[tuple[str, Any]]:
+        fields = dataclasses.fields(self)  # type: ignore[arg-type]
+        return [(f.name, getattr(self, f.name)) for f in fields if self._shows(f)]
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={self._value_repr(v)}" for k, v in self._field_items())
+        return f"{self.name}({args})"
+
+    def __eq__(self, other) -> bool:
+        if type(self) is not type(other):
+            return NotImplemented
+        return all(
+            _field_equal(a, b) for (_, a), (_, b) in zip(self._field_items(), other._field_items())
+        )
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(_hashable(v) for _, v in self._field_items())))
+
+
+class GradientTransformation(FieldData):
     """Base class of every gradchain transformation.
 
     Subclasses are frozen dataclasses whose fields are the hyperparameters. They set ``name``
@@ -753,26 +795,6 @@ class GradientTransformation:
         if callable(value) or not _is_concrete_number(value):
             return 1 - live
         return _complement_of(float(value), live)
-
-    # -- inspectable data -------------------------------------------------------------------
-
-    def _field_items(self):
-        fields = dataclasses.fields(self)  # type: ignore[arg-type]
-        return [(f.name, getattr(self, f.name)) for f in fields if f.repr]
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={_short_repr(v)}" for k, v in self._field_items())
-        return f"{self.name}({args})"
-
-    def __eq__(self, other) -> bool:
-        if type(self) is not type(other):
-            return NotImplemented
-        return all(
-            _field_equal(a, b) for (_, a), (_, b) in zip(self._field_items(), other._field_items())
-        )
-
-    def __hash__(self) -> int:
-        return hash((type(self), tuple(_hashable(v) for _, v in self._field_items())))
 
     # optax's transformations are NamedTuples ``(init, update)``: unpacking, indexing and
     # ``len`` behave the same here.
@@ -1122,11 +1144,6 @@ def chain(*args: GradientTransformation) -> Chain:
     return Chain(*args)
 
 
-def optimizer_chain(name: str, config: Mapping, *transforms) -> Chain:
-    """A chain that prints as ``name(**config)``: how named optimizers are built."""
-    return Chain(*transforms, name=name, config=config)
-
-
 @transformation("named_chain")
 class NamedChain(GradientTransformation):
     """Applies ``transforms`` in order, keeping the state of each under its name in ``names``.
@@ -1312,7 +1329,7 @@ def periodic_update(
     )
 
 
-def to_optax(tx: GradientTransformation):
+def to_optax(tx: GradientTransformation) -> optax.GradientTransformationExtraArgs:
     """Wraps ``tx`` as an ``optax.GradientTransformationExtraArgs``.
 
     Plain gradchain transformations already work inside ``optax.chain``; the wrapper is only

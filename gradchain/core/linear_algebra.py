@@ -111,6 +111,7 @@ def _matrix_power(m: jax.Array, p: int, precision) -> jax.Array:
             result = square if result is None else jnp.matmul(result, square, precision=precision)
         p //= 2
         if not p:
+            assert result is not None  # p >= 1 has a highest set bit
             return result
         square = jnp.matmul(square, square, precision=precision)
 
@@ -156,7 +157,7 @@ def matrix_inverse_pth_root(
     check_int("p", p, low=1, what="a positive int")
     check_number("ridge_epsilon", ridge_epsilon, low=0.0)
     check_number("error_tolerance", error_tolerance, low=0.0)
-    p = int(p)
+    p = int(np.asarray(p))
     matrix = jnp.asarray(matrix)
     size = matrix.shape[0]
     alpha = jnp.asarray(-1.0 / p, jnp.float32)

@@ -432,7 +432,7 @@ def inverse_root(second_moment, eps, eps_in_sqrt: bool):
 
 
 @_inline_jit
-def bias_correction(moment: jax.Array, decay, count: jax.Array) -> jax.Array:
+def bias_correction(moment: jax.Array, decay: jax.typing.ArrayLike, count: jax.Array) -> jax.Array:
     """``moment / (1 - decay^count)``, with the power formed in float32 or better.
 
     ``count`` is the 1-based step number (``count = 0`` would divide by zero, so callers pass
