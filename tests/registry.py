@@ -508,6 +508,30 @@ TRANSFORMS: tuple[Entry, ...] = (
         optimizer=True,
         needs_params=True,
     ),
+    # AdEMAMix, ADOPT
+    E("scale_by_ademamix", gc.scale_by_ademamix),
+    E(
+        "scale_by_ademamix",
+        lambda: gc.scale_by_ademamix(alpha_warmup=5, b3_warmup=5),
+        variant="warmup",
+    ),
+    E("ademamix", lambda: gc.ademamix(0.1, weight_decay=0.1), optimizer=True, needs_params=True),
+    E("scale_by_simplified_ademamix", gc.scale_by_simplified_ademamix),
+    E(
+        "simplified_ademamix",
+        lambda: gc.simplified_ademamix(0.1),
+        optimizer=True,
+        needs_params=True,
+    ),
+    E("scale_by_adopt", gc.scale_by_adopt),
+    E("adopt", lambda: gc.adopt(0.1), optimizer=True),
+    E(
+        "adopt",
+        lambda: gc.adopt(0.1, nesterov=True, weight_decay=0.1),
+        optimizer=True,
+        needs_params=True,
+        variant="nesterov-weight_decay",
+    ),
     # 8-bit states
     E(
         "quantize_moments",
@@ -596,6 +620,8 @@ NOT_TRANSFORMS: dict[str, str] = {
     "ScaleByRssState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "ScaleByTrustRatioState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "ScaleState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
+    "ScaleByAdemamixState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
+    "ScaleBySimplifiedAdEMAMixState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "SophiaState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "TraceState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "WrappedScheduleState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",

@@ -92,6 +92,9 @@ NEW_OPTIMIZERS = [
     "optimistic_gradient_descent",
     "optimistic_adam_v2",
     "polyak_sgd",
+    "ademamix",
+    "simplified_ademamix",
+    "adopt",
 ]
 
 

@@ -1,5 +1,17 @@
 """Research optimizers, one module each, as in ``optax.contrib``."""
 
+from gradchain.contrib.ademamix import (
+    ScaleByAdemamixState,
+    ScaleBySimplifiedAdEMAMixState,
+    ademamix,
+    scale_by_ademamix,
+    scale_by_simplified_ademamix,
+    simplified_ademamix,
+)
+from gradchain.contrib.adopt import (
+    adopt,
+    scale_by_adopt,
+)
 from gradchain.contrib.galore import (
     GaLoreDimensionNumbers,
     GaLoreState,
@@ -43,7 +55,11 @@ __all__ = [
     "GaLoreState",
     "MuonDimensionNumbers",
     "ReduceLROnPlateauState",
+    "ScaleByAdemamixState",
+    "ScaleBySimplifiedAdEMAMixState",
     "SophiaState",
+    "ademamix",
+    "adopt",
     "dadapt_adamw",
     "galore",
     "gauss_newton_bartlett_estimator_diag_hessian",
@@ -53,15 +69,19 @@ __all__ = [
     "orthogonalize_via_newton_schulz",
     "prodigy",
     "reduce_on_plateau",
+    "scale_by_ademamix",
+    "scale_by_adopt",
     "scale_by_dadapt_adamw",
     "scale_by_galore",
     "scale_by_muon",
     "scale_by_prodigy",
     "scale_by_shape",
+    "scale_by_simplified_ademamix",
     "scale_by_sophia",
     "schedule_free",
     "schedule_free_adamw",
     "schedule_free_eval_params",
     "schedule_free_sgd",
+    "simplified_ademamix",
     "sophia",
 ]

@@ -269,6 +269,37 @@ ENTRIES = (
                 None,
             ),
             (
+                "ademamix",
+                "AdEMAMix with the authors' alpha and beta3 warmups over the run",
+                lambda steps, params: _clipped(
+                    gc.ademamix(
+                        lr_schedule(steps),
+                        b3=0.999,
+                        weight_decay=WEIGHT_DECAY,
+                        mask=decay_mask(params),
+                        alpha_warmup=steps,
+                        b3_warmup=steps,
+                    )
+                ),
+                None,
+            ),
+            (
+                "simplified_ademamix",
+                "simplified AdEMAMix (b1 0.9, lr / 10)",
+                lambda steps, params: _clipped(
+                    gc.simplified_ademamix(lr_schedule(steps, PEAK_LR / 10), b1=0.9)
+                ),
+                None,
+            ),
+            (
+                "adopt",
+                "ADOPT with decoupled weight decay",
+                lambda steps, params: _clipped(
+                    gc.adopt(lr_schedule(steps), weight_decay=WEIGHT_DECAY, mask=decay_mask(params))
+                ),
+                None,
+            ),
+            (
                 "polyak_sgd",
                 "SGD with the Polyak step size (f* = 0)",
                 lambda steps, params: _clipped(gc.polyak_sgd(max_learning_rate=1.0)),
