@@ -532,6 +532,22 @@ TRANSFORMS: tuple[Entry, ...] = (
         needs_params=True,
         variant="nesterov-weight_decay",
     ),
+    # Cautious, MARS
+    E("cautious", lambda: gc.cautious(gc.scale_by_adam())),
+    E(
+        "cautious",
+        lambda: gc.cautious(gc.adamw(0.1), descent=True),
+        optimizer=True,
+        needs_params=True,
+        variant="descent-adamw",
+    ),
+    E("cautious_adamw", lambda: gc.cautious_adamw(0.1), optimizer=True, needs_params=True),
+    E("cautious_lion", lambda: gc.cautious_lion(0.1), optimizer=True, needs_params=True),
+    # A NaN norm fails the clip's ``norm > max_norm`` test, as in the authors' code: the NaN stays
+    # in its coordinate.
+    E("scale_by_mars", gc.scale_by_mars),
+    E("scale_by_mars", lambda: gc.scale_by_mars(optimize_1d=True), variant="optimize_1d"),
+    E("mars", lambda: gc.mars(0.1), optimizer=True, needs_params=True),
     # 8-bit states
     E(
         "quantize_moments",
@@ -622,6 +638,8 @@ NOT_TRANSFORMS: dict[str, str] = {
     "ScaleState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "ScaleByAdemamixState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "ScaleBySimplifiedAdEMAMixState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
+    "CautiousState": "state class of the cautious wrapper (tests/test_cautious_mars.py)",
+    "ScaleByMarsState": "state class of scale_by_mars (tests/test_cautious_mars.py)",
     "SophiaState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "TraceState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "WrappedScheduleState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",

@@ -107,6 +107,9 @@ OPTIMIZERS = {
     # condition-1e3 quadratic within 300 steps; 0.9 is the paper's short-run setting.
     "simplified_ademamix": lambda lr: gc.simplified_ademamix(lr, b1=0.9),
     "adopt": lambda lr: gc.adopt(lr),
+    "cautious_adamw": lambda lr: gc.cautious_adamw(lr),
+    "cautious_lion": lambda lr: gc.cautious_lion(lr),
+    "mars": lambda lr: gc.mars(lr),
 }
 
 # Learning rates: per optimizer family and problem.
@@ -158,6 +161,9 @@ LEARNING_RATES = {
     # The momentum is a sum of about 1/(1 - b1) = 10 gradients: the step is 10x Adam's.
     "simplified_ademamix": {"quadratic": 3e-3, "rosenbrock": 3e-3, "mlp": 3e-3},
     "adopt": ADAM_LR,
+    "cautious_adamw": ADAM_LR,
+    "cautious_lion": {"quadratic": 0.01, "rosenbrock": 0.01, "mlp": 3e-3},
+    "mars": ADAM_LR,
 }
 
 

@@ -95,6 +95,9 @@ NEW_OPTIMIZERS = [
     "ademamix",
     "simplified_ademamix",
     "adopt",
+    "cautious_adamw",
+    "cautious_lion",
+    "mars",
 ]
 
 

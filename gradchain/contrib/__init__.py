@@ -12,6 +12,12 @@ from gradchain.contrib.adopt import (
     adopt,
     scale_by_adopt,
 )
+from gradchain.contrib.cautious import (
+    CautiousState,
+    cautious,
+    cautious_adamw,
+    cautious_lion,
+)
 from gradchain.contrib.galore import (
     GaLoreDimensionNumbers,
     GaLoreState,
@@ -23,6 +29,11 @@ from gradchain.contrib.learning_rate_free import (
     prodigy,
     scale_by_dadapt_adamw,
     scale_by_prodigy,
+)
+from gradchain.contrib.mars import (
+    ScaleByMarsState,
+    mars,
+    scale_by_mars,
 )
 from gradchain.contrib.muon import (
     MuonDimensionNumbers,
@@ -51,19 +62,25 @@ from gradchain.contrib.sophia import (
 )
 
 __all__ = [
+    "CautiousState",
     "GaLoreDimensionNumbers",
     "GaLoreState",
     "MuonDimensionNumbers",
     "ReduceLROnPlateauState",
     "ScaleByAdemamixState",
+    "ScaleByMarsState",
     "ScaleBySimplifiedAdEMAMixState",
     "SophiaState",
     "ademamix",
     "adopt",
+    "cautious",
+    "cautious_adamw",
+    "cautious_lion",
     "dadapt_adamw",
     "galore",
     "gauss_newton_bartlett_estimator_diag_hessian",
     "hutchinson_estimator_diag_hessian",
+    "mars",
     "muon",
     "muon_labels",
     "orthogonalize_via_newton_schulz",
@@ -73,6 +90,7 @@ __all__ = [
     "scale_by_adopt",
     "scale_by_dadapt_adamw",
     "scale_by_galore",
+    "scale_by_mars",
     "scale_by_muon",
     "scale_by_prodigy",
     "scale_by_shape",

@@ -300,6 +300,36 @@ ENTRIES = (
                 None,
             ),
             (
+                "cautious_adamw",
+                "Cautious AdamW (update masked where it disagrees with the gradient)",
+                lambda steps, params: _clipped(
+                    gc.cautious_adamw(
+                        lr_schedule(steps), weight_decay=WEIGHT_DECAY, mask=decay_mask(params)
+                    )
+                ),
+                None,
+            ),
+            (
+                "cautious_lion",
+                "Cautious Lion, lr / 3",
+                lambda steps, params: _clipped(
+                    gc.cautious_lion(
+                        lr_schedule(steps, PEAK_LR / 3),
+                        weight_decay=WEIGHT_DECAY * 3,
+                        mask=decay_mask(params),
+                    )
+                ),
+                None,
+            ),
+            (
+                "mars",
+                "MARS-AdamW (variance-reduced gradient; Adam on vectors)",
+                lambda steps, params: gc.mars(
+                    lr_schedule(steps), weight_decay=WEIGHT_DECAY, mask=decay_mask(params)
+                ),
+                None,
+            ),
+            (
                 "polyak_sgd",
                 "SGD with the Polyak step size (f* = 0)",
                 lambda steps, params: _clipped(gc.polyak_sgd(max_learning_rate=1.0)),
