@@ -71,7 +71,8 @@ NONFINITE = {
     "none": "nowhere: the transformation does not look at gradient values",
     "zeroed": "nowhere: the NaN is replaced by 0 (zero_nans) or the step is skipped",
     "held": "nowhere this step: accumulated, applied at the k-th micro-batch (MultiSteps), or a"
-    " step emitted one update late (scale_by_rprop's optax default)",
+    " step emitted one update late (scale_by_rprop's optax default), or a first step that only"
+    " sets up a preconditioner (scale_by_soap)",
 }
 
 
@@ -548,6 +549,15 @@ TRANSFORMS: tuple[Entry, ...] = (
     E("scale_by_mars", gc.scale_by_mars),
     E("scale_by_mars", lambda: gc.scale_by_mars(optimize_1d=True), variant="optimize_1d"),
     E("mars", lambda: gc.mars(0.1), optimizer=True, needs_params=True),
+    # SOAP (its first update only sets up the eigenbases; a NaN there enters the statistics)
+    E("scale_by_soap", lambda: gc.scale_by_soap(precondition_frequency=2), nonfinite="held"),
+    E(
+        "soap",
+        lambda: gc.soap(0.1, precondition_frequency=2),
+        optimizer=True,
+        needs_params=True,
+        nonfinite="held",
+    ),
     # 8-bit states
     E(
         "quantize_moments",
@@ -640,6 +650,7 @@ NOT_TRANSFORMS: dict[str, str] = {
     "ScaleBySimplifiedAdEMAMixState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "CautiousState": "state class of the cautious wrapper (tests/test_cautious_mars.py)",
     "ScaleByMarsState": "state class of scale_by_mars (tests/test_cautious_mars.py)",
+    "ScaleBySoapState": "state class of scale_by_soap (tests/test_soap.py)",
     "SophiaState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "TraceState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "WrappedScheduleState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",

@@ -110,6 +110,7 @@ OPTIMIZERS = {
     "cautious_adamw": lambda lr: gc.cautious_adamw(lr),
     "cautious_lion": lambda lr: gc.cautious_lion(lr),
     "mars": lambda lr: gc.mars(lr),
+    "soap": lambda lr: gc.soap(lr),
 }
 
 # Learning rates: per optimizer family and problem.
@@ -164,6 +165,7 @@ LEARNING_RATES = {
     "cautious_adamw": ADAM_LR,
     "cautious_lion": {"quadratic": 0.01, "rosenbrock": 0.01, "mlp": 3e-3},
     "mars": ADAM_LR,
+    "soap": ADAM_LR,
 }
 
 

@@ -98,6 +98,7 @@ NEW_OPTIMIZERS = [
     "cautious_adamw",
     "cautious_lion",
     "mars",
+    "soap",
 ]
 
 

@@ -53,6 +53,11 @@ from gradchain.contrib.schedule_free import (
     schedule_free_eval_params,
     schedule_free_sgd,
 )
+from gradchain.contrib.soap import (
+    ScaleBySoapState,
+    scale_by_soap,
+    soap,
+)
 from gradchain.contrib.sophia import (
     SophiaState,
     gauss_newton_bartlett_estimator_diag_hessian,
@@ -70,6 +75,7 @@ __all__ = [
     "ScaleByAdemamixState",
     "ScaleByMarsState",
     "ScaleBySimplifiedAdEMAMixState",
+    "ScaleBySoapState",
     "SophiaState",
     "ademamix",
     "adopt",
@@ -95,11 +101,13 @@ __all__ = [
     "scale_by_prodigy",
     "scale_by_shape",
     "scale_by_simplified_ademamix",
+    "scale_by_soap",
     "scale_by_sophia",
     "schedule_free",
     "schedule_free_adamw",
     "schedule_free_eval_params",
     "schedule_free_sgd",
     "simplified_ademamix",
+    "soap",
     "sophia",
 ]

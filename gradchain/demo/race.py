@@ -330,6 +330,14 @@ ENTRIES = (
                 None,
             ),
             (
+                "soap",
+                "SOAP (Adam in Shampoo's eigenbasis, refreshed every 10 steps)",
+                lambda steps, params: _clipped(
+                    gc.soap(lr_schedule(steps), weight_decay=WEIGHT_DECAY, mask=decay_mask(params))
+                ),
+                None,
+            ),
+            (
                 "polyak_sgd",
                 "SGD with the Polyak step size (f* = 0)",
                 lambda steps, params: _clipped(gc.polyak_sgd(max_learning_rate=1.0)),
