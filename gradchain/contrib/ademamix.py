@@ -32,6 +32,7 @@ from gradchain.core.numerics import (
     moments_like,
     safe_increment,
 )
+from gradchain.scale_out.flat import register_flat_safe
 from gradchain.transforms.decay import add_decayed_weights
 from gradchain.transforms.scaling import scale_by_learning_rate
 
@@ -332,6 +333,8 @@ class ScaleBySimplifiedAdemamix(GradientTransformation):
 
 
 scale_by_simplified_ademamix = ScaleBySimplifiedAdemamix
+# Both act on each coordinate alone: a flat buffer gives the numbers of the tree.
+register_flat_safe(ScaleByAdemamix, ScaleBySimplifiedAdemamix)
 
 
 @leaf_kernel()

@@ -20,6 +20,7 @@ from gradchain.core.base import (
     tree_map_multi,
 )
 from gradchain.core.numerics import abs_sq, compute_dtype, ema, leaf_kernel
+from gradchain.scale_out.flat import register_flat_safe
 from gradchain.transforms.adaptive import (
     ScaleByAdamState,
     adam_step_inputs,
@@ -112,6 +113,8 @@ class ScaleByAdopt(GradientTransformation):
 
 
 scale_by_adopt = ScaleByAdopt
+# Each coordinate alone (the clip value is one scalar per step): flat buffers give the same numbers.
+register_flat_safe(ScaleByAdopt)
 
 
 @leaf_kernel("nesterov")
