@@ -31,16 +31,12 @@ from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = ["ScaleBySoapState", "scale_by_soap", "soap"]
 
-# A dimension without a preconditioner (too large, or a vector's) holds this empty matrix, so
-# that every leaf's state has one entry per axis.
-_NONE = (0, 0)
-
 
 @state_class
 class ScaleBySoapState:
     """``count``: updates done (the first only sets up the preconditioner); ``mu``: the first
     moment, in the parameters' basis; ``nu``: the second moment, in the eigenbasis; ``gg``: per
-    leaf, per axis, Shampoo's statistic :math:`L_i` (an empty matrix where the axis is not
+    leaf, per axis, Shampoo's statistic :math:`L_i` (None where the axis is not
     preconditioned); ``q``: per leaf, per axis, its eigenbasis :math:`Q_i`; ``hyperparams``: as
     used last."""
 
@@ -62,7 +58,7 @@ def _project(x, qs, back: bool = False):
     """``x`` multiplied along each preconditioned axis ``i`` by :math:`Q_i^T` (or :math:`Q_i`
     with ``back``)."""
     for i, q in enumerate(qs):
-        if q.size:
+        if q is not None:
             x = jnp.moveaxis(jnp.tensordot(x, q, axes=([i], [1 if back else 0])), -1, i)
     return x
 
@@ -162,7 +158,7 @@ class ScaleBySoap(GradientTransformation):
             flags = _preconditioned(p, self.max_precond_dim)
             dt = compute_dtype(p.dtype)
             return tuple(
-                jnp.zeros((d, d) if on else _NONE, dt) for d, on in zip(jnp.shape(p), flags)
+                jnp.zeros((d, d), dt) if on else None for d, on in zip(jnp.shape(p), flags)
             )
 
         gg = jax.tree.map(factors, params)
@@ -223,17 +219,17 @@ def _soap_leaf(g, m, v, gg, q, count, frequency, *, b1, c1, b2, c2, bs, cs, eps)
     new_v = jnp.where(first, v32, new_v)
 
     gg = tuple(
-        ema(s, _statistic(g32, i), bs.astype(dt), cs.astype(dt)) if s.size else s
+        None if s is None else ema(s, _statistic(g32, i), bs.astype(dt), cs.astype(dt))
         for i, s in enumerate(gg)
     )
 
     def setup(q, v):
-        return tuple(_eigenbasis(s) if s.size else qi for s, qi in zip(gg, q)), v
+        return tuple(qi if s is None else _eigenbasis(s) for s, qi in zip(gg, q)), v
 
     def refresh(q, v):
         out = []
         for i, (s, qi) in enumerate(zip(gg, q)):
-            if s.size:
+            if s is not None:
                 qi, v = _refresh(s, qi, v, i)
             out.append(qi)
         return tuple(out), v
@@ -241,7 +237,7 @@ def _soap_leaf(g, m, v, gg, q, count, frequency, *, b1, c1, b2, c2, bs, cs, eps)
     def keep(q, v):
         return tuple(q), v
 
-    if any(s.size for s in gg):
+    if any(s is not None for s in gg):
         branch = jnp.where(first, 0, jnp.where(count % frequency == 0, 1, 2))
         q, new_v = jax.lax.switch(branch, (setup, refresh, keep), tuple(q), new_v)
     return (
