@@ -23,6 +23,7 @@ from gradchain.core.numerics import (
     count_power,
     ema,
     init_count,
+    leaf_kernel,
     moments_like,
     safe_increment,
 )
@@ -204,6 +205,7 @@ class ScaleBySoap(GradientTransformation):
 scale_by_soap = ScaleBySoap
 
 
+@leaf_kernel("frequency")
 def _soap_leaf(g, m, v, gg, q, count, frequency, *, b1, c1, b2, c2, bs, cs, eps):
     dt = compute_dtype(g.dtype)
     g32, m32, v32 = g.astype(dt), m.astype(dt), v.astype(dt)
