@@ -32,7 +32,15 @@ import inspect
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, NamedTuple, ParamSpec, TypeVar, dataclass_transform
+from typing import (
+    Any,
+    ClassVar,
+    NamedTuple,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    dataclass_transform,
+)
 
 import jax
 import jax.numpy as jnp
@@ -48,22 +56,68 @@ Updates = PyTree
 OptState = PyTree
 Schedule = Callable[[jax.Array], jax.Array]
 ScalarOrSchedule = float | jax.Array | Schedule
+# A mask given as a tree of bools (a prefix of the parameters') or as a function of the
+# parameters returning one; None selects everything. optax's ``MaskOrFn``.
+MaskOrFn = Any | Callable[[Params], Any] | None
+
+
+class TransformInitFn(Protocol):
+    """The type of ``init``: ``init(params) -> state``. optax's protocol of the same name."""
+
+    def __call__(self, params: Params) -> OptState: ...
+
+
+class TransformUpdateFn(Protocol):
+    """The type of ``update`` without extra arguments: ``update(updates, state, params=None)
+    -> (updates, state)``. optax's protocol of the same name."""
+
+    def __call__(
+        self, updates: Updates, state: OptState, params: Params | None = None
+    ) -> tuple[Updates, OptState]: ...
+
+
+class TransformUpdateExtraArgsFn(Protocol):
+    """The type of ``update`` with extra keyword arguments (every gradchain transformation's):
+    ``update(updates, state, params=None, **extra_args) -> (updates, state)``. optax's protocol
+    of the same name."""
+
+    def __call__(
+        self, updates: Updates, state: OptState, params: Params | None = None, **extra_args: Any
+    ) -> tuple[Updates, OptState]: ...
+
+
+class ShouldSkipUpdateFunction(Protocol):
+    """The type of ``MultiSteps``' ``should_skip_update_fn``: ``fn(updates, gradient_step,
+    params) -> (should_skip, logging_dict)``, ``should_skip`` a boolean scalar. optax's protocol
+    of the same name (:func:`gradchain.skip_not_finite` is one)."""
+
+    def __call__(
+        self, updates: Updates, gradient_step: jax.Array, params: Params | None
+    ) -> tuple[jax.Array, Any]: ...
+
 
 __all__ = [
     "ChainState",
     "EmptyState",
     "GradientTransformation",
     "GradientTransformationExtraArgs",
+    "MaskOrFn",
     "OptState",
     "Params",
     "ScalarOrSchedule",
+    "ShouldSkipUpdateFunction",
+    "TransformInitFn",
+    "TransformUpdateExtraArgsFn",
+    "TransformUpdateFn",
     "Updates",
     "apply_updates",
     "chain",
     "identity",
+    "incremental_update",
     "init_empty_state",
     "named_chain",
     "named_optimizer",
+    "periodic_update",
     "state_class",
     "stateless",
     "stateless_with_tree_map",
@@ -1211,6 +1265,51 @@ def apply_updates(params: Params, updates: Updates) -> Params:
 def _add_leaf(p, u):
     p = jnp.asarray(p)
     return jnp.asarray(p + u).astype(p.dtype)
+
+
+def incremental_update(
+    new_tensors: Params, old_tensors: Params, step_size: jax.typing.ArrayLike
+) -> Params:
+    r"""The Polyak average ``step_size * new + (1 - step_size) * old``, leaf by leaf.
+
+    .. math:: \bar\theta \leftarrow \tau\, \theta + (1 - \tau)\, \bar\theta
+
+    with :math:`\tau` = ``step_size`` (a target network's soft update, an evaluation average).
+    ``None`` leaves of ``new_tensors`` stay None. The arithmetic promotes as JAX does: a float32
+    ``step_size`` array and bfloat16 tensors give float32. Reference: Polyak and Juditsky,
+    "Acceleration of stochastic approximation by averaging", 1992. Same as
+    ``optax.incremental_update``; :func:`gradchain.params_ema` keeps such an average in an
+    optimizer's state.
+    """
+    if not any(x is None for x in jax.tree.leaves(new_tensors, is_leaf=lambda x: x is None)):
+        check_tree_match(old_tensors, new_tensors, "old_tensors", "new_tensors")
+    return jax.tree.map(
+        lambda new, old: None if new is None else step_size * new + (1.0 - step_size) * old,
+        new_tensors,
+        old_tensors,
+        is_leaf=lambda x: x is None,
+    )
+
+
+def periodic_update(
+    new_tensors: Params,
+    old_tensors: Params,
+    steps: jax.typing.ArrayLike,
+    update_period: jax.typing.ArrayLike,
+) -> Params:
+    r"""``new_tensors`` at the steps that are multiples of ``update_period``, else
+    ``old_tensors``: the slow copy of a target network (DQN, BYOL).
+
+    .. math:: \bar\theta_t = \theta_t \text{ if } t \bmod K = 0 \text{ else } \bar\theta_{t-1}
+
+    with :math:`t` = ``steps`` and :math:`K` = ``update_period`` (integers; traced values are
+    fine). Reference: Mnih et al., "Human-level control through deep reinforcement learning",
+    2015. Same as ``optax.periodic_update``.
+    """
+    check_tree_match(old_tensors, new_tensors, "old_tensors", "new_tensors")
+    return jax.lax.cond(
+        jnp.mod(steps, update_period) == 0, lambda: new_tensors, lambda: old_tensors
+    )
 
 
 def to_optax(tx: GradientTransformation):

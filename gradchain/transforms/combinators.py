@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     EmptyState,
     GradientTransformation,
+    ShouldSkipUpdateFunction,
     _call_update,
     _path_list,
     check_bool,
@@ -41,6 +42,7 @@ __all__ = [
     "MultiStepsState",
     "MultiTransformState",
     "PartitionState",
+    "ShouldSkipUpdateFunction",
     "ZeroNansState",
     "apply_if_finite",
     "freeze",
@@ -574,7 +576,7 @@ class MultiSteps(GradientTransformation):
     opt: Any
     every_k_schedule: Any
     use_grad_mean: bool = True
-    should_skip_update_fn: Any = None
+    should_skip_update_fn: ShouldSkipUpdateFunction | None = None
     accumulator_dtype: Any = jnp.float32
 
     def __post_init__(self):
