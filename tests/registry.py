@@ -93,7 +93,8 @@ NONFINITE = {
     "none": "nowhere: the transformation does not look at gradient values",
     "zeroed": "nowhere: the NaN is replaced by 0 (zero_nans) or the step is skipped",
     "held": "nowhere this step: accumulated, applied at the k-th micro-batch (MultiSteps), or a"
-    " step emitted one update late (scale_by_rprop's optax default)",
+    " step emitted one update late (scale_by_rprop's optax default), or a first step that only"
+    " sets up a preconditioner (scale_by_soap)",
 }
 
 
@@ -555,6 +556,55 @@ TRANSFORMS: tuple[Entry, ...] = (
         optimizer=True,
         needs_params=True,
     ),
+    # AdEMAMix, ADOPT
+    E("scale_by_ademamix", gc.scale_by_ademamix),
+    E(
+        "scale_by_ademamix",
+        lambda: gc.scale_by_ademamix(alpha_warmup=5, b3_warmup=5),
+        variant="warmup",
+    ),
+    E("ademamix", lambda: gc.ademamix(0.1, weight_decay=0.1), optimizer=True, needs_params=True),
+    E("scale_by_simplified_ademamix", gc.scale_by_simplified_ademamix),
+    E(
+        "simplified_ademamix",
+        lambda: gc.simplified_ademamix(0.1),
+        optimizer=True,
+        needs_params=True,
+    ),
+    E("scale_by_adopt", gc.scale_by_adopt),
+    E("adopt", lambda: gc.adopt(0.1), optimizer=True),
+    E(
+        "adopt",
+        lambda: gc.adopt(0.1, nesterov=True, weight_decay=0.1),
+        optimizer=True,
+        needs_params=True,
+        variant="nesterov-weight_decay",
+    ),
+    # Cautious, MARS
+    E("cautious", lambda: gc.cautious(gc.scale_by_adam())),
+    E(
+        "cautious",
+        lambda: gc.cautious(gc.adamw(0.1), descent=True),
+        optimizer=True,
+        needs_params=True,
+        variant="descent-adamw",
+    ),
+    E("cautious_adamw", lambda: gc.cautious_adamw(0.1), optimizer=True, needs_params=True),
+    E("cautious_lion", lambda: gc.cautious_lion(0.1), optimizer=True, needs_params=True),
+    # A NaN norm fails the clip's ``norm > max_norm`` test, as in the authors' code: the NaN stays
+    # in its coordinate.
+    E("scale_by_mars", gc.scale_by_mars),
+    E("scale_by_mars", lambda: gc.scale_by_mars(optimize_1d=True), variant="optimize_1d"),
+    E("mars", lambda: gc.mars(0.1), optimizer=True, needs_params=True),
+    # SOAP (its first update only sets up the eigenbases; a NaN there enters the statistics)
+    E("scale_by_soap", lambda: gc.scale_by_soap(precondition_frequency=2), nonfinite="held"),
+    E(
+        "soap",
+        lambda: gc.soap(0.1, precondition_frequency=2),
+        optimizer=True,
+        needs_params=True,
+        nonfinite="held",
+    ),
     # 8-bit states
     E(
         "quantize_moments",
@@ -643,6 +693,11 @@ NOT_TRANSFORMS: dict[str, str] = {
     "ScaleByRssState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "ScaleByTrustRatioState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "ScaleState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
+    "ScaleByAdemamixState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
+    "ScaleBySimplifiedAdEMAMixState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
+    "CautiousState": "state class of the cautious wrapper (tests/test_cautious_mars.py)",
+    "ScaleByMarsState": "state class of scale_by_mars (tests/test_cautious_mars.py)",
+    "ScaleBySoapState": "state class of scale_by_soap (tests/test_soap.py)",
     "SophiaState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "TraceState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "WrappedScheduleState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",

@@ -34,6 +34,14 @@ def schedule(count):
     return 0.1 / (1.0 + 0.2 * count)
 
 
+def b3_schedule(count):
+    return 0.999 - 0.1 / (1.0 + count)
+
+
+def alpha_schedule(count):
+    return jnp.minimum(count / 10.0, 1.0) * 3.0
+
+
 def _loss(params):
     """The sum of squares of the float32 leaves: a bfloat16 leaf may round one ulp apart on the
     two sides (within its tolerance), which would move the loss, and so the Polyak step of every
@@ -201,6 +209,61 @@ MATRIX = [
         lambda: gc.polyak_sgd(0.5, scaling=0.3, f_min=40.0, eps=1e-3, variant="sps+"),
         lambda: optax.polyak_sgd(0.5, scaling=0.3, f_min=40.0, eps=1e-3, variant="sps+"),
         value=True,
+    ),
+    # (d) optax.contrib: AdEMAMix, its simplified form, ADOPT
+    case(
+        "scale_by_ademamix",
+        lambda: gc.scale_by_ademamix(),
+        lambda: optax.contrib.scale_by_ademamix(),
+        rtol=ADAM_RTOL,
+        complex=True,
+    ),
+    case(
+        "ademamix-schedules-weight_decay",
+        lambda: gc.ademamix(schedule, b3=b3_schedule, alpha=alpha_schedule, weight_decay=0.1),
+        lambda: optax.contrib.ademamix(
+            schedule, b3=b3_schedule, alpha=alpha_schedule, weight_decay=0.1
+        ),
+        rtol=ADAM_RTOL,
+    ),
+    case(
+        "ademamix-eps_root-mu_dtype",
+        lambda: gc.ademamix(0.01, 0.8, 0.99, 0.999, 2.0, 1e-6, 1e-8, jnp.float32),
+        lambda: optax.contrib.ademamix(0.01, 0.8, 0.99, 0.999, 2.0, 1e-6, 1e-8, jnp.float32),
+        rtol=ADAM_RTOL,
+    ),
+    case(
+        "scale_by_simplified_ademamix",
+        lambda: gc.scale_by_simplified_ademamix(alpha=2.0),
+        lambda: optax.contrib.scale_by_simplified_ademamix(alpha=2.0),
+        rtol=ADAM_RTOL,
+    ),
+    case(
+        "simplified_ademamix-schedule",
+        lambda: gc.simplified_ademamix(0.01, 0.9, alpha=alpha_schedule, weight_decay=0.1),
+        lambda: optax.contrib.simplified_ademamix(
+            0.01, 0.9, alpha=alpha_schedule, weight_decay=0.1
+        ),
+        rtol=ADAM_RTOL,
+    ),
+    case("scale_by_adopt", gc.scale_by_adopt, optax.contrib.scale_by_adopt, rtol=ADAM_RTOL),
+    case(
+        "adopt-nesterov",
+        lambda: gc.adopt(schedule, 0.8, 0.99, nesterov=True),
+        lambda: optax.contrib.adopt(schedule, 0.8, 0.99, nesterov=True),
+        rtol=ADAM_RTOL,
+    ),
+    case(
+        "adopt-no_clipping",
+        lambda: gc.adopt(0.01, b2=0.5, eps=1e-3, use_clipping=False),
+        lambda: optax.contrib.adopt(0.01, b2=0.5, eps=1e-3, use_clipping=False),
+        rtol=ADAM_RTOL,
+    ),
+    case(
+        "adopt-clip_value_fn",
+        lambda: gc.adopt(0.01, clip_value_fn=lambda t: 0.5 + 0.1 * t),
+        lambda: optax.contrib.adopt(0.01, clip_value_fn=lambda t: 0.5 + 0.1 * t),
+        rtol=ADAM_RTOL,
     ),
     # (c) clipping relative to the parameters
     case(

@@ -92,6 +92,13 @@ NEW_OPTIMIZERS = [
     "optimistic_gradient_descent",
     "optimistic_adam_v2",
     "polyak_sgd",
+    "ademamix",
+    "simplified_ademamix",
+    "adopt",
+    "cautious_adamw",
+    "cautious_lion",
+    "mars",
+    "soap",
 ]
 
 

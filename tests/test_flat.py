@@ -49,6 +49,9 @@ CHAINS = {
     "adan": lambda: gc.adan(1e-2),
     "rprop": lambda: gc.rprop(1e-3, delay_step=False),
     "optimistic_adam_v2": lambda: gc.optimistic_adam_v2(1e-2),
+    "ademamix+warmups": lambda: gc.ademamix(1e-2, b3=0.99, alpha_warmup=5, b3_warmup=8),
+    "simplified_ademamix": lambda: gc.simplified_ademamix(1e-3, alpha=2.0),
+    "adopt+nesterov": lambda: gc.adopt(1e-2, b2=0.99, nesterov=True),
     "normalize+sgd+apply_every": lambda: gc.chain(
         gc.normalize_by_update_norm(), gc.sgd(0.05, momentum=0.9), gc.apply_every(2)
     ),

@@ -1,5 +1,23 @@
 """Research optimizers, one module each, as in ``optax.contrib``."""
 
+from gradchain.contrib.ademamix import (
+    ScaleByAdemamixState,
+    ScaleBySimplifiedAdEMAMixState,
+    ademamix,
+    scale_by_ademamix,
+    scale_by_simplified_ademamix,
+    simplified_ademamix,
+)
+from gradchain.contrib.adopt import (
+    adopt,
+    scale_by_adopt,
+)
+from gradchain.contrib.cautious import (
+    CautiousState,
+    cautious,
+    cautious_adamw,
+    cautious_lion,
+)
 from gradchain.contrib.galore import (
     GaLoreDimensionNumbers,
     GaLoreState,
@@ -11,6 +29,11 @@ from gradchain.contrib.learning_rate_free import (
     prodigy,
     scale_by_dadapt_adamw,
     scale_by_prodigy,
+)
+from gradchain.contrib.mars import (
+    ScaleByMarsState,
+    mars,
+    scale_by_mars,
 )
 from gradchain.contrib.muon import (
     MuonDimensionNumbers,
@@ -30,6 +53,11 @@ from gradchain.contrib.schedule_free import (
     schedule_free_eval_params,
     schedule_free_sgd,
 )
+from gradchain.contrib.soap import (
+    ScaleBySoapState,
+    scale_by_soap,
+    soap,
+)
 from gradchain.contrib.sophia import (
     SophiaState,
     gauss_newton_bartlett_estimator_diag_hessian,
@@ -39,29 +67,47 @@ from gradchain.contrib.sophia import (
 )
 
 __all__ = [
+    "CautiousState",
     "GaLoreDimensionNumbers",
     "GaLoreState",
     "MuonDimensionNumbers",
     "ReduceLROnPlateauState",
+    "ScaleByAdemamixState",
+    "ScaleByMarsState",
+    "ScaleBySimplifiedAdEMAMixState",
+    "ScaleBySoapState",
     "SophiaState",
+    "ademamix",
+    "adopt",
+    "cautious",
+    "cautious_adamw",
+    "cautious_lion",
     "dadapt_adamw",
     "galore",
     "gauss_newton_bartlett_estimator_diag_hessian",
     "hutchinson_estimator_diag_hessian",
+    "mars",
     "muon",
     "muon_labels",
     "orthogonalize_via_newton_schulz",
     "prodigy",
     "reduce_on_plateau",
+    "scale_by_ademamix",
+    "scale_by_adopt",
     "scale_by_dadapt_adamw",
     "scale_by_galore",
+    "scale_by_mars",
     "scale_by_muon",
     "scale_by_prodigy",
     "scale_by_shape",
+    "scale_by_simplified_ademamix",
+    "scale_by_soap",
     "scale_by_sophia",
     "schedule_free",
     "schedule_free_adamw",
     "schedule_free_eval_params",
     "schedule_free_sgd",
+    "simplified_ademamix",
+    "soap",
     "sophia",
 ]

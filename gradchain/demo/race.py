@@ -269,6 +269,75 @@ ENTRIES = (
                 None,
             ),
             (
+                "ademamix",
+                "AdEMAMix with the authors' alpha and beta3 warmups over the run",
+                lambda steps, params: _clipped(
+                    gc.ademamix(
+                        lr_schedule(steps),
+                        b3=0.999,
+                        weight_decay=WEIGHT_DECAY,
+                        mask=decay_mask(params),
+                        alpha_warmup=steps,
+                        b3_warmup=steps,
+                    )
+                ),
+                None,
+            ),
+            (
+                "simplified_ademamix",
+                "simplified AdEMAMix (b1 0.9, lr / 10)",
+                lambda steps, params: _clipped(
+                    gc.simplified_ademamix(lr_schedule(steps, PEAK_LR / 10), b1=0.9)
+                ),
+                None,
+            ),
+            (
+                "adopt",
+                "ADOPT with decoupled weight decay",
+                lambda steps, params: _clipped(
+                    gc.adopt(lr_schedule(steps), weight_decay=WEIGHT_DECAY, mask=decay_mask(params))
+                ),
+                None,
+            ),
+            (
+                "cautious_adamw",
+                "Cautious AdamW (update masked where it disagrees with the gradient)",
+                lambda steps, params: _clipped(
+                    gc.cautious_adamw(
+                        lr_schedule(steps), weight_decay=WEIGHT_DECAY, mask=decay_mask(params)
+                    )
+                ),
+                None,
+            ),
+            (
+                "cautious_lion",
+                "Cautious Lion, lr / 3",
+                lambda steps, params: _clipped(
+                    gc.cautious_lion(
+                        lr_schedule(steps, PEAK_LR / 3),
+                        weight_decay=WEIGHT_DECAY * 3,
+                        mask=decay_mask(params),
+                    )
+                ),
+                None,
+            ),
+            (
+                "mars",
+                "MARS-AdamW (variance-reduced gradient; Adam on vectors)",
+                lambda steps, params: gc.mars(
+                    lr_schedule(steps), weight_decay=WEIGHT_DECAY, mask=decay_mask(params)
+                ),
+                None,
+            ),
+            (
+                "soap",
+                "SOAP (Adam in Shampoo's eigenbasis, refreshed every 10 steps)",
+                lambda steps, params: _clipped(
+                    gc.soap(lr_schedule(steps), weight_decay=WEIGHT_DECAY, mask=decay_mask(params))
+                ),
+                None,
+            ),
+            (
                 "polyak_sgd",
                 "SGD with the Polyak step size (f* = 0)",
                 lambda steps, params: _clipped(gc.polyak_sgd(max_learning_rate=1.0)),
