@@ -11,7 +11,9 @@ import jax.numpy as jnp
 
 from gradchain.core.base import (
     GradientTransformation,
+    MaskOrFn,
     Parts,
+    ScalarOrSchedule,
     check_dtype,
     check_floating,
     check_int,
@@ -126,12 +128,12 @@ class ScaleByAdemamix(GradientTransformation):
 
     complex_params = True
 
-    b1: float = 0.9
-    b2: float = 0.999
+    b1: ScalarOrSchedule = 0.9
+    b2: ScalarOrSchedule = 0.999
     b3: Any = 0.9999
     alpha: Any = 6.0
-    eps: float = 1e-8
-    eps_root: float = 0.0
+    eps: ScalarOrSchedule = 1e-8
+    eps_root: ScalarOrSchedule = 0.0
     mu_dtype: Any = None
     _: dataclasses.KW_ONLY
     alpha_warmup: int | None = None
@@ -211,19 +213,19 @@ def _ademamix_leaf(g, m1, m2, nu, b1, c1, b2, c2, b3, c3, alpha, eps, eps_root, 
 
 @named_optimizer
 def ademamix(
-    learning_rate,
-    b1=0.9,
-    b2=0.999,
-    b3=0.9999,
-    alpha=5.0,
-    eps=1e-8,
-    eps_root=0.0,
-    mu_dtype=None,
-    weight_decay=0.0,
-    mask=None,
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    b3: ScalarOrSchedule = 0.9999,
+    alpha: ScalarOrSchedule = 5.0,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: ScalarOrSchedule = 0.0,
+    mu_dtype: Any | None = None,
+    weight_decay: ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
     *,
-    alpha_warmup=None,
-    b3_warmup=None,
+    alpha_warmup: int | None = None,
+    b3_warmup: int | None = None,
 ) -> Parts:
     r"""AdEMAMix: ``chain(scale_by_ademamix(...), add_decayed_weights(weight_decay, mask),
     scale_by_learning_rate(learning_rate))``:
@@ -299,11 +301,11 @@ class ScaleBySimplifiedAdemamix(GradientTransformation):
     (2025). Same as ``optax.contrib.scale_by_simplified_ademamix``.
     """
 
-    b1: float = 0.99
-    b2: float = 0.95
+    b1: ScalarOrSchedule = 0.99
+    b2: ScalarOrSchedule = 0.95
     alpha: Any = 0.0
-    eps: float = 1e-8
-    eps_root: float = 0.0
+    eps: ScalarOrSchedule = 1e-8
+    eps_root: ScalarOrSchedule = 0.0
 
     def __post_init__(self):
         check_number("b1", self.b1, low=0.0, high=1.0, high_open=True)
@@ -352,14 +354,14 @@ def _simplified_leaf(g, m, n, b1, b2, alpha, eps, eps_root, t):
 
 @named_optimizer
 def simplified_ademamix(
-    learning_rate,
-    b1=0.99,
-    b2=0.95,
-    alpha=0.0,
-    eps=1e-8,
-    eps_root=0.0,
-    weight_decay=0.0,
-    mask=None,
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.99,
+    b2: ScalarOrSchedule = 0.95,
+    alpha: ScalarOrSchedule = 0.0,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: ScalarOrSchedule = 0.0,
+    weight_decay: ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
 ) -> Parts:
     r"""Simplified AdEMAMix: ``chain(scale_by_simplified_ademamix(...),
     add_decayed_weights(weight_decay, mask), scale_by_learning_rate(learning_rate))``, see

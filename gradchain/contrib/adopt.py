@@ -11,7 +11,9 @@ import jax.numpy as jnp
 
 from gradchain.core.base import (
     GradientTransformation,
+    MaskOrFn,
     Parts,
+    ScalarOrSchedule,
     check_bools,
     check_dtype,
     check_number,
@@ -69,9 +71,9 @@ class ScaleByAdopt(GradientTransformation):
     step only fills ``exp_avg_sq``); ``nesterov`` is optax's addition.
     """
 
-    b1: float = 0.9
-    b2: float = 0.9999
-    eps: float = 1e-6
+    b1: ScalarOrSchedule = 0.9
+    b2: ScalarOrSchedule = 0.9999
+    eps: ScalarOrSchedule = 1e-6
     mu_dtype: Any = None
     _: dataclasses.KW_ONLY
     nesterov: bool = False
@@ -133,17 +135,17 @@ def _adopt_leaf(g, m, v, b1, c1, b2, c2, eps, clip, nesterov: bool):
 
 @named_optimizer
 def adopt(
-    learning_rate,
-    b1=0.9,
-    b2=0.9999,
-    eps=1e-6,
-    mu_dtype=None,
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.9999,
+    eps: ScalarOrSchedule = 1e-6,
+    mu_dtype: Any | None = None,
     *,
-    nesterov=False,
-    use_clipping=True,
-    clip_value_fn=quarter_power,
-    weight_decay=None,
-    mask=None,
+    nesterov: bool = False,
+    use_clipping: bool = True,
+    clip_value_fn: Callable[[jax.Array], jax.Array] = quarter_power,
+    weight_decay: ScalarOrSchedule | None = None,
+    mask: MaskOrFn = None,
 ) -> Parts:
     r"""ADOPT: ``chain(scale_by_adopt(...), add_decayed_weights(weight_decay, mask),
     scale_by_learning_rate(learning_rate))``, see :func:`scale_by_adopt`.
@@ -154,7 +156,7 @@ def adopt(
     ``ADOPT(decouple=True)``, except that the authors skip it at the initializing step 0, where
     this decays by :math:`\eta\lambda p_0`.
     """
-    scale = (
+    scale: tuple[GradientTransformation, ...] = (
         scale_by_adopt(
             b1,
             b2,

@@ -10,7 +10,9 @@ import jax.numpy as jnp
 
 from gradchain.core.base import (
     GradientTransformation,
+    MaskOrFn,
     Parts,
+    ScalarOrSchedule,
     _call_update,
     check_bool,
     check_floating,
@@ -108,14 +110,14 @@ def _cautious_leaf(u, g, sign: float):
 
 @named_optimizer
 def cautious_adamw(
-    learning_rate,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    eps_root=0.0,
-    mu_dtype=None,
-    weight_decay=1e-4,
-    mask=None,
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: ScalarOrSchedule = 0.0,
+    mu_dtype: Any | None = None,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    mask: MaskOrFn = None,
 ) -> Parts:
     r"""Cautious AdamW (C-AdamW): ``chain(cautious(scale_by_adam(b1, b2, eps, eps_root,
     mu_dtype)), add_decoupled_weight_decay(weight_decay, mask),
@@ -136,7 +138,12 @@ def cautious_adamw(
 
 @named_optimizer
 def cautious_lion(
-    learning_rate, b1=0.9, b2=0.99, mu_dtype=None, weight_decay=1e-3, mask=None
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.99,
+    mu_dtype: Any | None = None,
+    weight_decay: ScalarOrSchedule = 1e-3,
+    mask: MaskOrFn = None,
 ) -> Parts:
     r"""Cautious Lion (C-Lion): ``chain(cautious(scale_by_lion(b1, b2, mu_dtype)),
     add_decoupled_weight_decay(weight_decay, mask), scale_by_learning_rate(learning_rate))``:

@@ -10,7 +10,9 @@ import jax.numpy as jnp
 
 from gradchain.core.base import (
     GradientTransformation,
+    MaskOrFn,
     Parts,
+    ScalarOrSchedule,
     check_bool,
     check_dtype,
     check_floating,
@@ -89,16 +91,16 @@ class ScaleByMars(GradientTransformation):
     :func:`mars` chains or a decay ``mask``. optax has no counterpart.
     """
 
-    b1: float = 0.95
-    b2: float = 0.99
-    eps: float = 1e-8
-    gamma: float = 0.025
+    b1: ScalarOrSchedule = 0.95
+    b2: ScalarOrSchedule = 0.99
+    eps: ScalarOrSchedule = 1e-8
+    gamma: ScalarOrSchedule = 0.025
     mu_dtype: Any = None
     _: dataclasses.KW_ONLY
-    max_norm: float = 1.0
+    max_norm: ScalarOrSchedule = 1.0
     optimize_1d: bool = False
-    b1_1d: float = 0.9
-    b2_1d: float = 0.95
+    b1_1d: ScalarOrSchedule = 0.9
+    b2_1d: ScalarOrSchedule = 0.95
 
     def __post_init__(self):
         check_number("b1", self.b1, low=0.0, high=1.0, high_open=True)
@@ -126,8 +128,12 @@ class ScaleByMars(GradientTransformation):
         hp = self.current_hyperparams(state)
         t = safe_increment(state.count)
         mars = (hp["b1"], self.complement("b1", hp), hp["b2"], self.complement("b2", hp))
-        adam = (hp["b1_1d"], self.complement("b1_1d", hp), hp["b2_1d"])
-        adam += (self.complement("b2_1d", hp),)
+        adam = (
+            hp["b1_1d"],
+            self.complement("b1_1d", hp),
+            hp["b2_1d"],
+            self.complement("b2_1d", hp),
+        )
 
         def step(g, m, v, prev):
             if self.optimize_1d or jnp.ndim(g) >= 2:
@@ -168,19 +174,19 @@ def _adam_leaf(g, m, v, b1, c1, b2, c2, eps, t):
 
 @named_optimizer
 def mars(
-    learning_rate,
-    b1=0.95,
-    b2=0.99,
-    eps=1e-8,
-    gamma=0.025,
-    weight_decay=0.0,
-    mask=None,
-    mu_dtype=None,
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.95,
+    b2: ScalarOrSchedule = 0.99,
+    eps: ScalarOrSchedule = 1e-8,
+    gamma: ScalarOrSchedule = 0.025,
+    weight_decay: ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
+    mu_dtype: Any | None = None,
     *,
-    max_norm=1.0,
-    optimize_1d=False,
-    b1_1d=0.9,
-    b2_1d=0.95,
+    max_norm: ScalarOrSchedule = 1.0,
+    optimize_1d: bool = False,
+    b1_1d: ScalarOrSchedule = 0.9,
+    b2_1d: ScalarOrSchedule = 0.95,
 ) -> Parts:
     r"""MARS-AdamW: ``chain(scale_by_mars(...), add_decoupled_weight_decay(weight_decay, mask),
     scale_by_learning_rate(learning_rate))``:

@@ -9,7 +9,9 @@ import jax.numpy as jnp
 
 from gradchain.core.base import (
     GradientTransformation,
+    MaskOrFn,
     Parts,
+    ScalarOrSchedule,
     check_floating,
     check_int,
     check_number,
@@ -129,10 +131,10 @@ class ScaleBySoap(GradientTransformation):
     optax has no counterpart.
     """
 
-    b1: float = 0.95
-    b2: float = 0.95
+    b1: ScalarOrSchedule = 0.95
+    b2: ScalarOrSchedule = 0.95
     shampoo_beta: float | None = None
-    eps: float = 1e-8
+    eps: ScalarOrSchedule = 1e-8
     precondition_frequency: int = 10
     max_precond_dim: int = 10000
 
@@ -253,15 +255,15 @@ def _soap_leaf(g, m, v, gg, q, count, frequency, *, b1, c1, b2, c2, bs, cs, eps)
 
 @named_optimizer
 def soap(
-    learning_rate=3e-3,
-    b1=0.95,
-    b2=0.95,
-    shampoo_beta=None,
-    eps=1e-8,
-    weight_decay=0.01,
-    mask=None,
-    precondition_frequency=10,
-    max_precond_dim=10000,
+    learning_rate: ScalarOrSchedule = 3e-3,
+    b1: ScalarOrSchedule = 0.95,
+    b2: ScalarOrSchedule = 0.95,
+    shampoo_beta: float | None = None,
+    eps: ScalarOrSchedule = 1e-8,
+    weight_decay: ScalarOrSchedule = 0.01,
+    mask: MaskOrFn = None,
+    precondition_frequency: int = 10,
+    max_precond_dim: int = 10000,
 ) -> Parts:
     r"""SOAP: ``chain(scale_by_soap(...), add_decoupled_weight_decay(weight_decay, mask),
     scale_by_learning_rate(learning_rate))``, see :func:`scale_by_soap`; defaults as the
