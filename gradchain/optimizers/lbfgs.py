@@ -2,6 +2,8 @@ r"""L-BFGS: the quasi-Newton direction from the last few steps, with a line sear
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
@@ -15,7 +17,6 @@ from gradchain.core.base import (
     identity,
     named_optimizer,
     require_params,
-    state_class,
     transformation,
 )
 from gradchain.core.numerics import init_count, safe_increment
@@ -26,8 +27,7 @@ from gradchain.transforms.scaling import scale, scale_by_learning_rate
 __all__ = ["ScaleByLBFGSState", "lbfgs", "scale_by_lbfgs"]
 
 
-@state_class
-class ScaleByLBFGSState:
+class ScaleByLBFGSState(NamedTuple):
     """optax's fields: ``count``, updates done; ``params`` and ``updates``, the parameters and
     incoming updates of the latest step; ``diff_params_memory`` and ``diff_updates_memory``,
     the last ``memory_size`` differences :math:`s_j, y_j` stacked on a leading axis of each

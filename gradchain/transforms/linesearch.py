@@ -16,7 +16,7 @@ import dataclasses
 import functools
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +26,7 @@ from gradchain.core.base import (
     Params,
     Updates,
     check_bool,
+    check_floating,
     check_int,
     check_number,
     check_params_match,
@@ -137,8 +138,7 @@ def _cond_print(condition, message: str, **kwargs) -> None:
 # Backtracking (Armijo)
 
 
-@state_class
-class BacktrackingLinesearchInfo:
+class BacktrackingLinesearchInfo(NamedTuple):
     """``num_linesearch_steps``: loss evaluations of the latest search; ``decrease_error``: by
     how much its step misses the sufficient decrease condition (0 when it meets it)."""
 
@@ -146,8 +146,7 @@ class BacktrackingLinesearchInfo:
     decrease_error: jax.Array
 
 
-@state_class
-class ScaleByBacktrackingLinesearchState:
+class ScaleByBacktrackingLinesearchState(NamedTuple):
     """optax's fields: ``learning_rate``, the step size found; ``value``, the loss there;
     ``grad``, the gradient there (None unless ``store_grad``); ``info``, the search's
     :class:`BacktrackingLinesearchInfo`."""
@@ -250,6 +249,7 @@ class ScaleByBacktrackingLinesearch(GradientTransformation):
         check_bool("verbose", self.verbose)
 
     def init(self, params):
+        check_floating(params, self.name, complex_ok=True)
         dtype = _scalar_dtype(params)
         return ScaleByBacktrackingLinesearchState(
             learning_rate=jnp.ones((), dtype),
@@ -281,7 +281,8 @@ class ScaleByBacktrackingLinesearch(GradientTransformation):
         check_params_match(updates, params)
         _require_extras(self.name, value, grad, value_fn)
         fn = functools.partial(value_fn, **_split_fn_kwargs(self.name, value_fn, extra_args))
-        dtype = state.learning_rate.dtype
+        dtype = _scalar_dtype(params)
+        previous = jnp.asarray(state.learning_rate).astype(dtype)
         value = jnp.asarray(value).astype(dtype)
         slope = _real_vdot(updates, jax.tree.map(jnp.conj, grad)).astype(dtype)
         max_steps = self.max_backtracking_steps
@@ -308,7 +309,7 @@ class ScaleByBacktrackingLinesearch(GradientTransformation):
                 new_grad = s.new_grad
             return _cast_like(_Backtrack(lr, new_value, new_grad, error, s.iter_num + 1), s)
 
-        start = jnp.minimum(self.increase_factor * state.learning_rate, self.max_learning_rate)
+        start = jnp.minimum(self.increase_factor * previous, self.max_learning_rate)
         carry = _Backtrack(
             learning_rate=start.astype(dtype),
             new_value=value,
@@ -343,7 +344,7 @@ class ScaleByBacktrackingLinesearch(GradientTransformation):
                 num_linesearch_steps=found.iter_num, decrease_error=found.decrease_error
             ),
         )
-        return _scaled(lr, updates), _cast_like(new_state, state)
+        return _scaled(lr, updates), _cast_like(new_state, jax.eval_shape(self.init, params))
 
 
 scale_by_backtracking_linesearch = ScaleByBacktrackingLinesearch
@@ -353,8 +354,7 @@ scale_by_backtracking_linesearch = ScaleByBacktrackingLinesearch
 # Zoom (strong Wolfe)
 
 
-@state_class
-class ZoomLinesearchInfo:
+class ZoomLinesearchInfo(NamedTuple):
     """``num_linesearch_steps``: loss-and-gradient evaluations of the latest search;
     ``decrease_error`` and ``curvature_error``: by how much its step misses the sufficient
     decrease and the curvature conditions (0 when it meets them). optax's fields."""
@@ -364,8 +364,7 @@ class ZoomLinesearchInfo:
     curvature_error: jax.Array
 
 
-@state_class
-class ScaleByZoomLinesearchState:
+class ScaleByZoomLinesearchState(NamedTuple):
     """optax's fields: ``learning_rate``, the step size found; ``value`` and ``grad``, the loss
     and its gradient there (what :func:`value_and_grad_from_state` reads); ``info``, the
     search's :class:`ZoomLinesearchInfo`."""
@@ -521,6 +520,7 @@ class ScaleByZoomLinesearch(GradientTransformation):
         check_bool("verbose", self.verbose)
 
     def init(self, params):
+        check_floating(params, self.name, complex_ok=True)
         dtype = _scalar_dtype(params)
         return ScaleByZoomLinesearchState(
             learning_rate=jnp.ones((), dtype),
@@ -798,11 +798,10 @@ class ScaleByZoomLinesearch(GradientTransformation):
         check_params_match(updates, params)
         _require_extras(self.name, value, grad, value_fn)
         fn = functools.partial(value_fn, **_split_fn_kwargs(self.name, value_fn, extra_args))
-        dtype = state.learning_rate.dtype
-        guess = (
-            state.learning_rate if self.initial_guess_strategy == "keep" else jnp.ones((), dtype)
-        )
-        grad = _cast_like(grad, state.grad)
+        dtype = _scalar_dtype(params)
+        previous = jnp.asarray(state.learning_rate).astype(dtype)
+        guess = previous if self.initial_guess_strategy == "keep" else jnp.ones((), dtype)
+        grad = _cast_like(grad, params)
         found = self._search(
             fn, params, updates, jnp.asarray(value).astype(dtype), grad, guess, dtype
         )
@@ -816,7 +815,9 @@ class ScaleByZoomLinesearch(GradientTransformation):
                 curvature_error=found.curvature_error,
             ),
         )
-        return _scaled(found.stepsize, updates), _cast_like(new_state, state)
+        return _scaled(found.stepsize, updates), _cast_like(
+            new_state, jax.eval_shape(self.init, params)
+        )
 
 
 scale_by_zoom_linesearch = ScaleByZoomLinesearch

@@ -11,6 +11,7 @@ FILES = (
     "_src/lookahead_test.py",
     "_src/base_test.py",
     "_src/numerics_test.py",
+    "_src/linesearch_test.py",
     "transforms/_accumulation_test.py",
     "transforms/_adding_test.py",
     "transforms/_clipping_test.py",
