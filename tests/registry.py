@@ -531,7 +531,13 @@ TRANSFORMS: tuple[Entry, ...] = (
         nonfinite="coordinate",
         keeps_nan=False,
     ),
-    E("scale_by_lbfgs", lambda: gc.scale_by_lbfgs(3), needs_params=True, nonfinite="tree"),
+    E(
+        "scale_by_lbfgs",
+        lambda: gc.scale_by_lbfgs(3),
+        needs_params=True,
+        nonfinite="tree",
+        param_copies=("params",),
+    ),
     E(
         "lbfgs",
         lambda: gc.lbfgs(memory_size=3),
@@ -539,6 +545,7 @@ TRANSFORMS: tuple[Entry, ...] = (
         optimizer=True,
         needs_params=True,
         nonfinite="tree",
+        param_copies=("params",),
     ),
     E(
         "lbfgs",
@@ -546,6 +553,7 @@ TRANSFORMS: tuple[Entry, ...] = (
         optimizer=True,
         needs_params=True,
         nonfinite="tree",
+        param_copies=("params",),
         variant="no_linesearch",
     ),
     # Sophia

@@ -19,9 +19,9 @@ from gradchain.core.base import (
     require_params,
     transformation,
 )
-from gradchain.core.numerics import init_count, safe_increment
+from gradchain.core.numerics import init_count, safe_increment, state_dtype
 from gradchain.core.tree import tree_norm, tree_vdot
-from gradchain.transforms.linesearch import scale_by_zoom_linesearch
+from gradchain.transforms.linesearch import compiled_when_eager, scale_by_zoom_linesearch
 from gradchain.transforms.scaling import scale, scale_by_learning_rate
 
 __all__ = ["ScaleByLBFGSState", "lbfgs", "scale_by_lbfgs"]
@@ -146,11 +146,13 @@ class ScaleByLBFGS(GradientTransformation):
     def init(self, params):
         check_floating(params, self.name, complex_ok=True)
         m = self.memory_size
-        stacked = jax.tree.map(lambda p: jnp.zeros((m, *p.shape), p.dtype), params)
+        # Differences and the updates' copy in float32 for low-precision parameters (the
+        # recursion's inner products need it); the parameters' copy is exact in their dtype.
+        stacked = jax.tree.map(lambda p: jnp.zeros((m, *p.shape), state_dtype(p.dtype)), params)
         return ScaleByLBFGSState(
             count=init_count(),
             params=jax.tree.map(lambda p: jnp.zeros(p.shape, p.dtype), params),
-            updates=jax.tree.map(lambda p: jnp.zeros(p.shape, p.dtype), params),
+            updates=jax.tree.map(lambda p: jnp.zeros(p.shape, state_dtype(p.dtype)), params),
             diff_params_memory=stacked,
             diff_updates_memory=stacked,
             weights_memory=jnp.zeros((m,), _scalar_dtype(params)),
@@ -159,6 +161,9 @@ class ScaleByLBFGS(GradientTransformation):
     def update(self, updates, state, params=None, **extra_args):
         require_params(params, self.name)
         check_params_match(updates, params)
+        return compiled_when_eager(self._step, None, (updates, state, params))
+
+    def _step(self, _, updates, state, params):
         m = self.memory_size
         dtype = state.weights_memory.dtype
         newest = state.count % m
@@ -166,10 +171,15 @@ class ScaleByLBFGS(GradientTransformation):
         started = state.count > 0
 
         s = jax.tree.map(
-            lambda p, q: jnp.where(started, p - q, 0).astype(q.dtype), params, state.params
+            lambda p, q, mem: jnp.where(started, p.astype(mem.dtype) - q.astype(mem.dtype), 0),
+            params,
+            state.params,
+            state.diff_params_memory,
         )
         y = jax.tree.map(
-            lambda u, v: jnp.where(started, u - v, 0).astype(v.dtype), updates, state.updates
+            lambda u, v: jnp.where(started, u.astype(v.dtype) - v, 0).astype(v.dtype),
+            updates,
+            state.updates,
         )
         sy = _dot(y, s, dtype)
         rho = jnp.where(started & (sy != 0.0), 1.0 / sy, 0.0).astype(dtype)
@@ -187,7 +197,9 @@ class ScaleByLBFGS(GradientTransformation):
         else:
             gamma = jnp.ones((), dtype)
 
-        direction = _two_loop(updates, s_memory, y_memory, rhos, gamma, newest)
+        wide = jax.tree.map(lambda u, v: u.astype(v.dtype), updates, state.updates)
+        direction = _two_loop(wide, s_memory, y_memory, rhos, gamma, newest)
+        direction = jax.tree.map(lambda d, u: d.astype(u.dtype), direction, updates)
         return direction, ScaleByLBFGSState(
             count=safe_increment(state.count),
             params=jax.tree.map(lambda p, q: jnp.asarray(p).astype(q.dtype), params, state.params),

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gradchain.core.base import (
     GradientTransformation,
@@ -34,8 +35,8 @@ from gradchain.core.base import (
     state_class,
     transformation,
 )
-from gradchain.core.numerics import safe_increment
-from gradchain.core.tree import tree_get_all_with_path, tree_vdot, tree_zeros_like
+from gradchain.core.numerics import safe_increment, state_dtype
+from gradchain.core.tree import tree_get_all_with_path, tree_vdot
 
 __all__ = [
     "ScaleByBacktrackingLinesearchState",
@@ -73,6 +74,11 @@ def _scalar_dtype(params) -> jnp.dtype:
         return jnp.dtype(jnp.result_type(float))
     real = jnp.finfo(jnp.result_type(leaves[0])).dtype
     return jnp.promote_types(real, jnp.float32)
+
+
+def _zeros_like_state(params):
+    """Gradients as the state keeps them: float32 for low-precision parameters."""
+    return jax.tree.map(lambda p: jnp.zeros(p.shape, state_dtype(p.dtype)), params)
 
 
 def _real_vdot(x, y) -> jax.Array:
@@ -124,6 +130,33 @@ def _require_extras(name: str, value, grad, value_fn) -> None:
                 f"grad=gradient, value_fn=loss_fn), the loss and its gradient at params and the "
                 f"loss function"
             )
+
+
+def _is_array_like(x) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, np.generic, int, float, complex))
+
+
+def compiled_when_eager(step: Callable, fn: Callable | None, args: tuple):
+    """``step(fn, *args)``, compiled once per ``(step, fn)`` and shapes when called eagerly.
+
+    Un-jitted, the loops of a line search or of the two-loop recursion close over new functions
+    at every call, which XLA would compile again every step; a jit keyed on the bound method (a
+    transformation compares by its hyperparameters) and on ``fn`` compiles them once. Inside a
+    trace, or with arguments jit cannot take, ``step`` runs as it is.
+    """
+    leaves = jax.tree.leaves(args)
+    try:
+        hash(fn)
+    except TypeError:
+        return step(fn, *args)
+    if any(isinstance(x, jax.core.Tracer) or not _is_array_like(x) for x in leaves):
+        return step(fn, *args)
+    return _compiled(step, fn, args)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _compiled(step, fn, args):
+    return step(fn, *args)
 
 
 def _cond_print(condition, message: str, **kwargs) -> None:
@@ -254,7 +287,7 @@ class ScaleByBacktrackingLinesearch(GradientTransformation):
         return ScaleByBacktrackingLinesearchState(
             learning_rate=jnp.ones((), dtype),
             value=jnp.full((), jnp.inf, dtype),
-            grad=tree_zeros_like(params) if self.store_grad else None,
+            grad=_zeros_like_state(params) if self.store_grad else None,
             info=BacktrackingLinesearchInfo(
                 num_linesearch_steps=jnp.zeros((), jnp.int32),
                 decrease_error=jnp.full((), jnp.inf, dtype),
@@ -280,9 +313,14 @@ class ScaleByBacktrackingLinesearch(GradientTransformation):
         require_params(params, self.name)
         check_params_match(updates, params)
         _require_extras(self.name, value, grad, value_fn)
-        fn = functools.partial(value_fn, **_split_fn_kwargs(self.name, value_fn, extra_args))
+        fn_kwargs = _split_fn_kwargs(self.name, value_fn, extra_args)
+        args = (updates, state.learning_rate, params, value, grad, fn_kwargs)
+        return compiled_when_eager(self._step, value_fn, args)
+
+    def _step(self, value_fn, updates, learning_rate, params, value, grad, fn_kwargs):
+        fn = functools.partial(value_fn, **fn_kwargs)
         dtype = _scalar_dtype(params)
-        previous = jnp.asarray(state.learning_rate).astype(dtype)
+        previous = jnp.asarray(learning_rate).astype(dtype)
         value = jnp.asarray(value).astype(dtype)
         slope = _real_vdot(updates, jax.tree.map(jnp.conj, grad)).astype(dtype)
         max_steps = self.max_backtracking_steps
@@ -300,7 +338,10 @@ class ScaleByBacktrackingLinesearch(GradientTransformation):
                 error = self._decrease_error(lr, slope, value, new_value)
                 new_grad = jax.lax.cond(
                     (error <= self.atol) | (s.iter_num == max_steps),
-                    lambda: jax.linear_transpose(linear, trial)(jnp.ones_like(new_value))[0],
+                    lambda: _cast_like(
+                        jax.linear_transpose(linear, trial)(jnp.ones_like(new_value))[0],
+                        s.new_grad,
+                    ),
                     lambda: s.new_grad,
                 )
             else:
@@ -313,7 +354,7 @@ class ScaleByBacktrackingLinesearch(GradientTransformation):
         carry = _Backtrack(
             learning_rate=start.astype(dtype),
             new_value=value,
-            new_grad=tree_zeros_like(params),
+            new_grad=_zeros_like_state(params),
             decrease_error=jnp.full((), jnp.inf, dtype),
             iter_num=jnp.zeros((), jnp.int32),
         )
@@ -525,7 +566,7 @@ class ScaleByZoomLinesearch(GradientTransformation):
         return ScaleByZoomLinesearchState(
             learning_rate=jnp.ones((), dtype),
             value=jnp.full((), jnp.inf, dtype),
-            grad=tree_zeros_like(params),
+            grad=_zeros_like_state(params),
             info=ZoomLinesearchInfo(
                 num_linesearch_steps=jnp.zeros((), jnp.int32),
                 decrease_error=jnp.full((), jnp.inf, dtype),
@@ -797,11 +838,16 @@ class ScaleByZoomLinesearch(GradientTransformation):
         require_params(params, self.name)
         check_params_match(updates, params)
         _require_extras(self.name, value, grad, value_fn)
-        fn = functools.partial(value_fn, **_split_fn_kwargs(self.name, value_fn, extra_args))
+        fn_kwargs = _split_fn_kwargs(self.name, value_fn, extra_args)
+        args = (updates, state.learning_rate, params, value, grad, fn_kwargs)
+        return compiled_when_eager(self._step, value_fn, args)
+
+    def _step(self, value_fn, updates, learning_rate, params, value, grad, fn_kwargs):
+        fn = functools.partial(value_fn, **fn_kwargs)
         dtype = _scalar_dtype(params)
-        previous = jnp.asarray(state.learning_rate).astype(dtype)
+        previous = jnp.asarray(learning_rate).astype(dtype)
         guess = previous if self.initial_guess_strategy == "keep" else jnp.ones((), dtype)
-        grad = _cast_like(grad, params)
+        grad = _cast_like(grad, _zeros_like_state(params))
         found = self._search(
             fn, params, updates, jnp.asarray(value).astype(dtype), grad, guess, dtype
         )
