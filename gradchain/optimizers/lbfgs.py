@@ -9,7 +9,9 @@ import jax.numpy as jnp
 
 from gradchain.core.base import (
     GradientTransformation,
+    Params,
     Parts,
+    Updates,
     check_bool,
     check_floating,
     check_int,
@@ -21,31 +23,28 @@ from gradchain.core.base import (
 )
 from gradchain.core.numerics import init_count, safe_increment, state_dtype
 from gradchain.core.tree import tree_norm, tree_vdot
-from gradchain.transforms.linesearch import compiled_when_eager, scale_by_zoom_linesearch
+from gradchain.transforms.linesearch import (
+    compiled_when_eager,
+    scalar_dtype,
+    scale_by_zoom_linesearch,
+)
 from gradchain.transforms.scaling import scale, scale_by_learning_rate
 
 __all__ = ["ScaleByLBFGSState", "lbfgs", "scale_by_lbfgs"]
 
 
 class ScaleByLBFGSState(NamedTuple):
-    """optax's fields: ``count``, updates done; ``params`` and ``updates``, the parameters and
+    r"""optax's fields: ``count``, updates done; ``params`` and ``updates``, the parameters and
     incoming updates of the latest step; ``diff_params_memory`` and ``diff_updates_memory``,
     the last ``memory_size`` differences :math:`s_j, y_j` stacked on a leading axis of each
-    leaf (a ring buffer); ``weights_memory``, their :math:`\\rho_j`."""
+    leaf (a ring buffer); ``weights_memory``, their :math:`\rho_j`. A NamedTuple, as optax's."""
 
     count: jax.Array
-    params: jax.Array
-    updates: jax.Array
-    diff_params_memory: jax.Array
-    diff_updates_memory: jax.Array
+    params: Params
+    updates: Updates
+    diff_params_memory: Params
+    diff_updates_memory: Updates
     weights_memory: jax.Array
-
-
-def _scalar_dtype(params) -> jnp.dtype:
-    leaves = jax.tree.leaves(params)
-    if not leaves:
-        return jnp.dtype(jnp.result_type(float))
-    return jnp.promote_types(jnp.finfo(jnp.result_type(leaves[0])).dtype, jnp.float32)
 
 
 def _dot(x, y, dtype) -> jax.Array:
@@ -155,7 +154,7 @@ class ScaleByLBFGS(GradientTransformation):
             updates=jax.tree.map(lambda p: jnp.zeros(p.shape, state_dtype(p.dtype)), params),
             diff_params_memory=stacked,
             diff_updates_memory=stacked,
-            weights_memory=jnp.zeros((m,), _scalar_dtype(params)),
+            weights_memory=jnp.zeros((m,), scalar_dtype(params)),
         )
 
     def update(self, updates, state, params=None, **extra_args):

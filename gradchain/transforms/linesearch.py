@@ -66,7 +66,7 @@ FLAG_NOT_A_DESCENT_DIRECTION = (
 # Shared pieces
 
 
-def _scalar_dtype(params) -> jnp.dtype:
+def scalar_dtype(params) -> jnp.dtype:
     """The dtype of the search's values and step sizes: the real dtype of the first leaf, as
     optax's, but never below float32 (a bfloat16 step size cannot tell 0.8 from 0.75)."""
     leaves = jax.tree.leaves(params)
@@ -283,7 +283,7 @@ class ScaleByBacktrackingLinesearch(GradientTransformation):
 
     def init(self, params):
         check_floating(params, self.name, complex_ok=True)
-        dtype = _scalar_dtype(params)
+        dtype = scalar_dtype(params)
         return ScaleByBacktrackingLinesearchState(
             learning_rate=jnp.ones((), dtype),
             value=jnp.full((), jnp.inf, dtype),
@@ -319,7 +319,7 @@ class ScaleByBacktrackingLinesearch(GradientTransformation):
 
     def _step(self, value_fn, updates, learning_rate, params, value, grad, fn_kwargs):
         fn = functools.partial(value_fn, **fn_kwargs)
-        dtype = _scalar_dtype(params)
+        dtype = scalar_dtype(params)
         previous = jnp.asarray(learning_rate).astype(dtype)
         value = jnp.asarray(value).astype(dtype)
         slope = _real_vdot(updates, jax.tree.map(jnp.conj, grad)).astype(dtype)
@@ -562,7 +562,7 @@ class ScaleByZoomLinesearch(GradientTransformation):
 
     def init(self, params):
         check_floating(params, self.name, complex_ok=True)
-        dtype = _scalar_dtype(params)
+        dtype = scalar_dtype(params)
         return ScaleByZoomLinesearchState(
             learning_rate=jnp.ones((), dtype),
             value=jnp.full((), jnp.inf, dtype),
@@ -844,7 +844,7 @@ class ScaleByZoomLinesearch(GradientTransformation):
 
     def _step(self, value_fn, updates, learning_rate, params, value, grad, fn_kwargs):
         fn = functools.partial(value_fn, **fn_kwargs)
-        dtype = _scalar_dtype(params)
+        dtype = scalar_dtype(params)
         previous = jnp.asarray(learning_rate).astype(dtype)
         guess = previous if self.initial_guess_strategy == "keep" else jnp.ones((), dtype)
         grad = _cast_like(grad, _zeros_like_state(params))
