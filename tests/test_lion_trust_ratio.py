@@ -5,13 +5,22 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from crosscheck import assert_trees_close, gradient_stream, mixed_params, run
+from crosscheck import assert_trees_close, gradient_stream, mixed_params, run, run_both
 from family_a_support import committed
 
 import gradchain as gc
 
 STEPS = 20
 MASK = {"scalar": False, "vector": False, "matrix": True, "tensor": True}
+
+LARS_MASKED = dict(
+    weight_decay=0.1,
+    weight_decay_mask=MASK,
+    trust_ratio_mask=MASK,
+    trust_coefficient=0.01,
+    eps=1e-3,
+    nesterov=True,
+)
 
 OPTAX_CASES = {
     "lion": (lambda: gc.lion(0.01), lambda: optax.lion(0.01)),
@@ -36,24 +45,8 @@ OPTAX_CASES = {
     "lamb": (lambda: gc.lamb(0.01, weight_decay=0.1), lambda: optax.lamb(0.01, weight_decay=0.1)),
     "lars": (lambda: gc.lars(0.1, weight_decay=0.1), lambda: optax.lars(0.1, weight_decay=0.1)),
     "lars_nesterov_masked": (
-        lambda: gc.lars(
-            0.1,
-            weight_decay=0.1,
-            weight_decay_mask=MASK,
-            trust_ratio_mask=MASK,
-            trust_coefficient=0.01,
-            eps=1e-3,
-            nesterov=True,
-        ),
-        lambda: optax.lars(
-            0.1,
-            weight_decay=0.1,
-            weight_decay_mask=MASK,
-            trust_ratio_mask=MASK,
-            trust_coefficient=0.01,
-            eps=1e-3,
-            nesterov=True,
-        ),
+        lambda: gc.lars(0.1, **LARS_MASKED),
+        lambda: optax.lars(0.1, **LARS_MASKED),
     ),
     "trust_ratio_min_norm": (
         lambda: gc.chain(
@@ -71,10 +64,7 @@ OPTAX_CASES = {
 @pytest.mark.parametrize("name", sorted(OPTAX_CASES))
 def test_matches_optax_over_jitted_steps(name):
     ours, ref = OPTAX_CASES[name]
-    params = committed(mixed_params(bf16=False))
-    grads = gradient_stream(params, STEPS)
-    got, _ = run(ours(), params, grads, gc.apply_updates)
-    want, _ = run(ref(), params, grads, optax.apply_updates)
+    got, want = run_both(ours(), ref(), committed(mixed_params(bf16=False)), STEPS)
     assert_trees_close(got[-1], want[-1])
     assert_trees_close(got[STEPS // 2], want[STEPS // 2])
 

@@ -10,7 +10,9 @@ import jax.numpy as jnp
 
 from gradchain.core.base import (
     GradientTransformation,
+    MaskOrFn,
     Parts,
+    ScalarOrSchedule,
     check_dtype,
     check_floating,
     check_number,
@@ -73,12 +75,12 @@ class ScaleByLion(GradientTransformation):
     ``decoupled_weight_decay=True`` divides the decay by the initial learning rate instead).
     """
 
-    b1: float = 0.9
-    b2: float = 0.99
+    b1: ScalarOrSchedule = 0.9
+    b2: ScalarOrSchedule = 0.99
     mu_dtype: Any = None
     _: dataclasses.KW_ONLY
     mode: str = "hard"
-    smooth_beta: float = 1.0
+    smooth_beta: ScalarOrSchedule = 1.0
 
     def __post_init__(self):
         check_number("b1", self.b1, low=0.0, high=1.0)
@@ -131,7 +133,14 @@ def _lion_leaf(g, m, b1, b2, c1, c2, smooth_beta, mode: str):
 
 
 @named_optimizer
-def lion(learning_rate, b1=0.9, b2=0.99, mu_dtype=None, weight_decay=1e-3, mask=None) -> Parts:
+def lion(
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.99,
+    mu_dtype: Any | None = None,
+    weight_decay: ScalarOrSchedule = 1e-3,
+    mask: MaskOrFn = None,
+) -> Parts:
     r"""Lion with decoupled weight decay.
 
     ``chain(scale_by_lion(b1, b2, mu_dtype), add_decoupled_weight_decay(weight_decay, mask),
