@@ -76,6 +76,22 @@ def _sampled_grads(params, key):
 
 
 SOPHIA_EXTRA = {"obj_fn": _loss}
+
+
+@dataclasses.dataclass(frozen=True)
+class FromParams:
+    """An extra ``update`` argument computed from the parameters of the call (a line search's
+    ``grad=`` has their structure); :meth:`Entry.extra_args` evaluates it."""
+
+    fn: Callable[[Any], Any]
+
+
+# What a line search needs: the loss at the parameters, its gradient and the loss function.
+LINESEARCH_EXTRA = {
+    "value": FromParams(_loss),
+    "grad": FromParams(jax.grad(_loss)),
+    "value_fn": _loss,
+}
 Q8 = dict(block_size=4, min_8bit_size=1)  # 8-bit states on the small test leaves
 # (Their moments are int8 codes, so "floats only" is said rather than measured.)
 
@@ -105,7 +121,8 @@ class Entry:
     name: the public name (``gc.<name>``); several entries may share a name (variants).
     build: makes the transformation.
     optimizer: a full optimizer (updates are steps to add to params, with a learning rate).
-    extra: keyword arguments ``update`` needs (``value=`` for reduce_on_plateau).
+    extra: keyword arguments ``update`` needs (``value=`` for reduce_on_plateau); a
+      :class:`FromParams` value is computed from the parameters (read with ``extra_args``).
     needs_params: ``update`` raises without params (and says so).
     matrices: every leaf must be a matrix (Muon's orthogonalisation, scale_by_shape).
     max_ndim: leaves may have at most this many axes (muon_labels sends every leaf with two
@@ -139,6 +156,15 @@ class Entry:
     param_copies: tuple = ()
     warm_steps: int = 1
     variant: str = ""
+
+    def extra_args(self, params) -> dict:
+        """``extra`` for an ``update`` at ``params``, :class:`FromParams` values evaluated (and
+        left out without params, which such an ``update`` refuses first)."""
+        return {
+            k: v.fn(params) if isinstance(v, FromParams) else v
+            for k, v in self.extra.items()
+            if params is not None or not isinstance(v, FromParams)
+        }
 
     @property
     def id(self) -> str:
@@ -524,6 +550,60 @@ TRANSFORMS: tuple[Entry, ...] = (
     ),
     E("scale_by_dadapt_adamw", gc.scale_by_dadapt_adamw, needs_params=True),
     E("dadapt_adamw", lambda: gc.dadapt_adamw(), optimizer=True, needs_params=True),
+    # Line searches: a NaN direction makes every trial loss NaN, so the search takes no step
+    # (a step size of 0, which keeps the NaN coordinate only). L-BFGS mixes every coordinate
+    # through its inner products and keeps the NaN difference in its memory.
+    E(
+        "scale_by_backtracking_linesearch",
+        lambda: gc.scale_by_backtracking_linesearch(5),
+        extra=LINESEARCH_EXTRA,
+        needs_params=True,
+        floats_only=True,
+        nonfinite="coordinate",
+        keeps_nan=False,
+    ),
+    E(
+        "scale_by_backtracking_linesearch",
+        lambda: gc.scale_by_backtracking_linesearch(5, store_grad=True),
+        extra=LINESEARCH_EXTRA,
+        needs_params=True,
+        nonfinite="coordinate",
+        keeps_nan=False,
+        variant="store_grad",
+    ),
+    E(
+        "scale_by_zoom_linesearch",
+        lambda: gc.scale_by_zoom_linesearch(5),
+        extra=LINESEARCH_EXTRA,
+        needs_params=True,
+        nonfinite="coordinate",
+        keeps_nan=False,
+    ),
+    E(
+        "scale_by_lbfgs",
+        lambda: gc.scale_by_lbfgs(3),
+        needs_params=True,
+        nonfinite="tree",
+        param_copies=("params",),
+    ),
+    E(
+        "lbfgs",
+        lambda: gc.lbfgs(memory_size=3),
+        extra=LINESEARCH_EXTRA,
+        optimizer=True,
+        needs_params=True,
+        nonfinite="tree",
+        param_copies=("params",),
+    ),
+    E(
+        "lbfgs",
+        lambda: gc.lbfgs(0.1, memory_size=3, linesearch=None),
+        optimizer=True,
+        needs_params=True,
+        nonfinite="tree",
+        param_copies=("params",),
+        variant="no_linesearch",
+    ),
     # Sophia
     E(
         "hutchinson_estimator_diag_hessian",
@@ -743,6 +823,11 @@ NOT_TRANSFORMS: dict[str, str] = {
     "bias_correction": "numerics helper",
     "factored_axes": "helper: which axes a moment is factored along",
     "global_norm": "helper: the global norm of a tree",
+    "ScaleByBacktrackingLinesearchState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
+    "ScaleByLBFGSState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
+    "ScaleByZoomLinesearchState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
+    "ZoomLinesearchInfo": "a line search's diagnostics, a field of ScaleByZoomLinesearchState (tests/test_lbfgs.py)",
+    "value_and_grad_from_state": "helper: the loss and gradient a line search left in the state (tests/test_lbfgs.py)",
     "init_sharded": "helper: init laid out as state_shardings (tested in test_sharding, test_multihost)",
     "muon_labels": "helper: Muon's parameter groups (used by the muon[muon_labels] entry)",
     "named_optimizer": "decorator for named optimizers (every named optimizer entry uses it)",

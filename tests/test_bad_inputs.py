@@ -41,7 +41,7 @@ def _trees(entry):
 
 
 def _update(entry, tx, updates, state, params, jit, **extra):
-    extra = {**entry.extra, **extra}
+    extra = {**entry.extra_args(params), **extra}
     if jit:
         return jax.jit(lambda u, s, p: tx.update(u, s, p, **extra))(updates, state, params)
     return tx.update(updates, state, params, **extra)
@@ -134,9 +134,9 @@ def test_missing_params_raise_naming_the_transformation_exactly_where_needed(ent
     state = tx.init(entry.params_arg(params))
     if entry.needs_params:
         with pytest.raises(ValueError, match=r"needs the current parameters"):
-            tx.update(params, state, None, **entry.extra)
+            tx.update(params, state, None, **entry.extra_args(params))
     else:
-        tx.update(params, state, None, **entry.extra)
+        tx.update(params, state, None, **entry.extra_args(params))
 
 
 EXTRA = [(e, k) for e in TRANSFORMS for k in e.extra]
@@ -150,7 +150,7 @@ def test_missing_extra_arguments_raise_naming_them(entry, key, in_chain):
     if in_chain:
         tx = gc.chain(gc.scale(1.0), tx)
     state = tx.init(entry.params_arg(params))
-    extra = {k: v for k, v in entry.extra.items() if k != key}
+    extra = {k: v for k, v in entry.extra_args(params).items() if k != key}
     with pytest.raises(ValueError, match=rf"\b{key}="):
         tx.update(params, state, entry.params_arg(params), **extra)
 
@@ -195,7 +195,7 @@ def test_integer_leaves_keep_their_dtype_where_no_float_state_is_kept(entry):
     bad = entry.params_arg({**params, "n": jnp.zeros((2, 2), jnp.int32)})
     tx = entry.build()
     grads = {**params, "n": jnp.ones((2, 2), jnp.int32)}
-    out, _ = tx.update(grads, tx.init(bad), bad, **entry.extra)
+    out, _ = tx.update(grads, tx.init(bad), bad, **entry.extra_args(bad))
     out = out.fast if entry.wrap_params else out
     assert out["n"].dtype == jnp.int32
 

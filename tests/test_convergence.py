@@ -111,6 +111,7 @@ OPTIMIZERS = {
     "cautious_lion": lambda lr: gc.cautious_lion(lr),
     "mars": lambda lr: gc.mars(lr),
     "soap": lambda lr: gc.soap(lr),
+    "lbfgs": lambda lr: gc.lbfgs(lr),
 }
 
 # Learning rates: per optimizer family and problem.
@@ -166,16 +167,28 @@ LEARNING_RATES = {
     "cautious_lion": {"quadratic": 0.01, "rosenbrock": 0.01, "mlp": 3e-3},
     "mars": ADAM_LR,
     "soap": ADAM_LR,
+    # The line search picks the step; the learning rate only scales the direction it starts from.
+    "lbfgs": {"quadratic": 1.0, "rosenbrock": 1.0, "mlp": 1.0},
+}
+
+# The extra ``update`` arguments, from the loss, its value and gradient: the loss for Polyak's
+# step and Sophia's estimator by default; the line search's value, gradient and loss for L-BFGS.
+EXTRA_ARGS = {
+    "lbfgs": lambda loss, value, grad: {"value": value, "grad": grad, "value_fn": loss},
 }
 
 
-def _final_loss(tx, loss, params):
+def _default_extra_args(loss, value, grad):
+    return {"value": value, "obj_fn": loss}
+
+
+def _final_loss(tx, loss, params, extra_args=_default_extra_args):
     state = tx.init(params)
 
     def body(carry, _):
         p, s = carry
         value, g = jax.value_and_grad(loss)(p)
-        u, s = tx.update(g, s, p, value=value, obj_fn=loss)
+        u, s = tx.update(g, s, p, **extra_args(loss, value, g))
         return (gc.apply_updates(p, u), s), None
 
     (p, state), _ = jax.jit(lambda c: jax.lax.scan(body, c, None, length=STEPS))((params, state))
@@ -187,7 +200,7 @@ def _final_loss(tx, loss, params):
 def test_optimizer_reduces_the_loss(name, problem):
     loss, params = PROBLEMS[problem]()
     tx = OPTIMIZERS[name](LEARNING_RATES[name][problem])
-    final, _ = _final_loss(tx, loss, params)
+    final, _ = _final_loss(tx, loss, params, EXTRA_ARGS.get(name, _default_extra_args))
     initial = loss(params)
     assert np.isfinite(final)
     assert final < TARGET[problem] * initial, f"{name} on {problem}: {initial} -> {final}"

@@ -35,7 +35,7 @@ def test_counters_saturate_at_the_int32_limit_with_finite_updates(entry):
     tx = entry.build()
     params = entry.params_arg(_params(entry))
     state = gc.tree_set(tx.init(params), count=jnp.asarray(TOP - 2, jnp.int32))
-    step = jax.jit(lambda g, s: tx.update(g, s, params, **entry.extra))
+    step = jax.jit(lambda g, s: tx.update(g, s, params, **entry.extra_args(params)))
     for k in range(4):
         grads = jax.tree.map(lambda x: jnp.cos(x + k), _params(entry))
         updates, state = step(grads, state)

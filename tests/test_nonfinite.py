@@ -48,7 +48,7 @@ def observed(entry):
     tx = entry.build()
     params = _params(entry)
     p = entry.params_arg(params)
-    step = jax.jit(lambda g, s: tx.update(g, s, p, **entry.extra))
+    step = jax.jit(lambda g, s: tx.update(g, s, p, **entry.extra_args(p)))
     updates, state = step(_with_nan(_grads(params, 0)), tx.init(p))
     bad = jax.tree.map(lambda u: ~jnp.isfinite(u), _unwrap(entry, updates))
     if not any(bool(b.any()) for b in jax.tree.leaves(bad)):
@@ -122,7 +122,7 @@ def test_apply_if_finite_skips_a_nan_step_leaving_updates_zero_and_state_unchang
     p = entry.params_arg(params)
     protected = gc.apply_if_finite(entry.build(), max_consecutive_errors=3)
     plain = entry.build()
-    step = jax.jit(lambda tx, g, s: tx.update(g, s, p, **entry.extra), static_argnums=0)
+    step = jax.jit(lambda tx, g, s: tx.update(g, s, p, **entry.extra_args(p)), static_argnums=0)
 
     state = step(protected, _grads(params, 0), protected.init(p))[1]
     before = state.inner_state

@@ -37,6 +37,11 @@ from gradchain.optimizers.alias import (
     rmsprop,
     sgd,
 )
+from gradchain.optimizers.lbfgs import (
+    ScaleByLBFGSState,
+    lbfgs,
+    scale_by_lbfgs,
+)
 from gradchain.optimizers.lion import (
     ScaleByLionState,
     lion,
@@ -83,6 +88,7 @@ from gradchain.optimizers.yogi import (
 
 __all__ = [
     "ScaleByAmsgradState",
+    "ScaleByLBFGSState",
     "ScaleByLionState",
     "ScaleByRssState",
     "ScaleByTrustRatioState",
@@ -99,6 +105,7 @@ __all__ = [
     "fromage",
     "lamb",
     "lars",
+    "lbfgs",
     "lion",
     "nadam",
     "nadamw",
@@ -116,6 +123,7 @@ __all__ = [
     "scale_by_adan",
     "scale_by_amsgrad",
     "scale_by_belief",
+    "scale_by_lbfgs",
     "scale_by_lion",
     "scale_by_nadam",
     "scale_by_novograd",

@@ -74,6 +74,14 @@ from gradchain.transforms.factored import (
     scale_by_factored_rms,
     scale_by_param_block_rms,
 )
+from gradchain.transforms.linesearch import (
+    ScaleByBacktrackingLinesearchState,
+    ScaleByZoomLinesearchState,
+    ZoomLinesearchInfo,
+    scale_by_backtracking_linesearch,
+    scale_by_zoom_linesearch,
+    value_and_grad_from_state,
+)
 from gradchain.transforms.microbatching import (
     microbatch,
 )
@@ -128,13 +136,16 @@ __all__ = [
     "MultiTransformState",
     "PartitionState",
     "ScaleByAdamState",
+    "ScaleByBacktrackingLinesearchState",
     "ScaleByRStdDevState",
     "ScaleByRmsState",
+    "ScaleByZoomLinesearchState",
     "ScaleState",
     "ShouldSkipUpdateFunction",
     "SnapshotState",
     "TraceState",
     "ZeroNansState",
+    "ZoomLinesearchInfo",
     "adafactor_decay_rate",
     "adaptive_grad_clip",
     "add_decayed_weights",
@@ -168,6 +179,7 @@ __all__ = [
     "per_example_layer_norm_clip",
     "scale",
     "scale_by_adam",
+    "scale_by_backtracking_linesearch",
     "scale_by_factored_rms",
     "scale_by_learning_rate",
     "scale_by_param_block_norm",
@@ -176,6 +188,7 @@ __all__ = [
     "scale_by_schedule",
     "scale_by_sign",
     "scale_by_stddev",
+    "scale_by_zoom_linesearch",
     "scale_gradient",
     "selective_transform",
     "set_to_zero",
@@ -183,5 +196,6 @@ __all__ = [
     "skip_not_finite",
     "snapshot",
     "trace",
+    "value_and_grad_from_state",
     "zero_nans",
 ]

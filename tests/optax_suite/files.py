@@ -11,6 +11,7 @@ FILES = (
     "_src/lookahead_test.py",
     "_src/base_test.py",
     "_src/numerics_test.py",
+    "_src/linesearch_test.py",
     "_src/utils_test.py",
     "_src/linear_algebra_test.py",
     "microbatching/_microbatching_test.py",
