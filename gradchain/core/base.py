@@ -782,6 +782,10 @@ def transformation(name: str, hyperparams: tuple[str, ...] = ()) -> Callable[[ty
     def wrap(cls: type[_T]) -> type[_T]:
         cls.name = name  # type: ignore[attr-defined]
         cls.hyperparams = tuple(hyperparams)  # type: ignore[attr-defined]
+        # optax code tells factories apart by ``__name__`` (its tests pass ``value=`` when
+        # ``tx_factory.__name__ == "scale_by_polyak"``); ``__qualname__`` keeps the class name,
+        # which pickling and ``repr(cls)`` use.
+        cls.__name__ = name
         if "init" in cls.__dict__:
             cls.init = committed_init(cls.__dict__["init"])  # type: ignore[attr-defined]
         return dataclasses.dataclass(frozen=True, eq=False, repr=False)(cls)

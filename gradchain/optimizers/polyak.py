@@ -78,7 +78,8 @@ class ScaleByPolyak(GradientTransformation):
 
     def update(self, updates, state, params=None, *, value=None, **extra_args):
         if value is None:
-            raise ValueError(
+            # TypeError, as optax's update_fn raises for its missing required argument.
+            raise TypeError(
                 f"{self.name} needs the loss: call update(updates, state, params, value=loss)"
             )
         hp = self.current_hyperparams(state)

@@ -15,6 +15,7 @@ from gradchain.core.base import (
     tree_map_multi,
 )
 from gradchain.core.numerics import (
+    abs_sq,
     bias_correction,
     cast_like,
     compute_dtype,
@@ -53,8 +54,10 @@ class ScaleByYogi(GradientTransformation):
     bfloat16/float16 parameters. Reference: Zaheer et al., "Adaptive Methods for Nonconvex
     Optimization" (NeurIPS 2018). Same as ``optax.scale_by_yogi``, which also starts the first
     moment at ``initial_accumulator_value`` (the paper's :math:`m_0` is 0; the difference is
-    :math:`10^{-6}\beta_1^t` and vanishes).
+    :math:`10^{-6}\beta_1^t` and vanishes). Complex parameters use :math:`|g_t|^2`, as in optax.
     """
+
+    complex_params = True
 
     b1: float = 0.9
     b2: float = 0.999
@@ -75,7 +78,7 @@ class ScaleByYogi(GradientTransformation):
         )
 
     def init(self, params):
-        check_floating(params, self.name)
+        check_floating(params, self.name, complex_ok=self.complex_params)
         fill = self.initial_accumulator_value
         return ScaleByAdamState(
             count=init_count(),
@@ -94,7 +97,7 @@ class ScaleByYogi(GradientTransformation):
         def step(g, m, v):
             dt = compute_dtype(g.dtype)
             g32 = g.astype(dt)
-            g2 = g32 * g32
+            g2 = abs_sq(g32)
             m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
             v = v.astype(dt)
             v = v - c2.astype(dt) * jnp.sign(v - g2) * g2
