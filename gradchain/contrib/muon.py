@@ -10,6 +10,7 @@ also sends embeddings and output heads to AdamW).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple, cast
@@ -704,3 +705,8 @@ def muon(
     if labels is None:
         labels = _DefaultLabels(muon_weight_dimension_numbers)
     return _LabelledGroups({"muon": muon_part, "adam": adam_part}, labels, "muon", config)
+
+
+# Annotations resolved, as optax's: code inspecting the signature (optax's tests pass a schedule
+# where learning_rate is annotated ScalarOrSchedule) reads types, not the strings PEP 563 leaves.
+muon.__signature__ = inspect.signature(muon, eval_str=True)  # type: ignore[attr-defined]

@@ -474,11 +474,19 @@ def check_bools(obj, *names: str) -> None:
         check_bool(name, getattr(obj, name))
 
 
+def _is_integer_scalar_array(value) -> bool:
+    return (
+        isinstance(value, (jax.Array, np.ndarray))
+        and value.shape == ()
+        and jnp.issubdtype(value.dtype, jnp.integer)
+    )
+
+
 def check_int(
     name: str, value, *, low: int = 0, allow_none: bool = False, what: str | None = None
 ) -> None:
     """Validates an integer argument: a Python or NumPy integer (not a bool) ``>= low``, or None
-    where ``allow_none``.
+    where ``allow_none``; a 0-d integer array counts as its value, a traced one passes.
 
     Without ``what`` the message says which test failed (``"update_interval must be an int, got
     2.5"``, ``"update_interval must be >= 1, got 0"``); with it, one message for both,
@@ -486,6 +494,12 @@ def check_int(
     """
     if value is None and allow_none:
         return
+    if _is_integer_scalar_array(value):
+        # inject_hyperparams hands every numeric argument over as an array, traced under jit:
+        # a traced one is checked where it is used, a concrete one as the int it holds.
+        if isinstance(value, jax.core.Tracer):
+            return
+        value = int(value)
     is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if what is not None:
         if not is_int or value < low:

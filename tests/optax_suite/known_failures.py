@@ -21,11 +21,6 @@ KNOWN_FAILURES: frozenset[str] = frozenset(
         "_src/alias_test.py::AliasTest::test_explicit_dtype6",
         "_src/alias_test.py::AliasTest::test_explicit_dtype7",
         "_src/alias_test.py::AliasTest::test_explicit_dtype8",
-        "_src/alias_test.py::AliasTest::test_optimizers_can_be_wrapped_in_inject_hyperparams18",
-        "_src/alias_test.py::AliasTest::test_optimizers_can_be_wrapped_in_inject_hyperparams20",
-        "_src/alias_test.py::AliasTest::test_optimizers_can_be_wrapped_in_inject_hyperparams3",
-        "_src/alias_test.py::AliasTest::test_optimizers_can_be_wrapped_in_inject_hyperparams4",
-        "_src/alias_test.py::AliasTest::test_optimizers_can_be_wrapped_in_inject_hyperparams5",
         "_src/alias_test.py::AliasTest::test_state_shape_dtype_shard_stability118",
         "_src/alias_test.py::AliasTest::test_state_shape_dtype_shard_stability119",
         "_src/alias_test.py::AliasTest::test_state_shape_dtype_shard_stability120",
@@ -50,8 +45,6 @@ KNOWN_FAILURES: frozenset[str] = frozenset(
         "contrib/_schedule_free_test.py::ScheduleFreeTest::test_explicit_dtype14",
         "contrib/_schedule_free_test.py::ScheduleFreeTest::test_explicit_dtype2",
         "contrib/_schedule_free_test.py::ScheduleFreeTest::test_explicit_dtype6",
-        "contrib/_common_test.py::ContribTest::test_optimizers_accept_learning_rate_schedule_if_type_annotated_as_such12",
-        "contrib/_common_test.py::ContribTest::test_optimizers_can_be_wrapped_in_inject_hyperparams16",
     }
 )
 
