@@ -93,3 +93,17 @@ def test_complex_muon_matches_optax(adaptive):
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
         assert a.dtype == b.dtype == jnp.complex64
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("name", ["schedule_free_sgd", "schedule_free_adamw"])
+def test_complex_schedule_free_matches_optax(name):
+    # The interpolation between z and x has real weights; the base optimizer handles |g|^2.
+    def namespace(module):
+        return SimpleNamespace(
+            **{name: getattr(module.contrib, name)}, apply_updates=module.apply_updates
+        )
+
+    ours, theirs = _run(namespace(gc), name, {}), _run(namespace(optax), name, {})
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+        assert a.dtype == b.dtype == jnp.complex64
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-5)

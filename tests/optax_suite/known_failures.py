@@ -37,10 +37,6 @@ KNOWN_FAILURES: frozenset[str] = frozenset(
         "contrib/_muon_test.py::MuonTest::test_dim_nums_combinations_aol",
         "contrib/_muon_test.py::MuonTest::test_dim_nums_combinations_frobenius",
         "contrib/_muon_test.py::MuonTest::test_dim_nums_combinations_schatten",
-        "contrib/_schedule_free_test.py::ScheduleFreeTest::test_explicit_dtype10",
-        "contrib/_schedule_free_test.py::ScheduleFreeTest::test_explicit_dtype14",
-        "contrib/_schedule_free_test.py::ScheduleFreeTest::test_explicit_dtype2",
-        "contrib/_schedule_free_test.py::ScheduleFreeTest::test_explicit_dtype6",
     }
 )
 
