@@ -423,6 +423,14 @@ def _is_concrete_number(x) -> bool:
     return False
 
 
+class MissingArgumentError(TypeError, ValueError):
+    """An extra argument ``update`` needs (``value=``, the loss) was not given.
+
+    A ``TypeError``, as optax's ``update_fn`` raises for its missing required keyword, and a
+    ``ValueError``, as gradchain raises for every argument it cannot work without.
+    """
+
+
 def check_number(
     name: str,
     value,

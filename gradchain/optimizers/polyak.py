@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from gradchain.core.base import (
     GradientTransformation,
+    MissingArgumentError,
     Parts,
     check_number,
     named_optimizer,
@@ -78,8 +79,7 @@ class ScaleByPolyak(GradientTransformation):
 
     def update(self, updates, state, params=None, *, value=None, **extra_args):
         if value is None:
-            # TypeError, as optax's update_fn raises for its missing required argument.
-            raise TypeError(
+            raise MissingArgumentError(
                 f"{self.name} needs the loss: call update(updates, state, params, value=loss)"
             )
         hp = self.current_hyperparams(state)

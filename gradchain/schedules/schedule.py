@@ -43,6 +43,7 @@ import numpy as np
 
 from gradchain.core.base import (
     GradientTransformation,
+    MissingArgumentError,
     _field_equal,
     _hashable,
     _short_repr,
@@ -1374,7 +1375,7 @@ class ReduceOnPlateau(GradientTransformation):
 
     def update(self, updates, state, params=None, *, value=None, **extra_args):
         if value is None:
-            raise ValueError(
+            raise MissingArgumentError(
                 "reduce_on_plateau needs the loss: call update(updates, state, params, "
                 "value=loss) (a chain passes value= on to it)"
             )
