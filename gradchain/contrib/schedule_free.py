@@ -163,8 +163,7 @@ class ScheduleFree(GradientTransformation):
         check_number("b1", self.b1, low=0.0, high=1.0, low_open=True)
         check_number("weight_lr_power", self.weight_lr_power, low=0.0)
         check_number("r", self.r, low=0.0)
-        # z holds parameter values: complex for complex parameters, as optax allows.
-        check_dtype("state_dtype", self.state_dtype, complex_ok=True)
+        check_dtype("state_dtype", self.state_dtype)
         check_bool("optax_off_by_one", self.optax_off_by_one)
 
     def init(self, params):

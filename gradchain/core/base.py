@@ -519,18 +519,18 @@ def check_int(
         raise ValueError(f"{name} must be >= {low}, got {value!r}")
 
 
-def check_dtype(name: str, value, *, complex_ok: bool = False) -> None:
-    """Validates a state dtype argument: None or a floating dtype (complex too with
-    ``complex_ok``, for state that may hold complex parameters' values)."""
+def check_dtype(name: str, value) -> None:
+    """Validates a state dtype argument (``mu_dtype``, ``accumulator_dtype``, ...): None or a
+    floating dtype, real or complex (optax keeps complex moments for complex parameters, and
+    accepts a complex dtype for any state); an integer dtype would truncate every update."""
     if value is None:
         return
     try:
         dt = jnp.dtype(value)
     except TypeError:
         raise ValueError(f"{name} must be a dtype or None, got {value!r}") from None
-    if not jnp.issubdtype(dt, jnp.inexact if complex_ok else jnp.floating):
-        kind = "a floating or complex" if complex_ok else "a floating"
-        raise ValueError(f"{name} must be {kind} dtype, got {dt}")
+    if not jnp.issubdtype(dt, jnp.inexact):
+        raise ValueError(f"{name} must be a floating dtype (real or complex), got {dt}")
 
 
 # ---------------------------------------------------------------------------------------------

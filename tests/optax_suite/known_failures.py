@@ -9,18 +9,6 @@ from __future__ import annotations
 
 KNOWN_FAILURES: frozenset[str] = frozenset(
     {
-        "_src/alias_test.py::AliasTest::test_explicit_dtype18",
-        "_src/alias_test.py::AliasTest::test_explicit_dtype19",
-        "_src/alias_test.py::AliasTest::test_explicit_dtype20",
-        "_src/alias_test.py::AliasTest::test_explicit_dtype30",
-        "_src/alias_test.py::AliasTest::test_explicit_dtype31",
-        "_src/alias_test.py::AliasTest::test_explicit_dtype32",
-        "_src/alias_test.py::AliasTest::test_explicit_dtype42",
-        "_src/alias_test.py::AliasTest::test_explicit_dtype43",
-        "_src/alias_test.py::AliasTest::test_explicit_dtype44",
-        "_src/alias_test.py::AliasTest::test_explicit_dtype6",
-        "_src/alias_test.py::AliasTest::test_explicit_dtype7",
-        "_src/alias_test.py::AliasTest::test_explicit_dtype8",
         "_src/alias_test.py::AliasTest::test_state_shape_dtype_shard_stability118",
         "_src/alias_test.py::AliasTest::test_state_shape_dtype_shard_stability119",
         "_src/alias_test.py::AliasTest::test_state_shape_dtype_shard_stability120",
