@@ -9,18 +9,6 @@ from __future__ import annotations
 
 KNOWN_FAILURES: frozenset[str] = frozenset(
     {
-        "_src/alias_test.py::AliasTest::test_state_shape_dtype_shard_stability118",
-        "_src/alias_test.py::AliasTest::test_state_shape_dtype_shard_stability119",
-        "_src/alias_test.py::AliasTest::test_state_shape_dtype_shard_stability120",
-        "_src/alias_test.py::AliasTest::test_state_shape_dtype_shard_stability121",
-        "_src/alias_test.py::AliasTest::test_state_shape_dtype_shard_stability122",
-        "_src/alias_test.py::AliasTest::test_state_shape_dtype_shard_stability123",
-        "_src/alias_test.py::AliasTest::test_state_shape_dtype_shard_stability130",
-        "_src/alias_test.py::AliasTest::test_state_shape_dtype_shard_stability131",
-        "_src/alias_test.py::AliasTest::test_state_shape_dtype_shard_stability196",
-        "_src/alias_test.py::AliasTest::test_state_shape_dtype_shard_stability197",
-        "_src/alias_test.py::AliasTest::test_state_shape_dtype_shard_stability4",
-        "_src/alias_test.py::AliasTest::test_state_shape_dtype_shard_stability5",
         "contrib/_galore_test.py::GaLoreTest::test_mu_dtype_controls_moment_dtype",
         "contrib/_muon_test.py::MuonTest::test_dim_nums_combinations_aol",
         "contrib/_muon_test.py::MuonTest::test_dim_nums_combinations_frobenius",
