@@ -155,6 +155,19 @@ def test_missing_extra_arguments_raise_naming_them(entry, key, in_chain):
         tx.update(params, state, entry.params_arg(params), **extra)
 
 
+@pytest.mark.parametrize(
+    "build", [gc.scale_by_polyak, gc.reduce_on_plateau, gc.contrib.reduce_on_plateau]
+)
+def test_a_missing_loss_is_the_type_error_optax_raises_and_a_value_error(build):
+    # optax's update functions take value= as a required keyword, so optax code (and optax's
+    # own tests) expects TypeError without it; gradchain's contract is ValueError. Both hold.
+    tx = build()
+    params = {"w": jnp.ones(3)}
+    for kind in (TypeError, ValueError):
+        with pytest.raises(kind, match=r"needs the loss"):
+            tx.update(params, tx.init(params), params)
+
+
 def test_reduce_on_plateau_value_must_be_a_scalar():
     tx = gc.reduce_on_plateau()
     params = {"w": jnp.ones(3)}

@@ -7,6 +7,8 @@ Adafactor to factor) against optax's optimizer of the same name. The objective i
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,6 +34,10 @@ CASES = [
     ("sgd", {"momentum": 0.9, "nesterov": True}),
     ("lamb", {}),
     ("lars", {}),
+    ("adabelief", {}),
+    ("yogi", {}),
+    ("novograd", {}),
+    ("optimistic_gradient_descent", {}),
 ]
 
 
@@ -66,4 +72,38 @@ def test_complex_parameters_match_optax(name, kwargs):
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
         assert a.dtype == b.dtype == jnp.complex64
         # 30 float32 steps of O(1) values: a few ulps of drift per step.
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_complex_muon_matches_optax(adaptive):
+    # Muon orthogonalizes complex matrices with the Hermitian Gram matrix (the vector goes to its
+    # AdamW part); adaptive scaling uses the complex inner product <m, u> = sum(conj(m) u).
+    def namespace(module):
+        return SimpleNamespace(muon=module.contrib.muon, apply_updates=module.apply_updates)
+
+    kwargs = {"adaptive": adaptive}
+    # Adaptive steps are scaled by <m, u>, a sum over the 16770 entries of the matrix (about
+    # 1e4 here), so they diverge within a few steps and two correct implementations part by
+    # rounding alone: compare one step. That sum, in another order, carries ~1e-5 relative
+    # error into an update of size ~1e2: hence 2e-4 there.
+    steps, tol = (1, 2e-4) if adaptive else (30, 2e-5)
+    ours = _run(namespace(gc), "muon", kwargs, steps)
+    theirs = _run(namespace(optax), "muon", kwargs, steps)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+        assert a.dtype == b.dtype == jnp.complex64
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("name", ["schedule_free_sgd", "schedule_free_adamw"])
+def test_complex_schedule_free_matches_optax(name):
+    # The interpolation between z and x has real weights; the base optimizer handles |g|^2.
+    def namespace(module):
+        return SimpleNamespace(
+            **{name: getattr(module.contrib, name)}, apply_updates=module.apply_updates
+        )
+
+    ours, theirs = _run(namespace(gc), name, {}), _run(namespace(optax), name, {})
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+        assert a.dtype == b.dtype == jnp.complex64
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-5)

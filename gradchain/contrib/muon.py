@@ -10,6 +10,7 @@ also sends embeddings and output heads to AdamW).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, cast
@@ -139,7 +140,8 @@ def _newton_schulz_matrix(x, rows, eps, preconditioning):
     elif preconditioning == "spectral":
         x = x / (jnp.linalg.norm(x, ord=2) + eps)
     for step, (a, b, c) in enumerate(rows):
-        gram = x @ x.T
+        # The Hermitian Gram matrix: a complex X converges to a unitary factor, as in optax.
+        gram = x @ x.conj().T
         if step == 0 and preconditioning == "aol":
             # Almost-orthogonal-layer rescaling (Boissin et al. 2025) folded into the first step.
             s = jax.lax.rsqrt(jnp.maximum(jnp.abs(gram).sum(axis=-1), eps))[:, None]
@@ -300,7 +302,13 @@ class ScaleByMuon(GradientTransformation):
     A leaf that is not a matrix and has no dimension numbers raises a ``ValueError`` naming its
     path at ``init``. Reference: Jordan, "Muon: An optimizer for hidden layers in neural
     networks" (2024); same as ``optax.contrib.scale_by_muon``.
+
+    Complex parameters are supported as in optax: the iteration uses the Hermitian Gram matrix
+    :math:`XX^H` and ``adaptive`` the inner product :math:`\langle \hat m, u\rangle =
+    \sum \bar{\hat m}\, u`.
     """
+
+    complex_params = True
 
     ns_coeffs: Any = _QUINTIC
     ns_steps: int = 5
@@ -330,7 +338,7 @@ class ScaleByMuon(GradientTransformation):
         check_dimension_numbers(self.weight_dimension_numbers, MuonDimensionNumbers)
 
     def init(self, params):
-        check_floating(params, self.name)
+        check_floating(params, self.name, complex_ok=self.complex_params)
         _leaf_dims(params, self.weight_dimension_numbers, self.name)
         mu = jax.tree.map(
             lambda p: zeros_like_param(p, state_dtype(p.dtype, self.mu_dtype)), params
@@ -363,7 +371,7 @@ class ScaleByMuon(GradientTransformation):
             o = _orthogonalize(m_hat, view, rows, eps.astype(ns_dt), self.preconditioning, ns_dt)
             o = o.astype(dt)
             if self.adaptive:
-                o = jnp.sum(m_hat * o) * o
+                o = jnp.sum(m_hat.conj() * o) * o
             return o.astype(g.dtype), m
 
         out: list[Any] = []
@@ -399,6 +407,8 @@ class ScaleByShape(GradientTransformation):
 
     Same as optax's ``scale_by_shape`` (in ``optax.contrib._muon``). State: none.
     """
+
+    complex_params = True
 
     weight_dimension_numbers: Any = None
     consistent_rms: float | None = None
@@ -705,3 +715,8 @@ def muon(
     if labels is None:
         labels = _DefaultLabels(muon_weight_dimension_numbers)
     return _LabelledGroups({"muon": muon_part, "adam": adam_part}, labels, "muon", config)
+
+
+# Annotations resolved, as optax's: code inspecting the signature (optax's tests pass a schedule
+# where learning_rate is annotated ScalarOrSchedule) reads types, not the strings PEP 563 leaves.
+muon.__signature__ = inspect.signature(muon, eval_str=True)  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from gradchain.core.base import (
     GradientTransformation,
+    MissingArgumentError,
     check_int,
     check_number,
     cond,
@@ -161,7 +162,7 @@ def _check_arguments(tx) -> None:
 
 def _scalar_loss(value) -> jax.Array:
     if value is None:
-        raise ValueError(
+        raise MissingArgumentError(
             "reduce_on_plateau needs the loss: call update(updates, state, params, "
             "value=loss) (a chain passes value= on to it)"
         )

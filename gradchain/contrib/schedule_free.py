@@ -135,9 +135,9 @@ class ScheduleFree(GradientTransformation):
     Reference: Defazio et al., "The Road Less Scheduled" (2024); ``schedulefree`` 1.4.1.
     Differs from ``optax.contrib.schedule_free`` only through ``optax_off_by_one`` (default
     False) and in keeping ``weight_sum``/``max_lr`` in float32 (optax: the lowest parameter dtype).
+    Complex parameters are supported when ``base_optimizer`` supports them (the interpolation is
+    linear with real weights).
     """
-
-    complex_params = False
 
     base_optimizer: Any
     learning_rate: ScalarOrSchedule
@@ -167,7 +167,7 @@ class ScheduleFree(GradientTransformation):
         check_bool("optax_off_by_one", self.optax_off_by_one)
 
     def init(self, params):
-        check_floating(params, self.name)
+        check_floating(params, self.name, complex_ok=self.complex_params)
         require_values(params, self.name)
         # A distinct copy, so that both params and z can be donated to a jitted step.
         z = jax.tree.map(

@@ -481,6 +481,14 @@ def _is_concrete_number(x) -> bool:
     return False
 
 
+class MissingArgumentError(TypeError, ValueError):
+    """An extra argument ``update`` needs (``value=``, the loss) was not given.
+
+    A ``TypeError``, as optax's ``update_fn`` raises for its missing required keyword, and a
+    ``ValueError``, as gradchain raises for every argument it cannot work without.
+    """
+
+
 def check_number(
     name: str,
     value,
@@ -532,11 +540,19 @@ def check_bools(obj, *names: str) -> None:
         check_bool(name, getattr(obj, name))
 
 
+def _is_integer_scalar_array(value) -> bool:
+    return (
+        isinstance(value, (jax.Array, np.ndarray))
+        and value.shape == ()
+        and jnp.issubdtype(value.dtype, jnp.integer)
+    )
+
+
 def check_int(
     name: str, value, *, low: int = 0, allow_none: bool = False, what: str | None = None
 ) -> None:
     """Validates an integer argument: a Python or NumPy integer (not a bool) ``>= low``, or None
-    where ``allow_none``.
+    where ``allow_none``; a 0-d integer array counts as its value, a traced one passes.
 
     Without ``what`` the message says which test failed (``"update_interval must be an int, got
     2.5"``, ``"update_interval must be >= 1, got 0"``); with it, one message for both,
@@ -544,6 +560,12 @@ def check_int(
     """
     if value is None and allow_none:
         return
+    if _is_integer_scalar_array(value):
+        # inject_hyperparams hands every numeric argument over as an array, traced under jit:
+        # a traced one is checked where it is used, a concrete one as the int it holds.
+        if isinstance(value, jax.core.Tracer):
+            return
+        value = int(value)
     is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if what is not None:
         if not is_int or value < low:
@@ -556,14 +578,17 @@ def check_int(
 
 
 def check_dtype(name: str, value) -> None:
+    """Validates a state dtype argument (``mu_dtype``, ``accumulator_dtype``, ...): None or a
+    floating dtype, real or complex (optax keeps complex moments for complex parameters, and
+    accepts a complex dtype for any state); an integer dtype would truncate every update."""
     if value is None:
         return
     try:
         dt = jnp.dtype(value)
     except TypeError:
         raise ValueError(f"{name} must be a dtype or None, got {value!r}") from None
-    if not jnp.issubdtype(dt, jnp.floating):
-        raise ValueError(f"{name} must be a floating dtype, got {dt}")
+    if not jnp.issubdtype(dt, jnp.inexact):
+        raise ValueError(f"{name} must be a floating dtype (real or complex), got {dt}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -858,6 +883,10 @@ def transformation(name: str, hyperparams: tuple[str, ...] = ()) -> Callable[[ty
     def wrap(cls: type[_T]) -> type[_T]:
         cls.name = name  # type: ignore[attr-defined]
         cls.hyperparams = tuple(hyperparams)  # type: ignore[attr-defined]
+        # optax code tells factories apart by ``__name__`` (its tests pass ``value=`` when
+        # ``tx_factory.__name__ == "scale_by_polyak"``); ``__qualname__`` keeps the class name,
+        # which pickling and ``repr(cls)`` use.
+        cls.__name__ = name
         if "init" in cls.__dict__:
             cls.init = committed_init(cls.__dict__["init"])  # type: ignore[attr-defined]
         return dataclasses.dataclass(frozen=True, eq=False, repr=False)(cls)

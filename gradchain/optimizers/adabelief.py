@@ -19,6 +19,7 @@ from gradchain.core.base import (
     transformation,
 )
 from gradchain.core.numerics import (
+    abs_sq,
     bias_correction,
     compute_dtype,
     ema,
@@ -66,8 +67,11 @@ class ScaleByBelief(GradientTransformation):
     Moments of bfloat16/float16 parameters are float32. Reference: Zhuang et al., "AdaBelief
     Optimizer: Adapting Stepsizes by the Belief in Observed Gradients" (2020), Algorithm 2, whose
     :math:`\epsilon` inside :math:`s_t` is ``eps_root`` here; ``adabelief-pytorch`` adds it the
-    same way. Same as ``optax.scale_by_belief``.
+    same way. Same as ``optax.scale_by_belief``, complex parameters included (the second moment
+    is of :math:`|g_t - m_t|^2`).
     """
+
+    complex_params = True
 
     b1: ScalarOrSchedule = 0.9
     b2: ScalarOrSchedule = 0.999
@@ -81,7 +85,7 @@ class ScaleByBelief(GradientTransformation):
         check_bool("nesterov", self.nesterov)
 
     def init(self, params):
-        check_floating(params, self.name)
+        check_floating(params, self.name, complex_ok=self.complex_params)
         return ScaleByBeliefState(
             count=init_count(),
             mu=moments_like(params),
@@ -98,7 +102,7 @@ class ScaleByBelief(GradientTransformation):
             g32 = g.astype(dt)
             m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
             e = g32 - m
-            s = ema(s.astype(dt), e * e, b2.astype(dt), c2.astype(dt)) + eps_root.astype(dt)
+            s = ema(s.astype(dt), abs_sq(e), b2.astype(dt), c2.astype(dt)) + eps_root.astype(dt)
             if self.nesterov:
                 m_hat = nesterov_bias_corrected(m, g32, b1, c1, t)
             else:

@@ -91,7 +91,7 @@ class ScaleByRss(GradientTransformation):
         check_floating(params, self.name, complex_ok=self.complex_params)
         return ScaleByRssState(
             count=init_count(),
-            sum_of_squares=moments_like(params, fill=float(self.initial_accumulator_value)),
+            sum_of_squares=moments_like(params, fill=self.initial_accumulator_value),
             hyperparams=self.init_hyperparams(),
         )
 

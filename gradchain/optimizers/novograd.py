@@ -24,6 +24,7 @@ from gradchain.core.base import (
     tree_map_multi,
 )
 from gradchain.core.numerics import (
+    abs_sq,
     cast_like,
     compute_dtype,
     ema,
@@ -70,8 +71,11 @@ class ScaleByNovograd(GradientTransformation):
 
     Needs ``params``. Reference: Ginsburg et al., "Stochastic Gradient Methods with Layer-wise
     Adaptive Moments for Training of Deep Networks" (2019), Algorithm 1. Same as
-    ``optax.scale_by_novograd``. The norm is accumulated in float32 or better.
+    ``optax.scale_by_novograd``, complex parameters included (:math:`\lVert g\rVert^2` sums
+    :math:`|g_i|^2`). The norm is accumulated in float32 or better.
     """
+
+    complex_params = True
 
     b1: ScalarOrSchedule = 0.9
     b2: ScalarOrSchedule = 0.25
@@ -89,7 +93,7 @@ class ScaleByNovograd(GradientTransformation):
         check_dtype("mu_dtype", self.mu_dtype)
 
     def init(self, params):
-        check_floating(params, self.name)
+        check_floating(params, self.name, complex_ok=self.complex_params)
         nu = jax.tree.map(lambda p: jnp.zeros((), compute_dtype(p.dtype)), params)
         return ScaleByNovogradState(
             count=init_count(),
@@ -110,7 +114,7 @@ class ScaleByNovograd(GradientTransformation):
         def step(g, p, m, v):
             dt = compute_dtype(g.dtype)
             g32 = g.astype(dt)
-            square = jnp.sum(g32 * g32)
+            square = jnp.sum(abs_sq(g32))
             v = jnp.where(first, square, ema(v.astype(dt), square, b2.astype(dt), c2.astype(dt)))
             d = g32 / (jnp.sqrt(v + eps_root.astype(dt)) + eps.astype(dt))
             d = d + wd.astype(dt) * p.astype(dt)

@@ -65,8 +65,10 @@ class ScaleByOptimisticGradient(GradientTransformation):
     Arrow-Hurwicz method for search of saddle points" (1980); Daskalakis et al., "Training GANs
     with Optimism" (2018); Mokhtari et al. (2020). Same as
     ``optax.scale_by_optimistic_gradient``; the previous gradient of bfloat16/float16 parameters
-    is kept in float32.
+    is kept in float32. Linear in the gradients, so complex parameters work as in optax.
     """
+
+    complex_params = True
 
     alpha: ScalarOrSchedule = 1.0
     beta: ScalarOrSchedule = 1.0
@@ -76,7 +78,7 @@ class ScaleByOptimisticGradient(GradientTransformation):
         check_number("beta", self.beta)
 
     def init(self, params):
-        check_floating(params, self.name)
+        check_floating(params, self.name, complex_ok=self.complex_params)
         return ScaleByOptimisticGradientState(
             count=init_count(),
             is_initial_step=jnp.array(True),
@@ -145,7 +147,8 @@ def optimistic_adam(
     included. Reference: Daskalakis et al., "Training GANs with Optimism" (2018).
     """
     warnings.warn(
-        "optimistic_adam is deprecated (as in optax), use optimistic_adam_v2",
+        # optax's words: code written for optax filters or asserts on them.
+        "`optimistic_adam` is deprecated, please use `optimistic_adam_v2` instead.",
         DeprecationWarning,
         stacklevel=3,  # the caller of the named_optimizer wrapper
     )

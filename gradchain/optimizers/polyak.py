@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from gradchain.core.base import (
     GradientTransformation,
+    MissingArgumentError,
     Parts,
     ScalarOrSchedule,
     check_number,
@@ -79,7 +80,7 @@ class ScaleByPolyak(GradientTransformation):
 
     def update(self, updates, state, params=None, *, value=None, **extra_args):
         if value is None:
-            raise ValueError(
+            raise MissingArgumentError(
                 f"{self.name} needs the loss: call update(updates, state, params, value=loss)"
             )
         hp = self.current_hyperparams(state)

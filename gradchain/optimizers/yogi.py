@@ -14,6 +14,7 @@ from gradchain.core.base import (
     transformation,
 )
 from gradchain.core.numerics import (
+    abs_sq,
     bias_correction,
     compute_dtype,
     ema,
@@ -55,8 +56,10 @@ class ScaleByYogi(GradientTransformation):
     bfloat16/float16 parameters. Reference: Zaheer et al., "Adaptive Methods for Nonconvex
     Optimization" (NeurIPS 2018). Same as ``optax.scale_by_yogi``, which also starts the first
     moment at ``initial_accumulator_value`` (the paper's :math:`m_0` is 0; the difference is
-    :math:`10^{-6}\beta_1^t` and vanishes).
+    :math:`10^{-6}\beta_1^t` and vanishes). Complex parameters use :math:`|g_t|^2`, as in optax.
     """
+
+    complex_params = True
 
     b1: ScalarOrSchedule = 0.9
     b2: ScalarOrSchedule = 0.999
@@ -74,7 +77,7 @@ class ScaleByYogi(GradientTransformation):
         )
 
     def init(self, params):
-        check_floating(params, self.name)
+        check_floating(params, self.name, complex_ok=self.complex_params)
         fill = self.initial_accumulator_value
         return ScaleByAdamState(
             count=init_count(),
@@ -90,7 +93,7 @@ class ScaleByYogi(GradientTransformation):
         def step(g, m, v):
             dt = compute_dtype(g.dtype)
             g32 = g.astype(dt)
-            g2 = g32 * g32
+            g2 = abs_sq(g32)
             m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
             v = v.astype(dt)
             v = v - c2.astype(dt) * jnp.sign(v - g2) * g2

@@ -44,6 +44,7 @@ import numpy as np
 from gradchain.core.base import (
     FieldData,
     GradientTransformation,
+    MissingArgumentError,
     ScalarOrSchedule,
     _short_repr,
     check_bool,
@@ -188,8 +189,9 @@ def _interpolate(c, knots, values, kind):
 # Argument checks (construction time)
 
 
-def _check_steps(name: str, value, *, low: int = 0) -> int:
-    """A number of steps as a Python int: integers and integral floats (``1e5``) are accepted."""
+def _check_steps(name: str, value, *, low: int | None = 0) -> int:
+    """A number of steps as a Python int: integers and integral floats (``1e5``) are accepted;
+    ``low=None`` accepts any integer."""
     if isinstance(value, bool):
         raise ValueError(f"{name} must be an integer number of steps, got {value!r}")
     try:
@@ -198,9 +200,21 @@ def _check_steps(name: str, value, *, low: int = 0) -> int:
         if not (isinstance(value, numbers.Real) and float(value).is_integer()):
             raise ValueError(f"{name} must be an integer number of steps, got {value!r}") from None
         v = int(float(value))
-    if v < low:
+    if low is not None and v < low:
         raise ValueError(f"{name} must be >= {low}, got {value!r}")
     return v
+
+
+def _check_transition(schedule) -> None:
+    """``transition_steps`` and ``transition_begin`` of a polynomial or linear schedule, any
+    integers: optax makes a non-positive length a constant schedule and a negative start 0."""
+    _set(
+        schedule,
+        "transition_steps",
+        _check_steps("transition_steps", schedule.transition_steps, low=None),
+    )
+    begin = _check_steps("transition_begin", schedule.transition_begin, low=None)
+    _set(schedule, "transition_begin", max(begin, 0))
 
 
 def _check_value(name: str, value, **bounds) -> None:
@@ -354,11 +368,9 @@ class PolynomialSchedule(Schedule):
       init_value: :math:`I`.
       end_value: :math:`E`.
       power: :math:`P > 0`.
-      transition_steps: :math:`T \ge 1`, the length of the transition. (optax turns
-        ``T <= 0`` into a constant ``init_value``; gradchain raises, since that is almost always
-        a warmup or decay length computed as 0 by mistake: use :func:`constant_schedule`.)
-      transition_begin: :math:`B \ge 0`, default 0 (optax maps a negative value to 0; gradchain
-        raises).
+      transition_steps: :math:`T`, the length of the transition; :math:`T \le 0` makes the
+        schedule the constant :math:`I`, as in optax.
+      transition_begin: :math:`B`, default 0; a negative value counts as 0, as in optax.
 
     Same as ``optax.polynomial_schedule``. PyTorch ``PolynomialLR(total_iters=T, power=P)`` is
     ``polynomial_schedule(lr, 0.0, P, T)`` (ALGORITHMS.md §13.2).
@@ -374,12 +386,11 @@ class PolynomialSchedule(Schedule):
         _check_value("init_value", self.init_value)
         _check_value("end_value", self.end_value)
         _check_value("power", self.power, low=0.0, low_open=True)
-        _set(
-            self, "transition_steps", _check_steps("transition_steps", self.transition_steps, low=1)
-        )
-        _set(self, "transition_begin", _check_steps("transition_begin", self.transition_begin))
+        _check_transition(self)
 
     def _at(self, c):
+        if self.transition_steps <= 0:
+            return jnp.full(c.shape, self.init_value, _float_dtype())
         k = jnp.clip(_since(c, self.transition_begin), 0, self.transition_steps)
         frac = 1 - k / self.transition_steps
         return (self.init_value - self.end_value) * frac**self.power + self.end_value
@@ -397,9 +408,9 @@ class LinearSchedule(Schedule):
     Args:
       init_value: :math:`I`.
       end_value: :math:`E`.
-      transition_steps: :math:`T \ge 1` (optax makes ``T <= 0`` a constant ``init_value``;
-        gradchain raises, see :func:`polynomial_schedule`).
-      transition_begin: :math:`B \ge 0`, default 0.
+      transition_steps: :math:`T`; :math:`T \le 0` makes the schedule the constant :math:`I`,
+        as in optax.
+      transition_begin: :math:`B`, default 0; a negative value counts as 0, as in optax.
 
     Same as ``optax.linear_schedule``. PyTorch ``LinearLR(start_factor=a, end_factor=b,
     total_iters=T)`` with base lr ``lr`` is ``linear_schedule(a * lr, b * lr, T)``.
@@ -413,12 +424,11 @@ class LinearSchedule(Schedule):
     def __post_init__(self):
         _check_value("init_value", self.init_value)
         _check_value("end_value", self.end_value)
-        _set(
-            self, "transition_steps", _check_steps("transition_steps", self.transition_steps, low=1)
-        )
-        _set(self, "transition_begin", _check_steps("transition_begin", self.transition_begin))
+        _check_transition(self)
 
     def _at(self, c):
+        if self.transition_steps <= 0:
+            return jnp.full(c.shape, self.init_value, _float_dtype())
         k = jnp.clip(_since(c, self.transition_begin), 0, self.transition_steps)
         return (self.init_value - self.end_value) * (1 - k / self.transition_steps) + self.end_value
 
@@ -561,13 +571,13 @@ class CosineDecaySchedule(Schedule):
         _check_choice("convention", self.convention, _CONVENTIONS)
 
     def _at(self, c):
+        # As a float: a Python int past int32 (optax's test uses 1e10 steps) cannot enter jnp.
+        steps = float(self.decay_steps)
         if self.convention == "optax":
-            k = jnp.minimum(_since(c, 0), self.decay_steps)
+            k = jnp.minimum(_since(c, 0), steps)
         else:
             k = _since_mod(c, 0, 2 * self.decay_steps)
-        decayed = (1 - self.alpha) * _half_cosine(
-            k / self.decay_steps
-        ) ** self.exponent + self.alpha
+        decayed = (1 - self.alpha) * _half_cosine(k / steps) ** self.exponent + self.alpha
         return self.init_value * decayed
 
 
@@ -600,8 +610,9 @@ class WarmupCosineDecaySchedule(Schedule):
         ``get_cosine_schedule_with_warmup`` do past the end (ALGORITHMS.md §13.2, §15 row 24).
 
     Same as ``optax.warmup_cosine_decay_schedule`` (optax writes the decay as
-    :math:`P((1-\alpha)\cos^p + \alpha)` with :math:`\alpha = E/P`; the two agree to rounding,
-    and this form also gives :math:`E` when :math:`P = 0`). PyTorch, base lr ``lr``:
+    :math:`P((1-\alpha)\cos^p + \alpha)` with :math:`\alpha = E/P`; the two agree to rounding.
+    With :math:`P = 0` the decay phase is 0, not :math:`E`, as optax sets :math:`\alpha = 0`
+    then). PyTorch, base lr ``lr``:
     ``SequentialLR([LinearLR(start_factor=a, end_factor=1, total_iters=W),
     CosineAnnealingLR(T_max=D - W, eta_min=e)], milestones=[W])`` is
     ``warmup_cosine_decay_schedule(a * lr, lr, W, D, e)`` for :math:`c \le D`.
@@ -629,7 +640,9 @@ class WarmupCosineDecaySchedule(Schedule):
         else:
             k = _since_mod(c, w, 2 * length)
         cosine = _half_cosine(k / length) ** self.exponent
-        decayed = self.end_value + (self.peak_value - self.end_value) * cosine
+        # optax decays P to P * E/P, and to 0 when P = 0 (its alpha = E/P is then set to 0).
+        end = 0.0 if self.peak_value == 0 else self.end_value
+        decayed = end + (self.peak_value - end) * cosine
         return _after_warmup(self, c, decayed)
 
 
@@ -1350,7 +1363,7 @@ class ReduceOnPlateau(GradientTransformation):
 
     def update(self, updates, state, params=None, *, value=None, **extra_args):
         if value is None:
-            raise ValueError(
+            raise MissingArgumentError(
                 "reduce_on_plateau needs the loss: call update(updates, state, params, "
                 "value=loss) (a chain passes value= on to it)"
             )

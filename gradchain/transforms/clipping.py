@@ -305,6 +305,8 @@ class AdaptiveGradClip(GradientTransformation):
             return jnp.where(g_norm < max_norm, g32, clipped).astype(g.dtype)
 
         out = jax.tree_util.tree_map_with_path(clip_leaf, updates, params)
+        if stateless_call(state):
+            return out, state
         return out, AdaptiveGradClipState(safe_increment(state.count), hp)
 
 
@@ -346,8 +348,9 @@ def per_example_global_norm_clip(grads: Updates, l2_norm_clip: float) -> tuple[U
     factors = jnp.nan_to_num(jnp.minimum(l2_norm_clip / norms, 1.0), nan=1.0)
 
     def weighted_sum(g):
+        # An integer batch sums to float, as in optax: casting back would truncate the factors.
         dt = jnp.promote_types(g.dtype, factors.dtype)
-        return jnp.tensordot(factors.astype(dt), g.astype(dt), axes=1).astype(g.dtype)
+        return jnp.tensordot(factors.astype(dt), g.astype(dt), axes=1)
 
     return jax.tree.map(weighted_sum, grads), jnp.sum(factors < 1.0)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gradchain.core.base import (
     GradientTransformation,
@@ -28,6 +29,13 @@ def as_key(key, name: str) -> jax.Array:
     numbers as the typed key of the same seed.
     """
     if isinstance(key, int) and not isinstance(key, bool):
+        return jax.random.PRNGKey(key)
+    # A seed as a 0-d integer array: what inject_hyperparams makes of key=0, traced under jit.
+    if (
+        isinstance(key, (jax.Array, np.ndarray))
+        and key.shape == ()
+        and jnp.issubdtype(key.dtype, jnp.integer)
+    ):
         return jax.random.PRNGKey(key)
     if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         return jax.random.key_data(key)
