@@ -1,5 +1,17 @@
 """Research optimizers, one module each, as in ``optax.contrib``."""
 
+from gradchain.contrib.acprop import acprop, scale_by_acprop
+from gradchain.contrib.cocob import COCOBState, cocob, scale_by_cocob
+from gradchain.contrib.dog import (
+    DoGState,
+    DoWGState,
+    ScaleByDistanceOverGradientsState,
+    dog,
+    dowg,
+    scale_by_distance_over_gradients,
+    scale_by_dog,
+    scale_by_dowg,
+)
 from gradchain.contrib.galore import (
     GaLoreDimensionNumbers,
     GaLoreState,
@@ -39,12 +51,20 @@ from gradchain.contrib.sophia import (
 )
 
 __all__ = [
+    "COCOBState",
+    "DoGState",
+    "DoWGState",
     "GaLoreDimensionNumbers",
     "GaLoreState",
     "MuonDimensionNumbers",
     "ReduceLROnPlateauState",
+    "ScaleByDistanceOverGradientsState",
     "SophiaState",
+    "acprop",
+    "cocob",
     "dadapt_adamw",
+    "dog",
+    "dowg",
     "galore",
     "gauss_newton_bartlett_estimator_diag_hessian",
     "hutchinson_estimator_diag_hessian",
@@ -53,7 +73,12 @@ __all__ = [
     "orthogonalize_via_newton_schulz",
     "prodigy",
     "reduce_on_plateau",
+    "scale_by_acprop",
+    "scale_by_cocob",
     "scale_by_dadapt_adamw",
+    "scale_by_distance_over_gradients",
+    "scale_by_dog",
+    "scale_by_dowg",
     "scale_by_galore",
     "scale_by_muon",
     "scale_by_prodigy",
