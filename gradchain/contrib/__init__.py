@@ -24,6 +24,8 @@ from gradchain.contrib.learning_rate_free import (
     scale_by_dadapt_adamw,
     scale_by_prodigy,
 )
+from gradchain.contrib.madgrad import MadgradState, madgrad, scale_by_madgrad
+from gradchain.contrib.momo import MomoAdamState, MomoState, momo, momo_adam
 from gradchain.contrib.muon import (
     MuonDimensionNumbers,
     muon,
@@ -56,6 +58,9 @@ __all__ = [
     "DoWGState",
     "GaLoreDimensionNumbers",
     "GaLoreState",
+    "MadgradState",
+    "MomoAdamState",
+    "MomoState",
     "MuonDimensionNumbers",
     "ReduceLROnPlateauState",
     "ScaleByDistanceOverGradientsState",
@@ -68,6 +73,9 @@ __all__ = [
     "galore",
     "gauss_newton_bartlett_estimator_diag_hessian",
     "hutchinson_estimator_diag_hessian",
+    "madgrad",
+    "momo",
+    "momo_adam",
     "muon",
     "muon_labels",
     "orthogonalize_via_newton_schulz",
@@ -80,6 +88,7 @@ __all__ = [
     "scale_by_dog",
     "scale_by_dowg",
     "scale_by_galore",
+    "scale_by_madgrad",
     "scale_by_muon",
     "scale_by_prodigy",
     "scale_by_shape",
