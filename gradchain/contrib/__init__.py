@@ -38,6 +38,7 @@ from gradchain.contrib.reduce_on_plateau import (
     ReduceLROnPlateauState,
     reduce_on_plateau,
 )
+from gradchain.contrib.sam import NormalizeState, SAMState, normalize, sam
 from gradchain.contrib.schedule_free import (
     schedule_free,
     schedule_free_adamw,
@@ -62,7 +63,9 @@ __all__ = [
     "MomoAdamState",
     "MomoState",
     "MuonDimensionNumbers",
+    "NormalizeState",
     "ReduceLROnPlateauState",
+    "SAMState",
     "ScaleByDistanceOverGradientsState",
     "SophiaState",
     "acprop",
@@ -78,9 +81,11 @@ __all__ = [
     "momo_adam",
     "muon",
     "muon_labels",
+    "normalize",
     "orthogonalize_via_newton_schulz",
     "prodigy",
     "reduce_on_plateau",
+    "sam",
     "scale_by_acprop",
     "scale_by_cocob",
     "scale_by_dadapt_adamw",

@@ -55,7 +55,7 @@ def _real_dtype(dtype) -> jnp.dtype:
 def _scalar_dtype(params) -> jnp.dtype:
     """The dtype of the scalar statistics: that of the lowest-precision leaf (as optax),
     promoted to float32 so that bfloat16 parameters do not round the running sums."""
-    dtypes = [jnp.asarray(x).dtype for x in jax.tree.leaves(params)]
+    dtypes = [jnp.result_type(x) for x in jax.tree.leaves(params)]
     if not dtypes:
         return jnp.dtype(jnp.float32)
     lowest = min(dtypes, key=lambda d: jnp.finfo(d).bits)
@@ -156,8 +156,8 @@ class ScaleByDoG(GradientTransformation):
 
     def init(self, params):
         check_floating(params, self.name, complex_ok=True)
-        dtype = _scalar_dtype(params)
         init_params = jax.tree.map(_copy_initial(self.name), params)
+        dtype = _scalar_dtype(params)
         tag, value = self.init_step
         if tag == "distance":
             r0 = jnp.asarray(value, dtype)
@@ -274,11 +274,12 @@ class ScaleByDoWG(GradientTransformation):
 
     def init(self, params):
         check_floating(params, self.name, complex_ok=True)
+        init_params = jax.tree.map(_copy_initial(self.name), params)
         dtype = _scalar_dtype(params)
         hp = self.init_hyperparams()
         r0 = hp["eps"] if self.init_estim_sq_dist is None else self.init_estim_sq_dist
         return DoWGState(
-            init_params=jax.tree.map(_copy_initial(self.name), params),
+            init_params=init_params,
             weighted_sq_norm_grads=jnp.zeros((), dtype),
             estim_sq_dist=jnp.asarray(r0, dtype),
             hyperparams=hp,

@@ -107,7 +107,9 @@ class ScaleByMadgrad(GradientTransformation):
         check_params_match(updates, params)
         hp = self.current_hyperparams(state)
         eps, mom = hp["eps"], hp["momentum"]
-        lamb = (hp["learning_rate"] + eps) * jnp.sqrt(state.count + 1)
+        # k + 1 formed in float: in int32 it would wrap to a negative at the counter's limit.
+        k = state.count.astype(hp["eps"].dtype)
+        lamb = (hp["learning_rate"] + eps) * jnp.sqrt(k + 1)
         out, v, s = tree_map_multi(
             lambda g, p, v, s, x0: _madgrad_leaf(g, p, v, s, x0, lamb, mom, eps),
             3,

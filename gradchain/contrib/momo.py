@@ -45,7 +45,7 @@ _TINY = float(np.finfo(np.float64).eps)
 
 def _scalar_dtype(params) -> jnp.dtype:
     """The lowest-precision leaf's dtype promoted to float32 (optax keeps it unpromoted)."""
-    dtypes = [jnp.asarray(x).dtype for x in jax.tree.leaves(params)]
+    dtypes = [jnp.result_type(x) for x in jax.tree.leaves(params)]
     if not dtypes:
         return jnp.dtype(jnp.float32)
     return compute_dtype(min(dtypes, key=lambda d: jnp.finfo(d).bits))

@@ -38,7 +38,7 @@ FILES = (
 SELECT = {
     "contrib/_common_test.py": (
         r"opt_name='(muon|galore|prodigy|dadapt_adamw|sophia|schedule_free_sgd|"
-        r"schedule_free_adamw)'"
+        r"schedule_free_adamw|acprop|cocob|dog|dowg|madgrad|momo|momo_adam)'"
     ),
 }
 
