@@ -101,6 +101,15 @@ OPTIMIZERS = {
     "optimistic_adam": lambda lr: gc.optimistic_adam(lr),
     "optimistic_adam_v2": lambda lr: gc.optimistic_adam_v2(lr),
     "polyak_sgd": lambda lr: gc.polyak_sgd(max_learning_rate=lr),
+    "acprop": lambda lr: gc.acprop(lr),
+    "cocob": lambda lr: gc.cocob(lr),
+    "dog": lambda lr: gc.dog(lr),
+    "dowg": lambda lr: gc.dowg(lr),
+    "madgrad": lambda lr: gc.madgrad(lr),
+    "momo": lambda lr: gc.momo(lr),
+    "momo_adam": lambda lr: gc.momo_adam(lr),
+    # Transparent SAM spends every other update on the adversarial step: 150 outer steps.
+    "sam": lambda lr: gc.sam(gc.sgd(lr, momentum=0.9), gc.chain(gc.normalize(), gc.sgd(0.01))),
 }
 
 # Learning rates: per optimizer family and problem.
@@ -147,6 +156,18 @@ LEARNING_RATES = {
     "optimistic_adam": ADAM_LR,
     "optimistic_adam_v2": ADAM_LR,
     "polyak_sgd": {"quadratic": 1.0, "rosenbrock": 1.0, "mlp": 1.0},
+    # ACProp's step is the raw gradient over the spread of its residuals, small on a
+    # deterministic quadratic: its curvature-1000 direction needs a small rate.
+    "acprop": {"quadratic": 1e-3, "rosenbrock": 0.01, "mlp": 0.01},
+    # Learning-rate free: the rate is a multiplier (COCOB's scales the gradients it bets on).
+    "cocob": {"quadratic": 1.0, "rosenbrock": 1.0, "mlp": 1.0},
+    "dog": {"quadratic": 1.0, "rosenbrock": 1.0, "mlp": 1.0},
+    "dowg": {"quadratic": 1.0, "rosenbrock": 1.0, "mlp": 1.0},
+    "madgrad": {"quadratic": 0.01, "rosenbrock": 0.01, "mlp": 0.01},
+    # MoMo's rate caps the Polyak step (the loss minimum is 0, momo's default lower bound).
+    "momo": {"quadratic": 1.0, "rosenbrock": 1.0, "mlp": 1.0},
+    "momo_adam": {"quadratic": 0.1, "rosenbrock": 0.1, "mlp": 0.1},
+    "sam": {"quadratic": 1e-3, "rosenbrock": 1e-3, "mlp": 0.1},
 }
 
 
