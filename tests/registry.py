@@ -613,6 +613,15 @@ TRANSFORMS: tuple[Entry, ...] = (
         nonfinite="tree",
         variant="opaque",
     ),
+    E(
+        "mechanize",
+        lambda: gc.mechanize(gc.adam(1.0)),
+        optimizer=True,
+        needs_params=True,
+        abstract_init=False,
+        nonfinite="tree",
+        param_copies=("x0",),
+    ),
     # Sophia
     E(
         "hutchinson_estimator_diag_hessian",
@@ -734,6 +743,7 @@ NOT_TRANSFORMS: dict[str, str] = {
     "ScaleByTrustRatioState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "ScaleState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "SophiaState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
+    "MechanicState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "NormalizeState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "SAMState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "COCOBState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",

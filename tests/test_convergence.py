@@ -108,6 +108,7 @@ OPTIMIZERS = {
     "madgrad": lambda lr: gc.madgrad(lr),
     "momo": lambda lr: gc.momo(lr),
     "momo_adam": lambda lr: gc.momo_adam(lr),
+    "mechanize": lambda lr: gc.mechanize(gc.adam(lr)),
     # Transparent SAM spends every other update on the adversarial step: 150 outer steps.
     "sam": lambda lr: gc.sam(gc.sgd(lr, momentum=0.9), gc.chain(gc.normalize(), gc.sgd(0.01))),
 }
@@ -168,6 +169,8 @@ LEARNING_RATES = {
     "momo": {"quadratic": 1.0, "rosenbrock": 1.0, "mlp": 1.0},
     "momo_adam": {"quadratic": 0.1, "rosenbrock": 0.1, "mlp": 0.1},
     "sam": {"quadratic": 1e-3, "rosenbrock": 1e-3, "mlp": 0.1},
+    # Mechanic learns the scale: the base learning rate is 1, as its authors advise.
+    "mechanize": {"quadratic": 1.0, "rosenbrock": 1.0, "mlp": 1.0},
 }
 
 

@@ -24,7 +24,7 @@ import gradchain as gc
 # damping of momentum 0.9 carries for ~10 steps; measured 3e-7 absolute on O(1) params.
 MADGRAD_RTOL = 5e-6
 
-# DoG, DoWG and MoMo take one step size for the whole tree from statistics of the parameters
+# DoG, DoWG, MoMo and Mechanic take one step size for the whole tree from statistics of the parameters
 # (the distance travelled, <g, x>). The upcast reference's bfloat16 leaf is not bfloat16 inside
 # its jitted step (XLA's excess precision drops the round trip through bfloat16), so it moves
 # those statistics, and every float32 leaf, by ~1e-5 relative from the second step. These cases
@@ -129,6 +129,19 @@ MATRIX = [
             3,
             False,
         ),
+        rtol=ADAM_RTOL,
+        **GLOBAL,
+    ),
+    case(
+        "mechanize-sgd",
+        lambda: gc.mechanize(gc.sgd(1.0)),
+        lambda: optax.contrib.mechanize(optax.sgd(1.0)),
+        **GLOBAL,
+    ),
+    case(
+        "mechanize-adam-args",
+        lambda: gc.mechanize(gc.adam(1.0), 0.1, 1e-6, 1e-4, 3),
+        lambda: optax.contrib.mechanize(optax.adam(1.0), 0.1, 1e-6, 1e-4, 3),
         rtol=ADAM_RTOL,
         **GLOBAL,
     ),

@@ -99,6 +99,7 @@ NEW_OPTIMIZERS = [
     "madgrad",
     "momo",
     "momo_adam",
+    "mechanize",
     "sam",
 ]
 

@@ -25,6 +25,7 @@ from gradchain.contrib.learning_rate_free import (
     scale_by_prodigy,
 )
 from gradchain.contrib.madgrad import MadgradState, madgrad, scale_by_madgrad
+from gradchain.contrib.mechanic import MechanicState, mechanize
 from gradchain.contrib.momo import MomoAdamState, MomoState, momo, momo_adam
 from gradchain.contrib.muon import (
     MuonDimensionNumbers,
@@ -60,6 +61,7 @@ __all__ = [
     "GaLoreDimensionNumbers",
     "GaLoreState",
     "MadgradState",
+    "MechanicState",
     "MomoAdamState",
     "MomoState",
     "MuonDimensionNumbers",
@@ -77,6 +79,7 @@ __all__ = [
     "gauss_newton_bartlett_estimator_diag_hessian",
     "hutchinson_estimator_diag_hessian",
     "madgrad",
+    "mechanize",
     "momo",
     "momo_adam",
     "muon",

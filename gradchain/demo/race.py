@@ -317,6 +317,12 @@ ENTRIES = (
                 "value",
             ),
             (
+                "mechanize",
+                "Mechanic around Adam (learns the scale; base lr 1, cosine)",
+                lambda steps, params: _clipped(gc.mechanize(gc.adam(lr_schedule(steps, 1.0)))),
+                None,
+            ),
+            (
                 "sam",
                 "SAM around AdamW (rho 0.05; every other step is the adversarial one)",
                 lambda steps, params: _clipped(
