@@ -622,6 +622,11 @@ TRANSFORMS: tuple[Entry, ...] = (
         nonfinite="tree",
         param_copies=("x0",),
     ),
+    E(
+        "split_real_and_imaginary",
+        lambda: gc.split_real_and_imaginary(gc.adam(0.1)),
+        optimizer=True,
+    ),
     # Sophia
     E(
         "hutchinson_estimator_diag_hessian",
@@ -743,6 +748,7 @@ NOT_TRANSFORMS: dict[str, str] = {
     "ScaleByTrustRatioState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "ScaleState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "SophiaState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
+    "SplitRealAndImaginaryState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "MechanicState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "NormalizeState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "SAMState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",

@@ -145,6 +145,13 @@ MATRIX = [
         rtol=ADAM_RTOL,
         **GLOBAL,
     ),
+    case(
+        "split_real_and_imaginary-adam",
+        lambda: gc.split_real_and_imaginary(gc.adam(0.01)),
+        lambda: optax.contrib.split_real_and_imaginary(optax.adam(0.01)),
+        complex=True,
+        rtol=ADAM_RTOL,
+    ),
     case("momo", gc.momo, optax.contrib.momo, value=True, **GLOBAL),
     case(
         "momo-adapt_lower_bound-weight_decay",

@@ -2,6 +2,10 @@
 
 from gradchain.contrib.acprop import acprop, scale_by_acprop
 from gradchain.contrib.cocob import COCOBState, cocob, scale_by_cocob
+from gradchain.contrib.complex_valued import (
+    SplitRealAndImaginaryState,
+    split_real_and_imaginary,
+)
 from gradchain.contrib.dog import (
     DoGState,
     DoWGState,
@@ -70,6 +74,7 @@ __all__ = [
     "SAMState",
     "ScaleByDistanceOverGradientsState",
     "SophiaState",
+    "SplitRealAndImaginaryState",
     "acprop",
     "cocob",
     "dadapt_adamw",
@@ -106,4 +111,5 @@ __all__ = [
     "schedule_free_eval_params",
     "schedule_free_sgd",
     "sophia",
+    "split_real_and_imaginary",
 ]

@@ -67,7 +67,6 @@ TODO: dict[str, tuple[str, ...]] = {
         "ScaleByAdemamixState",
         "ScaleBySimplifiedAdEMAMixState",
         "ScheduleFreeState",
-        "SplitRealAndImaginaryState",
         "ademamix",
         "adopt",
         "differentially_private_aggregate",
@@ -76,7 +75,6 @@ TODO: dict[str, tuple[str, ...]] = {
         "scale_by_adopt",
         "scale_by_simplified_ademamix",
         "simplified_ademamix",
-        "split_real_and_imaginary",
     ),
 }
 
