@@ -4,8 +4,9 @@ Both need the loss of the step: ``update(grads, state, params, value=loss)``. Th
 finished step (the learning rate is a cap on the adaptive step size inside them).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: ``momo`` and ``momo_adam`` are the classes, and
+# their signature must show ``learning_rate: ScalarOrSchedule`` as the object, not a string
+# (optax's tests read the annotation to decide whether a schedule is accepted).
 import dataclasses
 from typing import Any
 
@@ -15,14 +16,12 @@ import numpy as np
 
 from gradchain.core.base import (
     GradientTransformation,
-    Parts,
     ScalarOrSchedule,
     check_bool,
     check_floating,
     check_number,
     check_params_match,
     check_tree_match,
-    named_optimizer,
     require_params,
     state_class,
     transformation,
@@ -142,7 +141,8 @@ class Momo(GradientTransformation):
 
     The scalars are float32 or better (optax keeps them in the lowest parameter dtype).
     Reference: Schaipp, Ohana, Eickenberg, Defazio & Gower, "MoMo: Momentum Models for
-    Adaptive Learning Rates" (ICML 2024), Algorithms 1 and 3. Same as ``optax.contrib.momo``.
+    Adaptive Learning Rates" (ICML 2024), Algorithms 1 and 3. Same as ``optax.contrib.momo``
+    (the whole optimizer: no learning rate follows it).
     """
 
     learning_rate: ScalarOrSchedule = 1.0
@@ -209,17 +209,7 @@ def _decayed_step(p, decay, tau, direction):
     return -decay.astype(dt) * p.astype(dt) - tau.astype(dt) * direction
 
 
-@named_optimizer
-def momo(
-    learning_rate: ScalarOrSchedule = 1.0,
-    beta=0.9,
-    lower_bound=0.0,
-    weight_decay=0.0,
-    adapt_lower_bound=False,
-) -> Parts:
-    r"""MoMo, the whole optimizer (see :class:`Momo`); ``update`` needs ``value=loss``.
-    Same arguments and defaults as ``optax.contrib.momo``."""
-    return (Momo(learning_rate, beta, lower_bound, weight_decay, adapt_lower_bound),)
+momo = Momo
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,7 +259,7 @@ class MomoAdam(GradientTransformation):
       lower_bound, weight_decay, adapt_lower_bound: as :class:`Momo`.
 
     Moments are float32 for bfloat16/float16 parameters. Reference: Schaipp et al. (ICML
-    2024), Algorithm 2 (MoMo-Adam). Same as ``optax.contrib.momo_adam``.
+    2024), Algorithm 2 (MoMo-Adam). Same as ``optax.contrib.momo_adam`` (the whole optimizer).
     """
 
     learning_rate: ScalarOrSchedule = 1e-2
@@ -345,16 +335,4 @@ class MomoAdam(GradientTransformation):
         )
 
 
-@named_optimizer
-def momo_adam(
-    learning_rate: ScalarOrSchedule = 1e-2,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    lower_bound=0.0,
-    weight_decay=0.0,
-    adapt_lower_bound=False,
-) -> Parts:
-    r"""MoMo-Adam, the whole optimizer (see :class:`MomoAdam`); ``update`` needs
-    ``value=loss``. Same arguments and defaults as ``optax.contrib.momo_adam``."""
-    return (MomoAdam(learning_rate, b1, b2, eps, lower_bound, weight_decay, adapt_lower_bound),)
+momo_adam = MomoAdam
