@@ -41,6 +41,10 @@ from gradchain.scale_out import *
 from gradchain.schedules import *
 from gradchain.transforms import *
 
+# optax's ``microbatching`` namespace (``optax.microbatching.AccumulationType``), importable by
+# that name too.
+from gradchain.transforms import microbatching as microbatching
+
 # optax has this one tree utility at its root as well.
 from gradchain.tree_utils import tree_map_params as tree_map_params
 
@@ -75,6 +79,7 @@ _OLD_MODULES = {
     "quantization": "scale_out.quantization",
     "sharding": "scale_out.sharding",
 }
+_sys.modules["gradchain.microbatching"] = microbatching
 for _old, _new in _OLD_MODULES.items():
     _module = _importlib.import_module(f"gradchain.{_new}")
     _sys.modules[f"gradchain.{_old}"] = _module

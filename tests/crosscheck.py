@@ -10,6 +10,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+
+import gradchain as gc
 
 
 # A pytree with a scalar, a vector, a matrix, a 3-D tensor and a bfloat16 leaf.
@@ -60,6 +63,15 @@ def run(tx, params, grads, apply_updates, extra=None, grad_fn=None):
         p, state = step(p, state, g)
         traj.append(p)
     return traj, state
+
+
+def run_both(ours, reference, params, steps: int):
+    """``ours`` (gradchain) and ``reference`` (optax) run from ``params`` over the same ``steps``
+    gradients under ``jax.jit``: the two parameter trajectories."""
+    grads = gradient_stream(params, steps)
+    got, _ = run(ours, params, grads, gc.apply_updates)
+    want, _ = run(reference, params, grads, optax.apply_updates)
+    return got, want
 
 
 def upcast(tree):

@@ -3,7 +3,8 @@
 ``load(relative_path, name=value, ...)`` executes a fresh copy of the optax test module (the
 installed one stays untouched) and rebinds the module-level names its tests call through, e.g.
 ``otu`` to :mod:`gradchain.tree_utils`. ``optax_testcases(module)`` gives its ``TestCase``
-classes, which a test file binds to module-level names so pytest collects them.
+classes, which ``bind_optax_testcases`` binds to a test file's module-level names so pytest
+collects them.
 """
 
 import importlib.util
@@ -37,6 +38,16 @@ def optax_testcases(module) -> dict[str, type]:
         and issubclass(cls, unittest.TestCase)
         and cls.__module__ == module.__name__
     }
+
+
+def bind_optax_testcases(namespace: dict, modules: dict) -> None:
+    """Binds the ``TestCase`` classes of each loaded module (``{relative_path: module}``) into a
+    test file's ``namespace`` as ``TestOptax_<file>_<class>``, so pytest collects them, each
+    marked to run under :func:`optax_settings`."""
+    for path, module in modules.items():
+        stem = path.split("/")[-1].removesuffix("_test.py")
+        for name, cls in optax_testcases(module).items():
+            namespace[f"TestOptax_{stem}_{name}"] = pytest.mark.usefixtures("optax_settings")(cls)
 
 
 @pytest.fixture

@@ -36,6 +36,28 @@ def _below_2d(tree):
     return jax.tree.map(lambda x: jnp.ndim(x) < 2, tree)
 
 
+def _every_other_step(step):
+    """A condition for conditionally_transform/mask: the inner optimizer runs at steps 0, 2, ..."""
+    return step % 2 == 0
+
+
+def _norm(tree):
+    """A measurement for snapshot/monitor: the global norm, in float32."""
+    return jnp.sqrt(
+        sum(
+            (jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)),
+            jnp.zeros((), jnp.float32),
+        )
+    )
+
+
+def _sum(tree):
+    """Another measurement for monitor: the sum of every entry, in float32."""
+    return sum(
+        (jnp.sum(x.astype(jnp.float32)) for x in jax.tree.leaves(tree)), jnp.zeros((), jnp.float32)
+    )
+
+
 def _labels_by_ndim(tree):
     return jax.tree.map(lambda x: "matrix" if jnp.ndim(x) >= 2 else "other", tree)
 
@@ -212,6 +234,31 @@ TRANSFORMS: tuple[Entry, ...] = (
         keeps_nan=False,
         warm_steps=2,
         variant="skip_not_finite",
+    ),
+    E(
+        "conditionally_transform",
+        lambda: gc.conditionally_transform(gc.adam(0.1), _every_other_step),
+        optimizer=True,
+        warm_steps=2,
+    ),
+    E(
+        "conditionally_mask",
+        lambda: gc.conditionally_mask(gc.adam(0.1), _every_other_step),
+        optimizer=True,
+        warm_steps=2,
+    ),
+    # monitoring: the updates pass through; a NaN reaches the measurement of its step only.
+    E("snapshot", lambda: gc.snapshot("norm", _norm), abstract_init=False, keeps_nan=False),
+    E(
+        "monitor",
+        lambda: gc.monitor({"norm": _norm, "sum": _sum}),
+        keeps_nan=False,
+    ),
+    # measure_with_ema's output is the measurement, not the updates: it runs inside monitor.
+    E(
+        "measure_with_ema",
+        lambda: gc.monitor({"norm_ema": gc.measure_with_ema(_norm, 0.9)}),
+        keeps_nan=False,
     ),
     # decay
     E(
@@ -766,6 +813,7 @@ NOT_TRANSFORMS: dict[str, str] = {
     "Params": "type alias, as optax's",
     "Updates": "type alias, as optax's",
     "ScalarOrSchedule": "type alias, as optax's",
+    "MaskOrFn": "type alias, as optax's",
     "GradientTransformationExtraArgs": "optax's protocol class (tests/test_optax_protocol.py)",
     "StatefulSchedule": "optax's protocol class for stateful schedules (schedules/_inject_test)",
     "WrappedSchedule": "optax's wrapper of a schedule for inject_stateful_hyperparams",
@@ -827,6 +875,45 @@ NOT_TRANSFORMS: dict[str, str] = {
     "tree_set": "helper: replace a state field by name",
     "tree_map_params": "helper: map over the parameter-shaped parts of a state (test_tree_utils)",
     "ReduceLROnPlateauState": "state container of reduce_on_plateau",
+    **dict.fromkeys(
+        (
+            "ConditionallyMaskState",
+            "ConditionallyTransformState",
+            "MonitorState",
+            "SnapshotState",
+        ),
+        "state class under optax's name (tests/test_optax_wrappers.py, tests/optax_suite)",
+    ),
+    **dict.fromkeys(
+        ("MaskOrFn", "TransformInitFn", "TransformUpdateFn", "TransformUpdateExtraArgsFn"),
+        "type alias, as optax's",
+    ),
+    "ShouldSkipUpdateFunction": "type alias, as optax's (the type of MultiSteps' predicate)",
+    **dict.fromkeys(
+        (
+            "safe_int32_increment",
+            "safe_norm",
+            "safe_root_mean_squares",
+            "update_moment",
+            "update_moment_per_elem_norm",
+            "update_infinity_moment",
+        ),
+        "numerics helper, optax's (cross-checked in tests/test_optax_wrappers.py)",
+    ),
+    **dict.fromkeys(
+        ("matrix_inverse_pth_root", "power_iteration", "nnls"),
+        "linear algebra helper, optax's (cross-checked in tests/test_optax_wrappers.py)",
+    ),
+    **dict.fromkeys(
+        ("multi_normal", "MultiNormalDiagFromLogScale"),
+        "the diagonal Gaussian of optax's multi_normal (tests/test_optax_wrappers.py)",
+    ),
+    **dict.fromkeys(
+        ("incremental_update", "periodic_update"),
+        "helper: a target network's average or periodic copy of the params, optax's",
+    ),
+    "microbatch": "function transformation: evaluates a function over microbatches "
+    "(tests/test_optax_wrappers.py)",
     **dict.fromkeys(gc.losses.__all__, "loss function (tests/test_losses.py)"),
 }
 

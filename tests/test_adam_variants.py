@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from crosscheck import assert_trees_close, gradient_stream, mixed_params, run
+from crosscheck import assert_trees_close, gradient_stream, mixed_params, run, run_both
 from family_a_support import Quadratic, committed, numpy_run, run_on_loss
 
 import gradchain as gc
@@ -40,10 +40,7 @@ OPTAX_CASES = {
 @pytest.mark.parametrize("name", sorted(OPTAX_CASES))
 def test_matches_optax_over_jitted_steps(name):
     ours, ref = OPTAX_CASES[name]
-    params = committed(mixed_params(bf16=False))
-    grads = gradient_stream(params, STEPS)
-    got, _ = run(ours(), params, grads, gc.apply_updates)
-    want, _ = run(ref(), params, grads, optax.apply_updates)
+    got, want = run_both(ours(), ref(), committed(mixed_params(bf16=False)), STEPS)
     assert_trees_close(got[-1], want[-1])
     assert_trees_close(got[STEPS // 2], want[STEPS // 2])
 
@@ -186,9 +183,7 @@ def test_nadam_with_infinite_momentum_decay_is_optax_nadam():
     # mu_t = b1 (1 - 0.5 * 0.96^(t psi)) -> b1 as psi -> inf (ALGORITHMS.md §3.4)
     with jax.enable_x64(True):
         params = committed(mixed_params(bf16=False))
-        grads = gradient_stream(params, STEPS)
-        got, _ = run(gc.nadam(0.01, momentum_decay=1e6), params, grads, gc.apply_updates)
-        want, _ = run(optax.nadam(0.01), params, grads, optax.apply_updates)
+        got, want = run_both(gc.nadam(0.01, momentum_decay=1e6), optax.nadam(0.01), params, STEPS)
     assert_trees_close(got[-1], want[-1])
 
 

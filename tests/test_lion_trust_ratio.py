@@ -5,13 +5,22 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from crosscheck import assert_trees_close, gradient_stream, mixed_params, run
+from crosscheck import assert_trees_close, gradient_stream, mixed_params, run, run_both
 from family_a_support import committed
 
 import gradchain as gc
 
 STEPS = 20
 MASK = {"scalar": False, "vector": False, "matrix": True, "tensor": True}
+
+LARS_MASKED = dict(
+    weight_decay=0.1,
+    weight_decay_mask=MASK,
+    trust_ratio_mask=MASK,
+    trust_coefficient=0.01,
+    eps=1e-3,
+    nesterov=True,
+)
 
 OPTAX_CASES = {
     "lion": (lambda: gc.lion(0.01), lambda: optax.lion(0.01)),
@@ -36,24 +45,8 @@ OPTAX_CASES = {
     "lamb": (lambda: gc.lamb(0.01, weight_decay=0.1), lambda: optax.lamb(0.01, weight_decay=0.1)),
     "lars": (lambda: gc.lars(0.1, weight_decay=0.1), lambda: optax.lars(0.1, weight_decay=0.1)),
     "lars_nesterov_masked": (
-        lambda: gc.lars(
-            0.1,
-            weight_decay=0.1,
-            weight_decay_mask=MASK,
-            trust_ratio_mask=MASK,
-            trust_coefficient=0.01,
-            eps=1e-3,
-            nesterov=True,
-        ),
-        lambda: optax.lars(
-            0.1,
-            weight_decay=0.1,
-            weight_decay_mask=MASK,
-            trust_ratio_mask=MASK,
-            trust_coefficient=0.01,
-            eps=1e-3,
-            nesterov=True,
-        ),
+        lambda: gc.lars(0.1, **LARS_MASKED),
+        lambda: optax.lars(0.1, **LARS_MASKED),
     ),
     "trust_ratio_min_norm": (
         lambda: gc.chain(
@@ -71,10 +64,7 @@ OPTAX_CASES = {
 @pytest.mark.parametrize("name", sorted(OPTAX_CASES))
 def test_matches_optax_over_jitted_steps(name):
     ours, ref = OPTAX_CASES[name]
-    params = committed(mixed_params(bf16=False))
-    grads = gradient_stream(params, STEPS)
-    got, _ = run(ours(), params, grads, gc.apply_updates)
-    want, _ = run(ref(), params, grads, optax.apply_updates)
+    got, want = run_both(ours(), ref(), committed(mixed_params(bf16=False)), STEPS)
     assert_trees_close(got[-1], want[-1])
     assert_trees_close(got[STEPS // 2], want[STEPS // 2])
 
@@ -168,3 +158,49 @@ def test_low_precision_leaves_keep_their_dtype():
 def test_invalid_hyperparameters_raise_at_construction(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_lion_on_a_large_leaf_steps_without_copying_the_momentum_and_equals_the_small_path(
+    monkeypatch,
+):
+    """From ``_ORDERED_SIZE`` elements (2^20; lowered here to keep the test small) Lion writes the
+    sign as int8 codes and orders the momentum's in-place write after them: the compiled donated
+    step holds no copy of the momentum, and its updates, parameters and momentum equal the plain
+    path's bit for bit, signed zeros and NaN included."""
+    import importlib
+
+    lion_module = importlib.import_module("gradchain.optimizers.lion")
+
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(lion_module, "_ORDERED_SIZE", 1 << 12)
+    jax.clear_caches()
+    p = {"w": jnp.asarray(rng.standard_normal((64, 64)), jnp.float32)}
+    special = jnp.array([0.0, -0.0, np.nan, -np.nan, 1e-40, -1e-40, np.inf, -np.inf])
+    grads = [
+        {"w": jnp.asarray(rng.standard_normal((64, 64)), jnp.float32).at[0, :8].set(special)}
+        for _ in range(4)
+    ]
+    tx = gc.lion(1e-2, weight_decay=0.1)
+
+    def step(p, s, g):
+        u, s = tx.update(g, s, p)
+        return gc.apply_updates(p, u), s, u
+
+    def run():
+        params, state, out = p, tx.init(p), []
+        for g in grads:
+            params, state, u = jax.jit(step)(params, state, g)
+            out.append((params, state.scale_by_lion.mu, u))
+        return jax.tree.map(lambda x: np.asarray(x).view(np.uint32), out)
+
+    def train_step(p, s, g):
+        return step(p, s, g)[:2]
+
+    compiled = jax.jit(train_step, donate_argnums=(0, 1)).lower(p, tx.init(p), grads[0]).compile()
+    hlo = compiled.as_text()
+    assert "s8[64,64]" in hlo and " copy(" not in hlo
+    large = run()
+    monkeypatch.setattr(lion_module, "_ORDERED_SIZE", 1 << 40)
+    jax.clear_caches()
+    for a, b in zip(jax.tree.leaves(large), jax.tree.leaves(run())):
+        np.testing.assert_array_equal(a, b)

@@ -11,14 +11,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from optax_rebind import load, optax_settings, optax_testcases  # noqa: F401
+from optax_rebind import bind_optax_testcases, load, optax_settings  # noqa: F401
 
 import gradchain.projections as gp
 
-_MODULE = load("projections/_projections_test.py", proj=gp)
-for _name, _cls in optax_testcases(_MODULE).items():
-    globals()[f"TestOptax_projections_{_name}"] = pytest.mark.usefixtures("optax_settings")(_cls)
-del _name, _cls
+_PATH = "projections/_projections_test.py"
+_MODULE = load(_PATH, proj=gp)
+bind_optax_testcases(globals(), {_PATH: _MODULE})
 
 
 def test_the_rerouted_optax_tests_call_gradchain():

@@ -10,16 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from optax_rebind import load, optax_settings, optax_testcases  # noqa: F401
+from optax_rebind import bind_optax_testcases, load, optax_settings  # noqa: F401
 
 import gradchain as gc
 
-_MODULE = load("contrib/_reduce_on_plateau_test.py", _reduce_on_plateau=gc.contrib)
-for _name, _cls in optax_testcases(_MODULE).items():
-    globals()[f"TestOptax_reduce_on_plateau_{_name}"] = pytest.mark.usefixtures("optax_settings")(
-        _cls
-    )
-del _name, _cls
+_PATH = "contrib/_reduce_on_plateau_test.py"
+_MODULE = load(_PATH, _reduce_on_plateau=gc.contrib)
+bind_optax_testcases(globals(), {_PATH: _MODULE})
 
 
 def test_the_rerouted_optax_tests_call_gradchain():

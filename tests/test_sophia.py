@@ -30,27 +30,15 @@ def cosh_loss(params):
 
 OBJ_FN = {"obj_fn": lambda loss: loss}
 
+FREQUENT_REFRESH = dict(
+    b1=0.9, b2=0.9, gamma=0.5, update_interval=3, weight_decay=0.1, weight_decay_mask=MASK
+)
+
 OPTAX_CASES = {
     "default": (lambda: gc.sophia(0.01), lambda: optax.contrib.sophia(0.01)),
     "frequent_refresh_decay_mask": (
-        lambda: gc.sophia(
-            0.01,
-            b1=0.9,
-            b2=0.9,
-            gamma=0.5,
-            update_interval=3,
-            weight_decay=0.1,
-            weight_decay_mask=MASK,
-        ),
-        lambda: optax.contrib.sophia(
-            0.01,
-            b1=0.9,
-            b2=0.9,
-            gamma=0.5,
-            update_interval=3,
-            weight_decay=0.1,
-            weight_decay_mask=MASK,
-        ),
+        lambda: gc.sophia(0.01, **FREQUENT_REFRESH),
+        lambda: optax.contrib.sophia(0.01, **FREQUENT_REFRESH),
     ),
     "no_clipping_seeded": (
         lambda: gc.sophia(

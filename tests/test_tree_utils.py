@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from optax_rebind import load, optax_settings, optax_testcases  # noqa: F401
+from optax_rebind import bind_optax_testcases, load, optax_settings  # noqa: F401
 
 import gradchain as gc
 import gradchain.tree
@@ -26,12 +26,7 @@ _REBOUND = {
     "tree_utils/_state_utils_test.py": {"_state_utils": gtu, "_random": gtu},
 }
 _MODULES = {path: load(path, **names) for path, names in _REBOUND.items()}
-for _path, _module in _MODULES.items():
-    for _name, _cls in optax_testcases(_module).items():
-        globals()[f"TestOptax_{_path.split('/')[-1].removesuffix('_test.py')}_{_name}"] = (
-            pytest.mark.usefixtures("optax_settings")(_cls)
-        )
-del _path, _module, _name, _cls
+bind_optax_testcases(globals(), _MODULES)
 
 
 def test_the_rerouted_optax_tests_call_gradchain():

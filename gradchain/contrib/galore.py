@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -20,7 +21,10 @@ import jax.numpy as jnp
 
 from gradchain.core.base import (
     GradientTransformation,
+    MaskOrFn,
+    Params,
     Parts,
+    PyTree,
     ScalarOrSchedule,
     _call_update,
     check_floating,
@@ -341,7 +345,7 @@ class ScaleByGalore(GradientTransformation):
 
     rank: int = 128
     update_proj_gap: int = 200
-    scale: float = 1.0
+    scale: ScalarOrSchedule = 1.0
     base_optimizer: Any = None
     weight_dimension_numbers: Any = None
     _: dataclasses.KW_ONLY
@@ -451,15 +455,15 @@ scale_by_galore = ScaleByGalore
 @named_optimizer
 def galore(
     learning_rate: ScalarOrSchedule,
-    rank=128,
-    update_proj_gap=200,
-    scale=1.0,
-    base_optimizer=None,
-    weight_decay=0.0,
-    mask=None,
-    weight_dimension_numbers=None,
+    rank: int = 128,
+    update_proj_gap: int = 200,
+    scale: ScalarOrSchedule = 1.0,
+    base_optimizer: GradientTransformation | None = None,
+    weight_decay: ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
+    weight_dimension_numbers: PyTree | Callable[[Params], PyTree] | None = None,
     *,
-    projected_dim="larger",
+    projected_dim: str = "larger",
 ) -> Parts:
     r"""GaLore: ``chain(scale_by_galore(...), add_decoupled_weight_decay(weight_decay, mask),
     scale_by_learning_rate(learning_rate))``.

@@ -69,6 +69,38 @@ def _adam_bias_correction(tx, b1, b2, t):
     return jnp.sqrt(1 - count_power(b2, t)) / (1 - count_power(b1, t))
 
 
+def _step_inputs(tx, updates, state, params):
+    """What both estimators' ``update`` starts from: ``(hp, c1, c2, t, dlr)``.
+
+    Checks the updates against the state and the parameters; ``hp`` are the live
+    hyperparameters, ``c1``, ``c2`` the complements :math:`1-\\beta_1`, :math:`1-\\beta_2`, ``t``
+    the 1-based step and ``dlr`` the step size :math:`d\\,\\eta` times Adam's bias correction.
+    """
+    require_params(params, tx.name)
+    check_tree_match(updates, state.mu, "updates", "state.mu")
+    check_params_match(updates, params)
+    hp = tx.current_hyperparams(state)
+    c1, c2 = tx.complement("b1", hp), tx.complement("b2", hp)
+    t = safe_increment(state.count)
+    dlr = state.d * hp["learning_rate"] * _adam_bias_correction(tx, hp["b1"], hp["b2"], t)
+    return hp, c1, c2, t, dlr
+
+
+def _next_state(state, t, hp, mu, nu, s, d, numerator):
+    """``state`` after a step: the new moments and sum ``s`` cast back to their dtypes, the new
+    estimate ``d`` and numerator, the count and the hyperparameters used."""
+    return dataclasses.replace(
+        state,
+        count=t,
+        mu=cast_like(mu, state.mu),
+        nu=cast_like(nu, state.nu),
+        s=cast_like(s, state.s),
+        d=d,
+        numerator=numerator.astype(state.numerator.dtype),
+        hyperparams=hp,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Prodigy
 
@@ -149,10 +181,10 @@ class ScaleByProdigy(GradientTransformation):
     learning_rate: ScalarOrSchedule = 1.0
     betas: tuple = (0.9, 0.999)
     beta3: float | None = None
-    eps: float = 1e-8
-    estim_lr0: float = 1e-6
-    estim_lr_coef: float = 1.0
-    weight_decay: float = 0.0
+    eps: ScalarOrSchedule = 1e-8
+    estim_lr0: ScalarOrSchedule = 1e-6
+    estim_lr_coef: ScalarOrSchedule = 1.0
+    weight_decay: ScalarOrSchedule = 0.0
     safeguard_warmup: bool = False
     _: dataclasses.KW_ONLY
     bias_correction: bool = True
@@ -197,16 +229,10 @@ class ScaleByProdigy(GradientTransformation):
         )
 
     def update(self, updates, state, params=None, **extra_args):
-        require_params(params, self.name)
-        check_tree_match(updates, state.mu, "updates", "state.mu")
-        check_params_match(updates, params)
-        hp = self.current_hyperparams(state)
+        hp, c1, c2, t, dlr = _step_inputs(self, updates, state, params)
         b1, b2, b3 = hp["b1"], hp["b2"], hp["b3"]
-        c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
         d0, lam = hp["estim_lr0"], hp["weight_decay"]
-        t = safe_increment(state.count)
         d = state.d
-        dlr = d * hp["learning_rate"] * _adam_bias_correction(self, b1, b2, t)
         s_coef = (d / d0) * (d if self.safeguard_warmup else dlr)
 
         correlation = _tree_sum(lambda g, p0, p: g * (p0 - p), updates, state.params0, params)
@@ -229,16 +255,7 @@ class ScaleByProdigy(GradientTransformation):
         out = jax.tree.map(
             lambda g, m, v, p: _prodigy_step(g, m, v, p, dlr, eps, lam), updates, mu, nu, params
         )
-        return out, ScaleByProdigyState(
-            count=t,
-            mu=cast_like(mu, state.mu),
-            nu=cast_like(nu, state.nu),
-            s=cast_like(s, state.s),
-            params0=state.params0,
-            d=new_d,
-            numerator=numerator.astype(state.numerator.dtype),
-            hyperparams=hp,
-        )
+        return out, _next_state(state, t, hp, mu, nu, s, new_d, numerator)
 
 
 scale_by_prodigy = ScaleByProdigy
@@ -266,15 +283,15 @@ def _prodigy_step(g, m, v, p, dlr, eps, lam):
 @named_optimizer
 def prodigy(
     learning_rate: ScalarOrSchedule = 1.0,
-    betas=(0.9, 0.999),
-    beta3=None,
-    eps=1e-8,
-    estim_lr0=1e-6,
-    estim_lr_coef=1.0,
-    weight_decay=0.0,
-    safeguard_warmup=False,
+    betas: tuple[ScalarOrSchedule, ScalarOrSchedule] = (0.9, 0.999),
+    beta3: float | None = None,
+    eps: ScalarOrSchedule = 1e-8,
+    estim_lr0: ScalarOrSchedule = 1e-6,
+    estim_lr_coef: ScalarOrSchedule = 1.0,
+    weight_decay: ScalarOrSchedule = 0.0,
+    safeguard_warmup: bool = False,
     *,
-    bias_correction=True,
+    bias_correction: bool = True,
 ) -> Parts:
     """Prodigy: learning-rate-free AdamW; see :func:`scale_by_prodigy` (the whole optimizer).
 
@@ -357,9 +374,9 @@ class ScaleByDAdaptAdamW(GradientTransformation):
 
     learning_rate: ScalarOrSchedule = 1.0
     betas: tuple = (0.9, 0.999)
-    eps: float = 1e-8
-    estim_lr0: float = 1e-6
-    weight_decay: float = 0.0
+    eps: ScalarOrSchedule = 1e-8
+    estim_lr0: ScalarOrSchedule = 1e-6
+    weight_decay: ScalarOrSchedule = 0.0
     _: dataclasses.KW_ONLY
     bias_correction: bool = True
     decouple: bool = True
@@ -389,16 +406,10 @@ class ScaleByDAdaptAdamW(GradientTransformation):
         )
 
     def update(self, updates, state, params=None, **extra_args):
-        require_params(params, self.name)
-        check_tree_match(updates, state.mu, "updates", "state.mu")
-        check_params_match(updates, params)
-        hp = self.current_hyperparams(state)
+        hp, c1, c2, t, dlr = _step_inputs(self, updates, state, params)
         b1, b2, eps, lam = hp["b1"], hp["b2"], hp["eps"], hp["weight_decay"]
-        c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
         sb2 = jnp.sqrt(b2)
-        t = safe_increment(state.count)
         d = state.d
-        dlr = d * hp["learning_rate"] * _adam_bias_correction(self, b1, b2, t)
         if not self.decouple:
             updates = jax.tree.map(
                 lambda g, p: (g + lam.astype(g.dtype) * p.astype(g.dtype)).astype(g.dtype),
@@ -428,15 +439,7 @@ class ScaleByDAdaptAdamW(GradientTransformation):
         out = jax.tree.map(
             lambda g, m, v, p: _dadapt_step(g, m, v, p, eps, decay), updates, mu, nu, params
         )
-        return out, ScaleByDAdaptAdamWState(
-            count=t,
-            mu=cast_like(mu, state.mu),
-            nu=cast_like(nu, state.nu),
-            s=cast_like(s, state.s),
-            d=new_d,
-            numerator=numerator.astype(state.numerator.dtype),
-            hyperparams=hp,
-        )
+        return out, _next_state(state, t, hp, mu, nu, s, new_d, numerator)
 
 
 scale_by_dadapt_adamw = ScaleByDAdaptAdamW
@@ -463,13 +466,13 @@ def _dadapt_step(g, m, v, p, eps, decay):
 @named_optimizer
 def dadapt_adamw(
     learning_rate: ScalarOrSchedule = 1.0,
-    betas=(0.9, 0.999),
-    eps=1e-8,
-    estim_lr0=1e-6,
-    weight_decay=0.0,
+    betas: tuple[ScalarOrSchedule, ScalarOrSchedule] = (0.9, 0.999),
+    eps: ScalarOrSchedule = 1e-8,
+    estim_lr0: ScalarOrSchedule = 1e-6,
+    weight_decay: ScalarOrSchedule = 0.0,
     *,
-    bias_correction=True,
-    decouple=True,
+    bias_correction: bool = True,
+    decouple: bool = True,
 ) -> Parts:
     """D-Adaptation AdamW; see :func:`scale_by_dadapt_adamw` (the whole optimizer).
 

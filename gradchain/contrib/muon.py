@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, cast
 
 import jax
@@ -23,6 +23,7 @@ from gradchain.core.base import (
     ChainState,
     EmptyState,
     GradientTransformation,
+    MaskOrFn,
     Params,
     PyTree,
     ScalarOrSchedule,
@@ -303,8 +304,8 @@ class ScaleByMuon(GradientTransformation):
 
     ns_coeffs: Any = _QUINTIC
     ns_steps: int = 5
-    beta: float = 0.95
-    eps: float = 1e-8
+    beta: ScalarOrSchedule = 0.95
+    eps: ScalarOrSchedule = 1e-8
     mu_dtype: Any = None
     _: dataclasses.KW_ONLY
     nesterov: bool = True
@@ -587,27 +588,27 @@ class _LabelledGroups(Chain):
 
 def muon(
     learning_rate: ScalarOrSchedule,
-    ns_coeffs=_QUINTIC,
-    ns_steps=5,
-    beta=0.95,
-    eps=1e-8,
-    weight_decay=0.0,
-    weight_decay_mask=None,
-    mu_dtype=None,
+    ns_coeffs: str | Sequence[float] | Sequence[Sequence[float]] | jax.typing.ArrayLike = _QUINTIC,
+    ns_steps: int = 5,
+    beta: ScalarOrSchedule = 0.95,
+    eps: ScalarOrSchedule = 1e-8,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay_mask: MaskOrFn = None,
+    mu_dtype: Any | None = None,
     *,
-    nesterov=True,
-    adaptive=False,
-    preconditioning="frobenius",
-    adam_b1=0.9,
-    adam_b2=0.999,
-    adam_eps_root=0.0,
-    adam_weight_decay=0.0,
-    adam_learning_rate=None,
-    muon_weight_dimension_numbers=None,
-    consistent_rms=None,
-    param_labels=None,
-    bias_correction=True,
-    ns_dtype=None,
+    nesterov: bool = True,
+    adaptive: bool = False,
+    preconditioning: str = "frobenius",
+    adam_b1: ScalarOrSchedule = 0.9,
+    adam_b2: ScalarOrSchedule = 0.999,
+    adam_eps_root: ScalarOrSchedule = 0.0,
+    adam_weight_decay: ScalarOrSchedule = 0.0,
+    adam_learning_rate: ScalarOrSchedule | None = None,
+    muon_weight_dimension_numbers: PyTree | Callable[[Params], PyTree] | None = None,
+    consistent_rms: float | None = None,
+    param_labels: PyTree | Callable[[Params], PyTree] | None = None,
+    bias_correction: bool = True,
+    ns_dtype: Any | None = None,
 ) -> Chain:
     r"""Muon for the hidden matrices, AdamW for every other leaf.
 

@@ -141,11 +141,11 @@ class ScheduleFree(GradientTransformation):
 
     base_optimizer: Any
     learning_rate: ScalarOrSchedule
-    b1: float = 0.9
-    weight_lr_power: float = 2.0
+    b1: ScalarOrSchedule = 0.9
+    weight_lr_power: ScalarOrSchedule = 2.0
     state_dtype: Any = None
     _: dataclasses.KW_ONLY
-    r: float = 0.0
+    r: ScalarOrSchedule = 0.0
     optax_off_by_one: bool = False
 
     def __post_init__(self):
@@ -321,13 +321,13 @@ def _warmed_up(learning_rate, warmup_steps, optax_off_by_one):
 @named_optimizer
 def schedule_free_sgd(
     learning_rate: ScalarOrSchedule = 1.0,
-    warmup_steps=None,
-    b1=0.9,
-    weight_decay=None,
-    weight_lr_power=2.0,
-    state_dtype=None,
+    warmup_steps: int | None = None,
+    b1: ScalarOrSchedule = 0.9,
+    weight_decay: ScalarOrSchedule | None = None,
+    weight_lr_power: ScalarOrSchedule = 2.0,
+    state_dtype: Any | None = None,
     *,
-    optax_off_by_one=False,
+    optax_off_by_one: bool = False,
 ) -> Parts:
     r"""Schedule-Free SGD: :func:`schedule_free` over ``chain(add_decoupled_weight_decay, sgd)``.
 
@@ -353,15 +353,15 @@ def schedule_free_sgd(
 @named_optimizer
 def schedule_free_adamw(
     learning_rate: ScalarOrSchedule = 0.0025,
-    warmup_steps=None,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    weight_decay=0.0,
-    weight_lr_power=2.0,
-    state_dtype=None,
+    warmup_steps: int | None = None,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_lr_power: ScalarOrSchedule = 2.0,
+    state_dtype: Any | None = None,
     *,
-    optax_off_by_one=False,
+    optax_off_by_one: bool = False,
 ) -> Parts:
     r"""Schedule-Free AdamW: :func:`schedule_free` over AdamW without momentum.
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from gradchain.core.base import (
     GradientTransformation,
+    MaskOrFn,
     Parts,
     ScalarOrSchedule,
     _call_update,
@@ -292,11 +293,11 @@ class ScaleBySophia(GradientTransformation):
     draws the same Rademacher vectors from the same key).
     """
 
-    b1: float = 0.965
-    b2: float = 0.99
-    eps: float = 1e-8
-    gamma: float = 0.01
-    clip_threshold: float | None = 1.0
+    b1: ScalarOrSchedule = 0.965
+    b2: ScalarOrSchedule = 0.99
+    eps: ScalarOrSchedule = 1e-8
+    gamma: ScalarOrSchedule = 0.01
+    clip_threshold: ScalarOrSchedule | None = 1.0
     update_interval: int = 10
     hessian_diagonal_fn: Any = HutchinsonEstimator()
     mu_dtype: Any = None
@@ -428,21 +429,21 @@ scale_by_sophia = ScaleBySophia
 @named_optimizer
 def sophia(
     learning_rate: ScalarOrSchedule,
-    b1=0.965,
-    b2=0.99,
-    eps=1e-8,
-    weight_decay=1e-4,
-    weight_decay_mask=None,
-    gamma=0.01,
-    clip_threshold=1.0,
-    update_interval=10,
-    hessian_diagonal_fn=HutchinsonEstimator(),
-    mu_dtype=None,
-    verbose=False,
-    print_win_rate_every_n_steps=0,
+    b1: ScalarOrSchedule = 0.965,
+    b2: ScalarOrSchedule = 0.99,
+    eps: ScalarOrSchedule = 1e-8,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    weight_decay_mask: MaskOrFn = None,
+    gamma: ScalarOrSchedule = 0.01,
+    clip_threshold: ScalarOrSchedule = 1.0,
+    update_interval: int = 10,
+    hessian_diagonal_fn: GradientTransformation = HutchinsonEstimator(),
+    mu_dtype: Any | None = None,
+    verbose: bool = False,
+    print_win_rate_every_n_steps: int = 0,
     *,
-    mu_bias_correction=True,
-    estimate_before_step=False,
+    mu_bias_correction: bool = True,
+    estimate_before_step: bool = False,
 ) -> Parts:
     r"""Sophia with decoupled weight decay.
 

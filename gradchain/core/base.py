@@ -32,13 +32,25 @@ import inspect
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, NamedTuple, ParamSpec, TypeVar, dataclass_transform
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    NamedTuple,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    dataclass_transform,
+)
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gradchain.core.numerics import commit_to_params, put
+
+if TYPE_CHECKING:
+    import optax
 
 _T = TypeVar("_T")
 
@@ -48,22 +60,68 @@ Updates = PyTree
 OptState = PyTree
 Schedule = Callable[[jax.Array], jax.Array]
 ScalarOrSchedule = float | jax.Array | Schedule
+# A mask given as a tree of bools (a prefix of the parameters') or as a function of the
+# parameters returning one; None selects everything. optax's ``MaskOrFn``.
+MaskOrFn = Any | Callable[[Params], Any] | None
+
+
+class TransformInitFn(Protocol):
+    """The type of ``init``: ``init(params) -> state``. optax's protocol of the same name."""
+
+    def __call__(self, params: Params) -> OptState: ...
+
+
+class TransformUpdateFn(Protocol):
+    """The type of ``update`` without extra arguments: ``update(updates, state, params=None)
+    -> (updates, state)``. optax's protocol of the same name."""
+
+    def __call__(
+        self, updates: Updates, state: OptState, params: Params | None = None
+    ) -> tuple[Updates, OptState]: ...
+
+
+class TransformUpdateExtraArgsFn(Protocol):
+    """The type of ``update`` with extra keyword arguments (every gradchain transformation's):
+    ``update(updates, state, params=None, **extra_args) -> (updates, state)``. optax's protocol
+    of the same name."""
+
+    def __call__(
+        self, updates: Updates, state: OptState, params: Params | None = None, **extra_args: Any
+    ) -> tuple[Updates, OptState]: ...
+
+
+class ShouldSkipUpdateFunction(Protocol):
+    """The type of ``MultiSteps``' ``should_skip_update_fn``: ``fn(updates, gradient_step,
+    params) -> (should_skip, logging_dict)``, ``should_skip`` a boolean scalar. optax's protocol
+    of the same name (:func:`gradchain.skip_not_finite` is one)."""
+
+    def __call__(
+        self, updates: Updates, gradient_step: jax.Array, params: Params | None
+    ) -> tuple[jax.Array, Any]: ...
+
 
 __all__ = [
     "ChainState",
     "EmptyState",
     "GradientTransformation",
     "GradientTransformationExtraArgs",
+    "MaskOrFn",
     "OptState",
     "Params",
     "ScalarOrSchedule",
+    "ShouldSkipUpdateFunction",
+    "TransformInitFn",
+    "TransformUpdateExtraArgsFn",
+    "TransformUpdateFn",
     "Updates",
     "apply_updates",
     "chain",
     "identity",
+    "incremental_update",
     "init_empty_state",
     "named_chain",
     "named_optimizer",
+    "periodic_update",
     "state_class",
     "stateless",
     "stateless_with_tree_map",
@@ -300,7 +358,7 @@ def _replace_in(x, key, value):
     return x
 
 
-def tree_set(state: OptState, **values) -> OptState:
+def tree_set(state: OptState, **values: Any) -> OptState:
     """A copy of ``state`` with every field or live hyperparameter named by a keyword replaced.
 
     This is how a hyperparameter is changed between steps without recompiling::
@@ -574,7 +632,12 @@ class _FunctionSignature:
         if instance is None and owner in (GradientTransformation, GradientTransformationExtraArgs):
             kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
             return inspect.Signature(
-                [inspect.Parameter("init", kind), inspect.Parameter("update", kind)]
+                [
+                    inspect.Parameter("init", kind, annotation=Callable[[Params], OptState]),
+                    inspect.Parameter(
+                        "update", kind, annotation=Callable[..., tuple[Updates, OptState]]
+                    ),
+                ]
             )
         return None
 
@@ -589,7 +652,40 @@ def stateless_call(state) -> bool:
     return not hasattr(state, "hyperparams")
 
 
-class GradientTransformation:
+class FieldData:
+    """``repr``, equality and hashing from the fields of a frozen dataclass whose fields are its
+    hyperparameters: what transformations and schedules share. It prints as
+    ``name(field=value, ...)`` and compares equal to an object of its type with equal fields."""
+
+    name: ClassVar[str]
+
+    def _shows(self, field: dataclasses.Field) -> bool:
+        """Whether ``field`` is part of the printed and compared data."""
+        return field.repr
+
+    def _value_repr(self, value: Any) -> str:
+        return _short_repr(value)
+
+    def _field_items(self) -> list[tuple[str, Any]]:
+        fields = dataclasses.fields(self)  # type: ignore[arg-type]
+        return [(f.name, getattr(self, f.name)) for f in fields if self._shows(f)]
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={self._value_repr(v)}" for k, v in self._field_items())
+        return f"{self.name}({args})"
+
+    def __eq__(self, other) -> bool:
+        if type(self) is not type(other):
+            return NotImplemented
+        return all(
+            _field_equal(a, b) for (_, a), (_, b) in zip(self._field_items(), other._field_items())
+        )
+
+    def __hash__(self) -> int:
+        return hash((type(self), tuple(_hashable(v) for _, v in self._field_items())))
+
+
+class GradientTransformation(FieldData):
     """Base class of every gradchain transformation.
 
     Subclasses are frozen dataclasses whose fields are the hyperparameters. They set ``name``
@@ -699,26 +795,6 @@ class GradientTransformation:
         if callable(value) or not _is_concrete_number(value):
             return 1 - live
         return _complement_of(float(value), live)
-
-    # -- inspectable data -------------------------------------------------------------------
-
-    def _field_items(self):
-        fields = dataclasses.fields(self)  # type: ignore[arg-type]
-        return [(f.name, getattr(self, f.name)) for f in fields if f.repr]
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={_short_repr(v)}" for k, v in self._field_items())
-        return f"{self.name}({args})"
-
-    def __eq__(self, other) -> bool:
-        if type(self) is not type(other):
-            return NotImplemented
-        return all(
-            _field_equal(a, b) for (_, a), (_, b) in zip(self._field_items(), other._field_items())
-        )
-
-    def __hash__(self) -> int:
-        return hash((type(self), tuple(_hashable(v) for _, v in self._field_items())))
 
     # optax's transformations are NamedTuples ``(init, update)``: unpacking, indexing and
     # ``len`` behave the same here.
@@ -1068,11 +1144,6 @@ def chain(*args: GradientTransformation) -> Chain:
     return Chain(*args)
 
 
-def optimizer_chain(name: str, config: Mapping, *transforms) -> Chain:
-    """A chain that prints as ``name(**config)``: how named optimizers are built."""
-    return Chain(*transforms, name=name, config=config)
-
-
 @transformation("named_chain")
 class NamedChain(GradientTransformation):
     """Applies ``transforms`` in order, keeping the state of each under its name in ``names``.
@@ -1213,7 +1284,52 @@ def _add_leaf(p, u):
     return jnp.asarray(p + u).astype(p.dtype)
 
 
-def to_optax(tx: GradientTransformation):
+def incremental_update(
+    new_tensors: Params, old_tensors: Params, step_size: jax.typing.ArrayLike
+) -> Params:
+    r"""The Polyak average ``step_size * new + (1 - step_size) * old``, leaf by leaf.
+
+    .. math:: \bar\theta \leftarrow \tau\, \theta + (1 - \tau)\, \bar\theta
+
+    with :math:`\tau` = ``step_size`` (a target network's soft update, an evaluation average).
+    ``None`` leaves of ``new_tensors`` stay None. The arithmetic promotes as JAX does: a float32
+    ``step_size`` array and bfloat16 tensors give float32. Reference: Polyak and Juditsky,
+    "Acceleration of stochastic approximation by averaging", 1992. Same as
+    ``optax.incremental_update``; :func:`gradchain.params_ema` keeps such an average in an
+    optimizer's state.
+    """
+    if not any(x is None for x in jax.tree.leaves(new_tensors, is_leaf=lambda x: x is None)):
+        check_tree_match(old_tensors, new_tensors, "old_tensors", "new_tensors")
+    return jax.tree.map(
+        lambda new, old: None if new is None else step_size * new + (1.0 - step_size) * old,
+        new_tensors,
+        old_tensors,
+        is_leaf=lambda x: x is None,
+    )
+
+
+def periodic_update(
+    new_tensors: Params,
+    old_tensors: Params,
+    steps: jax.typing.ArrayLike,
+    update_period: jax.typing.ArrayLike,
+) -> Params:
+    r"""``new_tensors`` at the steps that are multiples of ``update_period``, else
+    ``old_tensors``: the slow copy of a target network (DQN, BYOL).
+
+    .. math:: \bar\theta_t = \theta_t \text{ if } t \bmod K = 0 \text{ else } \bar\theta_{t-1}
+
+    with :math:`t` = ``steps`` and :math:`K` = ``update_period`` (integers; traced values are
+    fine). Reference: Mnih et al., "Human-level control through deep reinforcement learning",
+    2015. Same as ``optax.periodic_update``.
+    """
+    check_tree_match(old_tensors, new_tensors, "old_tensors", "new_tensors")
+    return jax.lax.cond(
+        jnp.mod(steps, update_period) == 0, lambda: new_tensors, lambda: old_tensors
+    )
+
+
+def to_optax(tx: GradientTransformation) -> optax.GradientTransformationExtraArgs:
     """Wraps ``tx`` as an ``optax.GradientTransformationExtraArgs``.
 
     Plain gradchain transformations already work inside ``optax.chain``; the wrapper is only

@@ -18,7 +18,22 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental.shard_alike import shard_alike
 
-__all__ = ["bias_correction", "safe_increment"]
+from gradchain.core.tree import (
+    tree_update_infinity_moment,
+    tree_update_moment,
+    tree_update_moment_per_elem_norm,
+)
+
+__all__ = [
+    "bias_correction",
+    "safe_increment",
+    "safe_int32_increment",
+    "safe_norm",
+    "safe_root_mean_squares",
+    "update_infinity_moment",
+    "update_moment",
+    "update_moment_per_elem_norm",
+]
 
 COUNT_DTYPE = jnp.int32
 
@@ -51,6 +66,10 @@ def safe_increment(count: jax.Array) -> jax.Array:
     else:
         raise ValueError(f"a step counter must be an integer or float array, got {count.dtype}")
     return jnp.where(count < top, count + 1, top).astype(count.dtype)
+
+
+# optax's older name, kept at its root: the counters are int32, so the two are one function.
+safe_int32_increment = safe_increment
 
 
 def init_count() -> jax.Array:
@@ -347,16 +366,61 @@ def cast_like(new, old):
     return jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)
 
 
-def safe_norm(x: jax.Array, min_norm, axis=None, keepdims: bool = False) -> jax.Array:
-    """``max(||x||_2, min_norm)`` over ``axis`` (all axes by default), whose gradient is 0, not
-    NaN, where ``||x|| <= min_norm``: both branches of a ``maximum`` are differentiated, and the
-    norm's gradient at 0 is 0/0. Same as optax's ``safe_norm`` for the Euclidean norm."""
-    norm = jnp.sqrt(jnp.sum(abs_sq(x), axis=axis, keepdims=True).real)
-    small = norm <= min_norm
-    masked = jnp.where(small, jnp.ones_like(x), x)
-    safe = jnp.sqrt(jnp.sum(abs_sq(masked), axis=axis, keepdims=True).real)
+def safe_norm(
+    x: jax.typing.ArrayLike,
+    min_norm: jax.typing.ArrayLike,
+    ord: int | float | str | None = None,
+    axis: int | tuple[int, ...] | None = None,
+    keepdims: bool = False,
+) -> jax.Array:
+    r"""``max(||x||, min_norm)`` whose gradient is 0, not NaN, where ``||x|| <= min_norm``.
+
+    .. math:: \text{safe\_norm}(x) = \begin{cases} \|x\| & \|x\| > \text{min\_norm} \\
+              \text{min\_norm} & \text{otherwise} \end{cases}
+
+    ``jnp.maximum(jnp.linalg.norm(x), min_norm)`` differentiates both branches, and the norm's
+    gradient at ``x = 0`` is 0/0; here the discarded branch is the norm of ones in place of
+    ``x`` wherever the norm is at most ``min_norm``, whose gradient is finite.
+
+    Args:
+      x: an array (real or complex).
+      min_norm: the lower bound of the result.
+      ord: the norm, as ``jnp.linalg.norm``'s ``ord`` (default None: the Euclidean norm over
+        ``axis``, or over every entry when ``axis`` is None).
+      axis: the axes to take the norm over (default None: all of them for ``ord=None``;
+        ``jnp.linalg.norm``'s convention otherwise).
+      keepdims: keep the reduced axes with size one.
+
+    Same as ``optax.safe_norm``. With ``ord=None`` the Euclidean norm over any number of axes is
+    formed as ``sqrt(sum(|x|^2))`` (what ``jnp.linalg.norm`` computes for one or two axes).
+    """
+    x = jnp.asarray(x)
+
+    def norm_of(v):
+        if ord is None:
+            return jnp.sqrt(jnp.sum(abs_sq(v), axis=axis, keepdims=True).real)
+        return jnp.linalg.norm(v, ord=ord, axis=axis, keepdims=True)
+
+    small = norm_of(x) <= min_norm
+    safe = norm_of(jnp.where(small, jnp.ones_like(x), x))
     out = jnp.where(small, jnp.asarray(min_norm, safe.dtype), safe)
     return out if keepdims else jnp.squeeze(out, axis=axis)
+
+
+def safe_root_mean_squares(x: jax.typing.ArrayLike, min_rms: jax.typing.ArrayLike) -> jax.Array:
+    r"""``max(sqrt(mean(|x|^2)), min_rms)`` whose gradient is 0, not NaN, at ``x = 0``.
+
+    .. math:: \text{rms}(x) = \sqrt{\tfrac1n \textstyle\sum_i |x_i|^2}, \qquad
+              \text{result} = \text{rms}(x) \text{ if } \text{rms}(x) > \text{min\_rms}
+              \text{ else } \text{min\_rms}
+
+    The mean is over every entry of ``x``. Same as ``optax.safe_root_mean_squares``.
+    """
+    x = jnp.asarray(x)
+    rms = jnp.sqrt(jnp.mean(abs_sq(x)).real)
+    small = rms <= min_rms
+    masked = jnp.where(small, jnp.ones_like(x), x)
+    return jnp.where(small, min_rms, jnp.sqrt(jnp.mean(abs_sq(masked)).real))
 
 
 @functools.partial(jax.jit, inline=True, static_argnames="eps_in_sqrt")
@@ -368,7 +432,7 @@ def inverse_root(second_moment, eps, eps_in_sqrt: bool):
 
 
 @_inline_jit
-def bias_correction(moment: jax.Array, decay, count: jax.Array) -> jax.Array:
+def bias_correction(moment: jax.Array, decay: jax.typing.ArrayLike, count: jax.Array) -> jax.Array:
     """``moment / (1 - decay^count)``, with the power formed in float32 or better.
 
     ``count`` is the 1-based step number (``count = 0`` would divide by zero, so callers pass
@@ -455,3 +519,61 @@ def inverse_sqrt(x: jax.Array) -> jax.Array:
     would still be finite; every caller adds an epsilon first.
     """
     return jnp.sqrt(1 / x)
+
+
+def max_propagating_nan(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``max(a, b)``, NaN if either is NaN, written as a select: a reduction by it is not a
+    plain maximum, which XLA:CPU hands to YNNPACK whole instead of fusing its producer."""
+    return jnp.where((a > b) | jnp.isnan(a), a, b)
+
+
+def materialized(x: jax.Array) -> jax.Array:
+    """``x``, computed once into memory rather than inside each consumer.
+
+    XLA:CPU fuses an elementwise computation into every kernel that reads it, recomputing it
+    in each. An optimization barrier does not prevent that (XLA:CPU turns it into a scheduling
+    constraint before fusing); the result of a reduction with more than one consumer is kept in
+    memory. So ``x`` is reduced with the lowest value of its dtype (``max(x, -inf) = x`` bit for
+    bit, NaN kept) by a computation that is not a plain maximum, which YNNPACK would take over
+    instead. On XLA:CPU a temporary above 32 MiB is mapped afresh at every call (glibc's
+    largest mmap threshold), and its first writes fault in every page: keep what is
+    materialized small.
+    """
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        lowest, select = np.array(-np.inf, x.dtype), max_propagating_nan
+    else:
+        lowest, select = np.array(jnp.iinfo(x.dtype).min, x.dtype), _max_by_select
+    pair = jnp.stack([x, jnp.full_like(x, lowest)])
+    return jax.lax.reduce(pair, lowest, select, (0,))
+
+
+def _max_by_select(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.where(a > b, a, b)
+
+
+def _bits_dtype(dtype) -> jnp.dtype:
+    return jnp.dtype(f"int{jnp.dtype(dtype).itemsize * 8}")
+
+
+def after(x: jax.Array, y: jax.Array) -> jax.Array:
+    """``x`` (floating) bit for bit, made to depend on every element of ``y`` (same shape), so
+    that the kernel writing ``x`` runs after the one computing ``y``.
+
+    A state array updated in place (its buffer donated) can only be overwritten once every other
+    reader of its old value has run; where XLA cannot order them, it copies the old value first
+    (a full extra pass over the array). Computing the new value after a materialized ``y``
+    that read the old one orders them. The dependency is a bitwise or with
+    ``min(b, 0) & max(b, 0)`` of ``y``'s bits, zero for every ``b`` but not provably so to the
+    compiler.
+    """
+    b = jax.lax.bitcast_convert_type(y, _bits_dtype(y.dtype))
+    zero = (jnp.minimum(b, 0) & jnp.maximum(b, 0)).astype(_bits_dtype(x.dtype))
+    bits = jax.lax.bitcast_convert_type(x, _bits_dtype(x.dtype)) | zero
+    return jax.lax.bitcast_convert_type(bits, x.dtype)
+
+
+# optax's root names of its tree moment helpers (``optax.update_moment`` is
+# ``optax.tree_utils.tree_update_moment``): one implementation, in :mod:`gradchain.core.tree`.
+update_moment = tree_update_moment
+update_infinity_moment = tree_update_infinity_moment
+update_moment_per_elem_norm = tree_update_moment_per_elem_norm

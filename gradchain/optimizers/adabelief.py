@@ -11,25 +11,22 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     GradientTransformation,
     Parts,
+    ScalarOrSchedule,
     check_bool,
     check_floating,
-    check_number,
-    check_tree_match,
     named_optimizer,
     state_class,
     transformation,
-    tree_map_multi,
 )
 from gradchain.core.numerics import (
     bias_correction,
-    cast_like,
     compute_dtype,
     ema,
     init_count,
     moments_like,
     nesterov_bias_corrected,
-    safe_increment,
 )
+from gradchain.transforms.adaptive import adam_step_inputs, check_adam_hyperparams, step_moments
 from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = ["adabelief", "scale_by_belief"]
@@ -72,18 +69,15 @@ class ScaleByBelief(GradientTransformation):
     same way. Same as ``optax.scale_by_belief``.
     """
 
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-16
-    eps_root: float = 1e-16
+    b1: ScalarOrSchedule = 0.9
+    b2: ScalarOrSchedule = 0.999
+    eps: ScalarOrSchedule = 1e-16
+    eps_root: ScalarOrSchedule = 1e-16
     _: dataclasses.KW_ONLY
     nesterov: bool = False
 
     def __post_init__(self):
-        check_number("b1", self.b1, low=0.0, high=1.0, high_open=True)
-        check_number("b2", self.b2, low=0.0, high=1.0, high_open=True)
-        check_number("eps", self.eps, low=0.0)
-        check_number("eps_root", self.eps_root, low=0.0)
+        check_adam_hyperparams(self)
         check_bool("nesterov", self.nesterov)
 
     def init(self, params):
@@ -96,11 +90,8 @@ class ScaleByBelief(GradientTransformation):
         )
 
     def update(self, updates, state, params=None, **extra_args):
-        check_tree_match(updates, state.mu, "updates", "state.mu")
-        hp = self.current_hyperparams(state)
+        hp, c1, c2, t = adam_step_inputs(self, updates, state)
         b1, b2, eps, eps_root = hp["b1"], hp["b2"], hp["eps"], hp["eps_root"]
-        c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
-        t = safe_increment(state.count)
 
         def step(g, m, s):
             dt = compute_dtype(g.dtype)
@@ -115,10 +106,7 @@ class ScaleByBelief(GradientTransformation):
             u = m_hat / (jnp.sqrt(bias_correction(s, b2, t)) + eps.astype(dt))
             return u.astype(g.dtype), m, s
 
-        out, mu, nu = tree_map_multi(step, 3, updates, state.mu, state.nu)
-        return out, ScaleByBeliefState(
-            count=t, mu=cast_like(mu, state.mu), nu=cast_like(nu, state.nu), hyperparams=hp
-        )
+        return step_moments(step, updates, state, t, hp)
 
 
 scale_by_belief = ScaleByBelief
@@ -126,7 +114,13 @@ scale_by_belief = ScaleByBelief
 
 @named_optimizer
 def adabelief(
-    learning_rate, b1=0.9, b2=0.999, eps=1e-16, eps_root=1e-16, *, nesterov=False
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-16,
+    eps_root: ScalarOrSchedule = 1e-16,
+    *,
+    nesterov: bool = False,
 ) -> Parts:
     r"""AdaBelief: ``chain(scale_by_belief(b1, b2, eps, eps_root, nesterov=nesterov),
     scale_by_learning_rate(learning_rate))``, see :func:`scale_by_belief`. Same as

@@ -9,7 +9,9 @@ import jax.numpy as jnp
 
 from gradchain.core.base import (
     GradientTransformation,
+    MaskOrFn,
     Parts,
+    ScalarOrSchedule,
     check_floating,
     check_number,
     check_tree_match,
@@ -63,8 +65,8 @@ class ScaleByAdaDelta(GradientTransformation):
     holds :math:`u_t` before the learning rate, as here).
     """
 
-    rho: float = 0.9
-    eps: float = 1e-6
+    rho: ScalarOrSchedule = 0.9
+    eps: ScalarOrSchedule = 1e-6
 
     def __post_init__(self):
         check_number("rho", self.rho, low=0.0, high=1.0, high_open=True)
@@ -107,7 +109,11 @@ scale_by_adadelta = ScaleByAdaDelta
 
 @named_optimizer
 def adadelta(
-    learning_rate=None, rho=0.9, eps=1e-6, weight_decay=0.0, weight_decay_mask=None
+    learning_rate: ScalarOrSchedule | None = None,
+    rho: ScalarOrSchedule = 0.9,
+    eps: ScalarOrSchedule = 1e-6,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay_mask: MaskOrFn = None,
 ) -> Parts:
     r"""Adadelta with an optional (coupled) L2 penalty.
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     GradientTransformation,
     Parts,
+    ScalarOrSchedule,
     check_bools,
     check_floating,
     check_number,
@@ -72,7 +73,7 @@ class ScaleByRss(GradientTransformation):
     complex_params = True
 
     initial_accumulator_value: float = 0.1
-    eps: float = 1e-7
+    eps: ScalarOrSchedule = 1e-7
     _: dataclasses.KW_ONLY
     eps_in_sqrt: bool = True
 
@@ -120,7 +121,13 @@ scale_by_rss = ScaleByRss
 
 
 @named_optimizer
-def adagrad(learning_rate, initial_accumulator_value=0.1, eps=1e-7, *, eps_in_sqrt=True) -> Parts:
+def adagrad(
+    learning_rate: ScalarOrSchedule,
+    initial_accumulator_value: float = 0.1,
+    eps: ScalarOrSchedule = 1e-7,
+    *,
+    eps_in_sqrt: bool = True,
+) -> Parts:
     r"""Adagrad: ``chain(scale_by_rss(...), scale_by_learning_rate(learning_rate))``.
 
     :math:`p_t = p_{t-1} - \eta_{t-1}\, g_t/\sqrt{s_t + \epsilon}`; see :func:`scale_by_rss`.

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from gradchain.core.base import (
     GradientTransformation,
+    MaskOrFn,
     Parts,
     ScalarOrSchedule,
     check_bools,
@@ -39,10 +40,11 @@ from gradchain.core.numerics import (
     nesterov_bias_corrected,
 )
 from gradchain.transforms.adaptive import (
-    ScaleByAdamState,
     adam_step_inputs,
+    check_adam_hyperparams,
     init_adam_state,
     scale_by_adam,
+    step_moments,
 )
 from gradchain.transforms.decay import add_decoupled_weight_decay
 from gradchain.transforms.scaling import scale_by_learning_rate
@@ -60,13 +62,6 @@ __all__ = [
     "scale_by_nadam",
     "scale_by_radam",
 ]
-
-
-def _check_adam_hyperparams(tx):
-    check_number("b1", tx.b1, low=0.0, high=1.0, high_open=True)
-    check_number("b2", tx.b2, low=0.0, high=1.0, high_open=True)
-    check_number("eps", tx.eps, low=0.0)
-    check_number("eps_root", tx.eps_root, low=0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,10 +109,10 @@ class ScaleByAmsgrad(GradientTransformation):
 
     complex_params = True
 
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    eps_root: float = 0.0
+    b1: ScalarOrSchedule = 0.9
+    b2: ScalarOrSchedule = 0.999
+    eps: ScalarOrSchedule = 1e-8
+    eps_root: ScalarOrSchedule = 0.0
     mu_dtype: Any = None
     bias_correction_mu: bool = True
     bias_correction_nu: bool = True
@@ -126,7 +121,7 @@ class ScaleByAmsgrad(GradientTransformation):
     nu_dtype: Any = None
 
     def __post_init__(self):
-        _check_adam_hyperparams(self)
+        check_adam_hyperparams(self)
         check_dtype("mu_dtype", self.mu_dtype)
         check_dtype("nu_dtype", self.nu_dtype)
         check_bools(self, "bias_correction_mu", "bias_correction_nu", "debias_after_max")
@@ -180,16 +175,16 @@ scale_by_amsgrad = ScaleByAmsgrad
 @named_optimizer
 def amsgrad(
     learning_rate: ScalarOrSchedule,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    eps_root=0.0,
-    mu_dtype=None,
-    bias_correction_mu=True,
-    bias_correction_nu=True,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: ScalarOrSchedule = 0.0,
+    mu_dtype: Any | None = None,
+    bias_correction_mu: bool = True,
+    bias_correction_nu: bool = True,
     *,
-    debias_after_max=False,
-    nu_dtype=None,
+    debias_after_max: bool = False,
+    nu_dtype: Any | None = None,
 ) -> Parts:
     r"""AMSGrad: ``chain(scale_by_amsgrad(...), scale_by_learning_rate(learning_rate))``.
 
@@ -240,9 +235,9 @@ class ScaleByAdamax(GradientTransformation):
 
     complex_params = True
 
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
+    b1: ScalarOrSchedule = 0.9
+    b2: ScalarOrSchedule = 0.999
+    eps: ScalarOrSchedule = 1e-8
 
     def __post_init__(self):
         check_number("b1", self.b1, low=0.0, high=1.0, high_open=True)
@@ -263,17 +258,19 @@ class ScaleByAdamax(GradientTransformation):
             v = jnp.maximum(jnp.abs(g32) + eps.astype(dt), b2.astype(dt) * v.astype(dt))
             return (bias_correction(m, b1, t) / v).astype(g.dtype), m, v
 
-        out, mu, nu = tree_map_multi(step, 3, updates, state.mu, state.nu)
-        return out, ScaleByAdamState(
-            count=t, mu=cast_like(mu, state.mu), nu=cast_like(nu, state.nu), hyperparams=hp
-        )
+        return step_moments(step, updates, state, t, hp)
 
 
 scale_by_adamax = ScaleByAdamax
 
 
 @named_optimizer
-def adamax(learning_rate, b1=0.9, b2=0.999, eps=1e-8) -> Parts:
+def adamax(
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+) -> Parts:
     r"""Adamax: ``chain(scale_by_adamax(b1, b2, eps), scale_by_learning_rate(learning_rate))``.
 
     :math:`p_t = p_{t-1} - \eta_{t-1}\,(m_t/(1-\beta_1^t))/\nu_t`. Same as ``optax.adamax`` and
@@ -283,7 +280,14 @@ def adamax(learning_rate, b1=0.9, b2=0.999, eps=1e-8) -> Parts:
 
 
 @named_optimizer
-def adamaxw(learning_rate, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4, mask=None) -> Parts:
+def adamaxw(
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    mask: MaskOrFn = None,
+) -> Parts:
     r"""Adamax with decoupled weight decay.
 
     ``chain(scale_by_adamax(...), add_decoupled_weight_decay(weight_decay, mask),
@@ -341,18 +345,18 @@ class ScaleByRadam(GradientTransformation):
 
     complex_params = True
 
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    eps_root: float = 0.0
-    threshold: float = 5.0
+    b1: ScalarOrSchedule = 0.9
+    b2: ScalarOrSchedule = 0.999
+    eps: ScalarOrSchedule = 1e-8
+    eps_root: ScalarOrSchedule = 0.0
+    threshold: ScalarOrSchedule = 5.0
     _: dataclasses.KW_ONLY
     nesterov: bool = False
     strict_threshold: bool = False
     eps_before_bias_correction: bool = False
 
     def __post_init__(self):
-        _check_adam_hyperparams(self)
+        check_adam_hyperparams(self)
         check_number("threshold", self.threshold, low=0.0)
         check_bools(self, "nesterov", "strict_threshold", "eps_before_bias_correction")
 
@@ -390,10 +394,7 @@ class ScaleByRadam(GradientTransformation):
             )
             return jnp.where(rectified, adaptive, m_hat).astype(g.dtype), m, v
 
-        out, mu, nu = tree_map_multi(step, 3, updates, state.mu, state.nu)
-        return out, ScaleByAdamState(
-            count=t, mu=cast_like(mu, state.mu), nu=cast_like(nu, state.nu), hyperparams=hp
-        )
+        return step_moments(step, updates, state, t, hp)
 
 
 scale_by_radam = ScaleByRadam
@@ -402,15 +403,15 @@ scale_by_radam = ScaleByRadam
 @named_optimizer
 def radam(
     learning_rate: ScalarOrSchedule,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    eps_root=0.0,
-    threshold=5.0,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: ScalarOrSchedule = 0.0,
+    threshold: ScalarOrSchedule = 5.0,
     *,
-    nesterov=False,
-    strict_threshold=False,
-    eps_before_bias_correction=False,
+    nesterov: bool = False,
+    strict_threshold: bool = False,
+    eps_before_bias_correction: bool = False,
 ) -> Parts:
     r"""RAdam: ``chain(scale_by_radam(...), scale_by_learning_rate(learning_rate))``.
 
@@ -479,17 +480,17 @@ class ScaleByNadam(GradientTransformation):
 
     complex_params = True
 
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    eps_root: float = 0.0
+    b1: ScalarOrSchedule = 0.9
+    b2: ScalarOrSchedule = 0.999
+    eps: ScalarOrSchedule = 1e-8
+    eps_root: ScalarOrSchedule = 0.0
     mu_dtype: Any = None
     _: dataclasses.KW_ONLY
-    momentum_decay: float = 4e-3
+    momentum_decay: ScalarOrSchedule = 4e-3
     nu_dtype: Any = None
 
     def __post_init__(self):
-        _check_adam_hyperparams(self)
+        check_adam_hyperparams(self)
         check_number("momentum_decay", self.momentum_decay, low=0.0)
         check_dtype("mu_dtype", self.mu_dtype)
         check_dtype("nu_dtype", self.nu_dtype)
@@ -522,13 +523,8 @@ class ScaleByNadam(GradientTransformation):
             u = (coef_g.astype(dt) * g32 + coef_m.astype(dt) * m) / denom
             return u.astype(g.dtype), m, v
 
-        out, mu, nu = tree_map_multi(step, 3, updates, state.mu, state.nu)
-        return out, ScaleByNadamState(
-            count=t,
-            mu=cast_like(mu, state.mu),
-            nu=cast_like(nu, state.nu),
-            mu_product=mu_product.astype(state.mu_product.dtype),
-            hyperparams=hp,
+        return step_moments(
+            step, updates, state, t, hp, mu_product=mu_product.astype(state.mu_product.dtype)
         )
 
 
@@ -546,15 +542,15 @@ def _nadam_scaling(b1, b2, eps, eps_root, mu_dtype, nu_dtype, momentum_decay, ne
 @named_optimizer
 def nadam(
     learning_rate: ScalarOrSchedule,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    eps_root=0.0,
-    mu_dtype=None,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: ScalarOrSchedule = 0.0,
+    mu_dtype: Any | None = None,
     *,
-    nesterov=True,
-    nu_dtype=None,
-    momentum_decay=None,
+    nesterov: bool = True,
+    nu_dtype: Any | None = None,
+    momentum_decay: ScalarOrSchedule | None = None,
 ) -> Parts:
     r"""NAdam: Adam with Nesterov momentum.
 
@@ -576,17 +572,17 @@ def nadam(
 @named_optimizer
 def nadamw(
     learning_rate: ScalarOrSchedule,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    eps_root=0.0,
-    mu_dtype=None,
-    weight_decay=1e-4,
-    mask=None,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: ScalarOrSchedule = 0.0,
+    mu_dtype: Any | None = None,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    mask: MaskOrFn = None,
     *,
-    nesterov=True,
-    nu_dtype=None,
-    momentum_decay=None,
+    nesterov: bool = True,
+    nu_dtype: Any | None = None,
+    momentum_decay: ScalarOrSchedule | None = None,
 ) -> Parts:
     r"""NAdamW: NAdam with decoupled weight decay.
 

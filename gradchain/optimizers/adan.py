@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from gradchain.core.base import (
     GradientTransformation,
+    MaskOrFn,
     Parts,
     ScalarOrSchedule,
     check_bool,
@@ -82,11 +83,11 @@ class ScaleByAdan(GradientTransformation):
     of bfloat16/float16 parameters are float32.
     """
 
-    b1: float = 0.98
-    b2: float = 0.92
-    b3: float = 0.99
-    eps: float = 1e-8
-    eps_root: float = 0.0
+    b1: ScalarOrSchedule = 0.98
+    b2: ScalarOrSchedule = 0.92
+    b3: ScalarOrSchedule = 0.99
+    eps: ScalarOrSchedule = 1e-8
+    eps_root: ScalarOrSchedule = 0.0
 
     def __post_init__(self):
         for name in ("b1", "b2", "b3"):
@@ -154,7 +155,7 @@ class ProximalWeightDecay(GradientTransformation):
     :math:`p' = (p + d)/(1 + \eta\lambda)`, that is :math:`u = (d - \eta\lambda p)/(1 +
     \eta\lambda)`. Leaves the mask leaves out pass :math:`d` through. Needs ``params``."""
 
-    weight_decay: float
+    weight_decay: ScalarOrSchedule
     learning_rate: ScalarOrSchedule
     mask: Any = None
 
@@ -185,16 +186,16 @@ class ProximalWeightDecay(GradientTransformation):
 
 @named_optimizer
 def adan(
-    learning_rate,
-    b1=0.98,
-    b2=0.92,
-    b3=0.99,
-    eps=1e-8,
-    eps_root=1e-8,
-    weight_decay=0.0,
-    mask=None,
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.98,
+    b2: ScalarOrSchedule = 0.92,
+    b3: ScalarOrSchedule = 0.99,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: ScalarOrSchedule = 1e-8,
+    weight_decay: ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
     *,
-    proximal=False,
+    proximal: bool = False,
 ) -> Parts:
     r"""Adan with decoupled weight decay.
 

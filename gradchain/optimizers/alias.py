@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import jax.numpy as jnp
 
 from gradchain.core.base import (
     GradientTransformation,
+    MaskOrFn,
     Parts,
     ScalarOrSchedule,
     check_bool,
@@ -40,7 +42,12 @@ def _argument_names(**outer_names):
 
 
 @named_optimizer
-def sgd(learning_rate, momentum=None, nesterov=False, accumulator_dtype=None) -> Parts:
+def sgd(
+    learning_rate: ScalarOrSchedule,
+    momentum: ScalarOrSchedule | None = None,
+    nesterov: bool = False,
+    accumulator_dtype: Any | None = None,
+) -> Parts:
     r"""Stochastic gradient descent, optionally with heavy-ball or Nesterov momentum.
 
     ``chain(trace(momentum, nesterov), scale_by_learning_rate(learning_rate))``:
@@ -71,14 +78,14 @@ def sgd(learning_rate, momentum=None, nesterov=False, accumulator_dtype=None) ->
 @named_optimizer
 def adam(
     learning_rate: ScalarOrSchedule,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    eps_root=0.0,
-    mu_dtype=None,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: ScalarOrSchedule = 0.0,
+    mu_dtype: Any | None = None,
     *,
-    nesterov=False,
-    nu_dtype=None,
+    nesterov: bool = False,
+    nu_dtype: Any | None = None,
 ) -> Parts:
     r"""Adam: ``chain(scale_by_adam(...), scale_by_learning_rate(learning_rate))``.
 
@@ -95,16 +102,16 @@ def adam(
 @named_optimizer
 def adamw(
     learning_rate: ScalarOrSchedule,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    eps_root=0.0,
-    mu_dtype=None,
-    weight_decay=1e-4,
-    mask=None,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: ScalarOrSchedule = 0.0,
+    mu_dtype: Any | None = None,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    mask: MaskOrFn = None,
     *,
-    nesterov=False,
-    nu_dtype=None,
+    nesterov: bool = False,
+    nu_dtype: Any | None = None,
 ) -> Parts:
     r"""AdamW: Adam with decoupled weight decay.
 
@@ -129,14 +136,14 @@ def adamw(
 @named_optimizer
 def rmsprop(
     learning_rate: ScalarOrSchedule,
-    decay=0.9,
-    eps=1e-8,
-    initial_scale=0.0,
-    eps_in_sqrt=True,
-    centered=False,
-    momentum=None,
-    nesterov=False,
-    bias_correction=False,
+    decay: ScalarOrSchedule = 0.9,
+    eps: ScalarOrSchedule = 1e-8,
+    initial_scale: float = 0.0,
+    eps_in_sqrt: bool = True,
+    centered: bool = False,
+    momentum: ScalarOrSchedule | None = None,
+    nesterov: bool = False,
+    bias_correction: bool = False,
 ) -> Parts:
     r"""RMSProp, plain or centered, with optional momentum.
 
@@ -177,19 +184,19 @@ def rmsprop(
 @named_optimizer
 def adafactor(
     learning_rate: ScalarOrSchedule | None = None,
-    min_dim_size_to_factor=128,
-    decay_rate=0.8,
-    decay_offset=0,
-    multiply_by_parameter_scale=True,
-    clipping_threshold=1.0,
-    momentum=None,
-    dtype_momentum=jnp.float32,
-    weight_decay_rate=None,
-    eps=1e-30,
-    factored=True,
-    weight_decay_mask=None,
+    min_dim_size_to_factor: int = 128,
+    decay_rate: ScalarOrSchedule = 0.8,
+    decay_offset: int = 0,
+    multiply_by_parameter_scale: bool = True,
+    clipping_threshold: ScalarOrSchedule = 1.0,
+    momentum: ScalarOrSchedule | None = None,
+    dtype_momentum: Any = jnp.float32,
+    weight_decay_rate: ScalarOrSchedule | None = None,
+    eps: ScalarOrSchedule = 1e-30,
+    factored: bool = True,
+    weight_decay_mask: MaskOrFn = None,
     *,
-    factored_axes="largest",
+    factored_axes: str = "largest",
 ) -> Parts:
     r"""Adafactor: a factored second moment, update clipping and a relative step size.
 

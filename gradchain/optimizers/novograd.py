@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     GradientTransformation,
     Parts,
+    ScalarOrSchedule,
     check_dtype,
     check_floating,
     check_number,
@@ -72,11 +73,11 @@ class ScaleByNovograd(GradientTransformation):
     ``optax.scale_by_novograd``. The norm is accumulated in float32 or better.
     """
 
-    b1: float = 0.9
-    b2: float = 0.25
-    eps: float = 1e-8
-    eps_root: float = 0.0
-    weight_decay: float = 0.0
+    b1: ScalarOrSchedule = 0.9
+    b2: ScalarOrSchedule = 0.25
+    eps: ScalarOrSchedule = 1e-8
+    eps_root: ScalarOrSchedule = 0.0
+    weight_decay: ScalarOrSchedule = 0.0
     mu_dtype: Any = None
 
     def __post_init__(self):
@@ -129,7 +130,14 @@ scale_by_novograd = ScaleByNovograd
 
 
 @named_optimizer
-def novograd(learning_rate, b1=0.9, b2=0.25, eps=1e-6, eps_root=0.0, weight_decay=0.0) -> Parts:
+def novograd(
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.25,
+    eps: ScalarOrSchedule = 1e-6,
+    eps_root: ScalarOrSchedule = 0.0,
+    weight_decay: ScalarOrSchedule = 0.0,
+) -> Parts:
     r"""NovoGrad: ``chain(scale_by_novograd(b1, b2, eps, eps_root, weight_decay),
     scale_by_learning_rate(learning_rate))``, see :func:`scale_by_novograd`. Same as
     ``optax.novograd``. Needs ``params``."""

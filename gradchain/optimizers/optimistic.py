@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     GradientTransformation,
     Parts,
+    ScalarOrSchedule,
     check_floating,
     check_number,
     check_tree_match,
@@ -67,8 +68,8 @@ class ScaleByOptimisticGradient(GradientTransformation):
     is kept in float32.
     """
 
-    alpha: float = 1.0
-    beta: float = 1.0
+    alpha: ScalarOrSchedule = 1.0
+    beta: ScalarOrSchedule = 1.0
 
     def __post_init__(self):
         check_number("alpha", self.alpha)
@@ -107,7 +108,9 @@ scale_by_optimistic_gradient = ScaleByOptimisticGradient
 
 
 @named_optimizer
-def optimistic_gradient_descent(learning_rate, alpha=1.0, beta=1.0) -> Parts:
+def optimistic_gradient_descent(
+    learning_rate: ScalarOrSchedule, alpha: ScalarOrSchedule = 1.0, beta: ScalarOrSchedule = 1.0
+) -> Parts:
     r"""Optimistic gradient descent:
     :math:`p_t = p_{t-1} - \eta\,((\alpha+\beta) g_t - \beta g_{t-1})`.
 
@@ -123,14 +126,14 @@ def optimistic_gradient_descent(learning_rate, alpha=1.0, beta=1.0) -> Parts:
 @named_optimizer
 def optimistic_adam(
     learning_rate: float,
-    optimism=None,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-08,
-    eps_root=0.0,
-    mu_dtype=None,
+    optimism: ScalarOrSchedule | None = None,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-08,
+    eps_root: ScalarOrSchedule = 0.0,
+    mu_dtype: Any | None = None,
     *,
-    nesterov=True,
+    nesterov: bool = True,
 ) -> Parts:
     r"""Optimistic Adam, optax's first form (deprecated there too: use
     :func:`optimistic_adam_v2`).
@@ -164,16 +167,16 @@ def optimistic_adam(
 
 @named_optimizer
 def optimistic_adam_v2(
-    learning_rate,
+    learning_rate: ScalarOrSchedule,
     *,
-    alpha=1.0,
-    beta=1.0,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-08,
-    eps_root=0.0,
-    mu_dtype=None,
-    nesterov=True,
+    alpha: ScalarOrSchedule = 1.0,
+    beta: ScalarOrSchedule = 1.0,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-08,
+    eps_root: ScalarOrSchedule = 0.0,
+    mu_dtype: Any | None = None,
+    nesterov: bool = True,
 ) -> Parts:
     r"""Optimistic Adam: the optimistic update applied to Adam's direction :math:`d_t`,
     :math:`p_t = p_{t-1} - \eta_t((\alpha+\beta) d_t - \beta d_{t-1})`.

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     GradientTransformation,
     Parts,
+    ScalarOrSchedule,
     check_number,
     named_optimizer,
     state_class,
@@ -57,9 +58,9 @@ class ScaleByPolyak(GradientTransformation):
     (``tree_get(state, "step_size")``).
     """
 
-    f_min: float = 0.0
-    max_learning_rate: float = 1.0
-    eps: float = 0.0
+    f_min: ScalarOrSchedule = 0.0
+    max_learning_rate: ScalarOrSchedule = 1.0
+    eps: ScalarOrSchedule = 0.0
     variant: str = "sps"
 
     def __post_init__(self):
@@ -105,7 +106,13 @@ scale_by_polyak = ScaleByPolyak
 
 
 @named_optimizer
-def polyak_sgd(max_learning_rate=1.0, scaling=1.0, f_min=0.0, eps=0.0, variant="sps") -> Parts:
+def polyak_sgd(
+    max_learning_rate: ScalarOrSchedule = 1.0,
+    scaling: ScalarOrSchedule = 1.0,
+    f_min: ScalarOrSchedule = 0.0,
+    eps: ScalarOrSchedule = 0.0,
+    variant: str = "sps",
+) -> Parts:
     r"""SGD with the Polyak step size: ``chain(sgd(scaling), scale_by_polyak(f_min,
     max_learning_rate, eps, variant))``; ``update`` needs ``value=`` (the loss).
 

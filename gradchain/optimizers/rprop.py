@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     GradientTransformation,
     Parts,
+    ScalarOrSchedule,
     check_bool,
     check_floating,
     check_number,
@@ -85,10 +86,10 @@ class ScaleByRprop(GradientTransformation):
     """
 
     learning_rate: float  # the initial step size; not a schedule
-    eta_minus: float = 0.5
-    eta_plus: float = 1.2
-    min_step_size: float = 1e-6
-    max_step_size: float = 50.0
+    eta_minus: ScalarOrSchedule = 0.5
+    eta_plus: ScalarOrSchedule = 1.2
+    min_step_size: ScalarOrSchedule = 1e-6
+    max_step_size: ScalarOrSchedule = 50.0
     _: dataclasses.KW_ONLY
     delay_step: bool = True
 
@@ -141,12 +142,12 @@ scale_by_rprop = ScaleByRprop
 @named_optimizer
 def rprop(
     learning_rate: float,
-    eta_minus=0.5,
-    eta_plus=1.2,
-    min_step_size=1e-6,
-    max_step_size=50.0,
+    eta_minus: ScalarOrSchedule = 0.5,
+    eta_plus: ScalarOrSchedule = 1.2,
+    min_step_size: ScalarOrSchedule = 1e-6,
+    max_step_size: ScalarOrSchedule = 50.0,
     *,
-    delay_step=True,
+    delay_step: bool = True,
 ) -> Parts:
     r"""Rprop: ``chain(scale_by_rprop(...), scale(-1.0))``, see :func:`scale_by_rprop`. The
     learning rate is the initial step size, so it is a plain number. Same as ``optax.rprop``;

@@ -3,7 +3,11 @@ the Polyak step size."""
 
 from __future__ import annotations
 
-from gradchain.core.base import Parts, check_number, named_optimizer
+from typing import Any
+
+import jax
+
+from gradchain.core.base import Parts, ScalarOrSchedule, check_number, named_optimizer
 from gradchain.transforms.momentum import ema
 from gradchain.transforms.noise import add_noise
 from gradchain.transforms.scaling import scale_by_learning_rate
@@ -27,7 +31,11 @@ def sign_sgd(learning_rate) -> Parts:
 
 
 @named_optimizer
-def signum(learning_rate, beta=0.9, accumulator_dtype=None) -> Parts:
+def signum(
+    learning_rate: ScalarOrSchedule,
+    beta: ScalarOrSchedule = 0.9,
+    accumulator_dtype: Any | None = None,
+) -> Parts:
     r"""Signum, signSGD with momentum: the sign of an exponential moving average of gradients.
 
     .. math:: m_t = \beta m_{t-1} + (1-\beta) g_t, \qquad p_t = p_{t-1} - \eta\,\mathrm{sign}(m_t)
@@ -47,7 +55,14 @@ def signum(learning_rate, beta=0.9, accumulator_dtype=None) -> Parts:
 
 
 @named_optimizer
-def noisy_sgd(learning_rate, eta=0.01, gamma=0.55, key=None, *, seed=None) -> Parts:
+def noisy_sgd(
+    learning_rate: ScalarOrSchedule,
+    eta: ScalarOrSchedule = 0.01,
+    gamma: ScalarOrSchedule = 0.55,
+    key: jax.Array | int | None = None,
+    *,
+    seed: int | None = None,
+) -> Parts:
     r"""SGD with annealed Gaussian gradient noise:
     :math:`p_t = p_{t-1} - \eta_t (g_t + \sigma_t z_t)`, :math:`\sigma_t^2 = \text{eta}/t^{\gamma}`.
 

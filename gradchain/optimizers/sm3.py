@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     GradientTransformation,
     Parts,
+    ScalarOrSchedule,
     check_floating,
     check_number,
     check_tree_match,
@@ -83,9 +84,9 @@ class ScaleBySM3(GradientTransformation):
     bfloat16/float16).
     """
 
-    b1: float = 0.9
-    b2: float = 1.0
-    eps: float = 1e-8
+    b1: ScalarOrSchedule = 0.9
+    b2: ScalarOrSchedule = 1.0
+    eps: ScalarOrSchedule = 1e-8
 
     def __post_init__(self):
         check_number("b1", self.b1, low=0.0, high=1.0, high_open=True)
@@ -150,7 +151,7 @@ scale_by_sm3 = ScaleBySM3
 
 
 @named_optimizer
-def sm3(learning_rate, momentum=0.9) -> Parts:
+def sm3(learning_rate: ScalarOrSchedule, momentum: ScalarOrSchedule = 0.9) -> Parts:
     r"""SM3: ``chain(scale_by_sm3(momentum), scale_by_learning_rate(learning_rate))``, see
     :func:`scale_by_sm3`. Same as ``optax.sm3`` (which scales by ``-learning_rate`` and so takes
     no schedule; here a schedule works too)."""

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from gradchain.core.base import (
     GradientTransformation,
+    MaskOrFn,
     Parts,
     ScalarOrSchedule,
     check_number,
@@ -78,9 +79,9 @@ class ScaleByTrustRatio(GradientTransformation):
 
     complex_params = True
 
-    min_norm: float = 0.0
-    trust_coefficient: float = 1.0
-    eps: float = 0.0
+    min_norm: ScalarOrSchedule = 0.0
+    trust_coefficient: ScalarOrSchedule = 1.0
+    eps: ScalarOrSchedule = 0.0
     _: dataclasses.KW_ONLY
     mask: Any = None
 
@@ -130,7 +131,13 @@ def _trust_ratio_leaf(u, p, min_norm, trust_coefficient, eps):
 
 @named_optimizer
 def lamb(
-    learning_rate, b1=0.9, b2=0.999, eps=1e-6, eps_root=0.0, weight_decay=0.0, mask=None
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-6,
+    eps_root: ScalarOrSchedule = 0.0,
+    weight_decay: ScalarOrSchedule = 0.0,
+    mask: MaskOrFn = None,
 ) -> Parts:
     r"""LAMB: Adam's direction plus decoupled decay, rescaled per layer by the trust ratio.
 
@@ -160,13 +167,13 @@ def _mask_or_none(mask):
 @named_optimizer
 def lars(
     learning_rate: ScalarOrSchedule,
-    weight_decay=0.0,
-    weight_decay_mask=True,
-    trust_coefficient=0.001,
-    eps=0.0,
-    trust_ratio_mask=True,
-    momentum=0.9,
-    nesterov=False,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay_mask: MaskOrFn = True,
+    trust_coefficient: ScalarOrSchedule = 0.001,
+    eps: ScalarOrSchedule = 0.0,
+    trust_ratio_mask: MaskOrFn = True,
+    momentum: ScalarOrSchedule = 0.9,
+    nesterov: bool = False,
 ) -> Parts:
     r"""LARS: SGD with momentum whose per-layer step is scaled by a trust ratio.
 
@@ -233,7 +240,7 @@ class FromageStep(GradientTransformation):
 
 
 @named_optimizer
-def fromage(learning_rate, min_norm=1e-6) -> Parts:
+def fromage(learning_rate: ScalarOrSchedule, min_norm: ScalarOrSchedule = 1e-6) -> Parts:
     r"""Fromage: a step of relative size :math:`\eta` per layer, then a shrink that keeps the
     parameters' norm from growing.
 

@@ -7,23 +7,25 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     GradientTransformation,
     Parts,
+    ScalarOrSchedule,
     check_floating,
     check_number,
-    check_tree_match,
     named_optimizer,
     transformation,
-    tree_map_multi,
 )
 from gradchain.core.numerics import (
     bias_correction,
-    cast_like,
     compute_dtype,
     ema,
     init_count,
     moments_like,
-    safe_increment,
 )
-from gradchain.transforms.adaptive import ScaleByAdamState
+from gradchain.transforms.adaptive import (
+    ScaleByAdamState,
+    adam_step_inputs,
+    check_adam_hyperparams,
+    step_moments,
+)
 from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = ["scale_by_yogi", "yogi"]
@@ -56,17 +58,14 @@ class ScaleByYogi(GradientTransformation):
     :math:`10^{-6}\beta_1^t` and vanishes).
     """
 
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-3
-    eps_root: float = 0.0
+    b1: ScalarOrSchedule = 0.9
+    b2: ScalarOrSchedule = 0.999
+    eps: ScalarOrSchedule = 1e-3
+    eps_root: ScalarOrSchedule = 0.0
     initial_accumulator_value: float = 1e-6
 
     def __post_init__(self):
-        check_number("b1", self.b1, low=0.0, high=1.0, high_open=True)
-        check_number("b2", self.b2, low=0.0, high=1.0, high_open=True)
-        check_number("eps", self.eps, low=0.0)
-        check_number("eps_root", self.eps_root, low=0.0)
+        check_adam_hyperparams(self)
         check_number(
             "initial_accumulator_value",
             self.initial_accumulator_value,
@@ -85,11 +84,8 @@ class ScaleByYogi(GradientTransformation):
         )
 
     def update(self, updates, state, params=None, **extra_args):
-        check_tree_match(updates, state.mu, "updates", "state.mu")
-        hp = self.current_hyperparams(state)
+        hp, c1, c2, t = adam_step_inputs(self, updates, state)
         b1, b2, eps, eps_root = hp["b1"], hp["b2"], hp["eps"], hp["eps_root"]
-        c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
-        t = safe_increment(state.count)
 
         def step(g, m, v):
             dt = compute_dtype(g.dtype)
@@ -102,17 +98,19 @@ class ScaleByYogi(GradientTransformation):
             u = bias_correction(m, b1, t) / (jnp.sqrt(v_hat + eps_root.astype(dt)) + eps.astype(dt))
             return u.astype(g.dtype), m, v
 
-        out, mu, nu = tree_map_multi(step, 3, updates, state.mu, state.nu)
-        return out, ScaleByAdamState(
-            count=t, mu=cast_like(mu, state.mu), nu=cast_like(nu, state.nu), hyperparams=hp
-        )
+        return step_moments(step, updates, state, t, hp)
 
 
 scale_by_yogi = ScaleByYogi
 
 
 @named_optimizer
-def yogi(learning_rate, b1=0.9, b2=0.999, eps=1e-3) -> Parts:
+def yogi(
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-3,
+) -> Parts:
     r"""Yogi: ``chain(scale_by_yogi(b1, b2, eps), scale_by_learning_rate(learning_rate))``, see
     :func:`scale_by_yogi`. Same as ``optax.yogi``."""
     return (

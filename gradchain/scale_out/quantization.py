@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import jax
@@ -37,13 +38,15 @@ from gradchain.core.base import (
     Chain,
     ChainState,
     GradientTransformation,
+    MaskOrFn,
+    Parts,
     ScalarOrSchedule,
     _call_update,  # how a chain passes extra arguments to its parts
     check_bool,
     check_floating,
     check_int,
     check_number,
-    optimizer_chain,
+    named_optimizer,
     require_params,
     state_class,
     transformation,
@@ -53,15 +56,14 @@ from gradchain.core.numerics import (
     compute_dtype,
     explicit_sharding,
     init_count,
+    materialized,
+    max_propagating_nan,
     named_sharding,
     safe_increment,
 )
-from gradchain.optimizers.alias import _argument_names
-from gradchain.optimizers.lion import scale_by_lion
-from gradchain.transforms.adaptive import scale_by_adam
-from gradchain.transforms.decay import add_decoupled_weight_decay, resolve_mask
-from gradchain.transforms.momentum import trace
-from gradchain.transforms.scaling import scale_by_learning_rate
+from gradchain.optimizers.alias import adam, adamw, sgd
+from gradchain.optimizers.lion import lion
+from gradchain.transforms.decay import resolve_mask
 
 __all__ = [
     "QuantizedArray",
@@ -641,6 +643,27 @@ def _reshape(x, shape, layout):
     return jnp.reshape(x, shape, out_sharding=layout)
 
 
+def _block_absmax(blocks: jax.Array) -> jax.Array:
+    """``max(|blocks|, axis=1)`` (NaN if a block holds one), shaped so that XLA:CPU fuses it with
+    the computation of ``blocks``.
+
+    A plain row maximum becomes a YNNPACK reduction (or, when its computation is not a plain
+    max, a reduce-window) that takes no elementwise producer: the new moments would be written
+    out in float32 and read back, 8 bytes per element. Reducing a ``(n, b / 64, 64)`` view over
+    its middle axis with a computation that is not a plain max is a loop fusion that computes
+    its producer in 64-wide vectors and writes 64 maxima per block; their maximum is a small
+    second reduction. A maximum is exact in any order, so the result equals the plain one.
+    """
+    a = jnp.abs(blocks)
+    n, size = blocks.shape
+    if size % 64 or size == 64:
+        return jnp.max(a, axis=1)
+    partial = jax.lax.reduce(
+        a.reshape(n, size // 64, 64), np.float32(-np.inf), max_propagating_nan, (1,)
+    )
+    return jnp.max(partial, axis=1)
+
+
 def quantize_blockwise(
     x: jax.typing.ArrayLike,
     signed: bool = True,
@@ -688,7 +711,7 @@ def quantize_blockwise(
     if n_blocks * block_size > n:  # never when the blocks are sharded: shards hold whole blocks
         flat = jnp.pad(flat, (0, n_blocks * block_size - n))
     blocks = _reshape(flat, (n_blocks, block_size), _laid_out(sharding, entry, None))
-    absmax = jnp.max(jnp.abs(blocks), axis=1)
+    absmax = _block_absmax(blocks)
     scale = jnp.where(absmax > 0, absmax, 1.0)
     noise = _hash_noise(blocks) if stochastic else None
     if bits == 4:
@@ -706,7 +729,10 @@ def dequantize_blockwise(q: QuantizedArray) -> jax.Array:
     if q.bits == 4:
         values = _decode_4bit(_unpack(q.codes), q.signed) * q.absmax[:, None]
     else:
-        values = _decode(q.codes, q.signed) * q.absmax[:, None]
+        # The 8-bit decode costs more than a float32 round trip through memory; XLA:CPU would
+        # redo it in each of its three readers (block maximum, encode, update). The 4-bit
+        # decode is a short select chain, cheaper to recompute.
+        values = materialized(_decode(q.codes, q.signed) * q.absmax[:, None])
     sharding = explicit_sharding(q.codes)
     entry = None if sharding is None else (tuple(sharding.spec) + (None,))[0]
     flat = _reshape(values, (-1,), _laid_out(sharding, entry))
@@ -1090,7 +1116,7 @@ class _DecayAfterStep(GradientTransformation):
     """
 
     learning_rate: ScalarOrSchedule
-    weight_decay: float
+    weight_decay: ScalarOrSchedule
     mask: Any = None
 
     def __post_init__(self):
@@ -1120,15 +1146,33 @@ class _DecayAfterStep(GradientTransformation):
 # Named 8-bit optimizers
 
 
-def _quantized(inner, block_size, min_8bit_size, keep_float32, bits=8, stochastic=False):
-    return quantize_moments(
-        inner,
+def _float_counterpart(optimizer: Callable[..., Chain], arguments: Mapping[str, Any]) -> Chain:
+    """``optimizer`` called with those of a low-bit variant's ``arguments`` that it takes: the
+    variant's arguments are its float counterpart's, by name, plus the quantization's."""
+    taken = inspect.signature(optimizer).parameters
+    return optimizer(**{k: v for k, v in arguments.items() if k in taken})
+
+
+def _with_quantized_moments(
+    tx: Chain,
+    block_size: int,
+    min_size: int,
+    keep_float32: MaskOrFn,
+    bits: int = 8,
+    stochastic: bool = False,
+) -> list[GradientTransformation]:
+    """The parts of the named optimizer ``tx`` with its first, the moments, kept quantized: the
+    low-bit optimizer is its float counterpart, argument for argument, with a smaller state."""
+    moments, *rest = tx.transforms
+    quantized = quantize_moments(
+        moments,
         block_size=block_size,
-        min_8bit_size=min_8bit_size,
+        min_8bit_size=min_size,
         keep_float32=keep_float32,
         bits=bits,
         stochastic_rounding=stochastic,
     )
+    return [quantized, *rest]
 
 
 @state_class
@@ -1177,20 +1221,21 @@ class _StochasticParamRounding(GradientTransformation):
         return treedef.unflatten(out), _StochasticParamRoundingState(safe_increment(state.count))
 
 
+@named_optimizer
 def adam_8bit(
     learning_rate: ScalarOrSchedule,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    eps_root=0.0,
-    mu_dtype=None,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: ScalarOrSchedule = 0.0,
+    mu_dtype: Any | None = None,
     *,
-    nesterov=False,
-    nu_dtype=None,
-    block_size=256,
-    min_8bit_size=4096,
-    keep_float32=None,
-) -> Chain:
+    nesterov: bool = False,
+    nu_dtype: Any | None = None,
+    block_size: int = 256,
+    min_8bit_size: int = 4096,
+    keep_float32: MaskOrFn = None,
+) -> Parts:
     r"""Adam with 8-bit block-wise quantized moments (bitsandbytes' ``Adam8bit``).
 
     ``chain(quantize_moments(scale_by_adam(...)), scale_by_learning_rate(learning_rate))``: the
@@ -1201,46 +1246,29 @@ def adam_8bit(
     Args: as :func:`gradchain.adam`, plus ``block_size`` (256; 2048 in the paper),
     ``min_8bit_size`` (4096) and ``keep_float32`` (a mask of leaves whose moments stay float).
     """
-    config = dict(
-        learning_rate=learning_rate,
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        eps_root=eps_root,
-        mu_dtype=mu_dtype,
-        nesterov=nesterov,
-        nu_dtype=nu_dtype,
-        block_size=block_size,
-        min_8bit_size=min_8bit_size,
-        keep_float32=keep_float32,
-    )
-    inner = scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov)
-    return optimizer_chain(
-        "adam_8bit",
-        config,
-        _quantized(inner, block_size, min_8bit_size, keep_float32),
-        scale_by_learning_rate(learning_rate),
-    )
+    tx = _float_counterpart(adam, locals())
+    return _with_quantized_moments(tx, block_size, min_8bit_size, keep_float32)
 
 
+@named_optimizer
 def adamw_8bit(
     learning_rate: ScalarOrSchedule,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    eps_root=0.0,
-    mu_dtype=None,
-    weight_decay=1e-4,
-    mask=None,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: ScalarOrSchedule = 0.0,
+    mu_dtype: Any | None = None,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    mask: MaskOrFn = None,
     *,
-    nesterov=False,
-    nu_dtype=None,
-    block_size=256,
-    min_8bit_size=4096,
-    keep_float32=None,
-    decay_after_step=False,
-    stochastic_rounding=False,
-) -> Chain:
+    nesterov: bool = False,
+    nu_dtype: Any | None = None,
+    block_size: int = 256,
+    min_8bit_size: int = 4096,
+    keep_float32: MaskOrFn = None,
+    decay_after_step: bool = False,
+    stochastic_rounding: bool = False,
+) -> Parts:
     r"""AdamW with 8-bit block-wise quantized moments (bitsandbytes' ``AdamW8bit``).
 
     ``chain(quantize_moments(scale_by_adam(...)), add_decoupled_weight_decay(weight_decay, mask),
@@ -1264,62 +1292,37 @@ def adamw_8bit(
     """
     check_bool("decay_after_step", decay_after_step)
     check_bool("stochastic_rounding", stochastic_rounding)
-    config = dict(
-        learning_rate=learning_rate,
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        eps_root=eps_root,
-        mu_dtype=mu_dtype,
-        weight_decay=weight_decay,
-        mask=mask,
-        nesterov=nesterov,
-        nu_dtype=nu_dtype,
-        block_size=block_size,
-        min_8bit_size=min_8bit_size,
-        keep_float32=keep_float32,
-        decay_after_step=decay_after_step,
-        stochastic_rounding=stochastic_rounding,
+    tx = _float_counterpart(adamw, locals())
+    quantized, decay, step = _with_quantized_moments(
+        tx, block_size, min_8bit_size, keep_float32, stochastic=stochastic_rounding
     )
-    inner = scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov)
-    quantized = _quantized(
-        inner, block_size, min_8bit_size, keep_float32, stochastic=stochastic_rounding
-    )
-    parts: tuple[Any, ...]
     if decay_after_step:
-        parts = (
-            quantized,
-            scale_by_learning_rate(learning_rate),
-            _DecayAfterStep(learning_rate, weight_decay, mask),
-        )
+        parts = [quantized, step, _DecayAfterStep(learning_rate, weight_decay, mask)]
     else:
-        parts = (
-            quantized,
-            add_decoupled_weight_decay(weight_decay, mask),
-            scale_by_learning_rate(learning_rate),
-        )
+        parts = [quantized, decay, step]
     if stochastic_rounding:
-        parts = (*parts, _StochasticParamRounding())
-    return optimizer_chain("adamw_8bit", config, *parts)
+        parts.append(_StochasticParamRounding())
+    return parts
 
 
+@named_optimizer
 def adamw_4bit(
-    learning_rate,
-    b1=0.9,
-    b2=0.999,
-    eps=1e-8,
-    eps_root=0.0,
-    mu_dtype=None,
-    weight_decay=1e-4,
-    mask=None,
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    eps_root: ScalarOrSchedule = 0.0,
+    mu_dtype: Any | None = None,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    mask: MaskOrFn = None,
     *,
-    nesterov=False,
-    nu_dtype=None,
-    block_size=128,
-    min_4bit_size=4096,
-    keep_float32=None,
-    stochastic_rounding=False,
-) -> Chain:
+    nesterov: bool = False,
+    nu_dtype: Any | None = None,
+    block_size: int = 128,
+    min_4bit_size: int = 4096,
+    keep_float32: MaskOrFn = None,
+    stochastic_rounding: bool = False,
+) -> Parts:
     r"""AdamW with 4-bit moments (Li et al., "Memory Efficient Optimizers with 4-bit States",
     NeurIPS 2023; torchao's ``AdamW4bit``, lpmm).
 
@@ -1345,47 +1348,30 @@ def adamw_4bit(
     dynamic map (it does not implement rank-1 normalization): this is the paper's best
     configuration (B128/DE for :math:`m`, Rank-1/Linear for :math:`v`).
     """
-    config = dict(
-        learning_rate=learning_rate,
-        b1=b1,
-        b2=b2,
-        eps=eps,
-        eps_root=eps_root,
-        mu_dtype=mu_dtype,
-        weight_decay=weight_decay,
-        mask=mask,
-        nesterov=nesterov,
-        nu_dtype=nu_dtype,
-        block_size=block_size,
-        min_4bit_size=min_4bit_size,
-        keep_float32=keep_float32,
-        stochastic_rounding=stochastic_rounding,
-    )
     check_bool("stochastic_rounding", stochastic_rounding)
     check_int("min_4bit_size", min_4bit_size, what="an integer >= 0")
-    inner = scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype=nu_dtype, nesterov=nesterov)
-    parts: tuple[Any, ...] = (
-        _quantized(inner, block_size, min_4bit_size, keep_float32, 4, stochastic_rounding),
-        add_decoupled_weight_decay(weight_decay, mask),
-        scale_by_learning_rate(learning_rate),
+    tx = _float_counterpart(adamw, locals())
+    parts = _with_quantized_moments(
+        tx, block_size, min_4bit_size, keep_float32, bits=4, stochastic=stochastic_rounding
     )
     if stochastic_rounding:
-        parts = (*parts, _StochasticParamRounding())
-    return optimizer_chain("adamw_4bit", config, *parts)
+        parts.append(_StochasticParamRounding())
+    return parts
 
 
+@named_optimizer
 def lion_8bit(
     learning_rate: ScalarOrSchedule,
-    b1=0.9,
-    b2=0.99,
-    mu_dtype=None,
-    weight_decay=1e-3,
-    mask=None,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.99,
+    mu_dtype: Any | None = None,
+    weight_decay: ScalarOrSchedule = 1e-3,
+    mask: MaskOrFn = None,
     *,
-    block_size=256,
-    min_8bit_size=4096,
-    keep_float32=None,
-) -> Chain:
+    block_size: int = 256,
+    min_8bit_size: int = 4096,
+    keep_float32: MaskOrFn = None,
+) -> Parts:
     r"""Lion with its momentum stored in 8 bits (bitsandbytes' ``Lion8bit``).
 
     ``chain(quantize_moments(scale_by_lion(b1, b2)), add_decoupled_weight_decay(weight_decay,
@@ -1398,38 +1384,21 @@ def lion_8bit(
     ``block_size``, ``min_8bit_size`` and ``keep_float32`` (see :func:`quantize_moments`).
     Reference: Chen et al., "Symbolic Discovery of Optimization Algorithms" (2023).
     """
-    config = dict(
-        learning_rate=learning_rate,
-        b1=b1,
-        b2=b2,
-        mu_dtype=mu_dtype,
-        weight_decay=weight_decay,
-        mask=mask,
-        block_size=block_size,
-        min_8bit_size=min_8bit_size,
-        keep_float32=keep_float32,
-    )
-    return optimizer_chain(
-        "lion_8bit",
-        config,
-        _quantized(
-            scale_by_lion(b1=b1, b2=b2, mu_dtype=mu_dtype), block_size, min_8bit_size, keep_float32
-        ),
-        add_decoupled_weight_decay(weight_decay, mask),
-        scale_by_learning_rate(learning_rate),
-    )
+    tx = _float_counterpart(lion, locals())
+    return _with_quantized_moments(tx, block_size, min_8bit_size, keep_float32)
 
 
+@named_optimizer
 def sgd_8bit(
     learning_rate: ScalarOrSchedule,
-    momentum=None,
-    nesterov=False,
-    accumulator_dtype=None,
+    momentum: ScalarOrSchedule | None = None,
+    nesterov: bool = False,
+    accumulator_dtype: Any | None = None,
     *,
-    block_size=256,
-    min_8bit_size=4096,
-    keep_float32=None,
-) -> Chain:
+    block_size: int = 256,
+    min_8bit_size: int = 4096,
+    keep_float32: MaskOrFn = None,
+) -> Parts:
     r"""SGD with its momentum buffer stored in 8 bits (bitsandbytes' ``SGD8bit``).
 
     ``chain(quantize_moments(trace(momentum, nesterov)), scale_by_learning_rate(learning_rate))``:
@@ -1437,19 +1406,7 @@ def sgd_8bit(
     with :math:`b` in the signed map between steps. Without ``momentum`` there is no state and
     this is plain :func:`gradchain.sgd`.
     """
-    config = dict(
-        learning_rate=learning_rate,
-        momentum=momentum,
-        nesterov=nesterov,
-        accumulator_dtype=accumulator_dtype,
-        block_size=block_size,
-        min_8bit_size=min_8bit_size,
-        keep_float32=keep_float32,
-    )
-    parts = []
-    if momentum is not None:
-        with _argument_names(decay="momentum"):
-            inner = trace(decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype)
-        parts.append(_quantized(inner, block_size, min_8bit_size, keep_float32))
-    parts.append(scale_by_learning_rate(learning_rate))
-    return optimizer_chain("sgd_8bit", config, *parts)
+    tx = _float_counterpart(sgd, locals())
+    if momentum is None:
+        return tx.transforms
+    return _with_quantized_moments(tx, block_size, min_8bit_size, keep_float32)

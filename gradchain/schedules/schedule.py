@@ -35,16 +35,16 @@ import itertools
 import numbers
 import operator
 from collections.abc import Callable, Iterable, Mapping
-from typing import ClassVar, TypeVar, dataclass_transform
+from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gradchain.core.base import (
+    FieldData,
     GradientTransformation,
-    _field_equal,
-    _hashable,
+    ScalarOrSchedule,
     _short_repr,
     check_bool,
     check_number,
@@ -260,7 +260,7 @@ def _after_warmup(schedule, c, after):
 # The schedule base class
 
 
-class Schedule:
+class Schedule(FieldData):
     """Base class of gradchain schedules: frozen dataclasses called with a step count.
 
     Subclasses implement ``_at(c)`` for ``c`` an array of non-negative steps (a signed integer
@@ -290,23 +290,11 @@ class Schedule:
 
     # -- inspectable data -------------------------------------------------------------------
 
-    def _field_items(self):
-        fields = dataclasses.fields(self)  # type: ignore[arg-type]
-        return [(f.name, getattr(self, f.name)) for f in fields if f.compare]
+    def _shows(self, field: dataclasses.Field) -> bool:
+        return field.compare
 
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={_arg_repr(v)}" for k, v in self._field_items())
-        return f"{self.name}({args})"
-
-    def __eq__(self, other) -> bool:
-        if type(self) is not type(other):
-            return NotImplemented
-        return all(
-            _field_equal(a, b) for (_, a), (_, b) in zip(self._field_items(), other._field_items())
-        )
-
-    def __hash__(self) -> int:
-        return hash((type(self), tuple(_hashable(v) for _, v in self._field_items())))
+    def _value_repr(self, value: Any) -> str:
+        return _arg_repr(value)
 
 
 def _arg_repr(v) -> str:
@@ -1323,13 +1311,13 @@ class ReduceOnPlateau(GradientTransformation):
     is ``patience=p + 1`` here, ``threshold`` is ``rtol``.
     """
 
-    factor: float = 0.1
+    factor: ScalarOrSchedule = 0.1
     patience: int = 10
-    rtol: float = 1e-4
-    atol: float = 0.0
+    rtol: ScalarOrSchedule = 1e-4
+    atol: ScalarOrSchedule = 0.0
     cooldown: int = 0
     accumulation_size: int = 1
-    min_scale: float = 0.0
+    min_scale: ScalarOrSchedule = 0.0
 
     def __post_init__(self):
         check_number("factor", self.factor, low=0.0, high=1.0, low_open=True, high_open=True)

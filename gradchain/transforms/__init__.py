@@ -38,6 +38,7 @@ from gradchain.transforms.combinators import (
     MultiStepsState,
     MultiTransformState,
     PartitionState,
+    ShouldSkipUpdateFunction,
     ZeroNansState,
     apply_if_finite,
     freeze,
@@ -49,6 +50,12 @@ from gradchain.transforms.combinators import (
     skip_large_updates,
     skip_not_finite,
     zero_nans,
+)
+from gradchain.transforms.conditionality import (
+    ConditionallyMaskState,
+    ConditionallyTransformState,
+    conditionally_mask,
+    conditionally_transform,
 )
 from gradchain.transforms.constraining import (
     keep_params_nonnegative,
@@ -67,11 +74,21 @@ from gradchain.transforms.factored import (
     scale_by_factored_rms,
     scale_by_param_block_rms,
 )
+from gradchain.transforms.microbatching import (
+    microbatch,
+)
 from gradchain.transforms.momentum import (
     EmaState,
     TraceState,
     ema,
     trace,
+)
+from gradchain.transforms.monitoring import (
+    MonitorState,
+    SnapshotState,
+    measure_with_ema,
+    monitor,
+    snapshot,
 )
 from gradchain.transforms.noise import (
     add_noise,
@@ -97,12 +114,15 @@ __all__ = [
     "ApplyIfFiniteState",
     "ClipByGlobalNormState",
     "ClipState",
+    "ConditionallyMaskState",
+    "ConditionallyTransformState",
     "EmaState",
     "FactoredState",
     "LookaheadParams",
     "LookaheadState",
     "MaskedNode",
     "MaskedState",
+    "MonitorState",
     "MultiSteps",
     "MultiStepsState",
     "MultiTransformState",
@@ -111,6 +131,8 @@ __all__ = [
     "ScaleByRStdDevState",
     "ScaleByRmsState",
     "ScaleState",
+    "ShouldSkipUpdateFunction",
+    "SnapshotState",
     "TraceState",
     "ZeroNansState",
     "adafactor_decay_rate",
@@ -125,6 +147,8 @@ __all__ = [
     "clip",
     "clip_by_block_rms",
     "clip_by_global_norm",
+    "conditionally_mask",
+    "conditionally_transform",
     "ema",
     "factored_axes",
     "factored_second_moment",
@@ -133,6 +157,9 @@ __all__ = [
     "keep_params_nonnegative",
     "lookahead",
     "masked",
+    "measure_with_ema",
+    "microbatch",
+    "monitor",
     "multi_transform",
     "normalize_by_update_norm",
     "params_ema",
@@ -154,6 +181,7 @@ __all__ = [
     "set_to_zero",
     "skip_large_updates",
     "skip_not_finite",
+    "snapshot",
     "trace",
     "zero_nans",
 ]

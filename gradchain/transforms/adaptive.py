@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -11,6 +12,8 @@ import jax.numpy as jnp
 from gradchain.core import numerics
 from gradchain.core.base import (
     GradientTransformation,
+    ScalarOrSchedule,
+    Updates,
     check_bool,
     check_bools,
     check_dtype,
@@ -67,6 +70,15 @@ def init_adam_state(tx: GradientTransformation, params, mu_dtype=None, nu_dtype=
     )
 
 
+def check_adam_hyperparams(tx: Any) -> None:
+    """Validates the hyperparameters every Adam relative has: ``b1``, ``b2`` in [0, 1), ``eps``
+    and ``eps_root`` >= 0."""
+    check_number("b1", tx.b1, low=0.0, high=1.0, high_open=True)
+    check_number("b2", tx.b2, low=0.0, high=1.0, high_open=True)
+    check_number("eps", tx.eps, low=0.0)
+    check_number("eps_root", tx.eps_root, low=0.0)
+
+
 def adam_step_inputs(tx: GradientTransformation, updates, state):
     r"""What every Adam relative's ``update`` starts from: ``(hp, c1, c2, t)``.
 
@@ -77,6 +89,32 @@ def adam_step_inputs(tx: GradientTransformation, updates, state):
     hp = tx.current_hyperparams(state)
     c1, c2 = tx.complement("b1", hp), tx.complement("b2", hp)
     return hp, c1, c2, safe_increment(state.count)
+
+
+def step_moments(
+    step: Callable[..., tuple[jax.Array, jax.Array, jax.Array]],
+    updates: Updates,
+    state: Any,
+    count: jax.Array,
+    hyperparams: dict[str, jax.Array],
+    **other_fields: Any,
+) -> tuple[Updates, Any]:
+    """What every two-moment transformation's ``update`` ends with.
+
+    Runs ``step(g, m, v) -> (u, m, v)`` over the leaves of ``updates``, ``state.mu`` and
+    ``state.nu``; returns the tree of ``u`` and a copy of ``state`` holding the new moments (cast
+    back to their dtypes), ``count``, ``hyperparams`` and ``other_fields``.
+    """
+    out, mu, nu = tree_map_multi(step, 3, updates, state.mu, state.nu)
+    new_state = dataclasses.replace(
+        state,
+        count=count,
+        mu=cast_like(mu, state.mu),
+        nu=cast_like(nu, state.nu),
+        hyperparams=hyperparams,
+        **other_fields,
+    )
+    return out, new_state
 
 
 @transformation("scale_by_adam", hyperparams=("b1", "b2", "eps", "eps_root"))
@@ -112,20 +150,17 @@ class ScaleByAdam(GradientTransformation):
 
     complex_params = True
 
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    eps_root: float = 0.0
+    b1: ScalarOrSchedule = 0.9
+    b2: ScalarOrSchedule = 0.999
+    eps: ScalarOrSchedule = 1e-8
+    eps_root: ScalarOrSchedule = 0.0
     mu_dtype: Any = None
     _: dataclasses.KW_ONLY
     nu_dtype: Any = None
     nesterov: bool = False
 
     def __post_init__(self):
-        check_number("b1", self.b1, low=0.0, high=1.0, high_open=True)
-        check_number("b2", self.b2, low=0.0, high=1.0, high_open=True)
-        check_number("eps", self.eps, low=0.0)
-        check_number("eps_root", self.eps_root, low=0.0)
+        check_adam_hyperparams(self)
         check_dtype("mu_dtype", self.mu_dtype)
         check_dtype("nu_dtype", self.nu_dtype)
         check_bool("nesterov", self.nesterov)
@@ -217,8 +252,8 @@ class ScaleByRms(GradientTransformation):
 
     complex_params = True
 
-    decay: float = 0.9
-    eps: float = 1e-8
+    decay: ScalarOrSchedule = 0.9
+    eps: ScalarOrSchedule = 1e-8
     initial_scale: float = 0.0
     eps_in_sqrt: bool = True
     bias_correction: bool = False
@@ -290,8 +325,8 @@ class ScaleByStddev(GradientTransformation):
 
     complex_params = True
 
-    decay: float = 0.9
-    eps: float = 1e-8
+    decay: ScalarOrSchedule = 0.9
+    eps: ScalarOrSchedule = 1e-8
     initial_scale: float = 0.0
     eps_in_sqrt: bool = True
     bias_correction: bool = False
@@ -327,10 +362,7 @@ class ScaleByStddev(GradientTransformation):
             u = inverse_root(variance, eps.astype(dt), self.eps_in_sqrt) * g32
             return u.astype(g.dtype), m, v
 
-        out, mu, nu = tree_map_multi(step, 3, updates, state.mu, state.nu)
-        return out, ScaleByStddevState(
-            count=t, mu=cast_like(mu, state.mu), nu=cast_like(nu, state.nu), hyperparams=hp
-        )
+        return step_moments(step, updates, state, t, hp)
 
 
 scale_by_stddev = ScaleByStddev

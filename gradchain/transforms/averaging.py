@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from gradchain.core.base import (
     GradientTransformation,
+    ScalarOrSchedule,
     _call_update,
     check_bool,
     check_dtype,
@@ -79,7 +80,7 @@ class ParamsEma(GradientTransformation):
     ``optax.incremental_update(new_params, ema, 1 - decay)`` of a hand-written loop.
     """
 
-    decay: float
+    decay: ScalarOrSchedule
     accumulator_dtype: Any = None
 
     def __post_init__(self):
@@ -178,7 +179,7 @@ class Lookahead(GradientTransformation):
 
     fast_optimizer: Any
     sync_period: int
-    slow_step_size: float
+    slow_step_size: ScalarOrSchedule
     reset_state: bool = False
 
     def __post_init__(self):

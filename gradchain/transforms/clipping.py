@@ -10,6 +10,8 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     GradientTransformation,
     PyTree,
+    ScalarOrSchedule,
+    Updates,
     check_bool,
     check_number,
     check_params_match,
@@ -87,7 +89,7 @@ class ClipByGlobalNorm(GradientTransformation):
 
     complex_params = True
 
-    max_norm: float
+    max_norm: ScalarOrSchedule
 
     def __post_init__(self):
         check_number("max_norm", self.max_norm, low=0.0, low_open=True)
@@ -140,7 +142,7 @@ class Clip(GradientTransformation):
     Same as ``optax.clip`` and PyTorch's ``clip_grad_value_`` (ALGORITHMS.md §12).
     """
 
-    max_delta: float
+    max_delta: ScalarOrSchedule
 
     def __post_init__(self):
         check_number("max_delta", self.max_delta, low=0.0)
@@ -184,7 +186,7 @@ class ClipByBlockRms(GradientTransformation):
 
     complex_params = True
 
-    threshold: float
+    threshold: ScalarOrSchedule
 
     def __post_init__(self):
         check_number("threshold", self.threshold, low=0.0, low_open=True)
@@ -276,8 +278,8 @@ class AdaptiveGradClip(GradientTransformation):
     ``optax.adaptive_grad_clip``.
     """
 
-    clipping: float
-    eps: float = 1e-3
+    clipping: ScalarOrSchedule
+    eps: ScalarOrSchedule = 1e-3
     axis: Any = None
 
     def __post_init__(self):
@@ -325,7 +327,7 @@ def _check_batch_dim(grads, name):
         raise ValueError(f"{name}: the leaves of grads have different batch sizes {sorted(sizes)}")
 
 
-def per_example_global_norm_clip(grads, l2_norm_clip: float):
+def per_example_global_norm_clip(grads: Updates, l2_norm_clip: float) -> tuple[Updates, jax.Array]:
     r"""Clips each example's gradient to global norm ``l2_norm_clip`` and sums over the batch.
 
     ``grads`` holds one gradient per example along axis 0 of every leaf. With :math:`N_b` the
@@ -350,7 +352,9 @@ def per_example_global_norm_clip(grads, l2_norm_clip: float):
     return jax.tree.map(weighted_sum, grads), jnp.sum(factors < 1.0)
 
 
-def per_example_layer_norm_clip(grads, global_l2_norm_clip: float, uniform: bool = True):
+def per_example_layer_norm_clip(
+    grads: Updates, global_l2_norm_clip: float, uniform: bool = True
+) -> tuple[Updates, Updates]:
     r"""Per-example clipping leaf by leaf ("layer" by layer), with a share of the global bound
     for each leaf.
 

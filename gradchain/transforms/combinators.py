@@ -19,6 +19,10 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     EmptyState,
     GradientTransformation,
+    MaskOrFn,
+    Params,
+    ShouldSkipUpdateFunction,
+    Updates,
     _call_update,
     _path_list,
     check_bool,
@@ -41,6 +45,7 @@ __all__ = [
     "MultiStepsState",
     "MultiTransformState",
     "PartitionState",
+    "ShouldSkipUpdateFunction",
     "ZeroNansState",
     "apply_if_finite",
     "freeze",
@@ -203,7 +208,7 @@ class SetToZero(GradientTransformation):
 set_to_zero = SetToZero
 
 
-def freeze(mask) -> Masked:
+def freeze(mask: MaskOrFn) -> Masked:
     """Sets the updates of the leaves selected by ``mask`` to zero: those parameters stay fixed.
 
     ``mask`` takes every form :func:`masked` accepts (True freezes a leaf), including a single
@@ -361,7 +366,7 @@ class _FreezeLabels:
         return jax.tree.map(lambda frozen: "freeze" if frozen else "train", selected)
 
 
-def selective_transform(optimizer, *, freeze_mask) -> Partition:
+def selective_transform(optimizer: GradientTransformation, *, freeze_mask: MaskOrFn) -> Partition:
     """Updates the leaves where ``freeze_mask`` is False with ``optimizer``; keeps the others
     fixed, with no optimizer state for them.
 
@@ -495,7 +500,9 @@ apply_if_finite = ApplyIfFinite
 # Gradient accumulation
 
 
-def skip_not_finite(updates, gradient_step, params):
+def skip_not_finite(
+    updates: Updates, gradient_step: jax.Array, params: Params | None
+) -> tuple[jax.Array, dict[str, jax.Array]]:
     """A ``should_skip_update_fn`` for :class:`MultiSteps`: skip micro-batches with NaN or Inf.
 
     Returns ``(should_skip, {"should_skip": ..., "num_not_finite": ...})``. Same as
@@ -508,7 +515,12 @@ def skip_not_finite(updates, gradient_step, params):
     return skip, {"should_skip": skip, "num_not_finite": num}
 
 
-def skip_large_updates(updates, gradient_step, params, max_squared_norm):
+def skip_large_updates(
+    updates: Updates,
+    gradient_step: jax.Array,
+    params: Params | None,
+    max_squared_norm: float | jax.Array,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
     """A ``should_skip_update_fn`` for :class:`MultiSteps` (bind ``max_squared_norm`` with
     ``functools.partial``): skip micro-batches whose squared global norm is not below it.
 
@@ -574,7 +586,7 @@ class MultiSteps(GradientTransformation):
     opt: Any
     every_k_schedule: Any
     use_grad_mean: bool = True
-    should_skip_update_fn: Any = None
+    should_skip_update_fn: ShouldSkipUpdateFunction | None = None
     accumulator_dtype: Any = jnp.float32
 
     def __post_init__(self):

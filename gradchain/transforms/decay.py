@@ -10,6 +10,8 @@ import jax.numpy as jnp
 
 from gradchain.core.base import (
     GradientTransformation,
+    MaskOrFn,
+    ScalarOrSchedule,
     check_number,
     check_params_match,
     require_params,
@@ -60,7 +62,7 @@ class AddDecoupledWeightDecay(GradientTransformation):
 
     complex_params = True
 
-    weight_decay: float = 0.0
+    weight_decay: ScalarOrSchedule = 0.0
     mask: Any = None
 
     def __post_init__(self):
@@ -97,7 +99,9 @@ def _decay_leaf(g, p, wd):
     return (g.astype(dt) + wd.astype(dt) * p.astype(dt)).astype(g.dtype)
 
 
-def add_decayed_weights(weight_decay=0.0, mask=None) -> AddDecoupledWeightDecay:
+def add_decayed_weights(
+    weight_decay: ScalarOrSchedule = 0.0, mask: MaskOrFn = None
+) -> AddDecoupledWeightDecay:
     """optax's name for :func:`add_decoupled_weight_decay` (same arguments, same result)."""
     return AddDecoupledWeightDecay(weight_decay=weight_decay, mask=mask)
 
@@ -123,7 +127,9 @@ class AddL2Penalty(AddDecoupledWeightDecay):
     optax has no separate name for it: ``optax.add_decayed_weights`` placed before the scaling.
     """
 
-    weight_decay: float = dataclasses.field()  # required: the inherited default is dropped
+    weight_decay: ScalarOrSchedule = (
+        dataclasses.field()
+    )  # required: the inherited default is dropped
     mask: Any = None
 
 

@@ -9,6 +9,7 @@ Stern, "Adafactor: Adaptive Learning Rates with Sublinear Memory Cost", 2018; AL
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 from gradchain.core import numerics
 from gradchain.core.base import (
     GradientTransformation,
+    ScalarOrSchedule,
     check_bool,
     check_floating,
     check_int,
@@ -52,7 +54,9 @@ __all__ = [
 FACTORED_AXES_RULES = ("largest", "last")
 
 
-def factored_axes(shape, rule: str = "largest", min_dim_size_to_factor: int = 128):
+def factored_axes(
+    shape: Sequence[int], rule: str = "largest", min_dim_size_to_factor: int = 128
+) -> tuple[int, int] | None:
     """The pair of axes ``(d1, d0)`` a parameter of this shape is factored over, or None.
 
     ``d0`` is the axis the *row* statistic ``v_row`` averages over and ``d1`` the axis the
@@ -86,7 +90,7 @@ def factored_axes(shape, rule: str = "largest", min_dim_size_to_factor: int = 12
     return d1, d0
 
 
-def adafactor_decay_rate(step, exponent):
+def adafactor_decay_rate(step: jax.typing.ArrayLike, exponent: jax.typing.ArrayLike) -> jax.Array:
     r"""Adafactor's second-moment decay :math:`\hat\beta_t = 1 - t^{-c}`, :math:`t` = ``step`` + 1.
 
     Formed in float32, as optax does; :math:`\hat\beta_1 = 0`, so no bias correction is needed.
@@ -166,10 +170,10 @@ class FactoredSecondMoment(GradientTransformation):
     complex_params = True
 
     factored: bool = True
-    decay_rate: float = 0.8
+    decay_rate: ScalarOrSchedule = 0.8
     step_offset: int = 0
     min_dim_size_to_factor: int = 128
-    epsilon: float = 1e-30
+    epsilon: ScalarOrSchedule = 1e-30
     decay_rate_fn: Any = adafactor_decay_rate
     _: dataclasses.KW_ONLY
     factored_axes: str = "largest"
@@ -360,7 +364,7 @@ class ScaleByParamBlockRms(GradientTransformation):
 
     complex_params = True
 
-    min_scale: float = 1e-3
+    min_scale: ScalarOrSchedule = 1e-3
 
     def __post_init__(self):
         check_number("min_scale", self.min_scale, low=0.0)

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from gradchain.core import numerics
 from gradchain.core.base import (
     GradientTransformation,
+    ScalarOrSchedule,
     check_bool,
     check_dtype,
     check_floating,
@@ -67,7 +68,7 @@ class Trace(GradientTransformation):
 
     complex_params = True
 
-    decay: float
+    decay: ScalarOrSchedule
     nesterov: bool = False
     accumulator_dtype: Any = None
 
@@ -140,7 +141,7 @@ class Ema(GradientTransformation):
 
     complex_params = True
 
-    decay: float
+    decay: ScalarOrSchedule
     debias: bool = True
     accumulator_dtype: Any = None
 

@@ -9,7 +9,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from gradchain.core.base import GradientTransformation, check_number, state_class, transformation
+from gradchain.core.base import (
+    GradientTransformation,
+    ScalarOrSchedule,
+    check_number,
+    state_class,
+    transformation,
+)
 from gradchain.core.numerics import compute_dtype, init_count, safe_increment
 
 __all__ = ["add_noise"]
@@ -63,8 +69,8 @@ class AddNoise(GradientTransformation):
     (optax draws it in the leaf's dtype).
     """
 
-    eta: float
-    gamma: float
+    eta: ScalarOrSchedule
+    gamma: ScalarOrSchedule
     key: Any = None
     _: dataclasses.KW_ONLY
     seed: Any = None

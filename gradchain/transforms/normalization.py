@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from gradchain.core.base import (
     EmptyState,
     GradientTransformation,
+    ScalarOrSchedule,
     check_number,
     check_params_match,
     require_params,
@@ -74,8 +75,8 @@ class NormalizeByUpdateNorm(GradientTransformation):
     Same as ``optax.normalize_by_update_norm``.
     """
 
-    scale_factor: float = 1.0
-    eps: float = 1e-6
+    scale_factor: ScalarOrSchedule = 1.0
+    eps: ScalarOrSchedule = 1e-6
 
     def __post_init__(self):
         check_number("scale_factor", self.scale_factor)
@@ -113,7 +114,7 @@ class ScaleByParamBlockNorm(GradientTransformation):
     instead (:func:`scale_by_param_block_rms`).
     """
 
-    min_scale: float = 1e-3
+    min_scale: ScalarOrSchedule = 1e-3
 
     def __post_init__(self):
         check_number("min_scale", self.min_scale, low=0.0)

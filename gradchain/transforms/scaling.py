@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from gradchain.core.base import (
     GradientTransformation,
+    PyTree,
     ScalarOrSchedule,
     check_bool,
     check_number,
@@ -58,7 +59,7 @@ class Scale(GradientTransformation):
 
     complex_params = True
 
-    step_size: float
+    step_size: ScalarOrSchedule
 
     def __post_init__(self):
         check_number("step_size", self.step_size)
@@ -165,7 +166,7 @@ def _scaled_gradient_bwd(scale, cotangents):
 _scaled_gradient.defvjp(_scaled_gradient_fwd, _scaled_gradient_bwd)
 
 
-def scale_gradient(inputs, scale: float):
+def scale_gradient(inputs: PyTree, scale: float) -> PyTree:
     """``inputs`` unchanged in the forward pass; their gradient multiplied by ``scale`` in the
     backward pass (a pytree of arrays in, the same out).
 

@@ -29,7 +29,13 @@ NAMESPACES = {
     "optax.schedules": "gradchain.schedules",
     "optax.losses": "gradchain.losses",
     "optax.projections": "gradchain.projections",
+    "optax.microbatching": "gradchain.microbatching",
 }
+
+
+# Classes optax keeps private but returns from public functions, and gradchain's class of the
+# same role: optax's tests check ``isinstance(optax.multi_normal(...), MultiNormalDiagFromLogScale)``.
+PRIVATE = {"optax._src.utils.MultiNormalDiagFromLogScale": "gradchain.MultiNormalDiagFromLogScale"}
 
 
 def _import_optional(name: str) -> ModuleType | None:
@@ -88,6 +94,11 @@ def public_map() -> dict[str, tuple[object, object]]:
                     target = getattr(gradchain, name)
             if target is not None and target is not obj:
                 found[f"{optax_name}.{name}"] = (obj, target)
+    for optax_path, gradchain_path in PRIVATE.items():
+        (o_mod, o_name), (g_mod, g_name) = (p.rsplit(".", 1) for p in (optax_path, gradchain_path))
+        o_ns, g_ns = _import_optional(o_mod), _import_optional(g_mod)
+        if o_ns is not None and g_ns is not None and hasattr(o_ns, o_name):
+            found[optax_path] = (getattr(o_ns, o_name), getattr(g_ns, g_name))
     return found
 
 

@@ -9,6 +9,7 @@ transformations match when both are (gradchain's are its own objects).
 from __future__ import annotations
 
 import dataclasses
+import enum
 import importlib
 import inspect
 
@@ -86,6 +87,10 @@ def _same_default(a, b) -> bool:
         return True
     if all(hasattr(x, "init") and hasattr(x, "update") for x in (a, b)):
         return True
+    # An enum member matches optax's of the same class and member name (microbatch's default
+    # accumulator is gradchain's AccumulationType.SUM, which accepts optax's members).
+    if isinstance(a, enum.Enum) and isinstance(b, enum.Enum):
+        return (type(a).__name__, a.name) == (type(b).__name__, b.name)
     try:
         return bool(a == b)
     except Exception:
