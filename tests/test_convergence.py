@@ -112,6 +112,16 @@ OPTIMIZERS = {
     "mars": lambda lr: gc.mars(lr),
     "soap": lambda lr: gc.soap(lr),
     "lbfgs": lambda lr: gc.lbfgs(lr),
+    "acprop": lambda lr: gc.acprop(lr),
+    "cocob": lambda lr: gc.cocob(lr),
+    "dog": lambda lr: gc.dog(lr),
+    "dowg": lambda lr: gc.dowg(lr),
+    "madgrad": lambda lr: gc.madgrad(lr),
+    "momo": lambda lr: gc.momo(lr),
+    "momo_adam": lambda lr: gc.momo_adam(lr),
+    "mechanize": lambda lr: gc.mechanize(gc.adam(lr)),
+    # Transparent SAM spends every other update on the adversarial step: 150 outer steps.
+    "sam": lambda lr: gc.sam(gc.sgd(lr, momentum=0.9), gc.chain(gc.normalize(), gc.sgd(0.01))),
 }
 
 # Learning rates: per optimizer family and problem.
@@ -169,6 +179,20 @@ LEARNING_RATES = {
     "soap": ADAM_LR,
     # The line search picks the step; the learning rate only scales the direction it starts from.
     "lbfgs": {"quadratic": 1.0, "rosenbrock": 1.0, "mlp": 1.0},
+    # ACProp's step is the raw gradient over the spread of its residuals, small on a
+    # deterministic quadratic: its curvature-1000 direction needs a small rate.
+    "acprop": {"quadratic": 1e-3, "rosenbrock": 0.01, "mlp": 0.01},
+    # Learning-rate free: the rate is a multiplier (COCOB's scales the gradients it bets on).
+    "cocob": {"quadratic": 1.0, "rosenbrock": 1.0, "mlp": 1.0},
+    "dog": {"quadratic": 1.0, "rosenbrock": 1.0, "mlp": 1.0},
+    "dowg": {"quadratic": 1.0, "rosenbrock": 1.0, "mlp": 1.0},
+    "madgrad": {"quadratic": 0.01, "rosenbrock": 0.01, "mlp": 0.01},
+    # MoMo's rate caps the Polyak step (the loss minimum is 0, momo's default lower bound).
+    "momo": {"quadratic": 1.0, "rosenbrock": 1.0, "mlp": 1.0},
+    "momo_adam": {"quadratic": 0.1, "rosenbrock": 0.1, "mlp": 0.1},
+    "sam": {"quadratic": 1e-3, "rosenbrock": 1e-3, "mlp": 0.1},
+    # Mechanic learns the scale: the base learning rate is 1, as its authors advise.
+    "mechanize": {"quadratic": 1.0, "rosenbrock": 1.0, "mlp": 1.0},
 }
 
 # The extra ``update`` arguments, from the loss, its value and gradient: the loss for Polyak's

@@ -99,6 +99,15 @@ NEW_OPTIMIZERS = [
     "cautious_lion",
     "mars",
     "soap",
+    "acprop",
+    "cocob",
+    "dog",
+    "dowg",
+    "madgrad",
+    "momo",
+    "momo_adam",
+    "mechanize",
+    "sam",
 ]
 
 
@@ -115,3 +124,13 @@ def test_polyak_sgd_gets_the_loss_and_trains(tmp_path):
     assert main(args + ["--out", str(tmp_path)]) == 0
     (row,) = json.loads((tmp_path / "summary.json").read_text())["results"]
     assert row["final_held_out_loss"] < row["initial_held_out_loss"]
+
+
+def test_sam_and_momo_train_in_the_demo(tmp_path):
+    # SAM wraps AdamW (its updates alternate adversarial and outer steps); MoMo needs the loss.
+    args = ["--steps", "8", "--model", "tiny", "--no-parity", "--optimizers", "sam,momo"]
+    assert main(args + ["--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "summary.json").read_text())["results"]
+    assert [r["optimizer"] for r in rows] == ["sam", "momo"]
+    for row in rows:
+        assert row["final_held_out_loss"] < row["initial_held_out_loss"], row

@@ -1,5 +1,6 @@
 """Research optimizers, one module each, as in ``optax.contrib``."""
 
+from gradchain.contrib.acprop import acprop, scale_by_acprop
 from gradchain.contrib.ademamix import (
     ScaleByAdemamixState,
     ScaleBySimplifiedAdEMAMixState,
@@ -18,6 +19,21 @@ from gradchain.contrib.cautious import (
     cautious_adamw,
     cautious_lion,
 )
+from gradchain.contrib.cocob import COCOBState, cocob, scale_by_cocob
+from gradchain.contrib.complex_valued import (
+    SplitRealAndImaginaryState,
+    split_real_and_imaginary,
+)
+from gradchain.contrib.dog import (
+    DoGState,
+    DoWGState,
+    ScaleByDistanceOverGradientsState,
+    dog,
+    dowg,
+    scale_by_distance_over_gradients,
+    scale_by_dog,
+    scale_by_dowg,
+)
 from gradchain.contrib.galore import (
     GaLoreDimensionNumbers,
     GaLoreState,
@@ -30,11 +46,14 @@ from gradchain.contrib.learning_rate_free import (
     scale_by_dadapt_adamw,
     scale_by_prodigy,
 )
+from gradchain.contrib.madgrad import MadgradState, madgrad, scale_by_madgrad
 from gradchain.contrib.mars import (
     ScaleByMarsState,
     mars,
     scale_by_mars,
 )
+from gradchain.contrib.mechanic import MechanicState, mechanize
+from gradchain.contrib.momo import MomoAdamState, MomoState, momo, momo_adam
 from gradchain.contrib.muon import (
     MuonDimensionNumbers,
     muon,
@@ -47,6 +66,7 @@ from gradchain.contrib.reduce_on_plateau import (
     ReduceLROnPlateauState,
     reduce_on_plateau,
 )
+from gradchain.contrib.sam import NormalizeState, SAMState, normalize, sam
 from gradchain.contrib.schedule_free import (
     schedule_free,
     schedule_free_adamw,
@@ -67,35 +87,62 @@ from gradchain.contrib.sophia import (
 )
 
 __all__ = [
+    "COCOBState",
     "CautiousState",
+    "DoGState",
+    "DoWGState",
     "GaLoreDimensionNumbers",
     "GaLoreState",
+    "MadgradState",
+    "MechanicState",
+    "MomoAdamState",
+    "MomoState",
     "MuonDimensionNumbers",
+    "NormalizeState",
     "ReduceLROnPlateauState",
+    "SAMState",
     "ScaleByAdemamixState",
+    "ScaleByDistanceOverGradientsState",
     "ScaleByMarsState",
     "ScaleBySimplifiedAdEMAMixState",
     "ScaleBySoapState",
     "SophiaState",
+    "SplitRealAndImaginaryState",
+    "acprop",
     "ademamix",
     "adopt",
     "cautious",
     "cautious_adamw",
     "cautious_lion",
+    "cocob",
     "dadapt_adamw",
+    "dog",
+    "dowg",
     "galore",
     "gauss_newton_bartlett_estimator_diag_hessian",
     "hutchinson_estimator_diag_hessian",
+    "madgrad",
     "mars",
+    "mechanize",
+    "momo",
+    "momo_adam",
     "muon",
     "muon_labels",
+    "normalize",
     "orthogonalize_via_newton_schulz",
     "prodigy",
     "reduce_on_plateau",
+    "sam",
+    "scale_by_acprop",
     "scale_by_ademamix",
     "scale_by_adopt",
+    "scale_by_cocob",
     "scale_by_dadapt_adamw",
+    "scale_by_distance_over_gradients",
+    "scale_by_dog",
+    "scale_by_dowg",
     "scale_by_galore",
+    "scale_by_madgrad",
     "scale_by_mars",
     "scale_by_muon",
     "scale_by_prodigy",
@@ -110,4 +157,5 @@ __all__ = [
     "simplified_ademamix",
     "soap",
     "sophia",
+    "split_real_and_imaginary",
 ]

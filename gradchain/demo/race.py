@@ -343,6 +343,65 @@ ENTRIES = (
                 lambda steps, params: _clipped(gc.polyak_sgd(max_learning_rate=1.0)),
                 "value",
             ),
+            (
+                "acprop",
+                "ACProp (AdaBelief's second moment, applied one step late), lr / 10",
+                lambda steps, params: _clipped(gc.acprop(lr_schedule(steps, PEAK_LR / 10))),
+                None,
+            ),
+            (
+                "cocob",
+                "COCOB (coin betting, learning-rate free)",
+                lambda steps, params: _clipped(gc.cocob()),
+                None,
+            ),
+            (
+                "dog",
+                "DoG (distance over gradients, learning-rate free), cosine multiplier",
+                lambda steps, params: _clipped(gc.dog(lr_schedule(steps, 1.0))),
+                None,
+            ),
+            (
+                "dowg",
+                "DoWG (distance over weighted gradients), cosine multiplier",
+                lambda steps, params: _clipped(gc.dowg(lr_schedule(steps, 1.0))),
+                None,
+            ),
+            (
+                "madgrad",
+                "MADGRAD (momentumized dual averaging), lr 1e-2",
+                lambda steps, params: _clipped(gc.madgrad(lr_schedule(steps, 1e-2))),
+                None,
+            ),
+            (
+                "momo",
+                "MoMo (Polyak step of a momentum model, f* = 0), step cap 1",
+                lambda steps, params: _clipped(gc.momo(lr_schedule(steps, 1.0))),
+                "value",
+            ),
+            (
+                "momo_adam",
+                "MoMo-Adam, step cap 1e-2",
+                lambda steps, params: _clipped(gc.momo_adam(lr_schedule(steps, 1e-2))),
+                "value",
+            ),
+            (
+                "mechanize",
+                "Mechanic around Adam (learns the scale; base lr 1, cosine)",
+                lambda steps, params: _clipped(gc.mechanize(gc.adam(lr_schedule(steps, 1.0)))),
+                None,
+            ),
+            (
+                "sam",
+                "SAM around AdamW (rho 0.05; every other step is the adversarial one)",
+                lambda steps, params: _clipped(
+                    gc.sam(
+                        gc.adamw(lr_schedule(steps), weight_decay=WEIGHT_DECAY),
+                        gc.chain(gc.normalize(), gc.sgd(0.05)),
+                    )
+                ),
+                None,
+            ),
         )
     ),
 )

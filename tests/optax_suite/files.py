@@ -34,6 +34,8 @@ FILES = (
     "contrib/_schedule_free_test.py",
     "contrib/_common_test.py",
     "contrib/_complex_valued_test.py",
+    "contrib/_sam_test.py",
+    "contrib/_mechanic_test.py",
 )
 
 # Files that test every optimizer of a family, run for gradchain's optimizers only: a regex over
@@ -42,7 +44,7 @@ FILES = (
 SELECT = {
     "contrib/_common_test.py": (
         r"opt_name='(muon|galore|prodigy|dadapt_adamw|sophia|schedule_free_sgd|"
-        r"schedule_free_adamw|ademamix|simplified_ademamix|adopt)'"
+        r"schedule_free_adamw|ademamix|simplified_ademamix|adopt|acprop|cocob|dog|dowg|madgrad|momo|momo_adam)'"
     ),
 }
 
