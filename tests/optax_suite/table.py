@@ -1,11 +1,12 @@
 """The README's table of the optax suite, from the recorded baseline and the two lists.
 
-    PYTHONPATH=tests python -m optax_suite.table
+    PYTHONPATH=tests python -m optax_suite.table            # print it
+    PYTHONPATH=tests python -m optax_suite.table --write    # and put it in README.md
 
 ``test_optax_suite.py`` fails when a test that passes on optax fails through gradchain without
 being listed in ``divergences.py`` or ``known_failures.py``, and when a listed test passes; so
 with the suite green, a file's count through gradchain is its baseline passes less its listed
-tests.
+tests. ``test_optax_suite.py::test_readme_table_is_the_lists_table`` keeps the README in step.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ HEADER = (
     "| optax 0.2.8 test file | pass on optax | pass through gradchain | deliberate divergences "
     "| other failures |"
 )
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def rows() -> list[tuple[str, int, int, int, int]]:
@@ -41,7 +45,7 @@ def rows() -> list[tuple[str, int, int, int, int]]:
 
 
 def markdown() -> str:
-    lines = [HEADER, "|---|---|---|---|---|"]
+    lines = [HEADER, "|---|---:|---:|---:|---:|"]
     table = rows()
     for path, base, ours, div, gaps in table:
         name = f"`{path}`" + (" (gradchain's optimizers)" if path in SELECT else "")
@@ -51,5 +55,31 @@ def markdown() -> str:
     return "\n".join(lines)
 
 
+def summary() -> str:
+    """The README's sentence with the totals."""
+    _, base, ours, div, gaps = ("total", *(sum(r[i] for r in rows()) for i in range(1, 5)))
+    return f"today {ours} of {base} do, {div} are divergences and {gaps} are gaps still open."
+
+
+def readme_table(text: str) -> str:
+    """The table in the README's text: the lines from the header to the total."""
+    start = text.index(HEADER)
+    end = text.index("\n", text.index("| **total** |", start))
+    return text[start:end]
+
+
+def write_readme() -> None:
+    text = README.read_text()
+    text = text.replace(readme_table(text), markdown())
+    start = text.index("today ", text.index("## Drop-in for optax"))
+    end = text.index("still open.", start) + len("still open.")
+    text = text[:start] + summary() + text[end:]
+    README.write_text(text)
+
+
 if __name__ == "__main__":
+    import sys
+
+    if "--write" in sys.argv:
+        write_readme()
     print(markdown())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import optax
 import pytest
 
+from optax_suite import table
 from optax_suite.divergences import DIVERGENCES
 from optax_suite.files import FILES
 from optax_suite.known_failures import KNOWN_FAILURES
@@ -56,3 +57,11 @@ def test_divergences_name_real_tests():
     for key in DIVERGENCES:
         path = key.split("::", 1)[0]
         assert files.get(path, {}).get(key) == "passed", f"{key} does not pass on optax"
+
+
+def test_readme_table_is_the_lists_table():
+    # The counts follow from the baseline and the two lists, which the test above enforces;
+    # ``python -m optax_suite.table --write`` rewrites the README's table from them.
+    text = table.README.read_text()
+    assert table.readme_table(text) == table.markdown()
+    assert table.summary().replace("\n", " ") in " ".join(text.split())
