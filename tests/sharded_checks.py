@@ -85,7 +85,9 @@ class FactoredRMS(GradientTransformation):
             return zeros_like_reduced(p, -1), zeros_like_reduced(p, -2), jnp.zeros((1,))
 
         rows, cols, vs = tree_map_multi(stats, 3, params)
-        return FactoredState(init_count(), rows, cols, vs, self.init_hyperparams())
+        return FactoredState(
+            count=init_count(), v_row=rows, v_col=cols, v=vs, hyperparams=self.init_hyperparams()
+        )
 
     def update(self, updates, state, params=None, **extra_args):
         hp = self.current_hyperparams(state)
@@ -102,7 +104,9 @@ class FactoredRMS(GradientTransformation):
             return g / jnp.sqrt(v_hat), r, c, v
 
         out, rows, cols, vs = tree_map_multi(step, 4, updates, state.v_row, state.v_col, state.v)
-        return out, FactoredState(safe_increment(state.count), rows, cols, vs, hp)
+        return out, FactoredState(
+            count=safe_increment(state.count), v_row=rows, v_col=cols, v=vs, hyperparams=hp
+        )
 
 
 # ---------------------------------------------------------------------------------------------

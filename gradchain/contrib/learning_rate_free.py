@@ -73,7 +73,7 @@ def _adam_bias_correction(tx, b1, b2, t):
 # Prodigy
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class ScaleByProdigyState:
     """``count``: updates done; ``mu``, ``nu``: Adam's moments of :math:`d\\,g`; ``s``: the
     weighted gradient sum; ``params0``: the initial parameters; ``d``: the current step-size
@@ -300,7 +300,7 @@ def prodigy(
 # D-Adaptation AdamW
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class ScaleByDAdaptAdamWState:
     """``count``: updates done; ``mu``: the first moment (of :math:`\\delta g`); ``nu``: the
     second moment; ``s``: the weighted gradient sum; ``d``: the current step-size estimate;

@@ -231,7 +231,7 @@ class GaussNewtonBartlettEstimator(GradientTransformation):
 gauss_newton_bartlett_estimator_diag_hessian = GaussNewtonBartlettEstimator
 
 
-@state_class
+@state_class(extras=("win_rate", "hyperparams"))
 class SophiaState:
     """``count``: updates done; ``mu``: the momentum; ``nu``: the EMA of the Hessian-diagonal
     estimates; ``hessian_fn_state``: the estimator's state; ``win_rate``: the fraction of

@@ -26,6 +26,7 @@ from gradchain.core.base import (
     tree_get_all_with_path,
     tree_set,
     with_extra_args_support,
+    with_live_hyperparams,
 )
 from gradchain.core.masks import (
     path_labels,
@@ -65,4 +66,5 @@ __all__ = [
     "tree_paths",
     "tree_set",
     "with_extra_args_support",
+    "with_live_hyperparams",
 ]

@@ -10,22 +10,57 @@ Unlike optax, a gradchain transformation is an immutable object that knows its n
 hyperparameters: it prints them, validates them at construction, exposes them as attributes and
 compares equal to an identical transformation.
 
-Hyperparameters
----------------
-Every float hyperparameter of a transformation is *live*: its current value is kept in the state,
-under ``state.hyperparams[name]``, and read from there by ``update``. Three things follow:
+State layout: optax's by default
+--------------------------------
+By default the state of every piece has exactly optax's fields, in optax's order, and is
+``EmptyState()`` where optax keeps nothing; a chain's state is a tuple of its pieces' states. So
+``jax.tree_util.tree_flatten_with_path`` gives optax's key paths, and a checkpoint (orbax, pickle,
+``gradchain.checkpoint``) of an optax state restores into the gradchain optimizer of the same name
+and back.
 
-* any float hyperparameter may be a schedule, a function of the integer step count; the update
-  number ``k`` (0-based) uses ``schedule(k)`` and stores it for logging;
+gradchain keeps more than optax when asked: :func:`with_live_hyperparams` returns the same
+transformation whose pieces also keep their *extras*: the hyperparameters as data
+(``state.hyperparams``), a ``count`` on pieces that optax does not count, and logging fields
+(the global norm ``clip_by_global_norm`` measured, the step size Polyak chose, ...). Then
+
 * the value a step used can be read by name from the state of a whole chain with
   :func:`tree_get` (for example ``tree_get(state, "learning_rate")``);
 * a constant hyperparameter can be changed between jitted steps with :func:`tree_set`, without
   recompiling, because it is data in the state rather than a constant in the compiled program.
+
+In the default layout a constant hyperparameter is a constant of the compiled program, as in
+optax. A hyperparameter given as a schedule (a function of the integer step count) needs a
+count: a piece whose optax state has none keeps its extra ``count`` then, and update number
+``k`` (0-based) uses ``schedule(k)``.
+
+Writing a state class: the convention
+-------------------------------------
+A state class lists optax's fields first, with optax's names and in optax's order, then
+gradchain's extras, and names the extras in the decorator::
+
+    @state_class(extras=("count", "hyperparams"))
+    class TraceState:
+        count: jax.Array      # extra: optax's TraceState has no count
+        trace: Any            # optax's field
+        hyperparams: dict     # extra: the live hyperparameters
+
+* ``update`` builds the full state (extras included) as before; the ``@transformation``
+  decorator wraps ``init`` and ``update`` and sets every extra the piece does not keep to None
+  (:meth:`GradientTransformation.kept_extras`: all when live, ``count`` when a hyperparameter is
+  a schedule, nothing otherwise). A field that is None is left out of the pytree; a state left
+  with no field at all is returned as ``EmptyState()``.
+* Extras are keyword-only with default None, so ``TraceState(trace)`` is optax's constructor.
+* ``update`` must therefore accept its own state without extras, or ``EmptyState()``/None when
+  every field is an extra: read the hyperparameters with ``self.current_hyperparams(state)``
+  (never ``state.hyperparams[...]``) and an extra count with :func:`count_of` (None when absent;
+  ``numerics.safe_increment(None)`` is None).
+* A field optax has is never an extra, even when it is a count (``ScaleByAdamState.count``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import inspect
@@ -72,6 +107,7 @@ __all__ = [
     "tree_get_all_with_path",
     "tree_set",
     "with_extra_args_support",
+    "with_live_hyperparams",
 ]
 
 
@@ -80,17 +116,62 @@ __all__ = [
 
 
 @dataclass_transform(frozen_default=True)
-def state_class(cls: type[_T]) -> type[_T]:
-    """Makes ``cls`` a frozen dataclass registered as a pytree whose fields are all children.
+def state_class(cls: type[_T] | None = None, *, extras: tuple[str, ...] = ()) -> Any:
+    """Makes ``cls`` a frozen dataclass registered as a pytree whose fields are its children.
 
     States built this way are read by field name (``state.mu``), rebuilt with
     ``dataclasses.replace`` and found by :func:`tree_get`.
+
+    ``extras`` names the fields that are gradchain's additions to optax's state (see the module
+    docstring): they are keyword-only with default None, and a field of them that is None is
+    left out of the pytree, so a state without extras flattens with optax's key paths.
+    Used bare (``@state_class``) or with arguments (``@state_class(extras=(...))``).
     """
+    if cls is None:
+        return functools.partial(state_class, extras=extras)
+    extras = tuple(extras)
+    annotations = inspect.get_annotations(cls)
+    for name in extras:
+        if name not in annotations:
+            raise TypeError(f"{cls.__name__}: extra {name!r} is not a field")
+        setattr(cls, name, dataclasses.field(default=None, kw_only=True))
     cls = dataclasses.dataclass(frozen=True)(cls)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    jax.tree_util.register_dataclass(cls, data_fields=names, meta_fields=[])
+    names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+    optional = frozenset(extras)
+
+    def flatten_with_keys(state):
+        present = tuple(n for n in names if n not in optional or getattr(state, n) is not None)
+        children = [(jax.tree_util.GetAttrKey(n), getattr(state, n)) for n in present]
+        return children, present
+
+    def flatten(state):
+        children, present = flatten_with_keys(state)
+        return [c for _, c in children], present
+
+    def unflatten(present, children):
+        state = object.__new__(cls)
+        for n in names:
+            object.__setattr__(state, n, None)
+        for n, c in zip(present, children):
+            object.__setattr__(state, n, c)
+        return state
+
+    def __repr__(state):
+        shown = (n for n in names if n not in optional or getattr(state, n) is not None)
+        return f"{type(state).__name__}({', '.join(f'{n}={getattr(state, n)!r}' for n in shown)})"
+
+    if extras:
+        cls.__repr__ = __repr__  # type: ignore[method-assign]
+    jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
     cls._gradchain_state = True  # type: ignore[attr-defined]
+    cls._gradchain_extras = extras  # type: ignore[attr-defined]
     return cls
+
+
+def count_of(state) -> jax.Array | None:
+    """The step count in ``state``, or None when it keeps none (an extra count left out of the
+    default layout, an ``EmptyState``, None)."""
+    return getattr(state, "count", None)
 
 
 class EmptyState(NamedTuple):
@@ -105,7 +186,6 @@ def _is_state(x) -> bool:
     return getattr(type(x), "_gradchain_state", False)
 
 
-@jax.tree_util.register_pytree_node_class
 class ChainState(tuple):
     """The state of a chain: one state per transformation, readable by position or by name.
 
@@ -130,6 +210,9 @@ class ChainState(tuple):
 
     def tree_flatten(self):
         return self.states, self.names
+
+    def tree_flatten_with_keys(self):
+        return [(jax.tree_util.SequenceKey(i), s) for i, s in enumerate(self)], self.names
 
     @classmethod
     def tree_unflatten(cls, names, states):
@@ -176,6 +259,15 @@ class ChainState(tuple):
     def __repr__(self):
         inner = ", ".join(f"{n}={s!r}" for n, s in zip(self.names, self.states))
         return f"ChainState({inner})"
+
+
+# Keyed as a tuple (``[0]``, ``[1]``, ...), so that a chain state's key paths are optax's.
+jax.tree_util.register_pytree_with_keys(
+    ChainState,
+    ChainState.tree_flatten_with_keys,
+    ChainState.tree_unflatten,
+    ChainState.tree_flatten,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,6 +318,15 @@ def tree_get_all_with_path(state: OptState, key: str) -> list[tuple[str, Any]]:
 _MISSING = object()
 
 
+def _missing_message(key: str) -> str:
+    return (
+        f"no state field or hyperparameter named {key!r}. States have optax's layout by "
+        f"default, without hyperparameters: to read and set them by name, build the optimizer "
+        f"with gradchain.with_live_hyperparams(tx) (or wrap it in inject_hyperparams, as in "
+        f"optax)"
+    )
+
+
 def tree_get(state: OptState, key: str, default: Any = _MISSING) -> Any:
     """The unique state field or live hyperparameter named ``key`` anywhere in ``state``.
 
@@ -243,7 +344,7 @@ def tree_get(state: OptState, key: str, default: Any = _MISSING) -> Any:
     if not hits:
         if default is not _MISSING:
             return default
-        raise KeyError(f"no state field or hyperparameter named {key!r}")
+        raise KeyError(_missing_message(key))
     paths = ", ".join(p for p, _ in hits)
     raise KeyError(f"{key!r} is ambiguous, found at {paths}; narrow the state first")
 
@@ -318,7 +419,7 @@ def tree_set(state: OptState, **values) -> OptState:
     """
     for key, value in values.items():
         if not tree_get_all_with_path(state, key):
-            raise KeyError(f"no state field or hyperparameter named {key!r}")
+            raise KeyError(_missing_message(key))
         state = _replace_in(state, key, value)
     return state
 
@@ -580,13 +681,28 @@ class _FunctionSignature:
 
 
 def stateless_call(state) -> bool:
-    """Whether ``update`` got no gradchain state (``None``, ``{}``, an ``EmptyState``).
+    """Whether ``update`` got no gradchain state of its own (``None``, ``{}``, an
+    ``EmptyState``).
 
     optax keeps no state for some transformations (``scale``, ``clip``, ``add_decayed_weights``,
     ...) and its users call them as ``update(updates, None)``. The gradchain counterparts then use
     their constructor's hyperparameters (schedules at step 0) and hand the state back as given.
     """
-    return not hasattr(state, "hyperparams")
+    return not _is_state(state)
+
+
+def _strip_extras(state, keep: Callable[[str], bool]):
+    """``state`` with the extras ``keep`` rejects set to None; ``EmptyState()`` when no field is
+    left. Anything but a gradchain state class is returned as it is."""
+    extras = getattr(type(state), "_gradchain_extras", ())
+    if not extras:
+        return state
+    drop = {n: None for n in extras if not keep(n) and getattr(state, n) is not None}
+    if drop:
+        state = dataclasses.replace(state, **drop)
+    if all(getattr(state, f.name) is None for f in dataclasses.fields(state)):
+        return EmptyState()
+    return state
 
 
 class GradientTransformation:
@@ -665,26 +781,54 @@ class GradientTransformation:
         return {n: hyperparam_value(getattr(self, n), zero) for n in self.hyperparams}
 
     def current_hyperparams(self, state) -> dict[str, jax.Array]:
-        """The live hyperparameters this update uses: schedules at ``state.count``; a JAX array
-        given to the constructor as it is; else the value held in ``state.hyperparams`` (which
-        :func:`tree_set` may have changed).
+        """The hyperparameters this update uses: schedules at the state's count (step 0 when it
+        keeps none); a JAX array given to the constructor as it is; else the value held in
+        ``state.hyperparams`` when the state keeps its hyperparameters (which :func:`tree_set`
+        may have changed), and the constructor's value when it does not (optax's layout).
 
         A JAX array (or tracer) in the constructor is how ``inject_hyperparams``, gradchain's or
         optax's, hands in the values it keeps in its own state: it rebuilds the transformation
         with them at every step, so they must win over the copy made at ``init``.
         """
-        if stateless_call(state):
-            return self.init_hyperparams()
+        count = count_of(state)
+        if count is None:
+            count = jnp.zeros((), jnp.int32)
+        live = getattr(state, "hyperparams", None)
         out = {}
         for n in self.hyperparams:
             v = getattr(self, n)
             if callable(v):
-                out[n] = hyperparam_value(v, state.count)
-            elif isinstance(v, jax.Array):
+                out[n] = hyperparam_value(v, count)
+            elif live is None or isinstance(v, jax.Array):
                 out[n] = hyperparam_value(v, None)
             else:
-                out[n] = state.hyperparams[n]
+                out[n] = live[n]
         return out
+
+    # -- state layout -----------------------------------------------------------------------
+
+    @property
+    def live_hyperparams(self) -> bool:
+        """Whether this piece keeps every extra of its state (:func:`with_live_hyperparams`)."""
+        return self.__dict__.get("_live_hyperparams", False)
+
+    def kept_extras(self) -> frozenset[str]:
+        """The extras of this piece's state kept in its layout (see the module docstring): all
+        of them when live; else the ``count`` a schedule needs; else none (optax's layout).
+
+        A transformation whose computation needs another extra overrides this.
+        """
+        if any(callable(getattr(self, n)) for n in self.hyperparams):
+            return frozenset({"count"})
+        return frozenset()
+
+    def layout(self, state):
+        """``state``, this piece's state, in this piece's layout (its extras not kept set to
+        None). ``init`` and ``update`` apply it; so does :class:`Chain` after a fused step."""
+        if self.live_hyperparams:
+            return state
+        kept = self.kept_extras()
+        return _strip_extras(state, kept.__contains__)
 
     def complement(self, name: str, hp: Mapping[str, jax.Array]) -> jax.Array:
         """``1 - hp[name]`` for a decay rate, rounded as optax rounds its Python constants.
@@ -774,19 +918,78 @@ def committed_init(init: Callable) -> Callable:
     return wrapped
 
 
+def _laid_out_init(init: Callable) -> Callable:
+    @functools.wraps(init)
+    def wrapped(self, params):
+        return self.layout(init(self, params))
+
+    return wrapped
+
+
+def _laid_out_update(update: Callable) -> Callable:
+    @functools.wraps(update)
+    def wrapped(self, updates, state, params=None, **extra_args):
+        updates, state = update(self, updates, state, params, **extra_args)
+        return updates, self.layout(state)
+
+    return wrapped
+
+
 @dataclass_transform(frozen_default=True, eq_default=False)
 def transformation(name: str, hyperparams: tuple[str, ...] = ()) -> Callable[[type[_T]], type[_T]]:
     """Class decorator: a frozen, comparable dataclass transformation called ``name``, whose
-    ``init`` is multi-host safe (:func:`committed_init`)."""
+    ``init`` is multi-host safe (:func:`committed_init`) and whose states have the piece's
+    layout (:meth:`GradientTransformation.layout`: optax's fields unless live)."""
 
     def wrap(cls: type[_T]) -> type[_T]:
         cls.name = name  # type: ignore[attr-defined]
         cls.hyperparams = tuple(hyperparams)  # type: ignore[attr-defined]
         if "init" in cls.__dict__:
-            cls.init = committed_init(cls.__dict__["init"])  # type: ignore[attr-defined]
+            init = _laid_out_init(cls.__dict__["init"])
+            cls.init = committed_init(init)  # type: ignore[attr-defined]
+        if "update" in cls.__dict__:
+            cls.update = _laid_out_update(cls.__dict__["update"])  # type: ignore[attr-defined]
         return dataclasses.dataclass(frozen=True, eq=False, repr=False)(cls)
 
     return wrap
+
+
+def _map_transformations(value, fn):
+    """``value`` with every transformation in it (directly, or in a tuple, list or dict)
+    replaced by ``fn(transformation)``."""
+    if isinstance(value, GradientTransformation):
+        return fn(value)
+    if isinstance(value, (tuple, list)) and not hasattr(value, "_fields"):
+        return type(value)(_map_transformations(v, fn) for v in value)
+    if isinstance(value, dict):
+        return type(value)((k, _map_transformations(v, fn)) for k, v in value.items())
+    return value
+
+
+def with_live_hyperparams(tx: GradientTransformation) -> GradientTransformation:
+    """``tx`` whose pieces, recursively through chains, wrappers and named optimizers, keep
+    gradchain's extras in their states: the hyperparameters as data, counts, logging fields.
+
+    Then ``tree_get(state, "learning_rate")`` reads the value a step used and
+    ``tree_set(state, learning_rate=1e-4)`` changes it between jitted steps without recompiling.
+    The default layout is optax's (see :mod:`gradchain.core.base`); this is gradchain's option.
+    optax transformations inside ``tx`` are left as they are.
+    """
+    if not isinstance(tx, GradientTransformation) or isinstance(tx, FunctionTransformation):
+        return tx
+    if isinstance(tx, Chain):
+        return Chain(
+            *(with_live_hyperparams(t) for t in tx.transforms), name=tx.name, config=tx.config
+        )
+    live = copy.copy(tx)
+    if dataclasses.is_dataclass(tx):
+        for f in dataclasses.fields(tx):
+            value = getattr(tx, f.name)
+            new = _map_transformations(value, with_live_hyperparams)
+            if new is not value:
+                object.__setattr__(live, f.name, new)
+    object.__setattr__(live, "_live_hyperparams", True)
+    return live
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1006,7 +1209,7 @@ class Chain(GradientTransformation):
             )
             if fused is not None:
                 updates, s, s_next = fused(updates, states[i], states[i + 1], params, extra_args)
-                new_states += [s, s_next]
+                new_states += [t.layout(s), transforms[i + 1].layout(s_next)]
                 i += 2
                 continue
             updates, s = _call_update(t, updates, states[i], params, extra_args)

@@ -39,9 +39,17 @@ def leaf_kernel(*static_argnames: str):
     return functools.partial(jax.jit, inline=True, static_argnames=static_argnames)
 
 
+def safe_increment(count: jax.Array | None) -> jax.Array | None:
+    """``count + 1``, saturating at the dtype's maximum (2^31 - 1 for the int32 counters).
+
+    None stays None: a count that is a gradchain extra (see :mod:`gradchain.core.base`) is
+    absent from the default state layout.
+    """
+    return None if count is None else _increment(count)
+
+
 @_inline_jit
-def safe_increment(count: jax.Array) -> jax.Array:
-    """``count + 1``, saturating at the dtype's maximum (2^31 - 1 for the int32 counters)."""
+def _increment(count: jax.Array) -> jax.Array:
     count = jnp.asarray(count)
     top: Any
     if jnp.issubdtype(count.dtype, jnp.integer):

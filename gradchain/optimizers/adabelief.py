@@ -35,7 +35,7 @@ from gradchain.transforms.scaling import scale_by_learning_rate
 __all__ = ["adabelief", "scale_by_belief"]
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class ScaleByBeliefState:
     """``count``: updates done; ``mu``: the first moment; ``nu``: the second *central* moment
     (the "belief"); ``hyperparams``: as used last."""

@@ -73,7 +73,7 @@ def _check_adam_hyperparams(tx):
 # AMSGrad
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class ScaleByAmsgradState:
     """``count``: updates done; ``mu``, ``nu``: first and second moments; ``nu_max``: the running
     maximum of the (bias-corrected, by default) second moment; ``hyperparams``: as used last."""
@@ -437,7 +437,7 @@ def radam(
 # NAdam
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class ScaleByNadamState:
     """``count``: updates done; ``mu``, ``nu``: first and second moments; ``mu_product``: the
     product of the momentum coefficients so far (PyTorch's ``mu_product``, 1 at init);

@@ -40,7 +40,7 @@ __all__ = [
 _MODES = ("hard", "smooth", "refined")
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class ScaleByLionState:
     """``count``: updates done; ``mu``: the momentum :math:`m_t`; ``hyperparams``: as used last."""
 

@@ -35,7 +35,7 @@ from gradchain.transforms.scaling import scale_by_learning_rate
 __all__ = ["novograd", "scale_by_novograd"]
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class ScaleByNovogradState:
     """``count``: updates done; ``mu``: the momentum; ``nu``: one second moment per leaf (a
     scalar); ``hyperparams``: as used last."""

@@ -15,6 +15,7 @@ from gradchain.core.base import (
     check_floating,
     check_number,
     check_tree_match,
+    count_of,
     named_optimizer,
     state_class,
     transformation,
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 
-@state_class
+@state_class(extras=("count", "hyperparams"))
 class ScaleByOptimisticGradientState:
     """``count``: updates done; ``is_initial_step``: no previous gradient yet;
     ``previous_gradient``: the last incoming updates; ``hyperparams``: alpha and beta."""
@@ -96,7 +97,7 @@ class ScaleByOptimisticGradient(GradientTransformation):
 
         out, prev = tree_map_multi(step, 2, updates, state.previous_gradient)
         return out, ScaleByOptimisticGradientState(
-            count=safe_increment(state.count),
+            count=safe_increment(count_of(state)),
             is_initial_step=jnp.array(False),
             previous_gradient=cast_like(prev, state.previous_gradient),
             hyperparams=hp,

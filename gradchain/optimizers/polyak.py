@@ -10,6 +10,7 @@ from gradchain.core.base import (
     GradientTransformation,
     Parts,
     check_number,
+    count_of,
     named_optimizer,
     state_class,
     transformation,
@@ -23,7 +24,7 @@ __all__ = ["polyak_sgd", "scale_by_polyak"]
 _VARIANTS = ("sps", "sps+")
 
 
-@state_class
+@state_class(extras=("count", "step_size", "hyperparams"))
 class ScaleByPolyakState:
     """``count``: updates done; ``step_size``: the Polyak step the latest update used, for
     logging; ``hyperparams``: as used last."""
@@ -97,7 +98,9 @@ class ScaleByPolyak(GradientTransformation):
 
         out = jax.tree.map(scale, updates)
         return out, ScaleByPolyakState(
-            count=safe_increment(state.count), step_size=step.astype(jnp.float32), hyperparams=hp
+            count=safe_increment(count_of(state)),
+            step_size=step.astype(jnp.float32),
+            hyperparams=hp,
         )
 
 

@@ -15,6 +15,7 @@ from gradchain.core.base import (
     check_floating,
     check_number,
     check_tree_match,
+    count_of,
     named_optimizer,
     state_class,
     transformation,
@@ -35,7 +36,7 @@ from gradchain.transforms.scaling import scale_by_learning_rate
 __all__ = ["scale_by_sm3", "sm3"]
 
 
-@state_class
+@state_class(extras=("count", "hyperparams"))
 class ScaleBySM3State:
     """``count``: updates done; ``mu``: per leaf, a list of accumulators, one per axis (one for
     the whole leaf when it has fewer than two axes); ``nu``: the momentum; ``hyperparams``: as
@@ -139,7 +140,7 @@ class ScaleBySM3(GradientTransformation):
         results = [step(*args) for args in zip(leaves, accumulators, moments)]
         out, mu, nu = (treedef.unflatten([r[k] for r in results]) for k in range(3))
         return out, ScaleBySM3State(
-            count=safe_increment(state.count),
+            count=safe_increment(count_of(state)),
             mu=mu,
             nu=cast_like(nu, state.nu),
             hyperparams=hp,

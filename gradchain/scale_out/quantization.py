@@ -43,6 +43,7 @@ from gradchain.core.base import (
     check_floating,
     check_int,
     check_number,
+    count_of,
     optimizer_chain,
     require_params,
     state_class,
@@ -1073,7 +1074,7 @@ def _init_quantized(tx: QuantizeMoments, keep: tuple[bool, ...], layouts: tuple,
 # Weight decay after the step (bitsandbytes' CUDA order)
 
 
-@state_class
+@state_class(extras=("count", "hyperparams"))
 class _DecayAfterStepState:
     count: jax.Array
     hyperparams: dict
@@ -1098,7 +1099,7 @@ class _DecayAfterStep(GradientTransformation):
         check_number("weight_decay", self.weight_decay, low=0.0)
 
     def init(self, params):
-        return _DecayAfterStepState(init_count(), self.init_hyperparams())
+        return _DecayAfterStepState(count=init_count(), hyperparams=self.init_hyperparams())
 
     def update(self, updates, state, params=None, **extra_args):
         require_params(params, self.name)
@@ -1113,7 +1114,7 @@ class _DecayAfterStep(GradientTransformation):
             return (u.astype(dt) * (1 - shrink) - shrink * p.astype(dt)).astype(u.dtype)
 
         out = jax.tree.map(decay, updates, params, selected)
-        return out, _DecayAfterStepState(safe_increment(state.count), hp)
+        return out, _DecayAfterStepState(count=safe_increment(count_of(state)), hyperparams=hp)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1174,7 +1175,9 @@ class _StochasticParamRounding(GradientTransformation):
             return jnp.where(jnp.isfinite(target), rounded, target) - p32
 
         out = [round_one(i, u, p) for i, (u, p) in enumerate(zip(leaves, param_leaves))]
-        return treedef.unflatten(out), _StochasticParamRoundingState(safe_increment(state.count))
+        return treedef.unflatten(out), _StochasticParamRoundingState(
+            safe_increment(count_of(state))
+        )
 
 
 def adam_8bit(

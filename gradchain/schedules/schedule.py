@@ -1272,7 +1272,7 @@ join_schedules = JoinSchedules
 # Reduce on plateau
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class ReduceOnPlateauState:
     """``count``: updates done; ``scale``: the factor the updates are multiplied by;
     ``best_value``: the best (lowest) averaged loss so far; ``plateau_count``: accumulations

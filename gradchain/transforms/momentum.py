@@ -15,6 +15,7 @@ from gradchain.core.base import (
     check_floating,
     check_number,
     check_tree_match,
+    count_of,
     state_class,
     transformation,
     tree_map_multi,
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 
-@state_class
+@state_class(extras=("count", "hyperparams"))
 class TraceState:
     """``count``: updates done; ``trace``: the momentum buffer ``b``; ``hyperparams``: decay."""
 
@@ -90,7 +91,7 @@ class Trace(GradientTransformation):
         out, buf = tree_map_multi(
             lambda g, b: _trace_leaf(g, b, mu, self.nesterov), 2, updates, state.trace
         )
-        return out, TraceState(safe_increment(state.count), buf, hp)
+        return out, TraceState(count=safe_increment(count_of(state)), trace=buf, hyperparams=hp)
 
 
 trace = Trace
@@ -105,7 +106,7 @@ def _trace_leaf(g, b, mu, nesterov: bool):
     return out.astype(g.dtype), new_b.astype(b.dtype)
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class EmaState:
     """``count``: updates done; ``ema``: the moving average (not debiased);
     ``hyperparams``: decay."""
@@ -160,7 +161,7 @@ class Ema(GradientTransformation):
         check_tree_match(updates, state.ema, "updates", "state.ema")
         hp = self.current_hyperparams(state)
         decay = hp["decay"]
-        t = safe_increment(state.count)
+        t = safe_increment(count_of(state))
 
         def step(g, e):
             dt = compute_dtype(jnp.promote_types(g.dtype, e.dtype))

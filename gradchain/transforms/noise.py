@@ -30,7 +30,7 @@ def as_key(key, name: str) -> jax.Array:
     raise ValueError(f"{name}: key must be None, an int or a PRNG key, got {key!r}")
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class AddNoiseState:
     """``count``: updates done; ``rng_key``: the key the next noise is drawn from;
     ``hyperparams``: eta and gamma as used last."""
