@@ -140,7 +140,11 @@ def state_class(cls: type[_T] | None = None, *, extras: tuple[str, ...] = ()) ->
     optional = frozenset(extras)
 
     def flatten_with_keys(state):
-        present = tuple(n for n in names if n not in optional or getattr(state, n) is not None)
+        # A state rebuilt by unflatten keeps the fields it was flattened with, even where a
+        # tree map put None in them (as checkpointers do to build a restore target).
+        present = state.__dict__.get("_present_fields")
+        if present is None:
+            present = tuple(n for n in names if n not in optional or getattr(state, n) is not None)
         children = [(jax.tree_util.GetAttrKey(n), getattr(state, n)) for n in present]
         return children, present
 
@@ -154,10 +158,12 @@ def state_class(cls: type[_T] | None = None, *, extras: tuple[str, ...] = ()) ->
             object.__setattr__(state, n, None)
         for n, c in zip(present, children):
             object.__setattr__(state, n, c)
+        if optional:
+            object.__setattr__(state, "_present_fields", present)
         return state
 
     def __repr__(state):
-        shown = (n for n in names if n not in optional or getattr(state, n) is not None)
+        _, shown = flatten_with_keys(state)
         return f"{type(state).__name__}({', '.join(f'{n}={getattr(state, n)!r}' for n in shown)})"
 
     if extras:
@@ -171,7 +177,10 @@ def state_class(cls: type[_T] | None = None, *, extras: tuple[str, ...] = ()) ->
 def count_of(state) -> jax.Array | None:
     """The step count in ``state``, or None when it keeps none (an extra count left out of the
     default layout, an ``EmptyState``, None)."""
-    return getattr(state, "count", None)
+    # A tuple's ``count`` is its method: only a state's field is a count.
+    if _is_state(state) or "count" in getattr(state, "_fields", ()):
+        return state.count
+    return None
 
 
 class EmptyState(NamedTuple):
@@ -793,7 +802,7 @@ class GradientTransformation:
         count = count_of(state)
         if count is None:
             count = jnp.zeros((), jnp.int32)
-        live = getattr(state, "hyperparams", None)
+        live = getattr(state, "hyperparams", None) if _is_state(state) else None
         out = {}
         for n in self.hyperparams:
             v = getattr(self, n)
@@ -822,7 +831,7 @@ class GradientTransformation:
             return frozenset({"count"})
         return frozenset()
 
-    def layout(self, state):
+    def laid_out(self, state):
         """``state``, this piece's state, in this piece's layout (its extras not kept set to
         None). ``init`` and ``update`` apply it; so does :class:`Chain` after a fused step."""
         if self.live_hyperparams:
@@ -921,7 +930,7 @@ def committed_init(init: Callable) -> Callable:
 def _laid_out_init(init: Callable) -> Callable:
     @functools.wraps(init)
     def wrapped(self, params):
-        return self.layout(init(self, params))
+        return self.laid_out(init(self, params))
 
     return wrapped
 
@@ -930,7 +939,7 @@ def _laid_out_update(update: Callable) -> Callable:
     @functools.wraps(update)
     def wrapped(self, updates, state, params=None, **extra_args):
         updates, state = update(self, updates, state, params, **extra_args)
-        return updates, self.layout(state)
+        return updates, self.laid_out(state)
 
     return wrapped
 
@@ -939,7 +948,7 @@ def _laid_out_update(update: Callable) -> Callable:
 def transformation(name: str, hyperparams: tuple[str, ...] = ()) -> Callable[[type[_T]], type[_T]]:
     """Class decorator: a frozen, comparable dataclass transformation called ``name``, whose
     ``init`` is multi-host safe (:func:`committed_init`) and whose states have the piece's
-    layout (:meth:`GradientTransformation.layout`: optax's fields unless live)."""
+    layout (:meth:`GradientTransformation.laid_out`: optax's fields unless live)."""
 
     def wrap(cls: type[_T]) -> type[_T]:
         cls.name = name  # type: ignore[attr-defined]
@@ -1209,7 +1218,7 @@ class Chain(GradientTransformation):
             )
             if fused is not None:
                 updates, s, s_next = fused(updates, states[i], states[i + 1], params, extra_args)
-                new_states += [t.layout(s), transforms[i + 1].layout(s_next)]
+                new_states += [t.laid_out(s), transforms[i + 1].laid_out(s_next)]
                 i += 2
                 continue
             updates, s = _call_update(t, updates, states[i], params, extra_args)
