@@ -31,6 +31,7 @@ from gradchain.contrib.schedule_free import (
     schedule_free_sgd,
 )
 from gradchain.contrib.sophia import (
+    HutchinsonState,
     SophiaState,
     gauss_newton_bartlett_estimator_diag_hessian,
     hutchinson_estimator_diag_hessian,
@@ -41,6 +42,7 @@ from gradchain.contrib.sophia import (
 __all__ = [
     "GaLoreDimensionNumbers",
     "GaLoreState",
+    "HutchinsonState",
     "MuonDimensionNumbers",
     "ReduceLROnPlateauState",
     "SophiaState",

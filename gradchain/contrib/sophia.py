@@ -54,6 +54,7 @@ from gradchain.transforms.decay import add_decoupled_weight_decay
 from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = [
+    "HutchinsonState",
     "SophiaState",
     "gauss_newton_bartlett_estimator_diag_hessian",
     "hutchinson_estimator_diag_hessian",
@@ -97,6 +98,10 @@ class EstimatorState:
     """``key``: the PRNG key the next estimate draws its randomness from."""
 
     key: jax.Array
+
+
+# optax's name for the Hutchinson estimator's state, ``HutchinsonState(key)``.
+HutchinsonState = EstimatorState
 
 
 @transformation("hutchinson_estimator_diag_hessian")

@@ -986,12 +986,11 @@ def with_live_hyperparams(tx: GradientTransformation) -> GradientTransformation:
     """
     if not isinstance(tx, GradientTransformation) or isinstance(tx, FunctionTransformation):
         return tx
-    if isinstance(tx, Chain):
-        return Chain(
-            *(with_live_hyperparams(t) for t in tx.transforms), name=tx.name, config=tx.config
-        )
     live = copy.copy(tx)
-    if dataclasses.is_dataclass(tx):
+    if isinstance(tx, Chain):
+        transforms = tuple(with_live_hyperparams(t) for t in tx.transforms)
+        object.__setattr__(live, "transforms", transforms)
+    elif dataclasses.is_dataclass(tx):
         for f in dataclasses.fields(tx):
             value = getattr(tx, f.name)
             new = _map_transformations(value, with_live_hyperparams)

@@ -1,10 +1,12 @@
 """Named optimizers: thin chains of atomic transformations, one module per family."""
 
 from gradchain.optimizers.adabelief import (
+    ScaleByBeliefState,
     adabelief,
     scale_by_belief,
 )
 from gradchain.optimizers.adadelta import (
+    ScaleByAdaDeltaState,
     adadelta,
     scale_by_adadelta,
 )
@@ -27,6 +29,7 @@ from gradchain.optimizers.adam_variants import (
     scale_by_radam,
 )
 from gradchain.optimizers.adan import (
+    ScaleByAdanState,
     adan,
     scale_by_adan,
 )
@@ -43,6 +46,7 @@ from gradchain.optimizers.lion import (
     scale_by_lion,
 )
 from gradchain.optimizers.novograd import (
+    ScaleByNovogradState,
     novograd,
     scale_by_novograd,
 )
@@ -57,6 +61,7 @@ from gradchain.optimizers.polyak import (
     scale_by_polyak,
 )
 from gradchain.optimizers.rprop import (
+    ScaleByRpropState,
     rprop,
     scale_by_rprop,
 )
@@ -66,6 +71,7 @@ from gradchain.optimizers.sgd_variants import (
     signum,
 )
 from gradchain.optimizers.sm3 import (
+    ScaleBySM3State,
     scale_by_sm3,
     sm3,
 )
@@ -82,9 +88,15 @@ from gradchain.optimizers.yogi import (
 )
 
 __all__ = [
+    "ScaleByAdaDeltaState",
+    "ScaleByAdanState",
     "ScaleByAmsgradState",
+    "ScaleByBeliefState",
     "ScaleByLionState",
+    "ScaleByNovogradState",
+    "ScaleByRpropState",
     "ScaleByRssState",
+    "ScaleBySM3State",
     "ScaleByTrustRatioState",
     "adabelief",
     "adadelta",

@@ -32,7 +32,11 @@ from gradchain.core.numerics import (
 )
 from gradchain.transforms.scaling import scale_by_learning_rate
 
-__all__ = ["adabelief", "scale_by_belief"]
+__all__ = [
+    "ScaleByBeliefState",
+    "adabelief",
+    "scale_by_belief",
+]
 
 
 @state_class(extras=("hyperparams",))

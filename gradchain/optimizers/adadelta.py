@@ -30,7 +30,11 @@ from gradchain.core.numerics import (
 from gradchain.transforms.decay import add_decayed_weights
 from gradchain.transforms.scaling import scale_by_learning_rate
 
-__all__ = ["adadelta", "scale_by_adadelta"]
+__all__ = [
+    "ScaleByAdaDeltaState",
+    "adadelta",
+    "scale_by_adadelta",
+]
 
 
 @state_class(extras=("count", "hyperparams"))

@@ -36,7 +36,11 @@ from gradchain.core.numerics import (
 from gradchain.transforms.decay import add_decayed_weights
 from gradchain.transforms.scaling import scale_by_learning_rate
 
-__all__ = ["adan", "scale_by_adan"]
+__all__ = [
+    "ScaleByAdanState",
+    "adan",
+    "scale_by_adan",
+]
 
 
 @state_class(extras=("hyperparams",))

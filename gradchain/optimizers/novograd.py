@@ -32,7 +32,11 @@ from gradchain.core.numerics import (
 )
 from gradchain.transforms.scaling import scale_by_learning_rate
 
-__all__ = ["novograd", "scale_by_novograd"]
+__all__ = [
+    "ScaleByNovogradState",
+    "novograd",
+    "scale_by_novograd",
+]
 
 
 @state_class(extras=("hyperparams",))

@@ -30,7 +30,11 @@ from gradchain.core.numerics import (
 )
 from gradchain.transforms.scaling import scale
 
-__all__ = ["rprop", "scale_by_rprop"]
+__all__ = [
+    "ScaleByRpropState",
+    "rprop",
+    "scale_by_rprop",
+]
 
 
 @state_class(extras=("count", "hyperparams"))

@@ -33,7 +33,11 @@ from gradchain.core.numerics import (
 )
 from gradchain.transforms.scaling import scale_by_learning_rate
 
-__all__ = ["scale_by_sm3", "sm3"]
+__all__ = [
+    "ScaleBySM3State",
+    "scale_by_sm3",
+    "sm3",
+]
 
 
 @state_class(extras=("count", "hyperparams"))

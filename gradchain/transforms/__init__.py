@@ -3,6 +3,7 @@ clipping, decay, factored statistics, combinators, averaging).
 """
 
 from gradchain.transforms.accumulation import (
+    ApplyEvery,
     apply_every,
 )
 from gradchain.transforms.adaptive import (
@@ -20,6 +21,7 @@ from gradchain.transforms.averaging import (
     params_ema,
 )
 from gradchain.transforms.clipping import (
+    AdaptiveGradClipState,
     ClipByGlobalNormState,
     ClipState,
     adaptive_grad_clip,
@@ -51,6 +53,7 @@ from gradchain.transforms.combinators import (
     zero_nans,
 )
 from gradchain.transforms.constraining import (
+    NonNegativeParamsState,
     keep_params_nonnegative,
 )
 from gradchain.transforms.decay import (
@@ -74,6 +77,7 @@ from gradchain.transforms.momentum import (
     trace,
 )
 from gradchain.transforms.noise import (
+    AddNoiseState,
     add_noise,
 )
 from gradchain.transforms.normalization import (
@@ -82,6 +86,7 @@ from gradchain.transforms.normalization import (
     scale_by_param_block_norm,
 )
 from gradchain.transforms.scaling import (
+    ScaleByScheduleState,
     ScaleState,
     scale,
     scale_by_learning_rate,
@@ -93,7 +98,10 @@ from gradchain.transforms.sign import (
 )
 
 __all__ = [
+    "AdaptiveGradClipState",
     "AddDecayedWeightsState",
+    "AddNoiseState",
+    "ApplyEvery",
     "ApplyIfFiniteState",
     "ClipByGlobalNormState",
     "ClipState",
@@ -106,10 +114,12 @@ __all__ = [
     "MultiSteps",
     "MultiStepsState",
     "MultiTransformState",
+    "NonNegativeParamsState",
     "PartitionState",
     "ScaleByAdamState",
     "ScaleByRStdDevState",
     "ScaleByRmsState",
+    "ScaleByScheduleState",
     "ScaleState",
     "TraceState",
     "ZeroNansState",

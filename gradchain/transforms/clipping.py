@@ -22,6 +22,7 @@ from gradchain.core.base import (
 from gradchain.core.numerics import abs_sq, compute_dtype, init_count, safe_increment
 
 __all__ = [
+    "AdaptiveGradClipState",
     "ClipByGlobalNormState",
     "ClipState",
     "adaptive_grad_clip",

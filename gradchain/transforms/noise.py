@@ -12,7 +12,10 @@ import jax.numpy as jnp
 from gradchain.core.base import GradientTransformation, check_number, state_class, transformation
 from gradchain.core.numerics import compute_dtype, init_count, safe_increment
 
-__all__ = ["add_noise"]
+__all__ = [
+    "AddNoiseState",
+    "add_noise",
+]
 
 
 def as_key(key, name: str) -> jax.Array:
