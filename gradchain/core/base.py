@@ -35,8 +35,8 @@ count: a piece whose optax state has none keeps its extra ``count`` then, and up
 
 Writing a state class: the convention
 -------------------------------------
-A state class lists optax's fields first, with optax's names and in optax's order, then
-gradchain's extras, and names the extras in the decorator::
+A state class has optax's fields, with optax's names and in optax's order, and gradchain's
+*extras*, named in the decorator (anywhere in the class: they are keyword-only)::
 
     @state_class(extras=("count", "hyperparams"))
     class TraceState:
@@ -44,17 +44,29 @@ gradchain's extras, and names the extras in the decorator::
         trace: Any            # optax's field
         hyperparams: dict     # extra: the live hyperparameters
 
-* ``update`` builds the full state (extras included) as before; the ``@transformation``
-  decorator wraps ``init`` and ``update`` and sets every extra the piece does not keep to None
-  (:meth:`GradientTransformation.kept_extras`: all when live, ``count`` when a hyperparameter is
-  a schedule, nothing otherwise). A field that is None is left out of the pytree; a state left
-  with no field at all is returned as ``EmptyState()``.
-* Extras are keyword-only with default None, so ``TraceState(trace)`` is optax's constructor.
-* ``update`` must therefore accept its own state without extras, or ``EmptyState()``/None when
-  every field is an extra: read the hyperparameters with ``self.current_hyperparams(state)``
-  (never ``state.hyperparams[...]``) and an extra count with :func:`count_of` (None when absent;
-  ``numerics.safe_increment(None)`` is None).
-* A field optax has is never an extra, even when it is a count (``ScaleByAdamState.count``).
+* An extra is any field optax's state of that piece lacks: ``hyperparams``, a ``count`` optax
+  does not keep, a logging field (``global_norm``). Where optax's state is ``EmptyState``, every
+  field is an extra. A field optax has is never an extra, even a count
+  (``ScaleByAdamState.count``).
+* Extras are keyword-only with default None, so positional arguments fill optax's fields
+  (``TraceState(trace)`` is optax's constructor): build states with the extras by keyword,
+  ``TraceState(trace=buf, count=..., hyperparams=hp)``.
+* ``init`` and ``update`` build the full state, extras included; the ``@transformation``
+  decorator wraps them and sets every extra the piece does not keep to None
+  (:meth:`GradientTransformation.kept_extras`: all of them under
+  :func:`with_live_hyperparams`, ``count`` when a hyperparameter is a schedule, none
+  otherwise). A piece whose computation needs another extra adds it by overriding
+  ``kept_extras`` (``scale_by_rms`` keeps its count when it bias-corrects). An extra that is
+  None is left out of the pytree; a state whose fields are all extras, none kept, is returned as
+  ``EmptyState()``.
+* So ``update`` must accept its own state without extras, or ``EmptyState()`` (or None, as
+  optax's stateless pieces allow) when every field is an extra: read the hyperparameters with
+  ``self.current_hyperparams(state)`` (never ``state.hyperparams[...]``) and an extra count with
+  :func:`count_of` (None when absent; ``numerics.safe_increment(None)`` is None).
+
+Converting a state written before this convention: list its extras in ``@state_class``, pass
+them by keyword where states are built, replace ``state.count`` by ``count_of(state)`` where the
+count is an extra, and check the key paths against optax's (``tests/test_optax_layout.py``).
 """
 
 from __future__ import annotations
@@ -701,15 +713,16 @@ def stateless_call(state) -> bool:
 
 
 def _strip_extras(state, keep: Callable[[str], bool]):
-    """``state`` with the extras ``keep`` rejects set to None; ``EmptyState()`` when no field is
-    left. Anything but a gradchain state class is returned as it is."""
+    """``state`` with the extras ``keep`` rejects set to None; ``EmptyState()`` when every field
+    is an extra and none is left. Anything but a gradchain state class is returned as it is."""
     extras = getattr(type(state), "_gradchain_extras", ())
     if not extras:
         return state
     drop = {n: None for n in extras if not keep(n) and getattr(state, n) is not None}
     if drop:
         state = dataclasses.replace(state, **drop)
-    if all(getattr(state, f.name) is None for f in dataclasses.fields(state)):
+    fields = [f.name for f in dataclasses.fields(state)]
+    if set(fields) <= set(extras) and all(getattr(state, n) is None for n in fields):
         return EmptyState()
     return state
 
