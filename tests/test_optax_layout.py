@@ -224,7 +224,8 @@ def test_orbax_checkpoint_crosses_and_training_continues_as_optax(name, directio
 
     reference = make_optax()
     expected, _ = _train(reference, params, reference.init(params), grads)
-    # gradchain's AdamW and clipping follow optax's arithmetic; the fused leaf kernels order a
-    # few float32 operations differently, a few ulp per step over 15 steps of |p| ~ 1.
+    # gradchain's AdamW and clipping follow optax's float32 arithmetic up to the order of a few
+    # operations in the fused leaf kernels: measured at most 1 ulp apart after these 15 steps
+    # (|p| < 2.4); rtol 1e-6 is 8 ulp, room for XLA's choices on other CPUs.
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(expected)):
-        np.testing.assert_allclose(a, b, rtol=2e-6, atol=2e-7)
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=0)
