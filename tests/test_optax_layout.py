@@ -53,15 +53,13 @@ GRADCHAIN_ONLY_CALLS = {
     "adan[proximal]": "proximal= is gradchain's option",
     "rprop": "delay_step= is gradchain's option (its optax default is the same rule)",
     "muon[muon_labels]": "muon_labels is gradchain's helper",
+    "selective_transform": "optax takes no callable freeze_mask (it labels every leaf frozen)",
 }
 
 # Where the layout still differs beyond gradchain's extras: a different state structure, to be
 # aligned with optax by the next steps of issue #17 (each is checked to still differ, so the
 # entry leaves this list when it is fixed).
 STRUCTURAL_DIFFERENCES = {
-    "partition": "optax wraps each group's state in MaskedState(inner_state)",
-    "multi_transform": "optax wraps each group's state in MaskedState(inner_state)",
-    "selective_transform": "optax wraps each group's state in MaskedState(inner_state)",
     "muon": "optax's muon is a partition of two masked chains; gradchain's a chain",
     "scale_by_muon": "optax keeps ns_coeffs in MuonState",
     "scale_by_factored_rms": "optax keeps (1,)-shaped v_row/v_col placeholders for every leaf",
