@@ -227,3 +227,23 @@ def test_orbax_checkpoint_crosses_and_training_continues_as_optax(name, directio
     # (|p| < 2.4); rtol 1e-6 is 8 ulp, room for XLA's choices on other CPUs.
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(expected)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=0)
+
+
+def test_a_live_transformation_is_not_equal_to_its_default_twin():
+    # A jit keyed on the transformation (a static argument) must not share a compiled step
+    # between the two layouts.
+    tx = gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(1e-3))
+    live = gc.with_live_hyperparams(tx)
+    assert live != tx and hash(live) != hash(tx)
+    assert live == gc.with_live_hyperparams(gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(1e-3)))
+    assert repr(live) == repr(tx)
+
+
+def test_a_schedule_keeps_the_count_optax_keeps_for_it():
+    # optax's scale_by_learning_rate switches to scale_by_schedule (a count) for a schedule.
+    params = {"w": jnp.ones(3)}
+    schedule = gc.linear_schedule(1.0, 0.0, 10)
+    ours = gc.adamw(schedule).init(params)
+    theirs = optax.adamw(optax.linear_schedule(1.0, 0.0, 10)).init(params)
+    assert _key_paths(ours) == _key_paths(theirs)
+    assert _key_paths(ours)[-1] == "[2].count"

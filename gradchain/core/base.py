@@ -879,12 +879,13 @@ class GradientTransformation:
     def __eq__(self, other) -> bool:
         if type(self) is not type(other):
             return NotImplemented
-        return all(
+        return self.live_hyperparams == other.live_hyperparams and all(
             _field_equal(a, b) for (_, a), (_, b) in zip(self._field_items(), other._field_items())
         )
 
     def __hash__(self) -> int:
-        return hash((type(self), tuple(_hashable(v) for _, v in self._field_items())))
+        fields = tuple(_hashable(v) for _, v in self._field_items())
+        return hash((type(self), self.live_hyperparams, fields))
 
     # optax's transformations are NamedTuples ``(init, update)``: unpacking, indexing and
     # ``len`` behave the same here.
