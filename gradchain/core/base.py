@@ -732,8 +732,8 @@ class GradientTransformation:
 
     Subclasses are frozen dataclasses whose fields are the hyperparameters. They set ``name``
     (what ``repr`` prints, the optax-compatible function name) and ``hyperparams`` (the names
-    of the float fields that are live, see the module docstring), and implement ``init`` and
-    ``update``.
+    of the float fields that may be schedules and are kept in the state when live, see the
+    module docstring), and implement ``init`` and ``update``.
     """
 
     name: ClassVar[str] = "transformation"
