@@ -373,7 +373,8 @@ def _():
         n: jax.ShapeDtypeStruct(s, jnp.float32, sharding=NamedSharding(mesh, SPECS[n]))
         for n, s in SHAPES.items()
     }
-    sh = gc.state_shardings(gc.adamw(1e-3), abstract)
+    # Live: the hyperparameters are state leaves too, replicated.
+    sh = gc.state_shardings(gc.with_live_hyperparams(gc.adamw(1e-3)), abstract)
     for field in ("mu", "nu"):
         got = gc.tree_get(sh, field)
         for n, spec in SPECS.items():
