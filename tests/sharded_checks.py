@@ -157,6 +157,10 @@ OPTIMIZERS = {
     "sgd_momentum": lambda: gc.sgd(1e-2, momentum=0.9),
     # the gradients have a global norm of about 15: every step is clipped
     "clip_adamw": lambda: gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(1e-2)),
+    # Live: the state keeps the global norm each step measured.
+    "clip_adamw_live": lambda: gc.with_live_hyperparams(
+        gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(1e-2))
+    ),
     "factored": lambda: gc.chain(FactoredRMS(), gc.scale(-1e-2)),
     # flat buffers: the sharded matrices and the "model"-sharded vector (at least 8 elements)
     # keep their own arrays and layouts, the replicated scalar and odd vector share one buffer
@@ -546,7 +550,7 @@ def _():
     expected = np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in tree.values()))
     got = float(jax.jit(gc.global_norm)(place(tree, mesh, SPECS)))
     np.testing.assert_allclose(got, expected, rtol=1e-6)
-    _, _, sharded, _, single = mesh_run("clip_adamw", "auto")
+    _, _, sharded, _, single = mesh_run("clip_adamw_live", "auto")
     norms = [float(gc.tree_get(s, "global_norm")) for _, s in sharded]
     norms1 = [float(gc.tree_get(s, "global_norm")) for _, s in single]
     np.testing.assert_allclose(norms, norms1, rtol=1e-6)
