@@ -247,3 +247,15 @@ def test_a_schedule_keeps_the_count_optax_keeps_for_it():
     theirs = optax.adamw(optax.linear_schedule(1.0, 0.0, 10)).init(params)
     assert _key_paths(ours) == _key_paths(theirs)
     assert _key_paths(ours)[-1] == "[2].count"
+
+
+def test_an_extra_left_out_is_neither_found_nor_set_by_name():
+    # scale_by_learning_rate's count is an extra, absent here: tree_set of the count sets Adam's
+    # only, and the state keeps its structure (and jit signature).
+    state = gc.adam(0.1).init({"w": jnp.ones(2)})
+    assert [p for p, _ in gc.tree_get_all_with_path(state, "count")] == [
+        "state.scale_by_adam.count"
+    ]
+    updated = gc.tree_set(state, count=jnp.int32(5))
+    assert jax.tree.structure(updated) == jax.tree.structure(state)
+    assert int(updated[0].count) == 5 and isinstance(updated[1], gc.EmptyState)

@@ -303,8 +303,12 @@ def _children(x):
             yield (f".{n}" if counts[n] == 1 else f"[{i}]"), None, s
         return
     if _is_state(x):
+        extras = getattr(type(x), "_gradchain_extras", ())
         for f in dataclasses.fields(x):
-            yield f".{f.name}", f.name, getattr(x, f.name)
+            value = getattr(x, f.name)
+            if value is None and f.name in extras:
+                continue  # an extra this layout leaves out
+            yield f".{f.name}", f.name, value
         return
     if isinstance(x, tuple) and hasattr(x, "_fields"):  # optax-style NamedTuple states
         for name in x._fields:
@@ -398,8 +402,11 @@ def _replace_in(x, key, value):
         return ChainState(tuple(_replace_in(s, key, value) for s in x.states), x.names)
     if _is_state(x):
         changes = {}
+        extras = getattr(type(x), "_gradchain_extras", ())
         for f in dataclasses.fields(x):
             child = getattr(x, f.name)
+            if child is None and f.name in extras:
+                continue  # an extra this layout leaves out stays out
             if f.name == "hyperparams" and isinstance(child, Mapping):
                 if key in child:
                     changes[f.name] = {**child, key: _like(value, jnp.asarray(child[key]))}
