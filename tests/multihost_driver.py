@@ -272,7 +272,7 @@ def _tree_set_case(mesh_of):
     """Steps, a ``tree_set`` of the learning rate, steps again: one compiled program; the new
     value keeps its leaf's sharding and dtype, takes effect, and the state still saves."""
     mesh = mesh_of()
-    tx = gc.adamw(1e-2)
+    tx = gc.with_live_hyperparams(gc.adamw(1e-2))
     if mesh is None:
         params = on_first_device(host_tree(0))
     else:

@@ -903,6 +903,18 @@ SCHEDULES: dict[str, Callable[[], Callable]] = {
 # Public names that are not transformations or schedules, with what they are.
 NOT_TRANSFORMS: dict[str, str] = {
     "AddDecayedWeightsState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
+    "HutchinsonState": "state class under optax's name (tests/test_optax_layout.py, tests/optax_suite)",
+    "AdaptiveGradClipState": "state class under optax's name (tests/test_optax_layout.py, tests/optax_suite)",
+    "AddNoiseState": "state class under optax's name (tests/test_optax_layout.py, tests/optax_suite)",
+    "ApplyEvery": "state class under optax's name (tests/test_optax_layout.py, tests/optax_suite)",
+    "NonNegativeParamsState": "state class under optax's name (tests/test_optax_layout.py, tests/optax_suite)",
+    "ScaleByAdaDeltaState": "state class under optax's name (tests/test_optax_layout.py, tests/optax_suite)",
+    "ScaleByAdanState": "state class under optax's name (tests/test_optax_layout.py, tests/optax_suite)",
+    "ScaleByBeliefState": "state class under optax's name (tests/test_optax_layout.py, tests/optax_suite)",
+    "ScaleByNovogradState": "state class under optax's name (tests/test_optax_layout.py, tests/optax_suite)",
+    "ScaleByRpropState": "state class under optax's name (tests/test_optax_layout.py, tests/optax_suite)",
+    "ScaleBySM3State": "state class under optax's name (tests/test_optax_layout.py, tests/optax_suite)",
+    "ScaleByScheduleState": "state class under optax's name (tests/test_optax_layout.py, tests/optax_suite)",
     "ApplyIfFiniteState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "ClipByGlobalNormState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "ClipState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
@@ -1013,6 +1025,7 @@ NOT_TRANSFORMS: dict[str, str] = {
     "tree_get_all_with_path": "helper: read state fields by name",
     "tree_paths": "helper: path strings of a tree",
     "tree_set": "helper: replace a state field by name",
+    "with_live_hyperparams": "keeps gradchain's extras in the states (tests/test_optax_layout.py)",
     "tree_map_params": "helper: map over the parameter-shaped parts of a state (test_tree_utils)",
     "ReduceLROnPlateauState": "state container of reduce_on_plateau",
     **dict.fromkeys(

@@ -85,7 +85,9 @@ class FactoredRMS(GradientTransformation):
             return zeros_like_reduced(p, -1), zeros_like_reduced(p, -2), jnp.zeros((1,))
 
         rows, cols, vs = tree_map_multi(stats, 3, params)
-        return FactoredState(init_count(), rows, cols, vs, self.init_hyperparams())
+        return FactoredState(
+            count=init_count(), v_row=rows, v_col=cols, v=vs, hyperparams=self.init_hyperparams()
+        )
 
     def update(self, updates, state, params=None, **extra_args):
         hp = self.current_hyperparams(state)
@@ -102,7 +104,9 @@ class FactoredRMS(GradientTransformation):
             return g / jnp.sqrt(v_hat), r, c, v
 
         out, rows, cols, vs = tree_map_multi(step, 4, updates, state.v_row, state.v_col, state.v)
-        return out, FactoredState(safe_increment(state.count), rows, cols, vs, hp)
+        return out, FactoredState(
+            count=safe_increment(state.count), v_row=rows, v_col=cols, v=vs, hyperparams=hp
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,6 +157,10 @@ OPTIMIZERS = {
     "sgd_momentum": lambda: gc.sgd(1e-2, momentum=0.9),
     # the gradients have a global norm of about 15: every step is clipped
     "clip_adamw": lambda: gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(1e-2)),
+    # Live: the state keeps the global norm each step measured.
+    "clip_adamw_live": lambda: gc.with_live_hyperparams(
+        gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(1e-2))
+    ),
     "factored": lambda: gc.chain(FactoredRMS(), gc.scale(-1e-2)),
     # flat buffers: the sharded matrices and the "model"-sharded vector (at least 8 elements)
     # keep their own arrays and layouts, the replicated scalar and odd vector share one buffer
@@ -369,7 +377,8 @@ def _():
         n: jax.ShapeDtypeStruct(s, jnp.float32, sharding=NamedSharding(mesh, SPECS[n]))
         for n, s in SHAPES.items()
     }
-    sh = gc.state_shardings(gc.adamw(1e-3), abstract)
+    # Live: the hyperparameters are state leaves too, replicated.
+    sh = gc.state_shardings(gc.with_live_hyperparams(gc.adamw(1e-3)), abstract)
     for field in ("mu", "nu"):
         got = gc.tree_get(sh, field)
         for n, spec in SPECS.items():
@@ -541,7 +550,7 @@ def _():
     expected = np.sqrt(sum(np.sum(np.square(np.asarray(x, np.float64))) for x in tree.values()))
     got = float(jax.jit(gc.global_norm)(place(tree, mesh, SPECS)))
     np.testing.assert_allclose(got, expected, rtol=1e-6)
-    _, _, sharded, _, single = mesh_run("clip_adamw", "auto")
+    _, _, sharded, _, single = mesh_run("clip_adamw_live", "auto")
     norms = [float(gc.tree_get(s, "global_norm")) for _, s in sharded]
     norms1 = [float(gc.tree_get(s, "global_norm")) for _, s in single]
     np.testing.assert_allclose(norms, norms1, rtol=1e-6)

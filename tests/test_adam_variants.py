@@ -250,7 +250,12 @@ def test_reference_states_are_read_by_name():
     _, state = run(gc.amsgrad(0.1, debias_after_max=True), params, grads, gc.apply_updates)
     nu_max = gc.tree_get(state, "nu_max")["w"]
     np.testing.assert_array_equal(nu_max, np.maximum(nu_max, gc.tree_get(state, "nu")["w"]))
-    _, state = run(gc.nadam(0.1, momentum_decay=4e-3), params, grads, gc.apply_updates)
+    _, state = run(
+        gc.with_live_hyperparams(gc.nadam(0.1, momentum_decay=4e-3)),
+        params,
+        grads,
+        gc.apply_updates,
+    )
     mus = [0.9 * (1 - 0.5 * 0.96 ** (t * 4e-3)) for t in (1, 2, 3)]
     np.testing.assert_allclose(gc.tree_get(state, "mu_product"), np.prod(mus), rtol=1e-6)
     assert float(gc.tree_get(state, "momentum_decay")) == pytest.approx(4e-3)

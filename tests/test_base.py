@@ -70,7 +70,7 @@ def test_invalid_hyperparameters_raise_at_construction(build, message):
 
 
 def test_state_fields_are_read_by_name_from_a_whole_chain():
-    tx = gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(0.01))
+    tx = gc.with_live_hyperparams(gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(0.01)))
     params = mixed_params()
     state = tx.init(params)
     grads = gradient_stream(params, 1)[0]
@@ -87,8 +87,23 @@ def test_state_fields_are_read_by_name_from_a_whole_chain():
     assert "state.adamw.scale_by_adam.count" in paths
 
 
+def test_default_layout_is_optax_and_names_the_option_for_hyperparameters():
+    tx = gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(0.01))
+    params = {"w": jnp.ones(3)}
+    state = tx.init(params)
+    reference = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(0.01)).init(params)
+    paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+    assert paths == [p for p, _ in jax.tree_util.tree_flatten_with_path(reference)[0]]
+    assert isinstance(state[0], gc.EmptyState) and isinstance(state[1][2], gc.EmptyState)
+    assert isinstance(state[1][0], gc.ScaleByAdamState) and state[1][0].hyperparams is None
+    with pytest.raises(KeyError, match="with_live_hyperparams"):
+        gc.tree_get(state, "learning_rate")
+    with pytest.raises(KeyError, match="with_live_hyperparams"):
+        gc.tree_set(state, learning_rate=0.5)
+
+
 def test_tree_set_changes_a_hyperparameter_without_recompiling():
-    tx = gc.sgd(0.1)
+    tx = gc.with_live_hyperparams(gc.sgd(0.1))
     params = {"w": jnp.ones(3)}
     state = tx.init(params)
     traces = []

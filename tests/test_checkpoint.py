@@ -142,7 +142,7 @@ def test_every_optimizer_state_round_trips_through_orbax(name, tmp_path):
 def test_restoring_into_another_optimizers_state_names_the_difference(tmp_path):
     params = {"w": jnp.ones(3)}
     gc.save_state(tmp_path / "adam.npz", gc.adam(1e-3).init(params))
-    with pytest.raises(ValueError, match=r"holds a state of 9 arrays, the template has 5"):
+    with pytest.raises(ValueError, match=r"holds a state of 3 arrays, the template has 1"):
         gc.restore_state(tmp_path / "adam.npz", like=gc.sgd(0.1, momentum=0.9).init(params))
     with pytest.raises(
         ValueError, match=r"state.*\['w'\].* is float32\[3\], the template has float32\[4\]"

@@ -122,6 +122,7 @@ def test_partition_group_state_is_read_and_reset_by_label():
     params = mixed_params(bf16=False)
     labels = gc.path_labels({"vector|matrix": "adam"}, default="sgd")
     tx = gc.partition({"adam": gc.adam(0.01), "sgd": gc.sgd(0.1, momentum=0.9)}, labels)
+    tx = gc.with_live_hyperparams(tx)
     _, state = scan_run(tx, params, stream(params, 3), gc.apply_updates)
     assert int(state["adam"].scale_by_adam.count) == 3
     assert kept(state["adam"].scale_by_adam.mu) == {"vector", "matrix"}
@@ -137,6 +138,7 @@ def test_partition_group_state_is_read_and_reset_by_label():
 def test_partition_changes_one_groups_learning_rate_by_label():
     params = {"w": jnp.ones(2), "b": jnp.ones(2)}
     tx = gc.partition({"fast": gc.sgd(0.1), "slow": gc.sgd(0.1)}, {"w": "fast", "b": "slow"})
+    tx = gc.with_live_hyperparams(tx)
     state = tx.init(params)
     state = state.with_group("slow", gc.tree_set(state["slow"], learning_rate=0.01))
     updates, _ = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, params), state, params)

@@ -108,6 +108,7 @@ def test_flattened_clip_and_adamw_match_optax():
 def test_flat_state_is_read_by_name_as_buffers_or_as_the_params_tree():
     params = mixed_params()
     tx = gc.flatten(gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(1e-2)))
+    tx = gc.with_live_hyperparams(tx)  # for the learning rate below
     state = tx.init(params)
     _, state = tx.update(gradient_stream(params, 1)[0], state, params)
     mu = gc.tree_get(state, "mu")

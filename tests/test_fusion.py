@@ -215,4 +215,5 @@ def test_fused_factored_block_clip_equals_the_two_transforms_in_turn(threshold, 
     assert ours_state.names == ("factored_second_moment", "clip_by_block_rms")
     for x, y in zip(jax.tree.leaves(ours_state[0]), jax.tree.leaves(ref_state[0][0])):
         np.testing.assert_allclose(x, y, rtol=1e-6)
-    assert int(ours_state[1].count) == int(ref_state[1].count) == 25
+    # The fused step lays out the clip's state as the unfused one does (optax's EmptyState).
+    assert type(ours_state[1]) is type(ref_state[1]) is gc.EmptyState

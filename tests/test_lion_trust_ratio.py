@@ -84,7 +84,7 @@ def test_lamb_step_norm_is_the_learning_rate_times_each_parameter_norm():
     # r = adam + lambda p is rescaled to ||p|| per leaf, so ||u_leaf|| = eta ||p_leaf||.
     params = committed(mixed_params(bf16=False))
     grads = gradient_stream(params, 1)[0]
-    tx = gc.lamb(0.01, weight_decay=0.1)
+    tx = gc.with_live_hyperparams(gc.lamb(0.01, weight_decay=0.1))  # keeps the trust ratios
     u, state = jax.jit(tx.update)(grads, tx.init(params), params)
     for k in params:
         np.testing.assert_allclose(
@@ -99,8 +99,10 @@ def test_lamb_step_norm_is_the_learning_rate_times_each_parameter_norm():
 def test_trust_ratio_is_readable_and_one_where_a_norm_is_zero():
     params = {"zero": jnp.zeros(3), "w": jnp.asarray([3.0, 4.0]), "masked": jnp.ones(2)}
     grads = {"zero": jnp.ones(3), "w": jnp.asarray([0.0, 0.5]), "masked": jnp.ones(2)}
-    tx = gc.scale_by_trust_ratio(
-        trust_coefficient=2.0, mask={"zero": True, "w": True, "masked": False}
+    tx = gc.with_live_hyperparams(
+        gc.scale_by_trust_ratio(
+            trust_coefficient=2.0, mask={"zero": True, "w": True, "masked": False}
+        )
     )
     u, state = tx.update(grads, tx.init(params), params)
     ratios = gc.tree_get(state, "trust_ratio")

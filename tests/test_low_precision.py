@@ -84,7 +84,7 @@ def test_float16_adam_zero_gradient_gives_a_zero_update_not_nan():
 
 
 def test_float16_eps_is_kept_as_given_in_float32_state():
-    tx = gc.adam(1e-3, eps=1e-8)
+    tx = gc.with_live_hyperparams(gc.adam(1e-3, eps=1e-8))
     state = tx.init({"w": jnp.zeros(3, jnp.float16)})
     eps = gc.tree_get(state, "eps")
     assert eps.dtype == jnp.float32 and float(eps) == np.float32(1e-8)

@@ -64,7 +64,7 @@ def test_optax_rule_gives_optax_scales_on_a_noisy_decreasing_loss(kwargs):
 
 
 def test_gradchain_rule_keeps_live_hyperparameters():
-    tx = gc.reduce_on_plateau(factor=0.5, patience=1, rule="gradchain")
+    tx = gc.with_live_hyperparams(gc.reduce_on_plateau(factor=0.5, patience=1, rule="gradchain"))
     state = tx.init({"w": jnp.ones(2)})
     state = gc.tree_set(state, factor=0.25)
     for loss in (1.0, 1.0):

@@ -154,7 +154,7 @@ def test_after_the_first_update_x_y_and_z_coincide(optax_off_by_one):
 def test_changing_b1_between_steps_keeps_x_on_its_average():
     # x_{k+1} = (1 - c_k) x_k + c_k z_{k+1} does not involve b1; y = b1 x + (1 - b1) z does. With
     # a constant lr and power 2, c_k = 1/(k+1); b1 is 0.9 for 5 updates, then 0.5 by tree_set.
-    tx = gc.schedule_free_sgd(0.1)
+    tx = gc.with_live_hyperparams(gc.schedule_free_sgd(0.1))
     step = jax.jit(tx.update)
     y, state = PARAMS, tx.init(PARAMS)
     x = z = {k: np.asarray(v, np.float64) for k, v in PARAMS.items()}

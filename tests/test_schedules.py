@@ -511,7 +511,7 @@ def test_schedule_at_the_int32_limit_is_finite_and_correct(schedule, expected):
 
 def test_counter_saturated_at_the_limit_still_reads_the_schedule():
     schedule = gc.warmup_inverse_sqrt_schedule(0.0, 1.0, 10)
-    tx = gc.sgd(schedule)
+    tx = gc.with_live_hyperparams(gc.sgd(schedule))
     state = gc.tree_set(tx.init({"w": jnp.ones(2)}), count=jnp.int32(TOP))
     _, state = jax.jit(tx.update)({"w": jnp.ones(2)}, state, {"w": jnp.ones(2)})
     assert int(gc.tree_get(state, "count")) == TOP
@@ -719,7 +719,7 @@ def test_a_schedule_is_a_pure_function_of_the_step():
 def test_learning_rate_logged_from_the_state_is_the_schedule():
     schedule = gc.warmup_cosine_decay_schedule(0.0, 1e-2, 5, 25, end_value=1e-4)
     params = mixed_params(bf16=False)
-    tx = gc.adamw(schedule)
+    tx = gc.with_live_hyperparams(gc.adamw(schedule))
     state = tx.init(params)
 
     @jax.jit
@@ -735,7 +735,7 @@ def test_learning_rate_logged_from_the_state_is_the_schedule():
 
 
 def test_changing_the_learning_rate_between_jitted_steps_does_not_recompile():
-    tx = gc.adamw(1e-3, weight_decay=0.0)
+    tx = gc.with_live_hyperparams(gc.adamw(1e-3, weight_decay=0.0))
     params = {"w": jnp.ones(4)}
     state = tx.init(params)
     traces = []
@@ -764,7 +764,7 @@ def test_momentum_cycled_against_the_learning_rate_matches_optax_inject_hyperpar
     )
     params = mixed_params(bf16=False)
     grads = gradient_stream(params, n)
-    ours, state = run(gc.adam(lr, b1=b1), params, grads, gc.apply_updates)
+    ours, state = run(gc.with_live_hyperparams(gc.adam(lr, b1=b1)), params, grads, gc.apply_updates)
     theirs, _ = run(
         optax.inject_hyperparams(optax.adam)(learning_rate=lr, b1=b1),
         params,
@@ -780,7 +780,8 @@ def test_scheduled_weight_decay_matches_optax():
     wd = gc.linear_schedule(0.0, 0.5, 10)
     params = mixed_params(bf16=False)
     grads = gradient_stream(params, 20)
-    ours, state = run(gc.adamw(1e-2, weight_decay=wd), params, grads, gc.apply_updates)
+    tx = gc.with_live_hyperparams(gc.adamw(1e-2, weight_decay=wd))
+    ours, state = run(tx, params, grads, gc.apply_updates)
     theirs, _ = run(optax.adamw(1e-2, weight_decay=wd), params, grads, optax.apply_updates)
     # float32: see crosscheck.tolerance; optax folds the Python-double hyperparameters.
     assert_trees_close(ours[-1], theirs[-1], rtol=1e-5, atol=1e-6)
@@ -791,7 +792,7 @@ def test_scheduled_clipping_threshold_matches_optax_inject_hyperparams():
     max_norm = gc.exponential_decay(4.0, 2, 0.5)
     params = mixed_params(bf16=False)
     grads = gradient_stream(params, 20)
-    tx = gc.chain(gc.clip_by_global_norm(max_norm), gc.sgd(0.1))
+    tx = gc.with_live_hyperparams(gc.chain(gc.clip_by_global_norm(max_norm), gc.sgd(0.1)))
     ref = optax.chain(
         optax.inject_hyperparams(optax.clip_by_global_norm)(max_norm=max_norm), optax.sgd(0.1)
     )

@@ -390,7 +390,7 @@ def test_init_leaves_the_state_of_uncommitted_params_uncommitted():
 def test_init_commits_scalars_to_the_params_mesh():
     mesh = jax.make_mesh((1,), ("data",))
     params = {"w": jax.device_put(jnp.ones((4, 2)), NamedSharding(mesh, P("data")))}
-    state = gc.adamw(1e-3).init(params)
+    state = gc.with_live_hyperparams(gc.adamw(1e-3)).init(params)
     for x in (gc.tree_get(state, "learning_rate"), gc.tree_get(state.scale_by_adam, "count")):
         assert x.committed and x.sharding == NamedSharding(mesh, P())
 
@@ -414,7 +414,7 @@ PLACED = ["uncommitted", "device", "mesh-auto", "mesh-explicit"]
 @pytest.mark.parametrize("placed", PLACED)
 def test_tree_set_keeps_dtype_and_sharding_and_never_recompiles(placed):
     params = _placed({"w": jnp.ones((4, 2))}, placed)
-    tx = gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(1e-2))
+    tx = gc.with_live_hyperparams(gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(1e-2)))
 
     @jax.jit
     def step(params, state):

@@ -151,6 +151,7 @@ def test_bias_correction_and_hessian_timing_follow_the_formulas(
             mu_bias_correction=mu_bias_correction,
             estimate_before_step=estimate_before_step,
         )
+        tx = gc.with_live_hyperparams(tx)  # keeps win_rate, a logging field
         got, state = run_on_loss(tx, problem.params(), problem.loss, 20, gc.apply_updates, OBJ_FN)
     assert_trees_close(got[-1], want[-1], rtol=1e-10, atol=1e-12)
     assert float(gc.tree_get(state, "win_rate")) == pytest.approx(win_rates[-1])
@@ -167,7 +168,7 @@ def test_bias_correction_and_hessian_timing_follow_the_formulas(
 def test_first_step_is_a_clipped_sign_step_plus_decay():
     # Appendix B: the Hessian EMA is 0 at step 1, so u_1 = -eta (c sign(g_1) + lambda p).
     params = small_params()
-    tx = gc.sophia(0.1, clip_threshold=0.5, weight_decay=0.2)
+    tx = gc.with_live_hyperparams(gc.sophia(0.1, clip_threshold=0.5, weight_decay=0.2))
     grads = jax.grad(cosh_loss)(params)
     u, state = jax.jit(lambda g, s, p: tx.update(g, s, p, obj_fn=cosh_loss))(
         grads, tx.init(params), params

@@ -79,6 +79,7 @@ from gradchain.contrib.soap import (
     soap,
 )
 from gradchain.contrib.sophia import (
+    HutchinsonState,
     SophiaState,
     gauss_newton_bartlett_estimator_diag_hessian,
     hutchinson_estimator_diag_hessian,
@@ -93,6 +94,7 @@ __all__ = [
     "DoWGState",
     "GaLoreDimensionNumbers",
     "GaLoreState",
+    "HutchinsonState",
     "MadgradState",
     "MechanicState",
     "MomoAdamState",

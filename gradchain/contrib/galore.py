@@ -231,7 +231,7 @@ class ScaleByGaloreState:
     count: jax.Array
     base_optimizer_state: Any
     projector: Any
-    hyperparams: dict
+    hyperparams: dict | None = None
     layout: tuple = ()
 
     def state_shardings(self, param_treedef, param_infos, replicated):
@@ -281,6 +281,9 @@ jax.tree_util.register_dataclass(
     meta_fields=["layout"],
 )
 ScaleByGaloreState._gradchain_state = True  # type: ignore[attr-defined]  # read by name, as every @state_class
+# gradchain's additions to optax's GaLoreState (see gradchain.core.base): ``hyperparams`` is
+# kept on request; ``layout``, static metadata with no array, is always kept.
+ScaleByGaloreState._gradchain_extras = ("hyperparams", "layout")  # type: ignore[attr-defined]
 
 
 @transformation("scale_by_galore", hyperparams=("scale",))
@@ -392,6 +395,10 @@ class ScaleByGalore(GradientTransformation):
                 None if q is None else q.axis_groups for p, q in zip(leaves, plan) if p is not None
             ),
         )
+
+    def kept_extras(self):
+        # ``layout`` holds no array: it is in no key path, and state_shardings reads it.
+        return super().kept_extras() | {"layout"}
 
     def update(self, updates, state, params=None, **extra_args):
         leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)

@@ -105,7 +105,7 @@ def _next_state(state, t, hp, mu, nu, s, d, numerator):
 # Prodigy
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class ScaleByProdigyState:
     """``count``: updates done; ``mu``, ``nu``: Adam's moments of :math:`d\\,g`; ``s``: the
     weighted gradient sum; ``params0``: the initial parameters; ``d``: the current step-size
@@ -119,7 +119,7 @@ class ScaleByProdigyState:
     params0: Any
     d: jax.Array
     numerator: jax.Array
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation(
@@ -317,7 +317,7 @@ def prodigy(
 # D-Adaptation AdamW
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class ScaleByDAdaptAdamWState:
     """``count``: updates done; ``mu``: the first moment (of :math:`\\delta g`); ``nu``: the
     second moment; ``s``: the weighted gradient sum; ``d``: the current step-size estimate;
@@ -330,7 +330,7 @@ class ScaleByDAdaptAdamWState:
     s: Any
     d: jax.Array
     numerator: jax.Array
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation(

@@ -250,14 +250,14 @@ def _leaf_dims(tree, weight_dimension_numbers, transform_name):
 # scale_by_muon
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class ScaleByMuonState:
     """``count``: updates done; ``mu``: the momentum buffer; ``hyperparams``: beta and eps as used
     by the latest update."""
 
     count: jax.Array
     mu: Any
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation("scale_by_muon", hyperparams=("beta", "eps"))
@@ -384,7 +384,9 @@ class ScaleByMuon(GradientTransformation):
             o, m_new = step(g, m, view)
             out.append(o)
             new_mu.append(m_new.astype(m.dtype))
-        return treedef.unflatten(out), ScaleByMuonState(t, treedef.unflatten(new_mu), hp)
+        return treedef.unflatten(out), ScaleByMuonState(
+            count=t, mu=treedef.unflatten(new_mu), hyperparams=hp
+        )
 
 
 scale_by_muon = ScaleByMuon

@@ -65,8 +65,8 @@ class ReduceLROnPlateau(GradientTransformation):
       rule: keyword-only. ``"optax"`` (default): this transformation, with optax's state
         :class:`ReduceLROnPlateauState` (so optax code that builds, unpacks or indexes the state
         works) and optax's arithmetic on constant arguments. ``"gradchain"``: gradchain 0.1's
-        :class:`~gradchain.schedules.schedule.ReduceOnPlateau`, whose float arguments are live
-        hyperparameters (schedulable, changeable with ``tree_set``) and whose state counts
+        :class:`~gradchain.schedules.schedule.ReduceOnPlateau`, whose float arguments are
+        schedulable and, under ``with_live_hyperparams``, changeable with ``tree_set`` and whose state counts
         updates in ``count`` and the accumulation in ``accumulation_count``.
 
     Same as ``optax.contrib.reduce_on_plateau`` except: the scale and the averages are kept in
@@ -184,7 +184,7 @@ def reduce_on_plateau(
     rule: str = "optax",
 ) -> GradientTransformation:
     """optax's ``reduce_on_plateau`` (see :class:`ReduceLROnPlateau`); ``rule="gradchain"``
-    gives gradchain 0.1's variant with live hyperparameters."""
+    gives gradchain 0.1's variant, whose hyperparameters can be live."""
     if rule not in _RULES:
         raise ValueError(f"rule must be one of {_RULES}, got {rule!r}")
     args: dict[str, Any] = dict(

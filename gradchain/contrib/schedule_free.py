@@ -58,7 +58,7 @@ __all__ = [
 ]
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class ScheduleFreeState:
     """``count``: updates done; ``z``: the base optimizer's iterate; ``y_b1``: the b1 that built
     the current params from x and z (x is recovered with it, so changing b1 with ``tree_set``
@@ -73,7 +73,7 @@ class ScheduleFreeState:
     weight_sum: jax.Array
     max_lr: jax.Array
     base_optimizer_state: Any
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 def _momentum_in(tx):

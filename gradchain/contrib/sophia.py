@@ -55,6 +55,7 @@ from gradchain.transforms.decay import add_decoupled_weight_decay
 from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = [
+    "HutchinsonState",
     "SophiaState",
     "gauss_newton_bartlett_estimator_diag_hessian",
     "hutchinson_estimator_diag_hessian",
@@ -98,6 +99,10 @@ class EstimatorState:
     """``key``: the PRNG key the next estimate draws its randomness from."""
 
     key: jax.Array
+
+
+# optax's name for the Hutchinson estimator's state, ``HutchinsonState(key)``.
+HutchinsonState = EstimatorState
 
 
 @transformation("hutchinson_estimator_diag_hessian")
@@ -232,7 +237,7 @@ class GaussNewtonBartlettEstimator(GradientTransformation):
 gauss_newton_bartlett_estimator_diag_hessian = GaussNewtonBartlettEstimator
 
 
-@state_class
+@state_class(extras=("win_rate", "hyperparams"))
 class SophiaState:
     """``count``: updates done; ``mu``: the momentum; ``nu``: the EMA of the Hessian-diagonal
     estimates; ``hessian_fn_state``: the estimator's state; ``win_rate``: the fraction of
@@ -243,8 +248,8 @@ class SophiaState:
     mu: Any
     nu: Any
     hessian_fn_state: Any
-    win_rate: jax.Array
-    hyperparams: dict
+    win_rate: jax.Array | None
+    hyperparams: dict | None
 
 
 @transformation("scale_by_sophia", hyperparams=("b1", "b2", "eps", "gamma", "clip_threshold"))

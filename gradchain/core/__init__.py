@@ -33,6 +33,7 @@ from gradchain.core.base import (
     tree_get_all_with_path,
     tree_set,
     with_extra_args_support,
+    with_live_hyperparams,
 )
 from gradchain.core.distributions import (
     MultiNormalDiagFromLogScale,
@@ -105,4 +106,5 @@ __all__ = [
     "update_moment",
     "update_moment_per_elem_norm",
     "with_extra_args_support",
+    "with_live_hyperparams",
 ]

@@ -10,22 +10,69 @@ Unlike optax, a gradchain transformation is an immutable object that knows its n
 hyperparameters: it prints them, validates them at construction, exposes them as attributes and
 compares equal to an identical transformation.
 
-Hyperparameters
----------------
-Every float hyperparameter of a transformation is *live*: its current value is kept in the state,
-under ``state.hyperparams[name]``, and read from there by ``update``. Three things follow:
+State layout: optax's by default
+--------------------------------
+By default the state of every piece has exactly optax's fields, in optax's order, and is
+``EmptyState()`` where optax keeps nothing; a chain's state is a tuple of its pieces' states. So
+``jax.tree_util.tree_flatten_with_path`` gives optax's key paths, and a checkpoint (orbax, pickle,
+``gradchain.checkpoint``) of an optax state restores into the gradchain optimizer of the same name
+and back.
 
-* any float hyperparameter may be a schedule, a function of the integer step count; the update
-  number ``k`` (0-based) uses ``schedule(k)`` and stores it for logging;
+gradchain keeps more than optax when asked: :func:`with_live_hyperparams` returns the same
+transformation whose pieces also keep their *extras*: the hyperparameters as data
+(``state.hyperparams``), a ``count`` on pieces that optax does not count, and logging fields
+(the global norm ``clip_by_global_norm`` measured, the step size Polyak chose, ...). Then
+
 * the value a step used can be read by name from the state of a whole chain with
   :func:`tree_get` (for example ``tree_get(state, "learning_rate")``);
 * a constant hyperparameter can be changed between jitted steps with :func:`tree_set`, without
   recompiling, because it is data in the state rather than a constant in the compiled program.
+
+In the default layout a constant hyperparameter is a constant of the compiled program, as in
+optax. A hyperparameter given as a schedule (a function of the integer step count) needs a
+count: a piece whose optax state has none keeps its extra ``count`` then, and update number
+``k`` (0-based) uses ``schedule(k)``.
+
+Writing a state class: the convention
+-------------------------------------
+A state class has optax's fields, with optax's names and in optax's order, and gradchain's
+*extras*, named in the decorator (anywhere in the class: they are keyword-only)::
+
+    @state_class(extras=("count", "hyperparams"))
+    class TraceState:
+        count: jax.Array      # extra: optax's TraceState has no count
+        trace: Any            # optax's field
+        hyperparams: dict     # extra: the live hyperparameters
+
+* An extra is any field optax's state of that piece lacks: ``hyperparams``, a ``count`` optax
+  does not keep, a logging field (``global_norm``). Where optax's state is ``EmptyState``, every
+  field is an extra. A field optax has is never an extra, even a count
+  (``ScaleByAdamState.count``).
+* Extras are keyword-only with default None, so positional arguments fill optax's fields
+  (``TraceState(trace)`` is optax's constructor): build states with the extras by keyword,
+  ``TraceState(trace=buf, count=..., hyperparams=hp)``.
+* ``init`` and ``update`` build the full state, extras included; the ``@transformation``
+  decorator wraps them and sets every extra the piece does not keep to None
+  (:meth:`GradientTransformation.kept_extras`: all of them under
+  :func:`with_live_hyperparams`, ``count`` when a hyperparameter is a schedule, none
+  otherwise). A piece whose computation needs another extra adds it by overriding
+  ``kept_extras`` (``scale_by_rms`` keeps its count when it bias-corrects). An extra that is
+  None is left out of the pytree; a state whose fields are all extras, none kept, is returned as
+  ``EmptyState()``.
+* So ``update`` must accept its own state without extras, or ``EmptyState()`` (or None, as
+  optax's stateless pieces allow) when every field is an extra: read the hyperparameters with
+  ``self.current_hyperparams(state)`` (never ``state.hyperparams[...]``) and an extra count with
+  :func:`count_of` (None when absent; ``numerics.safe_increment(None)`` is None).
+
+Converting a state written before this convention: list its extras in ``@state_class``, pass
+them by keyword where states are built, replace ``state.count`` by ``count_of(state)`` where the
+count is an extra, and check the key paths against optax's (``tests/test_optax_layout.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import inspect
@@ -130,6 +177,7 @@ __all__ = [
     "tree_get_all_with_path",
     "tree_set",
     "with_extra_args_support",
+    "with_live_hyperparams",
 ]
 
 
@@ -138,17 +186,71 @@ __all__ = [
 
 
 @dataclass_transform(frozen_default=True)
-def state_class(cls: type[_T]) -> type[_T]:
-    """Makes ``cls`` a frozen dataclass registered as a pytree whose fields are all children.
+def state_class(cls: type[_T] | None = None, *, extras: tuple[str, ...] = ()) -> Any:
+    """Makes ``cls`` a frozen dataclass registered as a pytree whose fields are its children.
 
     States built this way are read by field name (``state.mu``), rebuilt with
     ``dataclasses.replace`` and found by :func:`tree_get`.
+
+    ``extras`` names the fields that are gradchain's additions to optax's state (see the module
+    docstring): they are keyword-only with default None, and a field of them that is None is
+    left out of the pytree, so a state without extras flattens with optax's key paths.
+    Used bare (``@state_class``) or with arguments (``@state_class(extras=(...))``).
     """
+    if cls is None:
+        return functools.partial(state_class, extras=extras)
+    extras = tuple(extras)
+    annotations = inspect.get_annotations(cls)
+    for name in extras:
+        if name not in annotations:
+            raise TypeError(f"{cls.__name__}: extra {name!r} is not a field")
+        setattr(cls, name, dataclasses.field(default=None, kw_only=True))
     cls = dataclasses.dataclass(frozen=True)(cls)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    jax.tree_util.register_dataclass(cls, data_fields=names, meta_fields=[])
+    names = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+    optional = frozenset(extras)
+
+    def flatten_with_keys(state):
+        # A state rebuilt by unflatten keeps the fields it was flattened with, even where a
+        # tree map put None in them (as checkpointers do to build a restore target).
+        present = state.__dict__.get("_present_fields")
+        if present is None:
+            present = tuple(n for n in names if n not in optional or getattr(state, n) is not None)
+        children = [(jax.tree_util.GetAttrKey(n), getattr(state, n)) for n in present]
+        return children, present
+
+    def flatten(state):
+        children, present = flatten_with_keys(state)
+        return [c for _, c in children], present
+
+    def unflatten(present, children):
+        state = object.__new__(cls)
+        for n in names:
+            object.__setattr__(state, n, None)
+        for n, c in zip(present, children):
+            object.__setattr__(state, n, c)
+        if optional:
+            object.__setattr__(state, "_present_fields", present)
+        return state
+
+    def __repr__(state):
+        _, shown = flatten_with_keys(state)
+        return f"{type(state).__name__}({', '.join(f'{n}={getattr(state, n)!r}' for n in shown)})"
+
+    if extras:
+        cls.__repr__ = __repr__  # type: ignore[method-assign]
+    jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
     cls._gradchain_state = True  # type: ignore[attr-defined]
+    cls._gradchain_extras = extras  # type: ignore[attr-defined]
     return cls
+
+
+def count_of(state) -> jax.Array | None:
+    """The step count in ``state``, or None when it keeps none (an extra count left out of the
+    default layout, an ``EmptyState``, None)."""
+    # A tuple's ``count`` is its method: only a state's field is a count.
+    if _is_state(state) or "count" in getattr(state, "_fields", ()):
+        return state.count
+    return None
 
 
 class EmptyState(NamedTuple):
@@ -163,7 +265,6 @@ def _is_state(x) -> bool:
     return getattr(type(x), "_gradchain_state", False)
 
 
-@jax.tree_util.register_pytree_node_class
 class ChainState(tuple):
     """The state of a chain: one state per transformation, readable by position or by name.
 
@@ -188,6 +289,9 @@ class ChainState(tuple):
 
     def tree_flatten(self):
         return self.states, self.names
+
+    def tree_flatten_with_keys(self):
+        return [(jax.tree_util.SequenceKey(i), s) for i, s in enumerate(self)], self.names
 
     @classmethod
     def tree_unflatten(cls, names, states):
@@ -236,6 +340,15 @@ class ChainState(tuple):
         return f"ChainState({inner})"
 
 
+# Keyed as a tuple (``[0]``, ``[1]``, ...), so that a chain state's key paths are optax's.
+jax.tree_util.register_pytree_with_keys(
+    ChainState,
+    ChainState.tree_flatten_with_keys,
+    ChainState.tree_unflatten,
+    ChainState.tree_flatten,
+)
+
+
 # ---------------------------------------------------------------------------------------------
 # Finding and changing state fields by name
 
@@ -248,8 +361,12 @@ def _children(x):
             yield (f".{n}" if counts[n] == 1 else f"[{i}]"), None, s
         return
     if _is_state(x):
+        extras = getattr(type(x), "_gradchain_extras", ())
         for f in dataclasses.fields(x):
-            yield f".{f.name}", f.name, getattr(x, f.name)
+            value = getattr(x, f.name)
+            if value is None and f.name in extras:
+                continue  # an extra this layout leaves out
+            yield f".{f.name}", f.name, value
         return
     if isinstance(x, tuple) and hasattr(x, "_fields"):  # optax-style NamedTuple states
         for name in x._fields:
@@ -284,6 +401,15 @@ def tree_get_all_with_path(state: OptState, key: str) -> list[tuple[str, Any]]:
 _MISSING = object()
 
 
+def _missing_message(key: str) -> str:
+    return (
+        f"no state field or hyperparameter named {key!r}. States have optax's layout by "
+        f"default, without hyperparameters: to read and set them by name, build the optimizer "
+        f"with gradchain.with_live_hyperparams(tx) (or wrap it in inject_hyperparams, as in "
+        f"optax)"
+    )
+
+
 def tree_get(state: OptState, key: str, default: Any = _MISSING) -> Any:
     """The unique state field or live hyperparameter named ``key`` anywhere in ``state``.
 
@@ -301,7 +427,7 @@ def tree_get(state: OptState, key: str, default: Any = _MISSING) -> Any:
     if not hits:
         if default is not _MISSING:
             return default
-        raise KeyError(f"no state field or hyperparameter named {key!r}")
+        raise KeyError(_missing_message(key))
     paths = ", ".join(p for p, _ in hits)
     raise KeyError(f"{key!r} is ambiguous, found at {paths}; narrow the state first")
 
@@ -334,8 +460,11 @@ def _replace_in(x, key, value):
         return ChainState(tuple(_replace_in(s, key, value) for s in x.states), x.names)
     if _is_state(x):
         changes = {}
+        extras = getattr(type(x), "_gradchain_extras", ())
         for f in dataclasses.fields(x):
             child = getattr(x, f.name)
+            if child is None and f.name in extras:
+                continue  # an extra this layout leaves out stays out
             if f.name == "hyperparams" and isinstance(child, Mapping):
                 if key in child:
                     changes[f.name] = {**child, key: _like(value, jnp.asarray(child[key]))}
@@ -376,7 +505,7 @@ def tree_set(state: OptState, **values: Any) -> OptState:
     """
     for key, value in values.items():
         if not tree_get_all_with_path(state, key):
-            raise KeyError(f"no state field or hyperparameter named {key!r}")
+            raise KeyError(_missing_message(key))
         state = _replace_in(state, key, value)
     return state
 
@@ -668,13 +797,29 @@ class _FunctionSignature:
 
 
 def stateless_call(state) -> bool:
-    """Whether ``update`` got no gradchain state (``None``, ``{}``, an ``EmptyState``).
+    """Whether ``update`` got no gradchain state of its own (``None``, ``{}``, an
+    ``EmptyState``).
 
     optax keeps no state for some transformations (``scale``, ``clip``, ``add_decayed_weights``,
     ...) and its users call them as ``update(updates, None)``. The gradchain counterparts then use
     their constructor's hyperparameters (schedules at step 0) and hand the state back as given.
     """
-    return not hasattr(state, "hyperparams")
+    return not _is_state(state)
+
+
+def _strip_extras(state, keep: Callable[[str], bool]):
+    """``state`` with the extras ``keep`` rejects set to None; ``EmptyState()`` when every field
+    is an extra and none is left. Anything but a gradchain state class is returned as it is."""
+    extras = getattr(type(state), "_gradchain_extras", ())
+    if not extras:
+        return state
+    drop = {n: None for n in extras if not keep(n) and getattr(state, n) is not None}
+    if drop:
+        state = dataclasses.replace(state, **drop)
+    fields = [f.name for f in dataclasses.fields(state)]
+    if set(fields) <= set(extras) and all(getattr(state, n) is None for n in fields):
+        return EmptyState()
+    return state
 
 
 class FieldData:
@@ -715,8 +860,8 @@ class GradientTransformation(FieldData):
 
     Subclasses are frozen dataclasses whose fields are the hyperparameters. They set ``name``
     (what ``repr`` prints, the optax-compatible function name) and ``hyperparams`` (the names
-    of the float fields that are live, see the module docstring), and implement ``init`` and
-    ``update``.
+    of the float fields that may be schedules and are kept in the state when live, see the
+    module docstring), and implement ``init`` and ``update``.
     """
 
     name: ClassVar[str] = "transformation"
@@ -786,26 +931,54 @@ class GradientTransformation(FieldData):
         return {n: hyperparam_value(getattr(self, n), zero) for n in self.hyperparams}
 
     def current_hyperparams(self, state) -> dict[str, jax.Array]:
-        """The live hyperparameters this update uses: schedules at ``state.count``; a JAX array
-        given to the constructor as it is; else the value held in ``state.hyperparams`` (which
-        :func:`tree_set` may have changed).
+        """The hyperparameters this update uses: schedules at the state's count (step 0 when it
+        keeps none); a JAX array given to the constructor as it is; else the value held in
+        ``state.hyperparams`` when the state keeps its hyperparameters (which :func:`tree_set`
+        may have changed), and the constructor's value when it does not (optax's layout).
 
         A JAX array (or tracer) in the constructor is how ``inject_hyperparams``, gradchain's or
         optax's, hands in the values it keeps in its own state: it rebuilds the transformation
         with them at every step, so they must win over the copy made at ``init``.
         """
-        if stateless_call(state):
-            return self.init_hyperparams()
+        count = count_of(state)
+        if count is None:
+            count = jnp.zeros((), jnp.int32)
+        live = getattr(state, "hyperparams", None) if _is_state(state) else None
         out = {}
         for n in self.hyperparams:
             v = getattr(self, n)
             if callable(v):
-                out[n] = hyperparam_value(v, state.count)
-            elif isinstance(v, jax.Array):
+                out[n] = hyperparam_value(v, count)
+            elif live is None or isinstance(v, jax.Array):
                 out[n] = hyperparam_value(v, None)
             else:
-                out[n] = state.hyperparams[n]
+                out[n] = live[n]
         return out
+
+    # -- state layout -----------------------------------------------------------------------
+
+    @property
+    def live_hyperparams(self) -> bool:
+        """Whether this piece keeps every extra of its state (:func:`with_live_hyperparams`)."""
+        return self.__dict__.get("_live_hyperparams", False)
+
+    def kept_extras(self) -> frozenset[str]:
+        """The extras of this piece's state kept in its layout (see the module docstring): all
+        of them when live; else the ``count`` a schedule needs; else none (optax's layout).
+
+        A transformation whose computation needs another extra overrides this.
+        """
+        if any(callable(getattr(self, n)) for n in self.hyperparams):
+            return frozenset({"count"})
+        return frozenset()
+
+    def laid_out(self, state):
+        """``state``, this piece's state, in this piece's layout (its extras not kept set to
+        None). ``init`` and ``update`` apply it; so does :class:`Chain` after a fused step."""
+        if self.live_hyperparams:
+            return state
+        kept = self.kept_extras()
+        return _strip_extras(state, kept.__contains__)
 
     def complement(self, name: str, hp: Mapping[str, jax.Array]) -> jax.Array:
         """``1 - hp[name]`` for a decay rate, rounded as optax rounds its Python constants.
@@ -820,6 +993,18 @@ class GradientTransformation(FieldData):
         if callable(value) or not _is_concrete_number(value):
             return 1 - live
         return _complement_of(float(value), live)
+
+    # -- inspectable data -------------------------------------------------------------------
+
+    def __eq__(self, other) -> bool:
+        # A live twin keeps other state than its default twin: they must not share a jit cache.
+        equal = FieldData.__eq__(self, other)
+        if equal is NotImplemented or not equal:
+            return equal
+        return self.live_hyperparams == other.live_hyperparams
+
+    def __hash__(self) -> int:
+        return hash((FieldData.__hash__(self), self.live_hyperparams))
 
     # optax's transformations are NamedTuples ``(init, update)``: unpacking, indexing and
     # ``len`` behave the same here.
@@ -875,10 +1060,28 @@ def committed_init(init: Callable) -> Callable:
     return wrapped
 
 
+def _laid_out_init(init: Callable) -> Callable:
+    @functools.wraps(init)
+    def wrapped(self, params):
+        return self.laid_out(init(self, params))
+
+    return wrapped
+
+
+def _laid_out_update(update: Callable) -> Callable:
+    @functools.wraps(update)
+    def wrapped(self, updates, state, params=None, **extra_args):
+        updates, state = update(self, updates, state, params, **extra_args)
+        return updates, self.laid_out(state)
+
+    return wrapped
+
+
 @dataclass_transform(frozen_default=True, eq_default=False)
 def transformation(name: str, hyperparams: tuple[str, ...] = ()) -> Callable[[type[_T]], type[_T]]:
     """Class decorator: a frozen, comparable dataclass transformation called ``name``, whose
-    ``init`` is multi-host safe (:func:`committed_init`)."""
+    ``init`` is multi-host safe (:func:`committed_init`) and whose states have the piece's
+    layout (:meth:`GradientTransformation.laid_out`: optax's fields unless live)."""
 
     def wrap(cls: type[_T]) -> type[_T]:
         cls.name = name  # type: ignore[attr-defined]
@@ -888,10 +1091,50 @@ def transformation(name: str, hyperparams: tuple[str, ...] = ()) -> Callable[[ty
         # which pickling and ``repr(cls)`` use.
         cls.__name__ = name
         if "init" in cls.__dict__:
-            cls.init = committed_init(cls.__dict__["init"])  # type: ignore[attr-defined]
+            init = _laid_out_init(cls.__dict__["init"])
+            cls.init = committed_init(init)  # type: ignore[attr-defined]
+        if "update" in cls.__dict__:
+            cls.update = _laid_out_update(cls.__dict__["update"])  # type: ignore[attr-defined]
         return dataclasses.dataclass(frozen=True, eq=False, repr=False)(cls)
 
     return wrap
+
+
+def _map_transformations(value, fn):
+    """``value`` with every transformation in it (directly, or in a tuple, list or dict)
+    replaced by ``fn(transformation)``."""
+    if isinstance(value, GradientTransformation):
+        return fn(value)
+    if isinstance(value, (tuple, list)) and not hasattr(value, "_fields"):
+        return type(value)(_map_transformations(v, fn) for v in value)
+    if isinstance(value, dict):
+        return type(value)((k, _map_transformations(v, fn)) for k, v in value.items())
+    return value
+
+
+def with_live_hyperparams(tx: GradientTransformation) -> GradientTransformation:
+    """``tx`` whose pieces, recursively through chains, wrappers and named optimizers, keep
+    gradchain's extras in their states: the hyperparameters as data, counts, logging fields.
+
+    Then ``tree_get(state, "learning_rate")`` reads the value a step used and
+    ``tree_set(state, learning_rate=1e-4)`` changes it between jitted steps without recompiling.
+    The default layout is optax's (see :mod:`gradchain.core.base`); this is gradchain's option.
+    optax transformations inside ``tx`` are left as they are.
+    """
+    if not isinstance(tx, GradientTransformation) or isinstance(tx, FunctionTransformation):
+        return tx
+    live = copy.copy(tx)
+    if isinstance(tx, Chain):
+        transforms = tuple(with_live_hyperparams(t) for t in tx.transforms)
+        object.__setattr__(live, "transforms", transforms)
+    elif dataclasses.is_dataclass(tx):
+        for f in dataclasses.fields(tx):
+            value = getattr(tx, f.name)
+            new = _map_transformations(value, with_live_hyperparams)
+            if new is not value:
+                object.__setattr__(live, f.name, new)
+    object.__setattr__(live, "_live_hyperparams", True)
+    return live
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1111,7 +1354,7 @@ class Chain(GradientTransformation):
             )
             if fused is not None:
                 updates, s, s_next = fused(updates, states[i], states[i + 1], params, extra_args)
-                new_states += [s, s_next]
+                new_states += [t.laid_out(s), transforms[i + 1].laid_out(s_next)]
                 i += 2
                 continue
             updates, s = _call_update(t, updates, states[i], params, extra_args)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, overload
 
 import jax
 import jax.numpy as jnp
@@ -54,9 +54,21 @@ def leaf_kernel(*static_argnames: str):
     return functools.partial(jax.jit, inline=True, static_argnames=static_argnames)
 
 
+@overload
+def safe_increment(count: jax.Array) -> jax.Array: ...
+@overload
+def safe_increment(count: None) -> None: ...
+def safe_increment(count: jax.Array | None) -> jax.Array | None:
+    """``count + 1``, saturating at the dtype's maximum (2^31 - 1 for the int32 counters).
+
+    None stays None: a count that is a gradchain extra (see :mod:`gradchain.core.base`) is
+    absent from the default state layout.
+    """
+    return None if count is None else _increment(count)
+
+
 @_inline_jit
-def safe_increment(count: jax.Array) -> jax.Array:
-    """``count + 1``, saturating at the dtype's maximum (2^31 - 1 for the int32 counters)."""
+def _increment(count: jax.Array) -> jax.Array:
     count = jnp.asarray(count)
     top: Any
     if jnp.issubdtype(count.dtype, jnp.integer):

@@ -117,7 +117,8 @@ def _train(
     from gradchain.demo.race import state_bytes_per_param
 
     steps = len(train_batches)
-    tx = entry.build(steps, params0)
+    # Live hyperparameters: the learning rate each step used is logged from the state.
+    tx = gc.with_live_hyperparams(entry.build(steps, params0))
     state = tx.init(params0)
     shadow_state = shadow.init(params0) if shadow is not None else None
 

@@ -1,10 +1,12 @@
 """Named optimizers: thin chains of atomic transformations, one module per family."""
 
 from gradchain.optimizers.adabelief import (
+    ScaleByBeliefState,
     adabelief,
     scale_by_belief,
 )
 from gradchain.optimizers.adadelta import (
+    ScaleByAdaDeltaState,
     adadelta,
     scale_by_adadelta,
 )
@@ -27,6 +29,7 @@ from gradchain.optimizers.adam_variants import (
     scale_by_radam,
 )
 from gradchain.optimizers.adan import (
+    ScaleByAdanState,
     adan,
     scale_by_adan,
 )
@@ -48,6 +51,7 @@ from gradchain.optimizers.lion import (
     scale_by_lion,
 )
 from gradchain.optimizers.novograd import (
+    ScaleByNovogradState,
     novograd,
     scale_by_novograd,
 )
@@ -62,6 +66,7 @@ from gradchain.optimizers.polyak import (
     scale_by_polyak,
 )
 from gradchain.optimizers.rprop import (
+    ScaleByRpropState,
     rprop,
     scale_by_rprop,
 )
@@ -71,6 +76,7 @@ from gradchain.optimizers.sgd_variants import (
     signum,
 )
 from gradchain.optimizers.sm3 import (
+    ScaleBySM3State,
     scale_by_sm3,
     sm3,
 )
@@ -87,10 +93,16 @@ from gradchain.optimizers.yogi import (
 )
 
 __all__ = [
+    "ScaleByAdaDeltaState",
+    "ScaleByAdanState",
     "ScaleByAmsgradState",
+    "ScaleByBeliefState",
     "ScaleByLBFGSState",
     "ScaleByLionState",
+    "ScaleByNovogradState",
+    "ScaleByRpropState",
     "ScaleByRssState",
+    "ScaleBySM3State",
     "ScaleByTrustRatioState",
     "adabelief",
     "adadelta",

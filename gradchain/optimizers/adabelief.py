@@ -30,10 +30,14 @@ from gradchain.core.numerics import (
 from gradchain.transforms.adaptive import adam_step_inputs, check_adam_hyperparams, step_moments
 from gradchain.transforms.scaling import scale_by_learning_rate
 
-__all__ = ["adabelief", "scale_by_belief"]
+__all__ = [
+    "ScaleByBeliefState",
+    "adabelief",
+    "scale_by_belief",
+]
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class ScaleByBeliefState:
     """``count``: updates done; ``mu``: the first moment; ``nu``: the second *central* moment
     (the "belief"); ``hyperparams``: as used last."""
@@ -41,7 +45,7 @@ class ScaleByBeliefState:
     count: jax.Array
     mu: Any
     nu: Any
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation("scale_by_belief", hyperparams=("b1", "b2", "eps", "eps_root"))

@@ -15,6 +15,7 @@ from gradchain.core.base import (
     check_floating,
     check_number,
     check_tree_match,
+    count_of,
     named_optimizer,
     state_class,
     transformation,
@@ -31,18 +32,22 @@ from gradchain.core.numerics import (
 from gradchain.transforms.decay import add_decayed_weights
 from gradchain.transforms.scaling import scale_by_learning_rate
 
-__all__ = ["adadelta", "scale_by_adadelta"]
+__all__ = [
+    "ScaleByAdaDeltaState",
+    "adadelta",
+    "scale_by_adadelta",
+]
 
 
-@state_class
+@state_class(extras=("count", "hyperparams"))
 class ScaleByAdaDeltaState:
     """``count``: updates done; ``e_g``: the running mean of squared gradients; ``e_x``: that of
     squared updates; ``hyperparams``: rho and eps as used last."""
 
-    count: jax.Array
+    count: jax.Array | None
     e_g: Any
     e_x: Any
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation("scale_by_adadelta", hyperparams=("rho", "eps"))
@@ -97,7 +102,7 @@ class ScaleByAdaDelta(GradientTransformation):
 
         out, e_g, e_x = tree_map_multi(step, 3, updates, state.e_g, state.e_x)
         return out, ScaleByAdaDeltaState(
-            count=safe_increment(state.count),
+            count=safe_increment(count_of(state)),
             e_g=cast_like(e_g, state.e_g),
             e_x=cast_like(e_x, state.e_x),
             hyperparams=hp,

@@ -16,6 +16,7 @@ from gradchain.core.base import (
     check_floating,
     check_number,
     check_tree_match,
+    count_of,
     named_optimizer,
     state_class,
     transformation,
@@ -39,14 +40,14 @@ __all__ = [
 ]
 
 
-@state_class
+@state_class(extras=("count", "hyperparams"))
 class ScaleByRssState:
     """``count``: updates done; ``sum_of_squares``: :math:`s_t`, the accumulated squared
     gradients (plus the initial value); ``hyperparams``: eps as used last."""
 
-    count: jax.Array
+    count: jax.Array | None
     sum_of_squares: Any
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation("scale_by_rss", hyperparams=("eps",))
@@ -111,7 +112,7 @@ class ScaleByRss(GradientTransformation):
 
         out, sums = tree_map_multi(step, 2, updates, state.sum_of_squares)
         return out, ScaleByRssState(
-            count=safe_increment(state.count),
+            count=safe_increment(count_of(state)),
             sum_of_squares=cast_like(sums, state.sum_of_squares),
             hyperparams=hp,
         )

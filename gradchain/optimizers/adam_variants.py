@@ -68,7 +68,7 @@ __all__ = [
 # AMSGrad
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class ScaleByAmsgradState:
     """``count``: updates done; ``mu``, ``nu``: first and second moments; ``nu_max``: the running
     maximum of the (bias-corrected, by default) second moment; ``hyperparams``: as used last."""
@@ -77,7 +77,7 @@ class ScaleByAmsgradState:
     mu: Any
     nu: Any
     nu_max: Any
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation("scale_by_amsgrad", hyperparams=("b1", "b2", "eps", "eps_root"))
@@ -438,7 +438,7 @@ def radam(
 # NAdam
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class ScaleByNadamState:
     """``count``: updates done; ``mu``, ``nu``: first and second moments; ``mu_product``: the
     product of the momentum coefficients so far (PyTorch's ``mu_product``, 1 at init);
@@ -448,7 +448,7 @@ class ScaleByNadamState:
     mu: Any
     nu: Any
     mu_product: jax.Array
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation("scale_by_nadam", hyperparams=("b1", "b2", "eps", "eps_root", "momentum_decay"))

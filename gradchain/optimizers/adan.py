@@ -17,6 +17,7 @@ from gradchain.core.base import (
     check_number,
     check_params_match,
     check_tree_match,
+    count_of,
     named_optimizer,
     require_params,
     state_class,
@@ -36,10 +37,14 @@ from gradchain.core.numerics import (
 from gradchain.transforms.decay import add_decayed_weights
 from gradchain.transforms.scaling import scale_by_learning_rate
 
-__all__ = ["adan", "scale_by_adan"]
+__all__ = [
+    "ScaleByAdanState",
+    "adan",
+    "scale_by_adan",
+]
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class ScaleByAdanState:
     """``m``, ``v``, ``n``: the moments of the gradient, of its change and of the corrected
     gradient; ``g``: the previous gradient; ``t``: updates done (optax's name for the counter,
@@ -50,7 +55,7 @@ class ScaleByAdanState:
     n: Any
     g: Any
     t: jax.Array
-    hyperparams: dict
+    hyperparams: dict | None
 
     @property
     def count(self) -> jax.Array:
@@ -141,12 +146,12 @@ class ScaleByAdan(GradientTransformation):
 scale_by_adan = ScaleByAdan
 
 
-@state_class
+@state_class(extras=("count", "hyperparams"))
 class ProximalWeightDecayState:
     """``count``: updates done; ``hyperparams``: weight decay and learning rate as used last."""
 
-    count: jax.Array
-    hyperparams: dict
+    count: jax.Array | None
+    hyperparams: dict | None
 
 
 @transformation("proximal_weight_decay", hyperparams=("weight_decay", "learning_rate"))
@@ -181,7 +186,7 @@ class ProximalWeightDecay(GradientTransformation):
             return ((d.astype(dt) - c * p.astype(dt)) / (1 + c)).astype(d.dtype)
 
         out = jax.tree.map(step, updates, params, selected, is_leaf=lambda x: x is None)
-        return out, ProximalWeightDecayState(safe_increment(state.count), hp)
+        return out, ProximalWeightDecayState(count=safe_increment(count_of(state)), hyperparams=hp)
 
 
 @named_optimizer

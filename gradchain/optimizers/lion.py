@@ -44,13 +44,13 @@ __all__ = [
 _MODES = ("hard", "smooth", "refined")
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class ScaleByLionState:
     """``count``: updates done; ``mu``: the momentum :math:`m_t`; ``hyperparams``: as used last."""
 
     count: jax.Array
     mu: Any
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation("scale_by_lion", hyperparams=("b1", "b2", "smooth_beta"))

@@ -34,10 +34,14 @@ from gradchain.core.numerics import (
 )
 from gradchain.transforms.scaling import scale_by_learning_rate
 
-__all__ = ["novograd", "scale_by_novograd"]
+__all__ = [
+    "ScaleByNovogradState",
+    "novograd",
+    "scale_by_novograd",
+]
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class ScaleByNovogradState:
     """``count``: updates done; ``mu``: the momentum; ``nu``: one second moment per leaf (a
     scalar); ``hyperparams``: as used last."""
@@ -45,7 +49,7 @@ class ScaleByNovogradState:
     count: jax.Array
     mu: Any
     nu: Any
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation("scale_by_novograd", hyperparams=("b1", "b2", "eps", "eps_root", "weight_decay"))

@@ -16,6 +16,7 @@ from gradchain.core.base import (
     check_floating,
     check_number,
     check_tree_match,
+    count_of,
     named_optimizer,
     state_class,
     transformation,
@@ -39,15 +40,15 @@ __all__ = [
 ]
 
 
-@state_class
+@state_class(extras=("count", "hyperparams"))
 class ScaleByOptimisticGradientState:
     """``count``: updates done; ``is_initial_step``: no previous gradient yet;
     ``previous_gradient``: the last incoming updates; ``hyperparams``: alpha and beta."""
 
-    count: jax.Array
+    count: jax.Array | None
     is_initial_step: jax.Array
     previous_gradient: Any
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation("scale_by_optimistic_gradient", hyperparams=("alpha", "beta"))
@@ -99,7 +100,7 @@ class ScaleByOptimisticGradient(GradientTransformation):
 
         out, prev = tree_map_multi(step, 2, updates, state.previous_gradient)
         return out, ScaleByOptimisticGradientState(
-            count=safe_increment(state.count),
+            count=safe_increment(count_of(state)),
             is_initial_step=jnp.array(False),
             previous_gradient=cast_like(prev, state.previous_gradient),
             hyperparams=hp,

@@ -12,6 +12,7 @@ from gradchain.core.base import (
     Parts,
     ScalarOrSchedule,
     check_number,
+    count_of,
     named_optimizer,
     state_class,
     transformation,
@@ -25,14 +26,14 @@ __all__ = ["polyak_sgd", "scale_by_polyak"]
 _VARIANTS = ("sps", "sps+")
 
 
-@state_class
+@state_class(extras=("count", "step_size", "hyperparams"))
 class ScaleByPolyakState:
     """``count``: updates done; ``step_size``: the Polyak step the latest update used, for
     logging; ``hyperparams``: as used last."""
 
-    count: jax.Array
-    step_size: jax.Array
-    hyperparams: dict
+    count: jax.Array | None
+    step_size: jax.Array | None
+    hyperparams: dict | None
 
 
 @transformation("scale_by_polyak", hyperparams=("f_min", "max_learning_rate", "eps"))
@@ -99,7 +100,9 @@ class ScaleByPolyak(GradientTransformation):
 
         out = jax.tree.map(scale, updates)
         return out, ScaleByPolyakState(
-            count=safe_increment(state.count), step_size=step.astype(jnp.float32), hyperparams=hp
+            count=safe_increment(count_of(state)),
+            step_size=step.astype(jnp.float32),
+            hyperparams=hp,
         )
 
 

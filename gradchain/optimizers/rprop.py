@@ -16,6 +16,7 @@ from gradchain.core.base import (
     check_floating,
     check_number,
     check_tree_match,
+    count_of,
     named_optimizer,
     state_class,
     transformation,
@@ -30,19 +31,23 @@ from gradchain.core.numerics import (
 )
 from gradchain.transforms.scaling import scale
 
-__all__ = ["rprop", "scale_by_rprop"]
+__all__ = [
+    "ScaleByRpropState",
+    "rprop",
+    "scale_by_rprop",
+]
 
 
-@state_class
+@state_class(extras=("count", "hyperparams"))
 class ScaleByRpropState:
     """``count``: updates done; ``step_sizes``: the current step size of every coordinate;
     ``prev_updates``: the previous step (0 where the sign flipped); ``hyperparams``: as used
     last."""
 
-    count: jax.Array
+    count: jax.Array | None
     step_sizes: Any
     prev_updates: Any
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation(
@@ -129,7 +134,7 @@ class ScaleByRprop(GradientTransformation):
 
         out, sizes, prev = tree_map_multi(step, 3, updates, state.step_sizes, state.prev_updates)
         return out, ScaleByRpropState(
-            count=safe_increment(state.count),
+            count=safe_increment(count_of(state)),
             step_sizes=cast_like(sizes, state.step_sizes),
             prev_updates=cast_like(prev, state.prev_updates),
             hyperparams=hp,

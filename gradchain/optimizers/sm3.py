@@ -16,6 +16,7 @@ from gradchain.core.base import (
     check_floating,
     check_number,
     check_tree_match,
+    count_of,
     named_optimizer,
     state_class,
     transformation,
@@ -33,19 +34,23 @@ from gradchain.core.numerics import (
 )
 from gradchain.transforms.scaling import scale_by_learning_rate
 
-__all__ = ["scale_by_sm3", "sm3"]
+__all__ = [
+    "ScaleBySM3State",
+    "scale_by_sm3",
+    "sm3",
+]
 
 
-@state_class
+@state_class(extras=("count", "hyperparams"))
 class ScaleBySM3State:
     """``count``: updates done; ``mu``: per leaf, a list of accumulators, one per axis (one for
     the whole leaf when it has fewer than two axes); ``nu``: the momentum; ``hyperparams``: as
     used last."""
 
-    count: jax.Array
+    count: jax.Array | None
     mu: Any
     nu: Any
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 def _accumulators(p):
@@ -140,7 +145,7 @@ class ScaleBySM3(GradientTransformation):
         results = [step(*args) for args in zip(leaves, accumulators, moments)]
         out, mu, nu = (treedef.unflatten([r[k] for r in results]) for k in range(3))
         return out, ScaleBySM3State(
-            count=safe_increment(state.count),
+            count=safe_increment(count_of(state)),
             mu=mu,
             nu=cast_like(nu, state.nu),
             hyperparams=hp,

@@ -15,6 +15,7 @@ from gradchain.core.base import (
     ScalarOrSchedule,
     check_number,
     check_params_match,
+    count_of,
     named_optimizer,
     require_params,
     state_class,
@@ -44,14 +45,14 @@ __all__ = [
 ]
 
 
-@state_class
+@state_class(extras=("count", "trust_ratio", "hyperparams"))
 class ScaleByTrustRatioState:
     """``count``: updates done; ``trust_ratio``: one scalar per leaf, the ratio the latest update
     was multiplied by (1 for leaves the mask leaves out); ``hyperparams``: as used last."""
 
-    count: jax.Array
+    count: jax.Array | None
     trust_ratio: Any
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation("scale_by_trust_ratio", hyperparams=("min_norm", "trust_coefficient", "eps"))
@@ -92,7 +93,9 @@ class ScaleByTrustRatio(GradientTransformation):
 
     def init(self, params):
         ratios = jax.tree.map(lambda _: jnp.ones((), jnp.result_type(float)), params)
-        return ScaleByTrustRatioState(init_count(), ratios, self.init_hyperparams())
+        return ScaleByTrustRatioState(
+            count=init_count(), trust_ratio=ratios, hyperparams=self.init_hyperparams()
+        )
 
     def update(self, updates, state, params=None, **extra_args):
         require_params(params, self.name)
@@ -110,7 +113,9 @@ class ScaleByTrustRatio(GradientTransformation):
         out, ratios = tree_map_multi(scaled, 2, updates, params, selected)
         if stateless_call(state):
             return out, state
-        return out, ScaleByTrustRatioState(safe_increment(state.count), ratios, hp)
+        return out, ScaleByTrustRatioState(
+            count=safe_increment(count_of(state)), trust_ratio=ratios, hyperparams=hp
+        )
 
 
 scale_by_trust_ratio = ScaleByTrustRatio
@@ -202,12 +207,12 @@ def lars(
     )
 
 
-@state_class
+@state_class(extras=("count", "hyperparams"))
 class FromageStepState:
     """``count``: updates done; ``hyperparams``: the learning rate the latest update used."""
 
-    count: jax.Array
-    hyperparams: dict
+    count: jax.Array | None
+    hyperparams: dict | None
 
 
 @transformation("fromage_step", hyperparams=("learning_rate",))
@@ -236,7 +241,7 @@ class FromageStep(GradientTransformation):
             return (-(lr.astype(dt) * s) * d.astype(dt) + (s - 1) * p.astype(dt)).astype(d.dtype)
 
         out = jax.tree.map(step, updates, params)
-        return out, FromageStepState(safe_increment(state.count), hp)
+        return out, FromageStepState(count=safe_increment(count_of(state)), hyperparams=hp)
 
 
 @named_optimizer

@@ -74,7 +74,7 @@ from gradchain.optimizers.lion import ScaleByLion
 from gradchain.optimizers.optimistic import ScaleByOptimisticGradient
 from gradchain.optimizers.rprop import ScaleByRprop
 from gradchain.optimizers.yogi import ScaleByYogi
-from gradchain.transforms.accumulation import ApplyEvery
+from gradchain.transforms.accumulation import ApplyEveryTransformation
 from gradchain.transforms.adaptive import ScaleByAdam, ScaleByRms, ScaleByStddev
 from gradchain.transforms.clipping import Clip, ClipByGlobalNorm
 from gradchain.transforms.decay import AddDecoupledWeightDecay, AddL2Penalty
@@ -112,7 +112,7 @@ _FLAT_SAFE: set[type] = _PER_LEAF | {
     ScaleByNadam,
     ScaleByRadam,
     ScaleByRss,
-    ApplyEvery,
+    ApplyEveryTransformation,
     NormalizeByUpdateNorm,
     ScaleByAdaDelta,
     ScaleByAdan,

@@ -46,6 +46,7 @@ from gradchain.core.base import (
     check_floating,
     check_int,
     check_number,
+    count_of,
     named_optimizer,
     require_params,
     state_class,
@@ -1099,10 +1100,10 @@ def _init_quantized(tx: QuantizeMoments, keep: tuple[bool, ...], layouts: tuple,
 # Weight decay after the step (bitsandbytes' CUDA order)
 
 
-@state_class
+@state_class(extras=("count", "hyperparams"))
 class _DecayAfterStepState:
-    count: jax.Array
-    hyperparams: dict
+    count: jax.Array | None
+    hyperparams: dict | None
 
 
 @transformation("decay_after_step", hyperparams=("learning_rate", "weight_decay"))
@@ -1124,7 +1125,7 @@ class _DecayAfterStep(GradientTransformation):
         check_number("weight_decay", self.weight_decay, low=0.0)
 
     def init(self, params):
-        return _DecayAfterStepState(init_count(), self.init_hyperparams())
+        return _DecayAfterStepState(count=init_count(), hyperparams=self.init_hyperparams())
 
     def update(self, updates, state, params=None, **extra_args):
         require_params(params, self.name)
@@ -1139,7 +1140,7 @@ class _DecayAfterStep(GradientTransformation):
             return (u.astype(dt) * (1 - shrink) - shrink * p.astype(dt)).astype(u.dtype)
 
         out = jax.tree.map(decay, updates, params, selected)
-        return out, _DecayAfterStepState(safe_increment(state.count), hp)
+        return out, _DecayAfterStepState(count=safe_increment(count_of(state)), hyperparams=hp)
 
 
 # ---------------------------------------------------------------------------------------------

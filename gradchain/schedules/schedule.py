@@ -1,7 +1,7 @@
 r"""Schedules: hyperparameter values as pure functions of the integer step count.
 
 A schedule maps the 0-based update count ``c`` to a value; update number ``c`` of a transformation
-given a schedule uses ``schedule(c)`` (see ``base``: every float hyperparameter is live). As in
+given a schedule uses ``schedule(c)`` (see ``base``: every float hyperparameter may be one). As in
 optax, the first update uses ``schedule(0)``; in PyTorch terms, the value after ``c`` calls of
 ``scheduler.step()`` in the loop ``optimizer.step(); scheduler.step()``.
 
@@ -23,8 +23,8 @@ Where PyTorch's schedulers give other values (a cosine that keeps oscillating af
 one-cycle knots one step earlier; ALGORITHMS.md §13.2, §15 rows 23-24), the optax value is the
 default and ``convention="pytorch"`` gives PyTorch's.
 
-Also here: :class:`ReduceOnPlateau`, gradchain's variant of reduce-on-plateau with live
-hyperparameters; ``gradchain.reduce_on_plateau`` (optax's rule, in :mod:`gradchain.contrib`)
+Also here: :class:`ReduceOnPlateau`, gradchain's variant of reduce-on-plateau whose
+hyperparameters can be live (:func:`gradchain.with_live_hyperparams`); ``gradchain.reduce_on_plateau`` (optax's rule, in :mod:`gradchain.contrib`)
 returns it for ``rule="gradchain"``.
 """
 
@@ -1273,7 +1273,7 @@ join_schedules = JoinSchedules
 # Reduce on plateau
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class ReduceOnPlateauState:
     """``count``: updates done; ``scale``: the factor the updates are multiplied by;
     ``best_value``: the best (lowest) averaged loss so far; ``plateau_count``: accumulations
@@ -1288,7 +1288,7 @@ class ReduceOnPlateauState:
     cooldown_count: jax.Array
     accumulation_count: jax.Array
     avg_value: jax.Array
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation("reduce_on_plateau", hyperparams=("factor", "rtol", "atol", "min_scale"))

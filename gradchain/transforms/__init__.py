@@ -3,6 +3,7 @@ clipping, decay, factored statistics, combinators, averaging).
 """
 
 from gradchain.transforms.accumulation import (
+    ApplyEvery,
     apply_every,
 )
 from gradchain.transforms.adaptive import (
@@ -20,6 +21,7 @@ from gradchain.transforms.averaging import (
     params_ema,
 )
 from gradchain.transforms.clipping import (
+    AdaptiveGradClipState,
     ClipByGlobalNormState,
     ClipState,
     adaptive_grad_clip,
@@ -58,6 +60,7 @@ from gradchain.transforms.conditionality import (
     conditionally_transform,
 )
 from gradchain.transforms.constraining import (
+    NonNegativeParamsState,
     keep_params_nonnegative,
 )
 from gradchain.transforms.decay import (
@@ -99,6 +102,7 @@ from gradchain.transforms.monitoring import (
     snapshot,
 )
 from gradchain.transforms.noise import (
+    AddNoiseState,
     add_noise,
 )
 from gradchain.transforms.normalization import (
@@ -107,6 +111,7 @@ from gradchain.transforms.normalization import (
     scale_by_param_block_norm,
 )
 from gradchain.transforms.scaling import (
+    ScaleByScheduleState,
     ScaleState,
     scale,
     scale_by_learning_rate,
@@ -118,7 +123,10 @@ from gradchain.transforms.sign import (
 )
 
 __all__ = [
+    "AdaptiveGradClipState",
     "AddDecayedWeightsState",
+    "AddNoiseState",
+    "ApplyEvery",
     "ApplyIfFiniteState",
     "ClipByGlobalNormState",
     "ClipState",
@@ -134,11 +142,13 @@ __all__ = [
     "MultiSteps",
     "MultiStepsState",
     "MultiTransformState",
+    "NonNegativeParamsState",
     "PartitionState",
     "ScaleByAdamState",
     "ScaleByBacktrackingLinesearchState",
     "ScaleByRStdDevState",
     "ScaleByRmsState",
+    "ScaleByScheduleState",
     "ScaleByZoomLinesearchState",
     "ScaleState",
     "ShouldSkipUpdateFunction",

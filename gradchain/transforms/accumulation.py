@@ -24,7 +24,10 @@ from gradchain.core.numerics import (
     safe_increment,
 )
 
-__all__ = ["apply_every"]
+__all__ = [
+    "ApplyEvery",
+    "apply_every",
+]
 
 
 @state_class
@@ -36,8 +39,12 @@ class ApplyEveryState:
     grad_acc: Any
 
 
+# optax's name for this state (its NamedTuple ``ApplyEvery(count, grad_acc)``).
+ApplyEvery = ApplyEveryState
+
+
 @transformation("apply_every")
-class ApplyEvery(GradientTransformation):
+class ApplyEveryTransformation(GradientTransformation):
     r"""Sums the updates of ``k`` steps and emits the sum every ``k``-th step, zeros otherwise.
 
     .. math::
@@ -82,4 +89,4 @@ class ApplyEvery(GradientTransformation):
         return out, ApplyEveryState(count=safe_increment(state.count), grad_acc=acc)
 
 
-apply_every = ApplyEvery
+apply_every = ApplyEveryTransformation

@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class ScaleByAdamState:
     """``count``: updates done (saturates at 2^31-1); ``mu``, ``nu``: first and second moments;
     ``hyperparams``: b1, b2, eps, eps_root as used by the latest update."""
@@ -56,7 +56,7 @@ class ScaleByAdamState:
     count: jax.Array
     mu: Any
     nu: Any
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 def init_adam_state(tx: GradientTransformation, params, mu_dtype=None, nu_dtype=None):
@@ -210,14 +210,14 @@ def _check_rms_args(tx) -> None:
     check_bools(tx, "eps_in_sqrt", "bias_correction")
 
 
-@state_class
+@state_class(extras=("count", "hyperparams"))
 class ScaleByRmsState:
     """``count``: updates done; ``nu``: the EMA of squared updates; ``hyperparams``: decay, eps
     as used by the latest update."""
 
-    count: jax.Array
+    count: jax.Array | None
     nu: Any
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation("scale_by_rms", hyperparams=("decay", "eps"))
@@ -266,6 +266,11 @@ class ScaleByRms(GradientTransformation):
         nu = moments_like(params, fill=self.initial_scale)
         return ScaleByRmsState(count=init_count(), nu=nu, hyperparams=self.init_hyperparams())
 
+    def kept_extras(self):
+        # The bias correction needs the step count, which optax then keeps too.
+        kept = super().kept_extras()
+        return kept | {"count"} if self.bias_correction else kept
+
     def update(self, updates, state, params=None, **extra_args):
         check_tree_match(updates, state.nu, "updates", "state.nu")
         hp = self.current_hyperparams(state)
@@ -288,15 +293,15 @@ class ScaleByRms(GradientTransformation):
 scale_by_rms = ScaleByRms
 
 
-@state_class
+@state_class(extras=("count", "hyperparams"))
 class ScaleByStddevState:
     """``count``: updates done; ``mu``, ``nu``: the EMAs of the updates and of their squares;
     ``hyperparams``: decay, eps as used by the latest update."""
 
-    count: jax.Array
+    count: jax.Array | None
     mu: Any
     nu: Any
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation("scale_by_stddev", hyperparams=("decay", "eps"))
@@ -342,6 +347,11 @@ class ScaleByStddev(GradientTransformation):
             nu=moments_like(params, fill=self.initial_scale),
             hyperparams=self.init_hyperparams(),
         )
+
+    def kept_extras(self):
+        # The bias correction needs the step count, which optax then keeps too.
+        kept = super().kept_extras()
+        return kept | {"count"} if self.bias_correction else kept
 
     def update(self, updates, state, params=None, **extra_args):
         check_tree_match(updates, state.nu, "updates", "state.nu")

@@ -24,6 +24,7 @@ from gradchain.core.base import (
     check_number,
     check_params_match,
     check_tree_match,
+    count_of,
     require_params,
     require_values,
     state_class,
@@ -43,14 +44,14 @@ __all__ = [
 # EMA of the parameters (Polyak averaging)
 
 
-@state_class
+@state_class(extras=("count", "hyperparams"))
 class ParamsEmaState:
     """``count``: updates done; ``params_ema``: the moving average of the parameters (after the
     latest update); ``hyperparams``: the decay the latest update used."""
 
-    count: jax.Array
+    count: jax.Array | None
     params_ema: Any
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation("params_ema", hyperparams=("decay",))
@@ -111,7 +112,9 @@ class ParamsEma(GradientTransformation):
             return ema(e.astype(dt), new_p.astype(dt), decay.astype(dt)).astype(e.dtype)
 
         averaged = jax.tree.map(average, updates, params, state.params_ema)
-        return updates, ParamsEmaState(safe_increment(state.count), averaged, hp)
+        return updates, ParamsEmaState(
+            count=safe_increment(count_of(state)), params_ema=averaged, hyperparams=hp
+        )
 
 
 params_ema = ParamsEma
@@ -136,15 +139,15 @@ class LookaheadParams(NamedTuple):
         return cls(fast=params, slow=params)
 
 
-@state_class
+@state_class(extras=("count", "hyperparams"))
 class LookaheadState:
     """``fast_state``: the fast optimizer's state; ``steps_since_sync``: fast steps since the
     last synchronisation; ``count``: updates done; ``hyperparams``: the slow step size used."""
 
     fast_state: Any
     steps_since_sync: jax.Array
-    count: jax.Array
-    hyperparams: dict
+    count: jax.Array | None
+    hyperparams: dict | None
 
 
 @transformation("lookahead", hyperparams=("slow_step_size",))
@@ -228,7 +231,7 @@ class Lookahead(GradientTransformation):
         return LookaheadParams(fast=fast_updates, slow=slow_updates), LookaheadState(
             fast_state=fast_state,
             steps_since_sync=(state.steps_since_sync + 1) % self.sync_period,
-            count=safe_increment(state.count),
+            count=safe_increment(count_of(state)),
             hyperparams=hp,
         )
 

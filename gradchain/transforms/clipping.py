@@ -15,6 +15,7 @@ from gradchain.core.base import (
     check_bool,
     check_number,
     check_params_match,
+    count_of,
     require_params,
     state_class,
     stateless_call,
@@ -23,6 +24,7 @@ from gradchain.core.base import (
 from gradchain.core.numerics import abs_sq, compute_dtype, init_count, safe_increment
 
 __all__ = [
+    "AdaptiveGradClipState",
     "ClipByGlobalNormState",
     "ClipState",
     "adaptive_grad_clip",
@@ -52,14 +54,14 @@ def global_norm(updates: PyTree) -> jax.Array:
     return jnp.sqrt(sum(sq[1:], sq[0]))
 
 
-@state_class
+@state_class(extras=("count", "global_norm", "hyperparams"))
 class ClipByGlobalNormState:
     """``count``: updates done; ``global_norm``: the norm of the latest incoming updates
     (before clipping), for logging; ``hyperparams``: max_norm."""
 
-    count: jax.Array
-    global_norm: jax.Array
-    hyperparams: dict
+    count: jax.Array | None
+    global_norm: jax.Array | None
+    hyperparams: dict | None
 
 
 @transformation("clip_by_global_norm", hyperparams=("max_norm",))
@@ -116,18 +118,22 @@ class ClipByGlobalNorm(GradientTransformation):
         out = jax.tree.map(clip, updates)
         if stateless_call(state):
             return out, state
-        return out, ClipByGlobalNormState(safe_increment(state.count), norm.astype(jnp.float32), hp)
+        return out, ClipByGlobalNormState(
+            count=safe_increment(count_of(state)),
+            global_norm=norm.astype(jnp.float32),
+            hyperparams=hp,
+        )
 
 
 clip_by_global_norm = ClipByGlobalNorm
 
 
-@state_class
+@state_class(extras=("count", "hyperparams"))
 class ClipState:
     """``count``: updates done; ``hyperparams``: the threshold the latest update used."""
 
-    count: jax.Array
-    hyperparams: dict
+    count: jax.Array | None
+    hyperparams: dict | None
 
 
 @transformation("clip", hyperparams=("max_delta",))
@@ -161,7 +167,7 @@ class Clip(GradientTransformation):
         out = jax.tree.map(clip_leaf, updates)
         if stateless_call(state):
             return out, state
-        return out, ClipState(safe_increment(state.count), hp)
+        return out, ClipState(count=safe_increment(count_of(state)), hyperparams=hp)
 
 
 clip = Clip
@@ -202,7 +208,7 @@ class ClipByBlockRms(GradientTransformation):
         out = jax.tree.map(clip_leaf, updates)
         if stateless_call(state):
             return out, state
-        return out, ClipState(safe_increment(state.count), hp)
+        return out, ClipState(count=safe_increment(count_of(state)), hyperparams=hp)
 
 
 clip_by_block_rms = ClipByBlockRms
@@ -246,12 +252,12 @@ def _unitwise_norm(x, axis, path):
     return jnp.broadcast_to(jnp.sqrt(jnp.sum(x * x, axis=axes, keepdims=True)), x.shape)
 
 
-@state_class
+@state_class(extras=("count", "hyperparams"))
 class AdaptiveGradClipState:
     """``count``: updates done; ``hyperparams``: clipping and eps as used last."""
 
-    count: jax.Array
-    hyperparams: dict
+    count: jax.Array | None
+    hyperparams: dict | None
 
 
 @transformation("adaptive_grad_clip", hyperparams=("clipping", "eps"))
@@ -307,7 +313,7 @@ class AdaptiveGradClip(GradientTransformation):
         out = jax.tree_util.tree_map_with_path(clip_leaf, updates, params)
         if stateless_call(state):
             return out, state
-        return out, AdaptiveGradClipState(safe_increment(state.count), hp)
+        return out, AdaptiveGradClipState(count=safe_increment(count_of(state)), hyperparams=hp)
 
 
 adaptive_grad_clip = AdaptiveGradClip

@@ -225,24 +225,26 @@ def freeze(mask: MaskOrFn) -> Masked:
 
 @state_class
 class PartitionState:
-    """``inner_states``: the state of each group's transformation, by label.
+    """``inner_states``: the state of each group's transformation, by label, in a
+    :class:`MaskedState` (optax's layout).
 
-    ``state.inner_states["decay"]`` (or ``state["decay"]``) is the state of the group labelled
-    ``"decay"``, exactly as its transformation made it, so ``gc.tree_get(state["decay"],
-    "learning_rate")`` reads that group's learning rate.
+    ``state["decay"]`` (``state.inner_states["decay"].inner_state``) is the state of the group
+    labelled ``"decay"``, exactly as its transformation made it, so ``gc.tree_get(state["decay"],
+    "mu")`` reads that group's first moment.
     """
 
     inner_states: Mapping
 
     def __getitem__(self, label):
-        return self.inner_states[label]
+        return self.inner_states[label].inner_state
 
     def with_group(self, label, group_state) -> PartitionState:
         """This state with the group ``label``'s state replaced by ``group_state``; for example
         ``state.with_group("head", gc.tree_set(state["head"], learning_rate=1e-4))``."""
         if label not in self.inner_states:
             raise KeyError(f"no group labelled {label!r} (labels: {list(self.inner_states)})")
-        return PartitionState(inner_states={**self.inner_states, label: group_state})
+        masked = MaskedState(inner_state=group_state)
+        return PartitionState(inner_states={**self.inner_states, label: masked})
 
 
 @transformation("partition")
@@ -270,8 +272,8 @@ class Partition(GradientTransformation):
       mask_compatible_extra_args: also mask the extra ``update`` arguments that have the
         updates' structure (keyword-only, default False).
 
-    Same as ``optax.partition`` (``optax.multi_transform``), whose ``inner_states`` hold each
-    group's state wrapped in a ``MaskedState``; here they hold the group's state itself.
+    Same as ``optax.partition`` (``optax.multi_transform``), state included: ``inner_states``
+    holds each group's state wrapped in a ``MaskedState``.
     """
 
     transforms: Mapping
@@ -321,7 +323,9 @@ class Partition(GradientTransformation):
         labels = self.labels(params)
         return PartitionState(
             inner_states={
-                label: tx.init(_hide(params, self._selected(labels, label)))
+                label: MaskedState(
+                    inner_state=tx.init(_hide(params, self._selected(labels, label)))
+                )
                 for label, tx in self.transforms.items()
             }
         )
@@ -337,15 +341,16 @@ class Partition(GradientTransformation):
         new_states = {}
         for label, tx in self.transforms.items():
             selected = self._selected(labels, label)
-            group_updates, new_states[label] = _update_selected(
+            group_updates, group_state = _update_selected(
                 tx,
                 selected,
                 updates,
-                state.inner_states[label],
+                state[label],
                 params,
                 extra_args,
                 self.mask_compatible_extra_args,
             )
+            new_states[label] = MaskedState(inner_state=group_state)
             out = _merge(selected, group_updates, out)
         return out, PartitionState(inner_states=new_states)
 

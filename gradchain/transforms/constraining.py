@@ -13,7 +13,13 @@ from gradchain.core.base import (
     transformation,
 )
 
-__all__ = ["keep_params_nonnegative"]
+__all__ = [
+    "NonNegativeParamsState",
+    "keep_params_nonnegative",
+]
+
+# optax's name for the state of keep_params_nonnegative, which keeps nothing.
+NonNegativeParamsState = EmptyState
 
 
 @transformation("keep_params_nonnegative")

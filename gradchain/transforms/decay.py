@@ -14,6 +14,7 @@ from gradchain.core.base import (
     ScalarOrSchedule,
     check_number,
     check_params_match,
+    count_of,
     require_params,
     state_class,
     stateless_call,
@@ -30,12 +31,12 @@ __all__ = [
 ]
 
 
-@state_class
+@state_class(extras=("count", "hyperparams"))
 class WeightDecayState:
     """``count``: updates done; ``hyperparams``: the weight decay the latest update used."""
 
-    count: jax.Array
-    hyperparams: dict
+    count: jax.Array | None
+    hyperparams: dict | None
 
 
 @transformation("add_decoupled_weight_decay", hyperparams=("weight_decay",))
@@ -87,7 +88,7 @@ class AddDecoupledWeightDecay(GradientTransformation):
         out = jax.tree.map(decay, updates, params, selected, is_leaf=lambda x: x is None)
         if stateless_call(state):
             return out, state
-        return out, WeightDecayState(safe_increment(state.count), hp)
+        return out, WeightDecayState(count=safe_increment(count_of(state)), hyperparams=hp)
 
 
 add_decoupled_weight_decay = AddDecoupledWeightDecay

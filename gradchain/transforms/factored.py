@@ -24,6 +24,7 @@ from gradchain.core.base import (
     check_int,
     check_number,
     check_tree_match,
+    count_of,
     require_params,
     state_class,
     stateless_call,
@@ -103,7 +104,7 @@ def _is_none(x) -> bool:
     return x is None
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class FactoredState:
     """``count``: updates done; per parameter, ``v_row`` and ``v_col``: the moving averages of
     the mean of :math:`g^2 + \\epsilon_1` over axis ``d0`` and over axis ``d1``, each kept as an
@@ -115,7 +116,7 @@ class FactoredState:
     v_row: Any
     v_col: Any
     v: Any
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation("factored_second_moment", hyperparams=("decay_rate", "epsilon"))
@@ -275,7 +276,11 @@ class FactoredSecondMoment(GradientTransformation):
         def fused(updates, state, clip_state, params, extra_args):
             hp = following.current_hyperparams(clip_state)
             out, new_state = self._update(updates, state, clip_threshold=hp["threshold"])
-            return out, new_state, ClipState(safe_increment(clip_state.count), hp)
+            return (
+                out,
+                new_state,
+                ClipState(count=safe_increment(count_of(clip_state)), hyperparams=hp),
+            )
 
         return fused
 
@@ -388,7 +393,7 @@ class ScaleByParamBlockRms(GradientTransformation):
         out = jax.tree.map(scale_leaf, updates, params)
         if stateless_call(state):
             return out, state
-        return out, ScaleState(safe_increment(state.count), hp)
+        return out, ScaleState(count=safe_increment(state.count), hyperparams=hp)
 
 
 scale_by_param_block_rms = ScaleByParamBlockRms

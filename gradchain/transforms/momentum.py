@@ -16,6 +16,7 @@ from gradchain.core.base import (
     check_floating,
     check_number,
     check_tree_match,
+    count_of,
     state_class,
     transformation,
     tree_map_multi,
@@ -36,13 +37,13 @@ __all__ = [
 ]
 
 
-@state_class
+@state_class(extras=("count", "hyperparams"))
 class TraceState:
     """``count``: updates done; ``trace``: the momentum buffer ``b``; ``hyperparams``: decay."""
 
-    count: jax.Array
+    count: jax.Array | None
     trace: Any
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation("trace", hyperparams=("decay",))
@@ -91,7 +92,7 @@ class Trace(GradientTransformation):
         out, buf = tree_map_multi(
             lambda g, b: _trace_leaf(g, b, mu, self.nesterov), 2, updates, state.trace
         )
-        return out, TraceState(safe_increment(state.count), buf, hp)
+        return out, TraceState(count=safe_increment(count_of(state)), trace=buf, hyperparams=hp)
 
 
 trace = Trace
@@ -106,14 +107,14 @@ def _trace_leaf(g, b, mu, nesterov: bool):
     return out.astype(g.dtype), new_b.astype(b.dtype)
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class EmaState:
     """``count``: updates done; ``ema``: the moving average (not debiased);
     ``hyperparams``: decay."""
 
     count: jax.Array
     ema: Any
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation("ema", hyperparams=("decay",))

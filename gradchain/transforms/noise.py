@@ -19,7 +19,10 @@ from gradchain.core.base import (
 )
 from gradchain.core.numerics import compute_dtype, init_count, safe_increment
 
-__all__ = ["add_noise"]
+__all__ = [
+    "AddNoiseState",
+    "add_noise",
+]
 
 
 def as_key(key, name: str) -> jax.Array:
@@ -44,14 +47,14 @@ def as_key(key, name: str) -> jax.Array:
     raise ValueError(f"{name}: key must be None, an int or a PRNG key, got {key!r}")
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class AddNoiseState:
     """``count``: updates done; ``rng_key``: the key the next noise is drawn from;
     ``hyperparams``: eta and gamma as used last."""
 
     count: jax.Array
     rng_key: jax.Array
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation("add_noise", hyperparams=("eta", "gamma"))

@@ -12,6 +12,7 @@ from gradchain.core.base import (
     ScalarOrSchedule,
     check_number,
     check_params_match,
+    count_of,
     require_params,
     state_class,
     transformation,
@@ -22,12 +23,12 @@ from gradchain.transforms.clipping import global_norm
 __all__ = ["centralize", "normalize_by_update_norm", "scale_by_param_block_norm"]
 
 
-@state_class
+@state_class(extras=("count", "hyperparams"))
 class HyperparamsState:
     """``count``: updates done; ``hyperparams``: the values the latest update used."""
 
-    count: jax.Array
-    hyperparams: dict
+    count: jax.Array | None
+    hyperparams: dict | None
 
 
 @transformation("centralize")
@@ -94,7 +95,9 @@ class NormalizeByUpdateNorm(GradientTransformation):
             dt = jnp.promote_types(g.dtype, norm.dtype)
             return (g.astype(dt) / denominator.astype(dt)).astype(g.dtype)
 
-        return jax.tree.map(scale, updates), HyperparamsState(safe_increment(state.count), hp)
+        return jax.tree.map(scale, updates), HyperparamsState(
+            count=safe_increment(count_of(state)), hyperparams=hp
+        )
 
 
 normalize_by_update_norm = NormalizeByUpdateNorm
@@ -133,7 +136,7 @@ class ScaleByParamBlockNorm(GradientTransformation):
             return (g.astype(dt) * factor).astype(g.dtype)
 
         out = jax.tree.map(scale, updates, params)
-        return out, HyperparamsState(safe_increment(state.count), hp)
+        return out, HyperparamsState(count=safe_increment(count_of(state)), hyperparams=hp)
 
 
 scale_by_param_block_norm = ScaleByParamBlockNorm

@@ -14,6 +14,7 @@ from gradchain.core.base import (
     ScalarOrSchedule,
     check_bool,
     check_number,
+    count_of,
     hyperparam_value,
     state_class,
     stateless_call,
@@ -22,6 +23,7 @@ from gradchain.core.base import (
 from gradchain.core.numerics import init_count, leaf_kernel, safe_increment
 
 __all__ = [
+    "ScaleByScheduleState",
     "ScaleState",
     "scale",
     "scale_by_learning_rate",
@@ -30,12 +32,22 @@ __all__ = [
 ]
 
 
-@state_class
+@state_class(extras=("count", "hyperparams"))
 class ScaleState:
-    """``count``: updates done; ``hyperparams``: the factor(s) the latest update used."""
+    """optax's ``EmptyState`` by default. Extras: ``count``, updates done (kept when the factor is
+    a schedule); ``hyperparams``, the factor(s) the latest update used."""
+
+    count: jax.Array | None
+    hyperparams: dict | None
+
+
+@state_class(extras=("hyperparams",))
+class ScaleByScheduleState:
+    """``count``: updates done (optax's state of ``scale_by_schedule``); ``hyperparams``: the
+    step size the latest update used (kept with :func:`with_live_hyperparams`)."""
 
     count: jax.Array
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @leaf_kernel()
@@ -72,7 +84,7 @@ class Scale(GradientTransformation):
         out = _scaled(updates, hp["step_size"])
         if stateless_call(state):
             return out, state
-        return out, ScaleState(safe_increment(state.count), hp)
+        return out, ScaleState(count=safe_increment(count_of(state)), hyperparams=hp)
 
 
 scale = Scale
@@ -113,7 +125,7 @@ class ScaleByLearningRate(GradientTransformation):
         out = _scaled(updates, sign * hp["learning_rate"])
         if stateless_call(state):
             return out, state
-        return out, ScaleState(safe_increment(state.count), hp)
+        return out, ScaleState(count=safe_increment(count_of(state)), hyperparams=hp)
 
 
 scale_by_learning_rate = ScaleByLearningRate
@@ -123,8 +135,9 @@ scale_by_learning_rate = ScaleByLearningRate
 class ScaleBySchedule(GradientTransformation):
     """Multiplies the updates by a schedule of the step count: ``u_k = f(k) * g_k``.
 
-    ``k`` counts the updates done before this one, so the first update uses ``f(0)``. The value
-    used is kept in the state as ``hyperparams["step_size"]``. Same as ``optax.scale_by_schedule``.
+    ``k`` counts the updates done before this one, so the first update uses ``f(0)``. State:
+    :class:`ScaleByScheduleState`, optax's; with :func:`with_live_hyperparams` it also keeps the
+    value used, ``hyperparams["step_size"]``. Same as ``optax.scale_by_schedule``.
     """
 
     complex_params = True
@@ -137,12 +150,14 @@ class ScaleBySchedule(GradientTransformation):
 
     def init(self, params):
         zero = init_count()
-        return ScaleState(zero, {"step_size": hyperparam_value(self.step_size_fn, zero)})
+        return ScaleByScheduleState(
+            zero, hyperparams={"step_size": hyperparam_value(self.step_size_fn, zero)}
+        )
 
     def update(self, updates, state, params=None, **extra_args):
         step_size = hyperparam_value(self.step_size_fn, state.count)
-        return _scaled(updates, step_size), ScaleState(
-            safe_increment(state.count), {"step_size": step_size}
+        return _scaled(updates, step_size), ScaleByScheduleState(
+            safe_increment(state.count), hyperparams={"step_size": step_size}
         )
 
 

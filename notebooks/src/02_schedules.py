@@ -70,12 +70,14 @@ plt.show()
 # %% [markdown]
 # ## The learning rate is in the state
 #
-# Every float hyperparameter of every transformation may be a schedule, and the value a step used
-# is kept in the optimizer state. Logging it needs no wrapper: read it by name.
+# Every float hyperparameter of every transformation may be a schedule. The state has optax's
+# layout by default; `gc.with_live_hyperparams` also keeps the value a step used in the state, so
+# logging it needs no other wrapper: read it by name.
 
 # %%
 schedule = gc.warmup_cosine_decay_schedule(0.0, 0.1, warmup_steps=20, decay_steps=100)
 tx = gc.chain(gc.clip_by_global_norm(1.0), gc.adamw(schedule, weight_decay=1e-2))
+tx = gc.with_live_hyperparams(tx)
 params = {"w": jnp.ones(3)}
 state = tx.init(params)
 
@@ -106,6 +108,7 @@ print("identical:", np.allclose(logged, schedule.values(120)))
 n = 300
 tx = gc.adam(gc.cosine_onecycle_schedule(n, 1e-2),
              b1=gc.piecewise_interpolate_schedule("cosine", 0.95, {int(0.3 * n): 0.85 / 0.95, n: 0.95 / 0.85}))
+tx = gc.with_live_hyperparams(tx)
 state = tx.init(params)
 b1s = []
 for _ in range(n):

@@ -82,6 +82,7 @@ tx = gc.chain(
         gc.path_labels({"embed": "embed"}, default="rest"),
     ),
 )
+tx = gc.with_live_hyperparams(tx)  # keeps the global norm (a logging field) in the state
 print(tx)
 p_groups, state, losses_groups = train(tx)
 print("embed group's Adam step count:", state[1]["embed"].scale_by_adam.count)

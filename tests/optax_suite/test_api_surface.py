@@ -100,16 +100,18 @@ def _same_default(a, b) -> bool:
 def signature_mismatch(optax_obj, gradchain_obj) -> str | None:
     """Why ``gradchain_obj``'s signature does not extend ``optax_obj``'s, or None.
 
-    A state class matches when it has every field of optax's: gradchain's states add ``count``
-    and the live ``hyperparams`` (see README, "State layout").
+    A state class matches when its fields, less gradchain's extras (kept only on request, see
+    ``gradchain.with_live_hyperparams``), are optax's, in optax's order.
     """
     if isinstance(optax_obj, type) and hasattr(optax_obj, "_fields"):
         if dataclasses.is_dataclass(gradchain_obj):
-            fields = {f.name for f in dataclasses.fields(gradchain_obj)}
+            extras = getattr(gradchain_obj, "_gradchain_extras", ())
+            fields = [f.name for f in dataclasses.fields(gradchain_obj) if f.name not in extras]
         else:
-            fields = set(getattr(gradchain_obj, "_fields", ()))
-        missing = [f for f in optax_obj._fields if f not in fields]
-        return f"state fields {missing} missing" if missing else None
+            fields = list(getattr(gradchain_obj, "_fields", ()))
+        if fields != list(optax_obj._fields):
+            return f"state fields {fields} (less extras), optax's {list(optax_obj._fields)}"
+        return None
     try:
         o_sig, g_sig = inspect.signature(optax_obj), inspect.signature(gradchain_obj)
     except (TypeError, ValueError):
