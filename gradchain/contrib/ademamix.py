@@ -52,7 +52,7 @@ _LOG_HALF = math.log(0.5)
 _HL_EPS = 1e-8
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class ScaleByAdemamixState:
     """``count``: updates done; ``count_m2``: updates of the slow EMA (optax keeps both, equal);
     ``m1``, ``m2``: the fast and slow EMAs of the gradient; ``nu``: the EMA of its square;
@@ -63,7 +63,7 @@ class ScaleByAdemamixState:
     m1: Any
     m2: Any
     nu: Any
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 def _half_life(one_minus_beta: jax.Array) -> jax.Array:
@@ -254,7 +254,7 @@ def ademamix(
     )
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class ScaleBySimplifiedAdEMAMixState:
     """``t``: updates done (optax's name for the count); ``m``: the undamped momentum
     :math:`\\sum_k \\beta_1^{t-k} g_k`; ``n``: the EMA of the squared gradient; ``hyperparams``:
@@ -263,8 +263,7 @@ class ScaleBySimplifiedAdEMAMixState:
     t: jax.Array
     m: Any
     n: Any
-    hyperparams: dict
-
+    hyperparams: dict | None
     @property
     def count(self) -> jax.Array:
         """The step count under gradchain's usual name (schedules are evaluated at it)."""

@@ -30,7 +30,7 @@ from gradchain.transforms.scaling import scale_by_learning_rate
 __all__ = ["COCOBState", "cocob", "scale_by_cocob"]
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class COCOBState:
     """``init_particles``: the initial parameters :math:`p_0`; ``cumulative_gradients``: the
     negated gradient sum :math:`C`; ``scale``: the largest :math:`|g|` seen, :math:`L`;
@@ -42,7 +42,7 @@ class COCOBState:
     scale: Any
     subgradients: Any
     reward: Any
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation("scale_by_cocob", hyperparams=("alpha",))

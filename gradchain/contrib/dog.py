@@ -97,7 +97,7 @@ def _copy_initial(name):
 # DoG
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class DoGState:
     """``is_init_step``: no update done yet; ``init_params``: :math:`x_0`; ``max_dist``: the
     largest distance from :math:`x_0` seen, :math:`\\bar r`; ``sum_sq_norm_grads``:
@@ -107,7 +107,7 @@ class DoGState:
     init_params: Any
     max_dist: jax.Array
     sum_sq_norm_grads: jax.Array
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 def _check_init_step(init_step) -> None:
@@ -223,7 +223,7 @@ def dog(
 # DoWG
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class DoWGState:
     """``init_params``: :math:`x_0`; ``weighted_sq_norm_grads``: :math:`v`;
     ``estim_sq_dist``: :math:`\\bar r^2`; ``hyperparams``: as used last."""
@@ -231,7 +231,7 @@ class DoWGState:
     init_params: Any
     weighted_sq_norm_grads: jax.Array
     estim_sq_dist: jax.Array
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation("scale_by_dowg", hyperparams=("eps",))
@@ -330,7 +330,7 @@ def dowg(
 # Layer-wise DoG
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class ScaleByDistanceOverGradientsState:
     """Per leaf: ``max_dist``: :math:`\\bar r` (a scalar); ``grad_sum_of_squares``: :math:`G`
     (shape ``(1,)``, as optax); ``init_params``: :math:`x_0` in ``param_dtype``;
@@ -339,7 +339,7 @@ class ScaleByDistanceOverGradientsState:
     max_dist: Any
     grad_sum_of_squares: Any
     init_params: Any
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation("scale_by_distance_over_gradients", hyperparams=("reps_rel", "eps", "global_scale"))

@@ -35,7 +35,7 @@ from gradchain.transforms.decay import add_decayed_weights
 __all__ = ["MadgradState", "madgrad", "scale_by_madgrad"]
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class MadgradState:
     """``count``: updates done; ``grad_sum_sq``: the weighted sum of squared gradients
     :math:`v`; ``s``: the weighted sum of gradients; ``x0``: the initial parameters;
@@ -45,7 +45,7 @@ class MadgradState:
     grad_sum_sq: Any
     s: Any
     x0: Any
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation("scale_by_madgrad", hyperparams=("learning_rate", "momentum", "eps"))

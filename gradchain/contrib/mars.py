@@ -38,7 +38,7 @@ from gradchain.transforms.scaling import scale_by_learning_rate
 __all__ = ["ScaleByMarsState", "mars", "scale_by_mars"]
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class ScaleByMarsState:
     """``count``: updates done; ``mu``, ``nu``: the moments of the corrected gradient;
     ``last_grad``: the previous gradient :math:`g_{t-1}`; ``hyperparams``: as used last."""
@@ -47,7 +47,7 @@ class ScaleByMarsState:
     mu: Any
     nu: Any
     last_grad: Any
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation(

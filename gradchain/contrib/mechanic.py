@@ -24,7 +24,7 @@ from gradchain.core.numerics import compute_dtype, init_count, safe_increment
 __all__ = ["MechanicState", "mechanize"]
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class MechanicState:
     """``base_optimizer_state``: the wrapped optimizer's state; ``count``: updates done;
     ``r``, ``m``, ``v``, ``s``: one entry per :math:`\\beta` (the bettor's reward, the largest
@@ -38,7 +38,7 @@ class MechanicState:
     v: jax.Array
     s: jax.Array
     x0: Any
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 def _scalar_dtype(params) -> jnp.dtype:
@@ -110,7 +110,9 @@ class Mechanize(GradientTransformation):
 
     def _copy_initial(self, p):
         require_values(p, self.name)  # x0 is the parameters' values
-        return jnp.array(p, copy=True)
+        # A strong dtype, as ``update`` writes it: a weakly typed copy would make the second
+        # step's jit signature differ from the first's and recompile.
+        return jnp.array(p, dtype=jnp.dtype(p.dtype), copy=True)
 
     def init(self, params):
         check_floating(params, self.name)

@@ -100,7 +100,7 @@ def _polyak_step(tx, hp, barf, gamma, iprod, slope_sq, lb, bc1):
 # MoMo
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class MomoState:
     """``exp_avg``: the gradients' average :math:`d`; ``barf``: the losses' average
     :math:`\\bar f`; ``gamma``: the average of :math:`\\langle g, x\\rangle`; ``lb``: the loss's
@@ -111,7 +111,7 @@ class MomoState:
     gamma: jax.Array
     lb: jax.Array
     count: jax.Array
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation("momo", hyperparams=("learning_rate", "beta", "lower_bound", "weight_decay"))
@@ -216,7 +216,7 @@ momo = Momo
 # MoMo-Adam
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class MomoAdamState:
     """``exp_avg``, ``exp_avg_sq``: Adam's moments; ``barf``, ``gamma``, ``lb``, ``count``: as
     :class:`MomoState`; ``hyperparams``: as used last."""
@@ -227,7 +227,7 @@ class MomoAdamState:
     gamma: jax.Array
     lb: jax.Array
     count: jax.Array
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 @transformation(

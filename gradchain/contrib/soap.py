@@ -35,7 +35,7 @@ from gradchain.transforms.scaling import scale_by_learning_rate
 __all__ = ["ScaleBySoapState", "scale_by_soap", "soap"]
 
 
-@state_class
+@state_class(extras=("hyperparams",))
 class ScaleBySoapState:
     """``count``: updates done (the first only sets up the preconditioner); ``mu``: the first
     moment, in the parameters' basis; ``nu``: the second moment, in the eigenbasis; ``gg``: per
@@ -48,7 +48,7 @@ class ScaleBySoapState:
     nu: Any
     gg: Any
     q: Any
-    hyperparams: dict
+    hyperparams: dict | None
 
 
 def _preconditioned(p, max_precond_dim: int) -> tuple[bool, ...]:

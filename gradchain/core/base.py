@@ -249,7 +249,7 @@ def count_of(state) -> jax.Array | None:
     default layout, an ``EmptyState``, None)."""
     # A tuple's ``count`` is its method: only a state's field is a count.
     if _is_state(state) or "count" in getattr(state, "_fields", ()):
-        return state.count
+        return getattr(state, "count", None)
     return None
 
 
