@@ -264,6 +264,7 @@ class ScaleBySimplifiedAdEMAMixState:
     m: Any
     n: Any
     hyperparams: dict | None
+
     @property
     def count(self) -> jax.Array:
         """The step count under gradchain's usual name (schedules are evaluated at it)."""
