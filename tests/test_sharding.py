@@ -28,9 +28,14 @@ from gradchain.sharding import _zero1_spec, derive_shardings
 
 HERE = pathlib.Path(__file__).resolve().parent
 
-BASE_OPTIMIZERS = ["adamw", "sgd_momentum", "clip_adamw", "flatten_clip_adamw", "factored"] + (
-    ["adafactor"] if hasattr(gc, "adafactor") else []
-)
+BASE_OPTIMIZERS = [
+    "adamw",
+    "sgd_momentum",
+    "clip_adamw",
+    "clip_adamw_live",
+    "flatten_clip_adamw",
+    "factored",
+] + (["adafactor"] if hasattr(gc, "adafactor") else [])
 # Optimizers that reduce across coordinates in other ways (tests/sharded_checks.py: REDUCING)
 REDUCING = ["sophia", "prodigy", "dadapt_adamw", "galore", "muon"]
 ON_MESH = BASE_OPTIMIZERS + REDUCING + ["adamw-explicit", "galore-explicit"]
