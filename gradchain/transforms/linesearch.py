@@ -201,8 +201,34 @@ class _Backtrack:
     iter_num: jax.Array
 
 
+class _LineSearch(GradientTransformation):
+    """What the two line searches share: ``update`` checks its extra arguments and runs the
+    search ``_step`` (compiled once per ``value_fn`` when called outside ``jax.jit``)."""
+
+    def _step(self, value_fn, updates, learning_rate, params, value, grad, fn_kwargs):
+        raise NotImplementedError
+
+    def update(
+        self,
+        updates,
+        state,
+        params=None,
+        *,
+        value=None,
+        grad=None,
+        value_fn=None,
+        **extra_args,
+    ):
+        require_params(params, self.name)
+        check_params_match(updates, params)
+        _require_extras(self.name, value, grad, value_fn)
+        fn_kwargs = _split_fn_kwargs(self.name, value_fn, extra_args)
+        args = (updates, state.learning_rate, params, value, grad, fn_kwargs)
+        return compiled_when_eager(self._step, value_fn, args)
+
+
 @transformation("scale_by_backtracking_linesearch")
-class ScaleByBacktrackingLinesearch(GradientTransformation):
+class ScaleByBacktrackingLinesearch(_LineSearch):
     r"""Scales the updates by the largest tried step size that decreases the loss enough.
 
     With :math:`f` the loss (``value_fn``), :math:`w` the parameters, :math:`u` the incoming
@@ -298,24 +324,6 @@ class ScaleByBacktrackingLinesearch(GradientTransformation):
         error = new_value - (1.0 + self.rtol) * value - stepsize * self.slope_rtol * slope
         error = jnp.where(jnp.isnan(error), jnp.inf, error)
         return jnp.maximum(error, 0.0)
-
-    def update(
-        self,
-        updates,
-        state,
-        params=None,
-        *,
-        value=None,
-        grad=None,
-        value_fn=None,
-        **extra_args,
-    ):
-        require_params(params, self.name)
-        check_params_match(updates, params)
-        _require_extras(self.name, value, grad, value_fn)
-        fn_kwargs = _split_fn_kwargs(self.name, value_fn, extra_args)
-        args = (updates, state.learning_rate, params, value, grad, fn_kwargs)
-        return compiled_when_eager(self._step, value_fn, args)
 
     def _step(self, value_fn, updates, learning_rate, params, value, grad, fn_kwargs):
         fn = functools.partial(value_fn, **fn_kwargs)
@@ -468,7 +476,7 @@ def _quadmin(a, fa, fpa, b, fb):
 
 
 @transformation("scale_by_zoom_linesearch")
-class ScaleByZoomLinesearch(GradientTransformation):
+class ScaleByZoomLinesearch(_LineSearch):
     r"""Scales the updates by a step size meeting the strong Wolfe conditions, found by
     bracketing and zooming (Nocedal & Wright's Algorithms 3.5 and 3.6).
 
@@ -823,24 +831,6 @@ class ScaleByZoomLinesearch(GradientTransformation):
             "Cannot even make a step without getting Inf or Nan. The linesearch won't make a "
             "step and the optimizer is stuck.",
         )
-
-    def update(
-        self,
-        updates,
-        state,
-        params=None,
-        *,
-        value=None,
-        grad=None,
-        value_fn=None,
-        **extra_args,
-    ):
-        require_params(params, self.name)
-        check_params_match(updates, params)
-        _require_extras(self.name, value, grad, value_fn)
-        fn_kwargs = _split_fn_kwargs(self.name, value_fn, extra_args)
-        args = (updates, state.learning_rate, params, value, grad, fn_kwargs)
-        return compiled_when_eager(self._step, value_fn, args)
 
     def _step(self, value_fn, updates, learning_rate, params, value, grad, fn_kwargs):
         fn = functools.partial(value_fn, **fn_kwargs)
