@@ -28,7 +28,10 @@ HEADER = (
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def rows() -> list[tuple[str, int, int, int, int]]:
+Rows = list[tuple[str, int, int, int, int]]
+
+
+def rows() -> Rows:
     """``(file, optax passes, gradchain passes, divergences, other failures)`` per file."""
     files = load_baseline()["files"]
     out = []
@@ -44,20 +47,23 @@ def rows() -> list[tuple[str, int, int, int, int]]:
     return out
 
 
-def markdown() -> str:
+def totals(table: Rows) -> list[int]:
+    """The columns' sums: optax passes, gradchain passes, divergences, other failures."""
+    return [sum(r[i] for r in table) for i in range(1, 5)]
+
+
+def markdown(table: Rows) -> str:
     lines = [HEADER, "|---|---:|---:|---:|---:|"]
-    table = rows()
     for path, base, ours, div, gaps in table:
         name = f"`{path}`" + (" (gradchain's optimizers)" if path in SELECT else "")
         lines.append(f"| {name} | {base} | {ours} | {div} | {gaps} |")
-    total = [sum(r[i] for r in table) for i in range(1, 5)]
-    lines.append("| **total** | " + " | ".join(f"**{t}**" for t in total) + " |")
+    lines.append("| **total** | " + " | ".join(f"**{t}**" for t in totals(table)) + " |")
     return "\n".join(lines)
 
 
-def summary() -> str:
+def summary(table: Rows) -> str:
     """The README's sentence with the totals."""
-    _, base, ours, div, gaps = ("total", *(sum(r[i] for r in rows()) for i in range(1, 5)))
+    base, ours, div, gaps = totals(table)
     return f"today {ours} of {base} do, {div} are divergences and {gaps} are gaps still open."
 
 
@@ -68,18 +74,19 @@ def readme_table(text: str) -> str:
     return text[start:end]
 
 
-def write_readme() -> None:
+def write_readme(table: Rows) -> None:
     text = README.read_text()
-    text = text.replace(readme_table(text), markdown())
+    text = text.replace(readme_table(text), markdown(table))
     start = text.index("today ", text.index("## Drop-in for optax"))
     end = text.index("still open.", start) + len("still open.")
-    text = text[:start] + summary() + text[end:]
+    text = text[:start] + summary(table) + text[end:]
     README.write_text(text)
 
 
 if __name__ == "__main__":
     import sys
 
+    table = rows()  # one collection run of the selected files serves every output
     if "--write" in sys.argv:
-        write_readme()
-    print(markdown())
+        write_readme(table)
+    print(markdown(table))
