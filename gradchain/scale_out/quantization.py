@@ -370,8 +370,10 @@ def _encode_linear_4bit(scaled: jax.Array) -> jax.Array:
     """Nearest code of the zero-point-free linear map ``(c + 1) / 16``, ``c = 0..15``, for
     ``scaled`` in [0, 1] (an exact midpoint goes down; NaN and values above 1 get 15): the
     count of midpoints ``(i + 1.5) / 16`` strictly below ``scaled``."""
-    count = jnp.clip(jnp.ceil(scaled * np.float32(16) - np.float32(1.5)), 0, 15)
-    return jnp.where(scaled <= 1, count, 15).astype(jnp.uint8)
+    # ``scaled`` is read once (``t <= 14.5`` exactly when ``scaled <= 1``), so that XLA fuses
+    # the division computing it into the encode.
+    t = scaled * np.float32(16) - np.float32(1.5)
+    return jnp.where(t <= np.float32(14.5), jnp.clip(jnp.ceil(t), 0, 15), 15).astype(jnp.uint8)
 
 
 def _decode_linear_4bit(codes: jax.Array) -> jax.Array:
@@ -379,14 +381,29 @@ def _decode_linear_4bit(codes: jax.Array) -> jax.Array:
 
 
 def _pack(codes: jax.Array) -> jax.Array:
-    """Two 4-bit codes per byte along the last axis (even length): low nibble first."""
+    """Two 4-bit codes per byte along the last axis (even length): low nibble first.
+
+    Written as a reduction over each pair, so that the codes' computation has one reader: XLA
+    fuses it into the packing instead of writing the codes' float32 inputs out for two slices.
+    """
     pairs = codes.reshape(*codes.shape[:-1], codes.shape[-1] // 2, 2).astype(jnp.uint8)
-    return pairs[..., 0] | (pairs[..., 1] << 4)
+    shifted = pairs << _nibble_shifts(pairs.shape)
+    return jax.lax.reduce(shifted, np.uint8(0), jax.lax.bitwise_or, (pairs.ndim - 1,))
 
 
 def _unpack(packed: jax.Array) -> jax.Array:
-    both = jnp.stack([packed & 15, packed >> 4], axis=-1)
+    """The codes of :func:`_pack`, by shifts of the broadcast bytes: an elementwise computation
+    that XLA fuses into each reader instead of writing the unpacked codes out."""
+    shape = (*packed.shape, 2)
+    both = (
+        jax.lax.broadcast_in_dim(packed, shape, tuple(range(packed.ndim))) >> _nibble_shifts(shape)
+    ) & np.uint8(15)
     return both.reshape(*packed.shape[:-1], packed.shape[-1] * 2)
+
+
+def _nibble_shifts(shape) -> jax.Array:
+    """0 and 4 along the last axis of ``shape`` (uint8)."""
+    return jax.lax.broadcasted_iota(jnp.uint8, shape, len(shape) - 1) * np.uint8(4)
 
 
 def _hash_noise(x: jax.Array) -> jax.Array:
@@ -650,19 +667,52 @@ def _block_absmax(blocks: jax.Array) -> jax.Array:
 
     A plain row maximum becomes a YNNPACK reduction (or, when its computation is not a plain
     max, a reduce-window) that takes no elementwise producer: the new moments would be written
-    out in float32 and read back, 8 bytes per element. Reducing a ``(n, b / 64, 64)`` view over
+    out in float32 and read back, 8 bytes per element. Reducing a ``(n, b / 16, 16)`` view over
     its middle axis with a computation that is not a plain max is a loop fusion that computes
-    its producer in 64-wide vectors and writes 64 maxima per block; their maximum is a small
-    second reduction. A maximum is exact in any order, so the result equals the plain one.
+    its producer in vectors and writes 16 maxima per block (1/4 byte per element: 64 maxima, as
+    before, made a 16 MB temporary of an 8M-element 4-bit moment, and 8 ran slower in blocks of
+    256); their maximum is a small second reduction. A maximum is exact in any order, so the
+    result equals the plain one.
     """
     a = jnp.abs(blocks)
     n, size = blocks.shape
-    if size % 64 or size == 64:
+    if size % 16 or size == 16:
         return jnp.max(a, axis=1)
     partial = jax.lax.reduce(
-        a.reshape(n, size // 64, 64), np.float32(-np.inf), max_propagating_nan, (1,)
+        a.reshape(n, size // 16, 16), np.float32(-np.inf), max_propagating_nan, (1,)
     )
     return jnp.max(partial, axis=1)
+
+
+def _row_absmax(x: jax.Array) -> jax.Array:
+    """``max(|x|, axis=1)`` of a 2-D ``x``, fused with the computation of ``x``: the maxima of
+    blocks of 256 (or fewer) along each row, then of each row's blocks. A long row reduced as
+    one block is split by XLA into a reduce-window over a materialized input."""
+    rows, cols = x.shape
+    size = next((b for b in (256, 128, 64, 32) if cols % b == 0), cols)
+    return jnp.max(_block_absmax(x.reshape(rows * (cols // size), size)).reshape(rows, -1), axis=1)
+
+
+def _column_absmax(x: jax.Array, slices: int = 8) -> jax.Array:
+    """``max(|x|, axis=0)`` of a 2-D ``x`` (NaN if a column holds one), fused with the
+    computation of ``x``.
+
+    XLA:CPU reduces a leading axis with YNNPACK from a materialized input, or with a strided
+    reduce-window; an elementwise maximum of ``slices`` row slices is one loop fusion that
+    computes ``x`` once per element and writes ``1/slices`` of it, reduced by a small second
+    step (rows left over by the slicing are reduced on their own).
+    """
+    a = jnp.abs(x)
+    rows = a.shape[0]
+    k = min(slices, rows)
+    r = rows // k
+    out = a[:r]
+    for i in range(1, k):
+        out = max_propagating_nan(out, a[i * r : (i + 1) * r])
+    result = jnp.max(out, axis=0)
+    if k * r < rows:
+        result = max_propagating_nan(result, jnp.max(a[k * r :], axis=0))
+    return result
 
 
 def quantize_blockwise(
@@ -774,7 +824,10 @@ def quantize_rank1(x: jax.typing.ArrayLike, *, stochastic: bool = False) -> Rank
         raise ValueError(f"quantize_rank1 needs a tensor of 2 or more axes, got shape {shape}")
     a = jnp.abs(x)
     axes = range(len(shape))
-    maxima = tuple(jnp.max(a, axis=tuple(j for j in axes if j != k)) for k in axes)
+    if len(shape) == 2:
+        maxima = (_row_absmax(x), _column_absmax(x))
+    else:
+        maxima = tuple(jnp.max(a, axis=tuple(j for j in axes if j != k)) for k in axes)
     scale = _rank1_scale(maxima, shape)
     scaled = a / jnp.where(scale > 0, scale, 1.0)
     if stochastic:
