@@ -243,12 +243,13 @@ class _DynamicMapArithmetic:
         self.high = mids[-1]  # above: code of 1
         first = [(1 << (i + self.off)) - self.off for i in range(7)]  # j of each decade's first
         self.bounds = [mids[f - 1] for f in first[1:]]  # midpoints between decades
-        # f = a * slope + intercept is k at the decade's k-th value.
-        self.slope, self.intercept = [], []
-        for i in range(7):
-            step = np.float64(np.float32(end - start)) / 2 ** (i + self.off)
-            self.slope.append(np.float32(1 / (np.float64(self.scale[i]) * step)))
-            self.intercept.append(np.float32(-np.float64(start) / step - 0.5))
+        # f = a * n * slope + (n * offset - 1/2) is k at the decade's k-th value (n = 2^e).
+        step = np.float64(np.float32(end - start))  # of n = 1, in value units
+        self.slope = [np.float32(1 / (np.float64(d) * step)) for d in self.scale]
+        self.offset = np.float32(-np.float64(start) / step)
+        # A value is one rounded product, D_i / 2 times the rounded sum of two points, which in
+        # units of 2^-30 are the table's by a power of two (exact).
+        self.unit_scale = [np.float32(np.float64(d) * self.UNIT / 2) for d in self.scale]
         j = np.arange(self.top + 1)
         if not np.array_equal(self._value_np(j), self.magnitudes):
             raise AssertionError("the arithmetic dynamic map differs from the table")
@@ -259,13 +260,13 @@ class _DynamicMapArithmetic:
         e = np.floor(np.log2(t)).astype(np.int64)
         n, k = 1 << e, t - (1 << e)
         step = self.step0 >> e
-
-        def point(i):
-            units = np.where(i < (n + 1) >> 1, self.start + step * i, self.end - step * (n - i))
-            return units.astype(np.float32) * np.float32(self.UNIT)
-
-        scale = np.asarray(self.scale, np.float32)[e - self.off]
-        v = scale * ((point(k) + point(k + 1)) / np.float32(2))
+        half = (n + 1) >> 1
+        diff = self.end - self.start - (self.step0 & -n)
+        points = [
+            (self.start + step * i + diff * (i >= half)).astype(np.float32) for i in (k, k + 1)
+        ]
+        scale = np.asarray(self.unit_scale, np.float32)[e - self.off]
+        v = scale * (points[0] + points[1])
         return np.where(j == 0, 0, np.where(j == self.top, 1, v)).astype(np.float32)
 
     def _by_decade(self, above, values, dtype):
@@ -276,16 +277,22 @@ class _DynamicMapArithmetic:
         return out
 
     def _points(self, e, k, count: int):
-        """Points ``b_k, ..., b_{k+count-1}`` of ``linspace(0.1, 1, 2^e + 1)`` (float32)."""
+        """Points ``b_k, ..., b_{k+count-1}`` of ``linspace(0.1, 1, 2^e + 1)`` in units of
+        ``2^-30`` (float32, each the table's correctly rounded point).
+
+        Point ``i`` is ``start + step i`` below the middle index ``h = (n + 1) // 2`` and
+        ``end - step (n - i)`` from it on: ``start + step i + diff [i >= h]`` with ``diff =
+        end - start - step n``, and ``step n`` is ``step0`` with its low ``e`` bits cleared: one
+        integer multiply, then an addition per point.
+        """
         n = jnp.left_shift(1, e)
         half = jnp.right_shift(n + 1, 1)
         step = jnp.right_shift(np.int32(self.step0), e)
-        out = []
-        for d in range(count):
-            i = k + d
-            units = jnp.where(i < half, self.start + step * i, self.end - step * (n - i))
-            out.append(units.astype(jnp.float32) * np.float32(self.UNIT))
-        return out
+        diff = (self.end - self.start) - (np.int32(self.step0) & -n)
+        units = [step * k + self.start + jnp.where(k >= half, diff, 0)]
+        for d in range(1, count):
+            units.append(units[-1] + step + jnp.where(k + d == half, diff, 0))
+        return [u.astype(jnp.float32) for u in units]
 
     def value(self, j: jax.Array) -> jax.Array:
         """``M[j]`` (float32) for int32 ``j`` in ``[0, J]``."""
@@ -293,9 +300,9 @@ class _DynamicMapArithmetic:
         e = (jax.lax.bitcast_convert_type(t.astype(jnp.float32), jnp.int32) >> 23) - 127
         k = t - jnp.left_shift(1, e)
         above = [e > i + self.off for i in range(6)]
-        scale = self._by_decade(above, self.scale, jnp.float32)
+        scale = self._by_decade(above, self.unit_scale, jnp.float32)
         b0, b1 = self._points(e, k, 2)
-        v = scale * ((b0 + b1) * np.float32(0.5))
+        v = scale * (b0 + b1)
         return jnp.where(j == 0, np.float32(0), jnp.where(j == self.top, np.float32(1), v))
 
     def index(self, a: jax.Array) -> jax.Array:
@@ -305,18 +312,18 @@ class _DynamicMapArithmetic:
         d = sum(x.astype(jnp.int32) for x in above)
         e = d + self.off
         n = jnp.left_shift(1, e)
+        nf = n.astype(jnp.float32)
         slope = self._by_decade(above, self.slope, jnp.float32)
-        intercept = self._by_decade(above, self.intercept, jnp.float32)
-        scale = self._by_decade(above, self.scale, jnp.float32)
-        f = jnp.clip(a * slope + intercept, 0, (n - 1).astype(jnp.float32))
+        scale = self._by_decade(above, self.unit_scale, jnp.float32)
+        f = jnp.clip(a * (slope * nf) + (nf * self.offset - np.float32(0.5)), 0, nf - 1)
         k = f.astype(jnp.int32)
         b0, b1, b2 = self._points(e, k, 3)
         # The midpoint is the table's float32 (v0 + v1) / 2 of the rounded values v0 and v1: the
         # bitwise or with k >> 31 (0, as k >= 0, but not provably so to a compiler) keeps LLVM
         # and ptxas from fusing a product into the sum as one fused multiply-add.
         keep = k >> 31
-        v0 = _rounded(scale * ((b0 + b1) * np.float32(0.5)), keep)
-        v1 = _rounded(scale * ((b1 + b2) * np.float32(0.5)), keep)
+        v0 = _rounded(scale * (b0 + b1), keep)
+        v1 = _rounded(scale * (b1 + b2), keep)
         up = (a > (v0 + v1) * np.float32(0.5)) & (k < n - 1)
         j = (n - self.off) + k + up.astype(jnp.int32)
         return jnp.where(a <= self.low, 0, jnp.where(a <= self.high, j, self.top))
