@@ -641,6 +641,20 @@ def test_4bit_round_trips_are_bounded(shape):
     assert np.all(back[1] == 0) and np.all(back[v > 0] > 0)
 
 
+@pytest.mark.parametrize("shape", [(7, 256), (8, 128), (21, 384), (300, 129), (4099, 128)])
+def test_rank1_maxima_equal_the_plain_row_and_column_maxima(shape):
+    """The fused row and column maxima of a rank-1 moment (views with short reduced axes, row
+    groups of 8 and their remainder) equal ``max(|x|)`` along each axis, NaN included."""
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal(shape) * 10.0 ** rng.integers(-20, 20, shape)).astype(np.float32)
+    x[2, 5] = np.nan
+    x[-1, -1] = -np.inf
+    r = jax.jit(gc.quantize_rank1)(jnp.asarray(x))
+    for axis, fused in ((1, r.maxima[0]), (0, r.maxima[1])):
+        plain = np.max(np.abs(x), axis=axis)
+        np.testing.assert_array_equal(np.asarray(fused), plain)  # NaN where NaN, any payload
+
+
 def test_8bit_states_work_under_jit_with_donated_state():
     params = _params()
     grads = gradient_stream(params, 3)

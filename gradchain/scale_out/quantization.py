@@ -668,6 +668,18 @@ def _reshape(x, shape, layout):
     return jnp.reshape(x, shape, out_sharding=layout)
 
 
+def _max_keeping_nan(x: jax.Array, axes: Sequence[int]) -> jax.Array:
+    """``max(x, axes)`` of a non-negative ``x``, NaN where a reduced slice holds one.
+
+    XLA:CPU's plain maximum (``jnp.max``, handed to YNNPACK) drops NaN, so NaN is read from
+    the sum (of non-negative values: NaN only from a NaN). A reduction by a NaN-propagating
+    select instead would be merged by XLA with the fused first steps below into one scalar
+    loop.
+    """
+    axes = tuple(axes)
+    return jnp.where(jnp.isnan(jnp.sum(x, axis=axes)), np.float32(np.nan), jnp.max(x, axis=axes))
+
+
 def _block_absmax(blocks: jax.Array) -> jax.Array:
     """``max(|blocks|, axis=1)`` (NaN if a block holds one), shaped so that XLA:CPU fuses it with
     the computation of ``blocks``.
@@ -684,41 +696,47 @@ def _block_absmax(blocks: jax.Array) -> jax.Array:
     a = jnp.abs(blocks)
     n, size = blocks.shape
     if size % 16 or size == 16:
-        return jnp.max(a, axis=1)
+        return _max_keeping_nan(a, (1,))
     partial = jax.lax.reduce(
         a.reshape(n, size // 16, 16), np.float32(-np.inf), max_propagating_nan, (1,)
     )
-    return jnp.max(partial, axis=1)
+    return _max_keeping_nan(partial, (1,))
 
 
 def _row_absmax(x: jax.Array) -> jax.Array:
-    """``max(|x|, axis=1)`` of a 2-D ``x``, fused with the computation of ``x``: the maxima of
-    blocks of 256 (or fewer) along each row, then of each row's blocks. A long row reduced as
-    one block is split by XLA into a reduce-window over a materialized input."""
+    """``max(|x|, axis=1)`` of a 2-D ``x``, fused with the computation of ``x``.
+
+    As :func:`_block_absmax`, a loop fusion over a view of each row whose reduced axis is
+    short: XLA:CPU unrolls a reduced axis of 8 and vectorizes across the 16 kept lanes; with
+    16 or more it kept the rank-1 moment's reduction scalar (2.8x slower on 8M elements).
+    """
     rows, cols = x.shape
-    size = next((b for b in (256, 128, 64, 32) if cols % b == 0), cols)
-    return jnp.max(_block_absmax(x.reshape(rows * (cols // size), size)).reshape(rows, -1), axis=1)
+    if cols % 128:
+        return _max_keeping_nan(jnp.abs(x), (1,))
+    a = jnp.abs(x).reshape(rows, cols // 128, 8, 16)
+    partial = jax.lax.reduce(a, np.float32(-np.inf), max_propagating_nan, (2,))
+    return _max_keeping_nan(partial, (1, 2))
 
 
-def _column_absmax(x: jax.Array, slices: int = 8) -> jax.Array:
+def _column_absmax(x: jax.Array) -> jax.Array:
     """``max(|x|, axis=0)`` of a 2-D ``x`` (NaN if a column holds one), fused with the
     computation of ``x``.
 
     XLA:CPU reduces a leading axis with YNNPACK from a materialized input, or with a strided
-    reduce-window; an elementwise maximum of ``slices`` row slices is one loop fusion that
-    computes ``x`` once per element and writes ``1/slices`` of it, reduced by a small second
-    step (rows left over by the slicing are reduced on their own).
+    reduce-window. Reducing groups of 8 rows, a ``(rows / 8, 8, cols)`` view over its middle
+    axis, is a vectorized loop fusion that writes 1/8 of ``x``; a small second step reduces
+    that (rows left over by the grouping are reduced on their own).
     """
     a = jnp.abs(x)
-    rows = a.shape[0]
-    k = min(slices, rows)
-    r = rows // k
-    out = a[:r]
-    for i in range(1, k):
-        out = max_propagating_nan(out, a[i * r : (i + 1) * r])
-    result = jnp.max(out, axis=0)
-    if k * r < rows:
-        result = max_propagating_nan(result, jnp.max(a[k * r :], axis=0))
+    rows, cols = a.shape
+    groups = rows // 8
+    if groups == 0:
+        return _max_keeping_nan(a, (0,))
+    grouped = a[: 8 * groups].reshape(groups, 8, cols)
+    partial = jax.lax.reduce(grouped, np.float32(-np.inf), max_propagating_nan, (1,))
+    result = _max_keeping_nan(partial, (0,))
+    if 8 * groups < rows:
+        result = max_propagating_nan(result, _max_keeping_nan(a[8 * groups :], (0,)))
     return result
 
 
@@ -834,7 +852,7 @@ def quantize_rank1(x: jax.typing.ArrayLike, *, stochastic: bool = False) -> Rank
     if len(shape) == 2:
         maxima = (_row_absmax(x), _column_absmax(x))
     else:
-        maxima = tuple(jnp.max(a, axis=tuple(j for j in axes if j != k)) for k in axes)
+        maxima = tuple(_max_keeping_nan(a, [j for j in axes if j != k]) for k in axes)
     scale = _rank1_scale(maxima, shape)
     scaled = a / jnp.where(scale > 0, scale, 1.0)
     if stochastic:
