@@ -62,6 +62,11 @@ from gradchain.contrib.muon import (
     scale_by_muon,
     scale_by_shape,
 )
+from gradchain.contrib.privacy import (
+    DifferentiallyPrivateAggregateState,
+    differentially_private_aggregate,
+    dpsgd,
+)
 from gradchain.contrib.reduce_on_plateau import (
     ReduceLROnPlateauState,
     reduce_on_plateau,
@@ -90,6 +95,7 @@ from gradchain.contrib.sophia import (
 __all__ = [
     "COCOBState",
     "CautiousState",
+    "DifferentiallyPrivateAggregateState",
     "DoGState",
     "DoWGState",
     "GaLoreDimensionNumbers",
@@ -118,8 +124,10 @@ __all__ = [
     "cautious_lion",
     "cocob",
     "dadapt_adamw",
+    "differentially_private_aggregate",
     "dog",
     "dowg",
+    "dpsgd",
     "galore",
     "gauss_newton_bartlett_estimator_diag_hessian",
     "hutchinson_estimator_diag_hessian",
