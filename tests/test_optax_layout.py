@@ -139,7 +139,7 @@ def test_with_live_hyperparams_sets_them_between_jitted_steps(entry):
     @jax.jit
     def step(p, s, g):
         traces.append(None)
-        return tx.update(g, s, p, **entry.extra_args(p))
+        return tx.update(entry.updates_arg(g), s, p, **entry.extra_args(p))
 
     g1, g2 = gradient_stream(raw, 2, scale=2.0)
     # ``conditionally_*`` (registered with every other step) skip the second step: compare the

@@ -8,6 +8,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gradchain.core.base import (
     GradientTransformation,
@@ -16,6 +17,7 @@ from gradchain.core.base import (
     check_bool,
     check_floating,
     check_number,
+    check_tree_match,
     identity,
     named_optimizer,
     state_class,
@@ -118,17 +120,22 @@ class DifferentiallyPrivateAggregate(GradientTransformation):
     def update(self, updates, state, params=None, **extra_args):
         hp = self.current_hyperparams(state)
         leaves, treedef = jax.tree.flatten(updates)
-        _check_per_example(leaves, treedef, params, self.name)
+        _check_per_example(updates, params, self.name)
         rng_key, *keys = jax.random.split(state.rng_key, len(leaves) + 1)
+        new_state = DifferentiallyPrivateAggregateState(rng_key=rng_key, hyperparams=hp)
+        if not leaves:
+            return updates, new_state
         clip = hp["l2_norm_clip"]
         std = clip * hp["noise_multiplier"]
         batch = leaves[0].shape[0]
-        sq = sum(
-            jnp.sum(jnp.square(g.astype(compute_dtype(g.dtype))), axis=tuple(range(1, g.ndim)))
-            for g in leaves
+        norms = jnp.sqrt(
+            sum(
+                jnp.sum(jnp.square(g.astype(compute_dtype(g.dtype))), axis=tuple(range(1, g.ndim)))
+                for g in leaves
+            )
         )
-        norms = jnp.sqrt(sq.astype(jnp.float32))
-        # C / 0 is inf and keeps the example whole; 0 / 0 (C = 0, a zero gradient) too.
+        # C / 0 is inf and keeps the example whole; 0 / 0 (C = 0, a zero gradient) and a NaN
+        # norm give factor 1, as in optax.
         factors = jnp.nan_to_num(jnp.minimum(clip / norms, 1.0), nan=1.0)
 
         def noised(g, k):
@@ -137,34 +144,38 @@ class DifferentiallyPrivateAggregate(GradientTransformation):
             z = jax.random.normal(k, g.shape[1:], g.dtype).astype(dt)
             return ((clipped + std.astype(dt) * z) / batch).astype(g.dtype)
 
-        out = treedef.unflatten([noised(g, k) for g, k in zip(leaves, keys)])
-        return out, DifferentiallyPrivateAggregateState(rng_key=rng_key, hyperparams=hp)
+        return treedef.unflatten([noised(g, k) for g, k in zip(leaves, keys)]), new_state
 
 
 differentially_private_aggregate = DifferentiallyPrivateAggregate
 
 
-def _check_per_example(leaves, treedef, params, name: str) -> None:
-    if not leaves or any(jnp.ndim(g) == 0 for g in leaves):
-        raise ValueError(
-            f"{name} expects per-example gradients, every leaf with a batch axis 0; got shapes "
-            f"{treedef.unflatten([jnp.shape(g) for g in leaves])}"
-        )
-    sizes = sorted({g.shape[0] for g in leaves})
-    if len(sizes) != 1:
+def _check_per_example(updates, params, name: str) -> None:
+    """Each leaf of ``updates`` is a batch along axis 0, one batch size for all, and a batch of
+    the parameter's shape where ``params`` is given."""
+    found = jax.tree_util.tree_flatten_with_path(updates)[0]
+    for path, g in found:
+        if jnp.ndim(g) == 0:
+            raise ValueError(
+                f"{name} expects per-example gradients with a batch axis 0; the update at "
+                f"{jax.tree_util.keystr(path)} is a scalar"
+            )
+    sizes = sorted({g.shape[0] for _, g in found})
+    if len(sizes) > 1:
         raise ValueError(
             f"{name} expects per-example gradients with one batch size; the leaves' axis 0 has "
             f"sizes {sizes}"
         )
     if params is None:
         return
-    p_leaves = treedef.flatten_up_to(params)
-    for g, p in zip(leaves, p_leaves):
-        if g.shape[1:] != jnp.shape(p):
-            raise ValueError(
-                f"{name} expects per-example gradients of shape (batch, *param.shape); got "
-                f"{g.shape} for a parameter of shape {jnp.shape(p)}"
-            )
+    # One example's shapes, without touching the data (zero-size views: nothing is traced).
+    example = jax.tree.map(lambda g: np.broadcast_to(np.empty((), bool), g.shape[1:]), updates)
+    try:
+        check_tree_match(example, params, "updates", "params")
+    except ValueError as e:
+        raise ValueError(
+            f"{name} expects per-example gradients, of shape (batch, *param.shape): {e}"
+        ) from None
 
 
 @named_optimizer
@@ -203,7 +214,6 @@ def dpsgd(
     deprecated ``seed=`` and warns on every call, gradchain hands it over as ``key``.
     """
     check_bool("nesterov", nesterov)
-    check_number("momentum", momentum, low=0.0, high=1.0, allow_none=True)
     try:
         as_key(seed, "dpsgd")
     except ValueError:
