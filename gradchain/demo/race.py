@@ -42,7 +42,9 @@ class Entry:
     summary: str
     build: Callable  # (steps, params) -> GradientTransformation
     requires: tuple[str, ...] = ()
-    extra: str | None = None  # "obj_fn" (Hutchinson), "value" (the loss: Polyak) or None
+    # "obj_fn" (Hutchinson), "value" (the loss: Polyak), "per_example" (one gradient per
+    # sequence, along a leading axis: DP-SGD clips each) or None
+    extra: str | None = None
     eval_params: Callable | None = None  # (state, params) -> params to evaluate
     in_default_race: bool = True  # raced without --optimizers (the default stays short)
 
@@ -390,6 +392,15 @@ ENTRIES = (
                 "Mechanic around Adam (learns the scale; base lr 1, cosine)",
                 lambda steps, params: _clipped(gc.mechanize(gc.adam(lr_schedule(steps, 1.0)))),
                 None,
+            ),
+            (
+                "dpsgd",
+                "DP-SGD: each sequence's gradient clipped to norm 1, noise multiplier 0.01 (a"
+                " demonstration of the clipping's cost, not a privacy budget), momentum 0.9",
+                lambda steps, params: gc.dpsgd(
+                    lr_schedule(steps, 0.3), 1.0, 0.01, seed=0, momentum=0.9, nesterov=True
+                ),
+                "per_example",
             ),
             (
                 "sam",
