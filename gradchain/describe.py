@@ -37,6 +37,7 @@ import numpy as np
 from gradchain.contrib.galore import ScaleByGalore
 from gradchain.contrib.learning_rate_free import ScaleByDAdaptAdamW, ScaleByProdigy
 from gradchain.contrib.muon import ScaleByMuon, ScaleByShape, _LabelledGroups
+from gradchain.contrib.privacy import DifferentiallyPrivateAggregate
 from gradchain.contrib.schedule_free import ScheduleFree
 from gradchain.contrib.sophia import ScaleBySophia
 from gradchain.core.base import (
@@ -798,6 +799,21 @@ def _clip_by_block_rms(tx, u, ctx):
     u = ctx.name(u)
     ctx.note("RMS(x): the root mean square of x over each leaf")
     return u / _max(1, _rms(u) / d)
+
+
+@register_renderer(DifferentiallyPrivateAggregate)
+def _differentially_private_aggregate(tx, u, ctx):
+    clip = ctx.hyper(tx, "l2_norm_clip", "C", "C")
+    sigma = ctx.hyper(tx, "noise_multiplier", "σ", r"\sigma")
+    ctx.setting(tx, "key", "seed")
+    ctx.note(
+        "differentially_private_aggregate takes per-example gradients: g_{t,b} is example b's "
+        "of the B along the leading axis, ‖x‖ the norm of all its leaves together (factor 1 "
+        "where it is 0), z_t ~ N(0, I) drawn from the key in the state"
+    )
+    example = Sym("g_{t,b}", "g_{t,b}")
+    clipped = Func("Σ_b", (example * _min(1, clip / _norm(example)),), r"\sum_b")
+    return (clipped + sigma * clip * Sym("z_t", "z_t")) / Sym("B", "B")
 
 
 @register_renderer(AddDecoupledWeightDecay, AddL2Penalty)

@@ -902,7 +902,10 @@ TRANSFORMS: tuple[Entry, ...] = (
 TRANSFORM_NAMES = frozenset(e.name for e in TRANSFORMS)
 
 # The checks a per-example entry (``Entry.per_example``) cannot take, and why. Every other
-# registry-driven check runs it on ``Entry.updates_arg`` of its gradients.
+# registry-driven check (test_properties, test_bad_inputs, test_nonfinite's NaN placement,
+# test_low_precision, test_eager, test_optax_layout, test_describe; test_long_runs finds no
+# counter in their states) runs it on ``Entry.updates_arg`` of its gradients, and
+# test_checkpoint round-trips dpsgd's state by its own entry.
 PER_EXAMPLE_EXCLUDED: dict[str, str] = {
     "test_nonfinite.py::test_apply_if_finite_skips_a_nan_step_leaving_updates_zero_and_state"
     "_unchanged": "apply_if_finite's skipped step returns zeros shaped like its input, a batch"
