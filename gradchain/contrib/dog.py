@@ -199,6 +199,15 @@ class ScaleByDoG(GradientTransformation):
 scale_by_dog = ScaleByDoG
 
 
+def _decayed_chain(weight_decay, mask, core: GradientTransformation, learning_rate) -> Parts:
+    """optax's DoG/DoWG chain: the coupled decay (left out when None), the step, the rate."""
+    return (
+        identity() if weight_decay is None else add_decayed_weights(weight_decay, mask),
+        core,
+        scale_by_learning_rate(learning_rate),
+    )
+
+
 @named_optimizer
 def dog(
     learning_rate: ScalarOrSchedule = 1.0,
@@ -212,11 +221,7 @@ def dog(
     see :func:`scale_by_dog`. The decay is a coupled L2 penalty (it enters :math:`G`). Same
     arguments and defaults as ``optax.contrib.dog``.
     """
-    return (
-        identity() if weight_decay is None else add_decayed_weights(weight_decay, mask),
-        scale_by_dog(init_step, eps),
-        scale_by_learning_rate(learning_rate),
-    )
+    return _decayed_chain(weight_decay, mask, scale_by_dog(init_step, eps), learning_rate)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,11 +324,7 @@ def dowg(
     ``weight_decay`` is None; see :func:`scale_by_dowg`. Same arguments and defaults as
     ``optax.contrib.dowg``.
     """
-    return (
-        identity() if weight_decay is None else add_decayed_weights(weight_decay, mask),
-        scale_by_dowg(init_estim_sq_dist, eps),
-        scale_by_learning_rate(learning_rate),
-    )
+    return _decayed_chain(weight_decay, mask, scale_by_dowg(init_estim_sq_dist, eps), learning_rate)
 
 
 # ---------------------------------------------------------------------------------------------
