@@ -63,9 +63,10 @@ class DifferentiallyPrivateAggregate(GradientTransformation):
         u = \frac{1}{B}\Big(\sum_{b=1}^{B} \bar g_b + \sigma C\, z\Big), \qquad
         z \sim \mathcal N(0, I)
 
-    (factor 1 where :math:`\|g_b\| = 0`). Each step splits the key in the state into
-    :math:`L + 1` keys for :math:`L` leaves: the first is kept for the next step, leaf
-    :math:`l` draws its noise from key :math:`l + 1`.
+    (factor 1 where :math:`\|g_b\| = 0`, and where it is NaN, as in optax: an example with a
+    NaN is not clipped, and the NaN reaches only its coordinate of :math:`u`). Each step splits
+    the key in the state into :math:`L + 1` keys for :math:`L` leaves: the first is kept for the
+    next step, leaf :math:`l` draws its noise from key :math:`l + 1`.
 
     Args:
       l2_norm_clip: :math:`C \ge 0`, the largest norm an example's gradient keeps.
