@@ -62,8 +62,6 @@ GRADCHAIN_ONLY_CALLS = {
 # aligned with optax by the next steps of issue #17 (each is checked to still differ, so the
 # entry leaves this list when it is fixed).
 STRUCTURAL_DIFFERENCES = {
-    "muon": "optax's muon is a partition of two masked chains; gradchain's a chain",
-    "scale_by_muon": "optax keeps ns_coeffs in MuonState",
     "scale_by_factored_rms": "optax keeps (1,)-shaped v_row/v_col placeholders for every leaf",
     "adafactor": "optax keeps (1,)-shaped v_row/v_col placeholders for every leaf",
     "scale_by_galore": "optax keeps a placeholder projector for every leaf",
