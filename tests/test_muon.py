@@ -1,5 +1,7 @@
 """Muon: optax's numbers by default, the reference's momentum on request, AdamW for non-matrices."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -294,3 +296,24 @@ def test_bfloat16_updates_keep_their_dtype_and_the_momentum_is_float32():
     updates, state = jax.jit(tx.update)({"w": jnp.eye(4, 6, dtype=jnp.bfloat16)}, state, params)
     assert updates["w"].dtype == jnp.bfloat16
     assert state["muon"].scale_by_muon.mu["w"].dtype == jnp.float32
+
+
+def test_state_is_optax_muon_state_and_its_coefficients_drive_the_iteration():
+    params = {"w": PARAMS["matrix"]}
+    grads = [{"w": g["matrix"]} for g in GRADS[:3]]
+    dion = gc.scale_by_muon(ns_coeffs="dion")
+    state = gc.scale_by_muon().init(params)
+    assert isinstance(state, gc.MuonState) and state.ns_coeffs.shape == (3,)
+    np.testing.assert_array_equal(
+        state.ns_coeffs, optax.contrib.scale_by_muon().init(params).ns_coeffs
+    )
+    assert dion.init(params).ns_coeffs.shape == (5, 3)
+    # The update reads ns_coeffs from the state, as optax's: the quintic transformation given
+    # the Dion rows in its state computes what the Dion transformation computes.
+    swapped = dataclasses.replace(state, ns_coeffs=dion.init(params).ns_coeffs)
+    quintic_step = jax.jit(gc.scale_by_muon().update)
+    dion_step, dion_state = jax.jit(dion.update), dion.init(params)
+    for g in grads:
+        got, swapped = quintic_step(g, swapped)
+        want, dion_state = dion_step(g, dion_state)
+        assert_trees_close(got, want, what="updates", rtol=0, atol=0)
