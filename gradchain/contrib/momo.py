@@ -72,6 +72,29 @@ def _check_common(tx) -> None:
     check_bool("adapt_lower_bound", tx.adapt_lower_bound)
 
 
+def _model_init(tx, params) -> dict:
+    """The state fields both MoMo variants share: the model's scalars, count and hyperparams."""
+    check_floating(params, tx.name)
+    dtype = _scalar_dtype(params)
+    hp = tx.init_hyperparams()
+    return dict(
+        barf=jnp.zeros((), dtype),
+        gamma=jnp.zeros((), dtype),
+        lb=hp["lower_bound"].astype(dtype),
+        count=init_count(),
+        hyperparams=hp,
+    )
+
+
+def _model_inputs(tx, updates, state, params, value):
+    """Checks a MoMo step's inputs; its hyperparameters and the dtype of its scalars."""
+    require_params(params, tx.name)
+    _require_value(value, tx.name)
+    check_tree_match(updates, state.exp_avg, "updates", "state.exp_avg")
+    check_params_match(updates, params)
+    return tx.current_hyperparams(state), state.barf.dtype
+
+
 def _polyak_step(tx, hp, barf, gamma, iprod, slope_sq, lb, bc1):
     r"""The step size :math:`\tau`, the lower bound it used and the next lower bound, with
     :math:`bc_1 = 1` for MoMo (no bias correction) and :math:`1-\beta_1^t` for MoMo-Adam."""
@@ -156,25 +179,10 @@ class Momo(GradientTransformation):
         check_number("beta", self.beta, low=0.0, high=1.0, high_open=True)
 
     def init(self, params):
-        check_floating(params, self.name)
-        dtype = _scalar_dtype(params)
-        hp = self.init_hyperparams()
-        return MomoState(
-            exp_avg=moments_like(params),
-            barf=jnp.zeros((), dtype),
-            gamma=jnp.zeros((), dtype),
-            lb=hp["lower_bound"].astype(dtype),
-            count=init_count(),
-            hyperparams=hp,
-        )
+        return MomoState(exp_avg=moments_like(params), **_model_init(self, params))
 
     def update(self, updates, state, params=None, *, value=None, **extra_args):
-        require_params(params, self.name)
-        _require_value(value, self.name)
-        check_tree_match(updates, state.exp_avg, "updates", "state.exp_avg")
-        check_params_match(updates, params)
-        hp = self.current_hyperparams(state)
-        dtype = state.barf.dtype
+        hp, dtype = _model_inputs(self, updates, state, params, value)
         bt = jnp.where(state.count == 0, 0.0, hp["beta"]).astype(dtype)
         barf = bt * state.barf + (1 - bt) * jnp.asarray(value).astype(dtype)
         exp_avg = jax.tree.map(
@@ -188,12 +196,7 @@ class Momo(GradientTransformation):
         tau, decay, lb = _polyak_step(
             self, hp, barf, gamma, iprod, slope_sq, state.lb, jnp.ones((), dtype)
         )
-        out = jax.tree.map(
-            lambda d, p, g: _decayed_step(p, decay, tau, d).astype(g.dtype),
-            exp_avg,
-            params,
-            updates,
-        )
+        out = _decayed_steps(exp_avg, params, updates, decay, tau)
         return out, MomoState(
             exp_avg=cast_like(exp_avg, state.exp_avg),
             barf=barf,
@@ -204,9 +207,14 @@ class Momo(GradientTransformation):
         )
 
 
-def _decayed_step(p, decay, tau, direction):
-    dt = direction.dtype
-    return -decay.astype(dt) * p.astype(dt) - tau.astype(dt) * direction
+def _decayed_steps(directions, params, updates, decay, tau):
+    r"""Per leaf :math:`-\frac{\alpha\lambda}{1+\alpha\lambda} x - \tau d`, in the updates' dtypes."""
+
+    def step(d, p, g):
+        dt = d.dtype
+        return (-decay.astype(dt) * p.astype(dt) - tau.astype(dt) * d).astype(g.dtype)
+
+    return jax.tree.map(step, directions, params, updates)
 
 
 momo = Momo
@@ -277,26 +285,14 @@ class MomoAdam(GradientTransformation):
         check_number("eps", self.eps, low=0.0)
 
     def init(self, params):
-        check_floating(params, self.name)
-        dtype = _scalar_dtype(params)
-        hp = self.init_hyperparams()
         return MomoAdamState(
             exp_avg=moments_like(params),
             exp_avg_sq=moments_like(params),
-            barf=jnp.zeros((), dtype),
-            gamma=jnp.zeros((), dtype),
-            lb=hp["lower_bound"].astype(dtype),
-            count=init_count(),
-            hyperparams=hp,
+            **_model_init(self, params),
         )
 
     def update(self, updates, state, params=None, *, value=None, **extra_args):
-        require_params(params, self.name)
-        _require_value(value, self.name)
-        check_tree_match(updates, state.exp_avg, "updates", "state.exp_avg")
-        check_params_match(updates, params)
-        hp = self.current_hyperparams(state)
-        dtype = state.barf.dtype
+        hp, dtype = _model_inputs(self, updates, state, params, value)
         b1, b2 = hp["b1"].astype(dtype), hp["b2"].astype(dtype)
         c1, c2 = self.complement("b1", hp).astype(dtype), self.complement("b2", hp).astype(dtype)
         t = safe_increment(state.count)
@@ -317,12 +313,7 @@ class MomoAdam(GradientTransformation):
         iprod = _vdot(exp_avg, params, dtype)
         bc1 = (1 - count_power(hp["b1"], t)).astype(dtype)
         tau, decay, lb = _polyak_step(self, hp, barf, gamma, iprod, slope_sq, state.lb, bc1)
-        out = jax.tree.map(
-            lambda d, p, g: _decayed_step(p, decay, tau, d).astype(g.dtype),
-            direction,
-            params,
-            updates,
-        )
+        out = _decayed_steps(direction, params, updates, decay, tau)
         return out, dataclasses.replace(
             state,
             exp_avg=cast_like(exp_avg, state.exp_avg),
