@@ -32,6 +32,7 @@ from gradchain.core.numerics import (
     compute_dtype,
     count_power,
     init_count,
+    leaf_kernel,
     moments_like,
     safe_increment,
 )
@@ -50,11 +51,16 @@ def _scalar_dtype(params) -> jnp.dtype:
     return compute_dtype(min(dtypes, key=lambda d: jnp.finfo(d).bits))
 
 
+@leaf_kernel("dtype")
+def _leaf_vdot(x, y, dtype):
+    dt = jnp.promote_types(compute_dtype(x.dtype), compute_dtype(y.dtype))
+    return jnp.sum(x.astype(dt) * y.astype(dt)).astype(dtype)
+
+
 def _vdot(tree_x, tree_y, dtype) -> jax.Array:
     total = jnp.zeros((), dtype)
     for x, y in zip(jax.tree.leaves(tree_x), jax.tree.leaves(tree_y)):
-        dt = jnp.promote_types(compute_dtype(x.dtype), compute_dtype(y.dtype))
-        total = total + jnp.sum(x.astype(dt) * y.astype(dt)).astype(dtype)
+        total = total + _leaf_vdot(x, y, dtype=jnp.dtype(dtype))
     return total
 
 
@@ -185,11 +191,7 @@ class Momo(GradientTransformation):
         hp, dtype = _model_inputs(self, updates, state, params, value)
         bt = jnp.where(state.count == 0, 0.0, hp["beta"]).astype(dtype)
         barf = bt * state.barf + (1 - bt) * jnp.asarray(value).astype(dtype)
-        exp_avg = jax.tree.map(
-            lambda d, g: bt.astype(d.dtype) * d + (1 - bt).astype(d.dtype) * g.astype(d.dtype),
-            state.exp_avg,
-            updates,
-        )
+        exp_avg = jax.tree.map(lambda d, g: _momo_ema(d, g, bt), state.exp_avg, updates)
         gamma = bt * state.gamma + (1 - bt) * _vdot(updates, params, dtype)
         slope_sq = _vdot(exp_avg, exp_avg, dtype)
         iprod = _vdot(exp_avg, params, dtype)
@@ -207,17 +209,25 @@ class Momo(GradientTransformation):
         )
 
 
+@leaf_kernel()
+def _decayed_leaf(d, p, g, decay, tau):
+    dt = d.dtype
+    return (-decay.astype(dt) * p.astype(dt) - tau.astype(dt) * d).astype(g.dtype)
+
+
 def _decayed_steps(directions, params, updates, decay, tau):
     r"""Per leaf :math:`-\frac{\alpha\lambda}{1+\alpha\lambda} x - \tau d`, in the updates' dtypes."""
-
-    def step(d, p, g):
-        dt = d.dtype
-        return (-decay.astype(dt) * p.astype(dt) - tau.astype(dt) * d).astype(g.dtype)
-
-    return jax.tree.map(step, directions, params, updates)
+    return jax.tree.map(
+        lambda d, p, g: _decayed_leaf(d, p, g, decay, tau), directions, params, updates
+    )
 
 
 momo = Momo
+
+
+@leaf_kernel()
+def _momo_ema(d, g, bt):
+    return bt.astype(d.dtype) * d + (1 - bt).astype(d.dtype) * g.astype(d.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,16 +308,15 @@ class MomoAdam(GradientTransformation):
         t = safe_increment(state.count)
         barf = b1 * state.barf + c1 * jnp.asarray(value).astype(dtype)
 
-        def moments(g, m, v):
-            dt = m.dtype
-            g = g.astype(dt)
-            return b1.astype(dt) * m + c1.astype(dt) * g, b2.astype(dt) * v + c2.astype(dt) * g * g
-
-        exp_avg, exp_avg_sq = tree_map_multi(moments, 2, updates, state.exp_avg, state.exp_avg_sq)
         bc2 = (1 - count_power(hp["b2"], t)).astype(dtype)
         eps = hp["eps"].astype(dtype)
-        precond = jax.tree.map(lambda v: eps.astype(v.dtype) + jnp.sqrt(v / bc2), exp_avg_sq)
-        direction = jax.tree.map(lambda m, d: m / d, exp_avg, precond)
+        exp_avg, exp_avg_sq, direction = tree_map_multi(
+            lambda g, m, v: _momo_adam_leaf(g, m, v, b1, c1, b2, c2, eps, bc2),
+            3,
+            updates,
+            state.exp_avg,
+            state.exp_avg_sq,
+        )
         slope_sq = _vdot(exp_avg, direction, dtype)
         gamma = b1 * state.gamma + c1 * _vdot(updates, params, dtype)
         iprod = _vdot(exp_avg, params, dtype)
@@ -327,3 +336,13 @@ class MomoAdam(GradientTransformation):
 
 
 momo_adam = MomoAdam
+
+
+@leaf_kernel()
+def _momo_adam_leaf(g, m, v, b1, c1, b2, c2, eps, bc2):
+    r"""Adam's moments and the preconditioned direction :math:`m / (\epsilon + \sqrt{v/bc_2})`."""
+    dt = m.dtype
+    g = g.astype(dt)
+    m = b1.astype(dt) * m + c1.astype(dt) * g
+    v = b2.astype(dt) * v + c2.astype(dt) * g * g
+    return m, v, m / (eps.astype(v.dtype) + jnp.sqrt(v / bc2))

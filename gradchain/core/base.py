@@ -189,8 +189,9 @@ __all__ = [
 def state_class(cls: type[_T] | None = None, *, extras: tuple[str, ...] = ()) -> Any:
     """Makes ``cls`` a frozen dataclass registered as a pytree whose fields are its children.
 
-    States built this way are read by field name (``state.mu``), rebuilt with
-    ``dataclasses.replace`` and found by :func:`tree_get`.
+    States built this way are read by field name (``state.mu``) or, as optax's NamedTuples, by
+    the position of an optax field (``state[1]``), rebuilt with ``dataclasses.replace`` and found
+    by :func:`tree_get`.
 
     ``extras`` names the fields that are gradchain's additions to optax's state (see the module
     docstring): they are keyword-only with default None, and a field of them that is None is
@@ -236,8 +237,17 @@ def state_class(cls: type[_T] | None = None, *, extras: tuple[str, ...] = ()) ->
         _, shown = flatten_with_keys(state)
         return f"{type(state).__name__}({', '.join(f'{n}={getattr(state, n)!r}' for n in shown)})"
 
+    positional = tuple(n for n in names if n not in optional)
+
+    def __getitem__(state, index):
+        # optax's states are NamedTuples, which code written for optax indexes by position
+        # (``state[1]`` for ``mu``): the positions are optax's fields, extras come after none.
+        return tuple(getattr(state, n) for n in positional)[index]
+
     if extras:
         cls.__repr__ = __repr__  # type: ignore[method-assign]
+    if "__getitem__" not in cls.__dict__:
+        cls.__getitem__ = __getitem__  # type: ignore[attr-defined]
     jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
     cls._gradchain_state = True  # type: ignore[attr-defined]
     cls._gradchain_extras = extras  # type: ignore[attr-defined]

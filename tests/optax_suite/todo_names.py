@@ -12,7 +12,6 @@ TODO: dict[str, tuple[str, ...]] = {
     "optax": (),
     "optax.contrib": (
         "DAdaptAdamWState",
-        "MuonState",
         "ProdigyState",
         "ScheduleFreeState",
     ),
