@@ -253,12 +253,81 @@ def test_kron_matches_the_authors_step(case):
     assert max(errors.values()) <= TOL, errors
     for name in SHAPES:
         qs = [np.asarray(q) for q in state.scale_by_kron.qs[name]]
-        assert [q.ndim == 1 for q in qs] == ref.diag[name]
+        assert [q.ndim < 2 for q in qs] == ref.diag[name]
         assert all(np.array_equal(q, np.triu(q)) for q in qs if q.ndim == 2)
 
 
 def _kron_product(factors):
     out = np.ones((1, 1))
     for f in factors:
-        out = np.kron(out, np.diag(f) if f.ndim == 1 else f)
+        out = np.kron(out, f if f.ndim == 2 else np.diag(np.atleast_1d(f)))
     return out
+
+
+def test_the_probability_schedule_is_the_authors_at_the_one_based_step():
+    kw = dict(max_prob=0.9, min_prob=0.05, decay=0.3, flat_start=4)
+    authors = _authors_probability(**kw)
+    np.testing.assert_allclose(
+        gc.precond_update_prob_schedule(**kw).values(20),
+        [authors(n) for n in range(1, 21)],
+        rtol=1e-6,
+    )
+
+
+def test_refits_follow_the_deterministic_counter():
+    # p = 0.4: refit when the counter reaches 1/p = 2.5, i.e. on every third update.
+    tx = gc.scale_by_kron(preconditioner_update_probability=0.4)
+    g = jnp.arange(6.0).reshape(2, 3) + 1
+    state = tx.init(g)
+    refits = []
+    for _ in range(7):
+        before = state.qs[0]
+        _, state = tx.update(g, state)
+        refits.append(not np.array_equal(np.asarray(before), np.asarray(state.qs[0])))
+    assert refits == [False, False, True, False, False, True, False]
+
+
+@pytest.mark.parametrize(
+    "shape, kw, triangular",
+    [
+        ((), {}, [False]),
+        ((5,), {}, [False]),
+        ((4, 1), {}, [True, False]),
+        ((4, 9, 2), {"max_size_triangular": 8}, [True, False, True]),
+        ((4, 9, 9), {"memory_save_mode": "one_diag"}, [True, True, False]),
+        ((4, 5), {"memory_save_mode": "all_diag"}, [False, False]),
+        ((4, 5), {"min_ndim_triangular": 3}, [False, False]),
+    ],
+)
+def test_factor_shapes(shape, kw, triangular):
+    qs = gc.scale_by_kron(**kw).init(jnp.zeros(shape)).qs
+    assert [q.ndim == 2 for q in qs] == triangular
+    assert tuple(q.shape[0] for q in qs if q.ndim) == shape
+
+
+def test_the_initial_preconditioner_is_the_init_scale():
+    qs = gc.scale_by_kron(preconditioner_init_scale=8.0).init(jnp.zeros((2, 3, 4))).qs
+    np.testing.assert_allclose(_kron_product([np.asarray(q) for q in qs]), 8.0 * np.eye(24))
+
+
+def test_without_momentum_no_momentum_is_kept():
+    assert gc.scale_by_kron(b1=0.0).init({"w": jnp.zeros((2, 2))}).mu is None
+
+
+def test_kron_arguments_are_validated_by_name():
+    for kw, name in [
+        ({"b1": 1.0}, "b1"),
+        ({"preconditioner_update_probability": 0.0}, "preconditioner_update_probability"),
+        ({"max_size_triangular": 2.5}, "max_size_triangular"),
+        ({"min_ndim_triangular": -1}, "min_ndim_triangular"),
+        ({"memory_save_mode": "some_diag"}, "memory_save_mode"),
+        ({"preconditioner_lr": -0.1}, "preconditioner_lr"),
+        ({"preconditioner_init_scale": 0.0}, "preconditioner_init_scale"),
+        ({"normalize_grads": 1}, "normalize_grads"),
+        ({"mu_dtype": jnp.int32}, "mu_dtype"),
+        ({"seed": 1.5}, "seed"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            gc.kron(0.1, **kw)
+    with pytest.raises(ValueError, match="min_prob"):
+        gc.precond_update_prob_schedule(min_prob=0.0)

@@ -41,7 +41,6 @@ from gradchain.contrib.galore import (
     scale_by_galore,
 )
 from gradchain.contrib.kron import (
-    PrecondUpdateProbSchedule,
     ScaleByKronState,
     kron,
     precond_update_prob_schedule,
@@ -108,7 +107,6 @@ __all__ = [
     "MomoState",
     "MuonDimensionNumbers",
     "NormalizeState",
-    "PrecondUpdateProbSchedule",
     "ReduceLROnPlateauState",
     "SAMState",
     "ScaleByAdemamixState",

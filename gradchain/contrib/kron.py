@@ -38,7 +38,6 @@ from gradchain.transforms.decay import add_decoupled_weight_decay
 from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = [
-    "PrecondUpdateProbSchedule",
     "ScaleByKronState",
     "kron",
     "precond_update_prob_schedule",
@@ -102,12 +101,25 @@ class ScaleByKronState:
     hyperparams: dict | None
 
 
+def _is_factors(x) -> bool:
+    # In ``qs`` a leaf's factors are a tuple of arrays; the containers above hold only tuples.
+    return isinstance(x, tuple) and bool(x) and all(isinstance(f, jax.Array) for f in x)
+
+
+def _leaf_shapes(qs):
+    """The shapes of the leaves ``qs`` was made for (a scalar has one 0-d factor)."""
+    return jax.tree.map(
+        lambda f: jax.ShapeDtypeStruct(tuple(q.shape[0] for q in f if q.ndim), f[0].dtype),
+        qs,
+        is_leaf=_is_factors,
+    )
+
+
 def _triangular_axes(
     shape: tuple[int, ...], max_size: int, min_ndim: int, memory_save_mode: str | None
 ) -> tuple[bool, ...]:
-    """Which axes of a leaf of ``shape`` (a scalar counts as ``(1,)``) get a triangular factor;
-    the others get a diagonal one."""
-    shape = shape or (1,)
+    """Which axes of a leaf of ``shape`` get a triangular factor; the others get a diagonal
+    one."""
     diagonal = [memory_save_mode == "all_diag"] * len(shape)
     if memory_save_mode == "one_diag":
         # The largest axis, the last of equals (the authors' reversed argsort).
@@ -197,6 +209,11 @@ def _precondition(qs, m):
     return m
 
 
+def _as_computed(factors, dt):
+    """The factors in dtype ``dt``, a scalar's 0-d factor as the ``(1,)`` diagonal it is."""
+    return tuple(f.reshape(f.shape or (1,)).astype(dt) for f in factors)
+
+
 @leaf_kernel("seed", "normalize_grads", "momentum_into_precond_update")
 def _kron_step(
     grads,
@@ -232,19 +249,22 @@ def _kron_step(
         key = jax.random.fold_in(jax.random.key(seed), count)
         out = []
         for i, (q, x) in enumerate(zip(qs, fit_inputs)):
+            if x.size == 0:
+                out.append(tuple(q))
+                continue
             dt = jnp.promote_types(x.dtype, q[0].dtype)
             x = x.astype(dt)
             v = jax.random.normal(jax.random.fold_in(key, i), x.shape, dt)
             x = x + _DAMPING * jnp.mean(jnp.abs(x)) * v
-            fitted = _fit_factors(tuple(f.astype(dt) for f in q), x, v, precond_lr.astype(dt))
-            out.append(tuple(f.astype(f0.dtype) for f, f0 in zip(fitted, q)))
+            fitted = _fit_factors(_as_computed(q, dt), x, v, precond_lr.astype(dt))
+            out.append(tuple(f.reshape(f0.shape).astype(f0.dtype) for f, f0 in zip(fitted, q)))
         return out
 
     qs = jax.lax.cond(refit, refresh, lambda qs: [tuple(q) for q in qs], [tuple(q) for q in qs])
     updates = []
     for g, q, m in zip(grads, qs, ms):
         dt = jnp.promote_types(m.dtype, q[0].dtype)
-        u = _precondition(tuple(f.astype(dt) for f in q), m.astype(dt))
+        u = _precondition(_as_computed(q, dt), m.astype(dt))
         updates.append(u.reshape(g.shape).astype(g.dtype))
     if new_mus is not None:
         new_mus = [m.reshape(old.shape).astype(old.dtype) for m, old in zip(new_mus, mus)]
@@ -261,7 +281,7 @@ class ScaleByKron(GradientTransformation):
     Each leaf keeps, per axis :math:`i` of size :math:`d_i`, a factor :math:`Q_i`: an upper
     triangular :math:`d_i \times d_i` matrix, or a diagonal one (kept as its diagonal) for an
     axis of size 1 or larger than ``max_size_triangular``, every axis of a leaf with fewer than
-    ``min_ndim_triangular`` axes (vectors; a scalar is a ``(1,)`` vector) and the axes chosen by
+    ``min_ndim_triangular`` axes (vectors; a scalar has one 0-d factor) and the axes chosen by
     ``memory_save_mode``. :math:`x \times_i M` multiplies :math:`x` along axis :math:`i` by
     :math:`M`, :math:`X_{(i)}` is the axis-:math:`i` unfolding, :math:`t` the 1-based step.
 
@@ -380,14 +400,13 @@ class ScaleByKron(GradientTransformation):
         check_floating(params, self.name)
 
         def factors(p):
-            shape = jnp.shape(p) or (1,)
+            shape = jnp.shape(p)
             dt = self.precond_dtype or compute_dtype(p.dtype)
+            if not shape:
+                return (jnp.full((), self.preconditioner_init_scale, dt),)
             scale = self.preconditioner_init_scale ** (1 / len(shape))
             flags = _triangular_axes(
-                jnp.shape(p),
-                self.max_size_triangular,
-                self.min_ndim_triangular,
-                self.memory_save_mode,
+                shape, self.max_size_triangular, self.min_ndim_triangular, self.memory_save_mode
             )
             return tuple(
                 scale * (jnp.eye(d, dtype=dt) if tri else jnp.ones(d, dt))
@@ -403,8 +422,7 @@ class ScaleByKron(GradientTransformation):
         )
 
     def update(self, updates, state, params=None, **extra_args):
-        if state.mu is not None:
-            check_tree_match(updates, state.mu, "updates", "state.mu")
+        check_tree_match(updates, _leaf_shapes(state.qs), "updates", "the parameters of init")
         hp = self.current_hyperparams(state)
         leaves, treedef = jax.tree.flatten(updates)
         mus = None if state.mu is None else treedef.flatten_up_to(state.mu)
