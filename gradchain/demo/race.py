@@ -338,6 +338,18 @@ ENTRIES = (
                 None,
             ),
             (
+                "kron",
+                "PSGD Kron (a Kronecker-factored preconditioner, fitted online)",
+                lambda steps, params: _clipped(
+                    gc.kron(
+                        lr_schedule(steps),
+                        weight_decay=WEIGHT_DECAY,
+                        weight_decay_mask=decay_mask(params),
+                    )
+                ),
+                None,
+            ),
+            (
                 "polyak_sgd",
                 "SGD with the Polyak step size (f* = 0)",
                 lambda steps, params: _clipped(gc.polyak_sgd(max_learning_rate=1.0)),
