@@ -103,7 +103,7 @@ class ScaleByKronState:
 
 def _is_factors(x) -> bool:
     # In ``qs`` a leaf's factors are a tuple of arrays; the containers above hold only tuples.
-    return isinstance(x, tuple) and bool(x) and all(isinstance(f, jax.Array) for f in x)
+    return isinstance(x, tuple) and bool(x) and all(hasattr(f, "shape") for f in x)
 
 
 def _leaf_shapes(qs):
@@ -237,7 +237,7 @@ def _kron_step(
         new_mus, ms = None, gs
     else:
         new_mus = [ema(m.astype(g.dtype).reshape(g.shape), g, b1, c1) for m, g in zip(mus, gs)]
-        correction = 1 - count_power(b1, count + 1)
+        correction = 1 - count_power(b1, safe_increment(count))
         ms = [m / correction.astype(m.dtype) for m in new_mus]
     fit_inputs = ms if momentum_into_precond_update else gs
 

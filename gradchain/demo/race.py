@@ -339,12 +339,13 @@ ENTRIES = (
             ),
             (
                 "kron",
-                "PSGD Kron (a Kronecker-factored preconditioner, fitted online)",
+                "PSGD Kron (Kronecker-factored preconditioner fitted online, started at 30 I)",
                 lambda steps, params: _clipped(
                     gc.kron(
                         lr_schedule(steps),
                         weight_decay=WEIGHT_DECAY,
                         weight_decay_mask=decay_mask(params),
+                        preconditioner_init_scale=30.0,
                     )
                 ),
                 None,
