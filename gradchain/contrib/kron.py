@@ -12,6 +12,7 @@ import numpy as np
 
 from gradchain.core.base import (
     GradientTransformation,
+    MaskOrFn,
     Parts,
     ScalarOrSchedule,
     check_bool,
@@ -459,7 +460,7 @@ def kron(
     b1: ScalarOrSchedule = 0.9,
     normalize_grads: bool = False,
     weight_decay: ScalarOrSchedule = 0.0,
-    weight_decay_mask: Any = None,
+    weight_decay_mask: MaskOrFn = None,
     preconditioner_update_probability: ScalarOrSchedule = PrecondUpdateProbSchedule(),
     max_size_triangular: int = 8192,
     min_ndim_triangular: int = 2,
