@@ -867,6 +867,21 @@ TRANSFORMS: tuple[Entry, ...] = (
         needs_params=True,
         nonfinite="held",
     ),
+    # PSGD Kron (a NaN reaches the leaf's preconditioner factors through the fit)
+    E("scale_by_kron", gc.scale_by_kron, nonfinite="leaf"),
+    E(
+        "scale_by_kron",
+        lambda: gc.scale_by_kron(b1=0.0, memory_save_mode="one_diag"),
+        nonfinite="leaf",
+        variant="no-momentum",
+    ),
+    E(
+        "kron",
+        lambda: gc.kron(0.1, weight_decay=0.01),
+        optimizer=True,
+        needs_params=True,
+        nonfinite="leaf",
+    ),
     # 8-bit states
     E(
         "quantize_moments",
@@ -934,6 +949,7 @@ SCHEDULES: dict[str, Callable[[], Callable]] = {
         "cosine", 1.0, {10: 0.5, 20: 0.1}
     ),
     "polynomial_schedule": lambda: gc.polynomial_schedule(1.0, 0.1, 2.0, 100),
+    "precond_update_prob_schedule": lambda: gc.precond_update_prob_schedule(flat_start=5),
     "sgdr_schedule": lambda: gc.sgdr_schedule(
         [dict(init_value=0.0, peak_value=1.0, warmup_steps=2, decay_steps=10)] * 2
     ),
@@ -989,6 +1005,7 @@ NOT_TRANSFORMS: dict[str, str] = {
     "CautiousState": "state class of the cautious wrapper (tests/test_cautious_mars.py)",
     "ScaleByMarsState": "state class of scale_by_mars (tests/test_cautious_mars.py)",
     "ScaleBySoapState": "state class of scale_by_soap (tests/test_soap.py)",
+    "ScaleByKronState": "state class of scale_by_kron (tests/test_kron.py)",
     "SophiaState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "SplitRealAndImaginaryState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "MechanicState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",

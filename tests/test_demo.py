@@ -99,6 +99,7 @@ NEW_OPTIMIZERS = [
     "cautious_lion",
     "mars",
     "soap",
+    "kron",
     "acprop",
     "cocob",
     "dog",

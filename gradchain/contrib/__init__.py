@@ -40,6 +40,12 @@ from gradchain.contrib.galore import (
     galore,
     scale_by_galore,
 )
+from gradchain.contrib.kron import (
+    ScaleByKronState,
+    kron,
+    precond_update_prob_schedule,
+    scale_by_kron,
+)
 from gradchain.contrib.learning_rate_free import (
     dadapt_adamw,
     prodigy,
@@ -113,6 +119,7 @@ __all__ = [
     "SAMState",
     "ScaleByAdemamixState",
     "ScaleByDistanceOverGradientsState",
+    "ScaleByKronState",
     "ScaleByMarsState",
     "ScaleBySimplifiedAdEMAMixState",
     "ScaleBySoapState",
@@ -133,6 +140,7 @@ __all__ = [
     "galore",
     "gauss_newton_bartlett_estimator_diag_hessian",
     "hutchinson_estimator_diag_hessian",
+    "kron",
     "madgrad",
     "mars",
     "mechanize",
@@ -142,6 +150,7 @@ __all__ = [
     "muon_labels",
     "normalize",
     "orthogonalize_via_newton_schulz",
+    "precond_update_prob_schedule",
     "prodigy",
     "reduce_on_plateau",
     "sam",
@@ -154,6 +163,7 @@ __all__ = [
     "scale_by_dog",
     "scale_by_dowg",
     "scale_by_galore",
+    "scale_by_kron",
     "scale_by_madgrad",
     "scale_by_mars",
     "scale_by_muon",

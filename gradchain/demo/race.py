@@ -340,6 +340,19 @@ ENTRIES = (
                 None,
             ),
             (
+                "kron",
+                "PSGD Kron (Kronecker-factored preconditioner fitted online, started at 30 I)",
+                lambda steps, params: _clipped(
+                    gc.kron(
+                        lr_schedule(steps),
+                        weight_decay=WEIGHT_DECAY,
+                        weight_decay_mask=decay_mask(params),
+                        preconditioner_init_scale=30.0,
+                    )
+                ),
+                None,
+            ),
+            (
                 "polyak_sgd",
                 "SGD with the Polyak step size (f* = 0)",
                 lambda steps, params: _clipped(gc.polyak_sgd(max_learning_rate=1.0)),
