@@ -41,6 +41,10 @@ from gradchain.contrib.galore import (
     scale_by_galore,
 )
 from gradchain.contrib.learning_rate_free import (
+    DAdaptAdamWState,
+    ProdigyState,
+    ScaleByDAdaptAdamWState,
+    ScaleByProdigyState,
     dadapt_adamw,
     prodigy,
     scale_by_dadapt_adamw,
@@ -68,6 +72,7 @@ from gradchain.contrib.reduce_on_plateau import (
 )
 from gradchain.contrib.sam import NormalizeState, SAMState, normalize, sam
 from gradchain.contrib.schedule_free import (
+    ScheduleFreeState,
     schedule_free,
     schedule_free_adamw,
     schedule_free_eval_params,
@@ -90,6 +95,7 @@ from gradchain.contrib.sophia import (
 __all__ = [
     "COCOBState",
     "CautiousState",
+    "DAdaptAdamWState",
     "DoGState",
     "DoWGState",
     "GaLoreDimensionNumbers",
@@ -101,13 +107,17 @@ __all__ = [
     "MomoState",
     "MuonDimensionNumbers",
     "NormalizeState",
+    "ProdigyState",
     "ReduceLROnPlateauState",
     "SAMState",
     "ScaleByAdemamixState",
+    "ScaleByDAdaptAdamWState",
     "ScaleByDistanceOverGradientsState",
     "ScaleByMarsState",
+    "ScaleByProdigyState",
     "ScaleBySimplifiedAdEMAMixState",
     "ScaleBySoapState",
+    "ScheduleFreeState",
     "SophiaState",
     "SplitRealAndImaginaryState",
     "acprop",

@@ -11,11 +11,8 @@ from __future__ import annotations
 TODO: dict[str, tuple[str, ...]] = {
     "optax": (),
     "optax.contrib": (
-        "DAdaptAdamWState",
         "DifferentiallyPrivateAggregateState",
         "MuonState",
-        "ProdigyState",
-        "ScheduleFreeState",
         "differentially_private_aggregate",
         "dpsgd",
     ),
