@@ -2,9 +2,10 @@
 
 Both keep a scalar ``d`` (an under-estimate of the distance to the solution, growing from
 ``estim_lr0``) in the state as optax's ``estim_lr``, readable with
-``tree_get(state, "estim_lr")``. The ``learning_rate`` is a multiplier of ``d`` (1 by default; a schedule from 1 down to 0 is the recommended use) and
-enters the estimate itself, so unlike other transforms these carry it inside and return the
-finished descent step: the named optimizers are the transform alone.
+``tree_get(state, "estim_lr")``. The ``learning_rate`` is a multiplier of ``d`` (1 by
+default; a schedule from 1 down to 0 is the recommended use) and enters the estimate itself, so
+unlike other transforms these carry it inside and return the finished descent step: the named
+optimizers are one transformation, with optax's ``ProdigyState`` and ``DAdaptAdamWState``.
 """
 
 from __future__ import annotations

@@ -64,11 +64,11 @@ class ScheduleFreeState:
     (x is recovered with it). Under :func:`~gradchain.with_live_hyperparams`, setting only the
     live ``hyperparams["b1"]`` (``gradchain.tree_utils.tree_set`` with a ``filtering``) changes
     b1 from the next update without disturbing x; ``tree_set(state, b1=...)`` sets this field
-    too, so x is then read with the new b1, as in optax. ``weight_sum``: the sum of the averaging weights
-    so far; ``step_count``: updates done plus one (1-based, as optax's); ``max_lr``: the largest
-    learning rate seen; ``base_optimizer_state``; ``z``: the base optimizer's iterate;
-    ``hyperparams`` (extra): learning_rate (as the averaging weights used it), b1,
-    weight_lr_power and r of the latest update."""
+    too, so x is then read with the new b1, as in optax. ``weight_sum``: the sum of the
+    averaging weights so far; ``step_count``: updates done plus one (1-based, as optax's);
+    ``max_lr``: the largest learning rate seen; ``base_optimizer_state``; ``z``: the base
+    optimizer's iterate; ``hyperparams`` (extra): learning_rate (as the averaging weights used
+    it), b1, weight_lr_power and r of the latest update."""
 
     b1: jax.Array
     weight_sum: jax.Array
