@@ -222,9 +222,9 @@ def _plan(tree, spec, rank, projected_dim, transform_name):
 
 @dataclasses.dataclass(frozen=True)
 class ScaleByGaloreState:
-    """``count``: updates done; ``projector``: per leaf, the projector (an empty ``(0, 0)``
-    placeholder, as optax's, for a leaf the base optimizer sees unprojected);
-    ``base_optimizer_state``: the base optimizer's state, shaped
+    """``count``: updates done; ``projector``: per leaf, the projector (a ``(1, 1)`` zero
+    placeholder for a leaf the base optimizer sees unprojected, where optax keeps an empty
+    ``(0, 0)`` one that orbax refuses to save); ``base_optimizer_state``: the base optimizer's state, shaped
     like the low-rank gradients; ``hyperparams``: scale. ``layout`` is static (part of the tree
     structure, not an array): per parameter leaf, which of its axes each axis of the projector
     and of the low-rank matrices runs along (see :meth:`state_shardings`)."""
@@ -380,8 +380,9 @@ class ScaleByGalore(GradientTransformation):
         def zeros(p, proj):
             """(projector, low-rank matrix) of zeros, laid out as ``state_shardings`` says."""
             if proj is None:
-                # optax's placeholder: every leaf has a projector, so optax's key paths.
-                placeholder = None if p is None else jnp.zeros((0, 0), compute_dtype(p.dtype))
+                # Every leaf has a projector, so optax's key paths; one entry, not optax's
+                # empty (0, 0), which orbax refuses to save.
+                placeholder = None if p is None else jnp.zeros((1, 1), compute_dtype(p.dtype))
                 return placeholder, p
             shapes = (proj.projector_shape, proj.low_rank_shape)
             dtype = compute_dtype(p.dtype)
