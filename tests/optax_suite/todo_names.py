@@ -10,12 +10,7 @@ from __future__ import annotations
 
 TODO: dict[str, tuple[str, ...]] = {
     "optax": (),
-    "optax.contrib": (
-        "DifferentiallyPrivateAggregateState",
-        "MuonState",
-        "differentially_private_aggregate",
-        "dpsgd",
-    ),
+    "optax.contrib": (),
 }
 
 __all__ = ["TODO"]
