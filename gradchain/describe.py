@@ -35,10 +35,15 @@ from typing import Any
 import numpy as np
 
 from gradchain.contrib.galore import ScaleByGalore
-from gradchain.contrib.learning_rate_free import ScaleByDAdaptAdamW, ScaleByProdigy
+from gradchain.contrib.learning_rate_free import (
+    DAdaptAdamW,
+    Prodigy,
+    ScaleByDAdaptAdamW,
+    ScaleByProdigy,
+)
 from gradchain.contrib.muon import Muon, ScaleByMuon, ScaleByShape
 from gradchain.contrib.privacy import DifferentiallyPrivateAggregate
-from gradchain.contrib.schedule_free import ScheduleFree
+from gradchain.contrib.schedule_free import ScheduleFree, ScheduleFreeAdamW, ScheduleFreeSGD
 from gradchain.contrib.sophia import ScaleBySophia
 from gradchain.core.base import (
     Chain,
@@ -1200,6 +1205,11 @@ def _schedule_free(tx, u, ctx):
     return y_t - y.at("t-1")
 
 
+@register_renderer(ScheduleFreeSGD, ScheduleFreeAdamW)
+def _schedule_free_optimizer(tx, u, ctx):
+    return _schedule_free(tx.inner, u, ctx)
+
+
 def _distance_step(tx, ctx, b1: Expr, b2: Expr) -> tuple[Family, Sym, Sym]:
     """Prodigy's and D-Adaptation's step: ``(d, δ_t, d_{t-1})`` with δ_t defined."""
     lr = ctx.hyper(tx, "learning_rate", "η", r"\eta")
@@ -1213,7 +1223,7 @@ def _distance_step(tx, ctx, b1: Expr, b2: Expr) -> tuple[Family, Sym, Sym]:
     return d, delta, d.at("t-1")
 
 
-@register_renderer(ScaleByProdigy)
+@register_renderer(ScaleByProdigy, Prodigy)
 def _scale_by_prodigy(tx, u, ctx):
     b1, b2, b3 = (ctx.hyper(tx, f"b{i}", f"β{i}", rf"\beta_{i}") for i in (1, 2, 3))
     eps = ctx.hyper(tx, "eps", "ε", r"\epsilon")
@@ -1234,7 +1244,7 @@ def _scale_by_prodigy(tx, u, ctx):
     return -(delta * (m / (_sqrt(v) + d_t * eps) + lam * P))
 
 
-@register_renderer(ScaleByDAdaptAdamW)
+@register_renderer(ScaleByDAdaptAdamW, DAdaptAdamW)
 def _scale_by_dadapt_adamw(tx, u, ctx):
     b1, b2 = (ctx.hyper(tx, f"b{i}", f"β{i}", rf"\beta_{i}") for i in (1, 2))
     eps = ctx.hyper(tx, "eps", "ε", r"\epsilon")

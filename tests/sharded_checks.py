@@ -412,8 +412,8 @@ def _():
     if not hasattr(gc, "adafactor"):
         return
     # gradchain's own factors keep the reduced axis with size 1 (unsharded) and the parameter's
-    # sharding on the other; unused entries are None. "w" (16 x 8) reduces its larger axis 0 in
-    # v_row, the square "sq" its later axis 1.
+    # sharding on the other; unused entries are optax's (1,) placeholders, replicated. "w"
+    # (16 x 8) reduces its larger axis 0 in v_row, the square "sq" its later axis 1.
     sh = gc.state_shardings(gc.adafactor(1e-2, min_dim_size_to_factor=4), abstract)
     expected = {
         ("v_row", "w"): P(None, "model"),
@@ -427,7 +427,8 @@ def _():
         got = gc.tree_get(sh, field)[n]
         assert got.is_equivalent_to(NamedSharding(mesh, spec), 2), (field, n, got)
     for field, n in [("v", "w"), ("v", "sq"), ("v_row", "b"), ("v_col", "odd")]:
-        assert gc.tree_get(sh, field)[n] is None, (field, n)
+        got = gc.tree_get(sh, field)[n]
+        assert got.is_equivalent_to(NamedSharding(mesh, P()), 1), (field, n, got)
 
 
 @for_each(ON_MESH, "sharded_update_matches_single_device[{}]")

@@ -26,19 +26,19 @@ SHAPES = [
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_factors_are_optaxs_with_the_reduced_axis_kept_and_unused_entries_none(shape):
+def test_factors_are_optaxs_with_the_reduced_axis_kept_and_optaxs_placeholders(shape):
     ours = gc.scale_by_factored_rms(min_dim_size_to_factor=1).init({"p": jnp.zeros(shape)})
     ref = optax.scale_by_factored_rms(min_dim_size_to_factor=1).init({"p": jnp.zeros(shape)})
     axes = gc.factored_axes(shape, "largest", 1)
     if axes is not None:
         d1, d0 = axes
-        assert ref.v["p"].shape == (1,)  # optax factors this leaf too: (1,) is its placeholder
-        assert ours.v["p"] is None
+        # optax factors this leaf too: (1,) is its placeholder, and ours.
+        assert ref.v["p"].shape == ours.v["p"].shape == (1,)
         assert ours.v_row["p"].shape[d0] == ours.v_col["p"].shape[d1] == 1
         assert np.squeeze(ours.v_row["p"], d0).shape == ref.v_row["p"].shape
         assert np.squeeze(ours.v_col["p"], d1).shape == ref.v_col["p"].shape
     else:
-        assert ours.v_row["p"] is None and ours.v_col["p"] is None
+        assert ours.v_row["p"].shape == ours.v_col["p"].shape == ref.v_row["p"].shape == (1,)
         assert ours.v["p"].shape == ref.v["p"].shape == shape
 
 

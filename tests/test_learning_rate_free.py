@@ -43,7 +43,7 @@ OPTAX_CASES = {
 
 def assert_estimate_grew(state, factor=2):
     """The estimate left its initial 1e-6, so a comparison exercised its update."""
-    assert float(gc.tree_get(state, "d")) > factor * 1e-6
+    assert float(gc.tree_get(state, "estim_lr")) > factor * 1e-6
 
 
 @pytest.mark.parametrize("name", sorted(OPTAX_CASES))
@@ -53,7 +53,12 @@ def test_matches_optax_and_the_step_size_estimate_is_readable(name):
     got, state = run_on_loss(ours(), problem.params(), problem.loss, STEPS, gc.apply_updates)
     want, ref_state = run_on_loss(ref(), problem.params(), problem.loss, STEPS, optax.apply_updates)
     assert_trees_close(got[-1], want[-1])
-    np.testing.assert_allclose(gc.tree_get(state, "d"), getattr(ref_state, field), rtol=1e-6)
+    np.testing.assert_allclose(gc.tree_get(state, "estim_lr"), getattr(ref_state, field), rtol=1e-6)
+    # optax's state, field for field: one transformation, not a chain.
+    assert type(state).__name__ == type(ref_state).__name__
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+    ref_paths = jax.tree_util.tree_flatten_with_path(ref_state)[0]
+    assert paths == [jax.tree_util.keystr(p) for p, _ in ref_paths]
     assert_estimate_grew(state)
 
 
@@ -207,7 +212,7 @@ def test_zero_gradients_keep_the_estimate_instead_of_dividing_zero_by_zero(build
     state = tx.init(params)
     u, state = jax.jit(tx.update)({"w": jnp.zeros(3)}, state, params)
     np.testing.assert_array_equal(u["w"], 0.0)
-    assert float(gc.tree_get(state, "d")) == pytest.approx(1e-6)
+    assert float(gc.tree_get(state, "estim_lr")) == pytest.approx(1e-6)
 
 
 def test_prodigy_keeps_a_copy_of_the_initial_parameters():
@@ -224,9 +229,9 @@ def test_the_estimate_can_be_changed_between_steps_by_name():
     problem = Quadratic(dtype=np.float32)
     tx = gc.prodigy()
     state = tx.init(problem.params())
-    state = gc.tree_set(state, d=jnp.asarray(0.5, jnp.float32))
+    state = gc.tree_set(state, estim_lr=jnp.asarray(0.5, jnp.float32))
     u, state = jax.jit(tx.update)(jax.grad(problem.loss)(problem.params()), state, problem.params())
-    assert float(gc.tree_get(state, "d")) >= 0.5
+    assert float(gc.tree_get(state, "estim_lr")) >= 0.5
     # Step 1 with d = 0.5: dlr = d sqrt(1-b2)/(1-b1), m = (1-b1) d g, v = (1-b2) d^2 g^2, so
     # u = -dlr m / sqrt(v) = -d sign(g) (up to eps and float32's 1 - b2, ALGORITHMS.md §14).
     g = problem.grad_np(problem.p0)["b"]

@@ -144,6 +144,14 @@ def test_measure_with_ema_state_is_optax_layout_with_a_float_accumulator():
     state = tx.init(params)
     assert isinstance(state[0], gc.EmptyState)
     assert state[1].ema.dtype == jnp.float32  # optax: bool until the first update
+    reference = optax.measure_with_ema(lambda u: _norm(u) > 1.0, 0.9).init(params)
+    paths = lambda s: [
+        jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(s)[0]
+    ]
+    assert paths(state) == paths(reference) == ["[1].count", "[1].ema"]
+    # The live layout keeps the decay.
+    live = gc.with_live_hyperparams(tx).init(params)
+    assert float(gc.tree_get(live, "decay")) == pytest.approx(0.9)
     out, state = tx.update(params, state)
     assert float(out) == pytest.approx(1.0)  # debiased: the first measurement itself
     assert int(state[1].count) == 1

@@ -47,6 +47,10 @@ from gradchain.contrib.kron import (
     scale_by_kron,
 )
 from gradchain.contrib.learning_rate_free import (
+    DAdaptAdamWState,
+    ProdigyState,
+    ScaleByDAdaptAdamWState,
+    ScaleByProdigyState,
     dadapt_adamw,
     prodigy,
     scale_by_dadapt_adamw,
@@ -80,6 +84,7 @@ from gradchain.contrib.reduce_on_plateau import (
 )
 from gradchain.contrib.sam import NormalizeState, SAMState, normalize, sam
 from gradchain.contrib.schedule_free import (
+    ScheduleFreeState,
     schedule_free,
     schedule_free_adamw,
     schedule_free_eval_params,
@@ -102,6 +107,7 @@ from gradchain.contrib.sophia import (
 __all__ = [
     "COCOBState",
     "CautiousState",
+    "DAdaptAdamWState",
     "DifferentiallyPrivateAggregateState",
     "DoGState",
     "DoWGState",
@@ -115,14 +121,18 @@ __all__ = [
     "MuonDimensionNumbers",
     "MuonState",
     "NormalizeState",
+    "ProdigyState",
     "ReduceLROnPlateauState",
     "SAMState",
     "ScaleByAdemamixState",
+    "ScaleByDAdaptAdamWState",
     "ScaleByDistanceOverGradientsState",
     "ScaleByKronState",
     "ScaleByMarsState",
+    "ScaleByProdigyState",
     "ScaleBySimplifiedAdEMAMixState",
     "ScaleBySoapState",
+    "ScheduleFreeState",
     "SophiaState",
     "SplitRealAndImaginaryState",
     "acprop",

@@ -222,8 +222,9 @@ def _plan(tree, spec, rank, projected_dim, transform_name):
 
 @dataclasses.dataclass(frozen=True)
 class ScaleByGaloreState:
-    """``count``: updates done; ``projector``: per leaf, the projector (None for a leaf the base
-    optimizer sees unprojected); ``base_optimizer_state``: the base optimizer's state, shaped
+    """``count``: updates done; ``projector``: per leaf, the projector (a ``(1, 1)`` zero
+    placeholder for a leaf the base optimizer sees unprojected, where optax keeps an empty
+    ``(0, 0)`` one that orbax refuses to save); ``base_optimizer_state``: the base optimizer's state, shaped
     like the low-rank gradients; ``hyperparams``: scale. ``layout`` is static (part of the tree
     structure, not an array): per parameter leaf, which of its axes each axis of the projector
     and of the low-rank matrices runs along (see :meth:`state_shardings`)."""
@@ -379,7 +380,10 @@ class ScaleByGalore(GradientTransformation):
         def zeros(p, proj):
             """(projector, low-rank matrix) of zeros, laid out as ``state_shardings`` says."""
             if proj is None:
-                return None, p
+                # Every leaf has a projector, so optax's key paths; one entry, not optax's
+                # empty (0, 0), which orbax refuses to save.
+                placeholder = None if p is None else jnp.zeros((1, 1), compute_dtype(p.dtype))
+                return placeholder, p
             shapes = (proj.projector_shape, proj.low_rank_shape)
             dtype = compute_dtype(p.dtype)
             return tuple(zeros_along(p, g, s, dtype) for g, s in zip(proj.axis_groups, shapes))
@@ -403,7 +407,7 @@ class ScaleByGalore(GradientTransformation):
     def update(self, updates, state, params=None, **extra_args):
         leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
 
-        # The projector tree holds None for unprojected leaves: compare structures only.
+        # The projector tree holds None for None leaves: compare structures only.
         def as_leaf(tree):
             return jax.tree.map(lambda _: 0, tree, is_leaf=lambda x: x is None)
 

@@ -1,15 +1,17 @@
 """Learning-rate-free Adam: Prodigy and D-Adaptation estimate the step size ``d`` as they go.
 
 Both keep a scalar ``d`` (an under-estimate of the distance to the solution, growing from
-``estim_lr0``) in the state, readable with ``tree_get(state, "d")``. The ``learning_rate`` is
-a multiplier of ``d`` (1 by default; a schedule from 1 down to 0 is the recommended use) and
-enters the estimate itself, so unlike other transforms these carry it inside and return the
-finished descent step: the named optimizers are the transform alone.
+``estim_lr0``) in the state as optax's ``estim_lr``, readable with
+``tree_get(state, "estim_lr")``. The ``learning_rate`` is a multiplier of ``d`` (1 by
+default; a schedule from 1 down to 0 is the recommended use) and enters the estimate itself, so
+unlike other transforms these carry it inside and return the finished descent step: the named
+optimizers are one transformation, with optax's ``ProdigyState`` and ``DAdaptAdamWState``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any
 
 import jax
@@ -17,14 +19,12 @@ import jax.numpy as jnp
 
 from gradchain.core.base import (
     GradientTransformation,
-    Parts,
     ScalarOrSchedule,
     check_bools,
     check_floating,
     check_number,
     check_params_match,
     check_tree_match,
-    named_optimizer,
     require_params,
     require_values,
     state_class,
@@ -42,7 +42,16 @@ from gradchain.core.numerics import (
     safe_increment,
 )
 
-__all__ = ["dadapt_adamw", "prodigy", "scale_by_dadapt_adamw", "scale_by_prodigy"]
+__all__ = [
+    "DAdaptAdamWState",
+    "ProdigyState",
+    "ScaleByDAdaptAdamWState",
+    "ScaleByProdigyState",
+    "dadapt_adamw",
+    "prodigy",
+    "scale_by_dadapt_adamw",
+    "scale_by_prodigy",
+]
 
 
 def _tree_sum(fn, *trees):
@@ -77,12 +86,12 @@ def _step_inputs(tx, updates, state, params):
     the 1-based step and ``dlr`` the step size :math:`d\\,\\eta` times Adam's bias correction.
     """
     require_params(params, tx.name)
-    check_tree_match(updates, state.mu, "updates", "state.mu")
+    check_tree_match(updates, state.exp_avg, "updates", "state.exp_avg")
     check_params_match(updates, params)
     hp = tx.current_hyperparams(state)
     c1, c2 = tx.complement("b1", hp), tx.complement("b2", hp)
     t = safe_increment(state.count)
-    dlr = state.d * hp["learning_rate"] * _adam_bias_correction(tx, hp["b1"], hp["b2"], t)
+    dlr = state.estim_lr * hp["learning_rate"] * _adam_bias_correction(tx, hp["b1"], hp["b2"], t)
     return hp, c1, c2, t, dlr
 
 
@@ -91,12 +100,12 @@ def _next_state(state, t, hp, mu, nu, s, d, numerator):
     estimate ``d`` and numerator, the count and the hyperparameters used."""
     return dataclasses.replace(
         state,
+        exp_avg=cast_like(mu, state.exp_avg),
+        exp_avg_sq=cast_like(nu, state.exp_avg_sq),
+        grad_sum=cast_like(s, state.grad_sum),
+        estim_lr=d,
+        numerator_weighted=numerator.astype(state.numerator_weighted.dtype),
         count=t,
-        mu=cast_like(mu, state.mu),
-        nu=cast_like(nu, state.nu),
-        s=cast_like(s, state.s),
-        d=d,
-        numerator=numerator.astype(state.numerator.dtype),
         hyperparams=hp,
     )
 
@@ -106,20 +115,24 @@ def _next_state(state, t, hp, mu, nu, s, d, numerator):
 
 
 @state_class(extras=("hyperparams",))
-class ScaleByProdigyState:
-    """``count``: updates done; ``mu``, ``nu``: Adam's moments of :math:`d\\,g`; ``s``: the
-    weighted gradient sum; ``params0``: the initial parameters; ``d``: the current step-size
-    estimate; ``numerator``: the weighted :math:`\\sum \\langle g, p_0 - p\\rangle`;
-    ``hyperparams``: as used last."""
+class ProdigyState:
+    """optax's ``ProdigyState``: ``exp_avg``, ``exp_avg_sq``: Adam's moments of
+    :math:`d\\,g`; ``grad_sum``: the weighted gradient sum :math:`s`; ``params0``: the initial
+    parameters; ``estim_lr``: the current step-size estimate :math:`d`; ``numerator_weighted``:
+    the weighted :math:`\\sum \\langle g, p_0 - p\\rangle`; ``count``: updates done;
+    ``hyperparams`` (extra): as used last."""
 
-    count: jax.Array
-    mu: Any
-    nu: Any
-    s: Any
+    exp_avg: Any
+    exp_avg_sq: Any
+    grad_sum: Any
     params0: Any
-    d: jax.Array
-    numerator: jax.Array
+    estim_lr: jax.Array
+    numerator_weighted: jax.Array
+    count: jax.Array
     hyperparams: dict | None
+
+
+ScaleByProdigyState = ProdigyState
 
 
 @transformation(
@@ -171,7 +184,7 @@ class ScaleByProdigy(GradientTransformation):
         ``prodigyopt.Prodigy`` default ``use_bias_correction=False`` (ALGORITHMS.md §7.1,
         §15 row 17).
 
-    ``tree_get(state, "d")`` is the current estimate. Memory: four arrays per parameter
+    ``tree_get(state, "estim_lr")`` is the current estimate. Memory: four arrays per parameter
     (:math:`m, v, s, p_0`). The reference's ``growth_rate`` (default inf) is not offered.
 
     Reference: Mishchenko & Defazio, "Prodigy: An Expeditiously Adaptive Parameter-Free
@@ -217,14 +230,14 @@ class ScaleByProdigy(GradientTransformation):
     def init(self, params):
         check_floating(params, self.name)
         hp = self.init_hyperparams()
-        return ScaleByProdigyState(
-            count=init_count(),
-            mu=moments_like(params),
-            nu=moments_like(params),
-            s=moments_like(params),
+        return ProdigyState(
+            exp_avg=moments_like(params),
+            exp_avg_sq=moments_like(params),
+            grad_sum=moments_like(params),
             params0=jax.tree.map(self._copy_initial, params),
-            d=hp["estim_lr0"],
-            numerator=jnp.zeros_like(hp["estim_lr0"]),
+            estim_lr=hp["estim_lr0"],
+            numerator_weighted=jnp.zeros_like(hp["estim_lr0"]),
+            count=init_count(),
             hyperparams=hp,
         )
 
@@ -232,24 +245,24 @@ class ScaleByProdigy(GradientTransformation):
         hp, c1, c2, t, dlr = _step_inputs(self, updates, state, params)
         b1, b2, b3 = hp["b1"], hp["b2"], hp["b3"]
         d0, lam = hp["estim_lr0"], hp["weight_decay"]
-        d = state.d
+        d = state.estim_lr
         s_coef = (d / d0) * (d if self.safeguard_warmup else dlr)
 
         correlation = _tree_sum(lambda g, p0, p: g * (p0 - p), updates, state.params0, params)
-        numerator = b3 * state.numerator + (d / d0) * dlr * correlation
+        numerator = b3 * state.numerator_weighted + (d / d0) * dlr * correlation
 
         scalars = (d, b1, c1, b2, c2, b3, s_coef)
         mu, nu, s = tree_map_multi(
             lambda g, m, v, s: _prodigy_moments(g, m, v, s, *scalars),
             3,
             updates,
-            state.mu,
-            state.nu,
-            state.s,
+            state.exp_avg,
+            state.exp_avg_sq,
+            state.grad_sum,
         )
         s_l1 = _tree_sum(jnp.abs, s)
         estimate = hp["estim_lr_coef"] * numerator / jnp.where(s_l1 > 0, s_l1, 1)
-        new_d = jnp.where(s_l1 > 0, jnp.maximum(d, estimate), d).astype(state.d.dtype)
+        new_d = jnp.where(s_l1 > 0, jnp.maximum(d, estimate), d).astype(state.estim_lr.dtype)
 
         eps = new_d * hp["eps"]
         out = jax.tree.map(
@@ -280,7 +293,12 @@ def _prodigy_step(g, m, v, p, dlr, eps, lam):
     return (-u).astype(g.dtype)
 
 
-@named_optimizer
+@transformation("prodigy", hyperparams=ScaleByProdigy.hyperparams)
+class Prodigy(ScaleByProdigy):
+    """:func:`scale_by_prodigy` under optax's name: the whole optimizer, one transformation
+    with one :class:`ProdigyState`, as ``optax.contrib.prodigy``."""
+
+
 def prodigy(
     learning_rate: ScalarOrSchedule = 1.0,
     betas: tuple[ScalarOrSchedule, ScalarOrSchedule] = (0.9, 0.999),
@@ -292,25 +310,29 @@ def prodigy(
     safeguard_warmup: bool = False,
     *,
     bias_correction: bool = True,
-) -> Parts:
+) -> Prodigy:
     """Prodigy: learning-rate-free AdamW; see :func:`scale_by_prodigy` (the whole optimizer).
 
-    Same arguments and defaults as ``optax.contrib.prodigy``; ``bias_correction=False`` gives
-    ``prodigyopt.Prodigy``'s default. The estimate is ``tree_get(state, "d")``.
+    Same arguments, defaults and state (:class:`ProdigyState`) as ``optax.contrib.prodigy``;
+    ``bias_correction=False`` gives ``prodigyopt.Prodigy``'s default. The estimate is
+    ``tree_get(state, "estim_lr")``.
     """
-    return (
-        scale_by_prodigy(
-            learning_rate,
-            betas,
-            beta3,
-            eps,
-            estim_lr0,
-            estim_lr_coef,
-            weight_decay,
-            safeguard_warmup,
-            bias_correction=bias_correction,
-        ),
+    return Prodigy(
+        learning_rate,
+        betas,
+        beta3,
+        eps,
+        estim_lr0,
+        estim_lr_coef,
+        weight_decay,
+        safeguard_warmup,
+        bias_correction=bias_correction,
     )
+
+
+# Annotations resolved, as optax's: code inspecting the signature (optax's tests pass a schedule
+# where learning_rate is annotated ScalarOrSchedule) reads types, not the strings PEP 563 leaves.
+prodigy.__signature__ = inspect.signature(prodigy, eval_str=True)  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,19 +340,23 @@ def prodigy(
 
 
 @state_class(extras=("hyperparams",))
-class ScaleByDAdaptAdamWState:
-    """``count``: updates done; ``mu``: the first moment (of :math:`\\delta g`); ``nu``: the
-    second moment; ``s``: the weighted gradient sum; ``d``: the current step-size estimate;
-    ``numerator``: the weighted :math:`\\sum\\delta\\langle g, s/(\\sqrt v+\\epsilon)\\rangle`;
-    ``hyperparams``: as used last."""
+class DAdaptAdamWState:
+    """optax's ``DAdaptAdamWState``: ``exp_avg``: the first moment (of :math:`\\delta g`);
+    ``exp_avg_sq``: the second moment; ``grad_sum``: the weighted gradient sum :math:`s`;
+    ``estim_lr``: the current step-size estimate :math:`d`; ``numerator_weighted``: the weighted
+    :math:`\\sum\\delta\\langle g, s/(\\sqrt v+\\epsilon)\\rangle`; ``count``: updates done;
+    ``hyperparams`` (extra): as used last."""
 
+    exp_avg: Any
+    exp_avg_sq: Any
+    grad_sum: Any
+    estim_lr: jax.Array
+    numerator_weighted: jax.Array
     count: jax.Array
-    mu: Any
-    nu: Any
-    s: Any
-    d: jax.Array
-    numerator: jax.Array
     hyperparams: dict | None
+
+
+ScaleByDAdaptAdamWState = DAdaptAdamWState
 
 
 @transformation(
@@ -366,7 +392,7 @@ class ScaleByDAdaptAdamW(GradientTransformation):
       decouple: True (optax, always) decays as above; False is the reference default, a
         coupled L2 penalty: :math:`g \leftarrow g + \lambda p` before everything else.
 
-    ``tree_get(state, "d")`` is the current estimate. Memory: three arrays per parameter.
+    ``tree_get(state, "estim_lr")`` is the current estimate. Memory: three arrays per parameter.
 
     Reference: Defazio & Mishchenko, "Learning-Rate-Free Learning by D-Adaptation" (2023).
     Same as ``optax.contrib.dadapt_adamw`` by default.
@@ -395,13 +421,13 @@ class ScaleByDAdaptAdamW(GradientTransformation):
     def init(self, params):
         check_floating(params, self.name)
         hp = self.init_hyperparams()
-        return ScaleByDAdaptAdamWState(
+        return DAdaptAdamWState(
+            exp_avg=moments_like(params),
+            exp_avg_sq=moments_like(params),
+            grad_sum=moments_like(params),
+            estim_lr=hp["estim_lr0"],
+            numerator_weighted=jnp.zeros_like(hp["estim_lr0"]),
             count=init_count(),
-            mu=moments_like(params),
-            nu=moments_like(params),
-            s=moments_like(params),
-            d=hp["estim_lr0"],
-            numerator=jnp.zeros_like(hp["estim_lr0"]),
             hyperparams=hp,
         )
 
@@ -409,7 +435,7 @@ class ScaleByDAdaptAdamW(GradientTransformation):
         hp, c1, c2, t, dlr = _step_inputs(self, updates, state, params)
         b1, b2, eps, lam = hp["b1"], hp["b2"], hp["eps"], hp["weight_decay"]
         sb2 = jnp.sqrt(b2)
-        d = state.d
+        d = state.estim_lr
         if not self.decouple:
             updates = jax.tree.map(
                 lambda g, p: (g + lam.astype(g.dtype) * p.astype(g.dtype)).astype(g.dtype),
@@ -418,22 +444,25 @@ class ScaleByDAdaptAdamW(GradientTransformation):
             )
 
         correlation = _tree_sum(
-            lambda g, s, v: g * s / (jnp.sqrt(v) + eps.astype(v.dtype)), updates, state.s, state.nu
+            lambda g, s, v: g * s / (jnp.sqrt(v) + eps.astype(v.dtype)),
+            updates,
+            state.grad_sum,
+            state.exp_avg_sq,
         )
-        numerator = sb2 * state.numerator + (1 - sb2) * dlr * correlation
+        numerator = sb2 * state.numerator_weighted + (1 - sb2) * dlr * correlation
 
         scalars = (dlr, b1, c1, b2, c2, sb2, (1 - sb2) * dlr)
         mu, nu, s = tree_map_multi(
             lambda g, m, v, s: _dadapt_moments(g, m, v, s, *scalars),
             3,
             updates,
-            state.mu,
-            state.nu,
-            state.s,
+            state.exp_avg,
+            state.exp_avg_sq,
+            state.grad_sum,
         )
         s_l1 = _tree_sum(jnp.abs, s)
         estimate = numerator / ((1 - sb2) * jnp.where(s_l1 > 0, s_l1, 1))
-        new_d = jnp.where(s_l1 > 0, jnp.maximum(d, estimate), d).astype(state.d.dtype)
+        new_d = jnp.where(s_l1 > 0, jnp.maximum(d, estimate), d).astype(state.estim_lr.dtype)
         decay = lam * dlr if self.decouple else jnp.zeros_like(lam)
 
         out = jax.tree.map(
@@ -463,7 +492,12 @@ def _dadapt_step(g, m, v, p, eps, decay):
     return (-u).astype(g.dtype)
 
 
-@named_optimizer
+@transformation("dadapt_adamw", hyperparams=ScaleByDAdaptAdamW.hyperparams)
+class DAdaptAdamW(ScaleByDAdaptAdamW):
+    """:func:`scale_by_dadapt_adamw` under optax's name: the whole optimizer, one transformation
+    with one :class:`DAdaptAdamWState`, as ``optax.contrib.dadapt_adamw``."""
+
+
 def dadapt_adamw(
     learning_rate: ScalarOrSchedule = 1.0,
     betas: tuple[ScalarOrSchedule, ScalarOrSchedule] = (0.9, 0.999),
@@ -473,21 +507,22 @@ def dadapt_adamw(
     *,
     bias_correction: bool = True,
     decouple: bool = True,
-) -> Parts:
+) -> DAdaptAdamW:
     """D-Adaptation AdamW; see :func:`scale_by_dadapt_adamw` (the whole optimizer).
 
-    Same arguments and defaults as ``optax.contrib.dadapt_adamw``; ``bias_correction=False,
-    decouple=False`` gives ``dadaptation.DAdaptAdam``'s defaults. The estimate is
-    ``tree_get(state, "d")``.
+    Same arguments, defaults and state (:class:`DAdaptAdamWState`) as
+    ``optax.contrib.dadapt_adamw``; ``bias_correction=False, decouple=False`` gives
+    ``dadaptation.DAdaptAdam``'s defaults. The estimate is ``tree_get(state, "estim_lr")``.
     """
-    return (
-        scale_by_dadapt_adamw(
-            learning_rate,
-            betas,
-            eps,
-            estim_lr0,
-            weight_decay,
-            bias_correction=bias_correction,
-            decouple=decouple,
-        ),
+    return DAdaptAdamW(
+        learning_rate,
+        betas,
+        eps,
+        estim_lr0,
+        weight_decay,
+        bias_correction=bias_correction,
+        decouple=decouple,
     )
+
+
+dadapt_adamw.__signature__ = inspect.signature(dadapt_adamw, eval_str=True)  # type: ignore[attr-defined]

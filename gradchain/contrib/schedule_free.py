@@ -9,6 +9,7 @@ params) and ``z`` (the state) are stored; ``x`` is recovered from them.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any
 
 import jax
@@ -19,7 +20,6 @@ from gradchain.core.base import (
     GradientTransformation,
     OptState,
     Params,
-    Parts,
     ScalarOrSchedule,
     _call_update,
     check_bool,
@@ -30,16 +30,15 @@ from gradchain.core.base import (
     check_params_match,
     check_tree_match,
     hyperparam_value,
-    named_optimizer,
     require_params,
     require_values,
     state_class,
     transformation,
     tree_map_multi,
+    with_live_hyperparams,
 )
 from gradchain.core.numerics import (
     compute_dtype,
-    init_count,
     leaf_kernel,
     safe_increment,
     state_dtype,
@@ -51,6 +50,7 @@ from gradchain.transforms.momentum import Trace
 from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = [
+    "ScheduleFreeState",
     "schedule_free",
     "schedule_free_adamw",
     "schedule_free_eval_params",
@@ -60,19 +60,22 @@ __all__ = [
 
 @state_class(extras=("hyperparams",))
 class ScheduleFreeState:
-    """``count``: updates done; ``z``: the base optimizer's iterate; ``y_b1``: the b1 that built
-    the current params from x and z (x is recovered with it, so changing b1 with ``tree_set``
-    takes effect at the next update without disturbing x); ``weight_sum``: the sum of the
-    averaging weights so far; ``max_lr``: the largest learning rate seen;
-    ``base_optimizer_state``; ``hyperparams``: learning_rate (as the averaging weights used it),
-    b1, weight_lr_power and r of the latest update."""
+    """optax's ``ScheduleFreeState``: ``b1``: the b1 that built the current params from x and z
+    (x is recovered with it). Under :func:`~gradchain.with_live_hyperparams`, setting only the
+    live ``hyperparams["b1"]`` (``gradchain.tree_utils.tree_set`` with a ``filtering``) changes
+    b1 from the next update without disturbing x; ``tree_set(state, b1=...)`` sets this field
+    too, so x is then read with the new b1, as in optax. ``weight_sum``: the sum of the
+    averaging weights so far; ``step_count``: updates done plus one (1-based, as optax's);
+    ``max_lr``: the largest learning rate seen; ``base_optimizer_state``; ``z``: the base
+    optimizer's iterate; ``hyperparams`` (extra): learning_rate (as the averaging weights used
+    it), b1, weight_lr_power and r of the latest update."""
 
-    count: jax.Array
-    z: Any
-    y_b1: jax.Array
+    b1: jax.Array
     weight_sum: jax.Array
+    step_count: jax.Array
     max_lr: jax.Array
     base_optimizer_state: Any
+    z: Any
     hyperparams: dict | None
 
 
@@ -178,23 +181,35 @@ class ScheduleFree(GradientTransformation):
         zero = lambda: jnp.zeros((), jnp.result_type(float))
         hyperparams = self.init_hyperparams()
         return ScheduleFreeState(
-            count=init_count(),
-            z=z,
-            y_b1=jnp.array(hyperparams["b1"], copy=True),
+            b1=jnp.array(hyperparams["b1"], copy=True),
             weight_sum=zero(),
+            step_count=jnp.ones((), jnp.int32),
             max_lr=zero(),
             base_optimizer_state=self.base_optimizer.init(params),
+            z=z,
             hyperparams=hyperparams,
         )
+
+    def current_hyperparams(self, state) -> dict[str, jax.Array]:
+        """As :meth:`GradientTransformation.current_hyperparams`, with schedules taken at the
+        0-based update number ``step_count - 1`` (the state keeps optax's 1-based count)."""
+        hp = super().current_hyperparams(state)
+        if isinstance(state, ScheduleFreeState):
+            k = state.step_count - 1
+            for n in self.hyperparams:
+                value = getattr(self, n)
+                if callable(value):
+                    hp[n] = hyperparam_value(value, k)
+        return hp
 
     def update(self, updates, state, params=None, **extra_args):
         require_params(params, self.name)
         check_tree_match(updates, state.z, "updates", "state.z")
         check_params_match(updates, params)
         hp = self.current_hyperparams(state)
-        k = state.count
+        k = state.step_count - 1
         if self.optax_off_by_one and callable(self.learning_rate):
-            hp["learning_rate"] = hyperparam_value(self.learning_rate, safe_increment(k))
+            hp["learning_rate"] = hyperparam_value(self.learning_rate, state.step_count)
         max_lr, weight_sum, c = _average_weight(
             k, state.max_lr, state.weight_sum, hp["learning_rate"], hp["weight_lr_power"], hp["r"]
         )
@@ -202,7 +217,7 @@ class ScheduleFree(GradientTransformation):
         base_updates, base_state = _call_update(
             self.base_optimizer, updates, state.base_optimizer_state, params, extra_args
         )
-        b1_old, b1 = state.y_b1, hp["b1"]
+        b1_old, b1 = state.b1, hp["b1"]
         new_updates, z = tree_map_multi(
             lambda y, z, delta: _schedule_free_leaf(y, z, delta, b1_old, b1, c),
             2,
@@ -211,12 +226,12 @@ class ScheduleFree(GradientTransformation):
             base_updates,
         )
         return new_updates, ScheduleFreeState(
-            count=safe_increment(k),
-            z=z,
-            y_b1=b1,
+            b1=b1,
             weight_sum=weight_sum,
+            step_count=safe_increment(state.step_count),
             max_lr=max_lr,
             base_optimizer_state=base_state,
+            z=z,
             hyperparams=hp,
         )
 
@@ -276,7 +291,7 @@ def schedule_free_eval_params(state: OptState, params: Params) -> Params:
         )
     sf = found[0]
     check_tree_match(params, sf.z, "params", "state.z")
-    b1 = sf.y_b1
+    b1 = sf.b1
 
     def to_x(y, z):
         ct = compute_dtype(jnp.promote_types(y.dtype, z.dtype))
@@ -318,17 +333,36 @@ def _warmed_up(learning_rate, warmup_steps, optax_off_by_one):
     return _LinearWarmup(learning_rate, warmup_steps, offset=0 if optax_off_by_one else 1)
 
 
-@named_optimizer
-def schedule_free_sgd(
-    learning_rate: ScalarOrSchedule = 1.0,
-    warmup_steps: int | None = None,
-    b1: ScalarOrSchedule = 0.9,
-    weight_decay: ScalarOrSchedule | None = None,
-    weight_lr_power: ScalarOrSchedule = 2.0,
-    state_dtype: Any | None = None,
-    *,
-    optax_off_by_one: bool = False,
-) -> Parts:
+class _ScheduleFreeOptimizer(GradientTransformation):
+    """A named schedule-free optimizer: one :class:`ScheduleFree` transformation built from the
+    optimizer's arguments (``inner``), so the state is one :class:`ScheduleFreeState`, as
+    optax's."""
+
+    def __post_init__(self):
+        self.inner  # noqa: B018 (building it validates every argument)
+
+    def _build(self) -> ScheduleFree:
+        raise NotImplementedError
+
+    @property
+    def inner(self) -> ScheduleFree:
+        """The :func:`schedule_free` transformation this optimizer runs."""
+        tx = self._build()
+        return with_live_hyperparams(tx) if self.live_hyperparams else tx
+
+    @property
+    def complex_params(self) -> bool:
+        return self.inner.complex_params
+
+    def init(self, params: Params) -> OptState:
+        return self.inner.init(params)
+
+    def update(self, updates, state, params=None, **extra_args):
+        return self.inner.update(updates, state, params, **extra_args)
+
+
+@transformation("schedule_free_sgd")
+class ScheduleFreeSGD(_ScheduleFreeOptimizer):
     r"""Schedule-Free SGD: :func:`schedule_free` over ``chain(add_decoupled_weight_decay, sgd)``.
 
     The base step is :math:`z \leftarrow z - \gamma_k (g_k + \lambda y_k)` (decay at ``y``, as
@@ -339,30 +373,56 @@ def schedule_free_sgd(
     (ALGORITHMS.md §8.2). Arguments and defaults as ``optax.contrib.schedule_free_sgd``.
     Memory: ``z``, one copy of the params.
     """
-    lr = _warmed_up(learning_rate, warmup_steps, optax_off_by_one)
-    base = sgd(lr)
-    if weight_decay is not None:
-        base = Chain(add_decoupled_weight_decay(weight_decay), base)
-    return (
-        schedule_free(
-            base, lr, b1, weight_lr_power, state_dtype, optax_off_by_one=optax_off_by_one
-        ),
-    )
+
+    learning_rate: ScalarOrSchedule = 1.0
+    warmup_steps: int | None = None
+    b1: ScalarOrSchedule = 0.9
+    weight_decay: ScalarOrSchedule | None = None
+    weight_lr_power: ScalarOrSchedule = 2.0
+    state_dtype: Any | None = None
+    _: dataclasses.KW_ONLY
+    optax_off_by_one: bool = False
+
+    def _build(self) -> ScheduleFree:
+        lr = _warmed_up(self.learning_rate, self.warmup_steps, self.optax_off_by_one)
+        base = sgd(lr)
+        if self.weight_decay is not None:
+            base = Chain(add_decoupled_weight_decay(self.weight_decay), base)
+        return schedule_free(
+            base,
+            lr,
+            self.b1,
+            self.weight_lr_power,
+            self.state_dtype,
+            optax_off_by_one=self.optax_off_by_one,
+        )
 
 
-@named_optimizer
-def schedule_free_adamw(
-    learning_rate: ScalarOrSchedule = 0.0025,
+def schedule_free_sgd(
+    learning_rate: ScalarOrSchedule = 1.0,
     warmup_steps: int | None = None,
     b1: ScalarOrSchedule = 0.9,
-    b2: ScalarOrSchedule = 0.999,
-    eps: ScalarOrSchedule = 1e-8,
-    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay: ScalarOrSchedule | None = None,
     weight_lr_power: ScalarOrSchedule = 2.0,
     state_dtype: Any | None = None,
     *,
     optax_off_by_one: bool = False,
-) -> Parts:
+) -> ScheduleFreeSGD:
+    """Schedule-Free SGD, one transformation with one :class:`ScheduleFreeState` as optax's; see
+    :class:`ScheduleFreeSGD`. Arguments and defaults as ``optax.contrib.schedule_free_sgd``."""
+    return ScheduleFreeSGD(
+        learning_rate,
+        warmup_steps,
+        b1,
+        weight_decay,
+        weight_lr_power,
+        state_dtype,
+        optax_off_by_one=optax_off_by_one,
+    )
+
+
+@transformation("schedule_free_adamw")
+class ScheduleFreeAdamW(_ScheduleFreeOptimizer):
     r"""Schedule-Free AdamW: :func:`schedule_free` over AdamW without momentum.
 
     The base step (the reference ``AdamWScheduleFree``):
@@ -380,16 +440,66 @@ def schedule_free_adamw(
     bias_correction=True)``, Adam without its first moment (as optax): the state is ``z`` and
     ``v``, 8 bytes per float32 parameter, like the reference's. ``b2`` is its live ``decay``.
     """
-    lr = _warmed_up(learning_rate, warmup_steps, optax_off_by_one)
-    # Checked under the caller's name: scale_by_rms would call it ``decay``.
-    check_number("b2", b2, low=0.0, high=1.0, high_open=True)
-    base = Chain(
-        scale_by_rms(decay=b2, eps=eps, eps_in_sqrt=False, bias_correction=True),
-        add_decoupled_weight_decay(weight_decay),
-        scale_by_learning_rate(lr),
+
+    learning_rate: ScalarOrSchedule = 0.0025
+    warmup_steps: int | None = None
+    b1: ScalarOrSchedule = 0.9
+    b2: ScalarOrSchedule = 0.999
+    eps: ScalarOrSchedule = 1e-8
+    weight_decay: ScalarOrSchedule = 0.0
+    weight_lr_power: ScalarOrSchedule = 2.0
+    state_dtype: Any | None = None
+    _: dataclasses.KW_ONLY
+    optax_off_by_one: bool = False
+
+    def _build(self) -> ScheduleFree:
+        lr = _warmed_up(self.learning_rate, self.warmup_steps, self.optax_off_by_one)
+        # Checked under the caller's name: scale_by_rms would call it ``decay``.
+        check_number("b2", self.b2, low=0.0, high=1.0, high_open=True)
+        base = Chain(
+            scale_by_rms(decay=self.b2, eps=self.eps, eps_in_sqrt=False, bias_correction=True),
+            add_decoupled_weight_decay(self.weight_decay),
+            scale_by_learning_rate(lr),
+        )
+        return schedule_free(
+            base,
+            lr,
+            self.b1,
+            self.weight_lr_power,
+            self.state_dtype,
+            optax_off_by_one=self.optax_off_by_one,
+        )
+
+
+def schedule_free_adamw(
+    learning_rate: ScalarOrSchedule = 0.0025,
+    warmup_steps: int | None = None,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: ScalarOrSchedule = 1e-8,
+    weight_decay: ScalarOrSchedule = 0.0,
+    weight_lr_power: ScalarOrSchedule = 2.0,
+    state_dtype: Any | None = None,
+    *,
+    optax_off_by_one: bool = False,
+) -> ScheduleFreeAdamW:
+    """Schedule-Free AdamW, one transformation with one :class:`ScheduleFreeState` as optax's;
+    see :class:`ScheduleFreeAdamW`. Arguments and defaults as
+    ``optax.contrib.schedule_free_adamw``."""
+    return ScheduleFreeAdamW(
+        learning_rate,
+        warmup_steps,
+        b1,
+        b2,
+        eps,
+        weight_decay,
+        weight_lr_power,
+        state_dtype,
+        optax_off_by_one=optax_off_by_one,
     )
-    return (
-        schedule_free(
-            base, lr, b1, weight_lr_power, state_dtype, optax_off_by_one=optax_off_by_one
-        ),
-    )
+
+
+# Annotations resolved, as optax's: code inspecting the signature (optax's tests pass a schedule
+# where learning_rate is annotated ScalarOrSchedule) reads types, not the strings PEP 563 leaves.
+for _factory in (schedule_free_sgd, schedule_free_adamw):
+    _factory.__signature__ = inspect.signature(_factory, eval_str=True)  # type: ignore[attr-defined]

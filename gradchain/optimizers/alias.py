@@ -13,6 +13,7 @@ from gradchain.core.base import (
     Parts,
     ScalarOrSchedule,
     check_bool,
+    identity,
     named_optimizer,
 )
 from gradchain.transforms.adaptive import scale_by_adam, scale_by_rms, scale_by_stddev
@@ -71,6 +72,9 @@ def sgd(
             parts.append(
                 trace(decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype)
             )
+    else:
+        # optax's place for the momentum: its state, (EmptyState(), ...), is optax's.
+        parts.append(identity())
     parts.append(scale_by_learning_rate(learning_rate))
     return parts
 

@@ -100,6 +100,11 @@ def adafactor_decay_rate(step: jax.typing.ArrayLike, exponent: jax.typing.ArrayL
     return 1.0 - t ** (-jnp.asarray(exponent, jnp.float32))
 
 
+# optax's stand-in for the statistics a leaf does not use (v_row and v_col of an unfactored
+# leaf, v of a factored one): the same key paths for every leaf.
+_PLACEHOLDER = (1,)
+
+
 def _is_none(x) -> bool:
     return x is None
 
@@ -108,9 +113,9 @@ def _is_none(x) -> bool:
 class FactoredState:
     """``count``: updates done; per parameter, ``v_row`` and ``v_col``: the moving averages of
     the mean of :math:`g^2 + \\epsilon_1` over axis ``d0`` and over axis ``d1``, each kept as an
-    axis of size 1 (factored leaves; None for the others), ``v``: the moving average of
-    :math:`g^2 + \\epsilon_1` (unfactored leaves; None for factored ones). ``hyperparams``:
-    decay_rate, epsilon."""
+    axis of size 1 (factored leaves; a ``(1,)`` zero placeholder for the others, as optax's),
+    ``v``: the moving average of :math:`g^2 + \\epsilon_1` (unfactored leaves; a ``(1,)``
+    placeholder for factored ones). ``hyperparams`` (extra): decay_rate, epsilon."""
 
     count: jax.Array
     v_row: Any
@@ -137,8 +142,9 @@ class FactoredSecondMoment(GradientTransformation):
     broadcast); every other leaf keeps the whole
     :math:`v_t = \hat\beta_t v_{t-1} + (1-\hat\beta_t) G^2` and :math:`u_t = g_t/\sqrt{v_t}`.
     An ``n x m`` matrix thus keeps ``n + m`` numbers: ``v_row`` of shape ``(n, 1)`` and ``v_col``
-    of shape ``(1, m)`` (for ``d0 = 1``), with ``v`` None; unfactored leaves have ``v_row`` and
-    ``v_col`` None.
+    of shape ``(1, m)`` (for ``d0 = 1``), with a ``(1,)`` placeholder ``v``; unfactored leaves
+    have ``(1,)`` placeholders ``v_row`` and ``v_col``, as optax's, so the state has optax's key
+    paths.
 
     Args:
       factored: factor the leaves that qualify (default True); False keeps every full
@@ -156,12 +162,12 @@ class FactoredSecondMoment(GradientTransformation):
         PyTorch: the last two axes). HF and PyTorch factor every matrix:
         ``factored_axes="last", min_dim_size_to_factor=1``.
 
-    The statistics are kept in float32 for bfloat16/float16 parameters, the factors keep the
-    reduced axis (as PyTorch's ``Adafactor`` does) and unused entries are None; optax keeps the
-    parameter's dtype, drops the reduced axis (``(n,)`` and ``(m,)``) and fills unused entries
-    with ``(1,)`` placeholders. Keeping the axis records the parameter's shape in the state, so
-    the state of a ``(2, 3)`` matrix is not taken for that of a ``(3, 2)`` one, and says which
-    axis each factor reduced (which the sharding rules read). ``params`` are not needed.
+    The statistics are kept in float32 for bfloat16/float16 parameters and the factors keep the
+    reduced axis (as PyTorch's ``Adafactor`` does); optax keeps the parameter's dtype and drops
+    the reduced axis (``(n,)`` and ``(m,)``). Keeping the axis records the parameter's shape in
+    the state, so the state of a ``(2, 3)`` matrix is not taken for that of a ``(3, 2)`` one, and
+    says which axis each factor reduced (which the sharding rules read). ``params`` are not
+    needed.
     The updates are the same as ``optax.scale_by_factored_rms`` (also exported under that name).
     PyTorch's ``Adafactor`` does not add :math:`\epsilon_1` to :math:`g^2` but clamps the
     estimate at ``finfo(dtype).eps`` (ALGORITHMS.md §4.4, §15 rows 11-12); that variant is not
@@ -199,16 +205,17 @@ class FactoredSecondMoment(GradientTransformation):
         return factored_axes(tuple(shape), self.factored_axes, self.min_dim_size_to_factor)
 
     def _state_shapes(self, shape):
-        """Shapes of ``(v_row, v_col, v)`` for a leaf of ``shape``, None for an unused entry."""
+        """Shapes of ``(v_row, v_col, v)`` for a leaf of ``shape``, ``(1,)`` for an unused
+        entry (optax's placeholder)."""
         shape = tuple(shape)
         axes = self.axes(shape)
         if axes is None:
-            return None, None, shape
+            return _PLACEHOLDER, _PLACEHOLDER, shape
         d1, d0 = axes
         # The reduced axis is kept with size 1: together the two factors record the parameter's
         # shape, so the state of a (2, 3) matrix is not mistaken for the state of a (3, 2) one.
         one = lambda axis: tuple(1 if i == axis else s for i, s in enumerate(shape))
-        return one(d0), one(d1), None
+        return one(d0), one(d1), _PLACEHOLDER
 
     def init(self, params):
         check_floating(params, self.name, complex_ok=self.complex_params)
@@ -216,15 +223,16 @@ class FactoredSecondMoment(GradientTransformation):
         def init_leaf(p):
             dtype = state_dtype(p.dtype)
             axes = self.axes(p.shape)
+            placeholder = lambda: jnp.zeros(_PLACEHOLDER, dtype)
             if axes is None:
                 # The full moment mirrors the parameter and takes its sharding.
-                return None, None, zeros_like_param(p, dtype)
+                return placeholder(), placeholder(), zeros_like_param(p, dtype)
             # Each factor keeps the parameter's sharding on the axes it keeps.
             d1, d0 = axes
             return (
                 zeros_like_reduced(p, d0, dtype, keepdims=True),
                 zeros_like_reduced(p, d1, dtype, keepdims=True),
-                None,
+                placeholder(),
             )
 
         v_row, v_col, v = tree_map_multi(init_leaf, 3, params)
@@ -233,7 +241,7 @@ class FactoredSecondMoment(GradientTransformation):
         )
 
     def _check_state(self, updates, state):
-        # Each of v_row, v_col and v has an entry (an array or None) per leaf of the updates.
+        # Each of v_row, v_col and v has an entry (a statistic or a placeholder) per leaf.
         as_leaf = lambda tree: jax.tree.map(lambda _: 0, tree, is_leaf=_is_none)
         paths, treedef = jax.tree_util.tree_flatten_with_path(updates)
         per_leaf = {}
@@ -301,7 +309,7 @@ class FactoredSecondMoment(GradientTransformation):
             axes = self.axes(g.shape)
             if axes is None:
                 v = numerics.ema(v.astype(dt), abs_sq(g32) + eps.astype(dt), b)
-                return clip((g32 * numerics.inverse_sqrt(v)).astype(g.dtype)), None, None, v
+                return clip((g32 * numerics.inverse_sqrt(v)).astype(g.dtype)), r, c, v
             d1, d0 = axes
             # mean(g^2) + eps is mean(g^2 + eps) up to rounding, and lets each reduction square
             # g as it reads it: a broadcast eps, or one g^2 shared by both reductions, would be
@@ -320,7 +328,7 @@ class FactoredSecondMoment(GradientTransformation):
             col_factor = c**-0.5
             u = g32 * row_factor * col_factor
             if clip_threshold is None or g.dtype != dt:
-                return clip(u.astype(g.dtype)), r, c, None
+                return clip(u.astype(g.dtype)), r, c, v
             # sum(u^2) without forming u: row_factor^2 varies along d1 and col_factor^2 along
             # d0, so reduce g^2 times one of them along its axis (the later axis, whose reads
             # are contiguous), then sum the result weighted by the other.
@@ -329,7 +337,7 @@ class FactoredSecondMoment(GradientTransformation):
             along, across = (1 / c, row_sq) if inner == d0 else (row_sq, 1 / c)
             partial = jnp.sum(abs_sq(g_third) * along, axis=inner, keepdims=True)
             mean_square = jnp.sum(partial * across) / g.size
-            return clip(u, mean_square), r, c, None
+            return clip(u, mean_square), r, c, v
 
         out, v_row, v_col, v = tree_map_multi(step, 4, updates, state.v_row, state.v_col, state.v)
         cast = lambda new, old: jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)

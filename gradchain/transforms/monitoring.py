@@ -118,7 +118,8 @@ class MeasureWithEma(GradientTransformation):
         to float32 for bfloat16/float16 and for booleans and integers.
 
     The state is optax's, a chain state ``(EmptyState(), EmaState(count, ema))`` (the measure,
-    then the average), with gradchain's live ``hyperparams`` in the ``EmaState``. Same as
+    then the average); under :func:`~gradchain.with_live_hyperparams` the ``EmaState`` also
+    keeps ``hyperparams``. Same as
     ``optax.measure_with_ema``, except the accumulator's dtype: optax keeps the measurement's
     dtype at ``init`` (a boolean measurement starts as a boolean accumulator and becomes float32
     at the first update, so the state changes type), here it is a float from ``init`` on.
@@ -144,6 +145,12 @@ class MeasureWithEma(GradientTransformation):
         )
         ema_state = EmaState(count=init_count(), ema=acc, hyperparams=self.init_hyperparams())
         return ChainState((EmptyState(), ema_state), ("stateless", "ema"))
+
+    def laid_out(self, state):
+        """The ``EmaState`` inside the chain state laid out as this piece's own state."""
+        if isinstance(state, ChainState):
+            return ChainState((state[0], super().laid_out(state[1])), state.names)
+        return state
 
     def update(self, updates, state, params=None, **extra_args):
         ema_state = state[1]

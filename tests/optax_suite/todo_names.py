@@ -10,11 +10,7 @@ from __future__ import annotations
 
 TODO: dict[str, tuple[str, ...]] = {
     "optax": (),
-    "optax.contrib": (
-        "DAdaptAdamWState",
-        "ProdigyState",
-        "ScheduleFreeState",
-    ),
+    "optax.contrib": (),
 }
 
 __all__ = ["TODO"]
