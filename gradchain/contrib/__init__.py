@@ -56,6 +56,7 @@ from gradchain.contrib.mechanic import MechanicState, mechanize
 from gradchain.contrib.momo import MomoAdamState, MomoState, momo, momo_adam
 from gradchain.contrib.muon import (
     MuonDimensionNumbers,
+    MuonState,
     muon,
     muon_labels,
     orthogonalize_via_newton_schulz,
@@ -100,6 +101,7 @@ __all__ = [
     "MomoAdamState",
     "MomoState",
     "MuonDimensionNumbers",
+    "MuonState",
     "NormalizeState",
     "ReduceLROnPlateauState",
     "SAMState",

@@ -13,7 +13,6 @@ TODO: dict[str, tuple[str, ...]] = {
     "optax.contrib": (
         "DAdaptAdamWState",
         "DifferentiallyPrivateAggregateState",
-        "MuonState",
         "ProdigyState",
         "ScheduleFreeState",
         "differentially_private_aggregate",
