@@ -158,7 +158,9 @@ class Optimizer:
     read: int
     write: int
     missing: str = ""  # why the gradchain side is absent
-    moments: tuple = (jnp.float32, jnp.float32)  # the state arrays per parameter (array floor)
+    # The state arrays per parameter (array floor); None: those of gradchain's state
+    # (:func:`state_moments`), with ``read``/``write`` following from them.
+    moments: tuple | None = (jnp.float32, jnp.float32)
     global_norm: bool = False  # whether the step needs the gradients' global norm first
     matmuls: Callable | None = None
     extra: dict = dataclasses.field(default_factory=dict)  # keyword arguments of ``update``
@@ -226,6 +228,22 @@ def optimizers() -> dict[str, Optimizer]:
     ]
     out += _more_optimizers()
     return {o.name: o for o in out}
+
+
+def state_moments(tx, params) -> tuple:
+    """The dtypes of the arrays of ``tx``'s state shaped like the largest parameter leaf: the
+    moments its step must read and write per parameter (factored or per-leaf statistics, which
+    are far smaller, are left out)."""
+    big = max(jax.tree.leaves(params), key=lambda x: x.size)
+    state = jax.eval_shape(tx.init, params)
+    return tuple(x.dtype for x in jax.tree.leaves(state) if x.shape == big.shape)
+
+
+def floor_bytes(moments: tuple) -> tuple[int, int]:
+    """``(read, write)`` bytes per float32 parameter: parameters, gradients and each moment in,
+    parameters and each moment out."""
+    k = sum(jnp.dtype(d).itemsize for d in moments)
+    return 8 + k, 4 + k
 
 
 def _loss(params):
@@ -338,6 +356,7 @@ def _more_optimizers() -> list[Optimizer]:
             three,
         ),
         row("sgd", lambda: gc.sgd(0.1), lambda: optax.sgd(0.1), ()),
+        *_registry_rest(),
         row(
             "adam_8bit",
             lambda: gc.adam_8bit(3e-4),
@@ -350,6 +369,91 @@ def _more_optimizers() -> list[Optimizer]:
             lambda: optax.lion(1e-4),
             (jnp.uint8,),
         ),
+    ]
+
+
+def soap_matmuls(max_precond_dim: int = 10000):
+    """SOAP's products per matrix leaf and step, for each axis of at most ``max_precond_dim``
+    (of size ``d``, the other ``k``): the gradient, the momentum and the update projected by the
+    eigenbasis ``Q`` (``d x d`` by ``d x k``) and the statistic ``G G^T`` (``d x k`` by ``k x
+    d``). The eigenbasis refresh (a QR every ``precondition_frequency`` steps) is left out."""
+
+    def products(grads):
+        out = []
+        for g in jax.tree.leaves(grads):
+            if g.ndim != 2:
+                continue
+            for axis, d in enumerate(g.shape):
+                if d > max_precond_dim:
+                    continue
+                k = g.shape[1 - axis]
+                out += [((d, d), (d, k))] * 3 + [((d, k), (k, d))]
+        return out
+
+    return products
+
+
+def _registry_rest() -> list[Optimizer]:
+    """The registry's other named optimizers (tests/registry.py). The arrays of their floors are
+    read from gradchain's state (:func:`state_moments`): a state array the step only reads
+    (DoG's and DoWG's initial parameters, MADGRAD's ``x0``, COCOB's initial particles) counts
+    as read and written, so those floors are up to 4 bytes per parameter high."""
+
+    def row(name, g, o, **kw):
+        kw.setdefault("moments", None)
+        read, write = floor_bytes(kw["moments"]) if kw["moments"] is not None else (0, 0)
+        return Optimizer(name, g, o, read=read, write=write, **kw)
+
+    value = {"value": jnp.float32(1.0)}
+    contrib = optax.contrib
+
+    def both(name, *args, **kwargs):
+        o = getattr(optax, name, None) or getattr(contrib, name, None)
+        return (
+            lambda: getattr(gc, name)(*args, **kwargs),
+            None if o is None else (lambda: o(*args, **kwargs)),
+        )
+
+    return [
+        row("sgd+nesterov", *both("sgd", 0.1, momentum=0.9, nesterov=True)),
+        row("adabelief", *both("adabelief", 1e-3)),
+        row("yogi", *both("yogi", 1e-3)),
+        row("adadelta", *both("adadelta", 1.0, weight_decay=0.01)),
+        row("adan", *both("adan", 1e-3, weight_decay=0.01)),
+        row("novograd", *both("novograd", 1e-3, weight_decay=0.01)),
+        row("fromage", *both("fromage", 1e-2)),
+        row("rprop", *both("rprop", 1e-3)),
+        row("sm3", *both("sm3", 0.1)),
+        row("sign_sgd", *both("sign_sgd", 1e-3)),
+        row("signum", *both("signum", 1e-3)),
+        row("noisy_sgd", lambda: gc.noisy_sgd(0.1, key=0), lambda: optax.noisy_sgd(0.1, key=0)),
+        row("polyak_sgd", *both("polyak_sgd", 0.1), extra=value),
+        row("optimistic_gradient_descent", *both("optimistic_gradient_descent", 0.1)),
+        row("optimistic_adam", *both("optimistic_adam", 1e-3)),
+        row("optimistic_adam_v2", *both("optimistic_adam_v2", 1e-3)),
+        row("acprop", *both("acprop", 1e-3, weight_decay=0.01)),
+        row("cocob", *both("cocob", weight_decay=0.01)),
+        row("dog", *both("dog", weight_decay=0.01)),
+        row("dowg", *both("dowg", weight_decay=0.01)),
+        row("madgrad", *both("madgrad", 1e-3, weight_decay=0.01)),
+        row("momo", *both("momo", 0.1, weight_decay=0.01), extra=value),
+        row("momo_adam", *both("momo_adam", 1e-2, weight_decay=0.01), extra=value),
+        row("ademamix", *both("ademamix", 1e-3, weight_decay=0.1)),
+        row("simplified_ademamix", *both("simplified_ademamix", 1e-3)),
+        row("adopt", *both("adopt", 1e-3)),
+        row("cautious_adamw", lambda: gc.cautious_adamw(1e-3), None),
+        row("cautious_lion", lambda: gc.cautious_lion(1e-4), None),
+        row("mars", lambda: gc.mars(1e-3), None),
+        row("soap", lambda: gc.soap(3e-3), None, matmuls=soap_matmuls()),
+        # Quantized states are blocks of codes: their floors name the bytes per parameter (two
+        # 4-bit moments streamed as one byte).
+        row(
+            "adamw_4bit",
+            lambda: gc.adamw_4bit(3e-4, weight_decay=0.1),
+            None,
+            moments=(jnp.uint8,),
+        ),
+        row("sgd_8bit", lambda: gc.sgd_8bit(0.1, momentum=0.9), None, moments=(jnp.uint8,)),
     ]
 
 

@@ -16,7 +16,7 @@ For each optimizer, in one run and on the same parameters and gradients:
                          that separate arrays cannot reach on XLA:CPU (column "vs 1-pass floor");
 * ``flat array floor``   the array floor over the flat buffers of ``gradchain.flat_layout``: the
                          flat-array floor (column "vs flat");
-* ``FLOP floor``         for the matrix optimizers (Muon, GaLore), the matrix products the
+* ``FLOP floor``         for the matrix optimizers (Muon, GaLore, SOAP), the matrix products the
                          algorithm must compute, alone (column "vs FLOP floor").
 
 Every named optimizer of the registry has a row (``--optimizers`` picks some); an optimizer optax
@@ -46,6 +46,7 @@ import time
 from _common import (
     array_floor_variant,
     count_params,
+    floor_bytes,
     floor_variant,
     flop_floor_variant,
     gc,
@@ -59,6 +60,7 @@ from _common import (
     optimizer_variant,
     optimizers,
     ratio,
+    state_moments,
     time_round_robin,
 )
 
@@ -126,6 +128,10 @@ def main(argv=None):
             continue
         variants = []
         t0 = time.perf_counter()
+        moments, read, write = opt.moments, opt.read, opt.write
+        if moments is None:
+            moments = state_moments(opt.gradchain(), params)
+            read, write = floor_bytes(moments)
         if "gradchain" in wanted:
             variants.append(
                 optimizer_variant(
@@ -162,13 +168,13 @@ def main(argv=None):
                 )
             )
         if "array floor" in wanted:
-            variants.append(array_floor_variant(params, grads, opt.moments, opt.global_norm))
+            variants.append(array_floor_variant(params, grads, moments, opt.global_norm))
         if "one-pass floor" in wanted:
-            variants.append(floor_variant(n, opt.read, opt.write))
+            variants.append(floor_variant(n, read, write))
         if "flat array floor" in wanted:
             variants.append(
                 array_floor_variant(
-                    flat_params, flat_grads, opt.moments, opt.global_norm, name="flat array floor"
+                    flat_params, flat_grads, moments, opt.global_norm, name="flat array floor"
                 )
             )
         if "FLOP floor" in wanted and opt.matmuls is not None:

@@ -26,8 +26,9 @@ from gradchain.core.base import (
 )
 from gradchain.core.numerics import (
     abs_sq,
-    bias_correction,
+    bias_divisor,
     compute_dtype,
+    debias,
     ema,
     init_count,
     leaf_kernel,
@@ -171,7 +172,8 @@ class ScaleByAdemamix(GradientTransformation):
             b3, c3 = _warm_b3(t, b3, c3, c1, self.b3_warmup)
         if self.alpha_warmup is not None:
             alpha = _warm_alpha(t, alpha, self.alpha_warmup)
-        scalars = (hp["b1"], c1, hp["b2"], c2, b3, c3, alpha, hp["eps"], hp["eps_root"], t)
+        divisors = (bias_divisor(hp["b1"], t), bias_divisor(hp["b2"], t))
+        scalars = (hp["b1"], c1, hp["b2"], c2, b3, c3, alpha, hp["eps"], hp["eps_root"], *divisors)
         out, m1, m2, nu = tree_map_multi(
             lambda g, a, b, v: _ademamix_leaf(g, a, b, v, *scalars),
             4,
@@ -194,15 +196,15 @@ scale_by_ademamix = ScaleByAdemamix
 
 
 @leaf_kernel()
-def _ademamix_leaf(g, m1, m2, nu, b1, c1, b2, c2, b3, c3, alpha, eps, eps_root, t):
+def _ademamix_leaf(g, m1, m2, nu, b1, c1, b2, c2, b3, c3, alpha, eps, eps_root, k_b1, k_b2):
     dt = compute_dtype(g.dtype)
     rt = jnp.finfo(dt).dtype
     g32 = g.astype(dt)
     new_m1 = ema(m1.astype(dt), g32, b1.astype(rt), c1.astype(rt))
     new_m2 = ema(m2.astype(dt), g32, b3.astype(rt), c3.astype(rt))
     new_nu = ema(nu.astype(dt), abs_sq(g32), b2.astype(rt), c2.astype(rt))
-    num = bias_correction(new_m1, b1, t) + alpha.astype(rt) * new_m2
-    den = jnp.sqrt(bias_correction(new_nu, b2, t) + eps_root.astype(rt)) + eps.astype(rt)
+    num = debias(new_m1, k_b1) + alpha.astype(rt) * new_m2
+    den = jnp.sqrt(debias(new_nu, k_b2) + eps_root.astype(rt)) + eps.astype(rt)
     return (
         (num / den).astype(g.dtype),
         new_m1.astype(m1.dtype),
@@ -327,7 +329,8 @@ class ScaleBySimplifiedAdemamix(GradientTransformation):
         check_tree_match(updates, state.m, "updates", "state.m")
         hp = self.current_hyperparams(state)
         t = safe_increment(state.t)
-        scalars = (hp["b1"], hp["b2"], hp["alpha"], hp["eps"], hp["eps_root"], t)
+        k_b2 = bias_divisor(hp["b2"], t)
+        scalars = (hp["b1"], hp["b2"], hp["alpha"], hp["eps"], hp["eps_root"], k_b2)
         out, m, n = tree_map_multi(
             lambda g, m, n: _simplified_leaf(g, m, n, *scalars), 3, updates, state.m, state.n
         )
@@ -340,14 +343,14 @@ register_flat_safe(ScaleByAdemamix, ScaleBySimplifiedAdemamix)
 
 
 @leaf_kernel()
-def _simplified_leaf(g, m, n, b1, b2, alpha, eps, eps_root, t):
+def _simplified_leaf(g, m, n, b1, b2, alpha, eps, eps_root, k_b2):
     dt = compute_dtype(g.dtype)
     g32 = g.astype(dt)
     g2 = g32 * g32
     new_m = g32 + b1.astype(dt) * m.astype(dt)
     # optax's ``lerp(b2, g^2, n)``, in its order of operations.
     new_n = g2 + b2.astype(dt) * (n.astype(dt) - g2)
-    den = jnp.sqrt(bias_correction(new_n, b2, t) + eps_root.astype(dt)) + eps.astype(dt)
+    den = jnp.sqrt(debias(new_n, k_b2) + eps_root.astype(dt)) + eps.astype(dt)
     u = (new_m + alpha.astype(dt) * g32) / den
     return u.astype(g.dtype), new_m.astype(m.dtype), new_n.astype(n.dtype)
 

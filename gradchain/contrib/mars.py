@@ -24,8 +24,9 @@ from gradchain.core.base import (
     tree_map_multi,
 )
 from gradchain.core.numerics import (
-    bias_correction,
+    bias_divisor,
     compute_dtype,
+    debias,
     ema,
     init_count,
     leaf_kernel,
@@ -134,11 +135,15 @@ class ScaleByMars(GradientTransformation):
             hp["b2_1d"],
             self.complement("b2_1d", hp),
         )
+        # The bias corrections' divisors, formed once per step rather than once per leaf.
+        mars_k = (bias_divisor(hp["b1"], t), bias_divisor(hp["b2"], t))
+        adam_k = (bias_divisor(hp["b1_1d"], t), bias_divisor(hp["b2_1d"], t))
 
         def step(g, m, v, prev):
             if self.optimize_1d or jnp.ndim(g) >= 2:
-                return _mars_leaf(g, m, v, prev, *mars, hp["eps"], hp["gamma"], hp["max_norm"], t)
-            return _adam_leaf(g, m, v, *adam, hp["eps"], t) + (g.astype(prev.dtype),)
+                scalars = (hp["eps"], hp["gamma"], hp["max_norm"], *mars_k)
+                return _mars_leaf(g, m, v, prev, *mars, *scalars)
+            return _adam_leaf(g, m, v, *adam, hp["eps"], *adam_k) + (g.astype(prev.dtype),)
 
         out, mu, nu, last = tree_map_multi(step, 4, updates, state.mu, state.nu, state.last_grad)
         return out, ScaleByMarsState(count=t, mu=mu, nu=nu, last_grad=last, hyperparams=hp)
@@ -147,28 +152,29 @@ class ScaleByMars(GradientTransformation):
 scale_by_mars = ScaleByMars
 
 
-def _adam_step(c, m, v, b1, c1, b2, c2, eps, t):
+def _adam_step(c, m, v, b1, c1, b2, c2, eps, k_b1, k_b2):
     dt = c.dtype
     m = ema(m.astype(dt), c, b1.astype(dt), c1.astype(dt))
     v = ema(v.astype(dt), c * c, b2.astype(dt), c2.astype(dt))
-    u = bias_correction(m, b1, t) / (jnp.sqrt(bias_correction(v, b2, t)) + eps.astype(dt))
+    u = debias(m, k_b1) / (jnp.sqrt(debias(v, k_b2)) + eps.astype(dt))
     return u, m, v
 
 
 @leaf_kernel()
-def _mars_leaf(g, m, v, prev, b1, c1, b2, c2, eps, gamma, max_norm, t):
+def _mars_leaf(g, m, v, prev, b1, c1, b2, c2, eps, gamma, max_norm, k_b1, k_b2):
     dt = compute_dtype(g.dtype)
     g32 = g.astype(dt)
     c = g32 + (gamma.astype(dt) * b1.astype(dt) / c1.astype(dt)) * (g32 - prev.astype(dt))
     norm = jnp.sqrt(jnp.sum(c * c))
     c = jnp.where(norm > max_norm.astype(dt), c * (max_norm.astype(dt) / norm), c)
-    u, new_m, new_v = _adam_step(c, m, v, b1, c1, b2, c2, eps, t)
+    u, new_m, new_v = _adam_step(c, m, v, b1, c1, b2, c2, eps, k_b1, k_b2)
     return u.astype(g.dtype), new_m.astype(m.dtype), new_v.astype(v.dtype), g32.astype(prev.dtype)
 
 
 @leaf_kernel()
-def _adam_leaf(g, m, v, b1, c1, b2, c2, eps, t):
-    u, new_m, new_v = _adam_step(g.astype(compute_dtype(g.dtype)), m, v, b1, c1, b2, c2, eps, t)
+def _adam_leaf(g, m, v, b1, c1, b2, c2, eps, k_b1, k_b2):
+    g32 = g.astype(compute_dtype(g.dtype))
+    u, new_m, new_v = _adam_step(g32, m, v, b1, c1, b2, c2, eps, k_b1, k_b2)
     return u.astype(g.dtype), new_m.astype(m.dtype), new_v.astype(v.dtype)
 
 

@@ -39,11 +39,13 @@ from gradchain.core.base import (
 )
 from gradchain.core.matrices import check_dimension_numbers, entries_per_leaf, matrix_view
 from gradchain.core.numerics import (
-    bias_correction,
+    bias_divisor,
     compute_dtype,
+    debias,
     ema,
     init_count,
-    nesterov_bias_corrected,
+    nesterov_debiased,
+    nesterov_divisors,
     safe_increment,
     state_dtype,
     zeros_like_param,
@@ -380,15 +382,18 @@ class ScaleByMuon(GradientTransformation):
         leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
         mus = treedef.flatten_up_to(state.mu)
         views = _leaf_dims(updates, self.weight_dimension_numbers, self.name)
+        # The bias corrections' divisors, formed once per step rather than once per leaf.
+        k_beta = bias_divisor(beta, t) if self.bias_correction else None
+        nk_beta = nesterov_divisors(beta, t) if self.bias_correction and self.nesterov else None
 
         def step(g, m, view):
             dt = compute_dtype(g.dtype)
             g32, b = g.astype(dt), beta.astype(dt)
             m = ema(m.astype(dt), g32, b)
             if self.bias_correction and self.nesterov:
-                m_hat = nesterov_bias_corrected(m, g32, beta, 1 - b, t)
+                m_hat = nesterov_debiased(m, g32, beta, 1 - b, *nk_beta)
             elif self.bias_correction:
-                m_hat = bias_correction(m, beta, t)
+                m_hat = debias(m, k_beta)
             elif self.nesterov:
                 m_hat = b * m + (1 - b) * g32
             else:

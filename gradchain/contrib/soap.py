@@ -192,6 +192,9 @@ class ScaleBySoap(GradientTransformation):
             eps=hp["eps"],
         )
         count = state.count
+        # The bias corrections, scalars: formed once per step rather than once per leaf.
+        t = jnp.maximum(count, 1)
+        scalars["scale"] = jnp.sqrt(1 - count_power(hp["b2"], t)) / (1 - count_power(hp["b1"], t))
         leaves, treedef = jax.tree.flatten(updates)
         rest = [treedef.flatten_up_to(x) for x in (state.mu, state.nu, state.gg, state.q)]
         outs = [
@@ -208,16 +211,14 @@ scale_by_soap = ScaleBySoap
 
 
 @leaf_kernel("frequency")
-def _soap_leaf(g, m, v, gg, q, count, frequency, *, b1, c1, b2, c2, bs, cs, eps):
+def _soap_leaf(g, m, v, gg, q, count, frequency, *, b1, c1, b2, c2, bs, cs, eps, scale):
     dt = compute_dtype(g.dtype)
     g32, m32, v32 = g.astype(dt), m.astype(dt), v.astype(dt)
     first = count == 0
-    t = jnp.maximum(count, 1)
 
     new_m = ema(m32, g32, b1.astype(dt), c1.astype(dt))
     new_v = ema(v32, jnp.square(_project(g32, q)), b2.astype(dt), c2.astype(dt))
     direction = _project(_project(new_m, q) / (jnp.sqrt(new_v) + eps.astype(dt)), q, back=True)
-    scale = jnp.sqrt(1 - count_power(b2, t)) / (1 - count_power(b1, t))
     u = jnp.where(first, 0, direction * scale.astype(dt))
     new_m = jnp.where(first, m32, new_m)
     new_v = jnp.where(first, v32, new_v)

@@ -43,9 +43,10 @@ from gradchain.core.base import (
     tree_map_multi,
 )
 from gradchain.core.numerics import (
-    bias_correction,
+    bias_divisor,
     cast_like,
     compute_dtype,
+    debias,
     ema,
     init_count,
     moments_like,
@@ -365,6 +366,7 @@ class ScaleBySophia(GradientTransformation):
         )
         c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
         t = safe_increment(state.count)
+        k_b1 = bias_divisor(b1, t) if self.mu_bias_correction else None
 
         def refresh(fn_state, nu):
             estimate, fn_state = _call_update(
@@ -394,7 +396,7 @@ class ScaleBySophia(GradientTransformation):
         def step(g, m, h):
             dt = compute_dtype(g.dtype)
             m = ema(m.astype(dt), g.astype(dt), b1.astype(dt), c1.astype(dt))
-            m_hat = bias_correction(m, b1, t) if self.mu_bias_correction else m
+            m_hat = debias(m, k_b1) if self.mu_bias_correction else m
             return m_hat / jnp.maximum(gamma.astype(dt) * h.astype(dt), eps.astype(dt)), m
 
         raw, mu = tree_map_multi(step, 2, updates, state.mu, nu)

@@ -449,12 +449,27 @@ def bias_correction(moment: jax.Array, decay: jax.typing.ArrayLike, count: jax.A
 
     ``count`` is the 1-based step number (``count = 0`` would divide by zero, so callers pass
     ``count + 1``). The correction is cast to the moment's dtype before the division, as in
-    optax, so an exact fp32 cross-check stays exact.
+    optax, so an exact fp32 cross-check stays exact. A step over a tree forms the divisor once
+    (:func:`bias_divisor`) and divides each leaf by it (:func:`debias`): the same bits, without
+    a power and its conversions traced, lowered and compiled per leaf.
     """
-    decay = jnp.asarray(decay, dtype=jnp.promote_types(jnp.asarray(decay).dtype, jnp.float32))
-    correction = 1 - count_power(decay, count)
+    divisor = bias_divisor(decay, count)
     # A tree of moments too, as optax's ``bias_correction`` takes.
-    return jax.tree.map(lambda m: m / correction.astype(m.dtype), moment)
+    return jax.tree.map(lambda m: debias(m, divisor), moment)
+
+
+@_inline_jit
+def bias_divisor(decay: jax.typing.ArrayLike, count: jax.Array) -> jax.Array:
+    """``1 - decay^count`` in float32 or better: what :func:`bias_correction` divides by,
+    formed once per step (a scalar) and shared by every leaf through :func:`debias`."""
+    decay = jnp.asarray(decay, dtype=jnp.promote_types(jnp.asarray(decay).dtype, jnp.float32))
+    return 1 - count_power(decay, count)
+
+
+def debias(moment: jax.Array, divisor: jax.Array) -> jax.Array:
+    """``moment / divisor`` with the divisor (:func:`bias_divisor`) cast to the moment's dtype:
+    :func:`bias_correction` with its divisor formed once for the whole tree."""
+    return moment / divisor.astype(moment.dtype)
 
 
 def count_power(base, count) -> jax.Array:
@@ -477,12 +492,22 @@ def nesterov_bias_corrected(m: jax.Array, g: jax.Array, decay, one_minus_decay, 
     :math:`\beta m_t / (1-\beta^{t+1}) + (1-\beta)\, g_t / (1-\beta^t)`.
 
     ``count`` is the 1-based step :math:`t`; ``one_minus_decay`` is :math:`1-\beta` as the caller
-    forms it (``1 - decay`` or ``GradientTransformation.complement``). Shared by ``scale_by_adam``,
-    ``scale_by_radam`` and ``scale_by_muon`` with ``nesterov=True``.
+    forms it (``1 - decay`` or ``GradientTransformation.complement``). A step over a tree forms
+    the two divisors once (:func:`nesterov_divisors`) and calls :func:`nesterov_debiased` per
+    leaf, the same bits.
     """
+    return nesterov_debiased(m, g, decay, one_minus_decay, *nesterov_divisors(decay, count))
+
+
+def nesterov_divisors(decay, count) -> tuple[jax.Array, jax.Array]:
+    """The divisors :math:`(1-\beta^{t+1}, 1-\beta^t)` of NAdam's look-ahead moment."""
+    return bias_divisor(decay, safe_increment(count)), bias_divisor(decay, count)
+
+
+def nesterov_debiased(m: jax.Array, g: jax.Array, decay, one_minus_decay, ahead, divisor):
+    """:func:`nesterov_bias_corrected` of one leaf, given :func:`nesterov_divisors`."""
     dt = m.dtype
-    ahead = bias_correction(m, decay, safe_increment(count))
-    return decay.astype(dt) * ahead + one_minus_decay.astype(dt) * bias_correction(g, decay, count)
+    return decay.astype(dt) * debias(m, ahead) + one_minus_decay.astype(dt) * debias(g, divisor)
 
 
 def abs_sq(x: jax.Array) -> jax.Array:

@@ -20,12 +20,14 @@ from gradchain.core.base import (
 )
 from gradchain.core.numerics import (
     abs_sq,
-    bias_correction,
+    bias_divisor,
     compute_dtype,
+    debias,
     ema,
     init_count,
     moments_like,
-    nesterov_bias_corrected,
+    nesterov_debiased,
+    nesterov_divisors,
 )
 from gradchain.transforms.adaptive import adam_step_inputs, check_adam_hyperparams, step_moments
 from gradchain.transforms.scaling import scale_by_learning_rate
@@ -100,6 +102,8 @@ class ScaleByBelief(GradientTransformation):
     def update(self, updates, state, params=None, **extra_args):
         hp, c1, c2, t = adam_step_inputs(self, updates, state)
         b1, b2, eps, eps_root = hp["b1"], hp["b2"], hp["eps"], hp["eps_root"]
+        k_b1, k_b2 = bias_divisor(b1, t), bias_divisor(b2, t)
+        nk_b1 = nesterov_divisors(b1, t) if self.nesterov else None
 
         def step(g, m, s):
             dt = compute_dtype(g.dtype)
@@ -108,10 +112,10 @@ class ScaleByBelief(GradientTransformation):
             e = g32 - m
             s = ema(s.astype(dt), abs_sq(e), b2.astype(dt), c2.astype(dt)) + eps_root.astype(dt)
             if self.nesterov:
-                m_hat = nesterov_bias_corrected(m, g32, b1, c1, t)
+                m_hat = nesterov_debiased(m, g32, b1, c1, *nk_b1)
             else:
-                m_hat = bias_correction(m, b1, t)
-            u = m_hat / (jnp.sqrt(bias_correction(s, b2, t)) + eps.astype(dt))
+                m_hat = debias(m, k_b1)
+            u = m_hat / (jnp.sqrt(debias(s, k_b2)) + eps.astype(dt))
             return u.astype(g.dtype), m, s
 
         return step_moments(step, updates, state, t, hp)

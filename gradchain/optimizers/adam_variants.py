@@ -30,14 +30,16 @@ from gradchain.core.base import (
 )
 from gradchain.core.numerics import (
     adam_moments,
-    bias_correction,
+    bias_divisor,
     cast_like,
     compute_dtype,
     count_power,
+    debias,
     ema,
     init_count,
     moments_like,
-    nesterov_bias_corrected,
+    nesterov_debiased,
+    nesterov_divisors,
 )
 from gradchain.transforms.adaptive import (
     adam_step_inputs,
@@ -144,16 +146,17 @@ class ScaleByAmsgrad(GradientTransformation):
     def update(self, updates, state, params=None, **extra_args):
         hp, c1, c2, t = adam_step_inputs(self, updates, state)
         b1, b2, eps, eps_root = hp["b1"], hp["b2"], hp["eps"], hp["eps_root"]
+        k_b1, k_b2 = bias_divisor(b1, t), bias_divisor(b2, t)
 
         def step(g, m, v, v_max):
             _, m, v = adam_moments(g, m, v, b1, c1, b2, c2)
             dt = m.dtype
-            m_hat = bias_correction(m, b1, t) if self.bias_correction_mu else m
+            m_hat = debias(m, k_b1) if self.bias_correction_mu else m
             if self.debias_after_max:
                 v_max = jnp.maximum(v_max.astype(dt), v)
-                denom = bias_correction(v_max, b2, t)
+                denom = debias(v_max, k_b2)
             else:
-                v_eff = bias_correction(v, b2, t) if self.bias_correction_nu else v
+                v_eff = debias(v, k_b2) if self.bias_correction_nu else v
                 v_max = jnp.maximum(v_max.astype(dt), v_eff)
                 denom = v_max
             u = m_hat / (jnp.sqrt(denom + eps_root.astype(dt)) + eps.astype(dt))
@@ -250,13 +253,14 @@ class ScaleByAdamax(GradientTransformation):
     def update(self, updates, state, params=None, **extra_args):
         hp, c1, _, t = adam_step_inputs(self, updates, state)
         b1, b2, eps = hp["b1"], hp["b2"], hp["eps"]
+        k_b1 = bias_divisor(b1, t)
 
         def step(g, m, v):
             dt = compute_dtype(g.dtype)
             g32 = g.astype(dt)
             m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
             v = jnp.maximum(jnp.abs(g32) + eps.astype(dt), b2.astype(dt) * v.astype(dt))
-            return (bias_correction(m, b1, t) / v).astype(g.dtype), m, v
+            return (debias(m, k_b1) / v).astype(g.dtype), m, v
 
         return step_moments(step, updates, state, t, hp)
 
@@ -380,15 +384,17 @@ class ScaleByRadam(GradientTransformation):
         )
         if self.eps_before_bias_correction:
             eps = eps / jnp.sqrt(1.0 - b2t)
+        k_b1, k_b2 = bias_divisor(b1, t), bias_divisor(b2, t)
+        nk_b1 = nesterov_divisors(b1, t) if self.nesterov else None
 
         def step(g, m, v):
             g32, m, v = adam_moments(g, m, v, b1, c1, b2, c2)
             dt = g32.dtype
             if self.nesterov:
-                m_hat = nesterov_bias_corrected(m, g32, b1, c1, t)
+                m_hat = nesterov_debiased(m, g32, b1, c1, *nk_b1)
             else:
-                m_hat = bias_correction(m, b1, t)
-            v_hat = bias_correction(v, b2, t)
+                m_hat = debias(m, k_b1)
+            v_hat = debias(v, k_b2)
             adaptive = (
                 r.astype(dt) * m_hat / (jnp.sqrt(v_hat + eps_root.astype(dt)) + eps.astype(dt))
             )
@@ -515,11 +521,12 @@ class ScaleByNadam(GradientTransformation):
         mu_product = state.mu_product * mu_t
         coef_g = (1.0 - mu_t) / (1.0 - mu_product)
         coef_m = mu_next / (1.0 - mu_product * mu_next)
+        k_b2 = bias_divisor(b2, t)
 
         def step(g, m, v):
             g32, m, v = adam_moments(g, m, v, b1, c1, b2, c2)
             dt = g32.dtype
-            denom = jnp.sqrt(bias_correction(v, b2, t) + eps_root.astype(dt)) + eps.astype(dt)
+            denom = jnp.sqrt(debias(v, k_b2) + eps_root.astype(dt)) + eps.astype(dt)
             u = (coef_g.astype(dt) * g32 + coef_m.astype(dt) * m) / denom
             return u.astype(g.dtype), m, v
 

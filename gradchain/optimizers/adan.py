@@ -26,9 +26,10 @@ from gradchain.core.base import (
 )
 from gradchain.core.masks import resolve_mask
 from gradchain.core.numerics import (
-    bias_correction,
+    bias_divisor,
     cast_like,
     compute_dtype,
+    debias,
     ema,
     init_count,
     moments_like,
@@ -118,6 +119,7 @@ class ScaleByAdan(GradientTransformation):
         c1, c2, c3 = (self.complement(k, hp) for k in ("b1", "b2", "b3"))
         first = state.t == 0
         t = safe_increment(state.t)
+        k_b1, k_b2, k_b3 = (bias_divisor(b, t) for b in (b1, b2, b3))
 
         def step(g, m, v, n, g_prev):
             dt = compute_dtype(g.dtype)
@@ -127,8 +129,8 @@ class ScaleByAdan(GradientTransformation):
             v = ema(v.astype(dt), diff, b2.astype(dt), c2.astype(dt))
             sq = g32 + c2.astype(dt) * diff
             n = ema(n.astype(dt), sq * sq, b3.astype(dt), c3.astype(dt))
-            direction = bias_correction(m, b1, t) + c2.astype(dt) * bias_correction(v, b2, t)
-            denominator = jnp.sqrt(bias_correction(n, b3, t) + eps_root.astype(dt))
+            direction = debias(m, k_b1) + c2.astype(dt) * debias(v, k_b2)
+            denominator = jnp.sqrt(debias(n, k_b3) + eps_root.astype(dt))
             u = direction / (denominator + eps.astype(dt))
             return u.astype(g.dtype), m, v, n, g32
 

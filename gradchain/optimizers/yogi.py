@@ -15,8 +15,9 @@ from gradchain.core.base import (
 )
 from gradchain.core.numerics import (
     abs_sq,
-    bias_correction,
+    bias_divisor,
     compute_dtype,
+    debias,
     ema,
     init_count,
     moments_like,
@@ -89,6 +90,7 @@ class ScaleByYogi(GradientTransformation):
     def update(self, updates, state, params=None, **extra_args):
         hp, c1, c2, t = adam_step_inputs(self, updates, state)
         b1, b2, eps, eps_root = hp["b1"], hp["b2"], hp["eps"], hp["eps_root"]
+        k_b1, k_b2 = bias_divisor(b1, t), bias_divisor(b2, t)
 
         def step(g, m, v):
             dt = compute_dtype(g.dtype)
@@ -97,8 +99,8 @@ class ScaleByYogi(GradientTransformation):
             m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
             v = v.astype(dt)
             v = v - c2.astype(dt) * jnp.sign(v - g2) * g2
-            v_hat = bias_correction(v, b2, t)
-            u = bias_correction(m, b1, t) / (jnp.sqrt(v_hat + eps_root.astype(dt)) + eps.astype(dt))
+            v_hat = debias(v, k_b2)
+            u = debias(m, k_b1) / (jnp.sqrt(v_hat + eps_root.astype(dt)) + eps.astype(dt))
             return u.astype(g.dtype), m, v
 
         return step_moments(step, updates, state, t, hp)

@@ -27,14 +27,16 @@ from gradchain.core.base import (
 from gradchain.core.numerics import (
     abs_sq,
     adam_moments,
-    bias_correction,
+    bias_divisor,
     cast_like,
     compute_dtype,
+    debias,
     ema,
     init_count,
     inverse_root,
     moments_like,
-    nesterov_bias_corrected,
+    nesterov_debiased,
+    nesterov_divisors,
     safe_increment,
 )
 
@@ -171,7 +173,9 @@ class ScaleByAdam(GradientTransformation):
     def update(self, updates, state, params=None, **extra_args):
         hp, c1, c2, t = adam_step_inputs(self, updates, state)
         b1, b2, eps, eps_root = hp["b1"], hp["b2"], hp["eps"], hp["eps_root"]
-        scalars = (b1, b2, eps, eps_root, c1, c2, t)
+        # The bias corrections' divisors are scalars: formed once here, not once per leaf.
+        k1 = nesterov_divisors(b1, t) if self.nesterov else (bias_divisor(b1, t),)
+        scalars = (b1, b2, eps, eps_root, c1, c2, k1, bias_divisor(b2, t))
         out, mu, nu = tree_map_multi(
             lambda g, m, v: _adam_leaf(g, m, v, *scalars, nesterov=self.nesterov),
             3,
@@ -186,15 +190,19 @@ scale_by_adam = ScaleByAdam
 
 
 @numerics.leaf_kernel("nesterov")
-def _adam_leaf(g, m, v, b1, b2, eps, eps_root, c1, c2, t, nesterov: bool):
-    """One leaf of Adam: the update and the two moments, stored in their own dtypes."""
+def _adam_leaf(g, m, v, b1, b2, eps, eps_root, c1, c2, k1, k2, nesterov: bool):
+    """One leaf of Adam: the update and the two moments, stored in their own dtypes.
+
+    ``k1`` is ``(1 - b1^t,)``, or :func:`nesterov_divisors` with ``nesterov``; ``k2`` is
+    ``1 - b2^t``.
+    """
     g32, new_m, new_v = adam_moments(g, m, v, b1, c1, b2, c2)
     dt = g32.dtype
     if nesterov:
-        m_hat = nesterov_bias_corrected(new_m, g32, b1, 1 - b1.astype(dt), t)
+        m_hat = nesterov_debiased(new_m, g32, b1, 1 - b1.astype(dt), *k1)
     else:
-        m_hat = bias_correction(new_m, b1, t)
-    v_hat = bias_correction(new_v, b2, t)
+        m_hat = debias(new_m, *k1)
+    v_hat = debias(new_v, k2)
     u = m_hat / (jnp.sqrt(v_hat + eps_root.astype(dt)) + eps.astype(dt))
     return u.astype(g.dtype), new_m.astype(m.dtype), new_v.astype(v.dtype)
 
@@ -278,11 +286,13 @@ class ScaleByRms(GradientTransformation):
         one_minus_decay = self.complement("decay", hp)
         t = safe_increment(state.count)
 
+        divisor = bias_divisor(decay, t) if self.bias_correction else None
+
         def step(g, v):
             dt = compute_dtype(g.dtype)
             g32 = g.astype(dt)
             v = ema(v.astype(dt), abs_sq(g32), decay.astype(dt), one_minus_decay.astype(dt))
-            v_hat = numerics.bias_correction(v, decay, t) if self.bias_correction else v
+            v_hat = v if divisor is None else debias(v, divisor)
             u = inverse_root(v_hat, eps.astype(dt), self.eps_in_sqrt) * g32
             return u.astype(g.dtype), v
 
@@ -358,6 +368,7 @@ class ScaleByStddev(GradientTransformation):
         hp = self.current_hyperparams(state)
         decay, eps = hp["decay"], hp["eps"]
         t = safe_increment(state.count)
+        divisor = bias_divisor(decay, t) if self.bias_correction else None
 
         def step(g, m, v):
             dt = compute_dtype(g.dtype)
@@ -365,9 +376,8 @@ class ScaleByStddev(GradientTransformation):
             m = ema(m.astype(dt), g32, decay.astype(dt))
             v = ema(v.astype(dt), abs_sq(g32), decay.astype(dt))
             m_hat, v_hat = m, v
-            if self.bias_correction:
-                m_hat = numerics.bias_correction(m, decay, t)
-                v_hat = numerics.bias_correction(v, decay, t)
+            if divisor is not None:
+                m_hat, v_hat = debias(m, divisor), debias(v, divisor)
             variance = jnp.maximum(v_hat - abs_sq(m_hat), 0)
             u = inverse_root(variance, eps.astype(dt), self.eps_in_sqrt) * g32
             return u.astype(g.dtype), m, v

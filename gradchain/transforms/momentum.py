@@ -163,11 +163,12 @@ class Ema(GradientTransformation):
         hp = self.current_hyperparams(state)
         decay = hp["decay"]
         t = safe_increment(state.count)
+        divisor = numerics.bias_divisor(decay, t) if self.debias else None
 
         def step(g, e):
             dt = compute_dtype(jnp.promote_types(g.dtype, e.dtype))
             new_e = numerics.ema(e.astype(dt), g.astype(dt), decay.astype(dt))
-            out = numerics.bias_correction(new_e, decay, t) if self.debias else new_e
+            out = new_e if divisor is None else numerics.debias(new_e, divisor)
             return out.astype(g.dtype), new_e.astype(e.dtype)
 
         out, acc = tree_map_multi(step, 2, updates, state.ema)

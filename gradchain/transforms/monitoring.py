@@ -157,11 +157,12 @@ class MeasureWithEma(GradientTransformation):
         hp = self.current_hyperparams(ema_state)
         decay = hp["decay"]
         t = safe_increment(ema_state.count)
+        divisor = numerics.bias_divisor(decay, t) if self.debias else None
 
         def step(x, e):
             dt = compute_dtype(jnp.promote_types(x.dtype, e.dtype))
             new_e = numerics.ema(e.astype(dt), x.astype(dt), decay.astype(dt))
-            out = numerics.bias_correction(new_e, decay, t) if self.debias else new_e
+            out = new_e if divisor is None else numerics.debias(new_e, divisor)
             return out, new_e.astype(e.dtype)
 
         measurement = self.measure(updates)
