@@ -52,6 +52,46 @@ def test_rerouted_tests_run_gradchain_code(tmp_path):
     assert all(broken[k] == "failed" for k in ran)
 
 
+_SUBTESTS = """
+import unittest
+
+
+class T(unittest.TestCase):
+    def test_subtest_fails(self):
+        for i in range(3):
+            with self.subTest(i=i):
+                self.assertLess(i, 1)
+
+    def test_subtests_pass(self):
+        for i in range(3):
+            with self.subTest(i=i):
+                self.assertLess(i, 3)
+
+    def test_fails(self):
+        self.assertEqual(1, 2)
+"""
+
+
+@pytest.mark.parametrize("mode", ["optax", "gradchain"])
+def test_a_failing_subtest_fails_its_test(mode, tmp_path):
+    # pytest reports a failing subTest apart from its test, whose own report then passes; the
+    # harness must count the test as failed, on the baseline and through gradchain alike.
+    source = tmp_path / "subtests_test.py"
+    source.write_text(_SUBTESTS)
+    outcomes, _ = run_file(str(source), mode, tmp_path / "out")
+    by_name = {k.rsplit("::", 1)[-1]: v for k, v in outcomes.items()}
+    assert by_name == {
+        "test_subtest_fails": "failed",
+        "test_subtests_pass": "passed",
+        "test_fails": "failed",
+    }
+    baseline = dict.fromkeys(outcomes, "passed")
+    assert [k.rsplit("::", 1)[-1] for k in broken_tests(baseline, outcomes)] == [
+        "test_fails",
+        "test_subtest_fails",
+    ]
+
+
 def test_divergences_name_real_tests():
     files = load_baseline()["files"]
     for key in DIVERGENCES:
