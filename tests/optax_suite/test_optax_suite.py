@@ -35,17 +35,20 @@ def test_optax_tests_pass_through_gradchain(path, tmp_path):
     assert not fixed, "these pass now; remove them from known_failures.py:\n" + "\n".join(fixed)
 
 
-def test_rerouted_tests_run_gradchain_code(tmp_path):
-    # update_test checks apply_updates; with gradchain's apply_updates made to raise, the same
-    # tests that pass through gradchain must fail, so the rerouted run is not optax's code.
-    selection = ("-k", "apply_updates")
-    passing, _ = run_file("_src/update_test.py", "gradchain", tmp_path / "a", extra=selection)
+@pytest.mark.parametrize(
+    ("path", "selection", "name"),
+    [
+        ("_src/update_test.py", "apply_updates", "apply_updates"),
+        ("_src/combine_test.py", "test_chain or test_extra_args_chaining", "chain"),
+    ],
+)
+def test_rerouted_tests_run_gradchain_code(path, selection, name, tmp_path):
+    # With gradchain's ``name`` made to raise, the selected tests that pass through gradchain
+    # must fail, so the rerouted run is gradchain's code and not optax's.
+    extra = ("-k", selection)
+    passing, _ = run_file(path, "gradchain", tmp_path / "a", extra=extra)
     broken, _ = run_file(
-        "_src/update_test.py",
-        "gradchain",
-        tmp_path / "b",
-        extra=selection,
-        env_extra={"GRADCHAIN_OPTAX_BREAK": "apply_updates"},
+        path, "gradchain", tmp_path / "b", extra=extra, env_extra={"GRADCHAIN_OPTAX_BREAK": name}
     )
     ran = [k for k, v in passing.items() if v == "passed"]
     assert ran
