@@ -24,6 +24,11 @@ DIVERGENCES: dict[str, str] = {
     "_src/combine_test.py::ExtraArgsTest::test_extra_args": _INTEGER_PARAMS,
     "transforms/_combining_test.py::ExtraArgsTest::test_extra_args": _INTEGER_PARAMS,
     "_src/transform_test.py::TransformTest::test_lion_invalid_mode_raises": _CONSTRUCTION_ERRORS,
+    # sgd(momentum, accumulator_dtype=None), adam and adamw(mu_dtype=None) on bfloat16
+    # parameters: optax's trace and mu are bfloat16.
+    "_src/alias_test.py::AliasTest::test_explicit_dtype9": _LOW_PRECISION_STATE,
+    "_src/alias_test.py::AliasTest::test_explicit_dtype10": _LOW_PRECISION_STATE,
+    "_src/alias_test.py::AliasTest::test_explicit_dtype11": _LOW_PRECISION_STATE,
     # scale_by_adam(mu_dtype=float32) inside galore on bfloat16 parameters: optax's nu is bfloat16.
     "contrib/_galore_test.py::GaLoreTest::test_mu_dtype_controls_moment_dtype": (
         _LOW_PRECISION_STATE
