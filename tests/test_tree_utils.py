@@ -112,6 +112,23 @@ def test_tree_map_params_maps_gradchain_adam_moments_and_not_the_count():
     assert counts and all(c == "other" for c in counts)
 
 
+def test_tree_map_params_keeps_galores_layout_and_matches_optax():
+    # GaLore's state holds a per-leaf layout derived from the parameters as static pytree data;
+    # the placeholder init gives another one, which must not make the mapping fail.
+    params = {"w": jnp.ones((16, 8)), "b": jnp.ones(8)}
+    mapped = {}
+    for lib in (gc, optax):
+        tx = lib.chain(lib.sgd(1e-3, momentum=0.9), lib.contrib.galore(learning_rate=0.01, rank=4))
+        state = tx.init(params)
+        out = lib.tree_utils.tree_map_params(
+            tx, lambda p: p + 1, state, transform_non_params=lambda v: v * 0
+        )
+        assert jax.tree.structure(out) == jax.tree.structure(state)
+        # optax keeps an empty projector for a leaf it does not project, gradchain None
+        mapped[lib] = sorted(float(x.sum()) for x in jax.tree.leaves(out) if x.size)
+    assert mapped[gc] == mapped[optax]
+
+
 @pytest.mark.parametrize("ord", [None, 1, "inf"])
 def test_tree_norm_matches_optax_on_complex_and_mixed_leaves(ord):
     key = jax.random.key(0)

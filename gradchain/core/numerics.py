@@ -77,7 +77,10 @@ def _increment(count: jax.Array) -> jax.Array:
         top = jnp.finfo(count.dtype).max
     else:
         raise ValueError(f"a step counter must be an integer or float array, got {count.dtype}")
-    return jnp.where(count < top, count + 1, top).astype(count.dtype)
+    # The bound and the step in the counter's dtype: as Python ints, uint32's and uint64's maximum
+    # overflow the weakly typed int they would be converted through.
+    top = jnp.array(top, count.dtype)
+    return jnp.where(count < top, count + jnp.array(1, count.dtype), top)
 
 
 # optax's older name, kept at its root: the counters are int32, so the two are one function.

@@ -474,14 +474,32 @@ def tree_map_params(
     init = initable.init if isinstance(initable, Initable) else initable
     template = init(placeholder)
 
-    def map_part(slot, value):
+    # The template and the state are walked node by node, not with one ``jax.tree.map``: a node
+    # may keep static data derived from the parameters (GaLore's per-leaf layout), which differs
+    # between the placeholder and the real parameters; the state's own is kept.
+    def walk(slot, value):
         if isinstance(slot, _ParamsPlaceholder):
             return jax.tree.map(f, value, *rest, is_leaf=is_leaf)
-        return value if transform_non_params is None else transform_non_params(value)
+        shape = jax.tree.structure(slot, is_leaf=lambda v: isinstance(v, _ParamsPlaceholder))
+        if shape.num_leaves == 0:  # None, (), EmptyState(): nothing to map
+            return value
+        if shape.num_nodes == 1:
+            return value if transform_non_params is None else transform_non_params(value)
+        slots = _direct_children(slot)[0]
+        values, treedef = _direct_children(value)
+        if len(slots) != len(values):
+            raise ValueError(
+                f"state does not have the structure initable.init gives: {type(value).__name__} "
+                f"with {len(values)} children where {len(slots)} are expected"
+            )
+        return treedef.unflatten([walk(s, v) for s, v in zip(slots, values, strict=True)])
 
-    return jax.tree.map(
-        map_part, template, state, is_leaf=lambda v: isinstance(v, _ParamsPlaceholder)
-    )
+    return walk(template, state)
+
+
+def _direct_children(node: PyTree) -> tuple[list, Any]:
+    """A pytree node's direct children and the treedef that puts them back."""
+    return jax.tree.flatten(node, is_leaf=lambda child: child is not node)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,13 +7,6 @@ only shrinks. Each group is a gradchain gap, described in the report of issue #1
 
 from __future__ import annotations
 
-KNOWN_FAILURES: frozenset[str] = frozenset(
-    {
-        # gradchain keeps the moments of bfloat16 parameters in float32 by default (state_dtype
-        # in gradchain/core/numerics.py); optax keeps the parameter's dtype, so the base Adam's
-        # nu is bfloat16 there and float32 here.
-        "contrib/_galore_test.py::GaLoreTest::test_mu_dtype_controls_moment_dtype",
-    }
-)
+KNOWN_FAILURES: frozenset[str] = frozenset({})
 
 __all__ = ["KNOWN_FAILURES"]

@@ -57,12 +57,16 @@ def pytest_report_header(config) -> str:
 
 
 def pytest_runtest_logreport(report) -> None:
+    # pytest 9 reports each failing ``self.subTest`` as a report of its own, before the test's
+    # own "call" report, which passes when only subtests failed; so a failure is final: the test
+    # counts as failed when its setup, call, teardown or any of its subtests failed.
     key = test_key(report.nodeid)
-    if report.when == "call" or report.outcome != "passed":
-        if report.when == "call" or key not in _outcomes:
-            _outcomes[key] = "skipped" if report.skipped else report.outcome
-        elif report.outcome == "failed":
-            _outcomes[key] = "failed"
+    if _outcomes.get(key) == "failed":
+        return
+    if report.failed:
+        _outcomes[key] = "failed"
+    elif report.when == "call" or (report.skipped and key not in _outcomes):
+        _outcomes[key] = "skipped" if report.skipped else report.outcome
 
 
 def pytest_collectreport(report) -> None:

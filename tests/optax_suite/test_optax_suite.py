@@ -35,21 +35,64 @@ def test_optax_tests_pass_through_gradchain(path, tmp_path):
     assert not fixed, "these pass now; remove them from known_failures.py:\n" + "\n".join(fixed)
 
 
-def test_rerouted_tests_run_gradchain_code(tmp_path):
-    # update_test checks apply_updates; with gradchain's apply_updates made to raise, the same
-    # tests that pass through gradchain must fail, so the rerouted run is not optax's code.
-    selection = ("-k", "apply_updates")
-    passing, _ = run_file("_src/update_test.py", "gradchain", tmp_path / "a", extra=selection)
+@pytest.mark.parametrize(
+    ("path", "selection", "name"),
+    [
+        ("_src/update_test.py", "apply_updates", "apply_updates"),
+        ("_src/combine_test.py", "test_chain or test_extra_args_chaining", "chain"),
+    ],
+)
+def test_rerouted_tests_run_gradchain_code(path, selection, name, tmp_path):
+    # With gradchain's ``name`` made to raise, the selected tests that pass through gradchain
+    # must fail, so the rerouted run is gradchain's code and not optax's.
+    extra = ("-k", selection)
+    passing, _ = run_file(path, "gradchain", tmp_path / "a", extra=extra)
     broken, _ = run_file(
-        "_src/update_test.py",
-        "gradchain",
-        tmp_path / "b",
-        extra=selection,
-        env_extra={"GRADCHAIN_OPTAX_BREAK": "apply_updates"},
+        path, "gradchain", tmp_path / "b", extra=extra, env_extra={"GRADCHAIN_OPTAX_BREAK": name}
     )
     ran = [k for k, v in passing.items() if v == "passed"]
     assert ran
     assert all(broken[k] == "failed" for k in ran)
+
+
+_SUBTESTS = """
+import unittest
+
+
+class T(unittest.TestCase):
+    def test_subtest_fails(self):
+        for i in range(3):
+            with self.subTest(i=i):
+                self.assertLess(i, 1)
+
+    def test_subtests_pass(self):
+        for i in range(3):
+            with self.subTest(i=i):
+                self.assertLess(i, 3)
+
+    def test_fails(self):
+        self.assertEqual(1, 2)
+"""
+
+
+@pytest.mark.parametrize("mode", ["optax", "gradchain"])
+def test_a_failing_subtest_fails_its_test(mode, tmp_path):
+    # pytest reports a failing subTest apart from its test, whose own report then passes; the
+    # harness must count the test as failed, on the baseline and through gradchain alike.
+    source = tmp_path / "subtests_test.py"
+    source.write_text(_SUBTESTS)
+    outcomes, _ = run_file(str(source), mode, tmp_path / "out")
+    by_name = {k.rsplit("::", 1)[-1]: v for k, v in outcomes.items()}
+    assert by_name == {
+        "test_subtest_fails": "failed",
+        "test_subtests_pass": "passed",
+        "test_fails": "failed",
+    }
+    baseline = dict.fromkeys(outcomes, "passed")
+    assert [k.rsplit("::", 1)[-1] for k in broken_tests(baseline, outcomes)] == [
+        "test_fails",
+        "test_subtest_fails",
+    ]
 
 
 def test_divergences_name_real_tests():
