@@ -22,6 +22,7 @@ from gradchain.core.numerics import (
     count_power,
     ema,
     init_count,
+    leaf_kernel,
     moments_like,
     safe_increment,
 )
@@ -92,17 +93,13 @@ class ScaleByACProp(GradientTransformation):
         # 1 - b2^(t-1) of the stored s; a placeholder 1 at the first step, where s is not used.
         correction = jnp.where(first, 1.0, 1 - count_power(b2, jnp.maximum(state.count, 1)))
 
-        def step(g, m, s):
-            dt = compute_dtype(g.dtype)
-            g32, m, s = g.astype(dt), m.astype(dt), s.astype(dt)
-            e = g32 - m
-            new_m = ema(m, g32, b1.astype(dt), c1.astype(dt))
-            new_s = ema(s, e * e, b2.astype(dt), c2.astype(dt)) + eps_root.astype(dt)
-            s_hat = jnp.where(first, jnp.ones((), dt), s / correction.astype(dt))
-            u = g32 / (jnp.sqrt(s_hat) + eps.astype(dt))
-            return u.astype(g.dtype), new_m, new_s
-
-        out, mu, nu = tree_map_multi(step, 3, updates, state.mu, state.nu)
+        out, mu, nu = tree_map_multi(
+            lambda g, m, s: _acprop_leaf(g, m, s, b1, c1, b2, c2, eps, eps_root, first, correction),
+            3,
+            updates,
+            state.mu,
+            state.nu,
+        )
         return out, ScaleByBeliefState(
             count=safe_increment(state.count),
             mu=cast_like(mu, state.mu),
@@ -112,6 +109,18 @@ class ScaleByACProp(GradientTransformation):
 
 
 scale_by_acprop = ScaleByACProp
+
+
+@leaf_kernel()
+def _acprop_leaf(g, m, s, b1, c1, b2, c2, eps, eps_root, first, correction):
+    dt = compute_dtype(g.dtype)
+    g32, m, s = g.astype(dt), m.astype(dt), s.astype(dt)
+    e = g32 - m
+    new_m = ema(m, g32, b1.astype(dt), c1.astype(dt))
+    new_s = ema(s, e * e, b2.astype(dt), c2.astype(dt)) + eps_root.astype(dt)
+    s_hat = jnp.where(first, jnp.ones((), dt), s / correction.astype(dt))
+    u = g32 / (jnp.sqrt(s_hat) + eps.astype(dt))
+    return u.astype(g.dtype), new_m, new_s
 
 
 @named_optimizer

@@ -383,8 +383,10 @@ class ScaleByMuon(GradientTransformation):
         mus = treedef.flatten_up_to(state.mu)
         views = _leaf_dims(updates, self.weight_dimension_numbers, self.name)
         # The bias corrections' divisors, formed once per step rather than once per leaf.
-        k_beta = bias_divisor(beta, t) if self.bias_correction else None
-        nk_beta = nesterov_divisors(beta, t) if self.bias_correction and self.nesterov else None
+        k_beta: Any = bias_divisor(beta, t) if self.bias_correction else None
+        nk_beta: Any = (
+            nesterov_divisors(beta, t) if self.bias_correction and self.nesterov else None
+        )
 
         def step(g, m, view):
             dt = compute_dtype(g.dtype)

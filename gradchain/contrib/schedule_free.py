@@ -501,5 +501,6 @@ def schedule_free_adamw(
 
 # Annotations resolved, as optax's: code inspecting the signature (optax's tests pass a schedule
 # where learning_rate is annotated ScalarOrSchedule) reads types, not the strings PEP 563 leaves.
+_factory: Any
 for _factory in (schedule_free_sgd, schedule_free_adamw):
-    _factory.__signature__ = inspect.signature(_factory, eval_str=True)  # type: ignore[attr-defined]
+    _factory.__signature__ = inspect.signature(_factory, eval_str=True)

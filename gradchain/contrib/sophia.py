@@ -366,7 +366,7 @@ class ScaleBySophia(GradientTransformation):
         )
         c1, c2 = self.complement("b1", hp), self.complement("b2", hp)
         t = safe_increment(state.count)
-        k_b1 = bias_divisor(b1, t) if self.mu_bias_correction else None
+        k_b1: Any = bias_divisor(b1, t) if self.mu_bias_correction else None
 
         def refresh(fn_state, nu):
             estimate, fn_state = _call_update(

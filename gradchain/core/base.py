@@ -247,7 +247,7 @@ def state_class(cls: type[_T] | None = None, *, extras: tuple[str, ...] = ()) ->
     if extras:
         cls.__repr__ = __repr__  # type: ignore[method-assign]
     if "__getitem__" not in cls.__dict__:
-        cls.__getitem__ = __getitem__  # type: ignore[attr-defined]
+        cls.__getitem__ = __getitem__  # type: ignore[index]
     jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
     cls._gradchain_state = True  # type: ignore[attr-defined]
     cls._gradchain_extras = extras  # type: ignore[attr-defined]
@@ -1146,7 +1146,10 @@ def _map_transformations(value, fn):
     return value
 
 
-def with_live_hyperparams(tx: GradientTransformation) -> GradientTransformation:
+_Tx = TypeVar("_Tx", bound="GradientTransformation")
+
+
+def with_live_hyperparams(tx: _Tx) -> _Tx:
     """``tx`` whose pieces, recursively through chains, wrappers and named optimizers, keep
     gradchain's extras in their states: the hyperparameters as data, counts, logging fields.
 

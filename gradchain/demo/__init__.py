@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
 __all__ = ["main"]
 
@@ -138,7 +139,7 @@ def _train(
             loss = jnp.mean(losses)
         else:
             loss, grads = jax.value_and_grad(loss_fn)(params, batch, n_heads)
-        extra = {}
+        extra: dict[str, Any] = {}
         if entry.extra == "obj_fn":
             extra["obj_fn"] = lambda p: loss_fn(p, batch, n_heads)
         if entry.extra == "value":

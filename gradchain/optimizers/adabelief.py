@@ -103,7 +103,7 @@ class ScaleByBelief(GradientTransformation):
         hp, c1, c2, t = adam_step_inputs(self, updates, state)
         b1, b2, eps, eps_root = hp["b1"], hp["b2"], hp["eps"], hp["eps_root"]
         k_b1, k_b2 = bias_divisor(b1, t), bias_divisor(b2, t)
-        nk_b1 = nesterov_divisors(b1, t) if self.nesterov else None
+        nk_b1: Any = nesterov_divisors(b1, t) if self.nesterov else None
 
         def step(g, m, s):
             dt = compute_dtype(g.dtype)

@@ -385,7 +385,7 @@ class ScaleByRadam(GradientTransformation):
         if self.eps_before_bias_correction:
             eps = eps / jnp.sqrt(1.0 - b2t)
         k_b1, k_b2 = bias_divisor(b1, t), bias_divisor(b2, t)
-        nk_b1 = nesterov_divisors(b1, t) if self.nesterov else None
+        nk_b1: Any = nesterov_divisors(b1, t) if self.nesterov else None
 
         def step(g, m, v):
             g32, m, v = adam_moments(g, m, v, b1, c1, b2, c2)

@@ -26,6 +26,7 @@ from gradchain.core.numerics import (
     compute_dtype,
     ema,
     init_count,
+    leaf_kernel,
     moments_like,
     safe_increment,
     state_dtype,
@@ -114,35 +115,13 @@ class ScaleBySM3(GradientTransformation):
         c1 = self.complement("b1", hp)
         c2 = jnp.where(b2 == 1, jnp.ones_like(b2), self.complement("b2", hp))
 
-        def step(g, accumulators, m):
-            dt = compute_dtype(g.dtype)
-            g32 = g.astype(dt)
-            ndim = g.ndim
-            if ndim < 2:
-                previous = accumulators[0].astype(dt)
-            else:
-                expanded = [
-                    a.astype(dt).reshape([1] * i + [g.shape[i]] + [1] * (ndim - i - 1))
-                    for i, a in enumerate(accumulators)
-                ]
-                previous = functools.reduce(jnp.minimum, expanded)
-            nu = c2.astype(dt) * g32 * g32 + b2.astype(dt) * previous
-            scaled = g32 * jnp.where(nu > 0, jnp.sqrt(1 / (nu + eps.astype(dt))), 0)
-            m = ema(m.astype(dt), scaled, b1.astype(dt), c1.astype(dt))
-            if ndim < 2:
-                new = [nu]
-            else:  # nu >= 0, so a floor of 0 only matters for an empty slice
-                new = [
-                    jnp.max(nu, axis=tuple(a for a in range(ndim) if a != i), initial=0)
-                    for i in range(ndim)
-                ]
-            new = [n.astype(a.dtype) for n, a in zip(new, accumulators)]
-            return m.astype(g.dtype), new, m
-
         leaves, treedef = jax.tree.flatten(updates)
         accumulators = treedef.flatten_up_to(state.mu)
         moments = treedef.flatten_up_to(state.nu)
-        results = [step(*args) for args in zip(leaves, accumulators, moments)]
+        results = [
+            _sm3_leaf(g, a, m, b1, c1, b2, c2, eps)
+            for g, a, m in zip(leaves, accumulators, moments)
+        ]
         out, mu, nu = (treedef.unflatten([r[k] for r in results]) for k in range(3))
         return out, ScaleBySM3State(
             count=safe_increment(count_of(state)),
@@ -153,6 +132,33 @@ class ScaleBySM3(GradientTransformation):
 
 
 scale_by_sm3 = ScaleBySM3
+
+
+@leaf_kernel()
+def _sm3_leaf(g, accumulators, m, b1, c1, b2, c2, eps):
+    dt = compute_dtype(g.dtype)
+    g32 = g.astype(dt)
+    ndim = g.ndim
+    if ndim < 2:
+        previous = accumulators[0].astype(dt)
+    else:
+        expanded = [
+            a.astype(dt).reshape([1] * i + [g.shape[i]] + [1] * (ndim - i - 1))
+            for i, a in enumerate(accumulators)
+        ]
+        previous = functools.reduce(jnp.minimum, expanded)
+    nu = c2.astype(dt) * g32 * g32 + b2.astype(dt) * previous
+    scaled = g32 * jnp.where(nu > 0, jnp.sqrt(1 / (nu + eps.astype(dt))), 0)
+    m = ema(m.astype(dt), scaled, b1.astype(dt), c1.astype(dt))
+    if ndim < 2:
+        new = [nu]
+    else:  # nu >= 0, so a floor of 0 only matters for an empty slice
+        new = [
+            jnp.max(nu, axis=tuple(a for a in range(ndim) if a != i), initial=0)
+            for i in range(ndim)
+        ]
+    new = [n.astype(a.dtype) for n, a in zip(new, accumulators)]
+    return m.astype(g.dtype), new, m
 
 
 @named_optimizer

@@ -849,6 +849,7 @@ def quantize_rank1(x: jax.typing.ArrayLike, *, stochastic: bool = False) -> Rank
         raise ValueError(f"quantize_rank1 needs a tensor of 2 or more axes, got shape {shape}")
     a = jnp.abs(x)
     axes = range(len(shape))
+    maxima: tuple[jax.Array, ...]
     if len(shape) == 2:
         maxima = (_row_absmax(x), _column_absmax(x))
     else:

@@ -328,7 +328,8 @@ def micro_vmap(
     return mapped
 
 
-IndividualOutputs = collections.namedtuple("Aux", ["values", "metrics", "aux"])
+# optax names the class "Aux"; the same name keeps reprs and pickles alike.
+IndividualOutputs = collections.namedtuple("Aux", ["values", "metrics", "aux"])  # type: ignore[name-match]
 IndividualOutputs.__doc__ = """What ``micro_grad`` returns beside the gradients, one row per example:
 ``values`` (the loss), ``metrics`` (``metrics_fn`` of the gradient) and ``aux`` (``fun``'s)."""
 
@@ -380,7 +381,7 @@ def micro_grad(
             values=value, metrics=metrics_fn(grad), aux=aux
         )
 
-    in_axes = [None] * (max(batch_argnums) + 1)
+    in_axes: list[int | None] = [None] * (max(batch_argnums) + 1)
     for i in batch_argnums:
         in_axes[i] = 0
     per_example = micro_vmap(
@@ -394,9 +395,9 @@ def micro_grad(
         return per_example
 
     def as_batches_of_one(*args, **kwargs):
-        args = list(args)
+        batched = list(args)
         for i in batch_argnums:
-            args[i] = jax.tree.map(lambda x: jnp.expand_dims(x, 1), args[i])
-        return per_example(*args, **kwargs)
+            batched[i] = jax.tree.map(lambda x: jnp.expand_dims(x, 1), batched[i])
+        return per_example(*batched, **kwargs)
 
     return as_batches_of_one
