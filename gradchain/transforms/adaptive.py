@@ -189,13 +189,13 @@ scale_by_adam = ScaleByAdam
 def _adam_leaf(g, m, v, b1, b2, eps, eps_root, c1, c2, t, nesterov: bool):
     """One leaf of Adam: the update and the two moments, stored in their own dtypes."""
     g32, new_m, new_v = adam_moments(g, m, v, b1, c1, b2, c2)
-    dt = g32.dtype
     if nesterov:
-        m_hat = nesterov_bias_corrected(new_m, g32, b1, 1 - b1.astype(dt), t)
+        m_hat = nesterov_bias_corrected(new_m, g32, b1, c1, t)
     else:
         m_hat = bias_correction(new_m, b1, t)
     v_hat = bias_correction(new_v, b2, t)
-    u = m_hat / (jnp.sqrt(v_hat + eps_root.astype(dt)) + eps.astype(dt))
+    vt = v_hat.dtype
+    u = m_hat / (jnp.sqrt(v_hat + eps_root.astype(vt)) + eps.astype(vt))
     return u.astype(g.dtype), new_m.astype(m.dtype), new_v.astype(v.dtype)
 
 

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 KNOWN_FAILURES: frozenset[str] = frozenset(
     {
-        # gradchain keeps the moments of bfloat16 parameters in float32 by default (state_dtype
-        # in gradchain/core/numerics.py); optax keeps the parameter's dtype, so the base Adam's
-        # nu is bfloat16 there and float32 here.
-        "contrib/_galore_test.py::GaLoreTest::test_mu_dtype_controls_moment_dtype",
         # State layout: the test reads state[0]["muon"][0][0][1], optax's PartitionState ->
         # MaskedState -> chain tuple -> MuonState.mu, with MaskedNode where muon leaves a leaf
         # to AdamW; gradchain's muon state is a ChainState of the two groups, None there.
