@@ -39,9 +39,12 @@ def _upcast(tree):
     return None if tree is None else jax.tree.map(_upcast_leaf, tree)
 
 
-def _downcast(new, old):
-    """``new`` (the inner updates) leaf by leaf in the dtype of ``old`` (the updates given)
-    where ``old`` was low precision."""
+def _downcast(new, *references):
+    """``new`` (the inner updates) leaf by leaf in the dtype of the first of ``references`` (the
+    updates given, then the parameters) of its structure, where that leaf is low precision.
+
+    The parameters serve when the updates come out in another container than they went in
+    (``lookahead`` takes a gradient and returns updates of ``LookaheadParams``)."""
 
     def down(n, o):
         dtype = getattr(o, "dtype", None)
@@ -49,7 +52,11 @@ def _downcast(new, old):
             return n
         return n.astype(dtype)
 
-    return jax.tree.map(down, new, old)
+    structure = jax.tree.structure(new)
+    for reference in references:
+        if reference is not None and jax.tree.structure(reference) == structure:
+            return jax.tree.map(down, new, reference)
+    return new
 
 
 @transformation("with_float32_state")
@@ -83,7 +90,7 @@ class WithFloat32State(GradientTransformation):
         self, updates: Updates, state: OptState, params: Params | None = None, **extra_args
     ) -> tuple[Updates, OptState]:
         new, state = self.inner.update(_upcast(updates), state, _upcast(params), **extra_args)
-        return _downcast(new, updates), state
+        return _downcast(new, updates, params), state
 
     def laid_out(self, state):
         # The state is ``inner``'s, already in ``inner``'s layout.
