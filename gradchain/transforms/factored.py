@@ -156,7 +156,8 @@ class FactoredSecondMoment(GradientTransformation):
         PyTorch: the last two axes). HF and PyTorch factor every matrix:
         ``factored_axes="last", min_dim_size_to_factor=1``.
 
-    The statistics are kept in float32 for bfloat16/float16 parameters, the factors keep the
+    The statistics keep the parameter's dtype, as optax (float32 under ``with_float32_state``),
+    the factors keep the
     reduced axis (as PyTorch's ``Adafactor`` does) and unused entries are None; optax keeps the
     parameter's dtype, drops the reduced axis (``(n,)`` and ``(m,)``) and fills unused entries
     with ``(1,)`` placeholders. Keeping the axis records the parameter's shape in the state, so
