@@ -49,12 +49,20 @@ class Pair:
     name: str
     gradchain: Callable
     optax: Callable
-    extra: dict = dataclasses.field(default_factory=dict)
+    # Extra keyword arguments of ``update``, or a function of the parameters that gives them.
+    extra: dict | Callable = dataclasses.field(default_factory=dict)
 
 
 def pairs() -> list[Pair]:
     contrib = optax.contrib
     sophia_extra = {"obj_fn": _loss}
+    # A fixed loss value (and gradient) for the optimizers that take them: the step's cost does
+    # not depend on whether they match the gradient, and both libraries get the same ones.
+    value_extra = {"value": jnp.asarray(1.0)}
+
+    def lbfgs_extra(params):
+        return {"value": _loss(params), "grad": jax.grad(_loss)(params), "value_fn": _loss}
+
     return [
         Pair("sgd", lambda: gc.sgd(0.1), lambda: optax.sgd(0.1)),
         Pair(
@@ -117,6 +125,60 @@ def pairs() -> list[Pair]:
             lambda: gc.galore(1e-3, rank=4, update_proj_gap=1000),
             lambda: contrib.galore(1e-3, rank=4, update_proj_gap=1000),
         ),
+        *_same_call(gc, optax, ONE_LR, lr=1e-3),
+        *_same_call(gc, contrib, CONTRIB_ONE_LR, lr=1e-3),
+        Pair("sgd+nesterov", *_both(lambda m: m.sgd(0.1, momentum=0.9, nesterov=True))),
+        Pair("noisy_sgd", *_both(lambda m: m.noisy_sgd(0.1, seed=0))),
+        Pair("adadelta", *_both(lambda m: m.adadelta())),
+        Pair("cocob", *_both(lambda m: m.cocob(), contrib=True)),
+        Pair("dog", *_both(lambda m: m.dog(), contrib=True)),
+        Pair("dowg", *_both(lambda m: m.dowg(), contrib=True)),
+        Pair("mechanize(adam)", *_both(lambda m: _contrib(m).mechanize(m.adam(1e-3)))),
+        Pair("polyak_sgd", *_both(lambda m: m.polyak_sgd()), value_extra),
+        Pair("momo", *_both(lambda m: m.momo(), contrib=True), value_extra),
+        Pair("momo_adam", *_both(lambda m: m.momo_adam(), contrib=True), value_extra),
+        Pair("lbfgs", *_both(lambda m: m.lbfgs()), lbfgs_extra),
+    ]
+
+
+# Optimizers called the same way in both libraries, with one learning rate.
+ONE_LR = (
+    "adabelief",
+    "adan",
+    "fromage",
+    "novograd",
+    "optimistic_adam",
+    "optimistic_adam_v2",
+    "optimistic_gradient_descent",
+    "rprop",
+    "sign_sgd",
+    "signum",
+    "sm3",
+    "yogi",
+)
+CONTRIB_ONE_LR = ("acprop", "ademamix", "simplified_ademamix", "adopt", "madgrad")
+
+
+def _contrib(module):
+    """optax's ``contrib`` namespace, or gradchain itself (its contrib names are top level too)."""
+    return module.contrib if module is optax else module
+
+
+def _both(build: Callable, contrib: bool = False) -> tuple[Callable, Callable]:
+    """The gradchain and optax builders of one call written once against a module."""
+    if contrib:
+        return (lambda: build(gc), lambda: build(optax.contrib))
+    return (lambda: build(gc), lambda: build(optax))
+
+
+def _same_call(ours, theirs, names: tuple[str, ...], lr: float) -> list[Pair]:
+    return [
+        Pair(
+            name,
+            lambda name=name: getattr(ours, name)(lr),
+            lambda name=name: getattr(theirs, name)(lr),
+        )
+        for name in names
     ]
 
 
@@ -134,7 +196,8 @@ class Runner:
     """One library's optimizer stepping un-jitted on its own copy of the parameters."""
 
     def __init__(self, tx, apply_updates, params, grads, extra):
-        self.tx, self.apply, self.grads, self.extra = tx, apply_updates, grads, extra
+        self.tx, self.apply, self.grads = tx, apply_updates, grads
+        self.extra = extra(params) if callable(extra) else extra
         self.params = params
         self.state = tx.init(params)
         self.times: list[float] = []

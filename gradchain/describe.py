@@ -36,7 +36,8 @@ import numpy as np
 
 from gradchain.contrib.galore import ScaleByGalore
 from gradchain.contrib.learning_rate_free import ScaleByDAdaptAdamW, ScaleByProdigy
-from gradchain.contrib.muon import ScaleByMuon, ScaleByShape, _LabelledGroups
+from gradchain.contrib.muon import Muon, ScaleByMuon, ScaleByShape
+from gradchain.contrib.privacy import DifferentiallyPrivateAggregate
 from gradchain.contrib.schedule_free import ScheduleFree
 from gradchain.contrib.sophia import ScaleBySophia
 from gradchain.core.base import (
@@ -572,8 +573,8 @@ def _wrapped_for_optax(tx) -> GradientTransformation | None:
 
 
 def _render(tx, u: Expr, ctx: Context) -> Expr:
-    # The exact class only: a subclass may compute something else (muon's label groups are a
-    # Chain subclass that does not chain), so it is shown by name until it has a renderer.
+    # The exact class only: a subclass may compute something else, so it is shown by name until
+    # it has a renderer.
     renderer = _RENDERERS.get(type(tx))
     if renderer is not None:
         return renderer(tx, u, ctx)
@@ -661,6 +662,10 @@ def _title(tx) -> str:
             args = ", ".join(f"{k}={_short_repr(v)}" for k, v in tx.config.items())
             return f"{tx.name}({args})"
         return "chain(" + ", ".join(_title(t) for t in tx.transforms) + ")"
+    if isinstance(tx, Muon):
+        return (
+            f"{tx.name}(" + ", ".join(f"{k}={_short_repr(v)}" for k, v in tx.config.items()) + ")"
+        )
     if isinstance(tx, GradientTransformation):
         return repr(tx)
     return f"optax.{_foreign_name(tx)}"
@@ -739,10 +744,10 @@ def _partition(tx, u, ctx):
     return _groups(ctx, u, _short_repr(tx.param_labels), tx.transforms.items())
 
 
-@register_renderer(_LabelledGroups)
-def _labelled_groups(tx, u, ctx):
+@register_renderer(Muon)
+def _muon(tx, u, ctx):
     ctx.settings.append(_title(tx))
-    return _groups(ctx, u, _short_repr(tx.labels), zip(tx.group_names, tx.transforms))
+    return _groups(ctx, u, _short_repr(tx.param_labels), tx.transforms.items())
 
 
 @register_renderer(SetToZero)
@@ -798,6 +803,21 @@ def _clip_by_block_rms(tx, u, ctx):
     u = ctx.name(u)
     ctx.note("RMS(x): the root mean square of x over each leaf")
     return u / _max(1, _rms(u) / d)
+
+
+@register_renderer(DifferentiallyPrivateAggregate)
+def _differentially_private_aggregate(tx, u, ctx):
+    clip = ctx.hyper(tx, "l2_norm_clip", "C", "C")
+    sigma = ctx.hyper(tx, "noise_multiplier", "σ", r"\sigma")
+    ctx.setting(tx, "key", "seed")
+    ctx.note(
+        "differentially_private_aggregate takes per-example gradients: g_{t,b} is example b's "
+        "of the B along the leading axis, ‖x‖ the norm of all its leaves together (factor 1 "
+        "where it is 0), z_t ~ N(0, I) drawn from the key in the state"
+    )
+    example = Sym("g_{t,b}", "g_{t,b}")
+    clipped = Func("Σ_b", (example * _min(1, clip / _norm(example)),), r"\sum_b")
+    return (clipped + sigma * clip * Sym("z_t", "z_t")) / Sym("B", "B")
 
 
 @register_renderer(AddDecoupledWeightDecay, AddL2Penalty)

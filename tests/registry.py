@@ -139,6 +139,11 @@ class Entry:
     warm_steps: un-jitted steps until every path of ``update`` has run once (MultiSteps runs
       its inner optimizer at the k-th micro-batch only); after them an un-jitted step compiles
       nothing (test_eager).
+    per_example: ``update`` takes per-example gradients, this many examples along a new
+      leading axis of every leaf (DP-SGD), and returns updates of the parameters' shapes; 0:
+      the updates have the parameters' shapes. The suites pass :meth:`updates_arg` of their
+      parameter-shaped gradients; :data:`PER_EXAMPLE_EXCLUDED` lists the checks that cannot
+      take such an entry.
     """
 
     name: str
@@ -156,6 +161,7 @@ class Entry:
     param_copies: tuple = ()
     warm_steps: int = 1
     variant: str = ""
+    per_example: int = 0
 
     def extra_args(self, params) -> dict:
         """``extra`` for an ``update`` at ``params``, :class:`FromParams` values evaluated (and
@@ -165,6 +171,15 @@ class Entry:
             for k, v in self.extra.items()
             if params is not None or not isinstance(v, FromParams)
         }
+
+    def updates_arg(self, grads):
+        """The gradients ``update`` takes: ``grads`` itself, or for a per-example entry a batch
+        of examples ``(g, -g, 2 g, -2 g, ...)`` (integers stay integers, bfloat16 is exact), whose
+        norms differ so that clipping treats them differently."""
+        if not self.per_example:
+            return grads
+        signs = [(-1) ** b * (1 + b // 2) for b in range(self.per_example)]
+        return jax.tree.map(lambda g: jnp.stack([s * g for s in signs]), grads)
 
     @property
     def id(self) -> str:
@@ -751,6 +766,22 @@ TRANSFORMS: tuple[Entry, ...] = (
         nonfinite="tree",
         param_copies=("x0",),
     ),
+    # DP-SGD: per-example gradients in, one update out. A NaN example gets clipping factor 1
+    # (its norm is NaN; optax's nan_to_num), so the NaN stays in its coordinate.
+    E(
+        "differentially_private_aggregate",
+        lambda: gc.differentially_private_aggregate(1.0, 0.5, key=0),
+        per_example=3,
+        floats_only=True,  # the noise is drawn in the leaf's dtype: an integer leaf cannot hold it
+        keeps_nan=False,
+    ),
+    E(
+        "dpsgd",
+        lambda: gc.dpsgd(0.1, 1.0, 0.5, seed=0, momentum=0.9),
+        optimizer=True,
+        per_example=3,
+        floats_only=True,
+    ),
     E(
         "split_real_and_imaginary",
         lambda: gc.split_real_and_imaginary(gc.adam(0.1)),
@@ -837,6 +868,21 @@ TRANSFORMS: tuple[Entry, ...] = (
         needs_params=True,
         nonfinite="held",
     ),
+    # PSGD Kron (a NaN reaches the leaf's preconditioner factors through the fit)
+    E("scale_by_kron", gc.scale_by_kron, nonfinite="leaf"),
+    E(
+        "scale_by_kron",
+        lambda: gc.scale_by_kron(b1=0.0, memory_save_mode="one_diag"),
+        nonfinite="leaf",
+        variant="no-momentum",
+    ),
+    E(
+        "kron",
+        lambda: gc.kron(0.1, weight_decay=0.01),
+        optimizer=True,
+        needs_params=True,
+        nonfinite="leaf",
+    ),
     # 8-bit states
     E(
         "quantize_moments",
@@ -870,6 +916,22 @@ TRANSFORMS: tuple[Entry, ...] = (
 )
 
 TRANSFORM_NAMES = frozenset(e.name for e in TRANSFORMS)
+
+# The checks a per-example entry (``Entry.per_example``) cannot take, and why. Every other
+# registry-driven check (test_properties, test_bad_inputs, test_nonfinite's NaN placement,
+# test_low_precision, test_eager, test_optax_layout, test_describe; test_long_runs finds no
+# counter in their states) runs it on ``Entry.updates_arg`` of its gradients, and
+# test_checkpoint round-trips dpsgd's state by its own entry.
+PER_EXAMPLE_EXCLUDED: dict[str, str] = {
+    "test_nonfinite.py::test_apply_if_finite_skips_a_nan_step_leaving_updates_zero_and_state"
+    "_unchanged": "apply_if_finite's skipped step returns zeros shaped like its input, a batch"
+    " of examples, where the step is parameter-shaped: DP-SGD must be the innermost piece, and"
+    " the NaN check belongs on the per-example gradients before it",
+    "test_flat.py, test_sharding.py": "flatten and the sharded paths lay the updates out like"
+    " the parameters; per-example updates have a batch axis the layout does not have",
+    "test_convergence.py": "its problems give one gradient per step, not one per example;"
+    " DP-SGD's convergence is tests/test_privacy.py's (a private logistic regression)",
+}
 OPTIMIZERS = tuple(e for e in TRANSFORMS if e.optimizer)
 
 SCHEDULES: dict[str, Callable[[], Callable]] = {
@@ -888,6 +950,7 @@ SCHEDULES: dict[str, Callable[[], Callable]] = {
         "cosine", 1.0, {10: 0.5, 20: 0.1}
     ),
     "polynomial_schedule": lambda: gc.polynomial_schedule(1.0, 0.1, 2.0, 100),
+    "precond_update_prob_schedule": lambda: gc.precond_update_prob_schedule(flat_start=5),
     "sgdr_schedule": lambda: gc.sgdr_schedule(
         [dict(init_value=0.0, peak_value=1.0, warmup_steps=2, decay_steps=10)] * 2
     ),
@@ -903,6 +966,7 @@ SCHEDULES: dict[str, Callable[[], Callable]] = {
 
 # Public names that are not transformations or schedules, with what they are.
 NOT_TRANSFORMS: dict[str, str] = {
+    "MuonState": "state class under optax's name (tests/test_muon.py, tests/optax_suite)",
     "AddDecayedWeightsState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "HutchinsonState": "state class under optax's name (tests/test_optax_layout.py, tests/optax_suite)",
     "AdaptiveGradClipState": "state class under optax's name (tests/test_optax_layout.py, tests/optax_suite)",
@@ -942,12 +1006,14 @@ NOT_TRANSFORMS: dict[str, str] = {
     "CautiousState": "state class of the cautious wrapper (tests/test_cautious_mars.py)",
     "ScaleByMarsState": "state class of scale_by_mars (tests/test_cautious_mars.py)",
     "ScaleBySoapState": "state class of scale_by_soap (tests/test_soap.py)",
+    "ScaleByKronState": "state class of scale_by_kron (tests/test_kron.py)",
     "SophiaState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "SplitRealAndImaginaryState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "MechanicState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "NormalizeState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "SAMState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "COCOBState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
+    "DifferentiallyPrivateAggregateState": "state class under optax's name (tests/test_privacy.py, tests/optax_suite)",
     "DoGState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "DoWGState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "MadgradState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",

@@ -81,6 +81,9 @@ def _combinators() -> dict:
         "params_ema": lambda: (gc.chain(gc.adamw(1e-3), gc.params_ema(0.999)), None),
         "lookahead": lambda: (gc.lookahead(gc.adam(1e-3), 5, 0.5), gc.LookaheadParams.init_synced),
         "zero_nans": lambda: (gc.chain(gc.zero_nans(), gc.sgd(0.1)), None),
+        # Required arguments beyond the learning rate: not found by the search above. The state
+        # holds the noise key (uint32) beside the momentum.
+        "dpsgd": lambda: (gc.dpsgd(1e-3, 1.0, 1.0, seed=0, momentum=0.9), None),
         # Every matrix factored: the state holds row and column factors (and None entries).
         "adafactor_factored": lambda: (gc.adafactor(1e-3, min_dim_size_to_factor=1), None),
     }

@@ -111,6 +111,7 @@ OPTIMIZERS = {
     "cautious_lion": lambda lr: gc.cautious_lion(lr),
     "mars": lambda lr: gc.mars(lr),
     "soap": lambda lr: gc.soap(lr),
+    "kron": lambda lr: gc.kron(lr),
     "lbfgs": lambda lr: gc.lbfgs(lr),
     "acprop": lambda lr: gc.acprop(lr),
     "cocob": lambda lr: gc.cocob(lr),
@@ -177,6 +178,9 @@ LEARNING_RATES = {
     "cautious_lion": {"quadratic": 0.01, "rosenbrock": 0.01, "mlp": 3e-3},
     "mars": ADAM_LR,
     "soap": ADAM_LR,
+    # PSGD's preconditioner starts at the identity and learns by at most 10% a step: the first
+    # steps are SGD with momentum, which Rosenbrock's gradient of 200 at the start throws off.
+    "kron": {"quadratic": 0.01, "rosenbrock": 1e-3, "mlp": 0.01},
     # The line search picks the step; the learning rate only scales the direction it starts from.
     "lbfgs": {"quadratic": 1.0, "rosenbrock": 1.0, "mlp": 1.0},
     # ACProp's step is the raw gradient over the spread of its residuals, small on a

@@ -15,7 +15,15 @@ import optax
 import pytest
 from crosscheck import gradient_stream, mixed_params, upcast
 from test_crosscheck_foundation import ADAM_RTOL, assert_trajectories_close
-from test_crosscheck_newopt import _ours, _params, _reference, case, schedule
+from test_crosscheck_newopt import (
+    _ours,
+    _params,
+    _reference,
+    assert_complex_trajectories_close,
+    assert_state_dtypes_and_structure_preserved,
+    case,
+    schedule,
+)
 
 import gradchain as gc
 
@@ -182,25 +190,12 @@ COMPLEX = [p for p in MATRIX if p.values[0].complex]
 
 @pytest.mark.parametrize("c", COMPLEX)
 def test_matches_optax_on_complex_params(c):
-    params = _params(c, True)
-    ours, ref = _ours(c, True)[0], _reference(c, True)
-    for k, (a, b) in enumerate(zip(ours, ref)):
-        for path, x, y in zip(
-            jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(a), jax.tree.leaves(b)
-        ):
-            np.testing.assert_allclose(
-                x, y, rtol=1e-5, atol=1e-6, err_msg=f"{c.id} step {k + 1} at {path[0]}"
-            )
+    assert_complex_trajectories_close(c, rtol=1e-5)
 
 
 @pytest.mark.parametrize("c", MATRIX)
 def test_state_dtypes_and_structure_are_preserved(c):
-    params = _params(c)
-    state0 = gc.with_float32_state(c.ours()).init(params)
-    _, state = _ours(c)
-    dtypes = lambda tree: jax.tree.map(lambda x: jnp.asarray(x).dtype, tree)
-    assert jax.tree.structure(state) == jax.tree.structure(state0)
-    assert dtypes(state) == dtypes(state0)
+    assert_state_dtypes_and_structure_preserved(c)
 
 
 def test_layerwise_dog_keeps_a_scalar_leafs_shape():

@@ -99,6 +99,7 @@ NEW_OPTIMIZERS = [
     "cautious_lion",
     "mars",
     "soap",
+    "kron",
     "acprop",
     "cocob",
     "dog",
@@ -108,6 +109,7 @@ NEW_OPTIMIZERS = [
     "momo_adam",
     "mechanize",
     "sam",
+    "dpsgd",
 ]
 
 
@@ -134,3 +136,10 @@ def test_sam_and_momo_train_in_the_demo(tmp_path):
     assert [r["optimizer"] for r in rows] == ["sam", "momo"]
     for row in rows:
         assert row["final_held_out_loss"] < row["initial_held_out_loss"], row
+
+
+def test_dpsgd_gets_per_sequence_gradients_and_trains(tmp_path):
+    args = ["--steps", "8", "--model", "tiny", "--no-parity", "--optimizers", "dpsgd"]
+    assert main(args + ["--out", str(tmp_path)]) == 0
+    (row,) = json.loads((tmp_path / "summary.json").read_text())["results"]
+    assert row["final_held_out_loss"] < row["initial_held_out_loss"]

@@ -39,7 +39,9 @@ def _compiles_per_step(entry, dtype) -> list[int]:
     for k in range(STEPS):
         grads = random_tree(struct, k + 1)
         before = len(_COMPILES)
-        updates, state = tx.update(grads, state, params, **entry.extra_args(params))
+        updates, state = tx.update(
+            entry.updates_arg(grads), state, params, **entry.extra_args(params)
+        )
         jax.block_until_ready((updates, state))
         counts.append(len(_COMPILES) - before)
     return counts

@@ -37,7 +37,7 @@ def test_low_precision_params_get_no_low_precision_state_with_float32_state(entr
     params = entry.params_arg(_params(entry, dtype))
     state = tx.init(params)
     grads = _params(entry, dtype)
-    _, state = tx.update(grads, state, params, **entry.extra_args(params))
+    _, state = tx.update(entry.updates_arg(grads), state, params, **entry.extra_args(params))
     for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
         path = jax.tree_util.keystr(path)
         if any(f".{name}" in path for name in entry.param_copies):

@@ -1,5 +1,7 @@
 """Muon: optax's numbers by default, the reference's momentum on request, AdamW for non-matrices."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -180,11 +182,12 @@ def test_labelled_muon_gives_embeddings_and_heads_adamw_moments():
     default = gc.muon(0.02).init(params)
     labelled = gc.muon(0.02, param_labels=gc.muon_labels).init(params)
     # optax's default puts the 2-D embedding and head in the Muon group; the labels move them.
-    assert default.muon.scale_by_muon.mu["lm_head"]["kernel"] is not None
-    assert labelled.muon.scale_by_muon.mu["lm_head"]["kernel"] is None
-    assert labelled.adam.scale_by_adam.nu["lm_head"]["kernel"].shape == (4, 11)
-    assert labelled.adam.scale_by_adam.nu["embed"]["embedding"].shape == (11, 4)
-    assert labelled.muon.scale_by_muon.mu["layer_0"]["mlp"]["kernel"].shape == (4, 8)
+    # Each group keeps MaskedNode() on the other group's leaves, as optax's partition does.
+    assert default["muon"].scale_by_muon.mu["lm_head"]["kernel"].shape == (4, 11)
+    assert isinstance(labelled["muon"].scale_by_muon.mu["lm_head"]["kernel"], gc.MaskedNode)
+    assert labelled["adam"].scale_by_adam.nu["lm_head"]["kernel"].shape == (4, 11)
+    assert labelled["adam"].scale_by_adam.nu["embed"]["embedding"].shape == (11, 4)
+    assert labelled["muon"].scale_by_muon.mu["layer_0"]["mlp"]["kernel"].shape == (4, 8)
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])
@@ -209,7 +212,8 @@ def test_labelled_muon_gives_embeddings_and_heads_adamw_moments():
         (
             lambda: gc.muon(0.1, param_labels={"w": "sgd"}),
             {"w": jnp.ones((3, 2))},
-            r"muon: parameter \['w'\] has label 'sgd'; the labels are \['muon', 'adam'\]",
+            r"muon: the parameter \['w'\] has the label 'sgd', which has no transformation "
+            r"\(labels with one: \['muon', 'adam'\]\)",
         ),
     ],
     ids=[
@@ -294,4 +298,25 @@ def test_bfloat16_updates_keep_their_dtype_and_the_momentum_dtype_is_the_policy(
     updates, state = jax.jit(tx.update)({"w": jnp.eye(4, 6, dtype=jnp.bfloat16)}, state, params)
     assert updates["w"].dtype == jnp.bfloat16
     want = jnp.float32 if float32_state else jnp.bfloat16
-    assert state.muon.scale_by_muon.mu["w"].dtype == want
+    assert state["muon"].scale_by_muon.mu["w"].dtype == want
+
+
+def test_state_is_optax_muon_state_and_its_coefficients_drive_the_iteration():
+    params = {"w": PARAMS["matrix"]}
+    grads = [{"w": g["matrix"]} for g in GRADS[:3]]
+    dion = gc.scale_by_muon(ns_coeffs="dion")
+    state = gc.scale_by_muon().init(params)
+    assert isinstance(state, gc.MuonState) and state.ns_coeffs.shape == (3,)
+    np.testing.assert_array_equal(
+        state.ns_coeffs, optax.contrib.scale_by_muon().init(params).ns_coeffs
+    )
+    assert dion.init(params).ns_coeffs.shape == (5, 3)
+    # The update reads ns_coeffs from the state, as optax's: the quintic transformation given
+    # the Dion rows in its state computes what the Dion transformation computes.
+    swapped = dataclasses.replace(state, ns_coeffs=dion.init(params).ns_coeffs)
+    quintic_step = jax.jit(gc.scale_by_muon().update)
+    dion_step, dion_state = jax.jit(dion.update), dion.init(params)
+    for g in grads:
+        got, swapped = quintic_step(g, swapped)
+        want, dion_state = dion_step(g, dion_state)
+        assert_trees_close(got, want, what="updates", rtol=0, atol=0)

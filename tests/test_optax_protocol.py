@@ -87,6 +87,32 @@ def test_a_chain_state_is_a_tuple_indexed_by_position():
     assert set(optax.ScaleByAdamState._fields) <= set(vars(state[1][0]))
 
 
+def test_a_state_indexes_by_position_over_optax_fields_as_optax_namedtuple():
+    params = {"w": jnp.ones((3, 2))}
+    ours = gc.with_live_hyperparams(gc.scale_by_adam()).init(params)
+    theirs = optax.scale_by_adam().init(params)
+    assert ours.hyperparams is not None  # an extra: it takes no position
+    for i, name in enumerate(optax.ScaleByAdamState._fields):
+        assert ours[i] is getattr(ours, name)
+        assert jax.tree.structure(ours[i]) == jax.tree.structure(theirs[i])
+    with pytest.raises(IndexError):
+        ours[len(optax.ScaleByAdamState._fields)]
+
+
+def test_a_partition_state_indexes_by_position_and_by_label():
+    params = {"w": jnp.ones((3, 2)), "b": jnp.ones(2)}
+    labels = {"w": "a", "b": "s"}
+    state = gc.partition({"a": gc.adam(0.1), "s": gc.sgd(0.1)}, labels).init(params)
+    ref = optax.partition({"a": optax.adam(0.1), "s": optax.sgd(0.1)}, labels).init(params)
+    # optax's path to Adam's mu: PartitionState -> inner_states -> MaskedState -> chain -> mu.
+    assert state[0]["a"][0][0][1]["w"].shape == ref[0]["a"][0][0][1]["w"].shape
+    assert isinstance(state[0]["a"][0][0][1]["b"], gc.MaskedNode)
+    assert state["a"] is state.inner_states["a"].inner_state
+    # An integer label is a label first.
+    by_int = gc.partition({0: gc.adam(0.1), 1: gc.sgd(0.1)}, {"w": 0, "b": 1}).init(params)
+    assert by_int[0] is by_int.inner_states[0].inner_state
+
+
 @pytest.mark.parametrize(
     "name", ["scale", "clip", "clip_by_global_norm", "clip_by_block_rms", "add_decayed_weights"]
 )

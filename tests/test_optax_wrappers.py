@@ -421,3 +421,118 @@ def test_microbatch_names_an_indivisible_batch_and_returns_fun_for_none():
     with pytest.raises(ValueError, match="microbatch_size must be"):
         gc.microbatch(jnp.sum, 0, 0)
     assert gc.microbatch(jnp.sum, 0, None) is jnp.sum
+
+
+def test_the_microbatching_namespace_has_optaxs_public_names():
+    optax_names = {n for n in dir(optax.microbatching) if not n.startswith("_")}
+    assert optax_names <= {n for n in dir(gc.microbatching) if not n.startswith("_")}
+    for name in ("micro_grad", "micro_vmap", "microbatch", "reshape_batch_axis"):
+        assert getattr(gc.microbatching, name).__module__.startswith("gradchain")
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_reshape_batch_axis_matches_optax(axis):
+    x = {"a": jnp.moveaxis(jnp.arange(12 * 2 * 3.0).reshape(12, 2, 3), 0, axis)}
+    ours = gc.microbatching.reshape_batch_axis(x, 4, axis)
+    theirs = optax.microbatching.reshape_batch_axis(x, 4, axis)
+    assert ours["a"].shape == theirs["a"].shape
+    np.testing.assert_array_equal(ours["a"], theirs["a"])
+
+
+def _row_fn(w, x, scale=1.0):
+    return {"dot": scale * jnp.dot(x, w), "sq": x**2}
+
+
+@pytest.mark.parametrize("size", [None, 1, 2, 4])
+@pytest.mark.parametrize("acc", ["CONCAT", "SUM", "MEAN"])
+def test_micro_vmap_matches_optax_and_jax_vmap(size, acc):
+    rng = np.random.default_rng(5)
+    w = jnp.asarray(rng.standard_normal(3), jnp.float32)
+    x = jnp.asarray(rng.standard_normal((8, 3)), jnp.float32)
+    scale = jnp.linspace(0.5, 2.0, 8)
+    ours = jax.jit(
+        gc.microbatching.micro_vmap(_row_fn, (None, 0), microbatch_size=size, accumulator=MB[acc])
+    )(w, x, scale=scale)
+    theirs = optax.microbatching.micro_vmap(
+        _row_fn, (None, 0), microbatch_size=size, accumulator=MB[acc]
+    )(w, x, scale=scale)
+    rows = jax.vmap(_row_fn, (None, 0))(w, x, scale=scale)
+    reduce = {"CONCAT": lambda r: r, "SUM": lambda r: r.sum(0), "MEAN": lambda r: r.mean(0)}[acc]
+    for key in rows:
+        np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(ours[key], reduce(rows[key]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(NotImplementedError, match="out_axes"):
+        gc.microbatching.micro_vmap(_row_fn, out_axes=1)
+
+
+def _mse(params, x, y):
+    return 0.5 * jnp.mean((x @ params["w"] + params["b"] - y) ** 2)
+
+
+def _clip_to_unit(g):
+    norm = jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(g)))
+    return jax.tree.map(lambda x: x * jnp.minimum(1.0, 1.0 / norm), g)
+
+
+@pytest.mark.parametrize("size", [None, 2, 4])
+@pytest.mark.parametrize("keep_batch_dim", [True, False])
+def test_micro_grad_matches_optax_and_per_example_gradients(size, keep_batch_dim):
+    rng = np.random.default_rng(6)
+    params = {"w": jnp.asarray(rng.standard_normal(3), jnp.float32), "b": jnp.zeros(())}
+    x = jnp.asarray(rng.standard_normal((8, 3)), jnp.float32)
+    y = jnp.asarray(3 * rng.standard_normal(8), jnp.float32)
+    kwargs = dict(
+        batch_argnums=(1, 2),
+        keep_batch_dim=keep_batch_dim,
+        microbatch_size=size,
+        accumulator=MB.MEAN,
+        transform_fn=_clip_to_unit,
+        metrics_fn=lambda g: jnp.sqrt(sum(jnp.sum(a**2) for a in jax.tree.leaves(g))),
+    )
+    loss = _mse if keep_batch_dim else (lambda p, xi, yi: _mse(p, xi[None], yi[None]))
+    ours, ours_aux = jax.jit(gc.microbatching.micro_grad(loss, **kwargs))(params, x, y)
+    theirs, theirs_aux = optax.microbatching.micro_grad(loss, **kwargs)(params, x, y)
+    # Independently: every example's gradient by vmap, clipped to norm 1, averaged.
+    one = jax.grad(lambda p, xi, yi: _mse(p, xi[None], yi[None]))
+    per_example = jax.vmap(one, (None, 0, 0))(params, x, y)
+    norms = jnp.sqrt(sum(jnp.sum(a.reshape(8, -1) ** 2, 1) for a in jax.tree.leaves(per_example)))
+    expected = jax.tree.map(
+        lambda a: jnp.mean(
+            a * jnp.minimum(1.0, 1.0 / norms).reshape((8,) + (1,) * (a.ndim - 1)), 0
+        ),
+        per_example,
+    )
+    for key in params:
+        np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(ours[key], expected[key], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours_aux.metrics, norms, rtol=1e-5)
+    np.testing.assert_allclose(ours_aux.values, theirs_aux.values, rtol=1e-6)
+    assert type(ours_aux).__name__ == "Aux" and ours_aux.aux is None
+
+
+def test_micro_grad_has_aux_and_early_stopping_match_optax():
+    def loss(w, x):
+        return jnp.sum((x @ w) ** 2), {"pred": x @ w}
+
+    w, x = jnp.ones(2), jnp.arange(16.0).reshape(8, 2)
+    kwargs = dict(has_aux=True, microbatch_size=2, num_real_microbatches=3)
+    ours, ours_aux = gc.microbatching.micro_grad(loss, **kwargs)(w, x)
+    theirs, theirs_aux = optax.microbatching.micro_grad(loss, **kwargs)(w, x)
+    np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(ours_aux.aux["pred"], theirs_aux.aux["pred"])
+
+
+def test_micro_vmap_per_example_gradients_feed_dpsgd():
+    # micro_vmap of the gradient is jax.vmap's per-example gradients, computed 2 rows at a time:
+    # DP-SGD's input, the same update either way.
+    params = {"w": jnp.ones(3), "b": jnp.zeros(())}
+    x, y = jnp.arange(24.0).reshape(8, 3) / 10, jnp.arange(8.0)
+    one = jax.grad(lambda p, xi, yi: _mse(p, xi[None], yi[None]))
+    tx = gc.dpsgd(0.1, 1.0, 0.5, seed=0)
+    by_vmap = jax.vmap(one, (None, 0, 0))(params, x, y)
+    by_micro = gc.microbatching.micro_vmap(one, (None, 0, 0), microbatch_size=2)(params, x, y)
+    state = tx.init(params)
+    u_vmap, _ = tx.update(by_vmap, state, params)
+    u_micro, _ = tx.update(by_micro, state, params)
+    for key in params:
+        np.testing.assert_allclose(u_micro[key], u_vmap[key], rtol=1e-6, atol=1e-7)

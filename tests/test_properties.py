@@ -87,8 +87,8 @@ def materialise(tree, seed):
 def two_steps(entry, tx, params, grads):
     p = entry.params_arg(params)
     state = tx.init(p)
-    u1, state = tx.update(grads[0], state, p, **entry.extra_args(p))
-    u2, state = tx.update(grads[1], state, p, **entry.extra_args(p))
+    u1, state = tx.update(entry.updates_arg(grads[0]), state, p, **entry.extra_args(p))
+    u2, state = tx.update(entry.updates_arg(grads[1]), state, p, **entry.extra_args(p))
     return (u1, u2), state
 
 

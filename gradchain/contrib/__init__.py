@@ -40,6 +40,12 @@ from gradchain.contrib.galore import (
     galore,
     scale_by_galore,
 )
+from gradchain.contrib.kron import (
+    ScaleByKronState,
+    kron,
+    precond_update_prob_schedule,
+    scale_by_kron,
+)
 from gradchain.contrib.learning_rate_free import (
     dadapt_adamw,
     prodigy,
@@ -56,11 +62,17 @@ from gradchain.contrib.mechanic import MechanicState, mechanize
 from gradchain.contrib.momo import MomoAdamState, MomoState, momo, momo_adam
 from gradchain.contrib.muon import (
     MuonDimensionNumbers,
+    MuonState,
     muon,
     muon_labels,
     orthogonalize_via_newton_schulz,
     scale_by_muon,
     scale_by_shape,
+)
+from gradchain.contrib.privacy import (
+    DifferentiallyPrivateAggregateState,
+    differentially_private_aggregate,
+    dpsgd,
 )
 from gradchain.contrib.reduce_on_plateau import (
     ReduceLROnPlateauState,
@@ -90,6 +102,7 @@ from gradchain.contrib.sophia import (
 __all__ = [
     "COCOBState",
     "CautiousState",
+    "DifferentiallyPrivateAggregateState",
     "DoGState",
     "DoWGState",
     "GaLoreDimensionNumbers",
@@ -100,11 +113,13 @@ __all__ = [
     "MomoAdamState",
     "MomoState",
     "MuonDimensionNumbers",
+    "MuonState",
     "NormalizeState",
     "ReduceLROnPlateauState",
     "SAMState",
     "ScaleByAdemamixState",
     "ScaleByDistanceOverGradientsState",
+    "ScaleByKronState",
     "ScaleByMarsState",
     "ScaleBySimplifiedAdEMAMixState",
     "ScaleBySoapState",
@@ -118,11 +133,14 @@ __all__ = [
     "cautious_lion",
     "cocob",
     "dadapt_adamw",
+    "differentially_private_aggregate",
     "dog",
     "dowg",
+    "dpsgd",
     "galore",
     "gauss_newton_bartlett_estimator_diag_hessian",
     "hutchinson_estimator_diag_hessian",
+    "kron",
     "madgrad",
     "mars",
     "mechanize",
@@ -132,6 +150,7 @@ __all__ = [
     "muon_labels",
     "normalize",
     "orthogonalize_via_newton_schulz",
+    "precond_update_prob_schedule",
     "prodigy",
     "reduce_on_plateau",
     "sam",
@@ -144,6 +163,7 @@ __all__ = [
     "scale_by_dog",
     "scale_by_dowg",
     "scale_by_galore",
+    "scale_by_kron",
     "scale_by_madgrad",
     "scale_by_mars",
     "scale_by_muon",

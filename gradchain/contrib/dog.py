@@ -30,7 +30,7 @@ from gradchain.core.base import (
     transformation,
     tree_map_multi,
 )
-from gradchain.core.numerics import compute_dtype
+from gradchain.core.numerics import compute_dtype, leaf_kernel
 from gradchain.transforms.decay import add_decayed_weights
 from gradchain.transforms.scaling import scale_by_learning_rate
 
@@ -63,26 +63,41 @@ def _scalar_dtype(params) -> jnp.dtype:
     return _real_dtype(lowest)
 
 
+@leaf_kernel("dtype")
+def _leaf_sq_norm(x, dtype):
+    x = x.astype(compute_dtype(x.dtype))
+    return jnp.sum(jnp.square(x.real) + jnp.square(jnp.imag(x))).astype(dtype)
+
+
+@leaf_kernel("dtype")
+def _leaf_sq_distance(p, p0, dtype):
+    dt = compute_dtype(p.dtype)
+    return _leaf_sq_norm(p.astype(dt) - p0.astype(dt), dtype)
+
+
+@leaf_kernel()
+def _scale_leaf(g, lr):
+    return (lr.astype(compute_dtype(g.dtype)) * g).astype(g.dtype)
+
+
 def _sq_norm(tree, dtype) -> jax.Array:
     r""":math:`\sum |x|^2` over every entry of ``tree``, accumulated in ``dtype``."""
     total = jnp.zeros((), dtype)
     for x in jax.tree.leaves(tree):
-        x = x.astype(compute_dtype(x.dtype))
-        total = total + jnp.sum(jnp.square(x.real) + jnp.square(jnp.imag(x))).astype(dtype)
+        total = total + _leaf_sq_norm(x, dtype=jnp.dtype(dtype))
     return total
 
 
 def _sq_distance(params, init_params, dtype) -> jax.Array:
-    diff = jax.tree.map(
-        lambda p, p0: p.astype(compute_dtype(p.dtype)) - p0.astype(compute_dtype(p.dtype)),
-        params,
-        init_params,
-    )
-    return _sq_norm(diff, dtype)
+    r""":math:`\|x - x_0\|^2`, each leaf's difference taken in its float32-or-better dtype."""
+    total = jnp.zeros((), dtype)
+    for p, p0 in zip(jax.tree.leaves(params), jax.tree.leaves(init_params)):
+        total = total + _leaf_sq_distance(p, p0, dtype=jnp.dtype(dtype))
+    return total
 
 
 def _scaled(updates, lr):
-    return jax.tree.map(lambda g: (lr.astype(compute_dtype(g.dtype)) * g).astype(g.dtype), updates)
+    return jax.tree.map(lambda g: _scale_leaf(g, lr), updates)
 
 
 def _copy_initial(name):
@@ -199,6 +214,15 @@ class ScaleByDoG(GradientTransformation):
 scale_by_dog = ScaleByDoG
 
 
+def _decayed_chain(weight_decay, mask, core: GradientTransformation, learning_rate) -> Parts:
+    """optax's DoG/DoWG chain: the coupled decay (left out when None), the step, the rate."""
+    return (
+        identity() if weight_decay is None else add_decayed_weights(weight_decay, mask),
+        core,
+        scale_by_learning_rate(learning_rate),
+    )
+
+
 @named_optimizer
 def dog(
     learning_rate: ScalarOrSchedule = 1.0,
@@ -212,11 +236,7 @@ def dog(
     see :func:`scale_by_dog`. The decay is a coupled L2 penalty (it enters :math:`G`). Same
     arguments and defaults as ``optax.contrib.dog``.
     """
-    return (
-        identity() if weight_decay is None else add_decayed_weights(weight_decay, mask),
-        scale_by_dog(init_step, eps),
-        scale_by_learning_rate(learning_rate),
-    )
+    return _decayed_chain(weight_decay, mask, scale_by_dog(init_step, eps), learning_rate)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,11 +339,7 @@ def dowg(
     ``weight_decay`` is None; see :func:`scale_by_dowg`. Same arguments and defaults as
     ``optax.contrib.dowg``.
     """
-    return (
-        identity() if weight_decay is None else add_decayed_weights(weight_decay, mask),
-        scale_by_dowg(init_estim_sq_dist, eps),
-        scale_by_learning_rate(learning_rate),
-    )
+    return _decayed_chain(weight_decay, mask, scale_by_dowg(init_estim_sq_dist, eps), learning_rate)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from gradchain.core.numerics import (
     compute_dtype,
     count_power,
     init_count,
+    leaf_kernel,
     moments_like,
     safe_increment,
 )
@@ -50,11 +51,16 @@ def _scalar_dtype(params) -> jnp.dtype:
     return compute_dtype(min(dtypes, key=lambda d: jnp.finfo(d).bits))
 
 
+@leaf_kernel("dtype")
+def _leaf_vdot(x, y, dtype):
+    dt = jnp.promote_types(compute_dtype(x.dtype), compute_dtype(y.dtype))
+    return jnp.sum(x.astype(dt) * y.astype(dt)).astype(dtype)
+
+
 def _vdot(tree_x, tree_y, dtype) -> jax.Array:
     total = jnp.zeros((), dtype)
     for x, y in zip(jax.tree.leaves(tree_x), jax.tree.leaves(tree_y)):
-        dt = jnp.promote_types(compute_dtype(x.dtype), compute_dtype(y.dtype))
-        total = total + jnp.sum(x.astype(dt) * y.astype(dt)).astype(dtype)
+        total = total + _leaf_vdot(x, y, dtype=jnp.dtype(dtype))
     return total
 
 
@@ -70,6 +76,29 @@ def _check_common(tx) -> None:
     check_number("lower_bound", tx.lower_bound)
     check_number("weight_decay", tx.weight_decay, low=0.0)
     check_bool("adapt_lower_bound", tx.adapt_lower_bound)
+
+
+def _model_init(tx, params) -> dict:
+    """The state fields both MoMo variants share: the model's scalars, count and hyperparams."""
+    check_floating(params, tx.name)
+    dtype = _scalar_dtype(params)
+    hp = tx.init_hyperparams()
+    return dict(
+        barf=jnp.zeros((), dtype),
+        gamma=jnp.zeros((), dtype),
+        lb=hp["lower_bound"].astype(dtype),
+        count=init_count(),
+        hyperparams=hp,
+    )
+
+
+def _model_inputs(tx, updates, state, params, value):
+    """Checks a MoMo step's inputs; its hyperparameters and the dtype of its scalars."""
+    require_params(params, tx.name)
+    _require_value(value, tx.name)
+    check_tree_match(updates, state.exp_avg, "updates", "state.exp_avg")
+    check_params_match(updates, params)
+    return tx.current_hyperparams(state), state.barf.dtype
 
 
 def _polyak_step(tx, hp, barf, gamma, iprod, slope_sq, lb, bc1):
@@ -156,44 +185,20 @@ class Momo(GradientTransformation):
         check_number("beta", self.beta, low=0.0, high=1.0, high_open=True)
 
     def init(self, params):
-        check_floating(params, self.name)
-        dtype = _scalar_dtype(params)
-        hp = self.init_hyperparams()
-        return MomoState(
-            exp_avg=moments_like(params),
-            barf=jnp.zeros((), dtype),
-            gamma=jnp.zeros((), dtype),
-            lb=hp["lower_bound"].astype(dtype),
-            count=init_count(),
-            hyperparams=hp,
-        )
+        return MomoState(exp_avg=moments_like(params), **_model_init(self, params))
 
     def update(self, updates, state, params=None, *, value=None, **extra_args):
-        require_params(params, self.name)
-        _require_value(value, self.name)
-        check_tree_match(updates, state.exp_avg, "updates", "state.exp_avg")
-        check_params_match(updates, params)
-        hp = self.current_hyperparams(state)
-        dtype = state.barf.dtype
+        hp, dtype = _model_inputs(self, updates, state, params, value)
         bt = jnp.where(state.count == 0, 0.0, hp["beta"]).astype(dtype)
         barf = bt * state.barf + (1 - bt) * jnp.asarray(value).astype(dtype)
-        exp_avg = jax.tree.map(
-            lambda d, g: bt.astype(d.dtype) * d + (1 - bt).astype(d.dtype) * g.astype(d.dtype),
-            state.exp_avg,
-            updates,
-        )
+        exp_avg = jax.tree.map(lambda d, g: _momo_ema(d, g, bt), state.exp_avg, updates)
         gamma = bt * state.gamma + (1 - bt) * _vdot(updates, params, dtype)
         slope_sq = _vdot(exp_avg, exp_avg, dtype)
         iprod = _vdot(exp_avg, params, dtype)
         tau, decay, lb = _polyak_step(
             self, hp, barf, gamma, iprod, slope_sq, state.lb, jnp.ones((), dtype)
         )
-        out = jax.tree.map(
-            lambda d, p, g: _decayed_step(p, decay, tau, d).astype(g.dtype),
-            exp_avg,
-            params,
-            updates,
-        )
+        out = _decayed_steps(exp_avg, params, updates, decay, tau)
         return out, MomoState(
             exp_avg=cast_like(exp_avg, state.exp_avg),
             barf=barf,
@@ -204,12 +209,25 @@ class Momo(GradientTransformation):
         )
 
 
-def _decayed_step(p, decay, tau, direction):
-    dt = direction.dtype
-    return -decay.astype(dt) * p.astype(dt) - tau.astype(dt) * direction
+@leaf_kernel()
+def _decayed_leaf(d, p, g, decay, tau):
+    dt = d.dtype
+    return (-decay.astype(dt) * p.astype(dt) - tau.astype(dt) * d).astype(g.dtype)
+
+
+def _decayed_steps(directions, params, updates, decay, tau):
+    r"""Per leaf :math:`-\frac{\alpha\lambda}{1+\alpha\lambda} x - \tau d`, in the updates' dtypes."""
+    return jax.tree.map(
+        lambda d, p, g: _decayed_leaf(d, p, g, decay, tau), directions, params, updates
+    )
 
 
 momo = Momo
+
+
+@leaf_kernel()
+def _momo_ema(d, g, bt):
+    return bt.astype(d.dtype) * d + (1 - bt).astype(d.dtype) * g.astype(d.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,52 +295,34 @@ class MomoAdam(GradientTransformation):
         check_number("eps", self.eps, low=0.0)
 
     def init(self, params):
-        check_floating(params, self.name)
-        dtype = _scalar_dtype(params)
-        hp = self.init_hyperparams()
         return MomoAdamState(
             exp_avg=moments_like(params),
             exp_avg_sq=moments_like(params),
-            barf=jnp.zeros((), dtype),
-            gamma=jnp.zeros((), dtype),
-            lb=hp["lower_bound"].astype(dtype),
-            count=init_count(),
-            hyperparams=hp,
+            **_model_init(self, params),
         )
 
     def update(self, updates, state, params=None, *, value=None, **extra_args):
-        require_params(params, self.name)
-        _require_value(value, self.name)
-        check_tree_match(updates, state.exp_avg, "updates", "state.exp_avg")
-        check_params_match(updates, params)
-        hp = self.current_hyperparams(state)
-        dtype = state.barf.dtype
+        hp, dtype = _model_inputs(self, updates, state, params, value)
         b1, b2 = hp["b1"].astype(dtype), hp["b2"].astype(dtype)
         c1, c2 = self.complement("b1", hp).astype(dtype), self.complement("b2", hp).astype(dtype)
         t = safe_increment(state.count)
         barf = b1 * state.barf + c1 * jnp.asarray(value).astype(dtype)
 
-        def moments(g, m, v):
-            dt = m.dtype
-            g = g.astype(dt)
-            return b1.astype(dt) * m + c1.astype(dt) * g, b2.astype(dt) * v + c2.astype(dt) * g * g
-
-        exp_avg, exp_avg_sq = tree_map_multi(moments, 2, updates, state.exp_avg, state.exp_avg_sq)
         bc2 = (1 - count_power(hp["b2"], t)).astype(dtype)
         eps = hp["eps"].astype(dtype)
-        precond = jax.tree.map(lambda v: eps.astype(v.dtype) + jnp.sqrt(v / bc2), exp_avg_sq)
-        direction = jax.tree.map(lambda m, d: m / d, exp_avg, precond)
+        exp_avg, exp_avg_sq, direction = tree_map_multi(
+            lambda g, m, v: _momo_adam_leaf(g, m, v, b1, c1, b2, c2, eps, bc2),
+            3,
+            updates,
+            state.exp_avg,
+            state.exp_avg_sq,
+        )
         slope_sq = _vdot(exp_avg, direction, dtype)
         gamma = b1 * state.gamma + c1 * _vdot(updates, params, dtype)
         iprod = _vdot(exp_avg, params, dtype)
         bc1 = (1 - count_power(hp["b1"], t)).astype(dtype)
         tau, decay, lb = _polyak_step(self, hp, barf, gamma, iprod, slope_sq, state.lb, bc1)
-        out = jax.tree.map(
-            lambda d, p, g: _decayed_step(p, decay, tau, d).astype(g.dtype),
-            direction,
-            params,
-            updates,
-        )
+        out = _decayed_steps(direction, params, updates, decay, tau)
         return out, dataclasses.replace(
             state,
             exp_avg=cast_like(exp_avg, state.exp_avg),
@@ -336,3 +336,13 @@ class MomoAdam(GradientTransformation):
 
 
 momo_adam = MomoAdam
+
+
+@leaf_kernel()
+def _momo_adam_leaf(g, m, v, b1, c1, b2, c2, eps, bc2):
+    r"""Adam's moments and the preconditioned direction :math:`m / (\epsilon + \sqrt{v/bc_2})`."""
+    dt = m.dtype
+    g = g.astype(dt)
+    m = b1.astype(dt) * m + c1.astype(dt) * g
+    v = b2.astype(dt) * v + c2.astype(dt) * g * g
+    return m, v, m / (eps.astype(v.dtype) + jnp.sqrt(v / bc2))

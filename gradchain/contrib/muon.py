@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, cast
 
 import jax
@@ -20,16 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from gradchain.core.base import (
-    Chain,
-    ChainState,
     EmptyState,
     GradientTransformation,
     MaskOrFn,
     Params,
     PyTree,
     ScalarOrSchedule,
-    _call_update,
-    _field_equal,
     _short_repr,
     chain,
     check_bools,
@@ -37,7 +33,6 @@ from gradchain.core.base import (
     check_floating,
     check_int,
     check_number,
-    check_params_match,
     check_tree_match,
     state_class,
     transformation,
@@ -54,11 +49,13 @@ from gradchain.core.numerics import (
     zeros_like_param,
 )
 from gradchain.optimizers.alias import _argument_names, adamw
+from gradchain.transforms.combinators import Partition
 from gradchain.transforms.decay import add_decoupled_weight_decay
 from gradchain.transforms.scaling import scale_by_learning_rate
 
 __all__ = [
     "MuonDimensionNumbers",
+    "MuonState",
     "muon",
     "muon_labels",
     "orthogonalize_via_newton_schulz",
@@ -251,13 +248,35 @@ def _leaf_dims(tree, weight_dimension_numbers, transform_name):
 
 
 @state_class(extras=("hyperparams",))
-class ScaleByMuonState:
-    """``count``: updates done; ``mu``: the momentum buffer; ``hyperparams``: beta and eps as used
-    by the latest update."""
+class MuonState:
+    """optax's ``MuonState``: ``count``: updates done; ``mu``: the momentum buffer;
+    ``ns_coeffs``: the Newton-Schulz coefficients, ``(3,)`` or one row per step ``(n, 3)``.
+    Extra (see :mod:`gradchain.core.base`): ``hyperparams``, beta and eps as used by the latest
+    update."""
 
     count: jax.Array
     mu: Any
+    ns_coeffs: jax.Array
     hyperparams: dict | None
+
+
+def _state_coefficients(ns_coeffs, ns_steps: int) -> jax.Array:
+    """The coefficients as optax keeps them in :class:`MuonState`: the ``(3,)`` row given, or
+    the last ``ns_steps`` of the per-step rows (all of them, as validation allows no more)."""
+    if isinstance(ns_coeffs, str):
+        ns_coeffs = _NS_PRESETS[ns_coeffs]
+    coeffs = jnp.asarray(ns_coeffs)
+    if not jnp.issubdtype(coeffs.dtype, jnp.inexact):
+        coeffs = coeffs.astype(jnp.result_type(float))
+    return coeffs if coeffs.ndim == 1 else coeffs[-ns_steps:]
+
+
+def _state_rows(coeffs: jax.Array, ns_steps: int, dtype) -> list[tuple[Any, Any, Any]]:
+    """One ``(a, b, c)`` row per Newton-Schulz step from the state's coefficients, in ``dtype``
+    (as optax casts them to the iteration's dtype)."""
+    coeffs = coeffs.astype(dtype)
+    rows = [coeffs] * ns_steps if coeffs.ndim == 1 else list(coeffs)
+    return [(r[0], r[1], r[2]) for r in rows]
 
 
 @transformation("scale_by_muon", hyperparams=("beta", "eps"))
@@ -306,6 +325,9 @@ class ScaleByMuon(GradientTransformation):
     Complex parameters are supported as in optax: the iteration uses the Hermitian Gram matrix
     :math:`XX^H` and ``adaptive`` the inner product :math:`\langle \hat m, u\rangle =
     \sum \bar{\hat m}\, u`.
+
+    State: optax's :class:`MuonState` ``(count, mu, ns_coeffs)``; the update reads the
+    coefficients from the state, as optax does, so a state restored from optax runs with its own.
     """
 
     complex_params = True
@@ -343,14 +365,18 @@ class ScaleByMuon(GradientTransformation):
         mu = jax.tree.map(
             lambda p: zeros_like_param(p, state_dtype(p.dtype, self.mu_dtype)), params
         )
-        return ScaleByMuonState(count=init_count(), mu=mu, hyperparams=self.init_hyperparams())
+        return MuonState(
+            count=init_count(),
+            mu=mu,
+            ns_coeffs=_state_coefficients(self.ns_coeffs, self.ns_steps),
+            hyperparams=self.init_hyperparams(),
+        )
 
     def update(self, updates, state, params=None, **extra_args):
         check_tree_match(updates, state.mu, "updates", "state.mu")
         hp = self.current_hyperparams(state)
         beta, eps = hp["beta"], hp["eps"]
         t = safe_increment(state.count)
-        rows = _coefficient_rows(self.ns_coeffs, self.ns_steps)
         leaves, treedef = jax.tree.flatten(updates, is_leaf=lambda x: x is None)
         mus = treedef.flatten_up_to(state.mu)
         views = _leaf_dims(updates, self.weight_dimension_numbers, self.name)
@@ -368,6 +394,7 @@ class ScaleByMuon(GradientTransformation):
             else:
                 m_hat = m
             ns_dt = dt if self.ns_dtype is None else jnp.dtype(self.ns_dtype)
+            rows = _state_rows(state.ns_coeffs, self.ns_steps, ns_dt)
             o = _orthogonalize(m_hat, view, rows, eps.astype(ns_dt), self.preconditioning, ns_dt)
             o = o.astype(dt)
             if self.adaptive:
@@ -384,8 +411,8 @@ class ScaleByMuon(GradientTransformation):
             o, m_new = step(g, m, view)
             out.append(o)
             new_mu.append(m_new.astype(m.dtype))
-        return treedef.unflatten(out), ScaleByMuonState(
-            count=t, mu=treedef.unflatten(new_mu), hyperparams=hp
+        return treedef.unflatten(out), MuonState(
+            count=t, mu=treedef.unflatten(new_mu), ns_coeffs=state.ns_coeffs, hyperparams=hp
         )
 
 
@@ -517,85 +544,26 @@ class _DefaultLabels:
 # Routing leaves to groups
 
 
-class _LabelledGroups(Chain):
-    """Sends each leaf to the transformation of its label; the state is a :class:`ChainState`
-    with one entry per label (``state.muon``, ``state.adam``).
+@transformation("muon")
+class Muon(Partition):
+    """:func:`muon`'s transformation: optax's ``partition`` of the ``"muon"`` and ``"adam"``
+    groups, which also records the arguments :func:`muon` was called with (``config``), so that
+    ``repr`` shows them and ``tx.learning_rate`` reads them back."""
 
-    Each group sees the whole tree with the other groups' leaves replaced by None.
-    """
+    config: Mapping = dataclasses.field(default_factory=dict, kw_only=True)
 
-    def __init__(self, groups: dict, labels, name: str, config: dict):
-        super().__init__(*groups.values(), name=name, config=config)
-        object.__setattr__(self, "group_names", tuple(groups))
-        object.__setattr__(self, "labels", labels)
-
-    def _resolve(self, tree):
-        labels = self.labels(tree) if callable(self.labels) else self.labels
-        leaves, treedef = jax.tree.flatten(tree, is_leaf=lambda x: x is None)
-        try:
-            label_leaves = entries_per_leaf(labels, tree, lambda x: x is None)
-        except ValueError as e:
-            raise ValueError(f"{self.name}: param_labels: {e}") from None
-        paths = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: x is None)[0]
-        for (path, leaf), lab in zip(paths, label_leaves):
-            if leaf is not None and lab not in self.group_names:
-                raise ValueError(
-                    f"{self.name}: parameter {jax.tree_util.keystr(path) or '<root>'} has label "
-                    f"{lab!r}; the labels are {list(self.group_names)}"
-                )
-        return leaves, treedef, label_leaves
-
-    def _split(self, leaves, treedef, label_leaves, group):
-        return treedef.unflatten(
-            [x if lab == group else None for x, lab in zip(leaves, label_leaves)]
-        )
-
-    def init(self, params):
-        leaves, treedef, labels = self._resolve(params)
-        states = tuple(
-            t.init(self._split(leaves, treedef, labels, g))
-            for g, t in zip(self.group_names, self.transforms)
-        )
-        return ChainState(states, self.group_names)
-
-    def update(self, updates, state, params=None, **extra_args):
-        check_params_match(updates, params)
-        leaves, treedef, labels = self._resolve(updates)
-        p_leaves = None if params is None else treedef.flatten_up_to(params)
-        out = list(leaves)
-        new_states = []
-        for g, t, s in zip(self.group_names, self.transforms, state.states):
-            if g not in labels:
-                # No leaf in this group: a single-leaf tree split off would be None, which
-                # update reads as "no params".
-                new_states.append(s)
-                continue
-            sub_params = None if p_leaves is None else self._split(p_leaves, treedef, labels, g)
-            sub_updates = self._split(leaves, treedef, labels, g)
-            sub, s = _call_update(t, sub_updates, s, sub_params, extra_args)
-            for i, u in enumerate(treedef.flatten_up_to(sub)):
-                if labels[i] == g:
-                    out[i] = u
-            new_states.append(s)
-        return treedef.unflatten(out), ChainState(tuple(new_states), self.group_names)
+    def __getattr__(self, key):
+        config = self.__dict__.get("config", {})
+        if key.startswith("__") or key not in config:
+            raise AttributeError(f"muon has no attribute {key!r}")
+        return config[key]
 
     def __repr__(self):
         inner = ",\n".join(
-            f"  {g}=" + repr(t).replace("\n", "\n  ")
-            for g, t in zip(self.group_names, self.transforms)
+            f"  {label}=" + repr(t).replace("\n", "\n  ") for label, t in self.transforms.items()
         )
         args = ", ".join(f"{k}={_short_repr(v)}" for k, v in self.config.items())
         return f"{self.name}({args}) = partition(\n{inner}\n)"
-
-    def __eq__(self, other):
-        return (
-            isinstance(other, _LabelledGroups)
-            and self.group_names == other.group_names
-            and _field_equal(self.labels, other.labels)
-            and Chain.__eq__(self, other)
-        )
-
-    __hash__ = Chain.__hash__
 
 
 def muon(
@@ -621,7 +589,7 @@ def muon(
     param_labels: PyTree | Callable[[Params], PyTree] | None = None,
     bias_correction: bool = True,
     ns_dtype: Any | None = None,
-) -> Chain:
+) -> Muon:
     r"""Muon for the hidden matrices, AdamW for every other leaf.
 
     Leaves labelled ``"muon"`` get ``chain(scale_by_muon(...), scale_by_shape(...),
@@ -651,7 +619,13 @@ def muon(
     (ALGORITHMS.md §15 row 20). The reference's settings are ``learning_rate=0.02, beta=0.95,
     bias_correction=False, ns_dtype=jnp.bfloat16, eps=1e-7, param_labels=muon_labels`` with an
     auxiliary AdamW of ``adam_learning_rate=3e-4, adam_b2=0.95`` (its eps 1e-10 differs from the
-    shared ``eps``). State: ``state.muon`` and ``state.adam``, one chain state per group.
+    shared ``eps``).
+
+    State: optax's, a ``PartitionState`` whose ``inner_states`` hold each group's chain state in
+    a ``MaskedState``, with ``MaskedNode()`` on the leaves of the other group (optax's test reads
+    Muon's momentum as ``state[0]["muon"][0][0][1]``). ``state["muon"]`` is the Muon chain's
+    state, so ``state["muon"][0].mu`` is the momentum (a :class:`MuonState`) and
+    ``state["adam"][0].nu`` AdamW's second moment.
     """
     if adam_learning_rate is None:
         adam_learning_rate = learning_rate
@@ -716,7 +690,7 @@ def muon(
     labels = param_labels
     if labels is None:
         labels = _DefaultLabels(muon_weight_dimension_numbers)
-    return _LabelledGroups({"muon": muon_part, "adam": adam_part}, labels, "muon", config)
+    return Muon({"muon": muon_part, "adam": adam_part}, labels, config=config)
 
 
 # Annotations resolved, as optax's: code inspecting the signature (optax's tests pass a schedule

@@ -189,8 +189,9 @@ __all__ = [
 def state_class(cls: type[_T] | None = None, *, extras: tuple[str, ...] = ()) -> Any:
     """Makes ``cls`` a frozen dataclass registered as a pytree whose fields are its children.
 
-    States built this way are read by field name (``state.mu``), rebuilt with
-    ``dataclasses.replace`` and found by :func:`tree_get`.
+    States built this way are read by field name (``state.mu``) or, as optax's NamedTuples, by
+    the position of an optax field (``state[1]``), rebuilt with ``dataclasses.replace`` and found
+    by :func:`tree_get`.
 
     ``extras`` names the fields that are gradchain's additions to optax's state (see the module
     docstring): they are keyword-only with default None, and a field of them that is None is
@@ -236,8 +237,17 @@ def state_class(cls: type[_T] | None = None, *, extras: tuple[str, ...] = ()) ->
         _, shown = flatten_with_keys(state)
         return f"{type(state).__name__}({', '.join(f'{n}={getattr(state, n)!r}' for n in shown)})"
 
+    positional = tuple(n for n in names if n not in optional)
+
+    def __getitem__(state, index):
+        # optax's states are NamedTuples, which code written for optax indexes by position
+        # (``state[1]`` for ``mu``): the positions are optax's fields, extras come after none.
+        return tuple(getattr(state, n) for n in positional)[index]
+
     if extras:
         cls.__repr__ = __repr__  # type: ignore[method-assign]
+    if "__getitem__" not in cls.__dict__:
+        cls.__getitem__ = __getitem__  # type: ignore[attr-defined]
     jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
     cls._gradchain_state = True  # type: ignore[attr-defined]
     cls._gradchain_extras = extras  # type: ignore[attr-defined]
@@ -766,7 +776,31 @@ def hyperparam_value(value, count) -> jax.Array:
     """A hyperparameter's value at update ``count`` (0-based), as a scalar of the default float."""
     if callable(value):
         value = value(count)
+    if isinstance(value, (int, float, np.number)):
+        return _constant_array(value, _default_float())
     return jnp.asarray(value, dtype=_default_float())
+
+
+_CONSTANTS: dict[tuple[str, str, Any], jax.Array] = {}
+
+
+def _constant_array(value: float | np.number, dtype) -> jax.Array:
+    """``jnp.asarray(value, dtype)`` for a Python or numpy number, made once.
+
+    Un-jitted, a constant hyperparameter would otherwise be a new host-to-device transfer at
+    every step. A scalar array closed over by a trace is embedded in the program as the same
+    constant ``jnp.asarray`` gives there, so the cached array serves traces too. Arrays made
+    inside a trace are tracers and are not kept. The key is ``repr``, which tells -0.0 from 0.0
+    and 1 from True.
+    """
+    key = (type(value).__name__, repr(value), dtype)
+    cached = _CONSTANTS.get(key)
+    if cached is not None:
+        return cached
+    out = jnp.asarray(value, dtype=dtype)
+    if not isinstance(out, jax.core.Tracer) and len(_CONSTANTS) < 4096:
+        _CONSTANTS[key] = out
+    return out
 
 
 @functools.partial(jax.jit, inline=True, static_argnums=0)
@@ -941,13 +975,13 @@ class GradientTransformation(FieldData):
         with them at every step, so they must win over the copy made at ``init``.
         """
         count = count_of(state)
-        if count is None:
-            count = jnp.zeros((), jnp.int32)
         live = getattr(state, "hyperparams", None) if _is_state(state) else None
         out = {}
         for n in self.hyperparams:
             v = getattr(self, n)
             if callable(v):
+                if count is None:
+                    count = jnp.zeros((), jnp.int32)
                 out[n] = hyperparam_value(v, count)
             elif live is None or isinstance(v, jax.Array):
                 out[n] = hyperparam_value(v, None)

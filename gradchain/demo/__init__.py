@@ -130,7 +130,14 @@ def _train(
 
     @jax.jit
     def step(params, state, shadow_state, batch):
-        loss, grads = jax.value_and_grad(loss_fn)(params, batch, n_heads)
+        if entry.extra == "per_example":
+            # DP-SGD clips each sequence's gradient: one per sequence, by vmap; their mean is
+            # the batch gradient.
+            one = jax.value_and_grad(lambda p, seq: loss_fn(p, seq[None], n_heads))
+            losses, grads = jax.vmap(one, in_axes=(None, 0))(params, batch)
+            loss = jnp.mean(losses)
+        else:
+            loss, grads = jax.value_and_grad(loss_fn)(params, batch, n_heads)
         extra = {}
         if entry.extra == "obj_fn":
             extra["obj_fn"] = lambda p: loss_fn(p, batch, n_heads)

@@ -42,7 +42,9 @@ class Entry:
     summary: str
     build: Callable  # (steps, params) -> GradientTransformation
     requires: tuple[str, ...] = ()
-    extra: str | None = None  # "obj_fn" (Hutchinson), "value" (the loss: Polyak) or None
+    # "obj_fn" (Hutchinson), "value" (the loss: Polyak), "per_example" (one gradient per
+    # sequence, along a leading axis: DP-SGD clips each) or None
+    extra: str | None = None
     eval_params: Callable | None = None  # (state, params) -> params to evaluate
     in_default_race: bool = True  # raced without --optimizers (the default stays short)
 
@@ -338,6 +340,19 @@ ENTRIES = (
                 None,
             ),
             (
+                "kron",
+                "PSGD Kron (Kronecker-factored preconditioner fitted online, started at 30 I)",
+                lambda steps, params: _clipped(
+                    gc.kron(
+                        lr_schedule(steps),
+                        weight_decay=WEIGHT_DECAY,
+                        weight_decay_mask=decay_mask(params),
+                        preconditioner_init_scale=30.0,
+                    )
+                ),
+                None,
+            ),
+            (
                 "polyak_sgd",
                 "SGD with the Polyak step size (f* = 0)",
                 lambda steps, params: _clipped(gc.polyak_sgd(max_learning_rate=1.0)),
@@ -390,6 +405,15 @@ ENTRIES = (
                 "Mechanic around Adam (learns the scale; base lr 1, cosine)",
                 lambda steps, params: _clipped(gc.mechanize(gc.adam(lr_schedule(steps, 1.0)))),
                 None,
+            ),
+            (
+                "dpsgd",
+                "DP-SGD: each sequence's gradient clipped to norm 1, noise multiplier 0.01 (a"
+                " demonstration of the clipping's cost, not a privacy budget), momentum 0.9",
+                lambda steps, params: gc.dpsgd(
+                    lr_schedule(steps, 0.3), 1.0, 0.01, seed=0, momentum=0.9, nesterov=True
+                ),
+                "per_example",
             ),
             (
                 "sam",

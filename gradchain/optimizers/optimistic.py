@@ -26,6 +26,7 @@ from gradchain.core.numerics import (
     cast_like,
     compute_dtype,
     init_count,
+    leaf_kernel,
     moments_like,
     safe_increment,
 )
@@ -91,14 +92,14 @@ class ScaleByOptimisticGradient(GradientTransformation):
         check_tree_match(updates, state.previous_gradient, "updates", "state.previous_gradient")
         hp = self.current_hyperparams(state)
 
-        def step(g, prev):
-            dt = compute_dtype(g.dtype)
-            g32 = g.astype(dt)
-            alpha, beta = hp["alpha"].astype(dt), hp["beta"].astype(dt)
-            prev = jnp.where(state.is_initial_step, g32, prev.astype(dt))
-            return ((alpha + beta) * g32 - beta * prev).astype(g.dtype), g32
-
-        out, prev = tree_map_multi(step, 2, updates, state.previous_gradient)
+        out, prev = tree_map_multi(
+            lambda g, prev: _optimistic_leaf(
+                g, prev, state.is_initial_step, hp["alpha"], hp["beta"]
+            ),
+            2,
+            updates,
+            state.previous_gradient,
+        )
         return out, ScaleByOptimisticGradientState(
             count=safe_increment(count_of(state)),
             is_initial_step=jnp.array(False),
@@ -108,6 +109,15 @@ class ScaleByOptimisticGradient(GradientTransformation):
 
 
 scale_by_optimistic_gradient = ScaleByOptimisticGradient
+
+
+@leaf_kernel()
+def _optimistic_leaf(g, prev, is_initial, alpha, beta):
+    dt = compute_dtype(g.dtype)
+    g32 = g.astype(dt)
+    alpha, beta = alpha.astype(dt), beta.astype(dt)
+    prev = jnp.where(is_initial, g32, prev.astype(dt))
+    return ((alpha + beta) * g32 - beta * prev).astype(g.dtype), g32
 
 
 @named_optimizer

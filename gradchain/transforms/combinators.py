@@ -230,12 +230,15 @@ class PartitionState:
 
     ``state["decay"]`` (``state.inner_states["decay"].inner_state``) is the state of the group
     labelled ``"decay"``, exactly as its transformation made it, so ``gc.tree_get(state["decay"],
-    "mu")`` reads that group's first moment.
+    "mu")`` reads that group's first moment. An integer that is not a label indexes by position,
+    as optax's NamedTuple: ``state[0]`` is ``inner_states``.
     """
 
     inner_states: Mapping
 
     def __getitem__(self, label):
+        if isinstance(label, slice) or (isinstance(label, int) and label not in self.inner_states):
+            return (self.inner_states,)[label]
         return self.inner_states[label].inner_state
 
     def with_group(self, label, group_state) -> PartitionState:

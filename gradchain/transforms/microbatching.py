@@ -1,14 +1,17 @@
 """Microbatching: evaluate a function over a large batch one slice at a time, combining the
 results, so that peak memory is that of one slice.
 
-This is optax's ``microbatch`` (``optax.microbatch``, ``optax.microbatching.microbatch``): a
-function transformation for the gradient computation that feeds an optimizer, not a gradient
-transformation. ``AccumulationType`` members and ``Accumulator`` objects of optax's module are
+This is optax's ``microbatching`` module: ``microbatch`` (also ``optax.microbatch``), the
+microbatched ``vmap`` (``micro_vmap``), per-example gradients summed or averaged over
+microbatches (``micro_grad``) and the reshape they share (``reshape_batch_axis``): function
+transformations for the gradient computation that feeds an optimizer, not gradient
+transformations. ``AccumulationType`` members and ``Accumulator`` objects of optax's module are
 accepted as gradchain's own.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import functools
@@ -20,9 +23,11 @@ import jax.numpy as jnp
 
 from gradchain.core.base import check_int
 
-# ``AccumulationType`` and ``Accumulator`` are reached as ``gradchain.microbatching.*``, where
-# optax keeps them (``optax.microbatching``); only ``microbatch`` is at the root, as in optax.
-__all__ = ["microbatch"]
+# Everything here is reached as ``gradchain.microbatching.*``, where optax keeps it
+# (``optax.microbatching``); only ``microbatch`` is at the root (the transforms package exports
+# it alone), as in optax. ``AccumulationType`` and ``Accumulator`` stay out of ``__all__``: optax's
+# own members and objects are accepted as they are.
+__all__ = ["micro_grad", "micro_vmap", "microbatch", "reshape_batch_axis"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,10 +159,16 @@ def _resolve(tree, num_microbatches: int) -> Accumulator:
     )
 
 
-def _split(tree, microbatch_size: int, axis: int):
-    """Each leaf's ``axis`` of size ``n * microbatch_size`` as ``(n, microbatch_size)``, in
-    column-major order: microbatch ``i`` holds rows ``i, i + n, ...``, so a sharding of the batch
-    axis carries over to the ``microbatch_size`` axis."""
+def reshape_batch_axis(tree: Any, microbatch_size: int, axis: int = 0) -> Any:
+    """Each leaf's batch ``axis``, of size ``n * microbatch_size``, as two axes
+    ``(n, microbatch_size)`` at the same place, in column-major order: microbatch ``i`` holds
+    the rows ``i, i + n, i + 2n, ...``, so a sharding of the batch axis carries over to the
+    ``microbatch_size`` axis.
+
+    Same as ``optax.microbatching.reshape_batch_axis``, except for arrays sharded over a mesh
+    with explicit axes, which optax reshapes with an explicit output sharding and gradchain
+    leaves to XLA's propagation.
+    """
     return jax.tree.map(
         lambda x: x.reshape(
             x.shape[:axis] + (-1, microbatch_size) + x.shape[axis + 1 :], order="F"
@@ -232,9 +243,9 @@ def microbatch(
         num_microbatches = batch_size // microbatch_size
         split_args, split_kwargs = list(args), dict(kwargs)
         for i, ax in zip(argnums, axes):
-            split_args[i] = _split(args[i], microbatch_size, ax)
+            split_args[i] = reshape_batch_axis(args[i], microbatch_size, ax)
         for k, ax in zip(argnames, axes[len(argnums) :]):
-            split_kwargs[k] = _split(kwargs[k], microbatch_size, ax)
+            split_kwargs[k] = reshape_batch_axis(kwargs[k], microbatch_size, ax)
         acc = _resolve(accumulator, num_microbatches)
 
         def take(tree, index, ax):
@@ -258,3 +269,134 @@ def microbatch(
         return acc.finalize(carry)
 
     return microbatched
+
+
+def micro_vmap(
+    fun: Callable[..., Any],
+    in_axes: int | Sequence[int | None] = 0,
+    out_axes: Any = 0,
+    *,
+    microbatch_size: int | None = None,
+    vmap_fn: Callable[..., Any] = jax.vmap,
+    accumulator: Any = AccumulationType.CONCAT,
+    num_real_microbatches: int | jax.Array | None = None,
+) -> Callable[..., Any]:
+    r"""``jax.vmap(fun, in_axes)`` evaluated one microbatch of ``microbatch_size`` rows at a time,
+    the results combined by ``accumulator``.
+
+    With CONCAT (the default) the result is ``jax.vmap``'s, with peak memory that of one
+    microbatch; SUM and MEAN reduce over the batch axis instead,
+    :math:`\sum_b f(x_b)` and :math:`\frac1B \sum_b f(x_b)`, without holding every row's result.
+
+    Args:
+      fun: the function to map.
+      in_axes: the mapped axis of each positional argument (None: not mapped); keyword
+        arguments are mapped along axis 0.
+      out_axes: must be 0 (the results are stacked along their axis 0).
+      microbatch_size: rows per microbatch, dividing the batch; None maps the whole batch at
+        once.
+      vmap_fn: the vmap used on each microbatch (``jax.vmap``, or one with extra arguments).
+      accumulator: how the rows' results are combined (see :func:`microbatch`).
+      num_real_microbatches: run only this many microbatches.
+
+    Same as ``optax.microbatching.micro_vmap``.
+    """
+    if out_axes != 0:
+        raise NotImplementedError(f"micro_vmap: out_axes must be 0, got {out_axes!r}")
+    in_axes = (in_axes,) if isinstance(in_axes, int) else tuple(in_axes)
+
+    # A microbatch's rows are mapped, then reduced as the whole batch will be: the loop of
+    # ``microbatch`` then combines one reduced result per microbatch.
+    def mapped_and_reduced(*args, kwargs):
+        output = vmap_fn(fun, in_axes, out_axes)(*args, **kwargs)
+        rows = jax.tree.leaves(output)[0].shape[0]
+        return _resolve(accumulator, rows).aggregate(output)
+
+    batched = microbatch(
+        mapped_and_reduced,
+        argnums=tuple(i for i, ax in enumerate(in_axes) if ax is not None),
+        microbatch_size=microbatch_size,
+        accumulator=accumulator,
+        argnames="kwargs",
+        in_axes=tuple(ax for ax in in_axes if ax is not None) + (0,),
+        num_real_microbatches=num_real_microbatches,
+    )
+
+    def mapped(*args, **kwargs):
+        return batched(*args, kwargs=kwargs)
+
+    return mapped
+
+
+IndividualOutputs = collections.namedtuple("Aux", ["values", "metrics", "aux"])
+IndividualOutputs.__doc__ = """What ``micro_grad`` returns beside the gradients, one row per example:
+``values`` (the loss), ``metrics`` (``metrics_fn`` of the gradient) and ``aux`` (``fun``'s)."""
+
+
+def micro_grad(
+    fun: Callable[..., Any],
+    has_aux: bool = False,
+    argnums: int | Sequence[int] = 0,
+    *,
+    batch_argnums: int | Sequence[int] = 1,
+    keep_batch_dim: bool = True,
+    microbatch_size: int | None = None,
+    accumulator: Any = AccumulationType.SUM,
+    transform_fn: Callable[[Any], Any] = lambda x: x,
+    metrics_fn: Callable[[Any], Any] = lambda x: None,
+    num_real_microbatches: int | jax.Array | None = None,
+) -> Callable[..., tuple[Any, Any]]:
+    r"""Per-example gradients of ``fun``, transformed by ``transform_fn`` and combined by
+    ``accumulator`` over the batch, computed one microbatch at a time.
+
+    For examples :math:`x_b` of the arguments ``batch_argnums`` and :math:`g_b = \nabla
+    f(\theta; x_b)`, the default SUM gives :math:`\sum_b T(g_b)` (MEAN:
+    :math:`\frac1B\sum_b T(g_b)`), with :math:`T` = ``transform_fn`` (per-example clipping,
+    squares for second moments, ...). Returns ``(result, Aux(values, metrics, aux))``: the
+    per-example losses, ``metrics_fn(g_b)`` and ``fun``'s auxiliary output, one row per
+    example.
+
+    Args:
+      fun: the loss, ``fun(params, batch, ...)`` by default.
+      has_aux: ``fun`` returns ``(loss, aux)``.
+      argnums: the argument(s) to differentiate.
+      batch_argnums: the argument(s) with a batch axis 0 (default 1).
+      keep_batch_dim: ``fun`` sees each example as a batch of one (else without the axis).
+      microbatch_size: examples per microbatch (None: all at once).
+      accumulator: how the transformed gradients are combined (see :func:`microbatch`).
+      transform_fn: applied to each example's gradient before combining.
+      metrics_fn: applied to each example's gradient; returned per example.
+      num_real_microbatches: run only this many microbatches.
+
+    Same as ``optax.microbatching.micro_grad``.
+    """
+    batch_argnums = (batch_argnums,) if isinstance(batch_argnums, int) else tuple(batch_argnums)
+    with_aux = fun if has_aux else lambda *a, **k: (fun(*a, **k), None)
+    value_and_grad = jax.value_and_grad(with_aux, argnums, has_aux=True)
+
+    def one_example(*args, **kwargs):
+        (value, aux), grad = value_and_grad(*args, **kwargs)
+        return transform_fn(grad), IndividualOutputs(
+            values=value, metrics=metrics_fn(grad), aux=aux
+        )
+
+    in_axes = [None] * (max(batch_argnums) + 1)
+    for i in batch_argnums:
+        in_axes[i] = 0
+    per_example = micro_vmap(
+        one_example,
+        in_axes=in_axes,
+        accumulator=(accumulator, AccumulationType.CONCAT),
+        microbatch_size=microbatch_size,
+        num_real_microbatches=num_real_microbatches,
+    )
+    if not keep_batch_dim:
+        return per_example
+
+    def as_batches_of_one(*args, **kwargs):
+        args = list(args)
+        for i in batch_argnums:
+            args[i] = jax.tree.map(lambda x: jnp.expand_dims(x, 1), args[i])
+        return per_example(*args, **kwargs)
+
+    return as_batches_of_one

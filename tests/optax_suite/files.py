@@ -36,6 +36,7 @@ FILES = (
     "contrib/_complex_valued_test.py",
     "contrib/_sam_test.py",
     "contrib/_mechanic_test.py",
+    "contrib/_privacy_test.py",
 )
 
 # Files that test every optimizer of a family, run for gradchain's optimizers only: a regex over

@@ -7,15 +7,6 @@ only shrinks. Each group is a gradchain gap, described in the report of issue #1
 
 from __future__ import annotations
 
-KNOWN_FAILURES: frozenset[str] = frozenset(
-    {
-        # State layout: the test reads state[0]["muon"][0][0][1], optax's PartitionState ->
-        # MaskedState -> chain tuple -> MuonState.mu, with MaskedNode where muon leaves a leaf
-        # to AdamW; gradchain's muon state is a ChainState of the two groups, None there.
-        "contrib/_muon_test.py::MuonTest::test_dim_nums_combinations_aol",
-        "contrib/_muon_test.py::MuonTest::test_dim_nums_combinations_frobenius",
-        "contrib/_muon_test.py::MuonTest::test_dim_nums_combinations_schatten",
-    }
-)
+KNOWN_FAILURES: frozenset[str] = frozenset()
 
 __all__ = ["KNOWN_FAILURES"]

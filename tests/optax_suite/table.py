@@ -64,7 +64,14 @@ def markdown(table: Rows) -> str:
 def summary(table: Rows) -> str:
     """The README's sentence with the totals."""
     base, ours, div, gaps = totals(table)
-    return f"today {ours} of {base} do, {div} are divergences and {gaps} are gaps still open."
+
+    def count(n: int, one: str, many: str) -> str:
+        return f"{n} {one if n == 1 else many}"
+
+    return (
+        f"today {ours} of {base} do, {count(div, 'is a divergence', 'are divergences')} and "
+        f"{count(gaps, 'is a gap', 'are gaps')} still open."
+    )
 
 
 def readme_table(text: str) -> str:

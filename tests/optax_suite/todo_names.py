@@ -12,12 +12,8 @@ TODO: dict[str, tuple[str, ...]] = {
     "optax": (),
     "optax.contrib": (
         "DAdaptAdamWState",
-        "DifferentiallyPrivateAggregateState",
-        "MuonState",
         "ProdigyState",
         "ScheduleFreeState",
-        "differentially_private_aggregate",
-        "dpsgd",
     ),
 }
 
