@@ -33,8 +33,6 @@ NOT_DRIVEN = {
 # State dtypes that still differ from optax's for bfloat16 parameters (beyond the structural
 # differences of test_optax_layout, whose leaves differ in number).
 STATE_DTYPE_DIFFERENCES = {
-    "muon": "optax's muon keeps the AdamW leaves' state in a partition of masked chains; "
-    "gradchain's scalar extras differ (STRUCTURAL_DIFFERENCES)",
     "schedule_free": "optax keeps b1 and step_count in ScheduleFreeState (STRUCTURAL_DIFFERENCES)",
     "schedule_free_sgd": "as schedule_free",
     "schedule_free_adamw": "as schedule_free",
@@ -42,6 +40,9 @@ STATE_DTYPE_DIFFERENCES = {
     "the parameters (tests/test_reduce_on_plateau.py)",
     "add_noise": "gradchain keeps a typed PRNG key where optax keeps raw uint32 key data",
     "noisy_sgd": "as add_noise",
+    "differentially_private_aggregate": "gradchain keeps raw uint32 key data where optax keeps a "
+    "typed PRNG key",
+    "dpsgd": "as differentially_private_aggregate",
     "scale_by_backtracking_linesearch": "gradchain keeps the line search's value and learning "
     "rate in float32",
     "scale_by_backtracking_linesearch[store_grad]": "as scale_by_backtracking_linesearch",
@@ -85,6 +86,9 @@ ROUNDING_DIFFERENCES = {
     "schedule_free_adamw": "as schedule_free",
     "adafactor": "the factored statistics are formed in float32",
     "scale_by_factored_rms": "as adafactor",
+    "differentially_private_aggregate": "the clipped sum and the noise are added in float32 and "
+    "rounded once (tests/test_privacy.py)",
+    "dpsgd": "as differentially_private_aggregate",
 }
 
 DRIVEN = [e for e in SHARED if e.id not in NOT_DRIVEN]
@@ -106,7 +110,7 @@ def _run(tx, entry, params, grads, apply_updates):
 
     @jax.jit
     def step(p, s, g):
-        u, s = tx.update(g, s, p, **entry.extra_args(p))
+        u, s = tx.update(entry.updates_arg(g), s, p, **entry.extra_args(p))
         return apply_updates(p, u), s
 
     trajectory = []
