@@ -48,8 +48,10 @@ STATE_DTYPE_DIFFERENCES = {
     "scale_by_backtracking_linesearch[store_grad]": "as scale_by_backtracking_linesearch",
     "scale_by_zoom_linesearch": "gradchain keeps the zoom line search's scalars in float32",
     "lbfgs": "gradchain keeps the zoom line search's scalars in float32",
-    "prodigy": "gradchain keeps Prodigy's scalar estimates (d, the numerator) in float32",
-    "dadapt_adamw": "gradchain keeps D-Adaptation's scalar estimates in float32",
+    "prodigy": "gradchain keeps Prodigy's moments and scalar estimates in float32 (in bfloat16 "
+    "the estimate of d overflows: tests/test_properties.py)",
+    "dadapt_adamw": "as prodigy",
+    "mechanize": "gradchain keeps Mechanic's scalars in float32",
 }
 
 # Trajectories that are not yet optax's bits for bfloat16 parameters: gradchain forms a

@@ -103,6 +103,13 @@ def compute_dtype(dtype) -> jnp.dtype:
     return dtype
 
 
+def float32_or_better(dtype) -> jnp.dtype:
+    """:func:`compute_dtype` promoted to at least float32: the arithmetic of the gradchain-only
+    pieces that keep gradchain's float32 policy by default (an eigendecomposition has no
+    bfloat16 kernel; a learning-rate-free estimate in bfloat16 overflows)."""
+    return jnp.promote_types(compute_dtype(dtype), jnp.float32)
+
+
 def state_dtype(param_dtype, requested=None) -> jnp.dtype:
     """The dtype a moment of a ``param_dtype`` parameter is stored in.
 
@@ -373,8 +380,11 @@ def zeros_like_reduced(p, axis: int, dtype=None, keepdims: bool = False) -> jax.
     return jnp.zeros(reduced, dtype)
 
 
-def moments_like(params, requested_dtype=None, fill: float = 0.0):
-    """One state array per parameter leaf, filled with ``fill``, in :func:`state_dtype`."""
+def moments_like(params, requested_dtype=None, fill: float = 0.0, *, float32: bool = False):
+    """One state array per parameter leaf, filled with ``fill``, in :func:`state_dtype`
+    (:func:`float32_or_better` with ``float32``)."""
+    if float32:
+        return jax.tree.map(lambda p: zeros_like_param(p, float32_or_better(p.dtype), fill), params)
     return jax.tree.map(
         lambda p: zeros_like_param(p, state_dtype(p.dtype, requested_dtype), fill), params
     )
