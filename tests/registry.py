@@ -202,6 +202,7 @@ TRANSFORMS: tuple[Entry, ...] = (
         keeps_nan=False,
     ),
     E("to_optax", lambda: gc.to_optax(gc.adam(0.1)), optimizer=True),
+    E("with_float32_state", lambda: gc.with_float32_state(gc.adam(0.1)), optimizer=True),
     # adaptive
     E("scale_by_adam", gc.scale_by_adam),
     E("scale_by_adam", lambda: gc.scale_by_adam(nesterov=True), variant="nesterov"),

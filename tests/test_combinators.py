@@ -357,9 +357,11 @@ def test_params_ema_is_optax_ema_fed_with_the_parameters():
     assert_trees_close(gc.tree_get(state, "params_ema"), incremental, what="params_ema")
 
 
-def test_params_ema_of_bfloat16_params_is_kept_in_float32():
+def test_params_ema_of_bfloat16_params_is_kept_in_float32_with_the_option():
     params = {"w": jnp.ones(4, jnp.bfloat16)}
-    tx = gc.params_ema(0.999)
+    # By default the average has the parameters' dtype (the one policy for every transform).
+    assert gc.params_ema(0.999).init(params).params_ema["w"].dtype == jnp.bfloat16
+    tx = gc.with_float32_state(gc.params_ema(0.999))
     state = tx.init(params)
     assert state.params_ema["w"].dtype == jnp.float32
     _, state = tx.update({"w": jnp.full(4, -1.0, jnp.bfloat16)}, state, params)

@@ -1,8 +1,8 @@
 """The optax.contrib optimizers of issue #18 against optax 0.2.8, step by step.
 
 The machinery and tolerances are those of ``test_crosscheck_newopt`` (20 jitted steps on
-``crosscheck.mixed_params()``, float32 leaves to ``1e-6 * S_k``, the bfloat16 leaf against optax
-run on the float32-upcast tree to 1e-2, complex trees where optax runs them). Cases that need the
+``crosscheck.mixed_params()``, float32 leaves to ``1e-6 * S_k``, the bfloat16 leaf, run with
+``gc.with_float32_state``, against optax run on the float32-upcast tree to 1e-2, complex trees where optax runs them). Cases that need the
 loss (``momo``, ``momo_adam``) get ``value = sum of squares of the float32 params`` on both sides.
 """
 
@@ -211,8 +211,8 @@ GLOBAL_CASES = [p for p in MATRIX if not p.values[0].bf16]
 
 @pytest.mark.parametrize("c", GLOBAL_CASES)
 def test_global_step_size_on_bfloat16_params(c):
-    # An all-bfloat16 tree against optax on its float32 upcast (optax would keep its moments
-    # and scalars in bfloat16, where gradchain keeps float32). The parameters are rounded to
+    # An all-bfloat16 tree, with gradchain's option of float32 state, against optax on its
+    # float32 upcast (optax's bfloat16 default is gradchain's too: test_dtype_policy). The parameters are rounded to
     # bfloat16 outside the jitted update on both sides, so the reference's excess precision
     # cannot skip the rounding; one rounding may still flip an ulp (2^-8 relative), hence the
     # bfloat16 tolerance of 1e-2.
@@ -237,7 +237,8 @@ def test_global_step_size_on_bfloat16_params(c):
             )
         return params
 
-    ours, ref = run(c.ours(), params, grads), run(c.ref(), upcast(params), upcast(grads))
+    ours = run(gc.with_float32_state(c.ours()), params, grads)
+    ref = run(c.ref(), upcast(params), upcast(grads))
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
         assert a.dtype == jnp.bfloat16
         np.testing.assert_allclose(

@@ -16,10 +16,11 @@ with ``b2 = 0.999`` use ``rtol = 2e-5``: gradchain keeps hyperparameters as floa
 relative (ALGORITHMS.md §14; gradchain's first Adam step is exactly ``sign(g)``, optax's is
 0.9999934), half of which reaches the update through the square root.
 
-bfloat16 leaves: gradchain keeps the moments of bfloat16 parameters in float32 by design, where
-optax keeps them in bfloat16 (a bfloat16 second moment with b2 = 0.999 never decays and stalls;
-ALGORITHMS.md §14). Comparing against optax on the bfloat16 tree would compare two different
-algorithms, so the reference is optax run on the float32-upcast tree, with each bfloat16
+bfloat16 leaves: these cases run gradchain with ``gc.with_float32_state`` (gradchain's option:
+the moments of bfloat16 parameters in float32, since a bfloat16 second moment with b2 = 0.999
+never decays and stalls; ALGORITHMS.md §14). The default, optax's bfloat16 state and arithmetic,
+is compared with optax on bfloat16 parameters bit for bit in ``test_dtype_policy``. Here the
+reference is optax run on the float32-upcast tree, with each bfloat16
 parameter stored back in bfloat16 after every step the way ``gradchain.apply_updates`` stores it
 (the update cast to bfloat16, then added in bfloat16). The bfloat16 leaves are compared in
 bfloat16 with the bfloat16 tolerance; the float32 leaves with the float32 tolerance (1e-6).
@@ -340,7 +341,8 @@ def _run(tx, params, grads, apply):
 @functools.cache
 def _ours(c: Case) -> Run:
     params = _params(c)
-    return _run(c.ours(), params, gradient_stream(params, STEPS), gc.apply_updates)
+    tx = gc.with_float32_state(c.ours())
+    return _run(tx, params, gradient_stream(params, STEPS), gc.apply_updates)
 
 
 def _reference(c: Case) -> list:

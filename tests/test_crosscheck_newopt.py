@@ -5,8 +5,9 @@ Each case runs gradchain and optax for ``STEPS`` jitted steps on the same pseudo
 and compares the parameters after every step with the tolerance of
 ``test_crosscheck_foundation`` (``|ours - ref| <= rtol * S_k + atol``, ``S_k`` the summed size of
 the reference's steps; 1e-6 for float32, 1e-2 for bfloat16 leaves against optax run on the
-float32-upcast tree and stored back in bfloat16, because gradchain keeps the state of bfloat16
-parameters in float32 where optax keeps bfloat16). Cases that optax runs on complex parameters
+float32-upcast tree and stored back in bfloat16: gradchain runs with ``gc.with_float32_state``,
+its option of float32 state for bfloat16 parameters; the default, optax's bfloat16 state, is
+checked against optax bit for bit in ``test_dtype_policy``). Cases that optax runs on complex parameters
 repeat the comparison on a complex64 tree. Cases that need the loss (``polyak_sgd``) get
 ``value = sum of squares of the params`` from both sides.
 """
@@ -323,7 +324,8 @@ def _run(tx, params, grads, apply, value: bool):
 @functools.cache
 def _ours(c: Case, complex_: bool = False):
     params = _params(c, complex_)
-    return _run(c.ours(), params, _grads(params, complex_), gc.apply_updates, c.value)
+    tx = gc.with_float32_state(c.ours())
+    return _run(tx, params, _grads(params, complex_), gc.apply_updates, c.value)
 
 
 def _reference(c: Case, complex_: bool = False):
@@ -365,7 +367,7 @@ def assert_complex_trajectories_close(c: Case, rtol: float) -> None:
 def assert_state_dtypes_and_structure_preserved(c: Case) -> None:
     """The state after the steps has ``init``'s structure and dtypes (no jit signature change)."""
     params = _params(c)
-    state0 = c.ours().init(params)
+    state0 = gc.with_float32_state(c.ours()).init(params)
     _, state = _ours(c)
     dtypes = lambda tree: jax.tree.map(lambda x: jnp.asarray(x).dtype, tree)
     assert jax.tree.structure(state) == jax.tree.structure(state0)

@@ -129,7 +129,10 @@ def test_low_precision_leaves_keep_their_dtype():
         assert all(
             bool(jnp.all(jnp.isfinite(x.astype(jnp.float32)))) for x in jax.tree.leaves(traj[-1])
         )
-    assert gc.tree_get(gc.lion(1e-3).init(params), "mu")["bf16"].dtype == jnp.float32
+    # optax's dtype by default; gradchain's float32 momentum with the option.
+    assert gc.tree_get(gc.lion(1e-3).init(params), "mu")["bf16"].dtype == jnp.bfloat16
+    float32_state = gc.with_float32_state(gc.lion(1e-3)).init(params)
+    assert gc.tree_get(float32_state, "mu")["bf16"].dtype == jnp.float32
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,14 @@
-"""Low precision: bfloat16 and float16 parameters keep float32 state and finite, correct updates.
+"""Low precision: with ``gc.with_float32_state``, bfloat16 and float16 parameters keep float32
+state and get finite, correct updates.
 
-Design (ALGORITHMS.md §14): moments of bfloat16/float16 parameters are stored in float32 by
-default (``numerics.state_dtype``), and all moment arithmetic, eps included, runs in float32 or
-better (``numerics.compute_dtype``). So ``eps = 1e-8``, which float16 cannot hold (its smallest
-subnormal is 6e-8), is neither warned about nor clamped: it is applied in float32, where it is
-exact enough; only the update is rounded to float16 at the end.
+Design (ALGORITHMS.md §14): by default a transformation keeps optax's dtypes and arithmetic
+(the parameter's: bfloat16 moments for bfloat16 parameters, tests/test_dtype_policy.py).
+gradchain's low-precision policy is the option ``gc.with_float32_state(tx)``: the moments of
+bfloat16/float16 parameters are stored in float32 and all arithmetic, eps included, runs in
+float32. So ``eps = 1e-8``, which float16 cannot hold (its smallest subnormal is 6e-8), is
+neither warned about nor clamped: it is applied in float32, where it is exact enough; only the
+update is rounded to float16 at the end. The guarantees below hold with the option; without it,
+as in optax, they do not (a float16 Adam step of a zero gradient is 0/0 there).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from registry import TRANSFORMS
 
@@ -27,8 +32,8 @@ def _params(entry, dtype):
 
 @pytest.mark.parametrize("entry", TRANSFORMS, ids=[e.id for e in TRANSFORMS])
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
-def test_low_precision_params_get_no_low_precision_state_by_default(entry, dtype):
-    tx = entry.build()
+def test_low_precision_params_get_no_low_precision_state_with_float32_state(entry, dtype):
+    tx = gc.with_float32_state(entry.build())
     params = entry.params_arg(_params(entry, dtype))
     state = tx.init(params)
     grads = _params(entry, dtype)
@@ -40,8 +45,9 @@ def test_low_precision_params_get_no_low_precision_state_by_default(entry, dtype
         assert leaf.dtype not in (jnp.bfloat16, jnp.float16), path
 
 
-def _adam_run(dtype, grads, eps=1e-8):
+def _adam_run(dtype, grads, eps=1e-8, float32_state=True):
     tx = gc.adam(1e-3, eps=eps)
+    tx = gc.with_float32_state(tx) if float32_state else tx
     params = {"w": jnp.zeros(grads[0]["w"].shape, dtype)}
     state = tx.init(params)
     step = jax.jit(
@@ -81,6 +87,16 @@ def test_float16_adam_zero_gradient_gives_a_zero_update_not_nan():
     _, updates = _adam_run(jnp.float16, [{"w": jnp.zeros(4)}] * 3)
     for u in updates:
         np.testing.assert_array_equal(np.asarray(u, np.float32), 0.0)
+
+
+def test_without_the_option_float16_adam_is_optax_and_gives_nan_for_a_zero_gradient():
+    """The default is optax's arithmetic: eps = 1e-8 is 0 in float16, so 0 / (0 + 0) is NaN,
+    in optax as here. This is why the option exists."""
+    _, ours = _adam_run(jnp.float16, [{"w": jnp.zeros(4)}] * 2, float32_state=False)
+    tx = optax.adam(1e-3)
+    params = {"w": jnp.zeros(4, jnp.float16)}
+    theirs, _ = tx.update(params, tx.init(params), params)
+    assert bool(jnp.all(jnp.isnan(ours[0]))) and bool(jnp.all(jnp.isnan(theirs["w"])))
 
 
 def test_float16_eps_is_kept_as_given_in_float32_state():
@@ -123,8 +139,8 @@ def _regression(dtype):
     ],
     ids=["adamw", "adafactor", "muon"],
 )
-def test_a_1000_step_bfloat16_run_stays_finite_and_learns(build):
-    tx = build()
+def test_a_1000_step_bfloat16_run_with_float32_state_stays_finite_and_learns(build):
+    tx = gc.with_float32_state(build())
     params, loss = _regression(jnp.bfloat16)
 
     def step(carry, _):

@@ -289,13 +289,16 @@ def test_state_memory_is_one_buffer_for_muon_leaves():
     assert state_bytes == pytest.approx(4 * 64 * 32 + 8 * 32, abs=128)
 
 
-def test_bfloat16_updates_keep_their_dtype_and_the_momentum_is_float32():
+@pytest.mark.parametrize("float32_state", [False, True], ids=["default", "with_float32_state"])
+def test_bfloat16_updates_keep_their_dtype_and_the_momentum_dtype_is_the_policy(float32_state):
+    """bfloat16 momentum by default, as optax; float32 with gc.with_float32_state."""
     params = {"w": jnp.ones((4, 6), jnp.bfloat16)}
-    tx = gc.muon(0.02)
+    tx = gc.with_float32_state(gc.muon(0.02)) if float32_state else gc.muon(0.02)
     state = tx.init(params)
     updates, state = jax.jit(tx.update)({"w": jnp.eye(4, 6, dtype=jnp.bfloat16)}, state, params)
     assert updates["w"].dtype == jnp.bfloat16
-    assert state["muon"].scale_by_muon.mu["w"].dtype == jnp.float32
+    want = jnp.float32 if float32_state else jnp.bfloat16
+    assert state["muon"].scale_by_muon.mu["w"].dtype == want
 
 
 def test_state_is_optax_muon_state_and_its_coefficients_drive_the_iteration():

@@ -180,8 +180,8 @@ def state_section(tx, entry) -> list[str]:
         "",
         *(f"   {line}" for line in repr(tx).splitlines()),
         "",
-        "Moments of bfloat16 and float16 parameters are float32 by default, so the bytes are the",
-        "same for them.",
+        "Moments of bfloat16 and float16 parameters keep their dtype by default, as in optax",
+        "(half these bytes); with gc.with_float32_state(tx) they are float32, as here.",
         "",
     ]
     rows, hyper, scalars = [], [], 0

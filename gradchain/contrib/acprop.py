@@ -56,8 +56,8 @@ class ScaleByACProp(GradientTransformation):
       eps_root: :math:`\epsilon_{root} \ge 0`, added to :math:`s_t` before it is stored,
         default 1e-16.
 
-    State: optax's ``ScaleByBeliefState`` (``count``, ``mu``, ``nu``), float32 moments for
-    bfloat16/float16 parameters. Reference: Zhuang et al., "Momentum Centering and Asynchronous
+    State: optax's ``ScaleByBeliefState`` (``count``, ``mu``, ``nu``), moments in the
+    parameters' dtype (float32 under ``with_float32_state``). Reference: Zhuang et al., "Momentum Centering and Asynchronous
     Update for Adaptive Gradient Methods" (NeurIPS 2021); the authors' code
     (juntang-zhuang/ACProp-Optimizer). Same as ``optax.contrib.scale_by_acprop``, whose code
     (followed here) forms the residual with :math:`m_{t-1}` where its docstring writes

@@ -67,8 +67,8 @@ class ScaleByCOCOB(GradientTransformation):
       eps: :math:`\epsilon > 0`, the initial :math:`L`, default 1e-8 (used by ``init`` only, a
         plain number).
 
-    State: optax's ``COCOBState`` fields; the statistics are float32 for bfloat16/float16
-    parameters, :math:`p_0` keeps the parameters' dtype. Reference: Orabona & Tommasi,
+    State: optax's ``COCOBState`` fields; the statistics keep the parameters' dtype
+    (float32 under ``with_float32_state``), :math:`p_0` keeps the parameters' dtype. Reference: Orabona & Tommasi,
     "Training Deep Networks without Learning Rates Through Coin Betting" (NeurIPS 2017),
     Algorithm 2 (COCOB-Backprop). Same as ``optax.contrib.scale_by_cocob``; the paper starts
     :math:`L` at a small positive value too.

@@ -327,8 +327,8 @@ class ScaleByGalore(GradientTransformation):
         two axes or more, a pytree of them (None: unprojected), or a callable ``params -> pytree``.
       projected_dim: ``"larger"`` or ``"smaller"``, see above.
 
-    The projector is kept in float32 or better (optax: the parameter's dtype), and the
-    projections are computed in float32 or better.
+    The projector and the projections keep the parameter's dtype, as optax (float32 under
+    ``with_float32_state``); the SVD that finds the projector runs in float32 or better.
 
     On a device mesh, for an :math:`m\times n` weight sharded as ``P(a, b)`` and a left
     projector: :math:`P` (:math:`m\times r`) is sharded ``P(a, None)``, the base optimizer's

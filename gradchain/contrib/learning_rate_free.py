@@ -33,9 +33,9 @@ from gradchain.core.base import (
 )
 from gradchain.core.numerics import (
     cast_like,
-    compute_dtype,
     count_power,
     ema,
+    float32_or_better,
     init_count,
     leaf_kernel,
     moments_like,
@@ -59,7 +59,7 @@ def _tree_sum(fn, *trees):
     leaves = [jax.tree.leaves(t) for t in trees]
     sums = []
     for xs in zip(*leaves):
-        dt = compute_dtype(jnp.result_type(*[x.dtype for x in xs]))
+        dt = float32_or_better(jnp.result_type(*[x.dtype for x in xs]))
         sums.append(jnp.sum(fn(*[x.astype(dt) for x in xs]), dtype=dt))
     return sum(sums[1:], sums[0]) if sums else jnp.zeros((), jnp.float32)
 
@@ -231,9 +231,9 @@ class ScaleByProdigy(GradientTransformation):
         check_floating(params, self.name)
         hp = self.init_hyperparams()
         return ProdigyState(
-            exp_avg=moments_like(params),
-            exp_avg_sq=moments_like(params),
-            grad_sum=moments_like(params),
+            exp_avg=moments_like(params, float32=True),
+            exp_avg_sq=moments_like(params, float32=True),
+            grad_sum=moments_like(params, float32=True),
             params0=jax.tree.map(self._copy_initial, params),
             estim_lr=hp["estim_lr0"],
             numerator_weighted=jnp.zeros_like(hp["estim_lr0"]),
@@ -277,7 +277,7 @@ scale_by_prodigy = ScaleByProdigy
 @leaf_kernel()
 def _prodigy_moments(g, m, v, s, d, b1, c1, b2, c2, b3, s_coef):
     """One leaf of Prodigy's moments: ``m``, ``v`` of ``d g`` and the weighted sum ``s``."""
-    dt = compute_dtype(g.dtype)
+    dt = float32_or_better(g.dtype)
     dg = d.astype(dt) * g.astype(dt)
     m = ema(m.astype(dt), dg, b1.astype(dt), c1.astype(dt))
     v = ema(v.astype(dt), dg * dg, b2.astype(dt), c2.astype(dt))
@@ -288,7 +288,7 @@ def _prodigy_moments(g, m, v, s, d, b1, c1, b2, c2, b3, s_coef):
 @leaf_kernel()
 def _prodigy_step(g, m, v, p, dlr, eps, lam):
     """One leaf of Prodigy's update, with ``eps`` already scaled by the new ``d``."""
-    dt = compute_dtype(g.dtype)
+    dt = float32_or_better(g.dtype)
     u = dlr.astype(dt) * (m / (jnp.sqrt(v) + eps.astype(dt)) + lam.astype(dt) * p.astype(dt))
     return (-u).astype(g.dtype)
 
@@ -422,9 +422,9 @@ class ScaleByDAdaptAdamW(GradientTransformation):
         check_floating(params, self.name)
         hp = self.init_hyperparams()
         return DAdaptAdamWState(
-            exp_avg=moments_like(params),
-            exp_avg_sq=moments_like(params),
-            grad_sum=moments_like(params),
+            exp_avg=moments_like(params, float32=True),
+            exp_avg_sq=moments_like(params, float32=True),
+            grad_sum=moments_like(params, float32=True),
             estim_lr=hp["estim_lr0"],
             numerator_weighted=jnp.zeros_like(hp["estim_lr0"]),
             count=init_count(),
@@ -477,7 +477,7 @@ scale_by_dadapt_adamw = ScaleByDAdaptAdamW
 @leaf_kernel()
 def _dadapt_moments(g, m, v, s, dlr, b1, c1, b2, c2, sb2, s_coef):
     """One leaf of D-Adaptation's moments; ``s_coef`` is :math:`(1-\\sqrt{\beta_2})\\,d\\eta`."""
-    dt = compute_dtype(g.dtype)
+    dt = float32_or_better(g.dtype)
     g32 = g.astype(dt)
     m = ema(m.astype(dt), dlr.astype(dt) * g32, b1.astype(dt), c1.astype(dt))
     v = ema(v.astype(dt), g32 * g32, b2.astype(dt), c2.astype(dt))
@@ -487,7 +487,7 @@ def _dadapt_moments(g, m, v, s, dlr, b1, c1, b2, c2, sb2, s_coef):
 
 @leaf_kernel()
 def _dadapt_step(g, m, v, p, eps, decay):
-    dt = compute_dtype(g.dtype)
+    dt = float32_or_better(g.dtype)
     u = m / (jnp.sqrt(v) + eps.astype(dt)) + decay.astype(dt) * p.astype(dt)
     return (-u).astype(g.dtype)
 

@@ -70,8 +70,8 @@ class ScaleByMadgrad(GradientTransformation):
       momentum: :math:`\mu \in [0, 1)`, default 0.9.
       eps: :math:`\epsilon \ge 0`, default 1e-6.
 
-    State: optax's ``MadgradState``; the sums are float32 for bfloat16/float16 parameters,
-    ``x0`` keeps the parameters' dtype. Reference: Defazio & Jelassi, "Adaptivity without
+    State: optax's ``MadgradState``; the sums keep the parameters' dtype (float32 under
+    ``with_float32_state``), ``x0`` keeps the parameters' dtype. Reference: Defazio & Jelassi, "Adaptivity without
     Compromise: A Momentumized, Adaptive, Dual Averaged Gradient Method for Stochastic
     Optimization" (JMLR 2022), Algorithm 1; the authors' ``madgrad.MADGRAD`` adds
     :math:`\epsilon` to the learning rate the same way. Same as

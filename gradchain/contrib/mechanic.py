@@ -19,7 +19,7 @@ from gradchain.core.base import (
     state_class,
     transformation,
 )
-from gradchain.core.numerics import compute_dtype, init_count, safe_increment
+from gradchain.core.numerics import float32_or_better, init_count, safe_increment
 
 __all__ = ["MechanicState", "mechanize"]
 
@@ -45,13 +45,13 @@ def _scalar_dtype(params) -> jnp.dtype:
     dtypes = [jnp.result_type(x) for x in jax.tree.leaves(params)]
     if not dtypes:
         return jnp.dtype(jnp.float32)
-    return compute_dtype(min(dtypes, key=lambda d: jnp.finfo(d).bits))
+    return float32_or_better(min(dtypes, key=lambda d: jnp.finfo(d).bits))
 
 
 def _sum(fn, *trees, dtype):
     total = jnp.zeros((), dtype)
     for xs in zip(*(jax.tree.leaves(t) for t in trees)):
-        dt = compute_dtype(jnp.result_type(*xs))
+        dt = float32_or_better(jnp.result_type(*xs))
         total = total + jnp.sum(fn(*[x.astype(dt) for x in xs])).astype(dtype)
     return total
 
@@ -146,7 +146,7 @@ class Mechanize(GradientTransformation):
         decay = lam * s_sum * grad_norm / (param_norm + eps)
 
         def delta_prev(p, x):
-            dt = compute_dtype(p.dtype)
+            dt = float32_or_better(p.dtype)
             return (x.astype(dt) - p.astype(dt)) / (s_sum + eps).astype(dt)
 
         prev = jax.tree.map(delta_prev, params, x0)
@@ -163,7 +163,7 @@ class Mechanize(GradientTransformation):
         scale = jnp.sum(s)
 
         def step(p, x, d, u):
-            dt = compute_dtype(p.dtype)
+            dt = float32_or_better(p.dtype)
             new = x.astype(dt) - scale.astype(dt) * (d - u.astype(dt))
             return (new - p.astype(dt)).astype(u.dtype)
 

@@ -276,7 +276,7 @@ class MomoAdam(GradientTransformation):
       eps: :math:`\epsilon \ge 0`, default 1e-8.
       lower_bound, weight_decay, adapt_lower_bound: as :class:`Momo`.
 
-    Moments are float32 for bfloat16/float16 parameters. Reference: Schaipp et al. (ICML
+    Moments keep the parameters' dtype, as optax (float32 under :func:`with_float32_state`). Reference: Schaipp et al. (ICML
     2024), Algorithm 2 (MoMo-Adam). Same as ``optax.contrib.momo_adam`` (the whole optimizer).
     """
 

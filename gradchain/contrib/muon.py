@@ -304,7 +304,7 @@ class ScaleByMuon(GradientTransformation):
       ns_steps: Newton-Schulz steps, default 5.
       beta: momentum :math:`\beta \in [0, 1)`, default 0.95.
       eps: :math:`\epsilon \ge 0` added to the norm before the iteration, default 1e-8.
-      mu_dtype: dtype of the buffer. Default: the parameter's, float32 for bfloat16/float16.
+      mu_dtype: dtype of the buffer. Default: the parameter's, as optax.
       nesterov: Nesterov momentum (default True, as optax and the reference).
       adaptive: the dual-norm scaling of Bernstein et al. (2024).
       preconditioning: ``"frobenius"`` (default), ``"spectral"``, ``"aol"``, ``"schatten"``.

@@ -126,8 +126,8 @@ class ScheduleFree(GradientTransformation):
         maximum enters, through the weights.
       b1: :math:`\beta \in (0, 1]`, default 0.9.
       weight_lr_power: :math:`P \ge 0`, default 2.
-      state_dtype: dtype of ``z``. Default: the parameter's, float32 for bfloat16/float16
-        parameters (optax keeps the parameter's dtype).
+      state_dtype: dtype of ``z``. Default: the parameter's, as optax (float32 for
+        bfloat16/float16 parameters under ``with_float32_state``).
       r: :math:`r \ge 0`, the reference's polynomial weighting, default 0 (optax has none).
       optax_off_by_one: reproduce ``optax.contrib.schedule_free`` exactly, whose weights use
         ``learning_rate(k + 1)`` while the base optimizer's ``scale_by_learning_rate`` uses

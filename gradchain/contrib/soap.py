@@ -21,9 +21,9 @@ from gradchain.core.base import (
     transformation,
 )
 from gradchain.core.numerics import (
-    compute_dtype,
     count_power,
     ema,
+    float32_or_better,
     init_count,
     leaf_kernel,
     moments_like,
@@ -159,7 +159,7 @@ class ScaleBySoap(GradientTransformation):
 
         def factors(p):
             flags = _preconditioned(p, self.max_precond_dim)
-            dt = compute_dtype(p.dtype)
+            dt = float32_or_better(p.dtype)
             return tuple(
                 jnp.zeros((d, d), dt) if on else None for d, on in zip(jnp.shape(p), flags)
             )
@@ -167,8 +167,8 @@ class ScaleBySoap(GradientTransformation):
         gg = jax.tree.map(factors, params)
         return ScaleBySoapState(
             count=init_count(),
-            mu=moments_like(params),
-            nu=moments_like(params),
+            mu=moments_like(params, float32=True),
+            nu=moments_like(params, float32=True),
             gg=gg,
             q=gg,
             hyperparams=self.init_hyperparams(),
@@ -212,7 +212,7 @@ scale_by_soap = ScaleBySoap
 
 @leaf_kernel("frequency")
 def _soap_leaf(g, m, v, gg, q, count, frequency, *, b1, c1, b2, c2, bs, cs, eps, scale):
-    dt = compute_dtype(g.dtype)
+    dt = float32_or_better(g.dtype)
     g32, m32, v32 = g.astype(dt), m.astype(dt), v.astype(dt)
     first = count == 0
 

@@ -3,8 +3,10 @@
 * Step counters are int32 and saturate at 2^31 - 1 instead of wrapping to a negative count.
 * Bias corrections ``1 - beta^t`` are formed in float32 or better, never in the moment's dtype
   (``bf16(0.999) == 1.0``, so a bfloat16 correction would divide by zero).
-* Moments of low-precision parameters are kept, by default, in float32 (ALGORITHMS.md §14):
-  a bfloat16 second moment with ``b2 = 0.999`` never decays.
+* Moments are kept, and computed, in the parameter's dtype, as optax keeps them (a bfloat16
+  parameter gets bfloat16 moments). gradchain's float32 policy for bfloat16/float16 parameters
+  (ALGORITHMS.md §14: a bfloat16 second moment with ``b2 = 0.999`` never decays) is the option
+  ``gradchain.with_float32_state(tx)``, which runs ``tx`` on float32 copies of such leaves.
 """
 
 from __future__ import annotations
@@ -92,18 +94,30 @@ def init_count() -> jax.Array:
 
 
 def compute_dtype(dtype) -> jnp.dtype:
-    """The dtype moment arithmetic runs in: the parameter's, promoted to at least float32."""
+    """The dtype moment arithmetic runs in: the parameter's own (bfloat16 for a bfloat16
+    parameter, as optax computes), the default float dtype for an integer one.
+
+    ``gradchain.with_float32_state`` runs a transformation on float32 copies of bfloat16 and
+    float16 leaves, so that this is float32 there.
+    """
     dtype = jnp.dtype(dtype)
     if not jnp.issubdtype(dtype, jnp.inexact):
         return jnp.dtype(jnp.result_type(float))
-    return jnp.promote_types(dtype, jnp.float32)
+    return dtype
+
+
+def float32_or_better(dtype) -> jnp.dtype:
+    """:func:`compute_dtype` promoted to at least float32: the arithmetic of the gradchain-only
+    pieces that keep gradchain's float32 policy by default (an eigendecomposition has no
+    bfloat16 kernel; a learning-rate-free estimate in bfloat16 overflows)."""
+    return jnp.promote_types(compute_dtype(dtype), jnp.float32)
 
 
 def state_dtype(param_dtype, requested=None) -> jnp.dtype:
     """The dtype a moment of a ``param_dtype`` parameter is stored in.
 
-    ``requested`` (a ``mu_dtype``/``nu_dtype`` argument) wins; otherwise float32 for bfloat16 and
-    float16 parameters and the parameter's own dtype for float32 and float64.
+    ``requested`` (a ``mu_dtype``/``nu_dtype`` argument) wins; otherwise the parameter's own
+    dtype, as optax (float32 for bfloat16 parameters under ``gradchain.with_float32_state``).
     """
     if requested is not None:
         return jnp.dtype(requested)
@@ -369,8 +383,11 @@ def zeros_like_reduced(p, axis: int, dtype=None, keepdims: bool = False) -> jax.
     return jnp.zeros(reduced, dtype)
 
 
-def moments_like(params, requested_dtype=None, fill: float = 0.0):
-    """One state array per parameter leaf, filled with ``fill``, in :func:`state_dtype`."""
+def moments_like(params, requested_dtype=None, fill: float = 0.0, *, float32: bool = False):
+    """One state array per parameter leaf, filled with ``fill``, in :func:`state_dtype`
+    (:func:`float32_or_better` with ``float32``)."""
+    if float32:
+        return jax.tree.map(lambda p: zeros_like_param(p, float32_or_better(p.dtype), fill), params)
     return jax.tree.map(
         lambda p: zeros_like_param(p, state_dtype(p.dtype, requested_dtype), fill), params
     )
@@ -491,7 +508,7 @@ def count_power(base, count) -> jax.Array:
 
 @_inline_jit
 def nesterov_bias_corrected(m: jax.Array, g: jax.Array, decay, one_minus_decay, count) -> jax.Array:
-    r"""NAdam's look-ahead first moment, in ``m``'s dtype:
+    r"""NAdam's look-ahead first moment, in the promotion of ``m``'s and ``g``'s dtypes:
     :math:`\beta m_t / (1-\beta^{t+1}) + (1-\beta)\, g_t / (1-\beta^t)`.
 
     ``count`` is the 1-based step :math:`t`; ``one_minus_decay`` is :math:`1-\beta` as the caller
@@ -509,8 +526,8 @@ def nesterov_divisors(decay, count) -> tuple[jax.Array, jax.Array]:
 
 def nesterov_debiased(m: jax.Array, g: jax.Array, decay, one_minus_decay, ahead, divisor):
     """:func:`nesterov_bias_corrected` of one leaf, given :func:`nesterov_divisors`."""
-    dt = m.dtype
-    return decay.astype(dt) * debias(m, ahead) + one_minus_decay.astype(dt) * debias(g, divisor)
+    ahead_m, now_g = debias(m, ahead), debias(g, divisor)
+    return as_dtype_of(decay, ahead_m) * ahead_m + as_dtype_of(one_minus_decay, now_g) * now_g
 
 
 def abs_sq(x: jax.Array) -> jax.Array:
@@ -529,22 +546,34 @@ def ema(old: jax.Array, new: jax.Array, decay, one_minus_decay=None) -> jax.Arra
     """
     if one_minus_decay is None:
         one_minus_decay = 1 - decay
-    return one_minus_decay * new + decay * old
+    # Each factor takes the dtype of the array it scales, as optax's Python-float decay does
+    # (weak typing): with a bfloat16 gradient and a float32 moment (``mu_dtype``), the product
+    # with the gradient is rounded to bfloat16 before the float32 sum, in optax as here.
+    return as_dtype_of(one_minus_decay, new) * new + as_dtype_of(decay, old) * old
+
+
+def as_dtype_of(scalar, x):
+    """``scalar`` in the real dtype of array ``x``: how a Python float hyperparameter enters
+    optax's arithmetic with ``x`` (a weakly typed constant takes the array's dtype)."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        return scalar
+    return jnp.asarray(scalar).astype(jnp.finfo(x.dtype).dtype)
 
 
 @_inline_jit
 def adam_moments(g: jax.Array, m: jax.Array, v: jax.Array, b1, c1, b2, c2):
-    r"""Adam's two moment updates of one leaf, ``(g, m_t, v_t)`` in the leaf's compute dtype.
+    r"""Adam's two moment updates of one leaf, ``(g, m_t, v_t)``, each moment in the promotion
+    of its dtype with the gradient's.
 
     ``c1``, ``c2`` are :math:`1-\beta_1`, :math:`1-\beta_2` as
     ``GradientTransformation.complement`` forms them. Shared by every Adam relative, so their
     moments agree bit for bit.
     """
-    dt = compute_dtype(g.dtype)
-    g = g.astype(dt)
-    m = ema(m.astype(dt), g, b1.astype(dt), c1.astype(dt))
-    v = ema(v.astype(dt), abs_sq(g), b2.astype(dt), c2.astype(dt))
-    return g, m, v
+    g = g.astype(compute_dtype(g.dtype))
+    # Each moment in the promotion of its own dtype with the gradient's (optax's arithmetic; a
+    # ``mu_dtype=float32`` moment of a bfloat16 gradient is updated in float32).
+    return g, ema(m, g, b1, c1), ema(v, abs_sq(g), b2, c2)
 
 
 @_inline_jit
@@ -558,6 +587,10 @@ def inverse_sqrt(x: jax.Array) -> jax.Array:
     overflows to ``inf`` for ``x`` below ``1 / float_max`` (3e-39 in float32), where ``rsqrt``
     would still be finite; every caller adds an epsilon first.
     """
+    if jnp.finfo(x.dtype).bits < 32:
+        # bfloat16/float16: rounding ``1 / x`` before the root would round twice, where optax's
+        # ``rsqrt`` rounds once; at 8 bits of mantissa that is a visible difference.
+        return jax.lax.rsqrt(x)
     return jnp.sqrt(1 / x)
 
 

@@ -66,8 +66,8 @@ class ScaleByOptimisticGradient(GradientTransformation):
     :math:`p_{t} = p_{t-1} - \eta(2 g_t - g_{t-1})`. References: Popov, "A modification of the
     Arrow-Hurwicz method for search of saddle points" (1980); Daskalakis et al., "Training GANs
     with Optimism" (2018); Mokhtari et al. (2020). Same as
-    ``optax.scale_by_optimistic_gradient``; the previous gradient of bfloat16/float16 parameters
-    is kept in float32. Linear in the gradients, so complex parameters work as in optax.
+    ``optax.scale_by_optimistic_gradient``; the previous gradient keeps the parameters' dtype, as
+    optax. Linear in the gradients, so complex parameters work as in optax.
     """
 
     complex_params = True

@@ -41,9 +41,9 @@ def signum(
     .. math:: m_t = \beta m_{t-1} + (1-\beta) g_t, \qquad p_t = p_{t-1} - \eta\,\mathrm{sign}(m_t)
 
     ``chain(ema(beta, debias=False, accumulator_dtype), scale_by_sign(),
-    scale_by_learning_rate(learning_rate))``: debiasing would not change the sign. The average is
-    kept in float32 for bfloat16/float16 parameters unless ``accumulator_dtype`` says otherwise
-    (optax: the parameters' dtype). Reference: Bernstein et al. (2018), Algorithm 3. Same as
+    scale_by_learning_rate(learning_rate))``: debiasing would not change the sign. The average keeps
+    the parameters' dtype unless ``accumulator_dtype`` says otherwise, as optax (float32 under
+    ``with_float32_state``). Reference: Bernstein et al. (2018), Algorithm 3. Same as
     ``optax.signum``.
     """
     check_number("beta", beta, low=0.0, high=1.0, high_open=True)

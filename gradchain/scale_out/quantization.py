@@ -1087,6 +1087,11 @@ class QuantizeMoments(GradientTransformation):
             or not jnp.issubdtype(moment.dtype, jnp.floating)
             or int(np.prod(moment.shape, dtype=np.int64)) < max(self.min_8bit_size, 1)
         ):
+            # A moment left unquantized is float32, as the dequantized ones are (bitsandbytes
+            # keeps such tensors in float32), even where the inner transformation keeps a
+            # bfloat16 parameter's moment in bfloat16 (optax's dtype, its default).
+            if jnp.issubdtype(moment.dtype, jnp.floating) and jnp.finfo(moment.dtype).bits < 32:
+                return moment.astype(jnp.float32)
             return moment
         # The barrier keeps XLA from constant-folding the quantization of a constant (zero)
         # moment at compile time, which takes seconds per tensor.

@@ -110,6 +110,7 @@ from gradchain.transforms.normalization import (
     normalize_by_update_norm,
     scale_by_param_block_norm,
 )
+from gradchain.transforms.precision import with_float32_state
 from gradchain.transforms.scaling import (
     ScaleByScheduleState,
     ScaleState,
@@ -207,5 +208,6 @@ __all__ = [
     "snapshot",
     "trace",
     "value_and_grad_from_state",
+    "with_float32_state",
     "zero_nans",
 ]

@@ -60,8 +60,8 @@ class ApplyEveryTransformation(GradientTransformation):
 
     Same as ``optax.apply_every``, except that the reset and the zero outputs are selected
     rather than multiplied by 0/1: a NaN accumulated in one window does not leak into the zero
-    updates of that window or into the next window (optax's ``0 * NaN`` does). The sum is kept in
-    float32 for bfloat16/float16 updates (optax: the parameters' dtype), and ``count`` counts
+    updates of that window or into the next window (optax's ``0 * NaN`` does). The sum keeps the
+    updates' dtype, as optax (float32 under ``with_float32_state``), and ``count`` counts
     every update, saturating at 2^31 - 1 like every gradchain counter (optax keeps ``count % k``).
     """
 

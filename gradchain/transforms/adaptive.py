@@ -139,9 +139,9 @@ class ScaleByAdam(GradientTransformation):
       b2: :math:`\beta_2 \in [0, 1)`, default 0.999.
       eps: :math:`\epsilon \ge 0` added outside the square root, default 1e-8.
       eps_root: :math:`\epsilon_{root} \ge 0` added inside it (for meta-gradients), default 0.
-      mu_dtype, nu_dtype: dtypes of the moments. Default: the parameter's dtype, promoted to
-        float32 for bfloat16/float16 parameters (optax keeps bfloat16 moments, whose
-        :math:`\beta_2 = 0.999` rounds to 1 and stalls; ALGORITHMS.md §14).
+      mu_dtype, nu_dtype: dtypes of the moments. Default: the parameter's dtype, as optax
+        (bfloat16 moments, whose :math:`\beta_2 = 0.999` rounds to 1 and stalls, ALGORITHMS.md
+        §14: ``with_float32_state`` keeps them in float32).
       nesterov: use the Nesterov form above.
 
     Reference: Kingma & Ba, "Adam: A Method for Stochastic Optimization" (2015), Algorithm 1.
@@ -197,13 +197,13 @@ def _adam_leaf(g, m, v, b1, b2, eps, eps_root, c1, c2, k1, k2, nesterov: bool):
     ``1 - b2^t``.
     """
     g32, new_m, new_v = adam_moments(g, m, v, b1, c1, b2, c2)
-    dt = g32.dtype
     if nesterov:
-        m_hat = nesterov_debiased(new_m, g32, b1, 1 - b1.astype(dt), *k1)
+        m_hat = nesterov_debiased(new_m, g32, b1, c1, *k1)
     else:
         m_hat = debias(new_m, *k1)
     v_hat = debias(new_v, k2)
-    u = m_hat / (jnp.sqrt(v_hat + eps_root.astype(dt)) + eps.astype(dt))
+    vt = v_hat.dtype
+    u = m_hat / (jnp.sqrt(v_hat + eps_root.astype(vt)) + eps.astype(vt))
     return u.astype(g.dtype), new_m.astype(m.dtype), new_v.astype(v.dtype)
 
 
@@ -248,7 +248,7 @@ class ScaleByRms(GradientTransformation):
       eps_in_sqrt: where :math:`\epsilon` goes, default True (inside the root).
       bias_correction: divide :math:`\nu_t` by :math:`1-\rho^t`, default False.
 
-    ``nu`` is kept in float32 for bfloat16/float16 parameters (optax keeps the parameter's dtype).
+    ``nu`` keeps the parameter's dtype, as optax (float32 under ``with_float32_state``).
     Same as ``optax.scale_by_rms``; ``scale_by_rms(decay=b2, eps_in_sqrt=False,
     bias_correction=True)`` equals ``scale_by_adam(b1=0, b2=b2)``.
 

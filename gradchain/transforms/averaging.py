@@ -30,7 +30,14 @@ from gradchain.core.base import (
     state_class,
     transformation,
 )
-from gradchain.core.numerics import compute_dtype, ema, init_count, safe_increment, state_dtype
+from gradchain.core.numerics import (
+    as_dtype_of,
+    compute_dtype,
+    ema,
+    init_count,
+    safe_increment,
+    state_dtype,
+)
 
 __all__ = [
     "LookaheadParams",
@@ -221,9 +228,13 @@ class Lookahead(GradientTransformation):
         # One merged step: the last fast step, then the synchronisation, with
         # d = fast + u - slow:  slow += alpha*d,  fast += u - (1 - alpha)*d.
         diff = jax.tree.map(lambda f, u, s: f + u - s, params.fast, fast_updates, params.slow)
-        slow_updates = jax.tree.map(lambda d: (alpha * sync * d).astype(d.dtype), diff)
+        # The factors take the difference's dtype before multiplying, as optax's Python float
+        # does: a bfloat16 step is rounded as optax rounds it.
+        slow_updates = jax.tree.map(lambda d: as_dtype_of(alpha * sync, d) * d, diff)
         fast_updates = jax.tree.map(
-            lambda u, d: (u - sync * (1 - alpha) * d).astype(u.dtype), fast_updates, diff
+            lambda u, d: (u - as_dtype_of(sync * (1 - alpha), d) * d).astype(u.dtype),
+            fast_updates,
+            diff,
         )
         if self.reset_state:
             fresh = self.fast_optimizer.init(params.fast)

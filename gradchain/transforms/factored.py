@@ -162,12 +162,11 @@ class FactoredSecondMoment(GradientTransformation):
         PyTorch: the last two axes). HF and PyTorch factor every matrix:
         ``factored_axes="last", min_dim_size_to_factor=1``.
 
-    The statistics are kept in float32 for bfloat16/float16 parameters and the factors keep the
-    reduced axis (as PyTorch's ``Adafactor`` does); optax keeps the parameter's dtype and drops
-    the reduced axis (``(n,)`` and ``(m,)``). Keeping the axis records the parameter's shape in
-    the state, so the state of a ``(2, 3)`` matrix is not taken for that of a ``(3, 2)`` one, and
-    says which axis each factor reduced (which the sharding rules read). ``params`` are not
-    needed.
+    The statistics keep the parameter's dtype, as optax (float32 under ``with_float32_state``),
+    and the factors keep the reduced axis (as PyTorch's ``Adafactor`` does); optax drops the
+    reduced axis (``(n,)`` and ``(m,)``). Keeping the axis records the parameter's shape in the
+    state, so the state of a ``(2, 3)`` matrix is not taken for that of a ``(3, 2)`` one, and says
+    which axis each factor reduced (which the sharding rules read). ``params`` are not needed.
     The updates are the same as ``optax.scale_by_factored_rms`` (also exported under that name).
     PyTorch's ``Adafactor`` does not add :math:`\epsilon_1` to :math:`g^2` but clamps the
     estimate at ``finfo(dtype).eps`` (ALGORITHMS.md §4.4, §15 rows 11-12); that variant is not

@@ -60,8 +60,8 @@ class Trace(GradientTransformation):
     Args:
       decay: the momentum :math:`\mu \in [0, 1]` (a float or a schedule).
       nesterov: use Nesterov's look-ahead form.
-      accumulator_dtype: dtype of the buffer. Default: the parameter's dtype, promoted to
-        float32 for bfloat16/float16 parameters (optax keeps the parameter's dtype).
+      accumulator_dtype: dtype of the buffer. Default: the parameter's dtype, as optax
+        (float32 for bfloat16/float16 parameters under ``with_float32_state``).
 
     Differs from PyTorch: torch's ``dampening`` has no equivalent (ALGORITHMS.md §15 row 1); with
     zero dampening the two agree exactly. Reference: Polyak (1964); Sutskever et al. (2013).

@@ -114,8 +114,8 @@ class MeasureWithEma(GradientTransformation):
       measure: a function of the updates returning a pytree of arrays (booleans count as 0/1).
       decay: :math:`\beta \in [0, 1)` (a float or a schedule).
       debias: divide by :math:`1-\beta^t` (default True).
-      accumulator_dtype: dtype of the average. Default: the measurement's float dtype, promoted
-        to float32 for bfloat16/float16 and for booleans and integers.
+      accumulator_dtype: dtype of the average. Default: the measurement's float dtype (the
+        default float dtype for booleans and integers).
 
     The state is optax's, a chain state ``(EmptyState(), EmaState(count, ema))`` (the measure,
     then the average); under :func:`~gradchain.with_live_hyperparams` the ``EmaState`` also

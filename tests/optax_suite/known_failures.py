@@ -7,6 +7,6 @@ only shrinks. Each group is a gradchain gap, described in the report of issue #1
 
 from __future__ import annotations
 
-KNOWN_FAILURES: frozenset[str] = frozenset({})
+KNOWN_FAILURES: frozenset[str] = frozenset()
 
 __all__ = ["KNOWN_FAILURES"]
