@@ -65,6 +65,25 @@ def run(tx, params, grads, apply_updates, extra=None, grad_fn=None):
     return traj, state
 
 
+def float32_trajectory(tx, params, grads):
+    """``tx`` jitted on float32 copies of numpy ``params`` and ``grads`` (a list of trees): the
+    parameters after each step in float64 numpy, and the last state. For comparisons with a
+    numpy transcription of an authors' algorithm."""
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    state = tx.init(params)
+
+    @jax.jit
+    def step(p, s, g):
+        u, s = tx.update(g, s, p)
+        return gc.apply_updates(p, u), s
+
+    out = []
+    for g in grads:
+        params, state = step(params, state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), g))
+        out.append(jax.tree.map(lambda x: np.asarray(x, np.float64), params))
+    return out, state
+
+
 def run_both(ours, reference, params, steps: int):
     """``ours`` (gradchain) and ``reference`` (optax) run from ``params`` over the same ``steps``
     gradients under ``jax.jit``: the two parameter trajectories."""

@@ -11,10 +11,10 @@ float32 rounding of 0 (checked below), so both sides keep the same coordinates.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from crosscheck import float32_trajectory
 
 import gradchain as gc
 
@@ -34,19 +34,7 @@ def _grads(seed=0, drift=0.3):
 
 
 def _run(tx, grads):
-    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), _params())
-    state = tx.init(params)
-
-    @jax.jit
-    def step(p, s, g):
-        u, s = tx.update(g, s, p)
-        return gc.apply_updates(p, u), s
-
-    out = []
-    for g in grads:
-        params, state = step(params, state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), g))
-        out.append(jax.tree.map(lambda x: np.asarray(x, np.float64), params))
-    return out
+    return float32_trajectory(tx, _params(), grads)[0]
 
 
 def _assert_close(ours, ref):

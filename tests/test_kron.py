@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from crosscheck import float32_trajectory
 
 import gradchain as gc
 
@@ -157,19 +158,7 @@ class _Reference:
 
 
 def _run(tx, grads):
-    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), _params())
-    state = tx.init(params)
-
-    @jax.jit
-    def step(p, s, g):
-        u, s = tx.update(g, s, p)
-        return gc.apply_updates(p, u), s
-
-    out = []
-    for g in grads:
-        params, state = step(params, state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), g))
-        out.append(jax.tree.map(lambda x: np.asarray(x, np.float64), params))
-    return out, state
+    return float32_trajectory(tx, _params(), grads)
 
 
 CASES = {

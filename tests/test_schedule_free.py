@@ -189,13 +189,19 @@ def test_eval_params_without_a_schedule_free_state_is_a_clear_error():
         gc.schedule_free_eval_params(gc.adam(0.1).init(PARAMS), PARAMS)
 
 
-def test_bfloat16_params_keep_their_dtype_and_z_is_float32():
+@pytest.mark.parametrize(
+    "wrap, z_dtype",
+    [(lambda tx: tx, jnp.bfloat16), (gc.with_float32_state, jnp.float32)],
+    ids=["default-as-optax", "with_float32_state"],
+)
+def test_bfloat16_params_keep_their_dtype_and_z_follows_the_state_policy(wrap, z_dtype):
+    # optax keeps z in the parameter's dtype (state_dtype=None); the option keeps it in float32.
     params = {"w": jnp.ones((3, 2), jnp.bfloat16)}
-    tx = gc.schedule_free_adamw(0.01)
+    tx = wrap(gc.schedule_free_adamw(0.01))
     state = tx.init(params)
     updates, state = jax.jit(tx.update)({"w": jnp.ones((3, 2), jnp.bfloat16)}, state, params)
     assert updates["w"].dtype == jnp.bfloat16
-    assert gc.tree_get(state, "z")["w"].dtype == jnp.float32
+    assert gc.tree_get(state, "z")["w"].dtype == z_dtype
 
 
 def test_state_memory_is_z_plus_the_base_state():

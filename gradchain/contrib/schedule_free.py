@@ -344,6 +344,17 @@ class _ScheduleFreeOptimizer(GradientTransformation):
     def _build(self) -> ScheduleFree:
         raise NotImplementedError
 
+    def _over(self, base: GradientTransformation, lr) -> ScheduleFree:
+        """:func:`schedule_free` of ``base`` with this optimizer's schedule-free arguments."""
+        return schedule_free(
+            base,
+            lr,
+            self.b1,  # type: ignore[attr-defined]
+            self.weight_lr_power,  # type: ignore[attr-defined]
+            self.state_dtype,  # type: ignore[attr-defined]
+            optax_off_by_one=self.optax_off_by_one,  # type: ignore[attr-defined]
+        )
+
     @property
     def inner(self) -> ScheduleFree:
         """The :func:`schedule_free` transformation this optimizer runs."""
@@ -388,14 +399,7 @@ class ScheduleFreeSGD(_ScheduleFreeOptimizer):
         base = sgd(lr)
         if self.weight_decay is not None:
             base = Chain(add_decoupled_weight_decay(self.weight_decay), base)
-        return schedule_free(
-            base,
-            lr,
-            self.b1,
-            self.weight_lr_power,
-            self.state_dtype,
-            optax_off_by_one=self.optax_off_by_one,
-        )
+        return self._over(base, lr)
 
 
 def schedule_free_sgd(
@@ -461,14 +465,7 @@ class ScheduleFreeAdamW(_ScheduleFreeOptimizer):
             add_decoupled_weight_decay(self.weight_decay),
             scale_by_learning_rate(lr),
         )
-        return schedule_free(
-            base,
-            lr,
-            self.b1,
-            self.weight_lr_power,
-            self.state_dtype,
-            optax_off_by_one=self.optax_off_by_one,
-        )
+        return self._over(base, lr)
 
 
 def schedule_free_adamw(
