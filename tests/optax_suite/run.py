@@ -50,6 +50,8 @@ def run_file(
     env_extra: dict[str, str] | None = None,
 ) -> tuple[dict[str, str], float]:
     """Runs one optax test file in ``mode`` ("optax" or "gradchain"); ``({test: outcome}, s)``."""
+    # Absolute: pytest runs in optax's folder, and the report path is handed to it.
+    out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     report = report_path(path, mode, out_dir)
     env = dict(os.environ)
