@@ -967,6 +967,11 @@ SCHEDULES: dict[str, Callable[[], Callable]] = {
 # Public names that are not transformations or schedules, with what they are.
 NOT_TRANSFORMS: dict[str, str] = {
     "MuonState": "state class under optax's name (tests/test_muon.py, tests/optax_suite)",
+    "DAdaptAdamWState": "state class under optax's name (tests/test_optax_layout.py, tests/optax_suite)",
+    "ProdigyState": "state class under optax's name (tests/test_optax_layout.py, tests/optax_suite)",
+    "ScheduleFreeState": "state class under optax's name (tests/test_optax_layout.py, tests/optax_suite)",
+    "ScaleByDAdaptAdamWState": "gradchain's earlier name of DAdaptAdamWState (kept as an alias)",
+    "ScaleByProdigyState": "gradchain's earlier name of ProdigyState (kept as an alias)",
     "AddDecayedWeightsState": "state class under optax's name (tests/test_optax_protocol.py, tests/optax_suite)",
     "HutchinsonState": "state class under optax's name (tests/test_optax_layout.py, tests/optax_suite)",
     "AdaptiveGradClipState": "state class under optax's name (tests/test_optax_layout.py, tests/optax_suite)",

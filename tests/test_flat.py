@@ -112,9 +112,9 @@ def test_flat_state_is_read_by_name_as_buffers_or_as_the_params_tree():
     state = tx.init(params)
     _, state = tx.update(gradient_stream(params, 1)[0], state, params)
     mu = gc.tree_get(state, "mu")
-    # One buffer per parameter dtype; moments of bfloat16 parameters are float32.
+    # One buffer per parameter dtype; moments of bfloat16 parameters are bfloat16, as optax's.
     assert {k: (v.shape, v.dtype) for k, v in mu.items()} == {
-        "bfloat16": ((24,), jnp.float32),
+        "bfloat16": ((24,), jnp.bfloat16),
         "float32": ((1 + 7 + 15 + 24,), jnp.float32),
     }
     assert float(gc.tree_get(state, "learning_rate")) == pytest.approx(1e-2)
@@ -122,7 +122,7 @@ def test_flat_state_is_read_by_name_as_buffers_or_as_the_params_tree():
     viewed = tx.layout(params).view(state)
     per_leaf = gc.tree_get(viewed, "nu")
     assert jax.tree.structure(per_leaf) == jax.tree.structure(params)
-    assert per_leaf["matrix"].shape == (5, 3) and per_leaf["bf16"].dtype == jnp.float32
+    assert per_leaf["matrix"].shape == (5, 3) and per_leaf["bf16"].dtype == jnp.bfloat16
     # The float32 buffer holds its leaves in tree order: matrix (15), scalar, tensor (24), vector.
     np.testing.assert_array_equal(per_leaf["vector"], gc.tree_get(state, "nu")["float32"][40:47])
 

@@ -201,14 +201,16 @@ def test_fused_factored_block_clip_equals_the_two_transforms_in_turn(threshold, 
 
     (ours, ours_state), (ref, ref_state) = run(fused), run(apart)
     # The fused RMS sums the same squares in another order: a few float32 ulps on the clip
-    # factor, hence on each update; unclipped steps are untouched by it.
+    # factor, hence on each update; unclipped steps are untouched by it. The bfloat16 leaf's
+    # update is computed in bfloat16 (optax's arithmetic), where that factor can move the
+    # rounding by up to 2 bfloat16 ulps (2 * 2^-7 relative at the bottom of a binade).
     for t, (a, b) in enumerate(zip(ours, ref)):
         for name in FACTORED_LEAVES:
             assert a[name].dtype == b[name].dtype
             np.testing.assert_allclose(
                 np.asarray(a[name], np.float32),
                 np.asarray(b[name], np.float32),
-                rtol=2e-6,
+                rtol=2**-6 if b[name].dtype == jnp.bfloat16 else 2e-6,
                 atol=0,
                 err_msg=f"step {t + 1}, leaf {name}",
             )

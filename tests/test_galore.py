@@ -253,10 +253,17 @@ def test_state_memory_follows_the_rank(projected_dim, rank):
     assert state_bytes == pytest.approx(4 * (reduced * rank + 2 * rank * kept), abs=128)
 
 
-def test_bfloat16_updates_keep_their_dtype_and_the_projector_is_float32():
+@pytest.mark.parametrize(
+    "wrap, projector_dtype",
+    [(lambda tx: tx, jnp.bfloat16), (gc.with_float32_state, jnp.float32)],
+    ids=["default-as-optax", "with_float32_state"],
+)
+def test_bfloat16_updates_keep_their_dtype_and_the_projector_follows_the_state_policy(
+    wrap, projector_dtype
+):
     params = {"w": jnp.ones((6, 4), jnp.bfloat16)}
-    tx = gc.galore(0.01, rank=2)
+    tx = wrap(gc.galore(0.01, rank=2))
     state = tx.init(params)
     updates, state = jax.jit(tx.update)({"w": jnp.eye(6, 4, dtype=jnp.bfloat16)}, state, params)
     assert updates["w"].dtype == jnp.bfloat16
-    assert state.scale_by_galore.projector["w"].dtype == jnp.float32
+    assert gc.tree_get(state, "projector")["w"].dtype == projector_dtype

@@ -348,11 +348,22 @@ def test_float_leaves_follow_the_float_optimizer_exactly():
     params = {**mixed_params(), "big": jax.random.normal(jax.random.PRNGKey(3), (64, 80))}
     grads = gradient_stream(params, 20)
     ours, state = run(gc.adamw_8bit(1e-2, weight_decay=0.1), params, grads, gc.apply_updates)
-    ref, _ = run(gc.adamw(1e-2, weight_decay=0.1), params, grads, gc.apply_updates)
+    # The low-bit optimizers keep unquantized moments in float32 (gc.with_float32_state's
+    # policy), so that is the float optimizer their small leaves follow.
+    float_tx = gc.with_float32_state(gc.adamw(1e-2, weight_decay=0.1))
+    ref, _ = run(float_tx, params, grads, gc.apply_updates)
     assert isinstance(state.quantize_moments.mu["big"], gc.QuantizedArray)
     small = [k for k in params if k != "big"]
     for k in small:  # the small leaves' moments never pass through 8 bits
-        np.testing.assert_array_equal(ours[-1][k], ref[-1][k])
+        if params[k].dtype == jnp.float32:
+            np.testing.assert_array_equal(ours[-1][k], ref[-1][k])
+        else:
+            # A bfloat16 leaf's float32 update is rounded to bfloat16 at another point of the
+            # step than the wrapper's single rounding of the finished update: within one
+            # bfloat16 ulp (2^-7 relative) after 20 steps.
+            np.testing.assert_allclose(
+                np.asarray(ours[-1][k], np.float32), np.asarray(ref[-1][k], np.float32), rtol=2**-7
+            )
     assert jax.tree.map(lambda x: x.dtype, ours[-1]) == jax.tree.map(lambda x: x.dtype, params)
 
 

@@ -124,8 +124,11 @@ def test_tree_map_params_keeps_galores_layout_and_matches_optax():
             tx, lambda p: p + 1, state, transform_non_params=lambda v: v * 0
         )
         assert jax.tree.structure(out) == jax.tree.structure(state)
-        # optax keeps an empty projector for a leaf it does not project, gradchain None
-        mapped[lib] = sorted(float(x.sum()) for x in jax.tree.leaves(out) if x.size)
+        # A leaf GaLore does not project keeps a placeholder projector: (0, 0) in optax, (1, 1)
+        # in gradchain (orbax refuses zero-size arrays; docs/DIVERGENCES.md).
+        mapped[lib] = sorted(
+            float(x.sum()) for x in jax.tree.leaves(out) if x.size and x.shape != (1, 1)
+        )
     assert mapped[gc] == mapped[optax]
 
 

@@ -776,31 +776,7 @@ def hyperparam_value(value, count) -> jax.Array:
     """A hyperparameter's value at update ``count`` (0-based), as a scalar of the default float."""
     if callable(value):
         value = value(count)
-    if isinstance(value, (int, float, np.number)):
-        return _constant_array(value, _default_float())
     return jnp.asarray(value, dtype=_default_float())
-
-
-_CONSTANTS: dict[tuple[str, str, Any], jax.Array] = {}
-
-
-def _constant_array(value: float | np.number, dtype) -> jax.Array:
-    """``jnp.asarray(value, dtype)`` for a Python or numpy number, made once.
-
-    Un-jitted, a constant hyperparameter would otherwise be a new host-to-device transfer at
-    every step. A scalar array closed over by a trace is embedded in the program as the same
-    constant ``jnp.asarray`` gives there, so the cached array serves traces too. Arrays made
-    inside a trace are tracers and are not kept. The key is ``repr``, which tells -0.0 from 0.0
-    and 1 from True.
-    """
-    key = (type(value).__name__, repr(value), dtype)
-    cached = _CONSTANTS.get(key)
-    if cached is not None:
-        return cached
-    out = jnp.asarray(value, dtype=dtype)
-    if not isinstance(out, jax.core.Tracer) and len(_CONSTANTS) < 4096:
-        _CONSTANTS[key] = out
-    return out
 
 
 @functools.partial(jax.jit, inline=True, static_argnums=0)
