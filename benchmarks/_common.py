@@ -101,6 +101,14 @@ def many_leaves_shapes(leaves: int, total: int, seed: int = 0) -> dict[str, tupl
     return shapes
 
 
+def bench_tree_shapes(tree: str, full: bool, leaves: int) -> tuple[dict[str, tuple[int, ...]], str]:
+    """The shapes and title of a benchmark's ``--tree`` (``gpt2`` or ``many-leaves``)."""
+    if tree == "gpt2":
+        return gpt2_shapes(full), "GPT-2 small" + ("" if full else " / 4 in width")
+    shapes = many_leaves_shapes(leaves, 21_000_000 if full else 2_000_000)
+    return shapes, f"{leaves} leaves"
+
+
 def make_tree(shapes: dict, seed: int, scale: float = 0.02, dtype=jnp.float32) -> dict:
     key = jax.random.PRNGKey(seed)
     return {

@@ -21,13 +21,12 @@ import statistics
 import time
 
 from _common import (
+    bench_tree_shapes,
     count_params,
     gc,
-    gpt2_shapes,
     jax,
     machine,
     make_tree,
-    many_leaves_shapes,
     markdown_table,
     optax,
     optimizers,
@@ -79,12 +78,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
 
-    if args.tree == "gpt2":
-        shapes = gpt2_shapes(args.full)
-        title = "GPT-2 small" + ("" if args.full else " / 4 in width")
-    else:
-        shapes = many_leaves_shapes(args.leaves, 21_000_000 if args.full else 2_000_000)
-        title = f"{args.leaves} leaves"
+    shapes, title = bench_tree_shapes(args.tree, args.full, args.leaves)
     params = make_tree(shapes, seed=0)
     grads = make_tree(shapes, seed=1, scale=1.0)
     table = optimizers()

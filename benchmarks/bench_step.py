@@ -45,15 +45,14 @@ import time
 
 from _common import (
     array_floor_variant,
+    bench_tree_shapes,
     count_params,
     floor_bytes,
     floor_variant,
     flop_floor_variant,
     gc,
-    gpt2_shapes,
     machine,
     make_tree,
-    many_leaves_shapes,
     markdown_table,
     ms,
     optax,
@@ -91,12 +90,7 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=20)
     args = parser.parse_args(argv)
 
-    if args.tree == "gpt2":
-        shapes = gpt2_shapes(args.full)
-        title = "GPT-2 small" + ("" if args.full else " / 4 in width")
-    else:
-        shapes = many_leaves_shapes(args.leaves, 21_000_000 if args.full else 2_000_000)
-        title = f"{args.leaves} leaves"
+    shapes, title = bench_tree_shapes(args.tree, args.full, args.leaves)
     params = make_tree(shapes, seed=0)
     grads = make_tree(shapes, seed=1, scale=1.0)
     n = count_params(params)

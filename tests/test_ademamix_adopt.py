@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from crosscheck import float32_trajectory
 
 import gradchain as gc
 
@@ -29,19 +29,7 @@ def _grads(shape=(4, 3), seed=0):
 
 
 def _run(tx, p0, grads):
-    params = jnp.asarray(p0, jnp.float32)
-    state = tx.init(params)
-
-    @jax.jit
-    def step(p, s, g):
-        u, s = tx.update(g, s, p)
-        return gc.apply_updates(p, u), s
-
-    out = []
-    for g in grads:
-        params, state = step(params, state, jnp.asarray(g, jnp.float32))
-        out.append(np.asarray(params, np.float64))
-    return out
+    return float32_trajectory(tx, p0, grads)[0]
 
 
 # AdEMAMix ---------------------------------------------------------------------------------------
