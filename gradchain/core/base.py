@@ -779,6 +779,17 @@ def hyperparam_value(value, count) -> jax.Array:
     return jnp.asarray(value, dtype=_default_float())
 
 
+def constant_hyperparam(value) -> np.ndarray:
+    """A constructor's constant hyperparameter as a 0-d NumPy array of the default float.
+
+    It rounds as ``jnp.asarray(value, float32)`` does, and traces to the same constant, but
+    costs no device transfer at each un-jitted step: a jitted kernel takes it as an argument
+    through JAX's C++ dispatch, and a NumPy value cannot be placed on one mesh and read under
+    another or be deleted by a donation (which is why no JAX array is cached instead).
+    """
+    return np.asarray(value, dtype=_default_float())
+
+
 @functools.partial(jax.jit, inline=True, static_argnums=0)
 def _complement_of(value: float, live: jax.Array) -> jax.Array:
     """``float32(1 - value)`` plus the drift of ``live`` from ``value`` (see ``complement``);
@@ -959,8 +970,10 @@ class GradientTransformation(FieldData):
                 if count is None:
                     count = jnp.zeros((), jnp.int32)
                 out[n] = hyperparam_value(v, count)
-            elif live is None or isinstance(v, jax.Array):
+            elif isinstance(v, jax.Array):
                 out[n] = hyperparam_value(v, None)
+            elif live is None:
+                out[n] = constant_hyperparam(v)
             else:
                 out[n] = live[n]
         return out
