@@ -963,7 +963,7 @@ class GradientTransformation(FieldData):
         """
         count = count_of(state)
         live = getattr(state, "hyperparams", None) if _is_state(state) else None
-        out = {}
+        out: dict[str, Any] = {}
         for n in self.hyperparams:
             v = getattr(self, n)
             if callable(v):
