@@ -398,6 +398,27 @@ def cast_like(new, old):
     return jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _euclidean_safe_norm(x, min_norm, axis):
+    """``where(n <= min_norm, min_norm, n)`` for ``n = sqrt(sum(|x|^2))`` over ``axis`` (kept)."""
+    n = jnp.sqrt(jnp.sum(abs_sq(x), axis=axis, keepdims=True).real)
+    return jnp.where(n <= min_norm, min_norm.astype(n.dtype), n)
+
+
+@_euclidean_safe_norm.defjvp
+def _euclidean_safe_norm_jvp(axis, primals, tangents):
+    # d||x|| = Re(sum(conj(x) dx)) / ||x|| where the norm exceeds min_norm; there the result is
+    # min_norm, whose derivative is its own tangent (optax's safe_norm differentiates the same).
+    x, min_norm = primals
+    dx, dmin = tangents
+    n = jnp.sqrt(jnp.sum(abs_sq(x), axis=axis, keepdims=True).real)
+    small = n <= min_norm
+    out = jnp.where(small, min_norm.astype(n.dtype), n)
+    inner = jnp.sum((jnp.conj(x) * dx).real, axis=axis, keepdims=True)
+    dn = inner / jnp.where(small, jnp.ones_like(n), n)
+    return out, jnp.where(small, jnp.asarray(dmin, n.dtype), dn.astype(n.dtype))
+
+
 def safe_norm(
     x: jax.typing.ArrayLike,
     min_norm: jax.typing.ArrayLike,
@@ -427,10 +448,14 @@ def safe_norm(
     formed as ``sqrt(sum(|x|^2))`` (what ``jnp.linalg.norm`` computes for one or two axes).
     """
     x = jnp.asarray(x)
+    if ord is None:
+        # One pass over ``x``: the value is optax's, and the derivative (custom_jvp) is what
+        # optax's masked second norm differentiates to, without reading ``x`` a second time.
+        axes = tuple(range(x.ndim)) if axis is None else axis
+        out = _euclidean_safe_norm(x, jnp.asarray(min_norm), axes)
+        return out if keepdims else jnp.squeeze(out, axis=axis)
 
     def norm_of(v):
-        if ord is None:
-            return jnp.sqrt(jnp.sum(abs_sq(v), axis=axis, keepdims=True).real)
         return jnp.linalg.norm(v, ord=ord, axis=axis, keepdims=True)
 
     small = norm_of(x) <= min_norm
