@@ -170,6 +170,9 @@ class Optimizer:
     # (:func:`state_moments`), with ``read``/``write`` following from them.
     moments: tuple | None = (jnp.float32, jnp.float32)
     global_norm: bool = False  # whether the step needs the gradients' global norm first
+    # Per-leaf norms the step needs before it can update a leaf (trust ratios): how many of the
+    # leaf's arrays, in the order parameters, gradients, moments, a first pass must read.
+    leaf_norms: int = 0
     matmuls: Callable | None = None
     extra: dict = dataclasses.field(default_factory=dict)  # keyword arguments of ``update``
 
@@ -263,16 +266,43 @@ def _wide(shape) -> tuple[int, int]:
     return (min(shape), max(shape))
 
 
-def newton_schulz_matmuls(grads, ns_steps: int = 5) -> list:
+@dataclasses.dataclass(frozen=True)
+class FlopFloor:
+    """A FLOP floor that is not a list of independent products: ``kernel(operands)`` computes
+    the products alone, chained as the algorithm chains them."""
+
+    kernel: Callable
+    operands: object
+
+
+def newton_schulz_matmuls(grads, ns_steps: int = 5) -> FlopFloor:
     """The products of ``ns_steps`` quintic Newton-Schulz steps on every matrix leaf, in its
-    wide orientation ``(m, n)``, ``m <= n``: ``A = X X^T``, ``A A`` and ``(bA + cA^2) X``."""
-    out = []
+    wide orientation ``(m, n)``, ``m <= n``, chained as Muon chains them: ``A = X X^T`` (both
+    operands ``X``, as the algorithm's Gram matrix), ``B = A A``, then ``X = B X``.
+
+    The elementwise parts of a step (``a X + (b A + c B) X``) are left out. ``X`` starts with
+    orthonormal rows, so that ``A`` and ``B`` are the identity and the chain stays finite; the
+    compiler cannot know that, and a product costs the same whatever its values.
+    """
+    rng = np.random.default_rng(0)
+    xs = []
     for g in jax.tree.leaves(grads):
         if g.ndim != 2:
             continue
         m, n = _wide(g.shape)
-        out += [((m, n), (n, m)), ((m, m), (m, m)), ((m, m), (m, n))] * ns_steps
-    return out
+        q, _ = np.linalg.qr(rng.standard_normal((n, m)).astype(np.float32))
+        xs.append(jnp.asarray(q.T, jnp.float32))
+
+    def kernel(xs):
+        total = jnp.float32(0)
+        for x in xs:
+            for _ in range(ns_steps):
+                a = x @ x.T
+                x = (a @ a) @ x
+            total = total + jnp.sum(x)
+        return total
+
+    return FlopFloor(kernel, xs)
 
 
 def galore_matmuls(rank: int):
@@ -315,12 +345,14 @@ def _more_optimizers() -> list[Optimizer]:
             lambda: gc.lamb(1e-3, weight_decay=0.01),
             lambda: optax.lamb(1e-3, weight_decay=0.01),
             two,
+            leaf_norms=4,  # the update's norm reads the gradients and both moments, and ||p||
         ),
         row(
             "lars",
             lambda: gc.lars(0.1, weight_decay=0.01),
             lambda: optax.lars(0.1, weight_decay=0.01),
             one,
+            leaf_norms=2,  # ||p|| and the norm of g + wd p
         ),
         row("prodigy", lambda: gc.prodigy(), lambda: contrib.prodigy(), (jnp.float32,) * 4),
         row("dadapt_adamw", lambda: gc.dadapt_adamw(), lambda: contrib.dadapt_adamw(), three),
@@ -429,7 +461,7 @@ def _registry_rest() -> list[Optimizer]:
         row("adadelta", *both("adadelta", 1.0, weight_decay=0.01)),
         row("adan", *both("adan", 1e-3, weight_decay=0.01)),
         row("novograd", *both("novograd", 1e-3, weight_decay=0.01)),
-        row("fromage", *both("fromage", 1e-2)),
+        row("fromage", *both("fromage", 1e-2), leaf_norms=2),
         row("rprop", *both("rprop", 1e-3)),
         row("sm3", *both("sm3", 0.1)),
         row("sign_sgd", *both("sign_sgd", 1e-3)),
@@ -530,11 +562,15 @@ def optimizer_variant(name, tx, apply_updates, params, grads, extra=None) -> Var
     return _donated_variant(name, step, params, state, grads, _nbytes(state) / count_params(params))
 
 
-def array_floor_variant(params, grads, moments, global_norm: bool, name="array floor") -> Variant:
+def array_floor_variant(
+    params, grads, moments, global_norm: bool, name="array floor", leaf_norms: int = 0
+) -> Variant:
     """The step's own arrays streamed once: ``x + s * g`` for the parameters and each moment.
 
     ``moments`` gives the dtype of each state array (one per parameter leaf, shaped like it);
-    ``s`` is 1, or the gradients' global norm when ``global_norm`` (one more read of them).
+    ``s`` is 1, or the gradients' global norm when ``global_norm`` (one more read of them), or,
+    with ``leaf_norms = k``, each leaf's own norm over its first ``k`` arrays (parameters,
+    gradients, moments: one more read of each, as a trust ratio needs).
     """
     params = jax.tree.map(jnp.copy, params)
     state = [jax.tree.map(lambda p, d=d: jnp.zeros(p.shape, d), params) for d in moments]
@@ -543,27 +579,43 @@ def array_floor_variant(params, grads, moments, global_norm: bool, name="array f
         s = jnp.float32(1.0)
         if global_norm:
             s = jnp.sqrt(sum(jnp.vdot(x.ravel(), x.ravel()) for x in jax.tree.leaves(g)))
-        bump = lambda x, y: x + (s * y).astype(x.dtype)
-        return jax.tree.map(bump, p, g), [jax.tree.map(bump, m, g) for m in state]
+
+        def leaf(p, g, *ms):
+            scale = s
+            if leaf_norms:
+                read = (p, g, *ms)[:leaf_norms]
+                scale = jnp.sqrt(sum(jnp.vdot(x.ravel(), x.ravel()).astype(s.dtype) for x in read))
+            bump = lambda x: x + (scale * g).astype(x.dtype)
+            return (bump(p), *(bump(m) for m in ms))
+
+        out = jax.tree.map(leaf, p, g, *state)
+        first = lambda x: isinstance(x, tuple)
+        new_p = jax.tree.map(lambda t: t[0], out, is_leaf=first)
+        new_state = [
+            jax.tree.map(lambda t, i=i: t[i], out, is_leaf=first) for i in range(1, 1 + len(state))
+        ]
+        return new_p, new_state
 
     return _donated_variant(name, kernel, params, state, grads, 0.0)
 
 
-def flop_floor_variant(products: list) -> Variant:
+def flop_floor_variant(products: list | FlopFloor) -> Variant:
     """The matrix products a step must compute, alone: ``A @ B`` for each ``(a_shape,
-    b_shape)``, in float32, each result summed into one scalar so that none is dead code.
-
-    Chained products (Newton-Schulz feeds each step's result into the next) would be no
-    cheaper, so independent operands of the same shapes give the same FLOP count.
+    b_shape)``, in float32, each result summed into one scalar so that none is dead code; or a
+    :class:`FlopFloor`'s own kernel (products chained as the algorithm chains them, with its
+    operand layouts).
     """
-    key = jax.random.PRNGKey(0)
-    operands = [
-        (jax.random.normal(key, a, jnp.float32), jax.random.normal(key, b, jnp.float32))
-        for a, b in products
-    ]
+    if isinstance(products, FlopFloor):
+        kernel, operands = products.kernel, products.operands
+    else:
+        key = jax.random.PRNGKey(0)
+        operands = [
+            (jax.random.normal(key, a, jnp.float32), jax.random.normal(key, b, jnp.float32))
+            for a, b in products
+        ]
 
-    def kernel(operands):
-        return sum(jnp.sum(a @ b) for a, b in operands)
+        def kernel(operands):
+            return sum(jnp.sum(a @ b) for a, b in operands)
 
     t0, c0 = time.perf_counter(), time.process_time()
     compiled = jax.jit(kernel).lower(operands).compile()

@@ -162,13 +162,22 @@ def main(argv=None):
                 )
             )
         if "array floor" in wanted:
-            variants.append(array_floor_variant(params, grads, moments, opt.global_norm))
+            variants.append(
+                array_floor_variant(
+                    params, grads, moments, opt.global_norm, leaf_norms=opt.leaf_norms
+                )
+            )
         if "one-pass floor" in wanted:
             variants.append(floor_variant(n, read, write))
         if "flat array floor" in wanted:
             variants.append(
                 array_floor_variant(
-                    flat_params, flat_grads, moments, opt.global_norm, name="flat array floor"
+                    flat_params,
+                    flat_grads,
+                    moments,
+                    opt.global_norm,
+                    name="flat array floor",
+                    leaf_norms=opt.leaf_norms,
                 )
             )
         if "FLOP floor" in wanted and opt.matmuls is not None:
