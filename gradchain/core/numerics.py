@@ -445,7 +445,11 @@ def safe_norm(
       keepdims: keep the reduced axes with size one.
 
     Same as ``optax.safe_norm``. With ``ord=None`` the Euclidean norm over any number of axes is
-    formed as ``sqrt(sum(|x|^2))`` (what ``jnp.linalg.norm`` computes for one or two axes).
+    formed as ``sqrt(sum(|x|^2))`` (what ``jnp.linalg.norm`` computes for one or two axes), and
+    ``x`` is read once: optax differentiates through a second norm of ``where(small, 1, x)``,
+    which XLA writes out and reduces again; here a custom JVP gives the same derivative
+    (``x / ||x||`` where the norm exceeds ``min_norm``, 0 in ``x`` and 1 in ``min_norm``
+    elsewhere). Other ``ord`` values keep optax's two norms.
     """
     x = jnp.asarray(x)
     if ord is None:
