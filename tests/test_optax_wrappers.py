@@ -562,3 +562,28 @@ def test_micro_vmap_per_example_gradients_feed_dpsgd():
     u_micro, _ = tx.update(by_micro, state, params)
     for key in params:
         np.testing.assert_allclose(u_micro[key], u_vmap[key], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0])
+def test_constant_zero_weight_decay_leaves_updates_untouched_as_optax(weight_decay):
+    # optax returns the updates as they are for a constant 0: an infinite or NaN parameter does
+    # not turn its update into 0 * inf, and the step does not read the parameters.
+    params = {"a": jnp.array([1.0, jnp.inf, jnp.nan]), "b": jnp.ones(2, jnp.bfloat16)}
+    updates = {"a": jnp.full(3, 0.5), "b": jnp.ones(2, jnp.bfloat16)}
+    ours = gc.add_decayed_weights(weight_decay)
+    theirs = optax.add_decayed_weights(weight_decay)
+    out, _ = ours.update(updates, ours.init(params), params)
+    ref, _ = theirs.update(updates, theirs.init(params), params)
+    for k in params:
+        np.testing.assert_array_equal(out[k], ref[k])
+        assert out[k].dtype == ref[k].dtype
+    np.testing.assert_array_equal(out["a"], 0.5)
+    assert out["a"] is updates["a"] and out["b"] is updates["b"]
+
+
+def test_zero_weight_decay_made_live_still_applies_a_value_set_later():
+    params = {"a": jnp.array([2.0, jnp.inf])}
+    tx = gc.with_live_hyperparams(gc.add_decayed_weights(0.0))
+    state = gc.tree_set(tx.init(params), weight_decay=0.5)
+    out, _ = tx.update({"a": jnp.ones(2)}, state, params)
+    np.testing.assert_array_equal(out["a"], [2.0, jnp.inf])

@@ -58,7 +58,8 @@ class AddDecoupledWeightDecay(GradientTransformation):
 
     Loshchilov & Hutter (2019) multiply the decay by the schedule multiplier only, not by the
     base learning rate: ``lambda_torch = lambda_paper / lr`` (ALGORITHMS.md §3.2).
-    Same as ``optax.add_decayed_weights``.
+    Same as ``optax.add_decayed_weights``, which also returns the updates untouched for a
+    constant 0 (the parameters are not read, and an infinite parameter gives no ``0 * inf``).
     """
 
     complex_params = True
@@ -85,10 +86,27 @@ class AddDecoupledWeightDecay(GradientTransformation):
         def decay(g, p, on):
             return g if g is None or not on else _decay_leaf(g, p, wd)
 
-        out = jax.tree.map(decay, updates, params, selected, is_leaf=lambda x: x is None)
+        if self.skips_zero:
+            # optax returns the updates untouched for a constant zero: no read of the
+            # parameters, and a NaN or infinite parameter does not reach the update as 0 * inf.
+            out = updates
+        else:
+            out = jax.tree.map(decay, updates, params, selected, is_leaf=lambda x: x is None)
         if stateless_call(state):
             return out, state
         return out, WeightDecayState(count=safe_increment(count_of(state)), hyperparams=hp)
+
+    @property
+    def skips_zero(self) -> bool:
+        """Whether the weight decay is the constant 0 (a number, not a schedule or an array, and
+        not live: :func:`tree_set` cannot change it), which optax skips."""
+        wd = self.weight_decay
+        return (
+            isinstance(wd, (int, float))
+            and not isinstance(wd, bool)
+            and wd == 0
+            and not self.live_hyperparams
+        )
 
 
 add_decoupled_weight_decay = AddDecoupledWeightDecay
