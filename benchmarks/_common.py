@@ -41,6 +41,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import gradchain as gc
+from gradchain.core.base import tree_map_multi
 
 try:
     import optax
@@ -588,12 +589,7 @@ def array_floor_variant(
             bump = lambda x: x + (scale * g).astype(x.dtype)
             return (bump(p), *(bump(m) for m in ms))
 
-        out = jax.tree.map(leaf, p, g, *state)
-        first = lambda x: isinstance(x, tuple)
-        new_p = jax.tree.map(lambda t: t[0], out, is_leaf=first)
-        new_state = [
-            jax.tree.map(lambda t, i=i: t[i], out, is_leaf=first) for i in range(1, 1 + len(state))
-        ]
+        new_p, *new_state = tree_map_multi(leaf, 1 + len(state), p, g, *state)
         return new_p, new_state
 
     return _donated_variant(name, kernel, params, state, grads, 0.0)

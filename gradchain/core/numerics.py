@@ -398,11 +398,18 @@ def cast_like(new, old):
     return jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)
 
 
+def _clamped_norm(x, min_norm, axis):
+    """``n = sqrt(sum(|x|^2))`` over ``axis`` (kept), whether ``n <= min_norm``, and
+    ``where(n <= min_norm, min_norm, n)``."""
+    n = jnp.sqrt(jnp.sum(abs_sq(x), axis=axis, keepdims=True).real)
+    small = n <= min_norm
+    return n, small, jnp.where(small, min_norm.astype(n.dtype), n)
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def _euclidean_safe_norm(x, min_norm, axis):
     """``where(n <= min_norm, min_norm, n)`` for ``n = sqrt(sum(|x|^2))`` over ``axis`` (kept)."""
-    n = jnp.sqrt(jnp.sum(abs_sq(x), axis=axis, keepdims=True).real)
-    return jnp.where(n <= min_norm, min_norm.astype(n.dtype), n)
+    return _clamped_norm(x, min_norm, axis)[2]
 
 
 @_euclidean_safe_norm.defjvp
@@ -411,9 +418,7 @@ def _euclidean_safe_norm_jvp(axis, primals, tangents):
     # min_norm, whose derivative is its own tangent (optax's safe_norm differentiates the same).
     x, min_norm = primals
     dx, dmin = tangents
-    n = jnp.sqrt(jnp.sum(abs_sq(x), axis=axis, keepdims=True).real)
-    small = n <= min_norm
-    out = jnp.where(small, min_norm.astype(n.dtype), n)
+    n, small, out = _clamped_norm(x, min_norm, axis)
     inner = jnp.sum((jnp.conj(x) * dx).real, axis=axis, keepdims=True)
     dn = inner / jnp.where(small, jnp.ones_like(n), n)
     return out, jnp.where(small, jnp.asarray(dmin, n.dtype), dn.astype(n.dtype))
