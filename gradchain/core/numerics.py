@@ -662,6 +662,14 @@ def _bits_dtype(dtype) -> jnp.dtype:
     return jnp.dtype(f"int{jnp.dtype(dtype).itemsize * 8}")
 
 
+def _zero_bits_of(y: jax.Array, dtype) -> jax.Array:
+    """Zero bits in the integer type of ``dtype``'s width, computed from every element of ``y``
+    (``b & ~b`` of its bits): zero, but not provably so to XLA, which folds ``b ^ b`` and
+    ``b - b``."""
+    b = jax.lax.bitcast_convert_type(y, _bits_dtype(y.dtype))
+    return (b & ~b).astype(_bits_dtype(dtype))
+
+
 def after(x: jax.Array, y: jax.Array) -> jax.Array:
     """``x`` (floating) bit for bit, made to depend on every element of ``y`` (same shape), so
     that the kernel writing ``x`` runs after the one computing ``y``.
@@ -669,14 +677,35 @@ def after(x: jax.Array, y: jax.Array) -> jax.Array:
     A state array updated in place (its buffer donated) can only be overwritten once every other
     reader of its old value has run; where XLA cannot order them, it copies the old value first
     (a full extra pass over the array). Computing the new value after a materialized ``y``
-    that read the old one orders them. The dependency is a bitwise or with
-    ``min(b, 0) & max(b, 0)`` of ``y``'s bits, zero for every ``b`` but not provably so to the
-    compiler.
+    that read the old one orders them. The dependency is a bitwise or with zero bits made from
+    ``y``'s (:func:`_zero_bits_of`).
     """
-    b = jax.lax.bitcast_convert_type(y, _bits_dtype(y.dtype))
-    zero = (jnp.minimum(b, 0) & jnp.maximum(b, 0)).astype(_bits_dtype(x.dtype))
-    bits = jax.lax.bitcast_convert_type(x, _bits_dtype(x.dtype)) | zero
+    bits = jax.lax.bitcast_convert_type(x, _bits_dtype(x.dtype)) | _zero_bits_of(y, x.dtype)
     return jax.lax.bitcast_convert_type(bits, x.dtype)
+
+
+def stored(x: jax.Array, y: jax.Array) -> jax.Array:
+    """``x`` (floating) bit for bit, written to memory once by the kernel that computes it and
+    read back by every later reader, rather than recomputed inside each of them.
+
+    XLA fuses an elementwise value into each of its consumers unless that would read more
+    arrays than it writes; an instruction with one large operand and scalars besides (``s +
+    eps``, ``s * c``, ``where(flag, s, 0)``) counts as unary and is duplicated, and the whole
+    expression behind it with it. A new state array computed so is then computed twice: once
+    into its output buffer, once inside the update's kernel, which reads the *old* state, its
+    inputs again, and, when the state is donated, a copy of the old state that XLA makes
+    because it cannot order that read before the in-place write. Adding ``-0.0`` made from
+    ``y`` (a large array of ``x``'s shape, best one the kernel reads anyway; see :func:`after`)
+    makes the last instruction binary, which XLA keeps in memory. ``x + (-0.0)`` is ``x`` for
+    every ``x``, signed zeros and NaN included (a subnormal ``x`` is flushed to zero on
+    XLA:CPU, as every other arithmetic result there is).
+    """
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        return x  # complex: left to XLA (bitcasts of complex values are not defined)
+    int_dtype = _bits_dtype(x.dtype)
+    sign = np.array(np.iinfo(int_dtype).min, int_dtype)  # the bits of -0.0
+    negative_zero = jax.lax.bitcast_convert_type(_zero_bits_of(y, x.dtype) | sign, x.dtype)
+    return x + negative_zero
 
 
 # optax's root names of its tree moment helpers (``optax.update_moment`` is

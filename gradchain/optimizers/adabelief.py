@@ -28,6 +28,7 @@ from gradchain.core.numerics import (
     moments_like,
     nesterov_debiased,
     nesterov_divisors,
+    stored,
 )
 from gradchain.transforms.adaptive import adam_step_inputs, check_adam_hyperparams, step_moments
 from gradchain.transforms.scaling import scale_by_learning_rate
@@ -74,7 +75,11 @@ class ScaleByBelief(GradientTransformation):
     Optimizer: Adapting Stepsizes by the Belief in Observed Gradients" (2020), Algorithm 2, whose
     :math:`\epsilon` inside :math:`s_t` is ``eps_root`` here; ``adabelief-pytorch`` adds it the
     same way. Same as ``optax.scale_by_belief``, complex parameters included (the second moment
-    is of :math:`|g_t - m_t|^2`).
+    is of :math:`|g_t - m_t|^2`). Unlike optax's compiled step, the stored :math:`s_t` is
+    written once and read back by the update (:func:`gradchain.numerics.stored`) rather than
+    recomputed there from a copy of :math:`s_{t-1}`: 44 bytes per float32 parameter moved by a
+    donated step instead of 56 (the values agree with optax's bit for bit without ``nesterov``;
+    with it, to float32 rounding, as the two programs fuse the update differently).
     """
 
     complex_params = True
@@ -111,6 +116,9 @@ class ScaleByBelief(GradientTransformation):
             m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
             e = g32 - m
             s = ema(s.astype(dt), abs_sq(e), b2.astype(dt), c2.astype(dt)) + eps_root.astype(dt)
+            # Written once and read back by the update (``+ eps_root`` would let XLA recompute
+            # it there, from a copy of the old ``s``).
+            s = stored(s, g32)
             if self.nesterov:
                 m_hat = nesterov_debiased(m, g32, b1, c1, *nk_b1)
             else:
