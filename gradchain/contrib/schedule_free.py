@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gradchain.core.base import (
     Chain,
@@ -217,7 +218,10 @@ class ScheduleFree(GradientTransformation):
         base_updates, base_state = _call_update(
             self.base_optimizer, updates, state.base_optimizer_state, params, extra_args
         )
-        b1_old, b1 = state.b1, hp["b1"]
+        b1 = hp["b1"]
+        # A constant b1 is the b1 of every step (``state.b1`` holds it too): used as a constant,
+        # as optax uses it, each leaf's kernel takes one runtime scalar fewer (compile time).
+        b1_old = b1 if isinstance(b1, np.ndarray) else state.b1
         new_updates, z = tree_map_multi(
             lambda y, z, delta: _schedule_free_leaf(y, z, delta, b1_old, b1, c),
             2,
