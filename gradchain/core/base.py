@@ -1015,6 +1015,9 @@ class GradientTransformation(FieldData):
         value, live = getattr(self, name), hp[name]
         if callable(value) or not _is_concrete_number(value):
             return 1 - live
+        if isinstance(live, np.ndarray):
+            # A constant hyperparameter: its complement is a constant too (no barrier, no add).
+            return np.asarray(1 - float(value), live.dtype)
         return _complement_of(float(value), live)
 
     # -- inspectable data -------------------------------------------------------------------
