@@ -17,6 +17,7 @@ from gradchain.core.base import (
     tree_map_multi,
 )
 from gradchain.core.numerics import (
+    after,
     cast_like,
     compute_dtype,
     count_power,
@@ -25,6 +26,7 @@ from gradchain.core.numerics import (
     leaf_kernel,
     moments_like,
     safe_increment,
+    stored,
 )
 from gradchain.optimizers.adabelief import ScaleByBeliefState
 from gradchain.transforms.decay import add_decayed_weights
@@ -118,6 +120,11 @@ def _acprop_leaf(g, m, s, b1, c1, b2, c2, eps, eps_root, first, correction):
     e = g32 - m
     new_m = ema(m, g32, b1.astype(dt), c1.astype(dt))
     new_s = ema(s, e * e, b2.astype(dt), c2.astype(dt)) + eps_root.astype(dt)
+    # new_s reads the old m, which new_m overwrites in place (a donated state): new_s is
+    # written once (not recomputed where it is read) and new_m after it, so XLA needs no copy
+    # of the old m to order the two.
+    new_s = stored(new_s, g32)
+    new_m = after(new_m, new_s)
     s_hat = jnp.where(first, jnp.ones((), dt), s / correction.astype(dt))
     u = g32 / (jnp.sqrt(s_hat) + eps.astype(dt))
     return u.astype(g.dtype), new_m, new_s

@@ -32,6 +32,7 @@ from gradchain.core.base import (
     tree_map_multi,
 )
 from gradchain.core.numerics import (
+    after,
     cast_like,
     count_power,
     ema,
@@ -40,6 +41,7 @@ from gradchain.core.numerics import (
     leaf_kernel,
     moments_like,
     safe_increment,
+    stored,
 )
 
 __all__ = [
@@ -451,7 +453,7 @@ class ScaleByDAdaptAdamW(GradientTransformation):
         )
         numerator = sb2 * state.numerator_weighted + (1 - sb2) * dlr * correlation
 
-        scalars = (dlr, b1, c1, b2, c2, sb2, (1 - sb2) * dlr)
+        scalars = (dlr, b1, c1, b2, c2, sb2, (1 - sb2) * dlr, numerator)
         mu, nu, s = tree_map_multi(
             lambda g, m, v, s: _dadapt_moments(g, m, v, s, *scalars),
             3,
@@ -475,13 +477,19 @@ scale_by_dadapt_adamw = ScaleByDAdaptAdamW
 
 
 @leaf_kernel()
-def _dadapt_moments(g, m, v, s, dlr, b1, c1, b2, c2, sb2, s_coef):
-    """One leaf of D-Adaptation's moments; ``s_coef`` is :math:`(1-\\sqrt{\beta_2})\\,d\\eta`."""
+def _dadapt_moments(g, m, v, s, dlr, b1, c1, b2, c2, sb2, s_coef, numerator):
+    """One leaf of D-Adaptation's moments; ``s_coef`` is :math:`(1-\\sqrt{\beta_2})\\,d\\eta`.
+
+    ``v`` and ``s`` overwrite their old values in place (a donated state) after ``numerator``,
+    the sum that reads the old ones, is formed: without that order XLA copies both first.
+    """
     dt = float32_or_better(g.dtype)
     g32 = g.astype(dt)
+    done = jnp.broadcast_to(numerator.astype(dt), g32.shape)
     m = ema(m.astype(dt), dlr.astype(dt) * g32, b1.astype(dt), c1.astype(dt))
-    v = ema(v.astype(dt), g32 * g32, b2.astype(dt), c2.astype(dt))
-    s = sb2.astype(dt) * s.astype(dt) + s_coef.astype(dt) * g32
+    # Stored: read back by the update, not recomputed there from the old v.
+    v = stored(after(ema(v.astype(dt), g32 * g32, b2.astype(dt), c2.astype(dt)), done), g32)
+    s = after(sb2.astype(dt) * s.astype(dt) + s_coef.astype(dt) * g32, done)
     return m, v, s
 
 

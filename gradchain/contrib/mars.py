@@ -24,6 +24,7 @@ from gradchain.core.base import (
     tree_map_multi,
 )
 from gradchain.core.numerics import (
+    after,
     bias_divisor,
     compute_dtype,
     debias,
@@ -168,7 +169,10 @@ def _mars_leaf(g, m, v, prev, b1, c1, b2, c2, eps, gamma, max_norm, k_b1, k_b2):
     norm = jnp.sqrt(jnp.sum(c * c))
     c = jnp.where(norm > max_norm.astype(dt), c * (max_norm.astype(dt) / norm), c)
     u, new_m, new_v = _adam_step(c, m, v, b1, c1, b2, c2, eps, k_b1, k_b2)
-    return u.astype(g.dtype), new_m.astype(m.dtype), new_v.astype(v.dtype), g32.astype(prev.dtype)
+    # The gradient overwrites the previous one in place (a donated state) once ``c``, the last
+    # reader of the old one, is in memory: without that order XLA copies the old one first.
+    last = after(g32, c)
+    return u.astype(g.dtype), new_m.astype(m.dtype), new_v.astype(v.dtype), last.astype(prev.dtype)
 
 
 @leaf_kernel()

@@ -26,6 +26,7 @@ from gradchain.core.base import (
 )
 from gradchain.core.masks import resolve_mask
 from gradchain.core.numerics import (
+    after,
     bias_divisor,
     cast_like,
     compute_dtype,
@@ -132,7 +133,9 @@ class ScaleByAdan(GradientTransformation):
             direction = debias(m, k_b1) + c2.astype(dt) * debias(v, k_b2)
             denominator = jnp.sqrt(debias(n, k_b3) + eps_root.astype(dt))
             u = direction / (denominator + eps.astype(dt))
-            return u.astype(g.dtype), m, v, n, g32
+            # The gradient overwrites the previous one in place (a donated state) after v and
+            # n, which read the old one: without that order XLA copies the old one first.
+            return u.astype(g.dtype), m, v, n, after(after(g32, v), n)
 
         out, m, v, n, g = tree_map_multi(step, 5, updates, state.m, state.v, state.n, state.g)
         return out, ScaleByAdanState(
