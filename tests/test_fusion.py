@@ -301,6 +301,7 @@ ORDERED_STATES = {
     "acprop": (lambda: gc.contrib.acprop(1e-3), lambda: optax.contrib.acprop(1e-3), 1),
     "dadapt_adamw": (gc.contrib.dadapt_adamw, optax.contrib.dadapt_adamw, 0),
     "mars": (lambda: gc.contrib.mars(1e-3), None, 0),
+    "adopt": (lambda: gc.contrib.adopt(1e-3), lambda: optax.contrib.adopt(1e-3), 0),
 }
 
 

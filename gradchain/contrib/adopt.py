@@ -21,7 +21,7 @@ from gradchain.core.base import (
     transformation,
     tree_map_multi,
 )
-from gradchain.core.numerics import abs_sq, compute_dtype, ema, leaf_kernel
+from gradchain.core.numerics import abs_sq, after, compute_dtype, ema, leaf_kernel
 from gradchain.scale_out.flat import register_flat_safe
 from gradchain.transforms.adaptive import (
     ScaleByAdamState,
@@ -130,6 +130,11 @@ def _adopt_leaf(g, m, v, b1, c1, b2, c2, eps, clip, nesterov: bool):
     new_m = ema(m.astype(dt), normed, b1.astype(dt), c1.astype(dt))
     u = ema(new_m, normed, b1.astype(dt), c1.astype(dt)) if nesterov else new_m
     new_v = ema(v32, abs_sq(g32), b2.astype(dt), c2.astype(dt))
+    if not nesterov:
+        # new_m read the old v, which new_v overwrites in place (a donated state): written after
+        # new_m, it needs no copy of the old v. (The Nesterov update reads the old v in the
+        # parameters' kernel, which no order inside this step reaches.)
+        new_v = after(new_v, new_m)
     return u.astype(g.dtype), new_m.astype(m.dtype), new_v.astype(v.dtype)
 
 
