@@ -170,10 +170,15 @@ class Optimizer:
     # The state arrays per parameter (array floor); None: those of gradchain's state
     # (:func:`state_moments`), with ``read``/``write`` following from them.
     moments: tuple | None = (jnp.float32, jnp.float32)
-    global_norm: bool = False  # whether the step needs the gradients' global norm first
+    # A reduction over every leaf that the step needs before it can update any (a clip's global
+    # norm, D-Adaptation's and Prodigy's correlations, DoG's distance, Momo's inner products):
+    # True for the gradients' global norm, or the indices, in (parameters, gradients, moments),
+    # of the arrays it reads (an index twice: read twice).
+    global_norm: bool | tuple[int, ...] = False
     # Per-leaf norms the step needs before it can update a leaf (trust ratios): how many of the
     # leaf's arrays, in the order parameters, gradients, moments, a first pass must read.
-    leaf_norms: int = 0
+    # (Or the indices of those arrays, as for ``global_norm``: a cautious mask's count.)
+    leaf_norms: int | tuple[int, ...] = 0
     matmuls: Callable | None = None
     extra: dict = dataclasses.field(default_factory=dict)  # keyword arguments of ``update``
 
@@ -355,8 +360,23 @@ def _more_optimizers() -> list[Optimizer]:
             one,
             leaf_norms=2,  # ||p|| and the norm of g + wd p
         ),
-        row("prodigy", lambda: gc.prodigy(), lambda: contrib.prodigy(), (jnp.float32,) * 4),
-        row("dadapt_adamw", lambda: gc.dadapt_adamw(), lambda: contrib.dadapt_adamw(), three),
+        row(
+            "prodigy",
+            lambda: gc.prodigy(),
+            lambda: contrib.prodigy(),
+            (jnp.float32,) * 4,
+            # <g, x0 - x> reads g, x0 and x; the l1 norm of the new s reads s (state order:
+            # exp_avg, exp_avg_sq, grad_sum, params0)
+            global_norm=(0, 1, 4, 5),
+        ),
+        row(
+            "dadapt_adamw",
+            lambda: gc.dadapt_adamw(),
+            lambda: contrib.dadapt_adamw(),
+            three,
+            # <g, s / sqrt(v)> reads g, v and s; the l1 norm of the new s reads s again
+            global_norm=(1, 3, 4, 4),
+        ),
         row(
             "schedule_free_sgd",
             lambda: gc.schedule_free_sgd(0.1),
@@ -461,29 +481,37 @@ def _registry_rest() -> list[Optimizer]:
         row("yogi", *both("yogi", 1e-3)),
         row("adadelta", *both("adadelta", 1.0, weight_decay=0.01)),
         row("adan", *both("adan", 1e-3, weight_decay=0.01)),
-        row("novograd", *both("novograd", 1e-3, weight_decay=0.01)),
+        row("novograd", *both("novograd", 1e-3, weight_decay=0.01), leaf_norms=(1,)),
         row("fromage", *both("fromage", 1e-2), leaf_norms=2),
         row("rprop", *both("rprop", 1e-3)),
         row("sm3", *both("sm3", 0.1)),
         row("sign_sgd", *both("sign_sgd", 1e-3)),
         row("signum", *both("signum", 1e-3)),
         row("noisy_sgd", lambda: gc.noisy_sgd(0.1, key=0), lambda: optax.noisy_sgd(0.1, key=0)),
-        row("polyak_sgd", *both("polyak_sgd", 0.1), extra=value),
+        row("polyak_sgd", *both("polyak_sgd", 0.1), extra=value, global_norm=True),
         row("optimistic_gradient_descent", *both("optimistic_gradient_descent", 0.1)),
         row("optimistic_adam", *both("optimistic_adam", 1e-3)),
         row("optimistic_adam_v2", *both("optimistic_adam_v2", 1e-3)),
         row("acprop", *both("acprop", 1e-3, weight_decay=0.01)),
         row("cocob", *both("cocob", weight_decay=0.01)),
-        row("dog", *both("dog", weight_decay=0.01)),
-        row("dowg", *both("dowg", weight_decay=0.01)),
+        # The distance ||x - x0|| and the gradients' norm, before any update.
+        row("dog", *both("dog", weight_decay=0.01), global_norm=(0, 1, 2)),
+        row("dowg", *both("dowg", weight_decay=0.01), global_norm=(0, 1, 2)),
         row("madgrad", *both("madgrad", 1e-3, weight_decay=0.01)),
-        row("momo", *both("momo", 0.1, weight_decay=0.01), extra=value),
-        row("momo_adam", *both("momo_adam", 1e-2, weight_decay=0.01), extra=value),
+        # <g, x>, <d, x> and ||d||^2 (d the new momentum, and v for Momo-Adam's norm).
+        row("momo", *both("momo", 0.1, weight_decay=0.01), extra=value, global_norm=(0, 1, 2)),
+        row(
+            "momo_adam",
+            *both("momo_adam", 1e-2, weight_decay=0.01),
+            extra=value,
+            global_norm=(0, 1, 2, 3),
+        ),
         row("ademamix", *both("ademamix", 1e-3, weight_decay=0.1)),
         row("simplified_ademamix", *both("simplified_ademamix", 1e-3)),
         row("adopt", *both("adopt", 1e-3)),
-        row("cautious_adamw", lambda: gc.cautious_adamw(1e-3), None),
-        row("cautious_lion", lambda: gc.cautious_lion(1e-4), None),
+        # The mask's count per leaf: the sign of the update (from the moments) times g's.
+        row("cautious_adamw", lambda: gc.cautious_adamw(1e-3), None, leaf_norms=(1, 2, 3)),
+        row("cautious_lion", lambda: gc.cautious_lion(1e-4), None, leaf_norms=(1, 2)),
         row("mars", lambda: gc.mars(1e-3), None),
         row("soap", lambda: gc.soap(3e-3), None, matmuls=soap_matmuls()),
         # Quantized states are blocks of codes: their floors name the bytes per parameter (two
@@ -563,29 +591,51 @@ def optimizer_variant(name, tx, apply_updates, params, grads, extra=None) -> Var
     return _donated_variant(name, step, params, state, grads, _nbytes(state) / count_params(params))
 
 
+def _reads(spec: bool | int | tuple[int, ...]) -> tuple[int, ...]:
+    """The indices, in (parameters, gradients, moments), that a floor's reduction pass reads:
+    True is the gradients; an int ``k`` the first ``k`` arrays; a tuple itself."""
+    if spec is True:
+        return (1,)
+    if isinstance(spec, tuple):
+        return spec
+    return tuple(range(int(spec)))
+
+
 def array_floor_variant(
-    params, grads, moments, global_norm: bool, name="array floor", leaf_norms: int = 0
+    params,
+    grads,
+    moments,
+    global_norm: bool | tuple[int, ...],
+    name="array floor",
+    leaf_norms: int | tuple[int, ...] = 0,
 ) -> Variant:
     """The step's own arrays streamed once: ``x + s * g`` for the parameters and each moment.
 
     ``moments`` gives the dtype of each state array (one per parameter leaf, shaped like it);
-    ``s`` is 1, or the gradients' global norm when ``global_norm`` (one more read of them), or,
-    with ``leaf_norms = k``, each leaf's own norm over its first ``k`` arrays (parameters,
-    gradients, moments: one more read of each, as a trust ratio needs).
+    ``s`` is 1; or, with ``global_norm``, a norm over every leaf of the arrays it names (the
+    gradients for True; see :class:`Optimizer`), one more read of each before any update; or,
+    with ``leaf_norms``, each leaf's own norm over the arrays it names (its first ``k`` for an
+    int: parameters, gradients, moments, as a trust ratio needs).
     """
     params = jax.tree.map(jnp.copy, params)
     state = [jax.tree.map(lambda p, d=d: jnp.zeros(p.shape, d), params) for d in moments]
+    global_reads, leaf_reads = _reads(global_norm), _reads(leaf_norms)
+
+    def squares(arrays, reads):
+        return sum(
+            jnp.vdot(arrays[i].ravel(), arrays[i].ravel()).astype(jnp.float32) for i in reads
+        )
 
     def kernel(p, state, g):
         s = jnp.float32(1.0)
-        if global_norm:
-            s = jnp.sqrt(sum(jnp.vdot(x.ravel(), x.ravel()) for x in jax.tree.leaves(g)))
+        if global_reads:
+            per_leaf = jax.tree.map(lambda *a: squares(a, global_reads), p, g, *state)
+            s = jnp.sqrt(sum(jax.tree.leaves(per_leaf)))
 
         def leaf(p, g, *ms):
             scale = s
-            if leaf_norms:
-                read = (p, g, *ms)[:leaf_norms]
-                scale = jnp.sqrt(sum(jnp.vdot(x.ravel(), x.ravel()).astype(s.dtype) for x in read))
+            if leaf_reads:
+                scale = jnp.sqrt(squares((p, g, *ms), leaf_reads))
             bump = lambda x: x + (scale * g).astype(x.dtype)
             return (bump(p), *(bump(m) for m in ms))
 
