@@ -232,9 +232,13 @@ def test_stored_returns_its_value_bit_for_bit(dtype, jit):
     info = jnp.finfo(dtype)
     values = [0.0, -0.0, 1.0, -2.5, float(info.max), -float(info.max), float(info.tiny)]
     values += [float(info.eps), np.inf, -np.inf, np.nan]
-    x = jnp.asarray(values, dtype)
+    # Tiled past ORDERED_MIN_SIZE, below which stored returns x untouched.
+    reps = -(-gc.numerics.ORDERED_MIN_SIZE // len(values))
+    x = jnp.tile(jnp.asarray(values, dtype), reps)
     # y only orders and shapes the result: any values, of any floating dtype, change nothing.
-    y = jnp.asarray([np.nan, np.inf, -0.0, 3.0, -1e30, 0.0, 1.0, 2.0, -np.inf, 5.0, 7.0])
+    y = jnp.tile(
+        jnp.asarray([np.nan, np.inf, -0.0, 3.0, -1e30, 0.0, 1.0, 2.0, -np.inf, 5.0, 7.0]), reps
+    )
     f = jax.jit(gc.numerics.stored) if jit else gc.numerics.stored
     out = f(x, y)
     assert out.dtype == x.dtype

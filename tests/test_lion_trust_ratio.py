@@ -178,6 +178,7 @@ def test_lion_on_a_large_leaf_steps_without_copying_the_momentum_and_equals_the_
 
     rng = np.random.default_rng(0)
     monkeypatch.setattr(lion_module, "_ORDERED_SIZE", 1 << 12)
+    monkeypatch.setattr(gc.numerics, "ORDERED_MIN_SIZE", 1 << 12)  # after()'s own threshold
     jax.clear_caches()
     p = {"w": jnp.asarray(rng.standard_normal((64, 64)), jnp.float32)}
     special = jnp.array([0.0, -0.0, np.nan, -np.nan, 1e-40, -1e-40, np.inf, -np.inf])

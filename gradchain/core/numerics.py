@@ -662,6 +662,12 @@ def _bits_dtype(dtype) -> jnp.dtype:
     return jnp.dtype(f"int{jnp.dtype(dtype).itemsize * 8}")
 
 
+# ``after`` and ``stored`` act on arrays from this many elements (256 KiB in float32). Below it,
+# the copy XLA makes of an old state value is small enough to stay in cache and is not mapped
+# afresh at each call, while the instructions that avoid it add compile time to every leaf.
+ORDERED_MIN_SIZE = 1 << 16
+
+
 def _zero_bits_of(y: jax.Array, dtype) -> jax.Array:
     """Zero bits in the integer type of ``dtype``'s width, computed from every element of ``y``
     (``b & ~b`` of its bits): zero, but not provably so to XLA, which folds ``b ^ b`` and
@@ -672,7 +678,8 @@ def _zero_bits_of(y: jax.Array, dtype) -> jax.Array:
 
 def after(x: jax.Array, y: jax.Array) -> jax.Array:
     """``x`` (floating) bit for bit, made to depend on every element of ``y`` (same shape), so
-    that the kernel writing ``x`` runs after the one computing ``y``.
+    that the kernel writing ``x`` runs after the one computing ``y``; ``x`` itself below
+    ``ORDERED_MIN_SIZE`` elements.
 
     A state array updated in place (its buffer donated) can only be overwritten once every other
     reader of its old value has run; where XLA cannot order them, it copies the old value first
@@ -680,6 +687,8 @@ def after(x: jax.Array, y: jax.Array) -> jax.Array:
     that read the old one orders them. The dependency is a bitwise or with zero bits made from
     ``y``'s (:func:`_zero_bits_of`).
     """
+    if x.size < ORDERED_MIN_SIZE:
+        return x
     bits = jax.lax.bitcast_convert_type(x, _bits_dtype(x.dtype)) | _zero_bits_of(y, x.dtype)
     return jax.lax.bitcast_convert_type(bits, x.dtype)
 
@@ -698,10 +707,11 @@ def stored(x: jax.Array, y: jax.Array) -> jax.Array:
     ``y`` (a large array of ``x``'s shape, best one the kernel reads anyway; see :func:`after`)
     makes the last instruction binary, which XLA keeps in memory. ``x + (-0.0)`` is ``x`` for
     every ``x``, signed zeros and NaN included (a subnormal ``x`` is flushed to zero on
-    XLA:CPU, as every other arithmetic result there is).
+    XLA:CPU, as every other arithmetic result there is). Below ``ORDERED_MIN_SIZE`` elements,
+    ``x`` itself.
     """
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        return x  # complex: left to XLA (bitcasts of complex values are not defined)
+    if not jnp.issubdtype(x.dtype, jnp.floating) or x.size < ORDERED_MIN_SIZE:
+        return x  # (complex: bitcasts of complex values are not defined)
     int_dtype = _bits_dtype(x.dtype)
     sign = np.array(np.iinfo(int_dtype).min, int_dtype)  # the bits of -0.0
     negative_zero = jax.lax.bitcast_convert_type(_zero_bits_of(y, x.dtype) | sign, x.dtype)
