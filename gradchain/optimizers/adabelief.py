@@ -78,8 +78,9 @@ class ScaleByBelief(GradientTransformation):
     is of :math:`|g_t - m_t|^2`). Unlike optax's compiled step, the stored :math:`s_t` is
     written once and read back by the update (:func:`gradchain.numerics.stored`) rather than
     recomputed there from a copy of :math:`s_{t-1}`: 44 bytes per float32 parameter moved by a
-    donated step instead of 56 (the values agree with optax's bit for bit without ``nesterov``;
-    with it, to float32 rounding, as the two programs fuse the update differently).
+    donated step instead of 56, with optax's values bit for bit (with ``nesterov=True``, whose
+    update XLA would then fuse into a kernel that rounds differently from optax's, the step is
+    optax's program, copy included).
     """
 
     complex_params = True
@@ -116,9 +117,12 @@ class ScaleByBelief(GradientTransformation):
             m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
             e = g32 - m
             s = ema(s.astype(dt), abs_sq(e), b2.astype(dt), c2.astype(dt)) + eps_root.astype(dt)
-            # Written once and read back by the update (``+ eps_root`` would let XLA recompute
-            # it there, from a copy of the old ``s``).
-            s = stored(s, g32)
+            if not self.nesterov:
+                # Written once and read back by the update (``+ eps_root`` would let XLA
+                # recompute it there, from a copy of the old ``s``). With the Nesterov form the
+                # update's kernel XLA builds around it rounds differently from optax's: left as
+                # optax's program, copy included.
+                s = stored(s, g32)
             if self.nesterov:
                 m_hat = nesterov_debiased(m, g32, b1, c1, *nk_b1)
             else:
