@@ -14,7 +14,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from gradchain.core.base import (
     Chain,
@@ -31,6 +30,7 @@ from gradchain.core.base import (
     check_params_match,
     check_tree_match,
     hyperparam_value,
+    is_constant_hyperparam,
     require_params,
     require_values,
     state_class,
@@ -221,7 +221,7 @@ class ScheduleFree(GradientTransformation):
         b1 = hp["b1"]
         # A constant b1 is the b1 of every step (``state.b1`` holds it too): used as a constant,
         # as optax uses it, each leaf's kernel takes one runtime scalar fewer (compile time).
-        b1_old = b1 if isinstance(b1, np.ndarray) else state.b1
+        b1_old = b1 if is_constant_hyperparam(b1) else state.b1
         new_updates, z = tree_map_multi(
             lambda y, z, delta: _schedule_free_leaf(y, z, delta, b1_old, b1, c),
             2,

@@ -790,6 +790,12 @@ def constant_hyperparam(value) -> np.ndarray:
     return np.asarray(value, dtype=_default_float())
 
 
+def is_constant_hyperparam(value) -> bool:
+    """Whether ``value`` (from ``current_hyperparams``) is a :func:`constant_hyperparam`: the
+    same at every step, so a kernel may take it as a compile-time constant."""
+    return isinstance(value, np.ndarray)
+
+
 @functools.partial(jax.jit, inline=True, static_argnums=0)
 def _complement_of(value: float, live: jax.Array) -> jax.Array:
     """``float32(1 - value)`` plus the drift of ``live`` from ``value`` (see ``complement``);
@@ -1003,7 +1009,7 @@ class GradientTransformation(FieldData):
         kept = self.kept_extras()
         return _strip_extras(state, kept.__contains__)
 
-    def complement(self, name: str, hp: Mapping[str, jax.Array]) -> jax.Array:
+    def complement(self, name: str, hp: Mapping[str, jax.Array]) -> jax.Array | np.ndarray:
         """``1 - hp[name]`` for a decay rate, rounded as optax rounds its Python constants.
 
         optax forms ``1 - 0.999`` in double precision before rounding to float32; forming it from
@@ -1015,8 +1021,8 @@ class GradientTransformation(FieldData):
         value, live = getattr(self, name), hp[name]
         if callable(value) or not _is_concrete_number(value):
             return 1 - live
-        if isinstance(live, np.ndarray):
-            # A constant hyperparameter: its complement is a constant too (no barrier, no add).
+        if is_constant_hyperparam(live):
+            # Its complement is a constant too (no barrier, no add).
             return np.asarray(1 - float(value), live.dtype)
         return _complement_of(float(value), live)
 

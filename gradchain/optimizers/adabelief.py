@@ -117,15 +117,14 @@ class ScaleByBelief(GradientTransformation):
             m = ema(m.astype(dt), g32, b1.astype(dt), c1.astype(dt))
             e = g32 - m
             s = ema(s.astype(dt), abs_sq(e), b2.astype(dt), c2.astype(dt)) + eps_root.astype(dt)
-            if not self.nesterov:
-                # Written once and read back by the update (``+ eps_root`` would let XLA
-                # recompute it there, from a copy of the old ``s``). With the Nesterov form the
-                # update's kernel XLA builds around it rounds differently from optax's: left as
-                # optax's program, copy included.
-                s = stored(s, g32)
             if self.nesterov:
+                # Without stored(): the update's kernel XLA would build around it rounds
+                # differently from optax's, so this form stays optax's program, copy included.
                 m_hat = nesterov_debiased(m, g32, b1, c1, *nk_b1)
             else:
+                # Written once and read back by the update (``+ eps_root`` would let XLA
+                # recompute it there, from a copy of the old ``s``).
+                s = stored(s, g32)
                 m_hat = debias(m, k_b1)
             u = m_hat / (jnp.sqrt(debias(s, k_b2)) + eps.astype(dt))
             return u.astype(g.dtype), m, s
